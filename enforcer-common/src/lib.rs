@@ -1,0 +1,419 @@
+//! The binary contract between the enforcer's userspace and its kernel
+//! programs: every eBPF map key and value, as `#[repr(C)]` types with
+//! explicit padding, so both sides (and the reference evaluator) share one
+//! definition and a layout mismatch is a compile error.
+//!
+//! The data model is documented in `docs/dataplane.md`. In short:
+//!
+//! - every entity (workload, peer, `world`, `host`) has a numeric
+//!   [`Identity`];
+//! - the local side of a packet is the workload owning the socket's cgroup
+//!   ([`CgroupEntry`]);
+//! - the remote side is found by longest-prefix match over addresses
+//!   ([`AddrKey4`], [`AddrKey6`]) or, for traffic between two sockets on this
+//!   host, from the other socket's own flow or bound port;
+//! - a new connection's verdict comes from [`VerdictKey`] lookups, at most
+//!   three (exact remote, every external address, any remote), first hit
+//!   wins; the compiler folds wildcard rules into the more specific levels so
+//!   that "first hit" equals "deny wins over every allow";
+//! - the verdict of a connection is kept in [`FlowKey`] -> [`FlowValue`],
+//!   stamped with the policy generation, so a policy change re-evaluates it at
+//!   its next packet.
+#![no_std]
+
+/// Bumped whenever a map's key or value layout changes. Pins live under a
+/// directory named after it, so a new binary never reuses an old map with a
+/// different layout.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// A numeric identity for an entity. Identities are assigned by the compiler.
+pub type Identity = u32;
+
+/// No identity: not a valid entity.
+pub const IDENTITY_NONE: Identity = 0;
+/// Every address outside this host that no peer covers.
+pub const IDENTITY_WORLD: Identity = 1;
+/// Processes on this host that belong to no workload, and this host's own
+/// addresses when no local socket can be found for them.
+pub const IDENTITY_HOST: Identity = 2;
+/// The first identity the compiler hands out to workloads and peers.
+pub const IDENTITY_FIRST_ALLOCATED: Identity = 16;
+/// Verdict-key wildcard: every address outside this host (the `world`
+/// selector, which covers peers too).
+pub const IDENTITY_ANY_EXTERNAL: Identity = 0xffff_fffe;
+/// Verdict-key wildcard: any remote entity (the `any` selector).
+pub const IDENTITY_ANY: Identity = 0xffff_ffff;
+
+/// Protocol numbers as used in keys. ICMP and ICMPv6 share [`PROTO_ICMP`].
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+/// The IP protocol number of ICMPv6 on the wire (normalised to
+/// [`PROTO_ICMP`] in keys).
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+/// Direction of a connection as seen from the local workload.
+pub const DIRECTION_EGRESS: u8 = 1;
+pub const DIRECTION_INGRESS: u8 = 2;
+
+/// Verdict actions.
+pub const ACTION_NONE: u8 = 0;
+pub const ACTION_ALLOW: u8 = 1;
+pub const ACTION_DENY: u8 = 2;
+/// Would have been denied, allowed because the workload is in audit mode.
+pub const ACTION_AUDIT: u8 = 3;
+
+/// Workload modes (also used for `--unmanaged`, where `audit` means allow
+/// and report and `enforce` means deny).
+pub const MODE_ENFORCE: u8 = 0;
+pub const MODE_AUDIT: u8 = 1;
+pub const MODE_OFF: u8 = 2;
+/// `--unmanaged allow`: host processes are not checked.
+pub const MODE_ALLOW: u8 = 2;
+
+/// The rule index meaning "no rule decided: default deny".
+pub const RULE_DEFAULT_DENY: u32 = u32::MAX;
+/// The rule index meaning "allowed by a built-in exception" (loopback to
+/// itself, neighbour discovery, DHCP replies, failsafe ports).
+pub const RULE_BUILTIN: u32 = u32::MAX - 1;
+/// The rule index meaning "decided by the `--unmanaged` setting".
+pub const RULE_UNMANAGED: u32 = u32::MAX - 2;
+
+/// Number of bits of [`VerdictKey::data`] before the port: workload (32),
+/// direction (8), protocol (8), remote identity (32).
+pub const VERDICT_FIXED_PREFIX_BITS: u32 = 80;
+/// Full length of a verdict key: the fixed part plus the 16-bit port.
+pub const VERDICT_KEY_BITS: u32 = VERDICT_FIXED_PREFIX_BITS + 16;
+
+/// Key of the longest-prefix-match trie from remote IPv4 prefixes to
+/// identities. Same layout as the kernel's `struct bpf_lpm_trie_key`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AddrKey4 {
+    pub prefix_len: u32,
+    /// Network byte order.
+    pub addr: [u8; 4],
+}
+
+/// Key of the longest-prefix-match trie from remote IPv6 prefixes to
+/// identities.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AddrKey6 {
+    pub prefix_len: u32,
+    /// Network byte order.
+    pub addr: [u8; 16],
+}
+
+/// Key of the verdict trie: a longest-prefix match whose fixed part (80
+/// bits: workload, direction, protocol, remote identity, all big-endian) is
+/// always matched in full, and whose last 16 bits are the service port, so
+/// that a port range compiles to at most 30 prefix-aligned blocks instead of
+/// one entry per port. `prefix_len` is 80 + the number of port bits fixed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VerdictKey {
+    pub prefix_len: u32,
+    pub data: [u8; 12],
+}
+
+impl VerdictKey {
+    /// A key matching exactly one port (or, with `port_bits < 16`, the
+    /// aligned block of ports that shares the first `port_bits` bits).
+    pub const fn new(
+        workload: Identity,
+        direction: u8,
+        protocol: u8,
+        remote: Identity,
+        port: u16,
+        port_bits: u8,
+    ) -> Self {
+        let w = workload.to_be_bytes();
+        let r = remote.to_be_bytes();
+        let p = port.to_be_bytes();
+        VerdictKey {
+            prefix_len: VERDICT_FIXED_PREFIX_BITS + port_bits as u32,
+            data: [
+                w[0], w[1], w[2], w[3], direction, protocol, r[0], r[1], r[2], r[3], p[0], p[1],
+            ],
+        }
+    }
+
+    pub const fn workload(&self) -> Identity {
+        u32::from_be_bytes([self.data[0], self.data[1], self.data[2], self.data[3]])
+    }
+    pub const fn direction(&self) -> u8 {
+        self.data[4]
+    }
+    pub const fn protocol(&self) -> u8 {
+        self.data[5]
+    }
+    pub const fn remote(&self) -> Identity {
+        u32::from_be_bytes([self.data[6], self.data[7], self.data[8], self.data[9]])
+    }
+    pub const fn port(&self) -> u16 {
+        u16::from_be_bytes([self.data[10], self.data[11]])
+    }
+    /// How many leading bits of the port are fixed (0..=16).
+    pub const fn port_bits(&self) -> u32 {
+        self.prefix_len.saturating_sub(VERDICT_FIXED_PREFIX_BITS)
+    }
+}
+
+/// The decision stored for a block of ports.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VerdictValue {
+    /// Index into the compiled policy's rule table, or [`RULE_DEFAULT_DENY`].
+    pub rule: u32,
+    /// [`ACTION_ALLOW`] or [`ACTION_DENY`].
+    pub action: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of the cgroup map (key: the cgroup v2 id, i.e. the inode number of
+/// its directory).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CgroupEntry {
+    pub workload: Identity,
+    /// [`MODE_ENFORCE`], [`MODE_AUDIT`] or [`MODE_OFF`].
+    pub mode: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Global settings, in a single-entry array map. Written by the daemon.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Config {
+    /// Which set of policy maps (0 or 1) is in force. Flipping it is the
+    /// atomic policy swap.
+    pub active_slot: u32,
+    /// Policy generation; flows stamped with another one are re-evaluated.
+    pub generation: u32,
+    /// Mode for processes that belong to no workload: [`MODE_ALLOW`],
+    /// [`MODE_AUDIT`] or [`MODE_ENFORCE`] (deny).
+    pub unmanaged: u8,
+    /// Non-zero once the daemon has filled the maps; until then every
+    /// program allows everything.
+    pub enabled: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Key of the failsafe map: inbound (protocol, local port) pairs that stay
+/// reachable whatever the policy says.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortKey {
+    pub protocol: u8,
+    pub _pad: u8,
+    pub port: u16,
+}
+
+/// Value of the bound-port map (key: [`PortKey`]): which local socket owns a
+/// port on this host, learned at `bind()`, so that a workload connecting to
+/// a local address is matched against the receiving workload.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BoundPort {
+    pub cgroup_id: u64,
+}
+
+/// Key of the connection-tracking map, as seen from the socket that owns
+/// the flow. Addresses are in network byte order; IPv4 addresses occupy the
+/// first 4 bytes and the rest is zero. Ports are host byte order. For ICMP
+/// echo, `local_port` is the echo identifier and `remote_port` is 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// 4 or 6.
+    pub family: u8,
+    /// [`PROTO_TCP`], [`PROTO_UDP`] or [`PROTO_ICMP`].
+    pub protocol: u8,
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub _pad: u16,
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+}
+
+impl FlowKey {
+    /// The same flow as seen from the other end, which is where the other
+    /// socket stores it when both ends are on this host.
+    pub const fn mirrored(&self) -> FlowKey {
+        FlowKey {
+            family: self.family,
+            protocol: self.protocol,
+            local_port: self.remote_port,
+            remote_port: self.local_port,
+            _pad: 0,
+            local_addr: self.remote_addr,
+            remote_addr: self.local_addr,
+        }
+    }
+}
+
+/// What is known about a connection once its first packet was judged.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowValue {
+    /// The policy generation the verdict was taken under.
+    pub generation: u32,
+    /// The local workload (or [`IDENTITY_HOST`]).
+    pub local: Identity,
+    /// The remote entity.
+    pub remote: Identity,
+    /// The rule that decided (see [`VerdictValue::rule`]).
+    pub rule: u32,
+    /// The cgroup of the owning socket.
+    pub cgroup_id: u64,
+    /// Last time (bpf_ktime_get_ns) an event was sent for this flow: the
+    /// per-flow event rate limit.
+    pub last_event_ns: u64,
+    /// [`ACTION_ALLOW`], [`ACTION_DENY`] or [`ACTION_AUDIT`].
+    pub action: u8,
+    /// Who opened the connection: [`DIRECTION_EGRESS`] (this socket) or
+    /// [`DIRECTION_INGRESS`] (the remote end).
+    pub direction: u8,
+    /// The service port: the destination port of the first packet.
+    pub service_port: u16,
+    pub _pad: [u8; 4],
+}
+
+/// A verdict event sent to userspace through the events ring buffer, for
+/// denied and audited connections (rate-limited per flow).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct VerdictEvent {
+    /// bpf_ktime_get_ns (CLOCK_MONOTONIC).
+    pub time_ns: u64,
+    pub cgroup_id: u64,
+    pub local: Identity,
+    pub remote: Identity,
+    pub rule: u32,
+    pub family: u8,
+    pub protocol: u8,
+    pub direction: u8,
+    /// [`ACTION_DENY`] or [`ACTION_AUDIT`] (or [`ACTION_ALLOW`]).
+    pub action: u8,
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub generation: u32,
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+}
+
+/// Key of the per-CPU counters map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CounterKey {
+    /// The local workload (or [`IDENTITY_HOST`]).
+    pub workload: Identity,
+    /// [`ACTION_ALLOW`], [`ACTION_DENY`] or [`ACTION_AUDIT`].
+    pub action: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Index in the global counters array (a per-CPU array) of the number of
+/// events lost because the ring buffer was full.
+pub const GLOBAL_COUNTER_EVENTS_LOST: u32 = 0;
+/// Number of packets judged on the per-packet path.
+pub const GLOBAL_COUNTER_PACKETS: u32 = 1;
+/// Number of new flows judged.
+pub const GLOBAL_COUNTER_NEW_FLOWS: u32 = 2;
+pub const GLOBAL_COUNTERS: u32 = 4;
+
+/// Map capacities. The compiler rejects a policy whose entries exceed them,
+/// before anything is written.
+pub const MAX_CGROUPS: u32 = 65_536;
+pub const MAX_PREFIXES_V4: u32 = 262_144;
+pub const MAX_PREFIXES_V6: u32 = 262_144;
+pub const MAX_VERDICTS: u32 = 1_048_576;
+pub const MAX_FLOWS: u32 = 262_144;
+pub const MAX_BOUND_PORTS: u32 = 65_536;
+pub const MAX_FAILSAFE_PORTS: u32 = 64;
+pub const MAX_COUNTERS: u32 = 16_384;
+pub const EVENTS_RING_BYTES: u32 = 1 << 20;
+
+/// Map names, as the kernel program declares them and the loader pins them.
+pub mod maps {
+    pub const CONFIG: &str = "CONFIG";
+    pub const CGROUPS: [&str; 2] = ["CGROUPS_0", "CGROUPS_1"];
+    pub const ADDR4: [&str; 2] = ["ADDR4_0", "ADDR4_1"];
+    pub const ADDR6: [&str; 2] = ["ADDR6_0", "ADDR6_1"];
+    pub const VERDICTS: [&str; 2] = ["VERDICTS_0", "VERDICTS_1"];
+    pub const FLOWS: &str = "FLOWS";
+    pub const BOUND_PORTS: &str = "BOUND_PORTS";
+    pub const FAILSAFE: &str = "FAILSAFE";
+    pub const EVENTS: &str = "EVENTS";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const GLOBAL_COUNTERS: &str = "GLOBAL_COUNTERS";
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+
+    // SAFETY: every type is `#[repr(C)]`, `Copy`, made only of integers and
+    // byte arrays, with explicit padding fields, so any bit pattern is valid.
+    unsafe impl aya::Pod for AddrKey4 {}
+    unsafe impl aya::Pod for AddrKey6 {}
+    unsafe impl aya::Pod for VerdictKey {}
+    unsafe impl aya::Pod for VerdictValue {}
+    unsafe impl aya::Pod for CgroupEntry {}
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for PortKey {}
+    unsafe impl aya::Pod for BoundPort {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowValue {}
+    unsafe impl aya::Pod for VerdictEvent {}
+    unsafe impl aya::Pod for CounterKey {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<AddrKey4>(), 8);
+        assert_eq!(size_of::<AddrKey6>(), 20);
+        assert_eq!(size_of::<VerdictKey>(), 16);
+        assert_eq!(size_of::<VerdictValue>(), 8);
+        assert_eq!(size_of::<CgroupEntry>(), 8);
+        assert_eq!(size_of::<Config>(), 12);
+        assert_eq!(size_of::<PortKey>(), 4);
+        assert_eq!(size_of::<FlowKey>(), 40);
+        assert_eq!(size_of::<FlowValue>(), 40);
+        assert_eq!(size_of::<VerdictEvent>(), 72);
+        assert_eq!(size_of::<CounterKey>(), 8);
+    }
+
+    #[test]
+    fn verdict_key_round_trips_its_fields() {
+        let key = VerdictKey::new(17, DIRECTION_INGRESS, PROTO_TCP, 0xdead_beef, 5432, 16);
+        assert_eq!(key.workload(), 17);
+        assert_eq!(key.direction(), DIRECTION_INGRESS);
+        assert_eq!(key.protocol(), PROTO_TCP);
+        assert_eq!(key.remote(), 0xdead_beef);
+        assert_eq!(key.port(), 5432);
+        assert_eq!(key.port_bits(), 16);
+        assert_eq!(key.prefix_len, VERDICT_KEY_BITS);
+    }
+
+    #[test]
+    fn mirroring_twice_is_identity() {
+        let key = FlowKey {
+            family: 4,
+            protocol: PROTO_UDP,
+            local_port: 1,
+            remote_port: 2,
+            _pad: 0,
+            local_addr: [1; 16],
+            remote_addr: [2; 16],
+        };
+        assert_eq!(key.mirrored().mirrored(), key);
+        assert_eq!(key.mirrored().local_port, 2);
+    }
+}

@@ -1,0 +1,105 @@
+//! The output of the compiler: exactly the entries the kernel maps hold,
+//! plus the names userspace needs to explain them. Deterministic: the same
+//! policy gives the same (sorted) vectors whatever the file or rule order.
+
+use std::time::SystemTime;
+
+use enforcer_common::{AddrKey4, AddrKey6, Identity, VerdictKey, VerdictValue};
+
+/// A compiled policy set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompiledPolicy {
+    /// Every entity with an identity, sorted by identity. Always contains
+    /// `world` (IDENTITY_WORLD) and `host` (IDENTITY_HOST).
+    pub entities: Vec<EntityInfo>,
+    /// The workloads, sorted by identity.
+    pub workloads: Vec<CompiledWorkload>,
+    /// Remote IPv4 prefixes to peer identities, sorted by key.
+    pub prefixes_v4: Vec<(AddrKey4, Identity)>,
+    /// Remote IPv6 prefixes to peer identities, sorted by key.
+    pub prefixes_v6: Vec<(AddrKey6, Identity)>,
+    /// Verdict trie entries, sorted by key. See `docs/dataplane.md` for the
+    /// lookup order and how wildcard levels are folded in.
+    pub verdicts: Vec<(VerdictKey, VerdictValue)>,
+    /// The rule table: `VerdictValue::rule` indexes it.
+    pub rules: Vec<RuleRef>,
+    /// The earliest future `until` among the rules: the policy must be
+    /// compiled again at that instant.
+    pub next_expiry: Option<SystemTime>,
+    /// A content hash (FNV-1a 64 over the sorted entries and names), to
+    /// show which policy is in force and to detect no-op reloads.
+    pub content_hash: u64,
+}
+
+/// What kind of entity an identity names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EntityKind {
+    Workload,
+    Peer,
+    World,
+    Host,
+}
+
+/// One entity with its identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntityInfo {
+    pub identity: Identity,
+    pub kind: EntityKind,
+    /// `world`, `host`, or the workload or peer name.
+    pub name: String,
+}
+
+/// How a workload finds its cgroups.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum CgroupSelector {
+    /// `unit = "X"`: every cgroup directory named X, anywhere.
+    Unit(String),
+    /// `cgroup = "PATTERN"`: glob over paths relative to the cgroup root.
+    Glob(String),
+}
+
+/// A workload, ready for the data plane to resolve into cgroup ids.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompiledWorkload {
+    pub identity: Identity,
+    pub name: String,
+    pub selector: CgroupSelector,
+    /// MODE_ENFORCE, MODE_AUDIT or MODE_OFF.
+    pub mode: u8,
+}
+
+/// Where a rule comes from, for `explain`, flows and diffs:
+/// `db allow-in[1]` is policy `db`, section `allow-in`, index 1 (0-based in
+/// the policy's list for that section).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RuleRef {
+    pub policy: String,
+    pub section: Section,
+    pub index: usize,
+}
+
+/// The four rule lists of a policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Section {
+    AllowIn,
+    AllowOut,
+    DenyIn,
+    DenyOut,
+}
+
+impl Section {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Section::AllowIn => "allow-in",
+            Section::AllowOut => "allow-out",
+            Section::DenyIn => "deny-in",
+            Section::DenyOut => "deny-out",
+        }
+    }
+}
+
+impl std::fmt::Display for RuleRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}[{}]", self.policy, self.section.as_str(), self.index)
+    }
+}

@@ -1,0 +1,1 @@
+//! enforcer: eBPF host microsegmentation.
