@@ -534,3 +534,6 @@ impl Verdict {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
