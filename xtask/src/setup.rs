@@ -38,6 +38,7 @@ pub fn run() -> Result<()> {
         step("not running as root: only checking; anything missing must be installed by root");
     }
     debian_packages(root)?;
+    stable_components()?;
     nightly_toolchain()?;
     bpf_linker()?;
     bpffs(root)?;
@@ -95,10 +96,29 @@ fn debian_packages(root: bool) -> Result<()> {
     Ok(())
 }
 
-fn nightly_toolchain() -> Result<()> {
+/// rustfmt and clippy for the toolchain that builds the workspace
+/// (`cargo xtask test` runs both).
+fn stable_components() -> Result<()> {
     if !cmd::on_path("rustup") {
-        bail!("rustup not found on PATH: the eBPF build needs rustup's nightly toolchain");
+        bail!("rustup not found on PATH: the build needs rustup's toolchains");
     }
+    let installed =
+        cmd::capture(Command::new("rustup").args(["component", "list", "--installed"]))?;
+    for component in ["rustfmt", "clippy"] {
+        if installed
+            .lines()
+            .any(|line| line.starts_with(&format!("{component}-")))
+        {
+            step(format!("{component} present"));
+        } else {
+            cmd::run(Command::new("rustup").args(["component", "add", component]))
+                .with_context(|| format!("could not add the {component} component"))?;
+        }
+    }
+    Ok(())
+}
+
+fn nightly_toolchain() -> Result<()> {
     let toolchains = cmd::capture(Command::new("rustup").args(["toolchain", "list"]))?;
     if toolchains.lines().any(|line| line.starts_with("nightly-")) {
         step("rust nightly toolchain present");

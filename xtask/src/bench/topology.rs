@@ -30,6 +30,9 @@ pub struct Topology {
     /// The cgroup v2 directory that every client process joins before it
     /// enters the client namespace (the enforcer arm attaches here).
     pub client_cgroup: PathBuf,
+    /// The server processes' cgroup: killing it stops every server, also
+    /// those left by a run that was killed before it could clean up.
+    server_cgroup: PathBuf,
     /// CPUs to pin the client and the server to, when there are two.
     pub client_cpu: Option<usize>,
     pub server_cpu: Option<usize>,
@@ -49,6 +52,7 @@ impl Topology {
             client_ns: format!("{NS_PREFIX}{pid}-c"),
             server_ns: format!("{NS_PREFIX}{pid}-s"),
             client_cgroup: cgroup_parent.join("client"),
+            server_cgroup: cgroup_parent.join("server"),
             client_cpu: pinned.then_some(0),
             server_cpu: pinned.then_some(1),
             created_ns: Vec::new(),
@@ -96,7 +100,11 @@ impl Topology {
             "net.ipv4.ip_local_port_range=1024 65535",
             "net.ipv4.tcp_tw_reuse=1",
         ]))?;
-        for dir in [&cgroup_parent, &topology.client_cgroup] {
+        for dir in [
+            &cgroup_parent,
+            &topology.client_cgroup,
+            &topology.server_cgroup,
+        ] {
             fs::create_dir(dir)
                 .with_context(|| format!("cannot create cgroup {}", dir.display()))?;
             topology.created_cgroups.push(dir.clone());
@@ -126,30 +134,36 @@ impl Topology {
     /// entering the namespace (`ip netns exec` remounts /sys, after which
     /// a write to cgroup.procs would silently miss), pinned to the client CPU.
     pub fn client(&self, program: &Path) -> Command {
-        let mut cmd = Command::new("sh");
-        cmd.args(["-c", r#"echo $$ > "$1" || exit 97; shift; exec "$@""#, "sh"])
-            .arg(self.client_cgroup.join("cgroup.procs"))
-            .args(["ip", "netns", "exec", &self.client_ns]);
-        pin(&mut cmd, self.client_cpu);
-        cmd.arg(program);
-        cmd
+        in_cgroup_and_ns(
+            &self.client_cgroup,
+            &self.client_ns,
+            self.client_cpu,
+            program,
+        )
     }
 
-    /// `program` as a server process in the server namespace, pinned to
-    /// the server CPU.
+    /// `program` as a server process: in the server cgroup and namespace,
+    /// pinned to the server CPU.
     pub fn server(&self, program: &Path) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.server_ns]);
-        pin(&mut cmd, self.server_cpu);
-        cmd.arg(program);
-        cmd
+        in_cgroup_and_ns(
+            &self.server_cgroup,
+            &self.server_ns,
+            self.server_cpu,
+            program,
+        )
     }
 }
 
-fn pin(cmd: &mut Command, cpu: Option<usize>) {
+fn in_cgroup_and_ns(cgroup: &Path, ns: &str, cpu: Option<usize>, program: &Path) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", r#"echo $$ > "$1" || exit 97; shift; exec "$@""#, "sh"])
+        .arg(cgroup.join("cgroup.procs"))
+        .args(["ip", "netns", "exec", ns]);
     if let Some(cpu) = cpu {
         cmd.args(["taskset", "-c", &cpu.to_string()]);
     }
+    cmd.arg(program);
+    cmd
 }
 
 impl Drop for Topology {
@@ -238,8 +252,9 @@ fn remove_stale() -> Result<()> {
         };
         if !alive(pid) {
             step(format!("removing cgroup {name} left by an earlier run"));
-            remove_cgroup(&entry.path().join("client"))?;
-            remove_cgroup(&entry.path())?;
+            for child in ["client", "server", ""] {
+                remove_cgroup(&entry.path().join(child))?;
+            }
         }
     }
     Ok(())
