@@ -1,0 +1,95 @@
+//! Removes what earlier, killed test runs left behind.
+//!
+//! Guards clean up on drop and on panic, but not when the test process is
+//! SIGKILLed (a CI timeout, a Ctrl-C of `cargo test`). Every name this crate
+//! gives carries the creating pid, so a later run can recognise leftovers
+//! whose creator is dead and remove them, leaving those of live processes
+//! (other test runs on this machine) alone.
+
+use std::fs;
+
+use serde::Deserialize;
+
+use crate::{
+    cgroup::{CGROUP_PREFIX, cgroup2_mount, teardown},
+    error::Result,
+    netns::{LINK_PREFIX, NETNS_PREFIX, delete_link, delete_netns},
+    util::{ip, pid_alive},
+};
+
+/// Removes test cgroups, namespaces and veth links created by processes
+/// that no longer exist. Returns a description of each removed item.
+pub fn reap_stale() -> Result<Vec<String>> {
+    let mut reaped = Vec::new();
+
+    let mount = cgroup2_mount()?;
+    if let Ok(entries) = fs::read_dir(mount) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = owner_pid(&name, CGROUP_PREFIX, '-')
+                && !pid_alive(pid)
+            {
+                teardown(&entry.path(), None)?;
+                reaped.push(format!("cgroup {}", entry.path().display()));
+            }
+        }
+    }
+
+    if let Ok(entries) = fs::read_dir("/run/netns") {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = owner_pid(&name, NETNS_PREFIX, '-')
+                && !pid_alive(pid)
+            {
+                delete_netns(&name)?;
+                reaped.push(format!("netns {name}"));
+            }
+        }
+    }
+
+    #[derive(Deserialize)]
+    struct Link {
+        ifname: String,
+    }
+    let links: Vec<Link> = serde_json::from_str(&ip(&["-j", "link", "show"])?).unwrap_or_default();
+    for link in links {
+        // veth names carry "@peer" only in the non-JSON output.
+        let name = link.ifname;
+        let dead = owner_pid(&name, LINK_PREFIX, 'o')
+            .or_else(|| owner_pid(&name, LINK_PREFIX, 'i'))
+            .is_some_and(|pid| !pid_alive(pid));
+        if dead {
+            delete_link(&name)?;
+            reaped.push(format!("link {name}"));
+        }
+    }
+    Ok(reaped)
+}
+
+/// The pid in `<prefix><pid><sep><serial>`, if `name` has that shape.
+fn owner_pid(name: &str, prefix: &str, sep: char) -> Option<u32> {
+    let rest = name.strip_prefix(prefix)?;
+    let (pid, serial) = rest.split_once(sep)?;
+    let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (all_digits(pid) && all_digits(serial)).then(|| pid.parse().ok())?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_only_our_names() {
+        assert_eq!(
+            owner_pid("enforcer-test-123-4", CGROUP_PREFIX, '-'),
+            Some(123)
+        );
+        assert_eq!(owner_pid("enforcer-test-123", CGROUP_PREFIX, '-'), None);
+        assert_eq!(owner_pid("enforcer-test-x-1", CGROUP_PREFIX, '-'), None);
+        assert_eq!(owner_pid("enft-77-0", NETNS_PREFIX, '-'), Some(77));
+        assert_eq!(owner_pid("enf77o12", LINK_PREFIX, 'o'), Some(77));
+        assert_eq!(owner_pid("enf77i12", LINK_PREFIX, 'i'), Some(77));
+        assert_eq!(owner_pid("enp0s3", LINK_PREFIX, 'o'), None);
+        assert_eq!(owner_pid("eth0", LINK_PREFIX, 'o'), None);
+    }
+}

@@ -1,0 +1,423 @@
+//! Tests of the test infrastructure itself (no eBPF): guards, placement of
+//! processes, real traffic over IPv4 and IPv6, and cleanup — also after a
+//! panic. Root only; run with `--test-threads=1`.
+
+use std::{
+    fs,
+    net::SocketAddr,
+    os::unix::fs::MetadataExt,
+    panic::{AssertUnwindSafe, catch_unwind},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use enforcer_tests::{
+    CgroupGuard, Error, Probe, ProbeOutcome, Server, Spawner, TcpHold, TestHost, cgroup_of_pid,
+    netns::ensure_unused, ping, privileged, tcp_connect, udp_send,
+};
+
+const V4: &str = "198.51.100.0/24";
+const V6: &str = "2001:db8:100::/64";
+
+fn any_port(addr: std::net::IpAddr) -> SocketAddr {
+    SocketAddr::new(addr, 0)
+}
+
+/// Whether a process still runs. Killed grandchildren are reparented to
+/// PID 1, which reaps them when it gets to it: a zombie counts as dead.
+fn pid_alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // "PID (COMM) STATE ...": COMM may contain spaces, so split at ')'.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+fn link_exists(name: &str) -> bool {
+    Path::new("/sys/class/net").join(name).exists()
+}
+
+/// Everything a test created, to check afterwards that it is gone.
+#[derive(Default, Debug)]
+struct Created {
+    cgroups: Vec<PathBuf>,
+    netns: Vec<PathBuf>,
+    links: Vec<String>,
+    pids: Vec<u32>,
+    subnets: Vec<String>,
+}
+
+impl Created {
+    fn host(&mut self, host: &TestHost) {
+        self.netns.push(host.netns_path());
+        self.links.push(host.outer_ifname().to_owned());
+        self.subnets.extend(host.subnet_v4().map(|s| s.to_string()));
+        self.subnets.extend(host.subnet_v6().map(|s| s.to_string()));
+    }
+
+    fn assert_all_gone(&self) {
+        assert!(!self.cgroups.is_empty() && !self.netns.is_empty() && !self.pids.is_empty());
+        for dir in &self.cgroups {
+            assert!(!dir.exists(), "cgroup {} left behind", dir.display());
+        }
+        for ns in &self.netns {
+            assert!(!ns.exists(), "netns {} left behind", ns.display());
+        }
+        for link in &self.links {
+            assert!(!link_exists(link), "link {link} left behind");
+        }
+        for pid in &self.pids {
+            assert!(!pid_alive(*pid), "process {pid} left behind");
+        }
+        for subnet in &self.subnets {
+            ensure_unused(&subnet.parse().unwrap())
+                .unwrap_or_else(|e| panic!("{subnet} still in use: {e}"));
+        }
+    }
+}
+
+/// Builds a host, a cgroup with a nested child, servers in the host and a
+/// held connection and a forking shell in the cgroups; records all of it.
+fn populate(created: &mut Created) -> (TestHost, CgroupGuard, Vec<Box<dyn std::any::Any>>) {
+    let host = TestHost::new(V4, V6).expect("test host");
+    created.host(&host);
+    let cg = CgroupGuard::new().expect("cgroup");
+    let nested = cg.child("nested").expect("nested cgroup");
+    created.cgroups.push(cg.path().to_owned());
+    created.cgroups.push(nested.path().to_owned());
+
+    let server = Server::tcp(None, Some(&host), any_port(host.ipv4())).expect("server");
+    created.pids.push(server.pid());
+    let hold = TcpHold::open(&cg, None, server.addr(), Duration::from_secs(2)).expect("hold");
+    assert_eq!(hold.connect_report().outcome, ProbeOutcome::Ok);
+    // A shell with grandchildren, left to the cgroup guard to kill.
+    let shell = Spawner::new("sh")
+        .args(["-c", "sleep 300 & sleep 300 & echo started; wait"])
+        .cgroup(&nested)
+        .spawn()
+        .expect("shell");
+    let mut shell = shell;
+    assert_eq!(
+        shell.read_line(Duration::from_secs(5)).unwrap().as_deref(),
+        Some("started")
+    );
+    let all: Vec<u32> = [cg.procs().unwrap(), nested.procs().unwrap()].concat();
+    assert!(
+        all.len() >= 4,
+        "expected hold, shell and two sleeps, got {all:?}"
+    );
+    created.pids.extend(all);
+    // Leak the nested guard's drop to the parent: the parent must remove
+    // the whole tree by itself.
+    std::mem::forget(nested);
+    (
+        host,
+        cg,
+        vec![Box::new(server), Box::new(hold), Box::new(shell)],
+    )
+}
+
+#[test]
+fn tcp_udp_and_ping_from_a_cgroup_to_a_test_host_over_ipv4_and_ipv6() {
+    let _root = privileged!();
+    let host = TestHost::new(V4, V6).expect("test host");
+    let cg = CgroupGuard::new().expect("cgroup");
+    for ip in [host.ipv4(), host.ipv6()] {
+        let tcp = Server::tcp(None, Some(&host), any_port(ip)).expect("tcp server");
+        let udp = Server::udp(None, Some(&host), any_port(ip)).expect("udp server");
+        assert_eq!(
+            tcp_connect(&cg, None, tcp.addr()),
+            ProbeOutcome::Ok,
+            "tcp to {ip}"
+        );
+        assert_eq!(
+            udp_send(&cg, None, udp.addr()),
+            ProbeOutcome::Ok,
+            "udp to {ip}"
+        );
+        let connected = Probe::udp_send(udp.addr())
+            .cgroup(&cg)
+            .udp_connected()
+            .run();
+        assert_eq!(connected.outcome, ProbeOutcome::Ok, "{}", connected.line);
+        assert_eq!(ping(&cg, None, ip), ProbeOutcome::Ok, "ping {ip}");
+    }
+}
+
+#[test]
+fn traffic_from_a_test_host_to_a_server_in_a_cgroup() {
+    let _root = privileged!();
+    let host = TestHost::new(V4, V6).expect("test host");
+    let cg = CgroupGuard::new().expect("cgroup");
+    let client_cg = CgroupGuard::new().expect("client cgroup");
+    for ip in [host.local_ipv4(), host.local_ipv6()] {
+        let tcp = Server::tcp(Some(&cg), None, any_port(ip)).expect("tcp server");
+        assert!(cg.contains(tcp.pid()));
+        let udp = Server::udp(Some(&cg), None, any_port(ip)).expect("udp server");
+        // Client in a cgroup *and* inside the test host.
+        let report = Probe::tcp_connect(tcp.addr())
+            .cgroup(&client_cg)
+            .netns(&host)
+            .run();
+        assert_eq!(report.outcome, ProbeOutcome::Ok, "{}", report.line);
+        assert!(
+            report.local.is_some_and(|l| l.ip() != ip),
+            "{}",
+            report.line
+        );
+        assert_eq!(
+            udp_send(&client_cg, Some(&host), udp.addr()),
+            ProbeOutcome::Ok
+        );
+        assert_eq!(ping(&client_cg, Some(&host), ip), ProbeOutcome::Ok);
+    }
+}
+
+#[test]
+fn a_bound_source_address_is_used() {
+    let _root = privileged!();
+    let host = TestHost::new(V4, V6).expect("test host");
+    let cg = CgroupGuard::new().expect("cgroup");
+    let server = Server::tcp(None, Some(&host), host.socket_v6(7000)).expect("server");
+    assert_eq!(server.addr(), host.socket_v6(7000));
+    let source = SocketAddr::new(host.local_ipv6(), 40123);
+    let report = Probe::tcp_connect(server.addr())
+        .cgroup(&cg)
+        .bind(source)
+        .run();
+    assert_eq!(report.outcome, ProbeOutcome::Ok, "{}", report.line);
+    assert_eq!(report.local, Some(source));
+}
+
+#[test]
+fn processes_are_really_in_their_cgroup_and_namespace() {
+    let _root = privileged!();
+    let host = TestHost::builder()
+        .ipv4("203.0.113.0/24")
+        .build()
+        .expect("host");
+    let cg = CgroupGuard::new().expect("cgroup");
+    let web = cg.child("web").expect("child cgroup");
+    assert_eq!(cg.id(), fs::metadata(cg.path()).unwrap().ino());
+    assert_ne!(cg.id(), web.id());
+    assert_eq!(web.relative_path(), format!("{}/web", cg.relative_path()));
+
+    let mut child = Spawner::new("sleep")
+        .arg("30")
+        .cgroup(&web)
+        .netns(&host)
+        .spawn()
+        .expect("spawn");
+    let pid = child.pid();
+    let proc_cgroup = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(
+        proc_cgroup
+            .lines()
+            .any(|l| l == format!("0::{}", web.relative_path())),
+        "/proc/{pid}/cgroup:\n{proc_cgroup}"
+    );
+    assert_eq!(cgroup_of_pid(pid).unwrap(), web.relative_path());
+    assert_eq!(web.procs().unwrap(), [pid]);
+    assert!(cg.procs().unwrap().is_empty());
+    assert!(cg.populated().unwrap());
+
+    let ns_link = fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
+    let ns_ino = fs::metadata(host.netns_path()).unwrap().ino();
+    assert_eq!(ns_link.to_string_lossy(), format!("net:[{ns_ino}]"));
+    let own = fs::read_link("/proc/self/ns/net").unwrap();
+    assert_ne!(own, ns_link, "the test runner must stay in its namespace");
+
+    // The runner itself never moves.
+    let before = cgroup_of_pid(std::process::id()).unwrap();
+    assert!(!before.starts_with(cg.relative_path()));
+    child.kill().expect("kill");
+    assert!(!cg.populated().unwrap());
+}
+
+#[test]
+fn everything_is_gone_after_the_guards_drop() {
+    let _root = privileged!();
+    let mut created = Created::default();
+    {
+        let (_host, _cg, _others) = populate(&mut created);
+    }
+    created.assert_all_gone();
+}
+
+#[test]
+fn everything_is_gone_after_a_panic_in_the_test() {
+    let _root = privileged!();
+    let mut created = Created::default();
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        let (_host, _cg, _others) = populate(&mut created);
+        panic!("a failing assertion in the middle of a test");
+    }));
+    assert!(result.is_err(), "the closure must have panicked");
+    created.assert_all_gone();
+}
+
+#[test]
+fn explicit_removal_reports_success_and_frees_the_range() {
+    let _root = privileged!();
+    let host = TestHost::new(V4, V6).expect("host");
+    let cg = CgroupGuard::new().expect("cgroup");
+    let (path, ns) = (cg.path().to_owned(), host.netns_path());
+    let sleeper = Spawner::new("sleep")
+        .arg("30")
+        .cgroup(&cg)
+        .spawn()
+        .expect("spawn");
+    cg.remove().expect("cgroup removal");
+    host.remove().expect("host removal");
+    assert!(!path.exists() && !ns.exists());
+    drop(sleeper);
+    // The same range can be used again at once.
+    let again = TestHost::new(V4, V6).expect("the range is free again");
+    drop(again);
+}
+
+#[test]
+fn refused_connections_are_reported_quickly() {
+    let _root = privileged!();
+    let host = TestHost::new(V4, V6).expect("host");
+    let cg = CgroupGuard::new().expect("cgroup");
+    for addr in [host.socket_v4(9), host.socket_v6(9)] {
+        let started = Instant::now();
+        let report = Probe::tcp_connect(addr).cgroup(&cg).run();
+        assert_eq!(report.outcome, ProbeOutcome::Refused, "{}", report.line);
+        assert_eq!(report.errno, libc::ECONNREFUSED);
+        assert!(report.elapsed_ms < 100, "{}", report.line);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+
+        let udp = Probe::udp_send(addr).cgroup(&cg).udp_connected().run();
+        assert_eq!(udp.outcome, ProbeOutcome::Refused, "{}", udp.line);
+    }
+}
+
+#[test]
+fn silence_is_reported_as_a_timeout() {
+    let _root = privileged!();
+    let host = TestHost::new(V4, V6).expect("host");
+    let cg = CgroupGuard::new().expect("cgroup");
+    // Nobody has .3 / ::3 on the link: no neighbour answers.
+    let v4 = host.subnet_v4().unwrap().nth(3).unwrap();
+    let timeout = Duration::from_millis(200);
+    for report in [
+        Probe::tcp_connect(SocketAddr::new(v4, 80))
+            .cgroup(&cg)
+            .timeout(timeout)
+            .run(),
+        Probe::udp_send(host.socket_v4(9))
+            .cgroup(&cg)
+            .timeout(timeout)
+            .run(),
+        Probe::ping(v4).cgroup(&cg).timeout(timeout).run(),
+    ] {
+        assert_eq!(report.outcome, ProbeOutcome::Timeout, "{}", report.line);
+        assert!((150..1000).contains(&report.elapsed_ms), "{}", report.line);
+    }
+}
+
+#[test]
+fn a_held_connection_notices_a_cut_and_recovers() {
+    let _root = privileged!();
+    let host = TestHost::new(V4, V6).expect("host");
+    let cg = CgroupGuard::new().expect("cgroup");
+    let server = Server::tcp(None, Some(&host), host.socket_v4(7001)).expect("server");
+    let mut hold =
+        TcpHold::open(&cg, None, server.addr(), Duration::from_millis(300)).expect("hold");
+    assert_eq!(hold.connect_report().outcome, ProbeOutcome::Ok);
+    assert_eq!(hold.exchange().outcome, ProbeOutcome::Ok);
+    assert_eq!(hold.exchange().outcome, ProbeOutcome::Ok);
+
+    // Cut the wire without touching the sockets.
+    let link = host.outer_ifname();
+    let ip = |state: &str| {
+        let ok = std::process::Command::new("ip")
+            .args(["link", "set", link, state])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "ip link set {link} {state}");
+    };
+    ip("down");
+    let cut = hold.exchange();
+    assert_eq!(cut.outcome, ProbeOutcome::Timeout, "{}", cut.line);
+    ip("up");
+    // TCP retransmits with back-off; the late echo of the cut message is
+    // skipped, and a later exchange gets its own echo again.
+    let recovered = (0..10).any(|_| hold.exchange().outcome == ProbeOutcome::Ok);
+    assert!(recovered, "the held connection did not recover");
+}
+
+#[test]
+fn two_hosts_in_one_test() {
+    let _root = privileged!();
+    let a = TestHost::new("198.51.100.0/24", "2001:db8:a::/64").expect("host a");
+    let b = TestHost::new("203.0.113.0/24", "2001:db8:b::/64").expect("host b");
+    assert_ne!(a.name(), b.name());
+    let cg = CgroupGuard::new().expect("cgroup");
+    for host in [&a, &b] {
+        let server = Server::tcp(None, Some(host), host.socket_v4(80)).expect("server");
+        assert_eq!(tcp_connect(&cg, None, server.addr()), ProbeOutcome::Ok);
+    }
+    // From inside each host, this machine's end of its own link answers.
+    assert_eq!(ping(&cg, Some(&a), a.local_ipv4()), ProbeOutcome::Ok);
+    assert_eq!(ping(&cg, Some(&b), b.local_ipv6()), ProbeOutcome::Ok);
+}
+
+#[test]
+fn ranges_in_use_or_outside_the_documentation_ranges_are_refused() {
+    let _root = privileged!();
+    let _host = TestHost::new(V4, V6).expect("host");
+    let overlapping = TestHost::builder().ipv4("198.51.100.128/25").build();
+    assert!(
+        matches!(overlapping, Err(Error::RangeInUse { .. })),
+        "{overlapping:?}"
+    );
+    let overlapping = TestHost::builder().ipv6("2001:db8:100:0:1::/80").build();
+    assert!(
+        matches!(overlapping, Err(Error::RangeInUse { .. })),
+        "{overlapping:?}"
+    );
+    // This machine's own network, and a non-documentation range.
+    for bad in ["192.0.2.0/24", "10.0.0.0/24"] {
+        let result = TestHost::builder().ipv4(bad).build();
+        assert!(
+            matches!(result, Err(Error::NotDocumentationRange(_))),
+            "{bad}: {result:?}"
+        );
+    }
+    assert!(matches!(
+        TestHost::builder().ipv4("2001:db8::/64").build(),
+        Err(Error::BadSubnet(_))
+    ));
+}
+
+#[test]
+fn extra_addresses_on_a_test_host_are_reachable() {
+    let _root = privileged!();
+    let host = TestHost::new(V4, V6).expect("host");
+    let cg = CgroupGuard::new().expect("cgroup");
+    let on_link = "198.51.100.77".parse().unwrap();
+    let routed = "203.0.113.5".parse().unwrap();
+    host.add_address(on_link).expect("on-link address");
+    host.add_address(routed).expect("routed address");
+    assert!(host.add_address("192.0.2.9".parse().unwrap()).is_err());
+    for ip in [on_link, routed] {
+        let server = Server::tcp(None, Some(&host), SocketAddr::new(ip, 80)).expect("server");
+        assert_eq!(
+            tcp_connect(&cg, None, server.addr()),
+            ProbeOutcome::Ok,
+            "{ip}"
+        );
+    }
+    drop(host);
+    ensure_unused(&"203.0.113.5/32".parse().unwrap()).expect("the host route went with the link");
+}
