@@ -4,8 +4,8 @@
 use std::{
     cell::Cell,
     fs::{self, File, OpenOptions},
-    io::Write,
-    os::fd::AsRawFd,
+    io::{Read, Write},
+    os::{fd::AsRawFd, unix::fs::OpenOptionsExt},
     path::{Path, PathBuf},
     process::Command,
     sync::{Mutex, MutexGuard, OnceLock, mpsc},
@@ -139,6 +139,13 @@ pub fn missing_requirement() -> Option<String> {
     if !Path::new("/proc/self/ns/net").exists() {
         return Some("the kernel has no network namespaces (CONFIG_NET_NS)".into());
     }
+    if socket_matching_disabled() {
+        return Some(
+            "the kernel log says \"disabling cgroup2 socket matching\" (a cgroup v1 net_cls or \
+             net_prio hierarchy was activated): cgroup BPF programs cannot match sockets until reboot"
+                .into(),
+        );
+    }
     let ip_ok = Command::new("ip")
         .arg("-V")
         .output()
@@ -147,6 +154,37 @@ pub fn missing_requirement() -> Option<String> {
         return Some("`ip` from iproute2 is not installed".into());
     }
     None
+}
+
+/// Whether the kernel has turned off cgroup2 socket matching, which it
+/// does for good (until reboot) once a v1 `net_cls`/`net_prio` controller
+/// is used on a hybrid host. Read from the kernel log (`/dev/kmsg`); if the
+/// log is unreadable or has rotated past the message, this says `false`.
+pub fn socket_matching_disabled() -> bool {
+    const MESSAGE: &[u8] = b"disabling cgroup2 socket matching";
+    let Ok(kmsg) = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("/dev/kmsg")
+    else {
+        return false;
+    };
+    let mut kmsg = kmsg;
+    // Each read returns one record; EAGAIN marks the end of the buffer.
+    let mut record = [0u8; 8192];
+    loop {
+        match kmsg.read(&mut record) {
+            Ok(0) => return false,
+            Ok(n) => {
+                if record[..n].windows(MESSAGE.len()).any(|w| w == MESSAGE) {
+                    return true;
+                }
+            }
+            // EPIPE: a record was overwritten while reading; keep going.
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {}
+            Err(_) => return false,
+        }
+    }
 }
 
 fn lock() -> Privileged {

@@ -12,15 +12,18 @@ use serde::Deserialize;
 
 use crate::{
     cgroup::{CGROUP_PREFIX, cgroup2_mount, teardown},
-    error::Result,
+    error::{Error, Result},
     netns::{LINK_PREFIX, NETNS_PREFIX, delete_link, delete_netns},
     util::{ip, pid_alive},
 };
 
 /// Removes test cgroups, namespaces and veth links created by processes
-/// that no longer exist. Returns a description of each removed item.
+/// that no longer exist. Returns a description of each removed item; if
+/// some could not be removed, it goes on with the others and then fails
+/// with all the reasons.
 pub fn reap_stale() -> Result<Vec<String>> {
     let mut reaped = Vec::new();
+    let mut failed = Vec::new();
 
     let mount = cgroup2_mount()?;
     if let Ok(entries) = fs::read_dir(mount) {
@@ -29,20 +32,13 @@ pub fn reap_stale() -> Result<Vec<String>> {
             if let Some(pid) = owner_pid(&name, CGROUP_PREFIX, '-')
                 && !pid_alive(pid)
             {
-                teardown(&entry.path(), None)?;
-                reaped.push(format!("cgroup {}", entry.path().display()));
-            }
-        }
-    }
-
-    if let Ok(entries) = fs::read_dir("/run/netns") {
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some(pid) = owner_pid(&name, NETNS_PREFIX, '-')
-                && !pid_alive(pid)
-            {
-                delete_netns(&name)?;
-                reaped.push(format!("netns {name}"));
+                let what = format!("cgroup {}", entry.path().display());
+                note(
+                    teardown(&entry.path(), None),
+                    what,
+                    &mut reaped,
+                    &mut failed,
+                );
             }
         }
     }
@@ -59,11 +55,48 @@ pub fn reap_stale() -> Result<Vec<String>> {
             .or_else(|| owner_pid(&name, LINK_PREFIX, 'i'))
             .is_some_and(|pid| !pid_alive(pid));
         if dead {
-            delete_link(&name)?;
-            reaped.push(format!("link {name}"));
+            // Before the namespaces: deleting a link is synchronous, while a
+            // deleted namespace frees its devices later.
+            note(
+                delete_link(&name),
+                format!("link {name}"),
+                &mut reaped,
+                &mut failed,
+            );
         }
     }
-    Ok(reaped)
+
+    if let Ok(entries) = fs::read_dir("/run/netns") {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = owner_pid(&name, NETNS_PREFIX, '-')
+                && !pid_alive(pid)
+            {
+                note(
+                    delete_netns(&name),
+                    format!("netns {name}"),
+                    &mut reaped,
+                    &mut failed,
+                );
+            }
+        }
+    }
+    if failed.is_empty() {
+        Ok(reaped)
+    } else {
+        Err(Error::Cleanup(format!(
+            "removed {}; could not remove {}",
+            reaped.join(", "),
+            failed.join("; ")
+        )))
+    }
+}
+
+fn note(result: Result<()>, what: String, reaped: &mut Vec<String>, failed: &mut Vec<String>) {
+    match result {
+        Ok(()) => reaped.push(what),
+        Err(err) => failed.push(format!("{what}: {err}")),
+    }
 }
 
 /// The pid in `<prefix><pid><sep><serial>`, if `name` has that shape.

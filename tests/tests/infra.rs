@@ -421,3 +421,92 @@ fn extra_addresses_on_a_test_host_are_reachable() {
     drop(host);
     ensure_unused(&"203.0.113.5/32".parse().unwrap()).expect("the host route went with the link");
 }
+
+#[test]
+fn leftovers_of_a_dead_run_are_reaped_and_live_ones_kept() {
+    let _root = privileged!();
+    // A pid that no longer exists stands for a test run that was SIGKILLed.
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    gone.wait().unwrap();
+    let dead = gone.id();
+    let mount = enforcer_tests::cgroup2_mount().unwrap();
+    let stale_cg = mount.join(format!("enforcer-test-{dead}-0"));
+    fs::create_dir_all(stale_cg.join("nested")).unwrap();
+    let orphan = Spawner::new("sleep")
+        .arg("300")
+        .cgroup_dir(&stale_cg.join("nested"))
+        .spawn()
+        .expect("orphan in the stale cgroup");
+    let orphan_pid = orphan.pid();
+    // Its guard must not be what kills it.
+    std::mem::forget(orphan);
+    let (ns, outer, inner) = (
+        format!("enft-{dead}-0"),
+        format!("enf{dead}o0"),
+        format!("enf{dead}i0"),
+    );
+    let ip = |args: &[&str]| {
+        let ok = std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "ip {args:?}");
+    };
+    ip(&["netns", "add", &ns]);
+    ip(&[
+        "link", "add", &outer, "type", "veth", "peer", "name", &inner, "netns", &ns,
+    ]);
+    let live = CgroupGuard::new().expect("a live run's cgroup");
+
+    let reaped = enforcer_tests::reap_stale().expect("reap");
+    assert_eq!(reaped.len(), 3, "{reaped:?}");
+    assert!(!stale_cg.exists());
+    assert!(!Path::new("/run/netns").join(&ns).exists());
+    assert!(!link_exists(&outer));
+    assert!(!pid_alive(orphan_pid));
+    assert!(live.path().exists(), "a live process's cgroup was reaped");
+    // Reap the orphan we forgot (it is our child: a zombie until waited).
+    // SAFETY: waitpid on our own child.
+    unsafe { libc::waitpid(orphan_pid as libc::pid_t, std::ptr::null_mut(), 0) };
+}
+
+/// Set in the environment of the copies of this test binary that
+/// `the_gate_skips_without_root_and_fails_under_ci` runs as `nobody`.
+const GATE_CHILD: &str = "ENFORCER_TESTS_GATE_CHILD";
+
+#[test]
+fn the_gate_skips_without_root_and_fails_under_ci() {
+    if std::env::var_os(GATE_CHILD).is_some() {
+        // Running as nobody: privileged! must return (skip) or panic (CI).
+        let _root = privileged!();
+        panic!("privileged! let a process without root through");
+    }
+    let _root = privileged!();
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().unwrap();
+    let run = |ci: bool| {
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.args([
+            "--exact",
+            "the_gate_skips_without_root_and_fails_under_ci",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(GATE_CHILD, "1")
+        .env_remove("CI")
+        .uid(65534)
+        .gid(65534);
+        if ci {
+            cmd.env("CI", "true");
+        }
+        cmd.output().expect("run the test binary as nobody")
+    };
+    let skipped = run(false);
+    let text = String::from_utf8_lossy(&skipped.stderr);
+    assert!(skipped.status.success(), "without CI it must skip: {text}");
+    assert!(text.contains("SKIPPED: needs root"), "{text}");
+    let failed = run(true);
+    let text = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success(), "under CI it must fail: {text}");
+    assert!(text.contains("CI is set"), "{text}");
+}
