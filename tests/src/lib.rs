@@ -15,6 +15,8 @@
 //!
 //! See `tests/README.md` for a walk-through.
 
+#![warn(missing_docs)]
+
 pub mod cgroup;
 pub mod error;
 pub mod netns;

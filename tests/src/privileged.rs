@@ -212,13 +212,13 @@ fn lock() -> Privileged {
     } else {
         let holder = fs::read_to_string(LOCK_PATH).unwrap_or_default();
         eprintln!(
-            "enforcer-tests: waiting up to {timeout:?} for the root-test lock {LOCK_PATH} (held by {})",
+            "enforcer-tests: waiting up to {timeout:?} for the root-test lock {LOCK_PATH} (last taken by {})",
             holder.trim()
         );
         wait_for_lock(file, timeout).unwrap_or_else(|| {
             panic!(
                 "another root test run held {LOCK_PATH} for more than {timeout:?} \
-                 (holder: {}); raise ENFORCER_TEST_LOCK_TIMEOUT_SECS or stop it",
+                 (last taken by {}); raise ENFORCER_TEST_LOCK_TIMEOUT_SECS or stop it",
                 holder.trim()
             )
         })
