@@ -314,6 +314,12 @@ fn kill_subtree(dir: &Path) {
             return;
         }
     }
+    kill_each_pid(dir);
+}
+
+/// The fallback of [`kill_subtree`] for kernels without `cgroup.kill`:
+/// SIGKILL every pid listed in the subtree, deepest cgroups first.
+fn kill_each_pid(dir: &Path) {
     let me = std::process::id();
     for sub in subtree(dir).iter().rev() {
         for pid in read_procs(sub).unwrap_or_default() {
@@ -351,6 +357,29 @@ mod tests {
             parse_cgroup2_mount("30 1 0:26 / /x rw - cgroup cgroup rw\n"),
             None
         );
+    }
+
+    #[test]
+    fn the_fallback_without_cgroup_kill_empties_a_forking_tree() {
+        let _root = crate::privileged!();
+        let cg = CgroupGuard::new().unwrap();
+        let leaf = cg.child("leaf").unwrap();
+        // A shell that keeps forking; kill-by-pid must outrun it.
+        let mut shell = crate::Spawner::new("sh")
+            .args(["-c", "echo up; while true; do sleep 30 & sleep 0.01; done"])
+            .cgroup(&leaf)
+            .spawn()
+            .unwrap();
+        assert_eq!(
+            shell.read_line(Duration::from_secs(5)).unwrap().as_deref(),
+            Some("up")
+        );
+        let emptied = poll_until(DRAIN_TIMEOUT, || {
+            kill_each_pid(cg.path());
+            (!cg.populated().unwrap()).then_some(())
+        });
+        assert!(emptied.is_some(), "left: {:?}", leaf.procs());
+        cg.remove().unwrap();
     }
 
     #[test]

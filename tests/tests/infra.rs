@@ -567,3 +567,28 @@ fn a_local_refusal_is_reported_as_eperm() {
         assert_eq!(udp_send(&cg, Some(&host), server.addr()), ProbeOutcome::Ok);
     }
 }
+
+#[test]
+fn teardown_never_kills_the_test_runner() {
+    let _root = privileged!();
+    let me = std::process::id();
+    let home = cgroup_of_pid(me).unwrap();
+    let cg = CgroupGuard::new().expect("cgroup");
+    let inner = cg.child("inner").expect("child");
+    // A test that (wrongly) moves the runner itself into a test cgroup:
+    // teardown must move it back out rather than kill it (if it did not,
+    // this test binary would die of SIGKILL and the run would fail).
+    inner.add_pid(me).expect("move the runner");
+    assert_eq!(cgroup_of_pid(me).unwrap(), inner.relative_path());
+    let sleeper = Spawner::new("sleep")
+        .arg("30")
+        .cgroup(&inner)
+        .spawn()
+        .expect("spawn");
+    let sleeper_pid = sleeper.pid();
+    std::mem::forget(inner);
+    cg.remove().expect("teardown");
+    assert_eq!(cgroup_of_pid(me).unwrap(), home);
+    assert!(!pid_alive(sleeper_pid));
+    drop(sleeper);
+}
