@@ -410,14 +410,13 @@ impl Server {
         let line = match child.read_line(SERVER_READY_TIMEOUT) {
             Ok(Some(line)) => line,
             Ok(None) => {
-                let status = child.wait_timeout(Duration::from_secs(1));
+                let output = match child.wait_with_output(Duration::from_secs(2)) {
+                    Ok(out) => format!("{}: {}", describe_status(out.status), out.stderr.trim()),
+                    Err(err) => err.to_string(),
+                };
                 return Err(Error::BadOutput {
                     what,
-                    output: format!(
-                        "exited before listening ({}): {}",
-                        status.map_or_else(|| "still running".into(), describe_status),
-                        child.stderr().trim()
-                    ),
+                    output: format!("exited before listening ({output})"),
                 });
             }
             Err(err) => {

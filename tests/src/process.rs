@@ -25,6 +25,8 @@ use crate::{
 
 /// How long `Drop` waits for a SIGKILLed child to be reaped.
 const REAP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long to wait for the rest of an exited child's stderr.
+const STDERR_DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Builds a child process: a [`Command`] plus where to put it.
 ///
@@ -34,12 +36,17 @@ const REAP_TIMEOUT: Duration = Duration::from_secs(5);
 /// later `cgroup.procs` write silently miss). Stdin is a pipe (so that the
 /// child sees EOF when its guard goes away), stdout is a pipe read through
 /// [`ChildGuard::read_line`], stderr is collected in the background.
+///
+/// A long-running, chatty child whose stdout nobody reads blocks once the
+/// pipe is full (64 KiB): give such a child [`Spawner::stdout`] with
+/// `Stdio::null()` or a file.
 #[derive(Debug)]
 #[must_use]
 pub struct Spawner {
     command: Command,
     cgroup: Option<PathBuf>,
     netns: Option<PathBuf>,
+    stdout: Option<Stdio>,
 }
 
 impl Spawner {
@@ -54,7 +61,15 @@ impl Spawner {
             command,
             cgroup: None,
             netns: None,
+            stdout: None,
         }
+    }
+
+    /// Sends the child's stdout elsewhere instead of a pipe (then
+    /// [`ChildGuard::read_line`] sees end of file at once).
+    pub fn stdout(mut self, stdout: Stdio) -> Self {
+        self.stdout = Some(stdout);
+        self
     }
 
     /// Appends an argument.
@@ -110,6 +125,7 @@ impl Spawner {
             mut command,
             cgroup,
             netns,
+            stdout,
         } = self;
         // Open everything before fork: between fork and exec only
         // async-signal-safe calls are allowed, so no allocation, no paths.
@@ -125,7 +141,7 @@ impl Spawner {
         let netns_raw = netns_fd.as_ref().map(AsRawFd::as_raw_fd);
         command
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
+            .stdout(stdout.unwrap_or_else(Stdio::piped))
             .stderr(Stdio::piped());
         // SAFETY: the closure only calls getpid, write and setns on file
         // descriptors opened above, and formats into a stack buffer.
@@ -139,18 +155,19 @@ impl Spawner {
         drop((procs_fd, netns_fd));
 
         let stderr = Arc::new(Mutex::new(Vec::new()));
+        let mut stderr_reader = None;
         if let Some(mut pipe) = child.stderr.take() {
             let sink = Arc::clone(&stderr);
             // Collect stderr so the child never blocks on a full pipe and
             // failures can quote it.
-            thread::spawn(move || {
+            stderr_reader = Some(thread::spawn(move || {
                 let mut buf = [0u8; 4096];
                 while let Ok(n @ 1..) = pipe.read(&mut buf) {
                     sink.lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .extend_from_slice(&buf[..n]);
                 }
-            });
+            }));
         }
         let guard = ChildGuard {
             pid: child.id(),
@@ -158,6 +175,7 @@ impl Spawner {
             stdout: child.stdout.take().map(LineReader::new),
             child,
             stderr,
+            stderr_reader,
             program,
             status: None,
         };
@@ -313,6 +331,7 @@ pub struct ChildGuard {
     stdin: Option<ChildStdin>,
     stdout: Option<LineReader>,
     stderr: Arc<Mutex<Vec<u8>>>,
+    stderr_reader: Option<thread::JoinHandle<()>>,
     program: String,
     status: Option<ExitStatus>,
 }
@@ -401,11 +420,18 @@ impl ChildGuard {
         }
         let left = deadline.saturating_duration_since(Instant::now());
         match self.wait_timeout(left) {
-            Some(status) => Ok(ChildOutput {
-                status,
-                lines,
-                stderr: self.stderr(),
-            }),
+            Some(status) => {
+                // The reader thread may still hold the last bytes; it ends
+                // at end of file, unless a grandchild keeps stderr open.
+                if let Some(reader) = &self.stderr_reader {
+                    poll_until(STDERR_DRAIN_TIMEOUT, || reader.is_finished().then_some(()));
+                }
+                Ok(ChildOutput {
+                    status,
+                    lines,
+                    stderr: self.stderr(),
+                })
+            }
             None => Err(Error::Timeout {
                 what: format!("{} to exit", self.describe()),
                 timeout,
@@ -503,6 +529,19 @@ mod tests {
         assert_eq!(out.lines, ["got hello"]);
         assert_eq!(out.status.code(), Some(3));
         assert_eq!(out.stderr, "two\n");
+    }
+
+    #[test]
+    fn stdout_can_be_discarded() {
+        let mut child = Spawner::new("sh")
+            .args(["-c", "yes | head -c 200000; echo done >&2"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        assert_eq!(child.read_line(Duration::from_secs(1)).unwrap(), None);
+        let out = child.wait_with_output(Duration::from_secs(5)).unwrap();
+        assert!(out.status.success());
+        assert_eq!(out.stderr, "done\n");
     }
 
     #[test]

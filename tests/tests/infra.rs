@@ -592,3 +592,14 @@ fn teardown_never_kills_the_test_runner() {
     assert!(!pid_alive(sleeper_pid));
     drop(sleeper);
 }
+
+#[test]
+fn a_server_that_cannot_listen_says_why() {
+    let _root = privileged!();
+    let host = TestHost::builder().ipv4(V4).build().expect("host");
+    // The host's address does not exist in this machine's namespace.
+    let err = Server::tcp(None, None, host.socket_v4(80)).expect_err("bind must fail");
+    let text = err.to_string();
+    assert!(text.contains("exited before listening"), "{text}");
+    assert!(text.contains("Cannot assign requested address"), "{text}");
+}
