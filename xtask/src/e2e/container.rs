@@ -65,7 +65,7 @@ impl Container {
 
     fn start(&mut self, image: &Path) -> Result<()> {
         let root = self.run_dir.join("root");
-        for dir in ["root", "upper", "work"] {
+        for dir in ["root", "upper", "work", "bpffs"] {
             fs::create_dir_all(self.run_dir.join(dir))
                 .with_context(|| format!("cannot create {}", self.run_dir.join(dir).display()))?;
         }
@@ -80,6 +80,12 @@ impl Container {
                 .args(["-t", "overlay", "overlay", "-o", &options])
                 .arg(&root),
         )?;
+
+        // A host booted with systemd has a bpffs at /sys/fs/bpf; nspawn's
+        // /sys has none (and is read-only), so the container gets a fresh
+        // bpffs instance of its own there, never the host's pins.
+        let bpffs = self.run_dir.join("bpffs");
+        cmd::run(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&bpffs))?;
 
         fs::create_dir(&self.cgroup)
             .with_context(|| format!("cannot create the cgroup {}", self.cgroup.display()))?;
@@ -104,6 +110,7 @@ impl Container {
             ])
             .arg(format!("--machine=enforcer-e2e-{}", std::process::id()))
             .arg("--private-network")
+            .arg(format!("--bind={}:/sys/fs/bpf", bpffs.display()))
             .arg(format!("--capability={CAPABILITIES}"))
             .stdin(Stdio::null())
             .stdout(
