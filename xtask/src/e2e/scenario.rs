@@ -409,7 +409,13 @@ fn purge(container: &Container, bpf: &Attachments, repo: &Path) -> Result<()> {
         .lines()
         .map(str::to_string)
         .collect();
-    for path in ["/etc/enforcer", "/sys/fs/bpf/enforcer", "/run/enforcer"] {
+    // The operator's own policy files stay in /etc/enforcer/policies, as
+    // dpkg keeps any file it did not install; everything else must go.
+    for path in [
+        "/etc/enforcer/enforcer.toml",
+        "/sys/fs/bpf/enforcer",
+        "/run/enforcer",
+    ] {
         let output = container.exec(&["test", "-e", path])?;
         if output.status.success() {
             left.push(path.to_string());
@@ -433,6 +439,7 @@ fn purge(container: &Container, bpf: &Attachments, repo: &Path) -> Result<()> {
     if !left.is_empty() {
         bail!("left behind after the purge: {}", left.join(", "));
     }
+    container.run(&["sh", "-c", "find /etc/enforcer /sys/fs/bpf 2>/dev/null; true"])?;
     // And the traffic is no longer filtered.
     clients::expect(container, INTRUDERS, Service::Postgres, Expect::Reach)
 }
