@@ -1,1 +1,5 @@
 //! enforcer: eBPF host microsegmentation.
+pub mod compile {
+    pub mod compiled;
+}
+pub mod dataplane;
