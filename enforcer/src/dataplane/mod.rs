@@ -474,6 +474,22 @@ impl Dataplane {
         m.iter().collect::<Result<_, _>>().map_err(read_err(name))
     }
 
+    /// The tracked connection with this key, if any.
+    pub fn flow(&self, key: &FlowKey) -> Result<Option<FlowValue>> {
+        let name = maps::FLOWS;
+        let m: HashMap<&MapData, FlowKey, FlowValue> = HashMap::try_from(
+            self.ebpf
+                .map(name)
+                .ok_or(DataplaneError::MissingMap(name))?,
+        )
+        .map_err(type_err(name))?;
+        match m.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(read_err(name)(e)),
+        }
+    }
+
     /// Forgets every tracked connection (tests and benchmarks).
     pub fn clear_flows(&mut self) -> Result<()> {
         slots::clear_hash::<FlowKey, FlowValue>(&mut self.ebpf, maps::FLOWS)

@@ -321,3 +321,101 @@ pub fn empty_policy(workloads: &[(u32, &str)], peers: &[(u32, &str)]) -> Compile
         content_hash: 0,
     }
 }
+
+/// A small deterministic PRNG (xorshift64*), so failures replay from the
+/// printed seed.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// The seed of a randomized test: `ENFORCER_TEST_SEED` or the clock.
+pub fn seed() -> u64 {
+    std::env::var("ENFORCER_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        })
+}
+
+/// What kind of first packet to build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    TcpSyn,
+    Udp,
+    EchoRequest,
+}
+
+/// An IP packet (no Ethernet header) from `src:sport` to `dst:dport`. For
+/// echo requests `sport` is the identifier.
+pub fn ip_packet(
+    kind: Kind,
+    src: std::net::IpAddr,
+    dst: std::net::IpAddr,
+    sport: u16,
+    dport: u16,
+) -> Vec<u8> {
+    use std::net::IpAddr;
+    let v6 = src.is_ipv6();
+    let (proto, l4): (u8, Vec<u8>) = match kind {
+        Kind::TcpSyn => {
+            let mut t = vec![0u8; 20];
+            t[0..2].copy_from_slice(&sport.to_be_bytes());
+            t[2..4].copy_from_slice(&dport.to_be_bytes());
+            t[12] = 5 << 4;
+            t[13] = 0x02;
+            (6, t)
+        }
+        Kind::Udp => {
+            let mut u = vec![0u8; 12];
+            u[0..2].copy_from_slice(&sport.to_be_bytes());
+            u[2..4].copy_from_slice(&dport.to_be_bytes());
+            u[4..6].copy_from_slice(&12u16.to_be_bytes());
+            (17, u)
+        }
+        Kind::EchoRequest => {
+            let mut m = vec![0u8; 16];
+            m[0] = if v6 { 128 } else { 8 };
+            m[4..6].copy_from_slice(&sport.to_be_bytes());
+            (if v6 { 58 } else { 1 }, m)
+        }
+    };
+    let mut p = Vec::new();
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            p.extend_from_slice(&[0x45, 0]);
+            p.extend_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+            p.extend_from_slice(&[0, 0, 0x40, 0, 64, proto, 0, 0]);
+            p.extend_from_slice(&s.octets());
+            p.extend_from_slice(&d.octets());
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            p.extend_from_slice(&[0x60, 0, 0, 0]);
+            p.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+            p.extend_from_slice(&[proto, 64]);
+            p.extend_from_slice(&s.octets());
+            p.extend_from_slice(&d.octets());
+        }
+        _ => panic!("mixed address families"),
+    }
+    p.extend_from_slice(&l4);
+    p
+}
