@@ -165,9 +165,9 @@ pub fn judge(
         rule,
         local: workload,
     };
-    // Built-in exceptions, whatever the mode: a local end talking to itself,
-    // inbound failsafe ports, DHCP replies.
-    if !remote.external && remote.identity == workload {
+    // Built-in exceptions, whatever the mode: a workload talking to itself
+    // on this host, inbound failsafe ports, DHCP replies.
+    if local.is_some() && !remote.external && remote.identity == workload {
         return allow(RULE_BUILTIN);
     }
     if opener == DIRECTION_INGRESS {

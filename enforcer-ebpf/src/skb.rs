@@ -120,7 +120,11 @@ fn judge_packet(
             }
             return DROP;
         }
-        last_event_ns = current.last_event_ns;
+        // A retransmitted SYN keeps the rate limit; a new policy may change
+        // the verdict, which is worth a new event at once.
+        if current.generation == cfg.generation {
+            last_event_ns = current.last_event_ns;
+        }
         if !restart && p.class != CLASS_ICMP_ERROR {
             opener_service = Some((current.direction, current.service_port));
         }

@@ -134,10 +134,12 @@ pub fn handle(ctx: &SockAddrContext, family: u8) -> i32 {
 #[inline(always)]
 fn refused(cfg: &Config, key: &FlowKey, v: &Verdict, remote: u32, cgroup_id: u64, direction: u8) {
     let now = now_ns();
-    let last = maps::FLOWS
-        .get_ptr(key)
-        // SAFETY: plain integers.
-        .map_or(0, |p| unsafe { (*p).last_event_ns });
+    // SAFETY: plain integers.
+    let last = match maps::FLOWS.get_ptr(key).map(|p| unsafe { *p }) {
+        // Same verdict under the same policy: rate-limited.
+        Some(f) if f.generation == cfg.generation && f.action == v.action => f.last_event_ns,
+        _ => 0,
+    };
     if !event_due(v.action, last, now) {
         return;
     }

@@ -199,6 +199,15 @@ impl Dataplane {
             links: Vec::new(),
             cgroups: BTreeMap::new(),
         };
+        let cfg = dp.config()?;
+        if cfg.generation == 0 && cfg.enabled == 0 {
+            // Fresh maps: the zeroed CONFIG would mean `--unmanaged deny`;
+            // the default is allow.
+            dp.write_config(Config {
+                unmanaged: MODE_ALLOW,
+                ..cfg
+            })?;
+        }
         dp.cgroups = dp.read_active_cgroups()?;
         Ok(dp)
     }

@@ -419,3 +419,83 @@ pub fn ip_packet(
     p.extend_from_slice(&l4);
     p
 }
+
+/// Forks a child into `cgroup` running `f` (which should not return, e.g.
+/// a server loop) and returns its pid without waiting. The cgroup's guard
+/// kills it.
+pub fn spawn_in_cgroup(cgroup: &Path, f: impl FnOnce() -> i32) -> i32 {
+    let procs = std::ffi::CString::new(
+        cgroup
+            .join("cgroup.procs")
+            .into_os_string()
+            .into_encoded_bytes(),
+    )
+    .expect("path without NUL");
+    // SAFETY: as in `in_cgroup`.
+    unsafe {
+        let pid = libc::fork();
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+            if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                libc::_exit(200);
+            }
+            libc::close(fd);
+            libc::_exit(f());
+        }
+        pid
+    }
+}
+
+/// Reaps a child started by `spawn_in_cgroup` after killing it.
+pub fn kill_child(pid: i32) {
+    // SAFETY: our own child.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        let mut status = 0;
+        libc::waitpid(pid, &mut status, 0);
+    }
+}
+
+/// A port that is free right now on `ip`.
+pub fn free_port(ip: std::net::IpAddr, udp: bool) -> u16 {
+    if udp {
+        UdpSocket::bind((ip, 0))
+            .and_then(|s| s.local_addr())
+            .expect("free udp port")
+            .port()
+    } else {
+        TcpListener::bind((ip, 0))
+            .and_then(|s| s.local_addr())
+            .expect("free tcp port")
+            .port()
+    }
+}
+
+/// A TCP echo server loop (for a forked child): binds, then serves forever.
+pub fn tcp_echo_forever(addr: SocketAddr) -> i32 {
+    let Ok(l) = TcpListener::bind(addr) else {
+        return 201;
+    };
+    for mut s in l.incoming().flatten() {
+        let mut b = [0u8; 1];
+        while s.read_exact(&mut b).is_ok() {
+            if s.write_all(&b).is_err() {
+                break;
+            }
+        }
+    }
+    0
+}
+
+/// Waits until something accepts TCP connections on `addr` (from this
+/// process, which no test cgroup filters).
+pub fn wait_listening(addr: SocketAddr) {
+    for _ in 0..100 {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("nothing listens on {addr}");
+}
