@@ -17,13 +17,13 @@ use crate::compile::compiled::CompiledPolicy;
 
 /// The address entries of a slot: the policy's peers plus this host's own
 /// addresses as `host` (host routes, so they win over any peer prefix).
+/// Address-trie entries of one family.
+pub(crate) type AddrEntries<const N: usize> = Vec<(Key<[u8; N]>, Identity)>;
+
 pub(crate) fn address_entries(
     policy: &CompiledPolicy,
     host: &HostAddrs,
-) -> (
-    Vec<(Key<[u8; 4]>, Identity)>,
-    Vec<(Key<[u8; 16]>, Identity)>,
-) {
+) -> (AddrEntries<4>, AddrEntries<16>) {
     let mut v4: Vec<_> = policy
         .prefixes_v4
         .iter()
