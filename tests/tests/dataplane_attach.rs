@@ -40,9 +40,9 @@ fn connect_from(cg: &TestCgroup, to: SocketAddr) -> (i32, Duration) {
 
 #[test]
 fn denied_connect_fails_at_once_and_allowed_one_succeeds() {
-    if !require_root() {
+    let Some(_root) = require_root() else {
         return;
-    }
+    };
     let allowed = tcp_echo_server("127.0.0.1:0".parse().unwrap());
     let denied = tcp_echo_server("127.0.0.1:0".parse().unwrap());
     let cg = TestCgroup::new();
@@ -83,9 +83,9 @@ fn denied_connect_fails_at_once_and_allowed_one_succeeds() {
 
 #[test]
 fn pinned_enforcement_outlives_the_loader_is_adopted_and_uninstalls_cleanly() {
-    if !require_root() {
+    let Some(_root) = require_root() else {
         return;
-    }
+    };
     let allowed = tcp_echo_server("127.0.0.1:0".parse().unwrap());
     let denied = tcp_echo_server("127.0.0.1:0".parse().unwrap());
     let cg = TestCgroup::new();
@@ -144,9 +144,9 @@ fn pinned_enforcement_outlives_the_loader_is_adopted_and_uninstalls_cleanly() {
 
 #[test]
 fn refuses_the_root_cgroup() {
-    if !require_root() {
+    let Some(_root) = require_root() else {
         return;
-    }
+    };
     let mut dp = Dataplane::load(&DataplaneOptions::default()).expect("load");
     let err = dp
         .attach(&cgroup2_root())

@@ -1,6 +1,8 @@
 //! Differential tests: for thousands of random policies and first packets
 //! (IPv4 and IPv6; TCP, UDP, ICMP echo; ingress and egress), the kernel's
-//! verdict through `BPF_PROG_TEST_RUN` equals the reference evaluator's.
+//! verdict through `BPF_PROG_TEST_RUN` equals the reference evaluator's
+//! (`enforcer::eval::evaluate`), and the address resolution equals
+//! `eval::resolve_addr` and an independent longest-prefix search here.
 //! Nothing is attached: the test process's own cgroup is mapped to the
 //! workload, since test runs report the caller's cgroup.
 
@@ -12,47 +14,16 @@ use dataplane_support::*;
 use enforcer::{
     compile::compiled::{CompiledPolicy, RuleRef, Section},
     dataplane::{Dataplane, DataplaneOptions, HostAddrs, ResolvedCgroup},
+    eval::{self, Connection, Decision},
 };
 use enforcer_common::{
     ACTION_ALLOW, ACTION_DENY, AddrKey4, AddrKey6, DIRECTION_EGRESS, DIRECTION_INGRESS, FlowKey,
     IDENTITY_ANY, IDENTITY_ANY_EXTERNAL, IDENTITY_HOST, IDENTITY_WORLD, Identity, MODE_ENFORCE,
-    PROTO_ICMP, PROTO_TCP, PROTO_UDP, RULE_DEFAULT_DENY, VerdictKey, VerdictValue, packet,
+    PROTO_ICMP, PROTO_TCP, PROTO_UDP, VerdictKey, VerdictValue, packet,
 };
 
 const WORKLOADS: [(u32, &str); 2] = [(16, "api"), (17, "web")];
 const PEERS: [(u32, &str); 4] = [(18, "office"), (19, "vendor"), (20, "lab"), (21, "dc")];
-
-/// The reference lookup chain over the compiled entries (see
-/// docs/dataplane.md): exact remote, ANY_EXTERNAL for peers and world,
-/// ANY, default deny; within a level the longest port prefix wins.
-fn reference(
-    p: &CompiledPolicy,
-    w: Identity,
-    d: u8,
-    proto: u8,
-    r: Identity,
-    port: u16,
-) -> (u8, u32) {
-    let level = |r: Identity| {
-        (0..=16u8).rev().find_map(|bits| {
-            let mask = if bits == 0 {
-                0
-            } else {
-                u16::MAX << (16 - bits)
-            };
-            let key = VerdictKey::new(w, d, proto, r, port & mask, bits);
-            p.verdicts
-                .binary_search_by(|(k, _)| k.cmp(&key))
-                .ok()
-                .map(|i| (p.verdicts[i].1.action, p.verdicts[i].1.rule))
-        })
-    };
-    let external = r == IDENTITY_WORLD || PEERS.iter().any(|(id, _)| *id == r);
-    level(r)
-        .or_else(|| external.then(|| level(IDENTITY_ANY_EXTERNAL)).flatten())
-        .or_else(|| level(IDENTITY_ANY))
-        .unwrap_or((ACTION_DENY, RULE_DEFAULT_DENY))
-}
 
 fn resolve(p: &CompiledPolicy, addr: IpAddr) -> Identity {
     match addr {
@@ -196,9 +167,9 @@ fn random_policy(rng: &mut Rng) -> CompiledPolicy {
 
 #[test]
 fn kernel_verdicts_equal_the_reference_evaluator() {
-    if !require_root() {
+    let Some(_root) = require_root() else {
         return;
-    }
+    };
     let seed = seed();
     println!("seed {seed} (replay with ENFORCER_TEST_SEED={seed})");
     let mut rng = Rng::new(seed);
@@ -254,7 +225,17 @@ fn kernel_verdicts_equal_the_reference_evaluator() {
                 Kind::EchoRequest => PROTO_ICMP,
             };
             let r = resolve(&policy, remote);
-            let (action, rule) = reference(&policy, workload, direction, proto, r, service);
+            assert_eq!(r, eval::resolve_addr(&policy, remote), "address resolution");
+            let Decision { action, rule } = eval::evaluate(
+                &policy,
+                &Connection {
+                    local: workload,
+                    direction,
+                    remote: r,
+                    protocol: proto,
+                    port: service,
+                },
+            );
             let outcome = dp.test_run_skb(direction, &bytes).expect("test run");
             let expected = u32::from(action == ACTION_ALLOW);
             assert_eq!(

@@ -106,9 +106,9 @@ fn policy() -> CompiledPolicy {
 
 #[test]
 fn tcp_and_udp_to_the_host_both_families() {
-    if !require_root() {
+    let Some(_root) = require_root() else {
         return;
-    }
+    };
     let mut s = Setup::new();
     for ip in [LO4, LO6] {
         let tcp_ok = tcp_echo_server(SocketAddr::new(ip, 0));
@@ -171,9 +171,9 @@ fn tcp_and_udp_to_the_host_both_families() {
 
 #[test]
 fn two_local_workloads_need_both_ends_to_allow() {
-    if !require_root() {
+    let Some(_root) = require_root() else {
         return;
-    }
+    };
     let mut s = Setup::new();
     let port = free_port(LO4, false);
     let server = SocketAddr::new(LO4, port);
@@ -249,9 +249,9 @@ fn two_local_workloads_need_both_ends_to_allow() {
 
 #[test]
 fn a_cgroup_created_after_the_policy_is_enforced() {
-    if !require_root() {
+    let Some(_root) = require_root() else {
         return;
-    }
+    };
     let mut s = Setup::new();
     let denied = tcp_echo_server(SocketAddr::new(LO4, 0));
     s.apply(&policy(), MODE_ENFORCE);
@@ -261,9 +261,9 @@ fn a_cgroup_created_after_the_policy_is_enforced() {
 
 #[test]
 fn audit_mode_allows_and_reports() {
-    if !require_root() {
+    let Some(_root) = require_root() else {
         return;
-    }
+    };
     let mut s = Setup::new();
     let mut events = s.dp.take_events().expect("events");
     let server = tcp_echo_server(SocketAddr::new(LO4, 0));
@@ -290,9 +290,9 @@ fn audit_mode_allows_and_reports() {
 
 #[test]
 fn unmanaged_processes_follow_the_setting() {
-    if !require_root() {
+    let Some(_root) = require_root() else {
         return;
-    }
+    };
     let mut s = Setup::new();
     let server = tcp_echo_server(SocketAddr::new(LO4, 0));
     s.apply(&policy(), MODE_ENFORCE);
@@ -317,9 +317,9 @@ fn unmanaged_processes_follow_the_setting() {
 
 #[test]
 fn the_failsafe_port_stays_reachable() {
-    if !require_root() {
+    let Some(_root) = require_root() else {
         return;
-    }
+    };
     let mut s = Setup::new();
     let port = free_port(LO4, false);
     let server = SocketAddr::new(LO4, port);
@@ -349,9 +349,9 @@ fn the_failsafe_port_stays_reachable() {
 
 #[test]
 fn revocation_cuts_an_established_connection() {
-    if !require_root() {
+    let Some(_root) = require_root() else {
         return;
-    }
+    };
     let mut s = Setup::new();
     let server = tcp_echo_server(SocketAddr::new(LO4, 0));
     let mut p = policy();

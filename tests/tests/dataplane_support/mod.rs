@@ -16,19 +16,12 @@ use std::{
 use enforcer::compile::compiled::{CompiledPolicy, EntityInfo, EntityKind, RuleRef, Section};
 use enforcer_common::{IDENTITY_HOST, IDENTITY_WORLD};
 
-/// Whether the test may run: root. Without root the test is skipped,
-/// except under CI, where it fails.
-pub fn require_root() -> bool {
-    // SAFETY: no arguments.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "this test needs root (CI is set, so it fails instead of skipping)"
-    );
-    eprintln!("skipped: needs root");
-    false
+/// The gate of every root test (enforcer-tests' `privileged`): root,
+/// cgroup v2, bpffs, and cgroup2 socket matching working; skips without
+/// them, fails under `CI`. The guard holds the machine-wide lock that runs
+/// root tests of every worktree one at a time.
+pub fn require_root() -> Option<enforcer_tests::Privileged> {
+    enforcer_tests::privileged::require_root_with_probe(option_env!("CARGO_BIN_EXE_probe"))
 }
 
 /// The cgroup v2 mount point, from /proc/self/mountinfo.
