@@ -8,3 +8,4 @@ pub mod cli;
 pub mod compile;
 pub mod eval;
 pub mod policy;
+pub mod dataplane;
