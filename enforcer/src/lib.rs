@@ -1,1 +1,4 @@
 //! enforcer: eBPF host microsegmentation.
+
+pub mod compile;
+pub mod diff;

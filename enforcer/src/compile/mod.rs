@@ -1,0 +1,3 @@
+//! Model -> `CompiledPolicy`.
+
+pub mod compiled;
