@@ -1,4 +1,5 @@
 //! enforcer: eBPF host microsegmentation.
 
+pub mod cli;
 pub mod compile;
 pub mod diff;

@@ -17,6 +17,7 @@ pub mod ports;
 pub mod reach;
 pub mod regions;
 pub mod render;
+pub mod source;
 pub mod testkit;
 
 pub use engine::diff;
