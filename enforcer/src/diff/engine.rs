@@ -7,6 +7,7 @@
 //! compared under its owner in OLD and its owner in NEW.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::rc::Rc;
 
 use enforcer_common::{
     DIRECTION_EGRESS, DIRECTION_INGRESS, IDENTITY_HOST, Identity, MODE_AUDIT, MODE_ENFORCE,
@@ -75,14 +76,18 @@ pub fn diff(old: &DiffInput, new: &DiffInput) -> PolicyDiff {
         }
     }
 
-    rows.sort_by(|a, b| {
-        (&a.from, &a.to, protocol_rank(a.protocol), a.lo).cmp(&(
-            &b.from,
-            &b.to,
-            protocol_rank(b.protocol),
-            b.lo,
-        ))
-    });
+    // Rows come out grouped by entity pair; `was` separates the address
+    // regions that share a NEW owner.
+    let key = |r: &Row| {
+        (
+            r.change.from.clone(),
+            r.change.to.clone(),
+            protocol_rank(r.protocol),
+            r.lo,
+            r.change.was.clone(),
+        )
+    };
+    rows.sort_by_cached_key(key);
     out.changes = rows.into_iter().map(|r| r.change).collect();
 
     compare_expectations(old, new, &mut out);
@@ -120,8 +125,6 @@ struct Remote {
 }
 
 struct Row {
-    from: String,
-    to: String,
     protocol: u8,
     lo: u16,
     change: Change,
@@ -139,11 +142,11 @@ fn protocol_rank(protocol: u8) -> usize {
 fn both(
     a: Option<Identity>,
     b: Option<Identity>,
-    f: impl FnOnce(Identity, Identity) -> PortMap<Effective>,
-) -> PortMap<Effective> {
+    f: impl FnOnce(Identity, Identity) -> Rc<PortMap<Effective>>,
+) -> Rc<PortMap<Effective>> {
     match (a, b) {
         (Some(a), Some(b)) => f(a, b),
-        _ => PortMap::default(),
+        _ => Rc::new(PortMap::default()),
     }
 }
 
@@ -159,7 +162,7 @@ fn take_rows(
     to: &Slot,
     moved: Option<&(Vec<String>, String)>,
 ) -> Vec<Row> {
-    if old.is_empty() && new.is_empty() {
+    if old == new {
         return Vec::new();
     }
     let max = port_max(protocol);
@@ -169,30 +172,29 @@ fn take_rows(
         if o.allow == n.allow {
             return None;
         }
-        // The label decides what merges: equal labels coalesce.
-        let rule = if n.allow || n.rules[0] != RULE_DEFAULT_DENY {
-            label(rn.policy(), n)
+        // The deciding rule(s), named only for the merged segments: equal
+        // rules coalesce.
+        let decider = if n.allow || n.rules[0] != RULE_DEFAULT_DENY {
+            (true, n)
         } else {
-            label(ro.policy(), o)
+            (false, o)
         };
-        Some((o.allow, n.allow, rule))
+        Some((o.allow, n.allow, decider))
     });
     changed
         .segments()
         .iter()
-        .map(|(lo, hi, (before, after, rule))| Row {
-            from: from.name.clone(),
-            to: to.name.clone(),
+        .map(|&(lo, hi, (before, after, (in_new, e)))| Row {
             protocol,
-            lo: *lo,
+            lo,
             change: Change {
                 from: from.name.clone(),
                 to: to.name.clone(),
                 protocol: protocol_name(protocol).to_owned(),
-                ports: format_ports(*lo, *hi, max),
-                before: verdict_name(*before).to_owned(),
-                after: verdict_name(*after).to_owned(),
-                rule: rule.clone(),
+                ports: format_ports(lo, hi, max),
+                before: verdict_name(before).to_owned(),
+                after: verdict_name(after).to_owned(),
+                rule: label(if in_new { rn.policy() } else { ro.policy() }, e),
                 addresses: moved.map(|(a, _)| a.clone()),
                 was: moved.map(|(_, w)| w.clone()),
             },

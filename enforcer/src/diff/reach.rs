@@ -4,7 +4,9 @@
 //! and `world`, then `ANY`; the first level with an entry for a port
 //! decides; no entry anywhere is default deny.
 
-use std::collections::HashMap;
+use std::rc::Rc;
+
+use rustc_hash::FxHashMap;
 
 use enforcer_common::{
     ACTION_ALLOW, DIRECTION_EGRESS, DIRECTION_INGRESS, IDENTITY_ANY, IDENTITY_ANY_EXTERNAL,
@@ -57,26 +59,32 @@ impl Effective {
     }
 }
 
-/// A verdict trie entry's value as the kernel reads it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Stored {
-    allow: bool,
-    rule: u32,
-}
-
 type GroupKey = (Identity, u8, u8, Identity);
+type Shared = Rc<PortMap<Effective>>;
+
+/// The wildcard levels of one (workload, direction, protocol), resolved
+/// once: most remotes have no entry of their own, so their verdicts are
+/// exactly these maps.
+struct Wildcards {
+    /// `ANY`: what non-external remotes (workloads, `host`) fall back to.
+    internal: Shared,
+    /// `ANY_EXTERNAL` over `ANY`: what peers and `world` fall back to.
+    external: Shared,
+}
 
 /// One policy, indexed for reachability queries.
 pub struct Reach<'a> {
     policy: &'a CompiledPolicy,
     /// Per (workload, direction, protocol, remote) the resolved port map.
-    groups: HashMap<GroupKey, PortMap<Stored>>,
-    kinds: HashMap<Identity, EntityKind>,
+    groups: FxHashMap<GroupKey, PortMap<Effective>>,
+    wildcards: FxHashMap<(Identity, u8, u8), Wildcards>,
+    kinds: FxHashMap<Identity, EntityKind>,
+    empty: Shared,
 }
 
 impl<'a> Reach<'a> {
     pub fn new(policy: &'a CompiledPolicy) -> Self {
-        let mut blocks: HashMap<GroupKey, Vec<(u16, u32, Stored)>> = HashMap::new();
+        let mut blocks: FxHashMap<GroupKey, Vec<(u16, u32, Effective)>> = FxHashMap::default();
         for (key, value) in &policy.verdicts {
             let group = (
                 key.workload(),
@@ -84,19 +92,29 @@ impl<'a> Reach<'a> {
                 key.protocol(),
                 key.remote(),
             );
-            let stored = Stored {
-                allow: value.action == ACTION_ALLOW,
-                rule: value.rule,
-            };
+            let decision = Effective::single(value.action == ACTION_ALLOW, value.rule);
             blocks
                 .entry(group)
                 .or_default()
-                .push((key.port(), key.port_bits(), stored));
+                .push((key.port(), key.port_bits(), decision));
         }
-        let groups = blocks
+        let groups: FxHashMap<GroupKey, PortMap<Effective>> = blocks
             .into_iter()
             .map(|(group, blocks)| (group, PortMap::from_blocks(blocks)))
             .collect();
+        let empty = PortMap::default();
+        let mut wildcards = FxHashMap::default();
+        for &(w, d, p, _) in groups.keys() {
+            wildcards.entry((w, d, p)).or_insert_with(|| {
+                let level = |r: Identity| groups.get(&(w, d, p, r)).unwrap_or(&empty);
+                let any = level(IDENTITY_ANY);
+                let external = combine(level(IDENTITY_ANY_EXTERNAL), any, port_max(p), first_hit);
+                Wildcards {
+                    internal: Rc::new(any.clone()),
+                    external: Rc::new(external),
+                }
+            });
+        }
         let kinds = policy
             .entities
             .iter()
@@ -105,7 +123,9 @@ impl<'a> Reach<'a> {
         Reach {
             policy,
             groups,
+            wildcards,
             kinds,
+            empty: Rc::new(empty),
         }
     }
 
@@ -127,48 +147,38 @@ impl<'a> Reach<'a> {
         direction: u8,
         protocol: u8,
         remote: Identity,
-    ) -> PortMap<Effective> {
-        let max = port_max(protocol);
-        let empty = PortMap::default();
-        let level = |r: Identity| {
-            self.groups
-                .get(&(workload, direction, protocol, r))
-                .unwrap_or(&empty)
+    ) -> Shared {
+        let Some(wild) = self.wildcards.get(&(workload, direction, protocol)) else {
+            return self.empty.clone();
         };
         let external = matches!(
             self.kind(remote),
             Some(EntityKind::Peer | EntityKind::World)
         );
-        let exact = level(remote);
-        let any = level(IDENTITY_ANY);
-        let first_hit = |a: Option<&Stored>, b: Option<&Stored>| a.or(b).copied();
-        let chain = if external {
-            let wide = combine(level(IDENTITY_ANY_EXTERNAL), any, max, first_hit);
-            combine(exact, &wide, max, first_hit)
+        let base = if external {
+            &wild.external
         } else {
-            combine(exact, any, max, first_hit)
+            &wild.internal
         };
-        combine(
-            &chain,
-            &empty,
-            max,
-            |s: Option<&Stored>, _: Option<&Stored>| s.map(|s| Effective::single(s.allow, s.rule)),
-        )
+        match self.groups.get(&(workload, direction, protocol, remote)) {
+            None => base.clone(),
+            Some(exact) => Rc::new(combine(exact, base, port_max(protocol), first_hit)),
+        }
     }
 
     /// The effective verdict of traffic from workload `from` to workload
     /// `to` (semantics 5): the sender's egress and the receiver's ingress
     /// must both allow. A deny names the sender's rule when the sender
     /// refuses (its check runs first), else the receiver's.
-    pub fn between_workloads(
-        &self,
-        from: Identity,
-        to: Identity,
-        protocol: u8,
-    ) -> PortMap<Effective> {
+    pub fn between_workloads(&self, from: Identity, to: Identity, protocol: u8) -> Shared {
         let out = self.one_side(from, DIRECTION_EGRESS, protocol, to);
         let inn = self.one_side(to, DIRECTION_INGRESS, protocol, from);
-        combine(&out, &inn, port_max(protocol), |o, i| {
+        // Nothing allowed out, or only allows facing a receiver that
+        // accepts nothing: default deny everywhere.
+        if out.is_empty() || (inn.is_empty() && out.segments().iter().all(|s| s.2.allow)) {
+            return self.empty.clone();
+        }
+        Rc::new(combine(&out, &inn, port_max(protocol), |o, i| {
             let o = o.copied().unwrap_or(Effective::DEFAULT_DENY);
             let i = i.copied().unwrap_or(Effective::DEFAULT_DENY);
             let e = match (o.allow, i.allow) {
@@ -180,8 +190,13 @@ impl<'a> Reach<'a> {
                 (true, false) => i,
             };
             (e != Effective::DEFAULT_DENY).then_some(e)
-        })
+        }))
     }
+}
+
+/// Lookup levels: the more specific map decides where it has an entry.
+fn first_hit(a: Option<&Effective>, b: Option<&Effective>) -> Option<Effective> {
+    a.or(b).copied()
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! `IDENTITY_ANY` keys. It does not fold levels: tests that need folding
 //! write the folded entries themselves.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use enforcer_common::{
@@ -28,6 +29,7 @@ pub struct PolicyBuilder {
     prefixes_v6: Vec<(AddrKey6, Identity)>,
     verdicts: Vec<(VerdictKey, VerdictValue)>,
     rules: Vec<RuleRef>,
+    rule_index: HashMap<RuleRef, u32>,
 }
 
 impl Default for PolicyBuilder {
@@ -58,6 +60,7 @@ impl PolicyBuilder {
             prefixes_v6: Vec::new(),
             verdicts: Vec::new(),
             rules: Vec::new(),
+            rule_index: HashMap::new(),
         }
     }
 
@@ -154,11 +157,13 @@ impl PolicyBuilder {
             section,
             index,
         };
-        if let Some(i) = self.rules.iter().position(|r| *r == rule) {
-            return i as u32;
+        if let Some(i) = self.rule_index.get(&rule) {
+            return *i;
         }
+        let i = self.rules.len() as u32;
+        self.rule_index.insert(rule.clone(), i);
         self.rules.push(rule);
-        (self.rules.len() - 1) as u32
+        i
     }
 
     /// Verdict entries for ports `lo..=hi` as their minimal aligned cover.
