@@ -1,5 +1,11 @@
 //! enforcer: eBPF host microsegmentation.
+//!
+//! The path from a policy file to a kernel verdict, by module:
+//! [`policy`] (parse, validate) -> [`compile`] (entries for the kernel
+//! maps) -> [`eval`] (the reference evaluator of those entries).
 
 pub mod cli;
 pub mod compile;
 pub mod diff;
+pub mod eval;
+pub mod policy;

@@ -5,10 +5,13 @@
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::SystemTime;
 
+use crate::diff::load::load_input;
 use crate::diff::render::{Format, render};
 use crate::diff::source::{Materialized, Source, materialize};
 use crate::diff::{DiffInput, PolicyDiff, diff};
+use crate::policy::{Diagnostic, LoadError};
 
 /// Arguments of `enforcer diff`.
 #[derive(clap::Args, Debug, Clone)]
@@ -54,10 +57,49 @@ pub struct LoadMessage {
     /// whole (unreadable, say).
     pub position: Option<(usize, usize)>,
     pub message: String,
+    /// A warning: printed, but the policy is valid.
+    pub warning: bool,
+}
+
+impl LoadMessage {
+    fn from_diagnostic(d: &Diagnostic) -> Self {
+        LoadMessage {
+            file: d.file.clone(),
+            position: Some((d.line, d.col)),
+            message: d.message.clone(),
+            warning: !d.is_error(),
+        }
+    }
 }
 
 /// A loaded policy and its warnings, or its errors.
 pub type LoadResult = Result<(DiffInput, Vec<LoadMessage>), Vec<LoadMessage>>;
+
+/// Runs `enforcer diff`.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    // One instant for both sides, so `until` cuts them the same way.
+    let now = SystemTime::now();
+    run_with(args, &|dir| load(dir, now))
+}
+
+/// Loads a policy directory the way `enforcer check` does.
+pub fn load(dir: &Path, now: SystemTime) -> LoadResult {
+    match load_input(dir, now) {
+        Ok((input, warnings)) => Ok((
+            input,
+            warnings.iter().map(LoadMessage::from_diagnostic).collect(),
+        )),
+        Err(LoadError::Io { path, source }) => Err(vec![LoadMessage {
+            file: path,
+            position: None,
+            message: format!("cannot read: {source}"),
+            warning: false,
+        }]),
+        Err(LoadError::Invalid(diags)) => {
+            Err(diags.0.iter().map(LoadMessage::from_diagnostic).collect())
+        }
+    }
+}
 
 /// Runs the command with `load` reading a policy directory.
 pub fn run_with(args: Args, load: &dyn Fn(&Path) -> LoadResult) -> anyhow::Result<ExitCode> {
@@ -95,25 +137,29 @@ fn side(arg: &str, load: &dyn Fn(&Path) -> LoadResult, err: &mut dyn Write) -> O
     match load(dir.path()) {
         Ok((input, warnings)) => {
             for w in &warnings {
-                let _ = writeln!(err, "{}", located(&dir, w, "warning: "));
+                let _ = writeln!(err, "{}", located(&dir, w));
             }
             Some(input)
         }
         Err(errors) => {
             for e in &errors {
-                let _ = writeln!(err, "{}", located(&dir, e, ""));
+                let _ = writeln!(err, "{}", located(&dir, e));
             }
-            if errors.is_empty() {
-                let _ = writeln!(err, "enforcer diff: {}: invalid policy", source.display());
-            }
+            let count = errors.iter().filter(|e| !e.warning).count();
+            let _ = writeln!(
+                err,
+                "enforcer diff: {}: invalid policy, {count} error(s)",
+                source.display()
+            );
             None
         }
     }
 }
 
 /// `FILE:LINE:COL: message` with `REV:DIR/FILE` names for git inputs.
-fn located(dir: &Materialized, m: &LoadMessage, severity: &str) -> String {
+fn located(dir: &Materialized, m: &LoadMessage) -> String {
     let file = dir.display_file(&m.file);
+    let severity = if m.warning { "warning: " } else { "" };
     match m.position {
         Some((line, col)) => format!("{file}:{line}:{col}: {severity}{}", m.message),
         None => format!("{file}: {severity}{}", m.message),

@@ -12,6 +12,7 @@
 //! - [`source`] reads `DIR` or `REV:DIR` inputs.
 
 pub mod engine;
+pub mod load;
 pub mod model;
 pub mod ports;
 pub mod reach;
@@ -21,6 +22,7 @@ pub mod source;
 pub mod testkit;
 
 pub use engine::diff;
+pub use load::load_input;
 pub use model::{
     Change, DiffInput, EntityChange, ExpectationChange, ExpectationInfo, ModeChange, PolicyDiff,
     PolicyMeta, RuleInfo, UntilChange,

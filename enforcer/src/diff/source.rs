@@ -172,8 +172,8 @@ fn from_git(repo: &Path, rev: &str, dir: &str, spec: String) -> Result<Materiali
     })?;
     let tree = String::from_utf8_lossy(&tree).trim().to_owned();
 
-    // Every blob under the tree whose name ends in `.toml`.
-    let listing = git(repo, &["ls-tree", "-r", "-z", "--full-tree", &tree])?;
+    // The `*.toml` files directly in the directory, as `load_dir` reads them.
+    let listing = git(repo, &["ls-tree", "-z", &tree])?;
     let mut files: Vec<(String, PathBuf)> = Vec::new();
     for entry in listing.split(|b| *b == 0).filter(|e| !e.is_empty()) {
         let entry = String::from_utf8_lossy(entry);
