@@ -3,7 +3,7 @@
 //! `origin/main:policies` with the working tree's `policies`).
 //!
 //! A `REV:DIR` input is copied into a temporary directory through the `git`
-//! command (`rev-parse`, `ls-tree`, `cat-file --batch`), so the policy
+//! command (`rev-parse`, `cat-file`, `ls-tree`, `cat-file --batch`), so the policy
 //! loader reads it like any directory; diagnostics are mapped back to
 //! `REV:DIR/FILE` names.
 
@@ -51,7 +51,7 @@ impl Source {
 pub enum SourceError {
     #[error("{0}: not a directory")]
     NotADirectory(String),
-    #[error("{spec}: not a directory in git revision {rev}: {stderr}")]
+    #[error("{spec}: not a directory in git revision {rev} ({stderr})")]
     NotATree {
         spec: String,
         rev: String,
@@ -152,25 +152,37 @@ fn git(repo: &Path, args: &[&str]) -> Result<Vec<u8>, SourceError> {
 
 fn from_git(repo: &Path, rev: &str, dir: &str, spec: String) -> Result<Materialized, SourceError> {
     // git resolves `REV:path` itself (root-relative, `./` for the current
-    // directory), and `^{tree}` insists it is a directory.
+    // directory); the object must then be a directory (a tree).
+    let not_a_tree = |stderr: String| SourceError::NotATree {
+        spec: spec.clone(),
+        rev: rev.to_owned(),
+        stderr,
+    };
     let tree = git(
         repo,
         &[
             "rev-parse",
             "--verify",
+            "--quiet",
             "--end-of-options",
-            &format!("{rev}:{dir}^{{tree}}"),
+            &format!("{rev}:{dir}"),
         ],
     )
     .map_err(|e| match e {
-        SourceError::GitFailed { stderr, .. } => SourceError::NotATree {
-            spec: spec.clone(),
-            rev: rev.to_owned(),
-            stderr,
-        },
+        SourceError::GitFailed { stderr, .. } if stderr.is_empty() => {
+            not_a_tree("no such revision or path".to_owned())
+        }
+        SourceError::GitFailed { stderr, .. } => not_a_tree(stderr),
         other => other,
     })?;
     let tree = String::from_utf8_lossy(&tree).trim().to_owned();
+    let kind = git(repo, &["cat-file", "-t", &tree])?;
+    if kind.trim_ascii() != b"tree" {
+        return Err(not_a_tree(format!(
+            "it is a {}",
+            String::from_utf8_lossy(kind.trim_ascii())
+        )));
+    }
 
     // The `*.toml` files directly in the directory, as `load_dir` reads them.
     let listing = git(repo, &["ls-tree", "-z", &tree])?;
