@@ -109,6 +109,7 @@ pub fn run(container: &Container, deb: &Path, repo: &Path) -> Report {
         install(container, deb, repo)
     });
     if !installed {
+        diagnose(container);
         return report;
     }
 
@@ -278,10 +279,32 @@ pub fn run(container: &Container, deb: &Path, repo: &Path) -> Report {
         unit_analysis(container)
     });
 
+    if report.failed() > 0 {
+        diagnose(container);
+    }
     report.check("apt-get purge enforcer leaves nothing behind", || {
         purge(container, &bpf, repo)
     });
     report
+}
+
+/// The daemon's side of a failure, for the log: its status and journal.
+fn diagnose(container: &Container) {
+    println!("\n--- diagnostics: the daemon's status and journal");
+    for argv in [
+        &["systemctl", "status", "--no-pager", "--lines=0", "enforcer"][..],
+        &["journalctl", "-u", "enforcer", "--no-pager", "-n", "60"][..],
+        &["enforcer", "status"][..],
+    ] {
+        println!("[container]# {}", super::container::shell_line(argv));
+        match container.exec(argv) {
+            Ok(output) => {
+                print_indented(&String::from_utf8_lossy(&output.stdout));
+                print_indented(&String::from_utf8_lossy(&output.stderr));
+            }
+            Err(e) => println!("    (could not run it: {e:#})"),
+        }
+    }
 }
 
 /// Copies the package and the policy in, then runs the documented install.
