@@ -86,18 +86,16 @@ pub fn expiry_warnings(set: &PolicySet, now: SystemTime) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     for policy in &set.policies {
         for rule in &policy.rules {
-            if let Some(until) = &rule.until {
-                if now >= until.value {
-                    let r = RuleRef {
-                        policy: policy.name.to_string(),
-                        section: rule.section,
-                        index: rule.index,
-                    };
-                    out.push(Diagnostic::warning(
-                        &until.loc,
-                        format!("rule {r} has expired (its `until` has passed): it no longer matches; remove it"),
-                    ));
-                }
+            if let Some(until) = rule.until.as_ref().filter(|u| now >= u.value) {
+                let r = RuleRef {
+                    policy: policy.name.to_string(),
+                    section: rule.section,
+                    index: rule.index,
+                };
+                out.push(Diagnostic::warning(
+                    &until.loc,
+                    format!("rule {r} has expired (its `until` has passed): it no longer matches; remove it"),
+                ));
             }
         }
     }
@@ -196,10 +194,40 @@ impl Index<'_> {
     }
 }
 
+/// The kernel maps' capacities that a compiled policy must fit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub workloads: u32,
+    pub prefixes_v4: u32,
+    pub prefixes_v6: u32,
+    pub verdicts: u32,
+}
+
+impl Default for Limits {
+    /// The capacities of the maps declared in `enforcer-common`.
+    fn default() -> Self {
+        Limits {
+            workloads: MAX_CGROUPS,
+            prefixes_v4: MAX_PREFIXES_V4,
+            prefixes_v6: MAX_PREFIXES_V6,
+            verdicts: MAX_VERDICTS,
+        }
+    }
+}
+
 /// Compiles a validated policy set as it stands at `now`: rules whose
 /// `until` has passed are left out. Errors only when the result would not
 /// fit the kernel maps.
 pub fn compile(set: &PolicySet, now: SystemTime) -> Result<CompiledPolicy, Diagnostics> {
+    compile_with_limits(set, now, &Limits::default())
+}
+
+/// [`compile`] against explicit map capacities.
+pub fn compile_with_limits(
+    set: &PolicySet,
+    now: SystemTime,
+    limits: &Limits,
+) -> Result<CompiledPolicy, Diagnostics> {
     // Identities: workloads by name, then peers by name.
     let mut workloads: Vec<&crate::policy::Workload> = set.workloads.iter().collect();
     workloads.sort_by(|a, b| a.name.cmp(&b.name));
@@ -394,24 +422,22 @@ pub fn compile(set: &PolicySet, now: SystemTime) -> Result<CompiledPolicy, Diagn
             }
         }
     }
-    verdicts.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    verdicts.sort_unstable_by_key(|(k, _)| *k);
 
     let mut errors = Vec::new();
-    let at = first_loc(set);
+    let at = first_loc(set).unwrap_or_else(|| Loc::file(Path::new("<policy>")));
     let mut capacity = |what: &str, n: usize, max: u32| {
         if n > max as usize {
-            if let Some(loc) = &at {
-                errors.push(Diagnostic::error(
-                    loc,
-                    format!("the policy needs {n} {what}, more than the kernel map holds ({max}): simplify the policy"),
-                ));
-            }
+            errors.push(Diagnostic::error(
+                &at,
+                format!("the policy needs {n} {what}, more than the kernel map holds ({max}): simplify the policy"),
+            ));
         }
     };
-    capacity("workloads", compiled_workloads.len(), MAX_CGROUPS);
-    capacity("IPv4 prefixes", prefixes_v4.len(), MAX_PREFIXES_V4);
-    capacity("IPv6 prefixes", prefixes_v6.len(), MAX_PREFIXES_V6);
-    capacity("verdict entries", verdicts.len(), MAX_VERDICTS);
+    capacity("workloads", compiled_workloads.len(), limits.workloads);
+    capacity("IPv4 prefixes", prefixes_v4.len(), limits.prefixes_v4);
+    capacity("IPv6 prefixes", prefixes_v6.len(), limits.prefixes_v6);
+    capacity("verdict entries", verdicts.len(), limits.verdicts);
     if !errors.is_empty() {
         return Err(Diagnostics(errors));
     }
