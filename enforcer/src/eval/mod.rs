@@ -169,6 +169,9 @@ pub fn endpoint_identity(policy: &CompiledPolicy, e: &Endpoint) -> Identity {
         }
         Endpoint::World => IDENTITY_WORLD,
         Endpoint::Host => IDENTITY_HOST,
+        // Loopback addresses are always this host; other local addresses
+        // are only known to the daemon, so they resolve like remote ones.
+        Endpoint::Addr(a) if a.is_loopback() => IDENTITY_HOST,
         Endpoint::Addr(a) => resolve_addr(policy, *a),
     }
 }
