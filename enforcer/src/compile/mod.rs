@@ -375,6 +375,10 @@ pub fn compile_with_limits(
     let mut verdicts: Vec<(VerdictKey, VerdictValue)> = Vec::new();
     let mut scratch: Vec<Contribution> = Vec::new();
     let mut own: Vec<Contribution> = Vec::new();
+    let mut sweep = ports::Sweep::default();
+    let mut decided_buf = Vec::new();
+    let mut blocks: Vec<(u16, u8)> = Vec::new();
+    let mut spans: Vec<(u16, u16)> = Vec::new();
     for group in contributions.chunk_by(|a, b| (a.0.0, a.0.1, a.0.2) == (b.0.0, b.0.1, b.0.2)) {
         let (w, d, p, _) = group[0].0;
         let level_of = |r: Identity| -> Vec<Contribution> {
@@ -397,15 +401,17 @@ pub fn compile_with_limits(
                 scratch.extend_from_slice(&any);
             }
             let folded = scratch.len() > own.len();
-            for decided in ports::decide(&scratch) {
+            ports::decide_into(&scratch, &mut sweep, &mut decided_buf);
+            for decided in &decided_buf {
                 // Only the ports this level's own rules cover get entries
                 // here; the rest is found at the less specific levels.
-                let blocks = if folded {
-                    own_blocks(&own, decided.low, decided.high)
+                blocks.clear();
+                if folded {
+                    own_blocks(&own, decided.low, decided.high, &mut spans, &mut blocks);
                 } else {
-                    ports::aligned_blocks(decided.low, decided.high)
-                };
-                for (start, bits) in blocks {
+                    ports::aligned_blocks_into(decided.low, decided.high, &mut blocks);
+                }
+                for &(start, bits) in &blocks {
                     verdicts.push((
                         VerdictKey::new(w, d, p, r, start, bits),
                         VerdictValue {
@@ -456,27 +462,38 @@ pub fn compile_with_limits(
     Ok(compiled)
 }
 
-/// The aligned blocks of `[low, high]` restricted to the ports that the
-/// level's own contributions cover.
-fn own_blocks(own: &[Contribution], low: u16, high: u16) -> Vec<(u16, u8)> {
+/// Appends to `out` the aligned blocks of `[low, high]` restricted to the
+/// ports that the level's own contributions cover (`spans` is scratch).
+fn own_blocks(
+    own: &[Contribution],
+    low: u16,
+    high: u16,
+    spans: &mut Vec<(u16, u16)>,
+    out: &mut Vec<(u16, u8)>,
+) {
     // Intersect [low, high] with the union of the own intervals.
-    let mut spans: Vec<(u16, u16)> = own
-        .iter()
-        .filter(|c| c.low <= high && c.high >= low)
-        .map(|c| (c.low.max(low), c.high.min(high)))
-        .collect();
+    spans.clear();
+    spans.extend(
+        own.iter()
+            .filter(|c| c.low <= high && c.high >= low)
+            .map(|c| (c.low.max(low), c.high.min(high))),
+    );
     spans.sort_unstable();
-    let mut merged: Vec<(u16, u16)> = Vec::new();
-    for (l, h) in spans {
-        match merged.last_mut() {
+    let mut merged: Option<(u16, u16)> = None;
+    for &(l, h) in spans.iter() {
+        match &mut merged {
             Some(last) if u32::from(l) <= u32::from(last.1) + 1 => last.1 = last.1.max(h),
-            _ => merged.push((l, h)),
+            _ => {
+                if let Some((ml, mh)) = merged {
+                    ports::aligned_blocks_into(ml, mh, out);
+                }
+                merged = Some((l, h));
+            }
         }
     }
-    merged
-        .into_iter()
-        .flat_map(|(l, h)| ports::aligned_blocks(l, h))
-        .collect()
+    if let Some((ml, mh)) = merged {
+        ports::aligned_blocks_into(ml, mh, out);
+    }
 }
 
 fn first_loc(set: &PolicySet) -> Option<Loc> {
