@@ -1,9 +1,10 @@
 //! Per-packet cost of the data plane, measured with BPF_PROG_TEST_RUN (the
 //! kernel's own timing), for policies of 10 / 1,000 / 10,000 verdict
 //! entries and 10 / 10,000 / 100,000 peer prefixes, IPv4 and IPv6, allowed
-//! and denied. Two paths: `fastpath` (a packet of a known connection: one
-//! flow lookup) and `newflow` (the first packet: cgroup, address and
-//! verdict lookups). Needs root.
+//! and denied. Three results per case: `baseline` (the program with
+//! enforcement disabled: one CONFIG read), `fastpath` (a packet of a known
+//! connection: one flow lookup) and `newflow` (the first packet: cgroup,
+//! address and verdict lookups). Needs root.
 //!
 //! `cargo bench -p enforcer --bench dataplane -- [--quick] [--json PATH]`
 
@@ -240,6 +241,18 @@ fn main() -> anyhow::Result<()> {
                         name: format!("{base}/newflow"),
                         samples: Vec::new(),
                     };
+                    // The programs with enforcement disabled: one CONFIG read.
+                    let mut baseline = Row {
+                        name: format!("{base}/baseline"),
+                        samples: Vec::new(),
+                    };
+                    dp.disable()?;
+                    for round in 0..rounds {
+                        let packet = syn(v6, 30_000 + round as u16, port);
+                        let many = dp.test_run_skb_repeat(DIRECTION_EGRESS, &packet, repeat)?;
+                        baseline.samples.push(many.duration.as_nanos() as f64);
+                    }
+                    dp.enable()?;
                     for round in 0..rounds {
                         let sport = 20_000 + round as u16;
                         let packet = syn(v6, sport, port);
@@ -256,6 +269,7 @@ fn main() -> anyhow::Result<()> {
                         fast.samples.push(many.duration.as_nanos() as f64);
                     }
                     dp.clear_flows()?;
+                    rows.push(baseline);
                     rows.push(fast);
                     rows.push(new);
                 }

@@ -6,6 +6,6 @@
 
 pub mod cli;
 pub mod compile;
+pub mod dataplane;
 pub mod eval;
 pub mod policy;
-pub mod dataplane;

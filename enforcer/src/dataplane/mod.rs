@@ -341,6 +341,16 @@ impl Dataplane {
         self.bump_generation(|c| c.enabled = 0)
     }
 
+    /// Enforces the last applied policy again after [`Dataplane::disable`].
+    /// Does nothing before the first `apply` (there is no policy yet).
+    pub fn enable(&mut self) -> Result<u32> {
+        let cfg = self.config()?;
+        if cfg.generation == 0 {
+            return Ok(0);
+        }
+        self.bump_generation(|c| c.enabled = 1)
+    }
+
     /// Sets the `--unmanaged` mode. Flows are judged again.
     pub fn set_unmanaged(&mut self, mode: UnmanagedMode) -> Result<u32> {
         self.bump_generation(|c| c.unmanaged = mode.as_config())
