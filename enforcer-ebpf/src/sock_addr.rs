@@ -49,7 +49,7 @@ pub fn handle(ctx: &SockAddrContext, family: u8) -> i32 {
         // SAFETY: helper on the program's own context.
         let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
         // SAFETY: plain integers.
-        if unsafe { maps::BOUND_SOCKETS.get(&cookie) }.is_some() {
+        if unsafe { maps::BOUND_SOCKETS.get(cookie) }.is_some() {
             return ALLOW;
         }
     }
@@ -175,6 +175,6 @@ fn refused(cfg: &Config, key: &FlowKey, v: &Verdict, remote: u32, cgroup_id: u64
         },
         _pad: [0; 4],
     };
-    let _ = maps::FLOWS.insert(key, &flow, 0);
+    let _ = maps::FLOWS.insert(key, flow, 0);
     send_event(cfg, key, &flow, now, direction);
 }
