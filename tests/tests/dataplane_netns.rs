@@ -24,6 +24,10 @@ const B: Identity = 17;
 const OFFICE: Identity = 18;
 const VENDOR: Identity = 19;
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one verdict-key field per argument, as VerdictKey::new"
+)]
 fn entry(
     p: &mut CompiledPolicy,
     w: Identity,
