@@ -568,8 +568,8 @@ fn toml_pair() -> impl Strategy<Value = (TomlSide, TomlSide)> {
                     new.rules[i].extend(other.rules[i].iter().cloned());
                 }
             }
-            for c in 0..7 {
-                if !keep_c[c] {
+            for (c, keep) in keep_c.iter().enumerate() {
+                if !keep {
                     new.owners[c] = other.owners[c];
                 }
             }
