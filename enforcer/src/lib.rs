@@ -9,3 +9,4 @@ pub mod compile;
 pub mod diff;
 pub mod eval;
 pub mod policy;
+pub mod dataplane;

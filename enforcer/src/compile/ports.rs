@@ -2,8 +2,6 @@
 //! disjoint decided intervals, and the cover of an interval by aligned
 //! prefix blocks.
 
-use std::collections::BTreeMap;
-
 /// One rule's contribution to a (workload, direction, protocol, remote)
 /// level: an inclusive port interval, whether it denies, and the rule's
 /// index in the sorted rule table.
@@ -28,6 +26,14 @@ pub(crate) struct Decided {
 /// Sweeps the contributions (in any order) into sorted, disjoint, maximal
 /// intervals. Ports that no contribution covers are absent.
 pub(crate) fn decide(contribs: &[Contribution]) -> Vec<Decided> {
+    if let [c] = contribs {
+        return vec![Decided {
+            low: c.low,
+            high: c.high,
+            deny: c.deny,
+            rule: c.rule,
+        }];
+    }
     // Events at port positions (u32 so `high + 1` never overflows):
     // (position, is_start, index).
     let mut events: Vec<(u32, bool, usize)> = Vec::with_capacity(contribs.len() * 2);
@@ -36,9 +42,10 @@ pub(crate) fn decide(contribs: &[Contribution]) -> Vec<Decided> {
         events.push((u32::from(c.high) + 1, false, i));
     }
     events.sort_unstable();
-    // Multisets of the rules covering the current position.
-    let mut denies: BTreeMap<u32, u32> = BTreeMap::new();
-    let mut allows: BTreeMap<u32, u32> = BTreeMap::new();
+    // Multisets of the rules covering the current position. Levels hold a
+    // handful of contributions, so plain vectors beat ordered maps here.
+    let mut denies: Vec<u32> = Vec::new();
+    let mut allows: Vec<u32> = Vec::new();
     let mut out: Vec<Decided> = Vec::new();
     let mut i = 0;
     while i < events.len() {
@@ -48,19 +55,16 @@ pub(crate) fn decide(contribs: &[Contribution]) -> Vec<Decided> {
             let c = contribs[idx];
             let set = if c.deny { &mut denies } else { &mut allows };
             if start {
-                *set.entry(c.rule).or_insert(0) += 1;
-            } else if let Some(n) = set.get_mut(&c.rule) {
-                *n -= 1;
-                if *n == 0 {
-                    set.remove(&c.rule);
-                }
+                set.push(c.rule);
+            } else if let Some(at) = set.iter().position(|&r| r == c.rule) {
+                set.swap_remove(at);
             }
             i += 1;
         }
         let Some(&next) = events.get(i).map(|(p, _, _)| p) else {
             break;
         };
-        let decision = match (denies.keys().next(), allows.keys().next()) {
+        let decision = match (denies.iter().min(), allows.iter().min()) {
             (Some(&r), _) => Some((true, r)),
             (None, Some(&r)) => Some((false, r)),
             (None, None) => None,
