@@ -454,7 +454,7 @@ fn expect_row(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 
     #[test]
     fn applying_the_diff_to_old_gives_new((old, new) in pair(), reverse in any::<bool>()) {
@@ -650,7 +650,7 @@ fn compile_toml(text: &str) -> CompiledPolicy {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
     #[test]
     fn compiled_policies_diff_to_their_verdict_changes((old, new) in toml_pair(), reverse in any::<bool>()) {
