@@ -10,7 +10,7 @@ use rustc_hash::FxHashMap;
 
 use enforcer_common::{
     ACTION_ALLOW, DIRECTION_EGRESS, DIRECTION_INGRESS, IDENTITY_ANY, IDENTITY_ANY_EXTERNAL,
-    Identity, PROTO_ICMP, PROTO_TCP, PROTO_UDP, RULE_DEFAULT_DENY,
+    Identity, PROTO_ICMP, PROTO_TCP, PROTO_UDP, RULE_DEFAULT_DENY, VerdictKey,
 };
 
 use super::ports::{PORT_MAX, PortMap, combine};
@@ -76,7 +76,7 @@ struct Wildcards {
 pub struct Reach<'a> {
     policy: &'a CompiledPolicy,
     /// Per (workload, direction, protocol, remote) the resolved port map.
-    groups: FxHashMap<GroupKey, PortMap<Effective>>,
+    groups: FxHashMap<GroupKey, Shared>,
     wildcards: FxHashMap<(Identity, u8, u8), Wildcards>,
     kinds: FxHashMap<Identity, EntityKind>,
     empty: Shared,
@@ -84,29 +84,55 @@ pub struct Reach<'a> {
 
 impl<'a> Reach<'a> {
     pub fn new(policy: &'a CompiledPolicy) -> Self {
-        let mut blocks: FxHashMap<GroupKey, Vec<(u16, u32, Effective)>> = FxHashMap::default();
-        for (key, value) in &policy.verdicts {
+        // The key's bytes are (workload, direction, protocol, remote, port),
+        // big-endian: as one integer (with the port bits below), sorting
+        // groups the entries and orders each group by port.
+        let mut entries: Vec<(u128, Effective)> = policy
+            .verdicts
+            .iter()
+            .map(|(key, value)| {
+                let mut wide = [0u8; 16];
+                wide[..12].copy_from_slice(&key.data);
+                wide[12] = key.port_bits() as u8;
+                let decision = Effective::single(value.action == ACTION_ALLOW, value.rule);
+                (u128::from_be_bytes(wide), decision)
+            })
+            .collect();
+        entries.sort_unstable_by_key(|e| e.0);
+        let mut groups: FxHashMap<GroupKey, Shared> = FxHashMap::default();
+        groups.reserve(entries.len() / 4);
+        for run in entries.chunk_by(|a, b| a.0 >> 48 == b.0 >> 48) {
+            let bytes = run[0].0.to_be_bytes();
+            let key = VerdictKey {
+                prefix_len: 0,
+                data: [
+                    bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7],
+                    bytes[8], bytes[9], bytes[10], bytes[11],
+                ],
+            };
             let group = (
                 key.workload(),
                 key.direction(),
                 key.protocol(),
                 key.remote(),
             );
-            let decision = Effective::single(value.action == ACTION_ALLOW, value.rule);
-            blocks
-                .entry(group)
-                .or_default()
-                .push((key.port(), key.port_bits(), decision));
+            let blocks = run.iter().map(|(k, decision)| {
+                let b = k.to_be_bytes();
+                (
+                    u16::from_be_bytes([b[10], b[11]]),
+                    u32::from(b[12]),
+                    *decision,
+                )
+            });
+            let map = PortMap::from_sorted_blocks(blocks.clone())
+                .unwrap_or_else(|| PortMap::from_blocks(blocks));
+            groups.insert(group, Rc::new(map));
         }
-        let groups: FxHashMap<GroupKey, PortMap<Effective>> = blocks
-            .into_iter()
-            .map(|(group, blocks)| (group, PortMap::from_blocks(blocks)))
-            .collect();
         let empty = PortMap::default();
         let mut wildcards = FxHashMap::default();
         for &(w, d, p, _) in groups.keys() {
             wildcards.entry((w, d, p)).or_insert_with(|| {
-                let level = |r: Identity| groups.get(&(w, d, p, r)).unwrap_or(&empty);
+                let level = |r: Identity| groups.get(&(w, d, p, r)).map_or(&empty, |g| &**g);
                 let any = level(IDENTITY_ANY);
                 let external = combine(level(IDENTITY_ANY_EXTERNAL), any, port_max(p), first_hit);
                 Wildcards {
@@ -162,6 +188,7 @@ impl<'a> Reach<'a> {
         };
         match self.groups.get(&(workload, direction, protocol, remote)) {
             None => base.clone(),
+            Some(exact) if base.is_empty() => exact.clone(),
             Some(exact) => Rc::new(combine(exact, base, port_max(protocol), first_hit)),
         }
     }
