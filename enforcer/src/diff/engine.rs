@@ -41,7 +41,16 @@ pub fn diff(old: &DiffInput, new: &DiffInput) -> PolicyDiff {
                 let n = both(local.new, remote.new, |a, b| {
                     rn.between_workloads(a, b, protocol)
                 });
-                rows.extend(take_rows(&ro, &rn, &o, &n, protocol, local, remote, None));
+                rows.extend(take_rows(
+                    &ro,
+                    &rn,
+                    &o,
+                    &n,
+                    protocol,
+                    &local.name,
+                    &remote.name,
+                    None,
+                ));
             }
             for remote in &remotes {
                 for direction in [DIRECTION_EGRESS, DIRECTION_INGRESS] {
@@ -51,15 +60,10 @@ pub fn diff(old: &DiffInput, new: &DiffInput) -> PolicyDiff {
                     let n = both(local.new, remote.new, |w, r| {
                         rn.one_side(w, direction, protocol, r)
                     });
-                    let remote_slot = Slot {
-                        old: remote.old,
-                        new: remote.new,
-                        name: remote.name.clone(),
-                    };
                     let (from, to) = if direction == DIRECTION_EGRESS {
-                        (local, &remote_slot)
+                        (&local.name, &remote.name)
                     } else {
-                        (&remote_slot, local)
+                        (&remote.name, &local.name)
                     };
                     rows.extend(take_rows(
                         &ro,
@@ -158,8 +162,8 @@ fn take_rows(
     old: &PortMap<Effective>,
     new: &PortMap<Effective>,
     protocol: u8,
-    from: &Slot,
-    to: &Slot,
+    from: &str,
+    to: &str,
     moved: Option<&(Vec<String>, String)>,
 ) -> Vec<Row> {
     if old == new {
@@ -188,8 +192,8 @@ fn take_rows(
             protocol,
             lo,
             change: Change {
-                from: from.name.clone(),
-                to: to.name.clone(),
+                from: from.to_owned(),
+                to: to.to_owned(),
                 protocol: protocol_name(protocol).to_owned(),
                 ports: format_ports(lo, hi, max),
                 before: verdict_name(before).to_owned(),
