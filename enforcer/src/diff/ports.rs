@@ -131,8 +131,27 @@ impl<T: Clone + PartialEq> PortMap<T> {
 
 /// Walks two maps together over `0..=max` and keeps `f(a, b)` wherever it
 /// is `Some`, coalescing equal neighbours. Linear in the number of segments.
-pub fn combine<A, B, C, F>(a: &PortMap<A>, b: &PortMap<B>, max: u16, mut f: F) -> PortMap<C>
+pub fn combine<A, B, C, F>(a: &PortMap<A>, b: &PortMap<B>, max: u16, f: F) -> PortMap<C>
 where
+    A: Clone + PartialEq,
+    B: Clone + PartialEq,
+    C: Clone + PartialEq,
+    F: FnMut(Option<&A>, Option<&B>) -> Option<C>,
+{
+    let mut out = PortMap::default();
+    combine_into(a, b, max, f, &mut out);
+    out
+}
+
+/// [`combine`] into `out`, reusing its allocation (the diff runs hundreds
+/// of thousands of these).
+pub fn combine_into<A, B, C, F>(
+    a: &PortMap<A>,
+    b: &PortMap<B>,
+    max: u16,
+    mut f: F,
+    out: &mut PortMap<C>,
+) where
     A: Clone + PartialEq,
     B: Clone + PartialEq,
     C: Clone + PartialEq,
@@ -140,7 +159,7 @@ where
 {
     let (a, b) = (a.segments(), b.segments());
     let max = u32::from(max);
-    let mut out = PortMap::default();
+    out.segs.clear();
     let (mut i, mut j) = (0usize, 0usize);
     let mut pos: u32 = 0;
     while pos <= max {
@@ -158,7 +177,6 @@ where
         }
         pos = end + 1;
     }
-    out
 }
 
 /// The value of segment `i` at `pos` if it covers `pos`, and lowers `end` to
