@@ -48,8 +48,8 @@ pub fn diff(old: &DiffInput, new: &DiffInput) -> PolicyDiff {
                 rows.extend(take_rows(
                     &ro,
                     &rn,
-                    &o,
-                    &n,
+                    o,
+                    n,
                     protocol,
                     &local.name,
                     &remote.name,
@@ -74,8 +74,8 @@ pub fn diff(old: &DiffInput, new: &DiffInput) -> PolicyDiff {
                     rows.extend(take_rows(
                         &ro,
                         &rn,
-                        &o,
-                        &n,
+                        o,
+                        n,
                         protocol,
                         from,
                         to,
