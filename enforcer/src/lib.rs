@@ -6,5 +6,7 @@
 
 pub mod cli;
 pub mod compile;
+pub mod dataplane;
+pub mod diff;
 pub mod eval;
 pub mod policy;

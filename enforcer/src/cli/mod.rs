@@ -2,6 +2,7 @@
 //! and a `run` returning the process exit code.
 
 pub mod check;
+pub mod diff;
 pub mod explain;
 
 use std::process::ExitCode;
@@ -26,6 +27,9 @@ pub enum Command {
     Check(check::Args),
     /// Show the verdict for one flow and the rule that decides it.
     Explain(explain::Args),
+    /// Semantic diff of who may talk to whom between two policies (DIR or
+    /// REV:DIR), for policy review in CI.
+    Diff(diff::Args),
 }
 
 /// Runs the chosen subcommand.
@@ -33,5 +37,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check(args) => check::run(args),
         Command::Explain(args) => explain::run(args),
+        Command::Diff(args) => diff::run(args),
     }
 }
