@@ -100,6 +100,12 @@ impl Section {
 
 impl std::fmt::Display for RuleRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}[{}]", self.policy, self.section.as_str(), self.index)
+        write!(
+            f,
+            "{} {}[{}]",
+            self.policy,
+            self.section.as_str(),
+            self.index
+        )
     }
 }
