@@ -1,5 +1,6 @@
 //! enforcer: eBPF host microsegmentation.
 pub mod cgroups;
+pub mod config;
 pub mod compile {
     pub mod compiled;
 }
