@@ -1,4 +1,5 @@
 //! enforcer: eBPF host microsegmentation.
+pub mod api;
 pub mod cgroups;
 pub mod config;
 pub mod compile {
