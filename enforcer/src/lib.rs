@@ -1,7 +1,13 @@
 //! enforcer: eBPF host microsegmentation.
+//!
+//! The path from a policy file to a kernel verdict, by module:
+//! [`policy`] (parse, validate) -> [`compile`] (entries for the kernel
+//! maps) -> [`eval`] (the reference evaluator of those entries).
+
 pub mod api;
 pub mod cgroups;
+pub mod cli;
+pub mod compile;
 pub mod config;
-pub mod compile {
-    pub mod compiled;
-}
+pub mod eval;
+pub mod policy;

@@ -1,0 +1,539 @@
+//! The compiler: a validated [`PolicySet`] to the [`CompiledPolicy`] the
+//! data plane writes into the kernel maps. See `docs/dataplane.md`
+//! ("Verdict lookup") for the layout this produces.
+
+mod cgroup;
+pub mod compiled;
+mod hash;
+mod ports;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::SystemTime;
+
+use enforcer_common::{
+    ACTION_ALLOW, ACTION_DENY, AddrKey4, AddrKey6, DIRECTION_EGRESS, DIRECTION_INGRESS,
+    IDENTITY_ANY, IDENTITY_ANY_EXTERNAL, IDENTITY_FIRST_ALLOCATED, IDENTITY_HOST, IDENTITY_WORLD,
+    Identity, MAX_CGROUPS, MAX_PREFIXES_V4, MAX_PREFIXES_V6, MAX_VERDICTS, VerdictKey,
+    VerdictValue,
+};
+use ipnet::IpNet;
+
+pub use compiled::{
+    CgroupSelector, CompiledPolicy, CompiledWorkload, EntityInfo, EntityKind, RuleRef, Section,
+};
+
+use crate::policy::{
+    Diagnostic, Diagnostics, Endpoint, LabelKey, LabelValue, LoadError, Loc, PolicySet, Selector,
+    Verdict,
+};
+use ports::Contribution;
+
+impl Section {
+    /// The direction of the connections this section judges, as seen from
+    /// the selected workload.
+    pub fn direction(self) -> u8 {
+        match self {
+            Section::AllowIn | Section::DenyIn => DIRECTION_INGRESS,
+            Section::AllowOut | Section::DenyOut => DIRECTION_EGRESS,
+        }
+    }
+
+    pub fn is_deny(self) -> bool {
+        matches!(self, Section::DenyIn | Section::DenyOut)
+    }
+}
+
+/// Loads `dir`, compiles it at `now`, and checks its expectations. Returns
+/// the compiled policy and every warning; an invalid policy (including a
+/// failing expectation) is [`LoadError::Invalid`] with all the errors.
+pub fn compile_dir(
+    dir: &Path,
+    now: SystemTime,
+) -> Result<(CompiledPolicy, Vec<Diagnostic>), LoadError> {
+    let loaded = crate::policy::load_dir(dir)?;
+    compile_loaded(loaded, now)
+}
+
+/// [`compile_dir`] for a policy set already loaded.
+pub fn compile_loaded(
+    loaded: crate::policy::Loaded,
+    now: SystemTime,
+) -> Result<(CompiledPolicy, Vec<Diagnostic>), LoadError> {
+    let mut warnings = loaded.warnings;
+    warnings.extend(expiry_warnings(&loaded.set, now));
+    let compiled = compile(&loaded.set, now).map_err(|mut d| {
+        d.0.extend(warnings.iter().cloned());
+        d.sort();
+        LoadError::Invalid(d)
+    })?;
+    let failures = check_expectations(&loaded.set, &compiled);
+    if !failures.is_empty() {
+        let mut d = Diagnostics(failures);
+        d.0.extend(warnings);
+        d.sort();
+        return Err(LoadError::Invalid(d));
+    }
+    let mut w = Diagnostics(warnings);
+    w.sort();
+    Ok((compiled, w.0))
+}
+
+/// A warning for every rule whose `until` has passed at `now` (it is left
+/// out of the compiled policy).
+pub fn expiry_warnings(set: &PolicySet, now: SystemTime) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    for policy in &set.policies {
+        for rule in &policy.rules {
+            if let Some(until) = &rule.until {
+                if now >= until.value {
+                    let r = RuleRef {
+                        policy: policy.name.to_string(),
+                        section: rule.section,
+                        index: rule.index,
+                    };
+                    out.push(Diagnostic::warning(
+                        &until.loc,
+                        format!("rule {r} has expired (its `until` has passed): it no longer matches; remove it"),
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Evaluates every `[[expect]]` against the compiled policy; returns an
+/// error for each one that does not hold.
+pub fn check_expectations(set: &PolicySet, compiled: &CompiledPolicy) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    for e in &set.expectations {
+        let from = crate::eval::endpoint_identity(compiled, &e.from.value);
+        let to = crate::eval::endpoint_identity(compiled, &e.to.value);
+        let flow = crate::eval::judge_flow(compiled, from, to, e.port);
+        let Some(verdict) = flow.verdict() else {
+            // Validation guarantees a workload at one end.
+            continue;
+        };
+        if verdict != e.verdict {
+            out.push(Diagnostic::error(
+                &e.loc,
+                format!(
+                    "expectation failed: {} -> {} {} is {verdict} (decided by {}), expected {}",
+                    crate::eval::endpoint_name(&e.from.value),
+                    crate::eval::endpoint_name(&e.to.value),
+                    e.port,
+                    flow.deciding_rules(compiled),
+                    e.verdict,
+                ),
+            ));
+        }
+    }
+    out
+}
+
+/// Which remote identities a rule's selectors cover.
+#[derive(Default)]
+struct Remotes {
+    exact: Vec<Identity>,
+    external: bool,
+    any: bool,
+}
+
+/// Entities indexed for selector matching.
+struct Index {
+    workload_ids: HashMap<String, Identity>,
+    peer_ids: HashMap<String, Identity>,
+    /// (key, value) -> identities carrying that label, ascending.
+    by_label: HashMap<(LabelKey, LabelValue), Vec<Identity>>,
+    labels: HashMap<Identity, crate::policy::Labels>,
+    peers_from: Identity,
+}
+
+impl Index {
+    /// Identities (workloads, and peers when `peers`) matching a label table.
+    fn label_matches(
+        &self,
+        table: &std::collections::BTreeMap<LabelKey, Vec<LabelValue>>,
+        peers: bool,
+    ) -> Vec<Identity> {
+        let Some((k0, vs0)) = table.iter().next() else {
+            return Vec::new();
+        };
+        let mut ids: Vec<Identity> = vs0
+            .iter()
+            .filter_map(|v| self.by_label.get(&(k0.clone(), v.clone())))
+            .flatten()
+            .copied()
+            .filter(|&id| peers || id < self.peers_from)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.retain(|id| {
+            self.labels
+                .get(id)
+                .is_some_and(|labels| Selector::matches_labels(table, labels))
+        });
+        ids
+    }
+
+    fn remotes(&self, selectors: &[crate::policy::Located<Selector>]) -> Remotes {
+        let mut r = Remotes::default();
+        for s in selectors {
+            match &s.value {
+                Selector::Labels(t) => r.exact.extend(self.label_matches(t, true)),
+                Selector::World => r.external = true,
+                Selector::Host => r.exact.push(IDENTITY_HOST),
+                Selector::Any => r.any = true,
+                Selector::Workload(n) => r.exact.extend(self.workload_ids.get(n.as_str())),
+                Selector::Peer(n) => r.exact.extend(self.peer_ids.get(n.as_str())),
+            }
+        }
+        r.exact.sort_unstable();
+        r.exact.dedup();
+        r
+    }
+
+    fn locals(&self, selectors: &[crate::policy::Located<Selector>]) -> Vec<Identity> {
+        let mut ids = Vec::new();
+        for s in selectors {
+            match &s.value {
+                Selector::Labels(t) => ids.extend(self.label_matches(t, false)),
+                Selector::Workload(n) => ids.extend(self.workload_ids.get(n.as_str())),
+                _ => {}
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+}
+
+/// Compiles a validated policy set as it stands at `now`: rules whose
+/// `until` has passed are left out. Errors only when the result would not
+/// fit the kernel maps.
+pub fn compile(set: &PolicySet, now: SystemTime) -> Result<CompiledPolicy, Diagnostics> {
+    // Identities: workloads by name, then peers by name.
+    let mut workloads: Vec<&crate::policy::Workload> = set.workloads.iter().collect();
+    workloads.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut peers: Vec<&crate::policy::Peer> = set.peers.iter().collect();
+    peers.sort_by(|a, b| a.name.cmp(&b.name));
+
+    let mut entities = vec![
+        EntityInfo {
+            identity: IDENTITY_WORLD,
+            kind: EntityKind::World,
+            name: "world".into(),
+        },
+        EntityInfo {
+            identity: IDENTITY_HOST,
+            kind: EntityKind::Host,
+            name: "host".into(),
+        },
+    ];
+    let mut index = Index {
+        workload_ids: HashMap::new(),
+        peer_ids: HashMap::new(),
+        by_label: HashMap::new(),
+        labels: HashMap::new(),
+        peers_from: IDENTITY_FIRST_ALLOCATED + workloads.len() as Identity,
+    };
+    let mut compiled_workloads = Vec::with_capacity(workloads.len());
+    let mut next = IDENTITY_FIRST_ALLOCATED;
+    for w in &workloads {
+        let id = next;
+        next += 1;
+        entities.push(EntityInfo {
+            identity: id,
+            kind: EntityKind::Workload,
+            name: w.name.to_string(),
+        });
+        compiled_workloads.push(CompiledWorkload {
+            identity: id,
+            name: w.name.to_string(),
+            selector: w.selector.clone(),
+            mode: w.mode.number(),
+        });
+        index.workload_ids.insert(w.name.to_string(), id);
+        index.labels.insert(id, w.labels.clone());
+    }
+    let mut prefixes_v4 = Vec::new();
+    let mut prefixes_v6 = Vec::new();
+    for p in &peers {
+        let id = next;
+        next += 1;
+        entities.push(EntityInfo {
+            identity: id,
+            kind: EntityKind::Peer,
+            name: p.name.to_string(),
+        });
+        index.peer_ids.insert(p.name.to_string(), id);
+        index.labels.insert(id, p.labels.clone());
+        for (net, _) in &p.cidrs {
+            match net {
+                IpNet::V4(n) => prefixes_v4.push((
+                    AddrKey4 {
+                        prefix_len: u32::from(n.prefix_len()),
+                        addr: n.network().octets(),
+                    },
+                    id,
+                )),
+                IpNet::V6(n) => prefixes_v6.push((
+                    AddrKey6 {
+                        prefix_len: u32::from(n.prefix_len()),
+                        addr: n.network().octets(),
+                    },
+                    id,
+                )),
+            }
+        }
+    }
+    for (id, labels) in &index.labels {
+        for (k, v) in labels {
+            index
+                .by_label
+                .entry((k.clone(), v.clone()))
+                .or_default()
+                .push(*id);
+        }
+    }
+    for ids in index.by_label.values_mut() {
+        ids.sort_unstable();
+    }
+    prefixes_v4.sort_unstable();
+    prefixes_v6.sort_unstable();
+
+    // The rule table: active rules sorted by RuleRef, so a rule's index
+    // order is its RuleRef order and "smallest index" is "smallest RuleRef".
+    let mut active: Vec<(RuleRef, &crate::policy::Policy, &crate::policy::Rule)> = Vec::new();
+    let mut next_expiry: Option<SystemTime> = None;
+    for policy in &set.policies {
+        for rule in &policy.rules {
+            if !rule.active_at(now) {
+                continue;
+            }
+            if let Some(u) = &rule.until {
+                next_expiry = Some(next_expiry.map_or(u.value, |e| e.min(u.value)));
+            }
+            let r = RuleRef {
+                policy: policy.name.to_string(),
+                section: rule.section,
+                index: rule.index,
+            };
+            active.push((r, policy, rule));
+        }
+    }
+    active.sort_by(|a, b| a.0.cmp(&b.0));
+
+    // Contributions per (workload, direction, protocol, remote level).
+    type Level = (Identity, u8, u8, Identity);
+    let mut levels: HashMap<Level, Vec<Contribution>> = HashMap::new();
+    let mut locals_cache: HashMap<&str, Vec<Identity>> = HashMap::new();
+    for (rule_index, (_, policy, rule)) in active.iter().enumerate() {
+        let locals = locals_cache
+            .entry(policy.name.as_str())
+            .or_insert_with(|| index.locals(&policy.select));
+        if locals.is_empty() {
+            continue;
+        }
+        let remotes = index.remotes(&rule.remotes);
+        let mut targets = remotes.exact.clone();
+        if remotes.external {
+            targets.push(IDENTITY_ANY_EXTERNAL);
+        }
+        if remotes.any {
+            targets.push(IDENTITY_ANY);
+        }
+        let direction = rule.section.direction();
+        let deny = rule.section.is_deny();
+        for spec in rule.port_specs() {
+            let (protocol, low, high) = spec.interval();
+            let c = Contribution {
+                low,
+                high,
+                deny,
+                rule: rule_index as u32,
+            };
+            for &w in locals.iter() {
+                for &r in &targets {
+                    levels
+                        .entry((w, direction, protocol, r))
+                        .or_default()
+                        .push(c);
+                }
+            }
+        }
+    }
+
+    // Fold the less specific levels into the more specific ones, then sweep.
+    let is_external = |r: Identity| r == IDENTITY_WORLD || r >= index.peers_from;
+    let mut keys: Vec<Level> = levels.keys().copied().collect();
+    keys.sort_unstable();
+    let mut verdicts: Vec<(VerdictKey, VerdictValue)> = Vec::new();
+    let empty = Vec::new();
+    let mut scratch: Vec<Contribution> = Vec::new();
+    for &(w, d, p, r) in &keys {
+        let own = &levels[&(w, d, p, r)];
+        let any = if r == IDENTITY_ANY {
+            &empty
+        } else {
+            levels.get(&(w, d, p, IDENTITY_ANY)).unwrap_or(&empty)
+        };
+        let external = if r != IDENTITY_ANY && r != IDENTITY_ANY_EXTERNAL && is_external(r) {
+            levels
+                .get(&(w, d, p, IDENTITY_ANY_EXTERNAL))
+                .unwrap_or(&empty)
+        } else {
+            &empty
+        };
+        scratch.clear();
+        scratch.extend_from_slice(own);
+        scratch.extend_from_slice(external);
+        scratch.extend_from_slice(any);
+        for decided in ports::decide(&scratch) {
+            // Only the ports this level's own rules cover get entries here;
+            // the rest is found at the less specific levels.
+            for (start, bits) in own_blocks(own, decided.low, decided.high) {
+                verdicts.push((
+                    VerdictKey::new(w, d, p, r, start, bits),
+                    VerdictValue {
+                        rule: decided.rule,
+                        action: if decided.deny {
+                            ACTION_DENY
+                        } else {
+                            ACTION_ALLOW
+                        },
+                        _pad: [0; 3],
+                    },
+                ));
+            }
+        }
+    }
+    verdicts.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+
+    let mut errors = Vec::new();
+    let at = first_loc(set);
+    let mut capacity = |what: &str, n: usize, max: u32| {
+        if n > max as usize {
+            if let Some(loc) = &at {
+                errors.push(Diagnostic::error(
+                    loc,
+                    format!("the policy needs {n} {what}, more than the kernel map holds ({max}): simplify the policy"),
+                ));
+            }
+        }
+    };
+    capacity("workloads", compiled_workloads.len(), MAX_CGROUPS);
+    capacity("IPv4 prefixes", prefixes_v4.len(), MAX_PREFIXES_V4);
+    capacity("IPv6 prefixes", prefixes_v6.len(), MAX_PREFIXES_V6);
+    capacity("verdict entries", verdicts.len(), MAX_VERDICTS);
+    if !errors.is_empty() {
+        return Err(Diagnostics(errors));
+    }
+
+    let mut compiled = CompiledPolicy {
+        entities,
+        workloads: compiled_workloads,
+        prefixes_v4,
+        prefixes_v6,
+        verdicts,
+        rules: active.into_iter().map(|(r, _, _)| r).collect(),
+        next_expiry,
+        content_hash: 0,
+    };
+    compiled.content_hash = hash::content_hash(&compiled);
+    Ok(compiled)
+}
+
+/// The aligned blocks of `[low, high]` restricted to the ports that the
+/// level's own contributions cover.
+fn own_blocks(own: &[Contribution], low: u16, high: u16) -> Vec<(u16, u8)> {
+    // Intersect [low, high] with the union of the own intervals.
+    let mut spans: Vec<(u16, u16)> = own
+        .iter()
+        .filter(|c| c.low <= high && c.high >= low)
+        .map(|c| (c.low.max(low), c.high.min(high)))
+        .collect();
+    spans.sort_unstable();
+    let mut merged: Vec<(u16, u16)> = Vec::new();
+    for (l, h) in spans {
+        match merged.last_mut() {
+            Some(last) if u32::from(l) <= u32::from(last.1) + 1 => last.1 = last.1.max(h),
+            _ => merged.push((l, h)),
+        }
+    }
+    merged
+        .into_iter()
+        .flat_map(|(l, h)| ports::aligned_blocks(l, h))
+        .collect()
+}
+
+fn first_loc(set: &PolicySet) -> Option<Loc> {
+    set.policies
+        .first()
+        .map(|p| p.loc.clone())
+        .or_else(|| set.workloads.first().map(|w| w.loc.clone()))
+        .or_else(|| set.peers.first().map(|p| p.loc.clone()))
+}
+
+impl CompiledPolicy {
+    /// The entity with this identity.
+    pub fn entity(&self, identity: Identity) -> Option<&EntityInfo> {
+        self.entities
+            .binary_search_by_key(&identity, |e| e.identity)
+            .ok()
+            .map(|i| &self.entities[i])
+    }
+
+    /// The workload with this identity.
+    pub fn workload(&self, identity: Identity) -> Option<&CompiledWorkload> {
+        self.workloads
+            .binary_search_by_key(&identity, |w| w.identity)
+            .ok()
+            .map(|i| &self.workloads[i])
+    }
+
+    /// The identity of the workload or peer with this name.
+    pub fn identity_of(&self, name: &str) -> Option<Identity> {
+        self.entities
+            .iter()
+            .find(|e| e.name == name)
+            .map(|e| e.identity)
+    }
+
+    /// How a verdict's rule index reads: `db allow-in[1]`, `default deny`.
+    pub fn rule_name(&self, rule: u32) -> String {
+        match rule {
+            enforcer_common::RULE_DEFAULT_DENY => "default deny".into(),
+            enforcer_common::RULE_BUILTIN => "built-in exception".into(),
+            enforcer_common::RULE_UNMANAGED => "unmanaged setting".into(),
+            i => self
+                .rules
+                .get(i as usize)
+                .map_or_else(|| format!("rule #{i}"), ToString::to_string),
+        }
+    }
+}
+
+/// The address of an endpoint when it is one (for `explain`).
+pub fn endpoint_addr(e: &Endpoint) -> Option<IpAddr> {
+    match e {
+        Endpoint::Addr(a) => Some(*a),
+        _ => None,
+    }
+}
+
+impl Verdict {
+    /// The verdict of a data-plane action.
+    pub fn from_action(action: u8) -> Verdict {
+        if action == ACTION_ALLOW {
+            Verdict::Allow
+        } else {
+            Verdict::Deny
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

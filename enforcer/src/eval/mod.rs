@@ -1,0 +1,278 @@
+//! The reference evaluator: judges a connection from the compiled entries
+//! exactly as the kernel does (the same lookup chain over the same keys),
+//! so tests can compare the kernel against it. It never looks at the
+//! source policy; [`source`] is the independent oracle over the source
+//! model that the tests compare this one with.
+
+pub mod source;
+
+use std::net::IpAddr;
+
+use enforcer_common::{
+    ACTION_ALLOW, ACTION_DENY, AddrKey4, AddrKey6, DIRECTION_EGRESS, DIRECTION_INGRESS,
+    IDENTITY_ANY, IDENTITY_ANY_EXTERNAL, IDENTITY_HOST, IDENTITY_WORLD, Identity,
+    RULE_DEFAULT_DENY, VERDICT_FIXED_PREFIX_BITS, VerdictKey,
+};
+
+use crate::compile::{CompiledPolicy, EntityKind};
+use crate::policy::{Endpoint, ServicePort, Verdict};
+
+/// A new connection as the kernel sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Connection {
+    /// The local workload.
+    pub local: Identity,
+    /// DIRECTION_EGRESS or DIRECTION_INGRESS.
+    pub direction: u8,
+    /// The remote entity.
+    pub remote: Identity,
+    /// PROTO_TCP, PROTO_UDP or PROTO_ICMP.
+    pub protocol: u8,
+    /// The service port (0 for ICMP echo).
+    pub port: u16,
+}
+
+/// The policy's decision for a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Decision {
+    /// ACTION_ALLOW or ACTION_DENY.
+    pub action: u8,
+    /// Index in `CompiledPolicy::rules`, or RULE_DEFAULT_DENY.
+    pub rule: u32,
+}
+
+impl Decision {
+    pub fn verdict(self) -> Verdict {
+        Verdict::from_action(self.action)
+    }
+}
+
+/// Longest-prefix match over the verdict entries, as the kernel's LPM trie
+/// does: the longest stored key whose first `prefix_len` bits equal the
+/// lookup key's.
+fn lpm_verdict(
+    policy: &CompiledPolicy,
+    w: Identity,
+    d: u8,
+    p: u8,
+    r: Identity,
+    port: u16,
+) -> Option<Decision> {
+    // The fixed 80 bits always match in full, so only the port bits vary:
+    // try every port prefix length from the longest down.
+    for bits in (0..=16u8).rev() {
+        let mask = if bits == 0 {
+            0
+        } else {
+            u16::MAX << (16 - bits)
+        };
+        let key = VerdictKey::new(w, d, p, r, port & mask, bits);
+        debug_assert_eq!(key.prefix_len, VERDICT_FIXED_PREFIX_BITS + u32::from(bits));
+        if let Ok(i) = policy.verdicts.binary_search_by(|(k, _)| k.cmp(&key)) {
+            let v = policy.verdicts[i].1;
+            return Some(Decision {
+                action: v.action,
+                rule: v.rule,
+            });
+        }
+    }
+    None
+}
+
+/// Whether an identity is outside this host (a peer or `world`): the
+/// kernel consults the ANY_EXTERNAL level only for those.
+fn is_external(policy: &CompiledPolicy, r: Identity) -> bool {
+    r == IDENTITY_WORLD || policy.entity(r).is_some_and(|e| e.kind == EntityKind::Peer)
+}
+
+/// Judges a new connection exactly as the kernel's lookup chain does: the
+/// exact remote, then ANY_EXTERNAL (peers and world only), then ANY, then
+/// default deny. Modes are not applied here.
+pub fn evaluate(policy: &CompiledPolicy, conn: &Connection) -> Decision {
+    let Connection {
+        local,
+        direction,
+        remote,
+        protocol,
+        port,
+    } = *conn;
+    lpm_verdict(policy, local, direction, protocol, remote, port)
+        .or_else(|| {
+            is_external(policy, remote)
+                .then(|| {
+                    lpm_verdict(
+                        policy,
+                        local,
+                        direction,
+                        protocol,
+                        IDENTITY_ANY_EXTERNAL,
+                        port,
+                    )
+                })
+                .flatten()
+        })
+        .or_else(|| lpm_verdict(policy, local, direction, protocol, IDENTITY_ANY, port))
+        .unwrap_or(Decision {
+            action: ACTION_DENY,
+            rule: RULE_DEFAULT_DENY,
+        })
+}
+
+/// The identity of a remote address: longest-prefix match over the peers'
+/// prefixes, `world` when none covers it. (This host's own addresses are
+/// added by the daemon, not the compiler, so they resolve to `world` here.)
+pub fn resolve_addr(policy: &CompiledPolicy, addr: IpAddr) -> Identity {
+    match addr {
+        IpAddr::V4(a) => {
+            let bits = u32::from(a);
+            for len in (0..=32u32).rev() {
+                let masked = if len == 0 {
+                    0
+                } else {
+                    bits & (u32::MAX << (32 - len))
+                };
+                let key = AddrKey4 {
+                    prefix_len: len,
+                    addr: masked.to_be_bytes(),
+                };
+                if let Ok(i) = policy.prefixes_v4.binary_search_by(|(k, _)| k.cmp(&key)) {
+                    return policy.prefixes_v4[i].1;
+                }
+            }
+        }
+        IpAddr::V6(a) => {
+            let bits = u128::from(a);
+            for len in (0..=128u32).rev() {
+                let masked = if len == 0 {
+                    0
+                } else {
+                    bits & (u128::MAX << (128 - len))
+                };
+                let key = AddrKey6 {
+                    prefix_len: len,
+                    addr: masked.to_be_bytes(),
+                };
+                if let Ok(i) = policy.prefixes_v6.binary_search_by(|(k, _)| k.cmp(&key)) {
+                    return policy.prefixes_v6[i].1;
+                }
+            }
+        }
+    }
+    IDENTITY_WORLD
+}
+
+/// The identity an endpoint stands for in a compiled policy.
+pub fn endpoint_identity(policy: &CompiledPolicy, e: &Endpoint) -> Identity {
+    match e {
+        Endpoint::Workload(n) | Endpoint::Peer(n) => {
+            policy.identity_of(n.as_str()).unwrap_or(IDENTITY_WORLD)
+        }
+        Endpoint::World => IDENTITY_WORLD,
+        Endpoint::Host => IDENTITY_HOST,
+        Endpoint::Addr(a) => resolve_addr(policy, *a),
+    }
+}
+
+/// How an endpoint is written.
+pub fn endpoint_name(e: &Endpoint) -> String {
+    match e {
+        Endpoint::Workload(n) | Endpoint::Peer(n) => n.to_string(),
+        Endpoint::World => "world".into(),
+        Endpoint::Host => "host".into(),
+        Endpoint::Addr(a) => a.to_string(),
+    }
+}
+
+/// One workload end's judgement of a flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EndDecision {
+    pub connection: Connection,
+    pub decision: Decision,
+}
+
+/// The policy's verdict on a flow between two entities.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Flow {
+    /// Neither end is a workload: the policy does not govern it (this
+    /// host's unmanaged processes follow the daemon's `--unmanaged`
+    /// setting; traffic between remote addresses never reaches a workload).
+    Ungoverned,
+    /// The sender's egress (when it is a workload) and the receiver's
+    /// ingress (when it is a workload), in that order; the flow is allowed
+    /// when every end allows it.
+    Judged(Vec<EndDecision>),
+}
+
+impl Flow {
+    /// `None` when ungoverned.
+    pub fn verdict(&self) -> Option<Verdict> {
+        match self {
+            Flow::Ungoverned => None,
+            Flow::Judged(ends) => Some(if ends.iter().all(|e| e.decision.action == ACTION_ALLOW) {
+                Verdict::Allow
+            } else {
+                Verdict::Deny
+            }),
+        }
+    }
+
+    /// The rules that decided: on a denial, the first denying end's rule;
+    /// on an allow, every end's rule (joined with " and ").
+    pub fn deciding_rules(&self, policy: &CompiledPolicy) -> String {
+        let Flow::Judged(ends) = self else {
+            return "no rule (neither end is a workload)".into();
+        };
+        if let Some(denied) = ends.iter().find(|e| e.decision.action != ACTION_ALLOW) {
+            return policy.rule_name(denied.decision.rule);
+        }
+        let names: Vec<String> = ends
+            .iter()
+            .map(|e| policy.rule_name(e.decision.rule))
+            .collect();
+        names.join(" and ")
+    }
+}
+
+/// Judges a flow from `from` to `to` on `port`: the sender's egress if it
+/// is a workload, the receiver's ingress if it is a workload; both must
+/// allow (semantics 5). Modes are not applied: this is the policy's verdict.
+pub fn judge_flow(
+    policy: &CompiledPolicy,
+    from: Identity,
+    to: Identity,
+    port: ServicePort,
+) -> Flow {
+    let is_workload = |id| policy.workload(id).is_some();
+    let mut ends = Vec::new();
+    if is_workload(from) {
+        let connection = Connection {
+            local: from,
+            direction: DIRECTION_EGRESS,
+            remote: to,
+            protocol: port.protocol,
+            port: port.port,
+        };
+        ends.push(EndDecision {
+            connection,
+            decision: evaluate(policy, &connection),
+        });
+    }
+    if is_workload(to) {
+        let connection = Connection {
+            local: to,
+            direction: DIRECTION_INGRESS,
+            remote: from,
+            protocol: port.protocol,
+            port: port.port,
+        };
+        ends.push(EndDecision {
+            connection,
+            decision: evaluate(policy, &connection),
+        });
+    }
+    if ends.is_empty() {
+        Flow::Ungoverned
+    } else {
+        Flow::Judged(ends)
+    }
+}

@@ -1,0 +1,147 @@
+//! The typed model of a policy set: what the parser produces and the
+//! compiler consumes. Every item keeps the place it was written, for
+//! diagnostics and `explain`.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::SystemTime;
+
+use ipnet::IpNet;
+
+use super::diag::Loc;
+use super::types::{LabelKey, LabelValue, Mode, Name, PortSpec, ServicePort, Verdict};
+use crate::compile::{CgroupSelector, Section};
+
+/// An entity's labels.
+pub type Labels = BTreeMap<LabelKey, LabelValue>;
+
+/// Every file of a policy directory, merged.
+#[derive(Clone, Debug, Default)]
+pub struct PolicySet {
+    pub workloads: Vec<Workload>,
+    pub peers: Vec<Peer>,
+    pub policies: Vec<Policy>,
+    pub expectations: Vec<Expectation>,
+}
+
+/// `[workload.NAME]`.
+#[derive(Clone, Debug)]
+pub struct Workload {
+    pub name: Name,
+    pub loc: Loc,
+    pub selector: CgroupSelector,
+    pub labels: Labels,
+    pub mode: Mode,
+}
+
+/// `[peer.NAME]`.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub name: Name,
+    pub loc: Loc,
+    /// Normalised prefixes (host addresses become /32 or /128).
+    pub cidrs: Vec<(IpNet, Loc)>,
+    pub labels: Labels,
+}
+
+/// `[[policy]]`.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub name: Name,
+    pub loc: Loc,
+    /// The governed workloads: a workload is selected when any of these
+    /// matches it.
+    pub select: Vec<Located<Selector>>,
+    /// Every rule of the four sections.
+    pub rules: Vec<Rule>,
+    /// `optional = true`: a `select` matching no workload is not an error.
+    pub optional: bool,
+}
+
+/// A value with the place it was written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Located<T> {
+    pub value: T,
+    pub loc: Loc,
+}
+
+/// One rule of a policy section.
+#[derive(Clone, Debug)]
+pub struct Rule {
+    pub section: Section,
+    /// 0-based position in the policy's list for this section.
+    pub index: usize,
+    pub loc: Loc,
+    /// `from` (inbound sections) or `to` (outbound sections).
+    pub remotes: Vec<Located<Selector>>,
+    /// `None`: `ports` omitted, every protocol and port.
+    pub ports: Option<Vec<PortSpec>>,
+    pub until: Option<Located<SystemTime>>,
+    /// `optional = true`: a selector matching nothing is not an error.
+    pub optional: bool,
+}
+
+impl Rule {
+    /// The port items this rule covers.
+    pub fn port_specs(&self) -> Vec<PortSpec> {
+        match &self.ports {
+            Some(p) => p.clone(),
+            None => PortSpec::everything().to_vec(),
+        }
+    }
+
+    /// Whether the rule still matches at `now` (`until` is exclusive: the
+    /// rule stops matching at that instant).
+    pub fn active_at(&self, now: SystemTime) -> bool {
+        self.until.as_ref().is_none_or(|u| now < u.value)
+    }
+}
+
+/// A selector: picks entities.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Selector {
+    /// A label table: every key must match one of its values. Matches
+    /// workloads and peers.
+    Labels(BTreeMap<LabelKey, Vec<LabelValue>>),
+    /// `"world"`: every address outside this host, peers included.
+    World,
+    /// `"host"`: processes of this host in no workload.
+    Host,
+    /// `"any"`: everything.
+    Any,
+    /// `"workload:NAME"`.
+    Workload(Name),
+    /// `"peer:NAME"`.
+    Peer(Name),
+}
+
+impl Selector {
+    /// Whether a label table selector matches these labels.
+    pub fn matches_labels(table: &BTreeMap<LabelKey, Vec<LabelValue>>, labels: &Labels) -> bool {
+        table
+            .iter()
+            .all(|(k, vs)| labels.get(k).is_some_and(|v| vs.contains(v)))
+    }
+}
+
+/// One end of an expectation (or of `enforcer explain`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    Workload(Name),
+    Peer(Name),
+    /// The addresses no peer covers.
+    World,
+    Host,
+    /// An address: the peer whose prefix covers it, or `world`.
+    Addr(IpAddr),
+}
+
+/// `[[expect]]`.
+#[derive(Clone, Debug)]
+pub struct Expectation {
+    pub loc: Loc,
+    pub from: Located<Endpoint>,
+    pub to: Located<Endpoint>,
+    pub port: ServicePort,
+    pub verdict: Verdict,
+}

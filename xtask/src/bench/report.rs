@@ -1,0 +1,185 @@
+//! The benchmark report: `report.json` (every sample) and `report.md` (the
+//! tables).
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::micro::MicroRow;
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// Bumped when a field changes meaning.
+    pub schema: u32,
+    pub unix_time: u64,
+    pub quick: bool,
+    pub rounds: u32,
+    pub seconds_per_measurement: u32,
+    pub environment: Environment,
+    pub micro: Vec<MicroRow>,
+    pub e2e: Vec<E2eRow>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Environment {
+    pub kernel: String,
+    pub cpus: usize,
+    pub client_cpu: Option<usize>,
+    pub server_cpu: Option<usize>,
+    pub iptables: String,
+    pub nftables: String,
+    pub iperf3: String,
+}
+
+/// One (workload, arm) over all rounds.
+#[derive(Debug, Serialize)]
+pub struct E2eRow {
+    pub workload: String,
+    pub description: String,
+    pub unit: String,
+    pub arm: String,
+    /// One sample per round, in round order.
+    pub samples: Vec<f64>,
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    /// `median / baseline median` for the same workload in this run.
+    pub ratio_to_baseline: Option<f64>,
+}
+
+fn ratio(r: Option<f64>) -> String {
+    r.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}x"))
+}
+
+/// Three significant digits or more, without scientific notation.
+fn num(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+pub fn markdown(report: &Report) -> String {
+    let mut md = String::from("# Benchmark report\n\n");
+    let env = &report.environment;
+    let _ = writeln!(
+        md,
+        "{} run: {} rounds, interleaved, {} s per end-to-end measurement. Kernel {}, {} CPUs; {}.",
+        if report.quick { "Quick" } else { "Full" },
+        report.rounds,
+        report.seconds_per_measurement,
+        env.kernel,
+        env.cpus,
+        match (env.client_cpu, env.server_cpu) {
+            (Some(c), Some(s)) => format!("client pinned to CPU {c}, server to CPU {s}"),
+            _ => "client and server not pinned".to_owned(),
+        }
+    );
+    let _ = writeln!(md, "{}; {}; {}.\n", env.iptables, env.nftables, env.iperf3);
+    if !report.e2e.is_empty() {
+        md.push_str("## End to end (client and server namespaces over veth)\n\n");
+        let mut workloads: Vec<&E2eRow> = Vec::new();
+        for row in &report.e2e {
+            if !workloads.iter().any(|w| w.workload == row.workload) {
+                workloads.push(row);
+            }
+        }
+        for first in workloads {
+            let E2eRow {
+                workload,
+                description,
+                unit,
+                ..
+            } = first;
+            let _ = writeln!(
+                md,
+                "### {workload}: {description} ({unit}, higher is better)\n"
+            );
+            md.push_str("| arm | median | min | max | vs baseline |\n|---|---:|---:|---:|---:|\n");
+            for row in report.e2e.iter().filter(|r| r.workload == *workload) {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {} |",
+                    row.arm,
+                    num(row.median),
+                    num(row.min),
+                    num(row.max),
+                    ratio(row.ratio_to_baseline)
+                );
+            }
+            md.push('\n');
+        }
+    }
+    if !report.micro.is_empty() {
+        md.push_str("## Control-plane micro-benchmarks (ns, lower is better)\n\n");
+        md.push_str("| bench | name | median | min | max | rounds | vs baseline |\n|---|---|---:|---:|---:|---:|---:|\n");
+        for row in &report.micro {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                row.bench,
+                row.name,
+                num(row.median_ns),
+                num(row.min_ns),
+                num(row.max_ns),
+                row.rounds,
+                ratio(row.ratio_to_baseline)
+            );
+        }
+        md.push('\n');
+    }
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markdown_has_one_table_per_workload_with_ratios() {
+        let row = |arm: &str, median: f64, ratio: Option<f64>| E2eRow {
+            workload: "tcp_rr".to_owned(),
+            description: "request/response".to_owned(),
+            unit: "transactions/s".to_owned(),
+            arm: arm.to_owned(),
+            samples: vec![median],
+            median,
+            min: median,
+            max: median,
+            ratio_to_baseline: ratio,
+        };
+        let report = Report {
+            schema: 1,
+            unix_time: 0,
+            quick: true,
+            rounds: 1,
+            seconds_per_measurement: 2,
+            environment: Environment {
+                kernel: "6.18".to_owned(),
+                cpus: 2,
+                client_cpu: Some(0),
+                server_cpu: Some(1),
+                iptables: "iptables v1.8.9 (nf_tables)".to_owned(),
+                nftables: "nftables v1.0.6".to_owned(),
+                iperf3: "iperf 3.12".to_owned(),
+            },
+            micro: Vec::new(),
+            e2e: vec![
+                row("baseline", 40000.0, Some(1.0)),
+                row("iptables-10000", 11000.0, Some(0.276)),
+            ],
+        };
+        let md = markdown(&report);
+        assert_eq!(
+            md.matches("### tcp_rr: request/response (transactions/s")
+                .count(),
+            1
+        );
+        assert!(md.contains("| baseline | 40000 | 40000 | 40000 | 1.00x |"));
+        assert!(md.contains("| iptables-10000 | 11000 | 11000 | 11000 | 0.28x |"));
+        assert!(!md.contains("micro-benchmarks"));
+    }
+}

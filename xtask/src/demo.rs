@@ -1,0 +1,50 @@
+//! `cargo xtask demo`: builds everything (kernel programs included) and runs
+//! the demo binary, `enforcer-demo` from the `enforcer-tests` crate, which
+//! enforces the example policies on real workloads. The demo's logic lives
+//! there; this module only prepares the machine and hands over.
+
+use std::ffi::OsString;
+
+use anyhow::{Result, bail};
+
+use crate::cmd::{self, banner};
+use crate::{ebpf_object, setup, workspace};
+
+const DEMO_PACKAGE: &str = "enforcer-tests";
+const DEMO_BIN: &str = "enforcer-demo";
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Arguments passed through to `enforcer-demo`.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub demo_args: Vec<OsString>,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    setup::run()?;
+    if !workspace::has_target(DEMO_PACKAGE, "bin", DEMO_BIN)? {
+        bail!(
+            "the demo binary `{DEMO_BIN}` (crate {DEMO_PACKAGE}) does not exist in this checkout yet"
+        );
+    }
+
+    banner("build");
+    cmd::run(cmd::cargo().args(["build", "--release", "-p", "enforcer", "-p", DEMO_PACKAGE]))?;
+    ebpf_object::report(true)?;
+
+    banner("demo");
+    cmd::run(
+        cmd::cargo()
+            .args([
+                "run",
+                "--quiet",
+                "--release",
+                "-p",
+                DEMO_PACKAGE,
+                "--bin",
+                DEMO_BIN,
+                "--",
+            ])
+            .args(&args.demo_args),
+    )
+}
