@@ -4,13 +4,11 @@
 //! - [`mount`]: the cgroup v2 mount from `/proc/self/mountinfo`, and the
 //!   cgroup v1 `net_cls` / `net_prio` hierarchies that silently break cgroup
 //!   socket matching;
-//! - [`glob`]: the `cgroup = "PATTERN"` matcher (`*`, `**`);
 //! - [`tree`]: a snapshot of the cgroups under a root, with their ids;
 //! - [`resolve`]: workload selectors to matched cgroups;
 //! - [`watch`]: inotify + periodic rescans, reporting changes in
 //!   milliseconds.
 
-pub mod glob;
 pub mod mount;
 pub mod resolve;
 pub mod tree;
@@ -20,7 +18,6 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-pub use glob::{CgroupGlob, GlobError};
 pub use mount::V1Conflict;
 pub use resolve::{Ambiguity, MatchedCgroup, Matcher, Resolution};
 pub use tree::{CgroupChange, CgroupTree};
