@@ -21,10 +21,16 @@
 //!   its next packet.
 #![no_std]
 
+pub mod packet;
+
 /// Bumped whenever a map's key or value layout changes. Pins live under a
 /// directory named after it, so a new binary never reuses an old map with a
 /// different layout.
 pub const LAYOUT_VERSION: u32 = 1;
+
+/// The name of the pin directory for this layout, under the bpffs
+/// directory given to the loader (`<bpffs>/v1/`).
+pub const LAYOUT_DIR: &str = "v1";
 
 /// A numeric identity for an entity. Identities are assigned by the compiler.
 pub type Identity = u32;
@@ -78,6 +84,11 @@ pub const RULE_DEFAULT_DENY: u32 = u32::MAX;
 pub const RULE_BUILTIN: u32 = u32::MAX - 1;
 /// The rule index meaning "decided by the `--unmanaged` setting".
 pub const RULE_UNMANAGED: u32 = u32::MAX - 2;
+/// The rule index meaning "not checked: the workload is in mode `off`".
+pub const RULE_MODE_OFF: u32 = u32::MAX - 3;
+/// The rule index meaning "an ICMP error judged by the connection it
+/// quotes" (allowed when that connection is).
+pub const RULE_RELATED: u32 = u32::MAX - 4;
 
 /// Number of bits of [`VerdictKey::data`] before the port: workload (32),
 /// direction (8), protocol (8), remote identity (32).
@@ -217,6 +228,9 @@ pub struct PortKey {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct BoundPort {
     pub cgroup_id: u64,
+    /// The socket cookie of the bound socket, so that `sock_release` of
+    /// another socket that shared the port does not forget this one.
+    pub cookie: u64,
 }
 
 /// Key of the connection-tracking map, as seen from the socket that owns
@@ -238,6 +252,38 @@ pub struct FlowKey {
 }
 
 impl FlowKey {
+    /// The flow a packet belongs to, as seen from the local socket: on
+    /// egress the local end is the source, on ingress the destination. For
+    /// echo messages the local port is the identifier and the remote port 0.
+    /// An ICMP error is keyed by the connection it quotes, which this host
+    /// sent: the quoted source is the local end.
+    pub const fn of_packet(p: &packet::Packet, direction: u8) -> FlowKey {
+        let echo = p.class == packet::CLASS_ECHO_REQUEST
+            || p.class == packet::CLASS_ECHO_REPLY
+            || (p.class == packet::CLASS_ICMP_ERROR && p.protocol == PROTO_ICMP);
+        let local_is_src = direction == DIRECTION_EGRESS || p.class == packet::CLASS_ICMP_ERROR;
+        let (local_addr, remote_addr, local_port, remote_port) = if echo {
+            if local_is_src {
+                (p.src, p.dst, p.sport, 0)
+            } else {
+                (p.dst, p.src, p.sport, 0)
+            }
+        } else if local_is_src {
+            (p.src, p.dst, p.sport, p.dport)
+        } else {
+            (p.dst, p.src, p.dport, p.sport)
+        };
+        FlowKey {
+            family: p.family,
+            protocol: p.protocol,
+            local_port,
+            remote_port,
+            _pad: 0,
+            local_addr,
+            remote_addr,
+        }
+    }
+
     /// The same flow as seen from the other end, which is where the other
     /// socket stores it when both ends are on this host.
     pub const fn mirrored(&self) -> FlowKey {
@@ -321,6 +367,8 @@ pub const GLOBAL_COUNTER_EVENTS_LOST: u32 = 0;
 pub const GLOBAL_COUNTER_PACKETS: u32 = 1;
 /// Number of new flows judged.
 pub const GLOBAL_COUNTER_NEW_FLOWS: u32 = 2;
+/// Number of packets dropped.
+pub const GLOBAL_COUNTER_DROPPED: u32 = 3;
 pub const GLOBAL_COUNTERS: u32 = 4;
 
 /// Map capacities. The compiler rejects a policy whose entries exceed them,
@@ -344,6 +392,10 @@ pub mod maps {
     pub const VERDICTS: [&str; 2] = ["VERDICTS_0", "VERDICTS_1"];
     pub const FLOWS: &str = "FLOWS";
     pub const BOUND_PORTS: &str = "BOUND_PORTS";
+    /// Socket cookie -> [`super::PortKey`]: which port a socket bound, so
+    /// that `sock_release` (which cannot read the socket's port) can forget
+    /// it.
+    pub const BOUND_SOCKETS: &str = "BOUND_SOCKETS";
     pub const FAILSAFE: &str = "FAILSAFE";
     pub const EVENTS: &str = "EVENTS";
     pub const COUNTERS: &str = "COUNTERS";
@@ -388,6 +440,7 @@ mod tests {
         assert_eq!(size_of::<FlowValue>(), 40);
         assert_eq!(size_of::<VerdictEvent>(), 72);
         assert_eq!(size_of::<CounterKey>(), 8);
+        assert_eq!(size_of::<BoundPort>(), 16);
     }
 
     #[test]
@@ -400,6 +453,42 @@ mod tests {
         assert_eq!(key.port(), 5432);
         assert_eq!(key.port_bits(), 16);
         assert_eq!(key.prefix_len, VERDICT_KEY_BITS);
+    }
+
+    #[test]
+    fn flow_keys_of_both_directions_mirror_each_other() {
+        let mut p = packet::Packet {
+            family: 4,
+            protocol: PROTO_TCP,
+            class: packet::CLASS_TRANSPORT,
+            tcp_flags: 0,
+            sport: 40000,
+            dport: 443,
+            src: [1; 16],
+            dst: [2; 16],
+        };
+        let out = FlowKey::of_packet(&p, DIRECTION_EGRESS);
+        assert_eq!((out.local_port, out.remote_port), (40000, 443));
+        assert_eq!(out.local_addr, [1; 16]);
+        // The receiver sees the same packet on ingress: its key is the mirror.
+        let inb = FlowKey::of_packet(&p, DIRECTION_INGRESS);
+        assert_eq!(inb, out.mirrored());
+        // Echo: local port is the identifier in both directions.
+        p.class = packet::CLASS_ECHO_REPLY;
+        p.protocol = PROTO_ICMP;
+        p.dport = 0;
+        let reply = FlowKey::of_packet(&p, DIRECTION_INGRESS);
+        assert_eq!((reply.local_port, reply.remote_port), (40000, 0));
+        assert_eq!(reply.local_addr, [2; 16]);
+        // An error quoting what we sent is keyed like our own egress.
+        p.class = packet::CLASS_ICMP_ERROR;
+        p.protocol = PROTO_UDP;
+        p.dport = 53;
+        let err = FlowKey::of_packet(&p, DIRECTION_INGRESS);
+        assert_eq!(
+            (err.local_port, err.remote_port, err.local_addr),
+            (40000, 53, [1; 16])
+        );
     }
 
     #[test]

@@ -1,11 +1,62 @@
+//! The enforcer's kernel programs. See `docs/dataplane.md`.
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{macros::cgroup_skb, programs::SkBuffContext};
+mod judge;
+mod maps;
+mod skb;
+mod sock;
+mod sock_addr;
 
-#[cgroup_skb]
-pub fn enforcer_egress(_ctx: SkBuffContext) -> i32 {
-    1
+use aya_ebpf::{
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr},
+    programs::{SkBuffContext, SockAddrContext, SockContext},
+};
+use enforcer_common::{DIRECTION_EGRESS, DIRECTION_INGRESS};
+
+#[cgroup_skb(egress)]
+pub fn enforcer_egress(ctx: SkBuffContext) -> i32 {
+    skb::handle(&ctx, DIRECTION_EGRESS)
+}
+
+#[cgroup_skb(ingress)]
+pub fn enforcer_ingress(ctx: SkBuffContext) -> i32 {
+    skb::handle(&ctx, DIRECTION_INGRESS)
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn enforcer_connect4(ctx: SockAddrContext) -> i32 {
+    sock_addr::handle(&ctx, 4)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn enforcer_connect6(ctx: SockAddrContext) -> i32 {
+    sock_addr::handle(&ctx, 6)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn enforcer_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock_addr::handle(&ctx, 4)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn enforcer_sendmsg6(ctx: SockAddrContext) -> i32 {
+    sock_addr::handle(&ctx, 6)
+}
+
+#[cgroup_sock(post_bind4)]
+pub fn enforcer_post_bind4(ctx: SockContext) -> i32 {
+    sock::bound(&ctx)
+}
+
+#[cgroup_sock(post_bind6)]
+pub fn enforcer_post_bind6(ctx: SockContext) -> i32 {
+    sock::bound(&ctx)
+}
+
+#[cgroup_sock(sock_release)]
+pub fn enforcer_sock_release(ctx: SockContext) -> i32 {
+    sock::released(&ctx)
 }
 
 #[cfg(not(test))]

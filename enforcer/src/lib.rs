@@ -11,3 +11,4 @@ pub mod compile;
 pub mod config;
 pub mod eval;
 pub mod policy;
+pub mod dataplane;

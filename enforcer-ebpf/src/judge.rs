@@ -1,0 +1,258 @@
+//! The verdict of a new connection: identities, built-in exceptions,
+//! modes, and the verdict-trie lookup chain of `docs/dataplane.md`.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use enforcer_common::{
+    ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, CgroupEntry, Config, DIRECTION_EGRESS,
+    DIRECTION_INGRESS, FlowKey, FlowValue, GLOBAL_COUNTER_EVENTS_LOST, IDENTITY_ANY,
+    IDENTITY_ANY_EXTERNAL, IDENTITY_HOST, Identity, MODE_ALLOW, MODE_AUDIT, MODE_ENFORCE, MODE_OFF,
+    PROTO_UDP, RULE_BUILTIN, RULE_DEFAULT_DENY, RULE_MODE_OFF, RULE_UNMANAGED, VerdictEvent,
+    VerdictKey,
+};
+
+use crate::maps;
+
+/// Deepest cgroup level searched for a workload ancestor.
+pub const MAX_CGROUP_DEPTH: i32 = 16;
+
+/// Events for one flow are sent at most this often.
+const EVENT_INTERVAL_NS: u64 = 1_000_000_000;
+
+/// The remote end of a connection.
+#[derive(Clone, Copy)]
+pub struct Remote {
+    pub identity: Identity,
+    /// From the address trie (a peer or `world`), not a local socket.
+    pub external: bool,
+    /// The cgroup entry of the local socket at the other end, if any.
+    pub local_entry: Option<CgroupEntry>,
+    /// The other end is a socket on this host that was found.
+    pub local_socket: bool,
+}
+
+/// What was decided for a connection.
+#[derive(Clone, Copy)]
+pub struct Verdict {
+    pub action: u8,
+    pub rule: u32,
+    pub local: Identity,
+}
+
+/// Resolves the local workload: the cgroup itself, else its ancestors from
+/// the deepest up (`ancestor(level)` returns 0 past the cgroup's own level).
+#[inline(always)]
+pub fn local_entry(
+    slot: u32,
+    cgroup_id: u64,
+    ancestor: impl Fn(i32) -> u64,
+) -> Option<CgroupEntry> {
+    if let Some(e) = maps::cgroup_entry(slot, cgroup_id) {
+        return Some(e);
+    }
+    let mut level = MAX_CGROUP_DEPTH;
+    while level > 0 {
+        let id = ancestor(level);
+        if id != 0 && id != cgroup_id {
+            if let Some(e) = maps::cgroup_entry(slot, id) {
+                return Some(e);
+            }
+        }
+        level -= 1;
+    }
+    None
+}
+
+/// Resolves the remote end of a flow from its key. For this host's own
+/// addresses, looks for the socket at the other end: the listener bound to
+/// the service port when this end opened the connection, else the other
+/// end's own flow (written by its egress program, which ran first).
+#[inline(always)]
+pub fn resolve_remote(slot: u32, key: &FlowKey, opener: u8) -> Remote {
+    let identity = maps::address_identity(slot, key.family, &key.remote_addr);
+    if identity != IDENTITY_HOST {
+        return Remote {
+            identity,
+            external: true,
+            local_entry: None,
+            local_socket: false,
+        };
+    }
+    let mut remote = Remote {
+        identity: IDENTITY_HOST,
+        external: false,
+        local_entry: None,
+        local_socket: false,
+    };
+    if opener == DIRECTION_EGRESS {
+        if let Some(bound) = maps::bound_port(key.protocol, key.remote_port) {
+            remote.local_socket = true;
+            if let Some(e) = maps::cgroup_entry(slot, bound.cgroup_id) {
+                remote.identity = e.workload;
+                remote.local_entry = Some(e);
+            }
+        }
+    } else {
+        let mirrored = key.mirrored();
+        // SAFETY: plain integers; a racing update gives a stale identity
+        // that the generation check repairs.
+        if let Some(other) = unsafe { maps::FLOWS.get(&mirrored) } {
+            remote.local_socket = true;
+            remote.identity = other.local;
+        }
+    }
+    remote
+}
+
+/// The verdict-trie chain: exact remote, every external address (only for
+/// peers and `world`), any remote; default deny.
+#[inline(always)]
+pub fn lookup(
+    slot: u32,
+    workload: Identity,
+    direction: u8,
+    protocol: u8,
+    remote: &Remote,
+    port: u16,
+) -> (u8, u32) {
+    let key = VerdictKey::new(workload, direction, protocol, remote.identity, port, 16);
+    if let Some(v) = maps::verdict(slot, &key) {
+        return (v.action, v.rule);
+    }
+    if remote.external {
+        let key = VerdictKey::new(
+            workload,
+            direction,
+            protocol,
+            IDENTITY_ANY_EXTERNAL,
+            port,
+            16,
+        );
+        if let Some(v) = maps::verdict(slot, &key) {
+            return (v.action, v.rule);
+        }
+    }
+    let key = VerdictKey::new(workload, direction, protocol, IDENTITY_ANY, port, 16);
+    if let Some(v) = maps::verdict(slot, &key) {
+        return (v.action, v.rule);
+    }
+    (ACTION_DENY, RULE_DEFAULT_DENY)
+}
+
+/// Judges a new connection opened in `opener` direction to `service_port`.
+#[inline(always)]
+pub fn judge(
+    cfg: &Config,
+    local: Option<CgroupEntry>,
+    opener: u8,
+    protocol: u8,
+    remote: &Remote,
+    service_port: u16,
+    remote_port: u16,
+) -> Verdict {
+    let (workload, mode) = match local {
+        Some(e) => (e.workload, e.mode),
+        None => (
+            IDENTITY_HOST,
+            match cfg.unmanaged {
+                MODE_AUDIT => MODE_AUDIT,
+                MODE_ENFORCE => MODE_ENFORCE,
+                _ => MODE_ALLOW,
+            },
+        ),
+    };
+    let allow = |rule| Verdict {
+        action: ACTION_ALLOW,
+        rule,
+        local: workload,
+    };
+    // Built-in exceptions, whatever the mode: a workload talking to itself
+    // on this host, inbound failsafe ports, DHCP replies.
+    if local.is_some() && !remote.external && remote.identity == workload {
+        return allow(RULE_BUILTIN);
+    }
+    if opener == DIRECTION_INGRESS {
+        if maps::is_failsafe(protocol, service_port) {
+            return allow(RULE_BUILTIN);
+        }
+        if protocol == PROTO_UDP
+            && ((remote_port == 67 && service_port == 68)
+                || (remote_port == 547 && service_port == 546))
+        {
+            return allow(RULE_BUILTIN);
+        }
+    }
+    if mode == MODE_OFF {
+        return allow(if local.is_some() {
+            RULE_MODE_OFF
+        } else {
+            RULE_UNMANAGED
+        });
+    }
+    let (action, rule) = if local.is_some() {
+        lookup(
+            cfg.active_slot,
+            workload,
+            opener,
+            protocol,
+            remote,
+            service_port,
+        )
+    } else {
+        (ACTION_DENY, RULE_UNMANAGED)
+    };
+    let action = if action == ACTION_DENY && mode == MODE_AUDIT {
+        ACTION_AUDIT
+    } else {
+        action
+    };
+    Verdict {
+        action,
+        rule,
+        local: workload,
+    }
+}
+
+/// Sends a verdict event, counting it as lost when the ring buffer is full.
+#[inline(always)]
+pub fn send_event(cfg: &Config, key: &FlowKey, flow: &FlowValue, now: u64, packet_direction: u8) {
+    let event = VerdictEvent {
+        time_ns: now,
+        cgroup_id: flow.cgroup_id,
+        local: flow.local,
+        remote: flow.remote,
+        rule: flow.rule,
+        family: key.family,
+        protocol: key.protocol,
+        direction: if flow.direction != 0 {
+            flow.direction
+        } else {
+            packet_direction
+        },
+        action: flow.action,
+        local_port: key.local_port,
+        remote_port: key.remote_port,
+        generation: cfg.generation,
+        local_addr: key.local_addr,
+        remote_addr: key.remote_addr,
+    };
+    match maps::EVENTS.reserve::<VerdictEvent>(0) {
+        Some(mut entry) => {
+            entry.write(event);
+            entry.submit(0);
+        }
+        None => maps::bump_global(GLOBAL_COUNTER_EVENTS_LOST),
+    }
+}
+
+/// Whether an event is due for a flow whose last event was at `last`.
+#[inline(always)]
+pub fn event_due(action: u8, last: u64, now: u64) -> bool {
+    (action == ACTION_DENY || action == ACTION_AUDIT)
+        && (last == 0 || now.wrapping_sub(last) >= EVENT_INTERVAL_NS)
+}
+
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    // SAFETY: no arguments, no memory access.
+    unsafe { bpf_ktime_get_ns() }
+}

@@ -1,0 +1,173 @@
+//! `cgroup_skb` ingress and egress: the per-packet path. One `FLOWS` lookup
+//! decides every packet of a known connection under the current policy
+//! generation; only the first packet of a connection (or the first after a
+//! policy change) runs the full judgement.
+
+use aya_ebpf::{
+    helpers::{bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id},
+    programs::SkBuffContext,
+};
+use enforcer_common::{
+    ACTION_DENY, Config, DIRECTION_EGRESS, DIRECTION_INGRESS, FlowKey, FlowValue,
+    GLOBAL_COUNTER_DROPPED, GLOBAL_COUNTER_NEW_FLOWS, GLOBAL_COUNTER_PACKETS, PROTO_TCP,
+    packet::{
+        self, CLASS_ECHO_REPLY, CLASS_ICMP_ERROR, CLASS_NEIGHBOUR_DISCOVERY, Packet, PacketBytes,
+        TCP_ACK, TCP_SYN,
+    },
+};
+
+use crate::{
+    judge::{self, event_due, now_ns, send_event},
+    maps,
+};
+
+const PASS: i32 = 1;
+const DROP: i32 = 0;
+
+struct Skb<'a>(&'a SkBuffContext);
+
+impl PacketBytes for Skb<'_> {
+    #[inline(always)]
+    fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        self.0.load::<[u8; N]>(offset).ok()
+    }
+}
+
+const fn opposite(direction: u8) -> u8 {
+    if direction == DIRECTION_EGRESS {
+        DIRECTION_INGRESS
+    } else {
+        DIRECTION_EGRESS
+    }
+}
+
+/// Who opened a connection we see for the first time at this packet, and
+/// its service port. A connection already running when the enforcer
+/// started (mid-stream TCP) is assumed to be served on the lower port.
+#[inline(always)]
+fn opener_and_service(p: &Packet, key: &FlowKey, direction: u8) -> (u8, u16) {
+    if p.class == CLASS_ICMP_ERROR {
+        return (DIRECTION_EGRESS, key.remote_port);
+    }
+    if p.class == CLASS_ECHO_REPLY {
+        return (opposite(direction), 0);
+    }
+    if p.protocol == PROTO_TCP && p.tcp_flags & TCP_SYN == 0 {
+        return if key.remote_port <= key.local_port {
+            (DIRECTION_EGRESS, key.remote_port)
+        } else {
+            (DIRECTION_INGRESS, key.local_port)
+        };
+    }
+    if p.protocol == PROTO_TCP && p.tcp_flags & TCP_ACK != 0 {
+        // SYN-ACK: the other end opened it, to its source port.
+        return (opposite(direction), p.sport);
+    }
+    (direction, p.dport)
+}
+
+#[inline(always)]
+pub fn handle(ctx: &SkBuffContext, direction: u8) -> i32 {
+    let Some(cfg) = maps::config() else {
+        return PASS;
+    };
+    if cfg.enabled == 0 {
+        return PASS;
+    }
+    maps::bump_global(GLOBAL_COUNTER_PACKETS);
+    let Some(p) = packet::parse(&Skb(ctx)) else {
+        // Not IP or truncated: the stack drops what it cannot parse itself.
+        return PASS;
+    };
+    if p.class == CLASS_NEIGHBOUR_DISCOVERY {
+        return PASS;
+    }
+    let key = FlowKey::of_packet(&p, direction);
+    let verdict = judge_packet(ctx, &cfg, &p, &key, direction);
+    if verdict == DROP {
+        maps::bump_global(GLOBAL_COUNTER_DROPPED);
+    }
+    verdict
+}
+
+#[inline(always)]
+fn judge_packet(
+    ctx: &SkBuffContext,
+    cfg: &Config,
+    p: &Packet,
+    key: &FlowKey,
+    direction: u8,
+) -> i32 {
+    let mut last_event_ns = 0;
+    let mut opener_service = None;
+    if let Some(flow) = maps::FLOWS.get_ptr_mut(key) {
+        // SAFETY: a pointer into the map value; the LRU may recycle it
+        // concurrently, which at worst misjudges one packet of a flow that
+        // was being evicted anyway.
+        let current = unsafe { *flow };
+        // A SYN starts a new connection even if the 4-tuple was used before.
+        let restart = p.is_tcp_syn();
+        if current.generation == cfg.generation && !restart {
+            maps::bump_counter(current.local, current.action);
+            if current.action != ACTION_DENY {
+                return PASS;
+            }
+            let now = now_ns();
+            if event_due(current.action, current.last_event_ns, now) {
+                // SAFETY: as above.
+                unsafe { (*flow).last_event_ns = now };
+                send_event(cfg, key, &current, now, direction);
+            }
+            return DROP;
+        }
+        // A retransmitted SYN keeps the rate limit; a new policy may change
+        // the verdict, which is worth a new event at once.
+        if current.generation == cfg.generation {
+            last_event_ns = current.last_event_ns;
+        }
+        if !restart && p.class != CLASS_ICMP_ERROR {
+            opener_service = Some((current.direction, current.service_port));
+        }
+    }
+    maps::bump_global(GLOBAL_COUNTER_NEW_FLOWS);
+    let (opener, service_port) =
+        opener_service.unwrap_or_else(|| opener_and_service(p, key, direction));
+
+    let skb = ctx.skb.skb;
+    // SAFETY: helpers on the program's own context.
+    let cgroup_id = unsafe { bpf_skb_cgroup_id(skb) };
+    let local = judge::local_entry(cfg.active_slot, cgroup_id, |level| unsafe {
+        bpf_skb_ancestor_cgroup_id(skb, level)
+    });
+    let remote = judge::resolve_remote(cfg.active_slot, key, opener);
+    let v = judge::judge(
+        cfg,
+        local,
+        opener,
+        key.protocol,
+        &remote,
+        service_port,
+        key.remote_port,
+    );
+    let now = now_ns();
+    let mut flow = FlowValue {
+        generation: cfg.generation,
+        local: v.local,
+        remote: remote.identity,
+        rule: v.rule,
+        cgroup_id,
+        last_event_ns,
+        action: v.action,
+        direction: opener,
+        service_port,
+        _pad: [0; 4],
+    };
+    if event_due(v.action, last_event_ns, now) {
+        flow.last_event_ns = now;
+        send_event(cfg, key, &flow, now, direction);
+    }
+    // A full LRU map evicts; an error here only costs a re-judgement.
+    let _ = maps::FLOWS.insert(key, &flow, 0);
+    maps::bump_counter(v.local, v.action);
+    if v.action == ACTION_DENY { DROP } else { PASS }
+}

@@ -1,0 +1,66 @@
+//! `cgroup/post_bind4|6` and `cgroup/sock_release`: remember which cgroup
+//! owns each bound port, so that a connection to this host's own address is
+//! judged against the receiving workload.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{bpf_get_current_cgroup_id, bpf_get_socket_cookie},
+    programs::SockContext,
+};
+use enforcer_common::{BoundPort, PROTO_TCP, PROTO_UDP, PortKey};
+
+use crate::maps;
+
+/// `cgroup/sock` hooks must return 1 or the operation fails.
+const CONTINUE: i32 = 1;
+
+/// The bound port of a socket; only readable in `post_bind4|6`.
+#[inline(always)]
+fn port_key(ctx: &SockContext) -> Option<PortKey> {
+    // SAFETY: the verifier checks each context field access.
+    let sk = unsafe { &*ctx.sock };
+    let protocol = sk.protocol as u8;
+    let port = sk.src_port as u16;
+    if port == 0 || (protocol != PROTO_TCP && protocol != PROTO_UDP) {
+        return None;
+    }
+    Some(PortKey {
+        protocol,
+        _pad: 0,
+        port,
+    })
+}
+
+#[inline(always)]
+pub fn bound(ctx: &SockContext) -> i32 {
+    let Some(key) = port_key(ctx) else {
+        return CONTINUE;
+    };
+    // SAFETY: helpers on the program's own context.
+    let value = unsafe {
+        BoundPort {
+            cgroup_id: bpf_get_current_cgroup_id(),
+            cookie: bpf_get_socket_cookie(ctx.as_ptr()),
+        }
+    };
+    let _ = maps::BOUND_PORTS.insert(&key, &value, 0);
+    let _ = maps::BOUND_SOCKETS.insert(&value.cookie, &key, 0);
+    CONTINUE
+}
+
+#[inline(always)]
+pub fn released(ctx: &SockContext) -> i32 {
+    // SAFETY: helper on the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: plain integers.
+    let Some(key) = (unsafe { maps::BOUND_SOCKETS.get(&cookie) }).copied() else {
+        return CONTINUE;
+    };
+    let _ = maps::BOUND_SOCKETS.remove(&cookie);
+    // Another socket may have bound the port since (SO_REUSEPORT, or after
+    // this one stopped listening): forget the port only if it is ours.
+    if maps::bound_port(key.protocol, key.port).is_some_and(|b| b.cookie == cookie) {
+        let _ = maps::BOUND_PORTS.remove(&key);
+    }
+    CONTINUE
+}

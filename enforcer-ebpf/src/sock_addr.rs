@@ -1,0 +1,164 @@
+//! `cgroup/connect4|6` and `cgroup/sendmsg4|6`: judge an outgoing TCP
+//! connection or UDP datagram before any packet exists, so that a denied
+//! one fails at once with EPERM instead of timing out. When the destination
+//! is a socket on this host, the receiver's ingress is judged too.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id},
+    programs::SockAddrContext,
+};
+use enforcer_common::{
+    ACTION_DENY, Config, DIRECTION_EGRESS, DIRECTION_INGRESS, FlowKey, FlowValue, PROTO_TCP,
+    PROTO_UDP,
+};
+
+use crate::{
+    judge::{self, Remote, Verdict, event_due, now_ns, send_event},
+    maps,
+};
+
+const ALLOW: i32 = 1;
+/// Returning 0 from these hooks makes the syscall fail with EPERM.
+const REFUSE: i32 = 0;
+
+#[inline(always)]
+pub fn handle(ctx: &SockAddrContext, family: u8) -> i32 {
+    let Some(cfg) = maps::config() else {
+        return ALLOW;
+    };
+    if cfg.enabled == 0 {
+        return ALLOW;
+    }
+    // SAFETY: the context pointer is valid for the program's run; the
+    // verifier checks each field access.
+    let sa = unsafe { &*ctx.sock_addr };
+    let protocol = sa.protocol as u8;
+    if protocol != PROTO_TCP && protocol != PROTO_UDP {
+        // Ping sockets and raw sockets are judged per packet.
+        return ALLOW;
+    }
+    let mut addr = [0u8; 16];
+    let mut family = family;
+    if family == 4 {
+        addr[..4].copy_from_slice(&sa.user_ip4.to_ne_bytes());
+    } else {
+        let words = [
+            sa.user_ip6[0],
+            sa.user_ip6[1],
+            sa.user_ip6[2],
+            sa.user_ip6[3],
+        ];
+        addr[0..4].copy_from_slice(&words[0].to_ne_bytes());
+        addr[4..8].copy_from_slice(&words[1].to_ne_bytes());
+        addr[8..12].copy_from_slice(&words[2].to_ne_bytes());
+        addr[12..16].copy_from_slice(&words[3].to_ne_bytes());
+        // A dual-stack socket sending to ::ffff:a.b.c.d sends IPv4.
+        if words[0] == 0 && words[1] == 0 && words[2] == u32::from_be(0x0000_ffff).to_be() {
+            let v4 = words[3].to_ne_bytes();
+            addr = [0; 16];
+            addr[..4].copy_from_slice(&v4);
+            family = 4;
+        }
+    }
+    let port = u16::from_be(sa.user_port as u16);
+    let key = FlowKey {
+        family,
+        protocol,
+        // No local port yet: this key never collides with a real flow and
+        // only rate-limits the events of refused attempts.
+        local_port: 0,
+        remote_port: port,
+        _pad: 0,
+        local_addr: [0; 16],
+        remote_addr: addr,
+    };
+    // SAFETY: helpers without memory arguments.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let slot = cfg.active_slot;
+    let local = judge::local_entry(slot, cgroup_id, |level| unsafe {
+        bpf_get_current_ancestor_cgroup_id(level)
+    });
+    let remote = judge::resolve_remote(slot, &key, DIRECTION_EGRESS);
+    let sender = judge::judge(&cfg, local, DIRECTION_EGRESS, protocol, &remote, port, port);
+    if sender.action == ACTION_DENY || judge::event_due(sender.action, 0, 1) {
+        refused(
+            &cfg,
+            &key,
+            &sender,
+            remote.identity,
+            cgroup_id,
+            DIRECTION_EGRESS,
+        );
+        if sender.action == ACTION_DENY {
+            return REFUSE;
+        }
+    }
+    if remote.local_socket {
+        // The receiver sees the sender as its workload (or `host`).
+        let sender_as_remote = Remote {
+            identity: sender.local,
+            external: false,
+            local_entry: local,
+            local_socket: true,
+        };
+        let receiver = judge::judge(
+            &cfg,
+            remote.local_entry,
+            DIRECTION_INGRESS,
+            protocol,
+            &sender_as_remote,
+            port,
+            0,
+        );
+        if receiver.action == ACTION_DENY || judge::event_due(receiver.action, 0, 1) {
+            let mirrored = key.mirrored();
+            let receiver_cgroup = maps::bound_port(protocol, port).map_or(0, |b| b.cgroup_id);
+            refused(
+                &cfg,
+                &mirrored,
+                &receiver,
+                sender.local,
+                receiver_cgroup,
+                DIRECTION_INGRESS,
+            );
+            if receiver.action == ACTION_DENY {
+                return REFUSE;
+            }
+        }
+    }
+    ALLOW
+}
+
+/// Reports a refused (or audited) attempt, at most once a second per
+/// destination, through a pseudo-flow that no packet can match.
+#[inline(always)]
+fn refused(cfg: &Config, key: &FlowKey, v: &Verdict, remote: u32, cgroup_id: u64, direction: u8) {
+    let now = now_ns();
+    // SAFETY: plain integers.
+    let last = match maps::FLOWS.get_ptr(key).map(|p| unsafe { *p }) {
+        // Same verdict under the same policy: rate-limited.
+        Some(f) if f.generation == cfg.generation && f.action == v.action => f.last_event_ns,
+        _ => 0,
+    };
+    if !event_due(v.action, last, now) {
+        return;
+    }
+    let flow = FlowValue {
+        generation: cfg.generation,
+        local: v.local,
+        remote,
+        rule: v.rule,
+        cgroup_id,
+        last_event_ns: now,
+        action: v.action,
+        direction,
+        service_port: if direction == DIRECTION_EGRESS {
+            key.remote_port
+        } else {
+            key.local_port
+        },
+        _pad: [0; 4],
+    };
+    let _ = maps::FLOWS.insert(key, &flow, 0);
+    send_event(cfg, key, &flow, now, direction);
+}

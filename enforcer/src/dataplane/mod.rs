@@ -1,0 +1,566 @@
+//! The kernel side: load the programs, attach them to a cgroup, pin them,
+//! write compiled policies into the maps (two slots, flipped atomically),
+//! and read events and counters back. See `docs/dataplane.md`.
+
+mod error;
+mod events;
+mod host;
+mod programs;
+mod slots;
+mod test_run;
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap},
+    programs::links::{FdLink, PinnedLink},
+};
+use enforcer_common::{
+    BoundPort, Config, CounterKey, FlowKey, FlowValue, GLOBAL_COUNTER_DROPPED,
+    GLOBAL_COUNTER_EVENTS_LOST, GLOBAL_COUNTER_NEW_FLOWS, GLOBAL_COUNTER_PACKETS, Identity,
+    LAYOUT_DIR, MAX_FAILSAFE_PORTS, MODE_ALLOW, MODE_AUDIT, MODE_ENFORCE, PortKey, maps,
+};
+
+pub use self::{
+    error::{DataplaneError, Result},
+    events::{EventReader, decode_event},
+    host::{HostAddrs, SocketMatching, check_cgroup_socket_matching},
+    test_run::{TestRunOutcome, ethernet_frame},
+};
+use self::{
+    error::{read_err, type_err, write_err},
+    programs::PROGRAMS,
+};
+use crate::compile::compiled::CompiledPolicy;
+
+/// The compiled eBPF object, built by `enforcer/build.rs`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer"));
+
+/// `statfs` magic of a bpf filesystem.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// How to load the data plane.
+#[derive(Clone, Debug, Default)]
+pub struct DataplaneOptions {
+    /// A directory on a bpffs (e.g. `/sys/fs/bpf/enforcer`). Maps and links
+    /// are pinned under `<pin_root>/v<LAYOUT_VERSION>/`, so enforcement
+    /// outlives the process and a new process adopts it. `None`: nothing
+    /// is pinned and everything is detached when the [`Dataplane`] drops.
+    pub pin_root: Option<PathBuf>,
+}
+
+/// One cgroup the daemon resolved to a workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResolvedCgroup {
+    /// The cgroup v2 id (inode number of its directory).
+    pub cgroup_id: u64,
+    pub workload: Identity,
+    /// `MODE_ENFORCE`, `MODE_AUDIT` or `MODE_OFF`.
+    pub mode: u8,
+}
+
+/// The `--unmanaged` setting: what happens to processes in no workload.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UnmanagedMode {
+    #[default]
+    Allow,
+    Audit,
+    Deny,
+}
+
+impl UnmanagedMode {
+    const fn as_config(self) -> u8 {
+        match self {
+            UnmanagedMode::Allow => MODE_ALLOW,
+            UnmanagedMode::Audit => MODE_AUDIT,
+            UnmanagedMode::Deny => MODE_ENFORCE,
+        }
+    }
+}
+
+/// An inbound port that stays reachable whatever the policy says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FailsafePort {
+    /// `PROTO_TCP` or `PROTO_UDP`.
+    pub protocol: u8,
+    pub port: u16,
+}
+
+/// Totals over every CPU of the global counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GlobalCounters {
+    pub packets: u64,
+    pub new_flows: u64,
+    pub dropped: u64,
+    pub events_lost: u64,
+}
+
+/// The loaded kernel programs and their maps.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    /// `<pin_root>/v1`, when pinning.
+    pin_dir: Option<PathBuf>,
+    /// Links owned by this process (not pinned): dropping them detaches.
+    links: Vec<FdLink>,
+    /// What the active slot's cgroup map holds, to rewrite it on `apply`.
+    cgroups: BTreeMap<u64, ResolvedCgroup>,
+}
+
+impl std::fmt::Debug for Dataplane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dataplane")
+            .field("pin_dir", &self.pin_dir)
+            .field("links", &self.links.len())
+            .field("cgroups", &self.cgroups.len())
+            .finish()
+    }
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt as _;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs fills a zeroed struct; `c` is a valid C string.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return false;
+    }
+    st.f_type as i64 == BPF_FS_MAGIC
+}
+
+/// The names of every map, for pinning.
+const ALL_MAPS: [&str; 16] = [
+    maps::CONFIG,
+    maps::CGROUPS[0],
+    maps::CGROUPS[1],
+    maps::ADDR4[0],
+    maps::ADDR4[1],
+    maps::ADDR6[0],
+    maps::ADDR6[1],
+    maps::VERDICTS[0],
+    maps::VERDICTS[1],
+    maps::FLOWS,
+    maps::BOUND_PORTS,
+    maps::BOUND_SOCKETS,
+    maps::FAILSAFE,
+    maps::EVENTS,
+    maps::COUNTERS,
+    maps::GLOBAL_COUNTERS,
+];
+
+impl Dataplane {
+    /// Loads the programs (not attached yet). With a pin root, maps already
+    /// pinned there are reused, so policy, flows and counters survive a
+    /// restart; missing ones are created and pinned.
+    pub fn load(options: &DataplaneOptions) -> Result<Dataplane> {
+        let pin_dir = match &options.pin_root {
+            Some(root) => {
+                std::fs::create_dir_all(root).map_err(|source| {
+                    DataplaneError::UnableToCreatePinDir {
+                        path: root.clone(),
+                        source,
+                    }
+                })?;
+                if !is_bpffs(root) {
+                    return Err(DataplaneError::NotOnBpffs { path: root.clone() });
+                }
+                let dir = root.join(LAYOUT_DIR);
+                for d in [dir.clone(), dir.join("links")] {
+                    std::fs::create_dir_all(&d).map_err(|source| {
+                        DataplaneError::UnableToCreatePinDir {
+                            path: d.clone(),
+                            source,
+                        }
+                    })?;
+                }
+                Some(dir)
+            }
+            None => None,
+        };
+        let mut loader = EbpfLoader::new();
+        if let Some(dir) = &pin_dir {
+            for name in ALL_MAPS {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader
+            .load(OBJECT)
+            .map_err(|e| DataplaneError::UnableToLoadObject(Box::new(e)))?;
+        programs::load_all(&mut ebpf)?;
+        let mut dp = Dataplane {
+            ebpf,
+            pin_dir,
+            links: Vec::new(),
+            cgroups: BTreeMap::new(),
+        };
+        let cfg = dp.config()?;
+        if cfg.generation == 0 && cfg.enabled == 0 {
+            // Fresh maps: the zeroed CONFIG would mean `--unmanaged deny`;
+            // the default is allow.
+            dp.write_config(Config {
+                unmanaged: MODE_ALLOW,
+                ..cfg
+            })?;
+        }
+        dp.cgroups = dp.read_active_cgroups()?;
+        Ok(dp)
+    }
+
+    /// Where maps and links are pinned, if anywhere.
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.pin_dir.as_deref()
+    }
+
+    /// Attaches every program to `cgroup_dir` (a cgroup v2 directory, never
+    /// the root). With pinning, each link is pinned, replacing (and then
+    /// detaching) a link pinned by an earlier process, so there is no gap
+    /// without enforcement.
+    pub fn attach(&mut self, cgroup_dir: &Path) -> Result<()> {
+        if !cgroup_dir.join("cgroup.type").exists() {
+            // Every cgroup v2 directory but the root has cgroup.type.
+            return Err(DataplaneError::RefusingRootCgroup {
+                path: cgroup_dir.to_owned(),
+            });
+        }
+        let cgroup =
+            File::open(cgroup_dir).map_err(|source| DataplaneError::UnableToOpenCgroup {
+                path: cgroup_dir.to_owned(),
+                source,
+            })?;
+        for (name, kind) in PROGRAMS {
+            let link = programs::attach_one(&mut self.ebpf, name, kind, &cgroup, cgroup_dir)?;
+            match &self.pin_dir {
+                Some(dir) => {
+                    let path = dir.join("links").join(name);
+                    // Take the old link out of the pin but keep it attached
+                    // until the new one is pinned.
+                    let old = if path.exists() {
+                        let pinned = PinnedLink::from_pin(&path).map_err(|e| {
+                            DataplaneError::UnableToAdoptLink {
+                                path: path.clone(),
+                                source: std::io::Error::other(e),
+                            }
+                        })?;
+                        Some(pinned.unpin().map_err(|source| {
+                            DataplaneError::UnableToAdoptLink {
+                                path: path.clone(),
+                                source,
+                            }
+                        })?)
+                    } else {
+                        None
+                    };
+                    link.pin(&path)
+                        .map_err(|source| DataplaneError::UnableToPinLink {
+                            program: name,
+                            path: path.clone(),
+                            source,
+                        })?;
+                    drop(old);
+                }
+                None => self.links.push(link),
+            }
+        }
+        Ok(())
+    }
+
+    /// Detaches the links this process owns (pinned links stay; see
+    /// [`Dataplane::uninstall`]).
+    pub fn detach(&mut self) {
+        self.links.clear();
+    }
+
+    /// The current settings and policy generation.
+    pub fn config(&self) -> Result<Config> {
+        let name = maps::CONFIG;
+        let m: Array<&MapData, Config> = Array::try_from(
+            self.ebpf
+                .map(name)
+                .ok_or(DataplaneError::MissingMap(name))?,
+        )
+        .map_err(type_err(name))?;
+        m.get(&0, 0).map_err(read_err(name))
+    }
+
+    fn write_config(&mut self, cfg: Config) -> Result<()> {
+        let name = maps::CONFIG;
+        let mut m: Array<&mut MapData, Config> = Array::try_from(
+            self.ebpf
+                .map_mut(name)
+                .ok_or(DataplaneError::MissingMap(name))?,
+        )
+        .map_err(type_err(name))?;
+        m.set(0, cfg, 0).map_err(write_err(name))
+    }
+
+    /// Bumps the generation so that every flow is judged again at its next
+    /// packet.
+    fn bump_generation(&mut self, change: impl FnOnce(&mut Config)) -> Result<u32> {
+        let mut cfg = self.config()?;
+        cfg.generation = cfg.generation.wrapping_add(1).max(1);
+        change(&mut cfg);
+        self.write_config(cfg)?;
+        Ok(cfg.generation)
+    }
+
+    /// Puts a policy in force: checks it fits, writes it completely into
+    /// the inactive slot, then flips `CONFIG` in one update (new slot, new
+    /// generation, enabled). Returns the new generation. On error the
+    /// running policy is untouched.
+    pub fn apply(
+        &mut self,
+        policy: &CompiledPolicy,
+        cgroups: &[ResolvedCgroup],
+        host: &HostAddrs,
+    ) -> Result<u32> {
+        slots::check_capacity(policy, cgroups, host)?;
+        let cfg = self.config()?;
+        let inactive = if cfg.enabled != 0 && cfg.active_slot == 0 {
+            1
+        } else {
+            0
+        };
+        slots::write_slot(&mut self.ebpf, inactive, policy, cgroups, host)?;
+        let generation = self.bump_generation(|c| {
+            c.active_slot = inactive as u32;
+            c.enabled = 1;
+        })?;
+        self.cgroups = cgroups.iter().map(|c| (c.cgroup_id, *c)).collect();
+        tracing::debug!(generation, slot = inactive, "policy applied");
+        Ok(generation)
+    }
+
+    /// Stops enforcing (every program allows everything) without detaching.
+    pub fn disable(&mut self) -> Result<u32> {
+        self.bump_generation(|c| c.enabled = 0)
+    }
+
+    /// Sets the `--unmanaged` mode. Flows are judged again.
+    pub fn set_unmanaged(&mut self, mode: UnmanagedMode) -> Result<u32> {
+        self.bump_generation(|c| c.unmanaged = mode.as_config())
+    }
+
+    /// Replaces the failsafe ports. Flows are judged again.
+    pub fn set_failsafe(&mut self, ports: &[FailsafePort]) -> Result<u32> {
+        if ports.len() > MAX_FAILSAFE_PORTS as usize {
+            return Err(DataplaneError::CapacityExceeded {
+                map: maps::FAILSAFE,
+                needed: ports.len(),
+                capacity: MAX_FAILSAFE_PORTS,
+            });
+        }
+        slots::clear_hash::<PortKey, u8>(&mut self.ebpf, maps::FAILSAFE)?;
+        let name = maps::FAILSAFE;
+        let mut m: HashMap<&mut MapData, PortKey, u8> = HashMap::try_from(
+            self.ebpf
+                .map_mut(name)
+                .ok_or(DataplaneError::MissingMap(name))?,
+        )
+        .map_err(type_err(name))?;
+        for p in ports {
+            let key = PortKey {
+                protocol: p.protocol,
+                _pad: 0,
+                port: p.port,
+            };
+            m.insert(key, 1, 0).map_err(write_err(name))?;
+        }
+        self.bump_generation(|_| {})
+    }
+
+    fn active_slot(&self) -> Result<usize> {
+        Ok(self.config()?.active_slot as usize & 1)
+    }
+
+    fn read_active_cgroups(&self) -> Result<BTreeMap<u64, ResolvedCgroup>> {
+        let slot = self.active_slot()?;
+        let name = maps::CGROUPS[slot];
+        let m: HashMap<&MapData, u64, enforcer_common::CgroupEntry> = HashMap::try_from(
+            self.ebpf
+                .map(name)
+                .ok_or(DataplaneError::MissingMap(name))?,
+        )
+        .map_err(type_err(name))?;
+        let mut out = BTreeMap::new();
+        for item in m.iter() {
+            let (id, e) = item.map_err(read_err(name))?;
+            out.insert(
+                id,
+                ResolvedCgroup {
+                    cgroup_id: id,
+                    workload: e.workload,
+                    mode: e.mode,
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    /// Adds (or updates) one cgroup in the policy in force, for the
+    /// daemon's cgroup watcher. The inactive slot is rewritten completely by
+    /// the next [`Dataplane::apply`], which receives the full list. Flows
+    /// are judged again, since processes in the cgroup were `host` before.
+    pub fn add_cgroup(&mut self, cgroup: ResolvedCgroup) -> Result<u32> {
+        let slot = self.active_slot()?;
+        slots::put_cgroup(&mut self.ebpf, slot, &cgroup)?;
+        self.cgroups.insert(cgroup.cgroup_id, cgroup);
+        self.bump_generation(|_| {})
+    }
+
+    /// Removes one cgroup from the policy in force.
+    pub fn remove_cgroup(&mut self, cgroup_id: u64) -> Result<u32> {
+        let slot = self.active_slot()?;
+        slots::delete_cgroup(&mut self.ebpf, slot, cgroup_id)?;
+        self.cgroups.remove(&cgroup_id);
+        self.bump_generation(|_| {})
+    }
+
+    /// The cgroups of the policy in force.
+    pub fn cgroups(&self) -> impl Iterator<Item = &ResolvedCgroup> {
+        self.cgroups.values()
+    }
+
+    /// Takes the events ring buffer (once).
+    pub fn take_events(&mut self) -> Result<EventReader> {
+        let map = self
+            .ebpf
+            .take_map(maps::EVENTS)
+            .ok_or(DataplaneError::EventsAlreadyTaken)?;
+        EventReader::new(map)
+    }
+
+    /// Packets per (workload, action), summed over CPUs.
+    pub fn counters(&self) -> Result<BTreeMap<(Identity, u8), u64>> {
+        let name = maps::COUNTERS;
+        let m: PerCpuHashMap<&MapData, CounterKey, u64> = PerCpuHashMap::try_from(
+            self.ebpf
+                .map(name)
+                .ok_or(DataplaneError::MissingMap(name))?,
+        )
+        .map_err(type_err(name))?;
+        let mut out = BTreeMap::new();
+        for item in m.iter() {
+            let (k, per_cpu) = item.map_err(read_err(name))?;
+            out.insert((k.workload, k.action), per_cpu.iter().sum());
+        }
+        Ok(out)
+    }
+
+    /// The global counters, summed over CPUs.
+    pub fn global_counters(&self) -> Result<GlobalCounters> {
+        let name = maps::GLOBAL_COUNTERS;
+        let m: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
+            self.ebpf
+                .map(name)
+                .ok_or(DataplaneError::MissingMap(name))?,
+        )
+        .map_err(type_err(name))?;
+        let sum =
+            |i: u32| -> Result<u64> { Ok(m.get(&i, 0).map_err(read_err(name))?.iter().sum()) };
+        Ok(GlobalCounters {
+            packets: sum(GLOBAL_COUNTER_PACKETS)?,
+            new_flows: sum(GLOBAL_COUNTER_NEW_FLOWS)?,
+            dropped: sum(GLOBAL_COUNTER_DROPPED)?,
+            events_lost: sum(GLOBAL_COUNTER_EVENTS_LOST)?,
+        })
+    }
+
+    /// Every tracked connection.
+    pub fn flows(&self) -> Result<Vec<(FlowKey, FlowValue)>> {
+        let name = maps::FLOWS;
+        let m: HashMap<&MapData, FlowKey, FlowValue> = HashMap::try_from(
+            self.ebpf
+                .map(name)
+                .ok_or(DataplaneError::MissingMap(name))?,
+        )
+        .map_err(type_err(name))?;
+        m.iter().collect::<Result<_, _>>().map_err(read_err(name))
+    }
+
+    /// The tracked connection with this key, if any.
+    pub fn flow(&self, key: &FlowKey) -> Result<Option<FlowValue>> {
+        let name = maps::FLOWS;
+        let m: HashMap<&MapData, FlowKey, FlowValue> = HashMap::try_from(
+            self.ebpf
+                .map(name)
+                .ok_or(DataplaneError::MissingMap(name))?,
+        )
+        .map_err(type_err(name))?;
+        match m.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(read_err(name)(e)),
+        }
+    }
+
+    /// Forgets every tracked connection (tests and benchmarks).
+    pub fn clear_flows(&mut self) -> Result<()> {
+        slots::clear_hash::<FlowKey, FlowValue>(&mut self.ebpf, maps::FLOWS)
+    }
+
+    /// The bound ports learned from `bind()`.
+    pub fn bound_ports(&self) -> Result<Vec<(PortKey, BoundPort)>> {
+        let name = maps::BOUND_PORTS;
+        let m: HashMap<&MapData, PortKey, BoundPort> = HashMap::try_from(
+            self.ebpf
+                .map(name)
+                .ok_or(DataplaneError::MissingMap(name))?,
+        )
+        .map_err(type_err(name))?;
+        m.iter().collect::<Result<_, _>>().map_err(read_err(name))
+    }
+
+    /// Removes everything pinned under `<pin_root>/v1`: links (which
+    /// detaches the programs from their cgroup once no process holds them)
+    /// and maps. A no-op when nothing is pinned.
+    pub fn uninstall(pin_root: &Path) -> Result<()> {
+        let dir = pin_root.join(LAYOUT_DIR);
+        let links = dir.join("links");
+        if let Ok(entries) = std::fs::read_dir(&links) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let pinned =
+                    PinnedLink::from_pin(&path).map_err(|e| DataplaneError::UnableToAdoptLink {
+                        path: path.clone(),
+                        source: std::io::Error::other(e),
+                    })?;
+                // Unpinning gives back the link's fd; dropping it detaches.
+                drop(
+                    pinned
+                        .unpin()
+                        .map_err(|source| DataplaneError::UnableToUnpin {
+                            path: path.clone(),
+                            source,
+                        })?,
+                );
+            }
+        }
+        let remove = |path: &Path| -> Result<()> {
+            match std::fs::remove_file(path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(source) => Err(DataplaneError::UnableToUnpin {
+                    path: path.to_owned(),
+                    source,
+                }),
+            }
+        };
+        for name in ALL_MAPS {
+            remove(&dir.join(name))?;
+        }
+        for d in [links, dir] {
+            match std::fs::remove_dir(&d) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(DataplaneError::UnableToUnpin { path: d, source }),
+            }
+        }
+        Ok(())
+    }
+}

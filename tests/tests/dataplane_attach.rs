@@ -1,0 +1,155 @@
+//! Issue 2's enforcement slice: programs loaded and attached to a test
+//! cgroup refuse a denied connection at once (EPERM) and allow an allowed
+//! one; dropping or uninstalling leaves nothing attached and no pins.
+
+mod dataplane_support;
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use dataplane_support::*;
+use enforcer::dataplane::{Dataplane, DataplaneOptions, HostAddrs, ResolvedCgroup};
+use enforcer_common::{
+    ACTION_ALLOW, DIRECTION_EGRESS, IDENTITY_HOST, LAYOUT_DIR, MODE_ENFORCE, PROTO_TCP, VerdictKey,
+    VerdictValue,
+};
+
+const WEB: u32 = 16;
+
+/// A policy letting workload WEB connect to `host` on `port` only.
+fn allow_port(port: u16) -> enforcer::compile::compiled::CompiledPolicy {
+    let mut p = empty_policy(&[(WEB, "web")], &[]);
+    p.verdicts.push((
+        VerdictKey::new(WEB, DIRECTION_EGRESS, PROTO_TCP, IDENTITY_HOST, port, 16),
+        VerdictValue {
+            rule: 0,
+            action: ACTION_ALLOW,
+            _pad: [0; 3],
+        },
+    ));
+    p
+}
+
+fn connect_from(cg: &TestCgroup, to: SocketAddr) -> (i32, Duration) {
+    let start = Instant::now();
+    let code = in_cgroup(&cg.path, || tcp_exchange(to, Duration::from_secs(3)));
+    (code, start.elapsed())
+}
+
+#[test]
+fn denied_connect_fails_at_once_and_allowed_one_succeeds() {
+    let Some(_root) = require_root() else {
+        return;
+    };
+    let allowed = tcp_echo_server("127.0.0.1:0".parse().unwrap());
+    let denied = tcp_echo_server("127.0.0.1:0".parse().unwrap());
+    let cg = TestCgroup::new();
+    let mut dp = Dataplane::load(&DataplaneOptions::default()).expect("load");
+    dp.attach(&cg.path).expect("attach");
+    assert_eq!(attached_programs(&cg.path), 9);
+
+    // Before any policy, everything passes.
+    assert_eq!(connect_from(&cg, denied).0, OK);
+
+    let cgroups = [ResolvedCgroup {
+        cgroup_id: cg.id(),
+        workload: WEB,
+        mode: MODE_ENFORCE,
+    }];
+    dp.apply(&allow_port(allowed.port()), &cgroups, &HostAddrs::default())
+        .expect("apply");
+
+    assert_eq!(connect_from(&cg, allowed).0, OK, "allowed port");
+    let (code, took) = connect_from(&cg, denied);
+    assert_eq!(code, EPERM, "denied port must fail with EPERM");
+    assert!(
+        took < Duration::from_secs(1),
+        "EPERM must be immediate, took {took:?}"
+    );
+
+    // This process is outside the cgroup: not filtered.
+    assert_eq!(tcp_exchange(denied, Duration::from_secs(3)), OK);
+
+    drop(dp);
+    assert_eq!(
+        attached_programs(&cg.path),
+        0,
+        "dropping detaches everything"
+    );
+    assert_eq!(connect_from(&cg, denied).0, OK);
+}
+
+#[test]
+fn pinned_enforcement_outlives_the_loader_is_adopted_and_uninstalls_cleanly() {
+    let Some(_root) = require_root() else {
+        return;
+    };
+    let allowed = tcp_echo_server("127.0.0.1:0".parse().unwrap());
+    let denied = tcp_echo_server("127.0.0.1:0".parse().unwrap());
+    let cg = TestCgroup::new();
+    let pins = PinRoot::new();
+    let options = DataplaneOptions {
+        pin_root: Some(pins.path.clone()),
+    };
+    let cgroups = [ResolvedCgroup {
+        cgroup_id: cg.id(),
+        workload: WEB,
+        mode: MODE_ENFORCE,
+    }];
+    {
+        let mut dp = Dataplane::load(&options).expect("load");
+        dp.attach(&cg.path).expect("attach");
+        let generation = dp
+            .apply(&allow_port(allowed.port()), &cgroups, &HostAddrs::default())
+            .expect("apply");
+        assert_eq!(generation, 1);
+    }
+    // The loader is gone; the pinned links and maps still enforce.
+    assert_eq!(attached_programs(&cg.path), 9);
+    assert_eq!(connect_from(&cg, denied).0, EPERM);
+    assert_eq!(connect_from(&cg, allowed).0, OK);
+
+    // A new process adopts the pinned state: same policy, links replaced.
+    {
+        let mut dp = Dataplane::load(&options).expect("reload");
+        assert_eq!(dp.config().expect("config").generation, 1);
+        assert_eq!(dp.cgroups().count(), 1);
+        dp.attach(&cg.path).expect("re-attach");
+        assert_eq!(
+            attached_programs(&cg.path),
+            9,
+            "old links replaced, not doubled"
+        );
+        assert_eq!(connect_from(&cg, denied).0, EPERM);
+        let generation = dp
+            .apply(&allow_port(denied.port()), &cgroups, &HostAddrs::default())
+            .expect("apply");
+        assert_eq!(generation, 2);
+        assert_eq!(connect_from(&cg, denied).0, OK);
+        assert_eq!(connect_from(&cg, allowed).0, EPERM);
+    }
+
+    Dataplane::uninstall(&pins.path).expect("uninstall");
+    assert_eq!(
+        attached_programs(&cg.path),
+        0,
+        "uninstall detaches everything"
+    );
+    assert!(!pins.path.join(LAYOUT_DIR).exists(), "no pins left");
+    assert_eq!(connect_from(&cg, allowed).0, OK);
+    assert_eq!(connect_from(&cg, denied).0, OK);
+}
+
+#[test]
+fn refuses_the_root_cgroup() {
+    let Some(_root) = require_root() else {
+        return;
+    };
+    let mut dp = Dataplane::load(&DataplaneOptions::default()).expect("load");
+    let err = dp
+        .attach(&cgroup2_root())
+        .expect_err("root must be refused");
+    assert!(err.to_string().contains("root cgroup"), "{err}");
+}

@@ -1,0 +1,339 @@
+//! Real traffic between workloads on this machine and a test host in a
+//! network namespace (over veth, documentation ranges only): peers by
+//! longest prefix, port ranges, deny overriding allow, TCP, UDP and ICMP
+//! echo in IPv4 and IPv6, inbound connections from a peer, and two local
+//! workloads talking over this machine's own address.
+
+mod dataplane_support;
+
+use std::{net::SocketAddr, time::Duration};
+
+use dataplane_support::{empty_policy, require_root};
+use enforcer::{
+    compile::compiled::CompiledPolicy,
+    dataplane::{Dataplane, DataplaneOptions, HostAddrs, ResolvedCgroup},
+};
+use enforcer_common::{
+    ACTION_ALLOW, ACTION_DENY, AddrKey4, AddrKey6, DIRECTION_EGRESS, DIRECTION_INGRESS, Identity,
+    MODE_ENFORCE, PROTO_ICMP, PROTO_TCP, PROTO_UDP, VerdictKey, VerdictValue,
+};
+use enforcer_tests::{CgroupGuard, Probe, ProbeOutcome, Server, TestHost};
+
+const A: Identity = 16;
+const B: Identity = 17;
+const OFFICE: Identity = 18;
+const VENDOR: Identity = 19;
+
+fn entry(
+    p: &mut CompiledPolicy,
+    w: Identity,
+    d: u8,
+    proto: u8,
+    r: Identity,
+    port: u16,
+    bits: u8,
+    action: u8,
+) {
+    p.verdicts.push((
+        VerdictKey::new(w, d, proto, r, port, bits),
+        VerdictValue {
+            rule: 0,
+            action,
+            _pad: [0; 3],
+        },
+    ));
+    p.verdicts.sort_by_key(|(k, _)| *k);
+}
+
+/// `office` owns the test host's whole subnets, `vendor` the test host's
+/// own addresses: the longest prefix makes the test host `vendor`.
+fn peers(host: &TestHost) -> CompiledPolicy {
+    let mut p = empty_policy(
+        &[(A, "a"), (B, "b")],
+        &[(OFFICE, "office"), (VENDOR, "vendor")],
+    );
+    let std::net::IpAddr::V4(h4) = host.ipv4() else {
+        panic!("ipv4")
+    };
+    let std::net::IpAddr::V6(h6) = host.ipv6() else {
+        panic!("ipv6")
+    };
+    let mut net4 = h4.octets();
+    net4[3] = 0;
+    let mut net6 = h6.octets();
+    net6[8..].fill(0);
+    p.prefixes_v4 = vec![
+        (
+            AddrKey4 {
+                prefix_len: 24,
+                addr: net4,
+            },
+            OFFICE,
+        ),
+        (
+            AddrKey4 {
+                prefix_len: 32,
+                addr: h4.octets(),
+            },
+            VENDOR,
+        ),
+    ];
+    p.prefixes_v6 = vec![
+        (
+            AddrKey6 {
+                prefix_len: 64,
+                addr: net6,
+            },
+            OFFICE,
+        ),
+        (
+            AddrKey6 {
+                prefix_len: 128,
+                addr: h6.octets(),
+            },
+            VENDOR,
+        ),
+    ];
+    p.prefixes_v4.sort();
+    p.prefixes_v6.sort();
+    p
+}
+
+fn probe(report: enforcer_tests::ProbeReport) -> ProbeOutcome {
+    eprintln!("{}", report.line);
+    report.outcome
+}
+
+const SHORT: Duration = Duration::from_millis(400);
+
+#[test]
+fn egress_to_a_remote_peer_by_longest_prefix_ports_and_protocols() {
+    let Some(_root) = require_root() else {
+        return;
+    };
+    let host = TestHost::new("198.51.100.0/24", "2001:db8:71::/64").expect("test host");
+    let parent = CgroupGuard::new().expect("cgroup");
+    let a = parent.child("a").expect("cgroup a");
+    let mut dp = Dataplane::load(&DataplaneOptions::default()).expect("load");
+    dp.attach(parent.path()).expect("attach");
+
+    let mut p = peers(&host);
+    // 8000-8003/tcp to vendor (one 14-bit block), but 8002 denied (a longer
+    // prefix: what the compiler emits for a deny inside an allowed range).
+    entry(
+        &mut p,
+        A,
+        DIRECTION_EGRESS,
+        PROTO_TCP,
+        VENDOR,
+        8000,
+        14,
+        ACTION_ALLOW,
+    );
+    entry(
+        &mut p,
+        A,
+        DIRECTION_EGRESS,
+        PROTO_TCP,
+        VENDOR,
+        8002,
+        16,
+        ACTION_DENY,
+    );
+    // 9000/tcp only to office: the test host is vendor, so denied.
+    entry(
+        &mut p,
+        A,
+        DIRECTION_EGRESS,
+        PROTO_TCP,
+        OFFICE,
+        9000,
+        16,
+        ACTION_ALLOW,
+    );
+    entry(
+        &mut p,
+        A,
+        DIRECTION_EGRESS,
+        PROTO_UDP,
+        VENDOR,
+        5353,
+        16,
+        ACTION_ALLOW,
+    );
+    entry(
+        &mut p,
+        A,
+        DIRECTION_EGRESS,
+        PROTO_ICMP,
+        VENDOR,
+        0,
+        16,
+        ACTION_ALLOW,
+    );
+    let cgroups = [ResolvedCgroup {
+        cgroup_id: a.id(),
+        workload: A,
+        mode: MODE_ENFORCE,
+    }];
+    let addrs = HostAddrs::from_system().expect("host addresses");
+    dp.apply(&p, &cgroups, &addrs).expect("apply");
+
+    for v6 in [false, true] {
+        let at = |port| {
+            if v6 {
+                host.socket_v6(port)
+            } else {
+                host.socket_v4(port)
+            }
+        };
+        let servers: Vec<Server> = [8001, 8002, 8003, 9000]
+            .into_iter()
+            .map(|port| Server::tcp(None, Some(&host), at(port)).expect("tcp server"))
+            .collect();
+        let udp = Server::udp(None, Some(&host), at(5353)).expect("udp server");
+        let udp_other = Server::udp(None, Some(&host), at(5354)).expect("udp server");
+        let tcp = |s: &Server| probe(Probe::tcp_connect(s.addr()).cgroup(&a).timeout(SHORT).run());
+        assert_eq!(
+            tcp(&servers[0]),
+            ProbeOutcome::Ok,
+            "8001 in the allowed range (v6 {v6})"
+        );
+        assert_eq!(
+            tcp(&servers[2]),
+            ProbeOutcome::Ok,
+            "8003 in the allowed range (v6 {v6})"
+        );
+        assert_eq!(
+            tcp(&servers[1]),
+            ProbeOutcome::Eperm,
+            "8002 denied inside the range (v6 {v6})"
+        );
+        assert_eq!(
+            tcp(&servers[3]),
+            ProbeOutcome::Eperm,
+            "9000 is for office only (v6 {v6})"
+        );
+        assert_eq!(
+            probe(Probe::udp_send(udp.addr()).cgroup(&a).timeout(SHORT).run()),
+            ProbeOutcome::Ok,
+            "udp allowed (v6 {v6})"
+        );
+        assert_eq!(
+            probe(
+                Probe::udp_send(udp_other.addr())
+                    .cgroup(&a)
+                    .timeout(SHORT)
+                    .run()
+            ),
+            ProbeOutcome::Eperm,
+            "udp denied (v6 {v6})"
+        );
+        let ip = if v6 { host.ipv6() } else { host.ipv4() };
+        assert_eq!(
+            probe(Probe::ping(ip).cgroup(&a).timeout(SHORT).run()),
+            ProbeOutcome::Ok,
+            "ping allowed (v6 {v6})"
+        );
+    }
+
+    // Without the ICMP rule, echo requests are dropped on egress.
+    p.verdicts.retain(|(k, _)| k.protocol() != PROTO_ICMP);
+    dp.apply(&p, &cgroups, &addrs).expect("apply");
+    let ping = probe(Probe::ping(host.ipv4()).cgroup(&a).timeout(SHORT).run());
+    assert!(
+        matches!(ping, ProbeOutcome::Eperm | ProbeOutcome::Timeout),
+        "ping must fail: {ping:?}"
+    );
+}
+
+#[test]
+fn inbound_from_a_peer_and_local_workloads_over_the_host_address() {
+    let Some(_root) = require_root() else {
+        return;
+    };
+    let host = TestHost::new("203.0.113.0/24", "2001:db8:72::/64").expect("test host");
+    let parent = CgroupGuard::new().expect("cgroup");
+    let a = parent.child("a").expect("cgroup a");
+    let b = parent.child("b").expect("cgroup b");
+    let mut dp = Dataplane::load(&DataplaneOptions::default()).expect("load");
+    dp.attach(parent.path()).expect("attach");
+
+    // B serves 7000 and 7001 on this machine's veth address.
+    let local = host.local_ipv4();
+    let open = Server::tcp(Some(&b), None, SocketAddr::new(local, 7000)).expect("server");
+    let closed = Server::tcp(Some(&b), None, SocketAddr::new(local, 7001)).expect("server");
+    let mut p = peers(&host);
+    entry(
+        &mut p,
+        B,
+        DIRECTION_INGRESS,
+        PROTO_TCP,
+        VENDOR,
+        7000,
+        16,
+        ACTION_ALLOW,
+    );
+    let cgroups = [
+        ResolvedCgroup {
+            cgroup_id: a.id(),
+            workload: A,
+            mode: MODE_ENFORCE,
+        },
+        ResolvedCgroup {
+            cgroup_id: b.id(),
+            workload: B,
+            mode: MODE_ENFORCE,
+        },
+    ];
+    let addrs = HostAddrs::from_system().expect("host addresses");
+    dp.apply(&p, &cgroups, &addrs).expect("apply");
+
+    // From the test host (vendor): 7000 allowed in, 7001 dropped.
+    let from_host = |s: &Server| {
+        probe(
+            Probe::tcp_connect(s.addr())
+                .netns(&host)
+                .timeout(SHORT)
+                .run(),
+        )
+    };
+    assert_eq!(from_host(&open), ProbeOutcome::Ok, "vendor may reach 7000");
+    assert_eq!(
+        from_host(&closed),
+        ProbeOutcome::Timeout,
+        "7001 is dropped on ingress"
+    );
+
+    // A -> B over this machine's own address: B sees A, not vendor or host.
+    let from_a = |s: &Server| probe(Probe::tcp_connect(s.addr()).cgroup(&a).timeout(SHORT).run());
+    assert_eq!(from_a(&open), ProbeOutcome::Eperm, "no rule for A yet");
+    entry(
+        &mut p,
+        A,
+        DIRECTION_EGRESS,
+        PROTO_TCP,
+        B,
+        7000,
+        16,
+        ACTION_ALLOW,
+    );
+    dp.apply(&p, &cgroups, &addrs).expect("apply");
+    assert_eq!(
+        from_a(&open),
+        ProbeOutcome::Eperm,
+        "B's allow-in names vendor, not A"
+    );
+    entry(
+        &mut p,
+        B,
+        DIRECTION_INGRESS,
+        PROTO_TCP,
+        A,
+        7000,
+        16,
+        ACTION_ALLOW,
+    );
+    dp.apply(&p, &cgroups, &addrs).expect("apply");
+    assert_eq!(from_a(&open), ProbeOutcome::Ok, "both ends allow");
+}

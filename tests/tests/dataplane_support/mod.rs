@@ -1,0 +1,494 @@
+//! Minimal root-test helpers for the data plane tests: a test cgroup, a
+//! bpffs pin root, and child processes forked into the test cgroup.
+//! Everything is removed on drop, also when a test fails.
+
+#![allow(dead_code, reason = "each test file uses a different subset")]
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use enforcer::compile::compiled::{CompiledPolicy, EntityInfo, EntityKind, RuleRef, Section};
+use enforcer_common::{IDENTITY_HOST, IDENTITY_WORLD};
+
+/// The gate of every root test (enforcer-tests' `privileged`): root,
+/// cgroup v2, bpffs, and cgroup2 socket matching working; skips without
+/// them, fails under `CI`. The guard holds the machine-wide lock that runs
+/// root tests of every worktree one at a time.
+pub fn require_root() -> Option<enforcer_tests::Privileged> {
+    enforcer_tests::privileged::require_root_with_probe(option_env!("CARGO_BIN_EXE_probe"))
+}
+
+/// The cgroup v2 mount point, from /proc/self/mountinfo.
+pub fn cgroup2_root() -> PathBuf {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
+    for line in text.lines() {
+        let Some((head, tail)) = line.split_once(" - ") else {
+            continue;
+        };
+        if tail.split_whitespace().next() == Some("cgroup2") {
+            let mount = head
+                .split_whitespace()
+                .nth(4)
+                .expect("mountinfo mount point");
+            return PathBuf::from(mount);
+        }
+    }
+    panic!("no cgroup2 mount found");
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A cgroup created for one test; removed (after killing what is left in
+/// it) on drop.
+pub struct TestCgroup {
+    pub path: PathBuf,
+}
+
+impl TestCgroup {
+    pub fn new() -> TestCgroup {
+        let path = cgroup2_root().join(unique("enforcer-dp-test"));
+        std::fs::create_dir(&path).expect("create test cgroup");
+        TestCgroup { path }
+    }
+
+    /// A child cgroup of this one.
+    pub fn child(&self, name: &str) -> TestCgroup {
+        let path = self.path.join(name);
+        std::fs::create_dir(&path).expect("create child cgroup");
+        TestCgroup { path }
+    }
+
+    /// The cgroup id (inode number of the directory).
+    pub fn id(&self) -> u64 {
+        std::fs::metadata(&self.path).expect("stat cgroup").ino()
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        if let Ok(procs) = std::fs::read_to_string(self.path.join("cgroup.procs")) {
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                // SAFETY: signalling a pid we put in our own test cgroup.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        for _ in 0..50 {
+            // Children first (created by `child`, dropped before us normally).
+            if std::fs::remove_dir(&self.path).is_ok() || !self.path.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("warning: could not remove {}", self.path.display());
+    }
+}
+
+/// The cgroup id of this process.
+pub fn own_cgroup_id() -> u64 {
+    let text = std::fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
+    let rel = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("a cgroup v2 line in /proc/self/cgroup");
+    let path = cgroup2_root().join(rel.trim_start_matches('/'));
+    std::fs::metadata(path).expect("stat own cgroup").ino()
+}
+
+/// A directory on a bpffs for pins; removed on drop.
+pub struct PinRoot {
+    pub path: PathBuf,
+}
+
+impl PinRoot {
+    pub fn new() -> PinRoot {
+        let bpffs = Path::new("/sys/fs/bpf");
+        let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+            .expect("read mountinfo")
+            .lines()
+            .any(|l| l.contains(" /sys/fs/bpf ") && l.contains(" - bpf "));
+        if !mounted {
+            let status = std::process::Command::new("mount")
+                .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
+                .status()
+                .expect("run mount");
+            assert!(status.success(), "mount -t bpf failed");
+        }
+        let path = bpffs.join(unique("enforcer-dp-test"));
+        PinRoot { path }
+    }
+}
+
+impl Drop for PinRoot {
+    fn drop(&mut self) {
+        let _ = enforcer::dataplane::Dataplane::uninstall(&self.path);
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Programs attached to a cgroup (directly, not inherited), per bpftool.
+pub fn attached_programs(cgroup: &Path) -> usize {
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "cgroup", "show"])
+        .arg(cgroup)
+        .output()
+        .expect("run bpftool");
+    assert!(
+        out.status.success(),
+        "bpftool failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    v.as_array().map_or(0, |a| a.len())
+}
+
+/// Runs `f` in a forked child placed in `cgroup`; returns its exit code.
+/// The child only makes system calls, so forking from the (multi-threaded)
+/// test harness is safe enough.
+pub fn in_cgroup(cgroup: &Path, f: impl FnOnce() -> i32) -> i32 {
+    let procs = std::ffi::CString::new(
+        cgroup
+            .join("cgroup.procs")
+            .into_os_string()
+            .into_encoded_bytes(),
+    )
+    .expect("path without NUL");
+    // SAFETY: the child only uses async-signal-safe calls before `f`, and
+    // `f` makes plain socket system calls, then `_exit`.
+    unsafe {
+        let pid = libc::fork();
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+            if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                libc::_exit(200);
+            }
+            libc::close(fd);
+            let code = f();
+            libc::_exit(code);
+        }
+        let mut status = 0;
+        assert_eq!(libc::waitpid(pid, &mut status, 0), pid);
+        assert!(libc::WIFEXITED(status), "child did not exit normally");
+        libc::WEXITSTATUS(status)
+    }
+}
+
+/// Exit codes of the connection helpers.
+pub const OK: i32 = 0;
+pub const EPERM: i32 = libc::EPERM;
+pub const TIMEOUT: i32 = 100;
+pub const REFUSED: i32 = libc::ECONNREFUSED;
+
+fn code(e: &std::io::Error) -> i32 {
+    match e.kind() {
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => TIMEOUT,
+        _ => e.raw_os_error().unwrap_or(199),
+    }
+}
+
+/// TCP connect, send one byte, read one byte back.
+pub fn tcp_exchange(to: SocketAddr, timeout: Duration) -> i32 {
+    let mut s = match TcpStream::connect_timeout(&to, timeout) {
+        Ok(s) => s,
+        Err(e) => return code(&e),
+    };
+    let _ = s.set_read_timeout(Some(timeout));
+    if let Err(e) = s.write_all(b"x") {
+        return code(&e);
+    }
+    let mut b = [0u8; 1];
+    match s.read_exact(&mut b) {
+        Ok(()) => OK,
+        Err(e) => code(&e),
+    }
+}
+
+/// UDP send one datagram, wait for one back.
+pub fn udp_exchange(to: SocketAddr, timeout: Duration) -> i32 {
+    let bind: SocketAddr = if to.is_ipv4() {
+        "0.0.0.0:0".parse().expect("addr")
+    } else {
+        "[::]:0".parse().expect("addr")
+    };
+    let s = match UdpSocket::bind(bind) {
+        Ok(s) => s,
+        Err(e) => return code(&e),
+    };
+    let _ = s.set_read_timeout(Some(timeout));
+    if let Err(e) = s.send_to(b"x", to) {
+        return code(&e);
+    }
+    let mut b = [0u8; 16];
+    match s.recv_from(&mut b) {
+        Ok(_) => OK,
+        Err(e) => code(&e),
+    }
+}
+
+/// A TCP echo server (one byte back per connection) on a thread of this
+/// process, i.e. outside any test cgroup.
+pub fn tcp_echo_server(addr: SocketAddr) -> SocketAddr {
+    let l = TcpListener::bind(addr).expect("bind echo server");
+    let local = l.local_addr().expect("local addr");
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let mut b = [0u8; 1];
+            if s.read_exact(&mut b).is_ok() {
+                let _ = s.write_all(&b);
+            }
+        }
+    });
+    local
+}
+
+/// A UDP echo server on a thread of this process.
+pub fn udp_echo_server(addr: SocketAddr) -> SocketAddr {
+    let s = UdpSocket::bind(addr).expect("bind udp echo");
+    let local = s.local_addr().expect("local addr");
+    std::thread::spawn(move || {
+        let mut b = [0u8; 64];
+        while let Ok((n, from)) = s.recv_from(&mut b) {
+            let _ = s.send_to(&b[..n], from);
+        }
+    });
+    local
+}
+
+/// A policy skeleton with `world`, `host` and the given workloads/peers
+/// (entities only: tests add verdicts and prefixes).
+pub fn empty_policy(workloads: &[(u32, &str)], peers: &[(u32, &str)]) -> CompiledPolicy {
+    let mut entities = vec![
+        EntityInfo {
+            identity: IDENTITY_WORLD,
+            kind: EntityKind::World,
+            name: "world".into(),
+        },
+        EntityInfo {
+            identity: IDENTITY_HOST,
+            kind: EntityKind::Host,
+            name: "host".into(),
+        },
+    ];
+    for (id, name) in workloads {
+        entities.push(EntityInfo {
+            identity: *id,
+            kind: EntityKind::Workload,
+            name: (*name).into(),
+        });
+    }
+    for (id, name) in peers {
+        entities.push(EntityInfo {
+            identity: *id,
+            kind: EntityKind::Peer,
+            name: (*name).into(),
+        });
+    }
+    entities.sort_by_key(|e| e.identity);
+    CompiledPolicy {
+        entities,
+        workloads: Vec::new(),
+        prefixes_v4: Vec::new(),
+        prefixes_v6: Vec::new(),
+        verdicts: Vec::new(),
+        rules: vec![RuleRef {
+            policy: "test".into(),
+            section: Section::AllowOut,
+            index: 0,
+        }],
+        next_expiry: None,
+        content_hash: 0,
+    }
+}
+
+/// A small deterministic PRNG (xorshift64*), so failures replay from the
+/// printed seed.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// The seed of a randomized test: `ENFORCER_TEST_SEED` or the clock.
+pub fn seed() -> u64 {
+    std::env::var("ENFORCER_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        })
+}
+
+/// What kind of first packet to build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    TcpSyn,
+    Udp,
+    EchoRequest,
+}
+
+/// An IP packet (no Ethernet header) from `src:sport` to `dst:dport`. For
+/// echo requests `sport` is the identifier.
+pub fn ip_packet(
+    kind: Kind,
+    src: std::net::IpAddr,
+    dst: std::net::IpAddr,
+    sport: u16,
+    dport: u16,
+) -> Vec<u8> {
+    use std::net::IpAddr;
+    let v6 = src.is_ipv6();
+    let (proto, l4): (u8, Vec<u8>) = match kind {
+        Kind::TcpSyn => {
+            let mut t = vec![0u8; 20];
+            t[0..2].copy_from_slice(&sport.to_be_bytes());
+            t[2..4].copy_from_slice(&dport.to_be_bytes());
+            t[12] = 5 << 4;
+            t[13] = 0x02;
+            (6, t)
+        }
+        Kind::Udp => {
+            let mut u = vec![0u8; 12];
+            u[0..2].copy_from_slice(&sport.to_be_bytes());
+            u[2..4].copy_from_slice(&dport.to_be_bytes());
+            u[4..6].copy_from_slice(&12u16.to_be_bytes());
+            (17, u)
+        }
+        Kind::EchoRequest => {
+            let mut m = vec![0u8; 16];
+            m[0] = if v6 { 128 } else { 8 };
+            m[4..6].copy_from_slice(&sport.to_be_bytes());
+            (if v6 { 58 } else { 1 }, m)
+        }
+    };
+    let mut p = Vec::new();
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            p.extend_from_slice(&[0x45, 0]);
+            p.extend_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+            p.extend_from_slice(&[0, 0, 0x40, 0, 64, proto, 0, 0]);
+            p.extend_from_slice(&s.octets());
+            p.extend_from_slice(&d.octets());
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            p.extend_from_slice(&[0x60, 0, 0, 0]);
+            p.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+            p.extend_from_slice(&[proto, 64]);
+            p.extend_from_slice(&s.octets());
+            p.extend_from_slice(&d.octets());
+        }
+        _ => panic!("mixed address families"),
+    }
+    p.extend_from_slice(&l4);
+    p
+}
+
+/// Forks a child into `cgroup` running `f` (which should not return, e.g.
+/// a server loop) and returns its pid without waiting. The cgroup's guard
+/// kills it.
+pub fn spawn_in_cgroup(cgroup: &Path, f: impl FnOnce() -> i32) -> i32 {
+    let procs = std::ffi::CString::new(
+        cgroup
+            .join("cgroup.procs")
+            .into_os_string()
+            .into_encoded_bytes(),
+    )
+    .expect("path without NUL");
+    // SAFETY: as in `in_cgroup`.
+    unsafe {
+        let pid = libc::fork();
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+            if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                libc::_exit(200);
+            }
+            libc::close(fd);
+            libc::_exit(f());
+        }
+        pid
+    }
+}
+
+/// Reaps a child started by `spawn_in_cgroup` after killing it.
+pub fn kill_child(pid: i32) {
+    // SAFETY: our own child.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        let mut status = 0;
+        libc::waitpid(pid, &mut status, 0);
+    }
+}
+
+/// A port that is free right now on `ip`.
+pub fn free_port(ip: std::net::IpAddr, udp: bool) -> u16 {
+    if udp {
+        UdpSocket::bind((ip, 0))
+            .and_then(|s| s.local_addr())
+            .expect("free udp port")
+            .port()
+    } else {
+        TcpListener::bind((ip, 0))
+            .and_then(|s| s.local_addr())
+            .expect("free tcp port")
+            .port()
+    }
+}
+
+/// A TCP echo server loop (for a forked child): binds, then serves forever.
+pub fn tcp_echo_forever(addr: SocketAddr) -> i32 {
+    let Ok(l) = TcpListener::bind(addr) else {
+        return 201;
+    };
+    for mut s in l.incoming().flatten() {
+        let mut b = [0u8; 1];
+        while s.read_exact(&mut b).is_ok() {
+            if s.write_all(&b).is_err() {
+                break;
+            }
+        }
+    }
+    0
+}
+
+/// Waits until something accepts TCP connections on `addr` (from this
+/// process, which no test cgroup filters).
+pub fn wait_listening(addr: SocketAddr) {
+    for _ in 0..100 {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("nothing listens on {addr}");
+}

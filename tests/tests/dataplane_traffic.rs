@@ -1,0 +1,409 @@
+//! Real traffic from processes in test cgroups, over loopback: TCP and UDP,
+//! IPv4 and IPv6, two local workloads, a cgroup created after the policy,
+//! audit mode and events, unmanaged processes, the failsafe port, and
+//! revocation of an established connection.
+
+mod dataplane_support;
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
+    time::{Duration, Instant},
+};
+
+use dataplane_support::*;
+use enforcer::{
+    compile::compiled::CompiledPolicy,
+    dataplane::{
+        Dataplane, DataplaneOptions, FailsafePort, HostAddrs, ResolvedCgroup, UnmanagedMode,
+    },
+};
+use enforcer_common::{
+    ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, DIRECTION_EGRESS, DIRECTION_INGRESS, IDENTITY_HOST,
+    Identity, MODE_AUDIT, MODE_ENFORCE, PROTO_TCP, PROTO_UDP, RULE_DEFAULT_DENY, VerdictKey,
+    VerdictValue,
+};
+
+const A: Identity = 16;
+const B: Identity = 17;
+const T: Duration = Duration::from_millis(1500);
+const LO4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+const LO6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
+
+fn rule(p: &mut CompiledPolicy, w: Identity, d: u8, proto: u8, r: Identity, port: u16, action: u8) {
+    p.verdicts.push((
+        VerdictKey::new(w, d, proto, r, port, 16),
+        VerdictValue {
+            rule: 0,
+            action,
+            _pad: [0; 3],
+        },
+    ));
+    p.verdicts.sort_by_key(|(k, _)| *k);
+}
+
+/// A parent cgroup (the attach point) with workload children `a` and `b`
+/// and an unmanaged child `u`.
+struct Setup {
+    dp: Dataplane,
+    a: TestCgroup,
+    b: TestCgroup,
+    u: TestCgroup,
+    parent: TestCgroup,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let parent = TestCgroup::new();
+        let a = parent.child("a");
+        let b = parent.child("b");
+        let u = parent.child("u");
+        let mut dp = Dataplane::load(&DataplaneOptions::default()).expect("load");
+        dp.attach(&parent.path).expect("attach");
+        Setup {
+            dp,
+            a,
+            b,
+            u,
+            parent,
+        }
+    }
+
+    fn cgroups(&self, mode_a: u8) -> Vec<ResolvedCgroup> {
+        vec![
+            ResolvedCgroup {
+                cgroup_id: self.a.id(),
+                workload: A,
+                mode: mode_a,
+            },
+            ResolvedCgroup {
+                cgroup_id: self.b.id(),
+                workload: B,
+                mode: MODE_ENFORCE,
+            },
+        ]
+    }
+
+    fn apply(&mut self, p: &CompiledPolicy, mode_a: u8) {
+        let cgroups = self.cgroups(mode_a);
+        self.dp
+            .apply(p, &cgroups, &HostAddrs::default())
+            .expect("apply");
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        // Children before the parent; the dataplane detaches when dropped.
+        let _ = std::fs::remove_dir(&self.u.path);
+        let _ = &self.parent;
+    }
+}
+
+fn policy() -> CompiledPolicy {
+    empty_policy(&[(A, "a"), (B, "b")], &[])
+}
+
+#[test]
+fn tcp_and_udp_to_the_host_both_families() {
+    let Some(_root) = require_root() else {
+        return;
+    };
+    let mut s = Setup::new();
+    for ip in [LO4, LO6] {
+        let tcp_ok = tcp_echo_server(SocketAddr::new(ip, 0));
+        let tcp_no = tcp_echo_server(SocketAddr::new(ip, 0));
+        let udp_ok = udp_echo_server(SocketAddr::new(ip, 0));
+        let udp_no = udp_echo_server(SocketAddr::new(ip, 0));
+        let mut p = policy();
+        rule(
+            &mut p,
+            A,
+            DIRECTION_EGRESS,
+            PROTO_TCP,
+            IDENTITY_HOST,
+            tcp_ok.port(),
+            ACTION_ALLOW,
+        );
+        rule(
+            &mut p,
+            A,
+            DIRECTION_EGRESS,
+            PROTO_UDP,
+            IDENTITY_HOST,
+            udp_ok.port(),
+            ACTION_ALLOW,
+        );
+        s.apply(&p, MODE_ENFORCE);
+        assert_eq!(
+            in_cgroup(&s.a.path, || tcp_exchange(tcp_ok, T)),
+            OK,
+            "{ip} tcp allowed"
+        );
+        assert_eq!(
+            in_cgroup(&s.a.path, || tcp_exchange(tcp_no, T)),
+            EPERM,
+            "{ip} tcp denied"
+        );
+        assert_eq!(
+            in_cgroup(&s.a.path, || udp_exchange(udp_ok, T)),
+            OK,
+            "{ip} udp allowed"
+        );
+        assert_eq!(
+            in_cgroup(&s.a.path, || udp_exchange(udp_no, T)),
+            EPERM,
+            "{ip} udp denied"
+        );
+        // Unmanaged processes are allowed by default.
+        assert_eq!(
+            in_cgroup(&s.u.path, || tcp_exchange(tcp_no, T)),
+            OK,
+            "{ip} unmanaged"
+        );
+    }
+    let counters = s.dp.counters().expect("counters");
+    assert!(
+        counters.get(&(A, ACTION_ALLOW)).copied().unwrap_or(0) > 0,
+        "{counters:?}"
+    );
+}
+
+#[test]
+fn two_local_workloads_need_both_ends_to_allow() {
+    let Some(_root) = require_root() else {
+        return;
+    };
+    let mut s = Setup::new();
+    let port = free_port(LO4, false);
+    let server = SocketAddr::new(LO4, port);
+    let pid = spawn_in_cgroup(&s.b.path, || tcp_echo_forever(server));
+    wait_listening(server);
+    // Only A's allow-out: B's ingress refuses, so connect() fails at once.
+    let mut p = policy();
+    rule(
+        &mut p,
+        A,
+        DIRECTION_EGRESS,
+        PROTO_TCP,
+        B,
+        port,
+        ACTION_ALLOW,
+    );
+    s.apply(&p, MODE_ENFORCE);
+    let started = Instant::now();
+    assert_eq!(
+        in_cgroup(&s.a.path, || tcp_exchange(server, T)),
+        EPERM,
+        "receiver refuses"
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+    // Only B's allow-in: A's egress refuses.
+    let mut p = policy();
+    rule(
+        &mut p,
+        B,
+        DIRECTION_INGRESS,
+        PROTO_TCP,
+        A,
+        port,
+        ACTION_ALLOW,
+    );
+    s.apply(&p, MODE_ENFORCE);
+    assert_eq!(
+        in_cgroup(&s.a.path, || tcp_exchange(server, T)),
+        EPERM,
+        "sender refuses"
+    );
+    // Both: allowed, and each end saw the other as its workload.
+    rule(
+        &mut p,
+        A,
+        DIRECTION_EGRESS,
+        PROTO_TCP,
+        B,
+        port,
+        ACTION_ALLOW,
+    );
+    s.apply(&p, MODE_ENFORCE);
+    assert_eq!(
+        in_cgroup(&s.a.path, || tcp_exchange(server, T)),
+        OK,
+        "both allow"
+    );
+    let flows = s.dp.flows().expect("flows");
+    assert!(
+        flows
+            .iter()
+            .any(|(k, v)| k.remote_port == port && v.local == A && v.remote == B),
+        "client flow names B: {flows:?}"
+    );
+    assert!(
+        flows
+            .iter()
+            .any(|(k, v)| k.local_port == port && v.local == B && v.remote == A),
+        "server flow names A: {flows:?}"
+    );
+    kill_child(pid);
+}
+
+#[test]
+fn a_cgroup_created_after_the_policy_is_enforced() {
+    let Some(_root) = require_root() else {
+        return;
+    };
+    let mut s = Setup::new();
+    let denied = tcp_echo_server(SocketAddr::new(LO4, 0));
+    s.apply(&policy(), MODE_ENFORCE);
+    let late = s.a.child("late");
+    assert_eq!(in_cgroup(&late.path, || tcp_exchange(denied, T)), EPERM);
+}
+
+#[test]
+fn audit_mode_allows_and_reports() {
+    let Some(_root) = require_root() else {
+        return;
+    };
+    let mut s = Setup::new();
+    let mut events = s.dp.take_events().expect("events");
+    let server = tcp_echo_server(SocketAddr::new(LO4, 0));
+    s.apply(&policy(), MODE_AUDIT);
+    assert_eq!(in_cgroup(&s.a.path, || tcp_exchange(server, T)), OK);
+    let got = events.drain();
+    assert!(
+        got.iter().any(|e| e.action == ACTION_AUDIT
+            && e.local == A
+            && e.remote_port == server.port()
+            && e.rule == RULE_DEFAULT_DENY
+            && e.direction == DIRECTION_EGRESS),
+        "audit event expected: {got:?}"
+    );
+    // In enforce mode the refusal is reported as a deny.
+    s.apply(&policy(), MODE_ENFORCE);
+    assert_eq!(in_cgroup(&s.a.path, || tcp_exchange(server, T)), EPERM);
+    let got = events.drain();
+    assert!(
+        got.iter().any(|e| e.action == ACTION_DENY && e.local == A),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn unmanaged_processes_follow_the_setting() {
+    let Some(_root) = require_root() else {
+        return;
+    };
+    let mut s = Setup::new();
+    let server = tcp_echo_server(SocketAddr::new(LO4, 0));
+    s.apply(&policy(), MODE_ENFORCE);
+    assert_eq!(
+        in_cgroup(&s.u.path, || tcp_exchange(server, T)),
+        OK,
+        "allow"
+    );
+    s.dp.set_unmanaged(UnmanagedMode::Deny).expect("deny");
+    assert_eq!(
+        in_cgroup(&s.u.path, || tcp_exchange(server, T)),
+        EPERM,
+        "deny"
+    );
+    s.dp.set_unmanaged(UnmanagedMode::Audit).expect("audit");
+    assert_eq!(
+        in_cgroup(&s.u.path, || tcp_exchange(server, T)),
+        OK,
+        "audit"
+    );
+}
+
+#[test]
+fn the_failsafe_port_stays_reachable() {
+    let Some(_root) = require_root() else {
+        return;
+    };
+    let mut s = Setup::new();
+    let port = free_port(LO4, false);
+    let server = SocketAddr::new(LO4, port);
+    let pid = spawn_in_cgroup(&s.b.path, || tcp_echo_forever(server));
+    wait_listening(server);
+    s.apply(&policy(), MODE_ENFORCE);
+    // This process is not filtered, but B's ingress drops the SYN.
+    assert_eq!(
+        tcp_exchange(server, Duration::from_millis(500)),
+        TIMEOUT,
+        "isolated"
+    );
+    s.dp.set_failsafe(&[FailsafePort {
+        protocol: PROTO_TCP,
+        port,
+    }])
+    .expect("failsafe");
+    assert_eq!(tcp_exchange(server, T), OK, "failsafe");
+    s.dp.set_failsafe(&[]).expect("no failsafe");
+    assert_eq!(
+        tcp_exchange(server, Duration::from_millis(500)),
+        TIMEOUT,
+        "isolated again"
+    );
+    kill_child(pid);
+}
+
+#[test]
+fn revocation_cuts_an_established_connection() {
+    let Some(_root) = require_root() else {
+        return;
+    };
+    let mut s = Setup::new();
+    let server = tcp_echo_server(SocketAddr::new(LO4, 0));
+    let mut p = policy();
+    rule(
+        &mut p,
+        A,
+        DIRECTION_EGRESS,
+        PROTO_TCP,
+        IDENTITY_HOST,
+        server.port(),
+        ACTION_ALLOW,
+    );
+    s.apply(&p, MODE_ENFORCE);
+    let mut fds = [0i32; 2];
+    // SAFETY: a pipe to tell the child when the policy changed.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let (rd, wr) = (fds[0], fds[1]);
+    let child = spawn_in_cgroup(&s.a.path, move || {
+        let Ok(mut c) = TcpStream::connect_timeout(&server, T) else {
+            return 10;
+        };
+        let _ = c.set_read_timeout(Some(T));
+        let mut b = [0u8; 1];
+        if c.write_all(b"x").is_err() || c.read_exact(&mut b).is_err() {
+            return 11;
+        }
+        // SAFETY: blocking read of one byte from the pipe.
+        if unsafe { libc::read(rd, b.as_mut_ptr().cast(), 1) } != 1 {
+            return 12;
+        }
+        let _ = c.write_all(b"y");
+        match c.read_exact(&mut b) {
+            Ok(()) => 13,
+            Err(_) => 0,
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    s.apply(&policy(), MODE_ENFORCE);
+    // SAFETY: one byte to our own pipe.
+    assert_eq!(unsafe { libc::write(wr, b"go".as_ptr().cast(), 1) }, 1);
+    let mut status = 0;
+    // SAFETY: our own child.
+    unsafe { libc::waitpid(child, &mut status, 0) };
+    assert!(libc::WIFEXITED(status));
+    assert_eq!(
+        libc::WEXITSTATUS(status),
+        0,
+        "the established connection must be cut"
+    );
+    // SAFETY: closing our pipe ends.
+    unsafe {
+        libc::close(rd);
+        libc::close(wr);
+    }
+}
