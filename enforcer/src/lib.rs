@@ -9,6 +9,7 @@ pub mod cgroups;
 pub mod cli;
 pub mod compile;
 pub mod config;
+pub mod daemon;
+pub mod dataplane;
 pub mod eval;
 pub mod policy;
-pub mod dataplane;
