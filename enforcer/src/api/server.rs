@@ -65,13 +65,13 @@ impl Server {
     /// Bind `path` (mode 0660, group `access.group`). A stale socket left by
     /// a killed daemon is replaced; a live one is an error.
     pub async fn bind(path: &Path, access: Access) -> Result<Server, ServerError> {
-        if let Some(parent) = path.parent() {
-            if !parent.exists() {
-                std::fs::create_dir_all(parent).map_err(|source| ServerError::Directory {
-                    path: parent.to_path_buf(),
-                    source,
-                })?;
-            }
+        if let Some(parent) = path.parent()
+            && !parent.exists()
+        {
+            std::fs::create_dir_all(parent).map_err(|source| ServerError::Directory {
+                path: parent.to_path_buf(),
+                source,
+            })?;
         }
         if path.exists() {
             if UnixStream::connect(path).await.is_ok() {

@@ -232,15 +232,14 @@ impl Engine {
     ) -> Result<(u32, bool), Vec<String>> {
         let matcher = Matcher::new(&compiled.workloads);
         let resolution = matcher.resolve(&self.tree);
-        if let Some(current) = &mut self.current {
-            if current.compiled.content_hash == compiled.content_hash
-                && *current.compiled == compiled
-                && resolution == self.resolution
-            {
-                current.source = source;
-                current.loaded = loaded;
-                return Ok((current.generation, true));
-            }
+        if let Some(current) = &mut self.current
+            && current.compiled.content_hash == compiled.content_hash
+            && *current.compiled == compiled
+            && resolution == self.resolution
+        {
+            current.source = source;
+            current.loaded = loaded;
+            return Ok((current.generation, true));
         }
         // The host's addresses can change between loads (DHCP, new links).
         let host = HostAddrs::from_system()
