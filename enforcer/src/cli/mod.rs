@@ -2,6 +2,7 @@
 //! and a `run` returning the process exit code.
 
 pub mod apply;
+pub mod assets;
 pub mod check;
 pub mod confirm;
 pub mod explain;
@@ -41,6 +42,9 @@ pub enum Command {
     Status(status::Args),
     /// Recent verdict events.
     Flows(flows::Args),
+    /// Write man pages and shell completions (for packaging).
+    #[command(hide = true)]
+    GenerateAssets(assets::Args),
 }
 
 /// Runs the chosen subcommand.
@@ -53,5 +57,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Confirm(args) => confirm::run(args),
         Command::Status(args) => status::run(args),
         Command::Flows(args) => flows::run(args),
+        Command::GenerateAssets(args) => assets::run(args),
     }
 }
