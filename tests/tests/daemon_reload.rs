@@ -226,3 +226,48 @@ fn apply_confirm_rolls_back_unless_confirmed() {
     // Nothing left to confirm.
     assert_eq!(daemon.cli(&["confirm"]).status.code(), Some(1));
 }
+
+#[test]
+fn an_until_expiry_takes_effect_on_time_without_a_trigger() {
+    let _root = privileged!();
+    let s = setup();
+    // `web` may reach `b` until a few seconds from now.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let until =
+        enforcer::daemon::time::rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(now + 3));
+    let until = until.replace(".000Z", "Z");
+    let policy = format!(
+        "{}\n[[policy]]\nname = \"temporary\"\nselect = {{ app = \"web\" }}\nallow-out = [ {{ to = [\"host\"], ports = [\"{}/tcp\"], until = \"{until}\" }} ]\n",
+        web_policy(s.a.addr().port()),
+        s.b.addr().port()
+    );
+    write_policy(&s.policies.0, &policy);
+    let daemon = Daemon::start(&s.root, &s.policies.0);
+    let status = daemon.status().policy.unwrap();
+    assert_eq!(
+        status.next_expiry.as_deref(),
+        Some(until.replace('Z', ".000Z").as_str())
+    );
+    assert_eq!(
+        tcp_connect(&s.web, None, s.b.addr()),
+        ProbeOutcome::Ok,
+        "{}",
+        daemon.log()
+    );
+    let cut = Daemon::eventually(Duration::from_secs(6), || {
+        tcp_connect(&s.web, None, s.b.addr()) == ProbeOutcome::Eperm
+    });
+    assert!(cut, "the expired rule still allows:\n{}", daemon.log());
+    let expired_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(expired_at < (now + 5) as f64, "expiry took effect late");
+    assert_eq!(tcp_connect(&s.web, None, s.a.addr()), ProbeOutcome::Ok);
+    let status = daemon.status();
+    assert!(status.policy.unwrap().next_expiry.is_none());
+    assert_eq!(status.reloads_failed, 0);
+}

@@ -91,6 +91,8 @@ pub struct Daemon {
     pub bpffs: PathBuf,
     pub policies: PathBuf,
     pub cgroup_root: PathBuf,
+    /// More `enforcer run` options.
+    pub extra: Vec<String>,
     scratch: Scratch,
 }
 
@@ -98,6 +100,11 @@ impl Daemon {
     /// Start a daemon on `root` with the policies in `policies`, and wait
     /// until it reports READY=1 (sd_notify), i.e. enforcement is in place.
     pub fn start(root: &CgroupGuard, policies: &Path) -> Daemon {
+        Daemon::start_with(root, policies, &[])
+    }
+
+    /// [`Daemon::start`] with more `enforcer run` options.
+    pub fn start_with(root: &CgroupGuard, policies: &Path, extra: &[&str]) -> Daemon {
         let scratch = Scratch::new("daemon");
         let bpffs = PathBuf::from(format!(
             "/sys/fs/bpf/enforcer-test-{}-{}",
@@ -110,6 +117,7 @@ impl Daemon {
             bpffs,
             policies: policies.to_path_buf(),
             cgroup_root: root.path().to_path_buf(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             scratch,
         };
         daemon.restart();
@@ -138,6 +146,7 @@ impl Daemon {
             .arg(&self.bpffs)
             .arg("--socket")
             .arg(&self.socket)
+            .args(&self.extra)
             .env("NOTIFY_SOCKET", &notify_path)
             .env("ENFORCER_LOG", "info")
             .stdin(Stdio::null())
@@ -171,6 +180,10 @@ impl Daemon {
                 self.log()
             );
         }
+    }
+
+    pub fn scratch(&self) -> &Path {
+        &self.scratch.0
     }
 
     pub fn log(&self) -> String {
