@@ -197,6 +197,15 @@ fn a_new_matching_cgroup_is_enforced_within_a_second() {
     let policies = Scratch::new("policies");
     write_policy(&policies.0, &web_policy(allowed.addr().port()));
     let daemon = Daemon::start(&root, &policies.0);
+    let status = daemon.status();
+    assert!(
+        status
+            .not_enforced
+            .iter()
+            .any(|p| p.starts_with("workload web: no cgroup")),
+        "{:?}",
+        status.not_enforced
+    );
     // Not a workload yet: unmanaged processes are allowed by default.
     let other = root.child("other").expect("cgroup");
     assert_eq!(tcp_connect(&other, None, denied.addr()), ProbeOutcome::Ok);
@@ -212,4 +221,41 @@ fn a_new_matching_cgroup_is_enforced_within_a_second() {
     let status = daemon.status();
     assert_eq!(status.workloads[0].cgroups, ["web2"]);
     assert!(status.not_enforced.is_empty(), "{:?}", status.not_enforced);
+}
+
+#[test]
+fn a_restart_with_a_broken_policy_keeps_the_adopted_one_and_says_so() {
+    let _root = privileged!();
+    let root = CgroupGuard::new().expect("cgroup");
+    let web = root.child("web").expect("web cgroup");
+    let allowed = Server::tcp(None, None, loopback()).expect("server");
+    let denied = Server::tcp(None, None, loopback()).expect("server");
+    let policies = Scratch::new("policies");
+    write_policy(&policies.0, &web_policy(allowed.addr().port()));
+    let mut daemon = Daemon::start(&root, &policies.0);
+    daemon.kill9();
+    write_policy(&policies.0, "[workload.web]\ncgroup = 7\n");
+    daemon.restart();
+
+    let status = daemon.status();
+    assert!(status.policy.is_none());
+    let rejection = status.last_rejection.expect("the startup rejection");
+    assert_eq!(rejection.trigger, "startup");
+    assert!(
+        rejection.errors[0]
+            .starts_with(&format!("{}:2:", policies.0.join("policy.toml").display())),
+        "{:?}",
+        rejection.errors
+    );
+    assert!(
+        status
+            .not_enforced
+            .iter()
+            .any(|p| p.contains("pinned by an earlier daemon")),
+        "{:?}",
+        status.not_enforced
+    );
+    // The kernel still enforces the adopted policy.
+    assert_eq!(tcp_connect(&web, None, denied.addr()), ProbeOutcome::Eperm);
+    assert_eq!(tcp_connect(&web, None, allowed.addr()), ProbeOutcome::Ok);
 }

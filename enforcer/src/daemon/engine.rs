@@ -88,6 +88,9 @@ pub struct Engine {
     reloads_failed: u64,
     v1_conflicts: Vec<V1Conflict>,
     started_at: SystemTime,
+    /// The generation found enforcing in the adopted pins at start, if any:
+    /// the kernel keeps enforcing it while no policy could be loaded.
+    adopted_generation: Option<u32>,
     /// The policy the events reader names things with.
     event_policy: Arc<RwLock<Option<Arc<CompiledPolicy>>>>,
     flows: Arc<Mutex<FlowHistory>>,
@@ -146,7 +149,13 @@ impl Engine {
         v1_conflicts: Vec<V1Conflict>,
         flows: Arc<Mutex<FlowHistory>>,
     ) -> Engine {
+        let adopted_generation = dataplane
+            .config()
+            .ok()
+            .filter(|c| c.enabled != 0)
+            .map(|c| c.generation);
         Engine {
+            adopted_generation,
             settings,
             root,
             dataplane,
@@ -531,7 +540,13 @@ impl Engine {
             self.v1_conflicts.iter().map(ToString::to_string).collect();
         let mut workloads = Vec::new();
         match &self.current {
-            None => not_enforced.push("no policy in force: nothing is enforced".into()),
+            None => not_enforced.push(match self.adopted_generation {
+                Some(generation) => format!(
+                    "no policy loaded: the kernel still enforces the policy pinned by an earlier daemon \
+                     (generation {generation}), which this daemon cannot show; fix the policy and reload"
+                ),
+                None => "no policy in force: nothing is enforced".into(),
+            }),
             Some(current) => {
                 for w in &current.compiled.workloads {
                     let cgroups: Vec<String> = self
