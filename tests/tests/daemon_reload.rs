@@ -55,46 +55,59 @@ fn two_hundred_reloads_under_traffic_without_a_failure() {
         ),
     );
 
-    let mut client = daemon.client();
-    let mut last_generation = 0;
-    for i in 0..200 {
-        // Alternate, starting with the one that differs from the running policy.
-        let dir = dirs[(i + 1) % 2].0.clone();
-        match client
-            .call(&Request::Apply {
-                dir,
-                confirm_ms: None,
-            })
-            .expect("apply")
-        {
-            Response::Applied {
-                generation,
-                unchanged,
-                ..
-            } => {
-                assert!(!unchanged, "reload {i} found nothing to change");
-                assert!(
-                    generation > last_generation,
-                    "generation went from {last_generation} to {generation}"
-                );
-                last_generation = generation;
+    // A client connects all along; its verdicts must never change.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (last_generation, unexpected, rounds) = std::thread::scope(|scope| {
+        let traffic = scope.spawn(|| {
+            let (mut unexpected, mut rounds) = (Vec::new(), 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let ok = tcp_connect(&s.web, None, s.a.addr());
+                let refused = tcp_connect(&s.web, None, s.b.addr());
+                if ok != ProbeOutcome::Ok || refused != ProbeOutcome::Eperm {
+                    unexpected.push((ok, refused));
+                }
+                rounds += 1;
             }
-            other => panic!("reload {i}: {other:?}\n{}", daemon.log()),
+            (unexpected, rounds)
+        });
+        let mut client = daemon.client();
+        let mut last_generation = 0;
+        for i in 0..200 {
+            // Alternate, starting with the one that differs from the running policy.
+            let dir = dirs[(i + 1) % 2].0.clone();
+            match client
+                .call(&Request::Apply {
+                    dir,
+                    confirm_ms: None,
+                })
+                .expect("apply")
+            {
+                Response::Applied {
+                    generation,
+                    unchanged,
+                    ..
+                } => {
+                    assert!(!unchanged, "reload {i} found nothing to change");
+                    assert!(
+                        generation > last_generation,
+                        "generation went from {last_generation} to {generation}"
+                    );
+                    last_generation = generation;
+                }
+                other => panic!("reload {i}: {other:?}\n{}", daemon.log()),
+            }
+            // Give the client time to cross several swaps.
+            std::thread::sleep(Duration::from_millis(5));
         }
-        // Traffic between reloads: the verdicts never change.
-        if i % 20 == 0 {
-            assert_eq!(
-                tcp_connect(&s.web, None, s.a.addr()),
-                ProbeOutcome::Ok,
-                "reload {i}"
-            );
-            assert_eq!(
-                tcp_connect(&s.web, None, s.b.addr()),
-                ProbeOutcome::Eperm,
-                "reload {i}"
-            );
-        }
-    }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (unexpected, rounds) = traffic.join().expect("traffic thread");
+        (last_generation, unexpected, rounds)
+    });
+    assert_eq!(unexpected, [], "verdicts changed during reloads");
+    assert!(
+        rounds >= 5,
+        "only {rounds} traffic rounds during the reloads"
+    );
     let status = daemon.status();
     assert_eq!(status.reloads_failed, 0);
     assert!(status.reloads_ok >= 201);
