@@ -11,5 +11,6 @@ pub mod compile;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod diff;
 pub mod eval;
 pub mod policy;

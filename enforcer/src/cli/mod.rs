@@ -5,6 +5,7 @@ pub mod apply;
 pub mod assets;
 pub mod check;
 pub mod confirm;
+pub mod diff;
 pub mod explain;
 pub mod flows;
 pub mod run;
@@ -45,6 +46,9 @@ pub enum Command {
     /// Write man pages and shell completions (for packaging).
     #[command(hide = true)]
     GenerateAssets(assets::Args),
+    /// Semantic diff of who may talk to whom between two policies (DIR or
+    /// REV:DIR), for policy review in CI.
+    Diff(diff::Args),
 }
 
 /// Runs the chosen subcommand.
@@ -58,5 +62,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => status::run(args),
         Command::Flows(args) => flows::run(args),
         Command::GenerateAssets(args) => assets::run(args),
+        Command::Diff(args) => diff::run(args),
     }
 }

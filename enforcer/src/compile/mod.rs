@@ -25,8 +25,8 @@ pub use compiled::{
 };
 
 use crate::policy::{
-    Diagnostic, Diagnostics, Endpoint, LabelKey, LabelValue, LoadError, Loc, PolicySet, Selector,
-    Verdict,
+    Diagnostic, Diagnostics, Endpoint, LabelIndex, LabelKey, LabelValue, LoadError, Loc, PolicySet,
+    Selector, Verdict,
 };
 use ports::Contribution;
 
@@ -86,18 +86,16 @@ pub fn expiry_warnings(set: &PolicySet, now: SystemTime) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     for policy in &set.policies {
         for rule in &policy.rules {
-            if let Some(until) = &rule.until {
-                if now >= until.value {
-                    let r = RuleRef {
-                        policy: policy.name.to_string(),
-                        section: rule.section,
-                        index: rule.index,
-                    };
-                    out.push(Diagnostic::warning(
-                        &until.loc,
-                        format!("rule {r} has expired (its `until` has passed): it no longer matches; remove it"),
-                    ));
-                }
+            if let Some(until) = rule.until.as_ref().filter(|u| now >= u.value) {
+                let r = RuleRef {
+                    policy: policy.name.to_string(),
+                    section: rule.section,
+                    index: rule.index,
+                };
+                out.push(Diagnostic::warning(
+                    &until.loc,
+                    format!("rule {r} has expired (its `until` has passed): it no longer matches; remove it"),
+                ));
             }
         }
     }
@@ -141,41 +139,27 @@ struct Remotes {
     any: bool,
 }
 
-/// Entities indexed for selector matching.
-struct Index {
-    workload_ids: HashMap<String, Identity>,
-    peer_ids: HashMap<String, Identity>,
-    /// (key, value) -> identities carrying that label, ascending.
-    by_label: HashMap<(LabelKey, LabelValue), Vec<Identity>>,
-    labels: HashMap<Identity, crate::policy::Labels>,
+/// Entities indexed for selector matching. Positions in the label index
+/// are identities minus IDENTITY_FIRST_ALLOCATED: workloads, then peers.
+struct Index<'a> {
+    workload_ids: HashMap<&'a str, Identity>,
+    peer_ids: HashMap<&'a str, Identity>,
+    labels: LabelIndex<'a>,
     peers_from: Identity,
 }
 
-impl Index {
+impl Index<'_> {
     /// Identities (workloads, and peers when `peers`) matching a label table.
     fn label_matches(
         &self,
         table: &std::collections::BTreeMap<LabelKey, Vec<LabelValue>>,
         peers: bool,
-    ) -> Vec<Identity> {
-        let Some((k0, vs0)) = table.iter().next() else {
-            return Vec::new();
-        };
-        let mut ids: Vec<Identity> = vs0
-            .iter()
-            .filter_map(|v| self.by_label.get(&(k0.clone(), v.clone())))
-            .flatten()
-            .copied()
-            .filter(|&id| peers || id < self.peers_from)
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
-        ids.retain(|id| {
-            self.labels
-                .get(id)
-                .is_some_and(|labels| Selector::matches_labels(table, labels))
-        });
-        ids
+    ) -> impl Iterator<Item = Identity> + '_ {
+        self.labels
+            .matches(table)
+            .into_iter()
+            .map(|pos| IDENTITY_FIRST_ALLOCATED + pos as Identity)
+            .filter(move |&id| peers || id < self.peers_from)
     }
 
     fn remotes(&self, selectors: &[crate::policy::Located<Selector>]) -> Remotes {
@@ -186,8 +170,8 @@ impl Index {
                 Selector::World => r.external = true,
                 Selector::Host => r.exact.push(IDENTITY_HOST),
                 Selector::Any => r.any = true,
-                Selector::Workload(n) => r.exact.extend(self.workload_ids.get(n.as_str())),
-                Selector::Peer(n) => r.exact.extend(self.peer_ids.get(n.as_str())),
+                Selector::Workload(n) => r.exact.extend(self.workload_ids.get(n.as_str()).copied()),
+                Selector::Peer(n) => r.exact.extend(self.peer_ids.get(n.as_str()).copied()),
             }
         }
         r.exact.sort_unstable();
@@ -200,7 +184,7 @@ impl Index {
         for s in selectors {
             match &s.value {
                 Selector::Labels(t) => ids.extend(self.label_matches(t, false)),
-                Selector::Workload(n) => ids.extend(self.workload_ids.get(n.as_str())),
+                Selector::Workload(n) => ids.extend(self.workload_ids.get(n.as_str()).copied()),
                 _ => {}
             }
         }
@@ -210,10 +194,40 @@ impl Index {
     }
 }
 
+/// The kernel maps' capacities that a compiled policy must fit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub workloads: u32,
+    pub prefixes_v4: u32,
+    pub prefixes_v6: u32,
+    pub verdicts: u32,
+}
+
+impl Default for Limits {
+    /// The capacities of the maps declared in `enforcer-common`.
+    fn default() -> Self {
+        Limits {
+            workloads: MAX_CGROUPS,
+            prefixes_v4: MAX_PREFIXES_V4,
+            prefixes_v6: MAX_PREFIXES_V6,
+            verdicts: MAX_VERDICTS,
+        }
+    }
+}
+
 /// Compiles a validated policy set as it stands at `now`: rules whose
 /// `until` has passed are left out. Errors only when the result would not
 /// fit the kernel maps.
 pub fn compile(set: &PolicySet, now: SystemTime) -> Result<CompiledPolicy, Diagnostics> {
+    compile_with_limits(set, now, &Limits::default())
+}
+
+/// [`compile`] against explicit map capacities.
+pub fn compile_with_limits(
+    set: &PolicySet,
+    now: SystemTime,
+    limits: &Limits,
+) -> Result<CompiledPolicy, Diagnostics> {
     // Identities: workloads by name, then peers by name.
     let mut workloads: Vec<&crate::policy::Workload> = set.workloads.iter().collect();
     workloads.sort_by(|a, b| a.name.cmp(&b.name));
@@ -235,8 +249,12 @@ pub fn compile(set: &PolicySet, now: SystemTime) -> Result<CompiledPolicy, Diagn
     let mut index = Index {
         workload_ids: HashMap::new(),
         peer_ids: HashMap::new(),
-        by_label: HashMap::new(),
-        labels: HashMap::new(),
+        labels: LabelIndex::new(
+            workloads
+                .iter()
+                .map(|w| &w.labels)
+                .chain(peers.iter().map(|p| &p.labels)),
+        ),
         peers_from: IDENTITY_FIRST_ALLOCATED + workloads.len() as Identity,
     };
     let mut compiled_workloads = Vec::with_capacity(workloads.len());
@@ -255,8 +273,7 @@ pub fn compile(set: &PolicySet, now: SystemTime) -> Result<CompiledPolicy, Diagn
             selector: w.selector.clone(),
             mode: w.mode.number(),
         });
-        index.workload_ids.insert(w.name.to_string(), id);
-        index.labels.insert(id, w.labels.clone());
+        index.workload_ids.insert(w.name.as_str(), id);
     }
     let mut prefixes_v4 = Vec::new();
     let mut prefixes_v6 = Vec::new();
@@ -268,8 +285,7 @@ pub fn compile(set: &PolicySet, now: SystemTime) -> Result<CompiledPolicy, Diagn
             kind: EntityKind::Peer,
             name: p.name.to_string(),
         });
-        index.peer_ids.insert(p.name.to_string(), id);
-        index.labels.insert(id, p.labels.clone());
+        index.peer_ids.insert(p.name.as_str(), id);
         for (net, _) in &p.cidrs {
             match net {
                 IpNet::V4(n) => prefixes_v4.push((
@@ -288,18 +304,6 @@ pub fn compile(set: &PolicySet, now: SystemTime) -> Result<CompiledPolicy, Diagn
                 )),
             }
         }
-    }
-    for (id, labels) in &index.labels {
-        for (k, v) in labels {
-            index
-                .by_label
-                .entry((k.clone(), v.clone()))
-                .or_default()
-                .push(*id);
-        }
-    }
-    for ids in index.by_label.values_mut() {
-        ids.sort_unstable();
     }
     prefixes_v4.sort_unstable();
     prefixes_v6.sort_unstable();
@@ -326,9 +330,11 @@ pub fn compile(set: &PolicySet, now: SystemTime) -> Result<CompiledPolicy, Diagn
     }
     active.sort_by(|a, b| a.0.cmp(&b.0));
 
-    // Contributions per (workload, direction, protocol, remote level).
     type Level = (Identity, u8, u8, Identity);
-    let mut levels: HashMap<Level, Vec<Contribution>> = HashMap::new();
+    // Contributions per (workload, direction, protocol, remote level), in
+    // one vector sorted by level: a group's wildcard levels (ANY_EXTERNAL,
+    // ANY) sort last within its (workload, direction, protocol).
+    let mut contributions: Vec<(Level, Contribution)> = Vec::new();
     let mut locals_cache: HashMap<&str, Vec<Identity>> = HashMap::new();
     for (rule_index, (_, policy, rule)) in active.iter().enumerate() {
         let locals = locals_cache
@@ -338,7 +344,7 @@ pub fn compile(set: &PolicySet, now: SystemTime) -> Result<CompiledPolicy, Diagn
             continue;
         }
         let remotes = index.remotes(&rule.remotes);
-        let mut targets = remotes.exact.clone();
+        let mut targets = remotes.exact;
         if remotes.external {
             targets.push(IDENTITY_ANY_EXTERNAL);
         }
@@ -357,77 +363,87 @@ pub fn compile(set: &PolicySet, now: SystemTime) -> Result<CompiledPolicy, Diagn
             };
             for &w in locals.iter() {
                 for &r in &targets {
-                    levels
-                        .entry((w, direction, protocol, r))
-                        .or_default()
-                        .push(c);
+                    contributions.push(((w, direction, protocol, r), c));
                 }
             }
         }
     }
+    contributions.sort_unstable_by_key(|(level, _)| *level);
 
     // Fold the less specific levels into the more specific ones, then sweep.
     let is_external = |r: Identity| r == IDENTITY_WORLD || r >= index.peers_from;
-    let mut keys: Vec<Level> = levels.keys().copied().collect();
-    keys.sort_unstable();
     let mut verdicts: Vec<(VerdictKey, VerdictValue)> = Vec::new();
-    let empty = Vec::new();
     let mut scratch: Vec<Contribution> = Vec::new();
-    for &(w, d, p, r) in &keys {
-        let own = &levels[&(w, d, p, r)];
-        let any = if r == IDENTITY_ANY {
-            &empty
-        } else {
-            levels.get(&(w, d, p, IDENTITY_ANY)).unwrap_or(&empty)
+    let mut own: Vec<Contribution> = Vec::new();
+    let mut sweep = ports::Sweep::default();
+    let mut decided_buf = Vec::new();
+    let mut blocks: Vec<(u16, u8)> = Vec::new();
+    let mut spans: Vec<(u16, u16)> = Vec::new();
+    for group in contributions.chunk_by(|a, b| (a.0.0, a.0.1, a.0.2) == (b.0.0, b.0.1, b.0.2)) {
+        let (w, d, p, _) = group[0].0;
+        let level_of = |r: Identity| -> Vec<Contribution> {
+            let start = group.partition_point(|(l, _)| l.3 < r);
+            let end = group.partition_point(|(l, _)| l.3 <= r);
+            group[start..end].iter().map(|(_, c)| *c).collect()
         };
-        let external = if r != IDENTITY_ANY && r != IDENTITY_ANY_EXTERNAL && is_external(r) {
-            levels
-                .get(&(w, d, p, IDENTITY_ANY_EXTERNAL))
-                .unwrap_or(&empty)
-        } else {
-            &empty
-        };
-        scratch.clear();
-        scratch.extend_from_slice(own);
-        scratch.extend_from_slice(external);
-        scratch.extend_from_slice(any);
-        for decided in ports::decide(&scratch) {
-            // Only the ports this level's own rules cover get entries here;
-            // the rest is found at the less specific levels.
-            for (start, bits) in own_blocks(own, decided.low, decided.high) {
-                verdicts.push((
-                    VerdictKey::new(w, d, p, r, start, bits),
-                    VerdictValue {
-                        rule: decided.rule,
-                        action: if decided.deny {
-                            ACTION_DENY
-                        } else {
-                            ACTION_ALLOW
+        let any = level_of(IDENTITY_ANY);
+        let external = level_of(IDENTITY_ANY_EXTERNAL);
+        for level in group.chunk_by(|a, b| a.0.3 == b.0.3) {
+            let r = level[0].0.3;
+            own.clear();
+            own.extend(level.iter().map(|(_, c)| *c));
+            scratch.clear();
+            scratch.extend_from_slice(&own);
+            if r != IDENTITY_ANY {
+                if r != IDENTITY_ANY_EXTERNAL && is_external(r) {
+                    scratch.extend_from_slice(&external);
+                }
+                scratch.extend_from_slice(&any);
+            }
+            let folded = scratch.len() > own.len();
+            ports::decide_into(&scratch, &mut sweep, &mut decided_buf);
+            for decided in &decided_buf {
+                // Only the ports this level's own rules cover get entries
+                // here; the rest is found at the less specific levels.
+                blocks.clear();
+                if folded {
+                    own_blocks(&own, decided.low, decided.high, &mut spans, &mut blocks);
+                } else {
+                    ports::aligned_blocks_into(decided.low, decided.high, &mut blocks);
+                }
+                for &(start, bits) in &blocks {
+                    verdicts.push((
+                        VerdictKey::new(w, d, p, r, start, bits),
+                        VerdictValue {
+                            rule: decided.rule,
+                            action: if decided.deny {
+                                ACTION_DENY
+                            } else {
+                                ACTION_ALLOW
+                            },
+                            _pad: [0; 3],
                         },
-                        _pad: [0; 3],
-                    },
-                ));
+                    ));
+                }
             }
         }
     }
-    verdicts.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    verdicts.sort_unstable_by_key(|(k, _)| *k);
 
     let mut errors = Vec::new();
-    let at = first_loc(set);
+    let at = first_loc(set).unwrap_or_else(|| Loc::file(Path::new("<policy>")));
     let mut capacity = |what: &str, n: usize, max: u32| {
         if n > max as usize {
-            if let Some(loc) = &at {
-                errors.push(Diagnostic::error(
-                    loc,
-                    format!("the policy needs {n} {what}, more than the kernel map holds ({max}): simplify the policy"),
-                ));
-            }
+            errors.push(Diagnostic::error(
+                &at,
+                format!("the policy needs {n} {what}, more than the kernel map holds ({max}): simplify the policy"),
+            ));
         }
     };
-    capacity("workloads", compiled_workloads.len(), MAX_CGROUPS);
-    capacity("IPv4 prefixes", prefixes_v4.len(), MAX_PREFIXES_V4);
-    capacity("IPv6 prefixes", prefixes_v6.len(), MAX_PREFIXES_V6);
-    capacity("verdict entries", verdicts.len(), MAX_VERDICTS);
+    capacity("workloads", compiled_workloads.len(), limits.workloads);
+    capacity("IPv4 prefixes", prefixes_v4.len(), limits.prefixes_v4);
+    capacity("IPv6 prefixes", prefixes_v6.len(), limits.prefixes_v6);
+    capacity("verdict entries", verdicts.len(), limits.verdicts);
     if !errors.is_empty() {
         return Err(Diagnostics(errors));
     }
@@ -446,27 +462,38 @@ pub fn compile(set: &PolicySet, now: SystemTime) -> Result<CompiledPolicy, Diagn
     Ok(compiled)
 }
 
-/// The aligned blocks of `[low, high]` restricted to the ports that the
-/// level's own contributions cover.
-fn own_blocks(own: &[Contribution], low: u16, high: u16) -> Vec<(u16, u8)> {
+/// Appends to `out` the aligned blocks of `[low, high]` restricted to the
+/// ports that the level's own contributions cover (`spans` is scratch).
+fn own_blocks(
+    own: &[Contribution],
+    low: u16,
+    high: u16,
+    spans: &mut Vec<(u16, u16)>,
+    out: &mut Vec<(u16, u8)>,
+) {
     // Intersect [low, high] with the union of the own intervals.
-    let mut spans: Vec<(u16, u16)> = own
-        .iter()
-        .filter(|c| c.low <= high && c.high >= low)
-        .map(|c| (c.low.max(low), c.high.min(high)))
-        .collect();
+    spans.clear();
+    spans.extend(
+        own.iter()
+            .filter(|c| c.low <= high && c.high >= low)
+            .map(|c| (c.low.max(low), c.high.min(high))),
+    );
     spans.sort_unstable();
-    let mut merged: Vec<(u16, u16)> = Vec::new();
-    for (l, h) in spans {
-        match merged.last_mut() {
+    let mut merged: Option<(u16, u16)> = None;
+    for &(l, h) in spans.iter() {
+        match &mut merged {
             Some(last) if u32::from(l) <= u32::from(last.1) + 1 => last.1 = last.1.max(h),
-            _ => merged.push((l, h)),
+            _ => {
+                if let Some((ml, mh)) = merged {
+                    ports::aligned_blocks_into(ml, mh, out);
+                }
+                merged = Some((l, h));
+            }
         }
     }
-    merged
-        .into_iter()
-        .flat_map(|(l, h)| ports::aligned_blocks(l, h))
-        .collect()
+    if let Some((ml, mh)) = merged {
+        ports::aligned_blocks_into(ml, mh, out);
+    }
 }
 
 fn first_loc(set: &PolicySet) -> Option<Loc> {

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 
 pub use diag::{Diagnostic, Diagnostics, LoadError, Loc, Severity};
 pub use model::{
-    Endpoint, Expectation, Labels, Located, Peer, Policy, PolicySet, Rule, Selector, Workload,
+    Endpoint, Expectation, LabelIndex, Labels, Located, Peer, Policy, PolicySet, Rule, Selector,
+    Workload,
 };
 pub use parse::{parse_cidr, parse_rfc3339};
 pub use types::{

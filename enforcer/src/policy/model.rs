@@ -145,3 +145,48 @@ pub struct Expectation {
     pub port: ServicePort,
     pub verdict: Verdict,
 }
+
+/// Entities' labels indexed by (key, value), so a label selector finds its
+/// matches without scanning every entity.
+pub struct LabelIndex<'a> {
+    by_label: std::collections::HashMap<(&'a str, &'a str), Vec<usize>>,
+    labels: Vec<&'a Labels>,
+}
+
+impl<'a> LabelIndex<'a> {
+    /// Indexes the entities in the given order; matches are reported as
+    /// positions in it.
+    pub fn new(entities: impl IntoIterator<Item = &'a Labels>) -> Self {
+        let mut by_label: std::collections::HashMap<(&str, &str), Vec<usize>> =
+            std::collections::HashMap::new();
+        let labels: Vec<&Labels> = entities.into_iter().collect();
+        for (i, l) in labels.iter().enumerate() {
+            for (k, v) in l.iter() {
+                by_label
+                    .entry((k.as_str(), v.as_str()))
+                    .or_default()
+                    .push(i);
+            }
+        }
+        LabelIndex { by_label, labels }
+    }
+
+    /// Positions of the entities a label table matches, ascending.
+    pub fn matches(&self, table: &BTreeMap<LabelKey, Vec<LabelValue>>) -> Vec<usize> {
+        let Some((k0, vs0)) = table.iter().next() else {
+            return Vec::new();
+        };
+        let mut out: Vec<usize> = vs0
+            .iter()
+            .filter_map(|v| self.by_label.get(&(k0.as_str(), v.as_str())))
+            .flatten()
+            .copied()
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        if table.len() > 1 {
+            out.retain(|&i| Selector::matches_labels(table, self.labels[i]));
+        }
+        out
+    }
+}

@@ -421,6 +421,12 @@ impl FileParser<'_> {
             Some(item) => {
                 let loc = self.item_loc(t, "select", item, at);
                 let values = self.selector_values(item, "select", &loc);
+                if values.is_empty() {
+                    self.error(
+                        &loc,
+                        "`select` is empty: name the workloads this policy governs",
+                    );
+                }
                 let mut out = Vec::new();
                 for (v, vloc) in values {
                     match self.selector(v, &vloc) {
@@ -789,9 +795,17 @@ pub(crate) fn parse_selector_name(s: &str) -> Result<Selector, String> {
     if let Some(name) = s.strip_prefix("peer:") {
         return name.parse().map(Selector::Peer);
     }
+    if s.parse::<IpNet>().is_ok() || s.parse::<IpAddr>().is_ok() {
+        return Err(format!(
+            "\"{s}\" is an address, not a selector: declare a peer with `cidrs = [\"{s}\"]` and use \"peer:NAME\""
+        ));
+    }
     let hint = match closest(s, &["world", "host", "any"]) {
         Some(r) => format!("did you mean \"{r}\"?"),
-        None => format!("to name an entity write \"workload:{s}\" or \"peer:{s}\""),
+        None if s.parse::<Name>().is_ok() => {
+            format!("to name an entity write \"workload:{s}\" or \"peer:{s}\"")
+        }
+        None => "write a label table or a name".to_string(),
     };
     Err(format!(
         "unknown selector \"{s}\": {hint} (selectors are label tables, \"world\", \"host\", \"any\", \"workload:NAME\" or \"peer:NAME\")"

@@ -2,11 +2,11 @@
 //! selectors and CIDRs, selectors that match nothing, expectations naming
 //! real entities, workloads that no policy selects.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
 use super::diag::{Diagnostic, Loc};
-use super::model::{Endpoint, Expectation, Located, PolicySet, Selector};
+use super::model::{Endpoint, Expectation, LabelIndex, Located, PolicySet, Selector};
 use super::parse::{RawExpectation, closest};
 use super::types::Name;
 
@@ -117,19 +117,14 @@ fn unique_cidrs(set: &PolicySet, diags: &mut Vec<Diagnostic>) {
 /// `select`) says `optional = true`: a typo must never silently open or
 /// close access.
 fn selectors_match(set: &PolicySet, diags: &mut Vec<Diagnostic>) {
-    let workload_exists = |n: &Name| set.workloads.iter().any(|w| &w.name == n);
-    let peer_exists = |n: &Name| set.peers.iter().any(|p| &p.name == n);
+    let workload_set: HashSet<&Name> = set.workloads.iter().map(|w| &w.name).collect();
+    let peer_set: HashSet<&Name> = set.peers.iter().map(|p| &p.name).collect();
     let workload_names: Vec<&str> = set.workloads.iter().map(|w| w.name.as_str()).collect();
     let peer_names: Vec<&str> = set.peers.iter().map(|p| p.name.as_str()).collect();
+    let workload_index = LabelIndex::new(set.workloads.iter().map(|w| &w.labels));
+    let peer_index = LabelIndex::new(set.peers.iter().map(|p| &p.labels));
     let labels_match_any = |t: &BTreeMap<_, _>, peers: bool| {
-        set.workloads
-            .iter()
-            .any(|w| Selector::matches_labels(t, &w.labels))
-            || (peers
-                && set
-                    .peers
-                    .iter()
-                    .any(|p| Selector::matches_labels(t, &p.labels)))
+        !workload_index.matches(t).is_empty() || (peers && !peer_index.matches(t).is_empty())
     };
     let check = |sel: &Located<Selector>, peers: bool, diags: &mut Vec<Diagnostic>| {
         let problem = match &sel.value {
@@ -142,10 +137,10 @@ fn selectors_match(set: &PolicySet, diags: &mut Vec<Diagnostic>) {
                     "workload"
                 }
             )),
-            Selector::Workload(n) if !workload_exists(n) => {
+            Selector::Workload(n) if !workload_set.contains(n) => {
                 Some(unknown("workload", n, &workload_names))
             }
-            Selector::Peer(n) if !peer_exists(n) => Some(unknown("peer", n, &peer_names)),
+            Selector::Peer(n) if !peer_set.contains(n) => Some(unknown("peer", n, &peer_names)),
             _ => None,
         };
         if let Some(message) = problem {
@@ -192,14 +187,24 @@ pub(crate) fn describe_labels(
 }
 
 fn unselected_workloads(set: &PolicySet, diags: &mut Vec<Diagnostic>) {
-    for w in &set.workloads {
-        let selected = set.policies.iter().any(|p| {
-            p.select.iter().any(|s| match &s.value {
-                Selector::Labels(t) => Selector::matches_labels(t, &w.labels),
-                Selector::Workload(n) => n == &w.name,
-                _ => false,
-            })
-        });
+    let index = LabelIndex::new(set.workloads.iter().map(|w| &w.labels));
+    let mut selected = vec![false; set.workloads.len()];
+    for s in set.policies.iter().flat_map(|p| &p.select) {
+        match &s.value {
+            Selector::Labels(t) => {
+                for i in index.matches(t) {
+                    selected[i] = true;
+                }
+            }
+            Selector::Workload(n) => {
+                if let Some(i) = set.workloads.iter().position(|w| &w.name == n) {
+                    selected[i] = true;
+                }
+            }
+            _ => {}
+        }
+    }
+    for (w, selected) in set.workloads.iter().zip(selected) {
         if !selected {
             diags.push(Diagnostic::warning(
                 &w.loc,
@@ -228,15 +233,13 @@ pub fn resolve_endpoint(set: &PolicySet, s: &str) -> Result<Endpoint, String> {
         Some(("peer", n)) => (Some("peer"), n),
         _ => (None, s),
     };
-    if kind != Some("peer") {
-        if let Some(w) = set.workloads.iter().find(|w| w.name.as_str() == name) {
-            return Ok(Endpoint::Workload(w.name.clone()));
-        }
+    let workload = set.workloads.iter().find(|w| w.name.as_str() == name);
+    if let Some(w) = workload.filter(|_| kind != Some("peer")) {
+        return Ok(Endpoint::Workload(w.name.clone()));
     }
-    if kind != Some("workload") {
-        if let Some(p) = set.peers.iter().find(|p| p.name.as_str() == name) {
-            return Ok(Endpoint::Peer(p.name.clone()));
-        }
+    let peer = set.peers.iter().find(|p| p.name.as_str() == name);
+    if let Some(p) = peer.filter(|_| kind != Some("workload")) {
+        return Ok(Endpoint::Peer(p.name.clone()));
     }
     let mut names: Vec<&str> = vec!["world", "host"];
     names.extend(set.workloads.iter().map(|w| w.name.as_str()));

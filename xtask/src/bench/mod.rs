@@ -129,6 +129,7 @@ pub fn run(args: Args) -> Result<()> {
         rows(&arms, &samples)
     };
 
+    environment.load_after = load_average();
     let report = Report {
         schema: 1,
         unix_time: SystemTime::now()
@@ -257,6 +258,15 @@ fn rows(arms: &[Box<dyn Arm>], samples: &Samples) -> Vec<E2eRow> {
     rows
 }
 
+fn load_average() -> Option<f64> {
+    fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 fn first_line(program: &str, arg: &str) -> String {
     cmd::probe(std::process::Command::new(program).arg(arg))
         .ok()
@@ -281,5 +291,7 @@ fn environment() -> Result<Environment> {
         iptables: first_line("iptables", "--version"),
         nftables: first_line("nft", "--version"),
         iperf3: first_line("iperf3", "--version"),
+        load_before: load_average(),
+        load_after: None,
     })
 }

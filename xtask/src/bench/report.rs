@@ -29,6 +29,10 @@ pub struct Environment {
     pub iptables: String,
     pub nftables: String,
     pub iperf3: String,
+    /// 1-minute load average when the run started and ended: other work on
+    /// the machine makes every arm noisier.
+    pub load_before: Option<f64>,
+    pub load_after: Option<f64>,
 }
 
 /// One (workload, arm) over all rounds.
@@ -78,7 +82,14 @@ pub fn markdown(report: &Report) -> String {
             _ => "client and server not pinned".to_owned(),
         }
     );
-    let _ = writeln!(md, "{}; {}; {}.\n", env.iptables, env.nftables, env.iperf3);
+    let _ = writeln!(md, "{}; {}; {}.", env.iptables, env.nftables, env.iperf3);
+    let load = |l: Option<f64>| l.map_or_else(|| "?".to_owned(), |l| format!("{l:.2}"));
+    let _ = writeln!(
+        md,
+        "Load average (1 min): {} at the start, {} at the end.\n",
+        load(env.load_before),
+        load(env.load_after)
+    );
     if !report.e2e.is_empty() {
         md.push_str("## End to end (client and server namespaces over veth)\n\n");
         let mut workloads: Vec<&E2eRow> = Vec::new();
@@ -165,6 +176,8 @@ mod tests {
                 iptables: "iptables v1.8.9 (nf_tables)".to_owned(),
                 nftables: "nftables v1.0.6".to_owned(),
                 iperf3: "iperf 3.12".to_owned(),
+                load_before: Some(0.5),
+                load_after: None,
             },
             micro: Vec::new(),
             e2e: vec![
@@ -181,5 +194,6 @@ mod tests {
         assert!(md.contains("| baseline | 40000 | 40000 | 40000 | 1.00x |"));
         assert!(md.contains("| iptables-10000 | 11000 | 11000 | 11000 | 0.28x |"));
         assert!(!md.contains("micro-benchmarks"));
+        assert!(md.contains("Load average (1 min): 0.50 at the start, ? at the end."));
     }
 }

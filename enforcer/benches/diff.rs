@@ -1,0 +1,204 @@
+//! Benchmark: `enforcer diff` over two generated policies of 20,000 rules
+//! each (one verdict range per rule), differing by about 1% of their rules
+//! and a few peers.
+//!
+//! `cargo bench -p enforcer --bench diff -- [--quick] [--json PATH]`
+//! writes `[{"name","median_ns","min_ns","max_ns","rounds"}]` to PATH.
+
+use std::time::Instant;
+
+use enforcer::compile::compiled::CompiledPolicy;
+use enforcer::diff::testkit::{PolicyBuilder, aligned_cover};
+use enforcer::diff::{DiffInput, diff};
+use enforcer_common::{
+    ACTION_ALLOW, ACTION_DENY, DIRECTION_EGRESS, DIRECTION_INGRESS, IDENTITY_ANY,
+    IDENTITY_ANY_EXTERNAL, IDENTITY_WORLD, PROTO_TCP, PROTO_UDP,
+};
+
+const RULES: usize = 20_000;
+const WORKLOADS: usize = 100;
+const PEERS: usize = 200;
+
+/// xorshift64*: deterministic, dependency-free.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// A policy of `RULES` rules; `variant` perturbs about 1% of them.
+fn generate(variant: u64) -> CompiledPolicy {
+    let mut b = PolicyBuilder::new();
+    let workloads: Vec<u32> = (0..WORKLOADS)
+        .map(|i| b.workload(&format!("w{i:03}")))
+        .collect();
+    let mut peers = Vec::new();
+    for i in 0..PEERS {
+        // /24s in 10.0.0.0/8 and, for every tenth, a /28 inside another
+        // peer's /24 (nested prefixes); the variant moves a few.
+        let third = if variant == 1 && i % 50 == 0 {
+            250
+        } else {
+            i % 250
+        };
+        let cidr = if i % 10 == 9 {
+            format!("10.{}.{}.16/28", i / 250, (i - 1) % 250)
+        } else {
+            format!("10.{}.{third}.0/24", i / 250)
+        };
+        peers.push(b.peer(&format!("p{i:03}"), &[&cidr]));
+    }
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut seen = std::collections::HashSet::new();
+    let mut per_policy = vec![0usize; WORKLOADS];
+    for n in 0..RULES {
+        let w = rng.below(WORKLOADS);
+        let egress = rng.next() & 1 == 0;
+        let protocol = if rng.below(4) == 0 {
+            PROTO_UDP
+        } else {
+            PROTO_TCP
+        };
+        let remote = match rng.below(10) {
+            0 => IDENTITY_WORLD,
+            1 => IDENTITY_ANY_EXTERNAL,
+            2 => IDENTITY_ANY,
+            3..=5 => workloads[rng.below(WORKLOADS)],
+            _ => peers[rng.below(PEERS)],
+        };
+        let lo = rng.below(60_000) as u16;
+        let hi = if rng.below(3) == 0 {
+            lo
+        } else {
+            lo + rng.below(64) as u16
+        };
+        let mut allow = rng.below(8) != 0;
+        // The variant flips one rule in a hundred.
+        if variant == 1 && n % 100 == 7 {
+            allow = !allow;
+        }
+        let section = match (allow, egress) {
+            (true, false) => "allow-in",
+            (true, true) => "allow-out",
+            (false, false) => "deny-in",
+            (false, true) => "deny-out",
+        };
+        let rule = b.rule(&format!("w{w:03}"), section, per_policy[w]);
+        per_policy[w] += 1;
+        let direction = if egress {
+            DIRECTION_EGRESS
+        } else {
+            DIRECTION_INGRESS
+        };
+        let action = if allow { ACTION_ALLOW } else { ACTION_DENY };
+        for (port, bits) in aligned_cover(lo, hi) {
+            // One entry per key, as the compiler guarantees.
+            if seen.insert((workloads[w], direction, protocol, remote, port, bits)) {
+                b.entry_unchecked(
+                    workloads[w],
+                    direction,
+                    protocol,
+                    remote,
+                    port,
+                    bits,
+                    action,
+                    rule,
+                );
+            }
+        }
+    }
+    b.build()
+}
+
+struct Stats {
+    name: String,
+    median_ns: u128,
+    min_ns: u128,
+    max_ns: u128,
+    rounds: usize,
+}
+
+fn measure(name: &str, rounds: usize, mut f: impl FnMut()) -> Stats {
+    f(); // warm-up
+    let mut times: Vec<u128> = (0..rounds)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed().as_nanos()
+        })
+        .collect();
+    times.sort_unstable();
+    Stats {
+        name: name.to_owned(),
+        median_ns: times[times.len() / 2],
+        min_ns: times[0],
+        max_ns: times[times.len() - 1],
+        rounds,
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let json = args
+        .iter()
+        .position(|a| a == "--json")
+        .and_then(|i| args.get(i + 1).cloned());
+    let rounds = if quick { 5 } else { 20 };
+
+    let old = DiffInput::from_compiled(generate(0));
+    let new = DiffInput::from_compiled(generate(1));
+    let d = diff(&old, &new);
+    eprintln!(
+        "policies: {} verdict entries / {} rules each; diff: {} rows, {} entity changes",
+        old.compiled.verdicts.len(),
+        old.compiled.rules.len(),
+        d.changes.len(),
+        d.entities.len()
+    );
+    assert!(
+        !d.changes.is_empty() && d.widened && d.narrowed,
+        "the variant must change verdicts"
+    );
+
+    let results = [
+        measure("diff_20k_rules", rounds, || {
+            std::hint::black_box(diff(&old, &new));
+        }),
+        measure("diff_20k_rules_identical", rounds, || {
+            std::hint::black_box(diff(&old, &old));
+        }),
+    ];
+    for s in &results {
+        println!(
+            "{:<28} median {:>9.3} ms  min {:>9.3} ms  max {:>9.3} ms  ({} rounds)",
+            s.name,
+            s.median_ns as f64 / 1e6,
+            s.min_ns as f64 / 1e6,
+            s.max_ns as f64 / 1e6,
+            s.rounds
+        );
+    }
+    if let Some(path) = json {
+        let doc: Vec<serde_json::Value> = results
+            .iter()
+            .map(|s| {
+                serde_json::json!({"name": s.name, "median_ns": s.median_ns, "min_ns": s.min_ns,
+                                   "max_ns": s.max_ns, "rounds": s.rounds})
+            })
+            .collect();
+        let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
+        if let Err(e) = std::fs::write(&path, text + "\n") {
+            eprintln!("writing {path}: {e}");
+            std::process::exit(2);
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! Effective reachability of one compiled policy, by interval arithmetic
+//! over its verdict entries, following the kernel's lookup chain
+//! (`docs/dataplane.md`): the exact remote, then `ANY_EXTERNAL` for peers
+//! and `world`, then `ANY`; the first level with an entry for a port
+//! decides; no entry anywhere is default deny.
+
+use std::rc::Rc;
+
+use rustc_hash::FxHashMap;
+
+use enforcer_common::{
+    ACTION_ALLOW, DIRECTION_EGRESS, DIRECTION_INGRESS, IDENTITY_ANY, IDENTITY_ANY_EXTERNAL,
+    Identity, PROTO_ICMP, PROTO_TCP, PROTO_UDP, RULE_DEFAULT_DENY,
+};
+
+use super::ports::{PORT_MAX, PortMap, combine};
+use crate::compile::compiled::{CompiledPolicy, EntityKind};
+
+/// The protocols a verdict key can carry, in report order.
+pub const PROTOCOLS: [u8; 3] = [PROTO_TCP, PROTO_UDP, PROTO_ICMP];
+
+/// The last "port" of a protocol: ICMP echo is a single port 0.
+pub fn port_max(protocol: u8) -> u16 {
+    if protocol == PROTO_ICMP { 0 } else { PORT_MAX }
+}
+
+/// `tcp`, `udp`, `icmp`.
+pub fn protocol_name(protocol: u8) -> &'static str {
+    match protocol {
+        PROTO_TCP => "tcp",
+        PROTO_UDP => "udp",
+        PROTO_ICMP => "icmp",
+        _ => "unknown",
+    }
+}
+
+/// The effective decision for a port: allowed or not, and the rules that
+/// decided. Between two workloads an allow needs both ends, so it names two
+/// rules (the sender's, then the receiver's); otherwise `rules[1]` is
+/// [`RULE_DEFAULT_DENY`] and unused. Rule numbers index the policy's
+/// `rules` table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Effective {
+    pub allow: bool,
+    pub rules: [u32; 2],
+}
+
+impl Effective {
+    pub const DEFAULT_DENY: Effective = Effective {
+        allow: false,
+        rules: [RULE_DEFAULT_DENY, RULE_DEFAULT_DENY],
+    };
+
+    fn single(allow: bool, rule: u32) -> Self {
+        Effective {
+            allow,
+            rules: [rule, RULE_DEFAULT_DENY],
+        }
+    }
+}
+
+type GroupKey = (Identity, u8, u8, Identity);
+type Shared = Rc<PortMap<Effective>>;
+
+/// The wildcard levels of one (workload, direction, protocol), resolved
+/// once: most remotes have no entry of their own, so their verdicts are
+/// exactly these maps.
+struct Wildcards {
+    /// `ANY`: what non-external remotes (workloads, `host`) fall back to.
+    internal: Shared,
+    /// `ANY_EXTERNAL` over `ANY`: what peers and `world` fall back to.
+    external: Shared,
+}
+
+/// One policy, indexed for reachability queries.
+pub struct Reach<'a> {
+    policy: &'a CompiledPolicy,
+    /// Per (workload, direction, protocol, remote) the resolved port map.
+    groups: FxHashMap<GroupKey, PortMap<Effective>>,
+    wildcards: FxHashMap<(Identity, u8, u8), Wildcards>,
+    kinds: FxHashMap<Identity, EntityKind>,
+    empty: Shared,
+}
+
+impl<'a> Reach<'a> {
+    pub fn new(policy: &'a CompiledPolicy) -> Self {
+        let mut blocks: FxHashMap<GroupKey, Vec<(u16, u32, Effective)>> = FxHashMap::default();
+        for (key, value) in &policy.verdicts {
+            let group = (
+                key.workload(),
+                key.direction(),
+                key.protocol(),
+                key.remote(),
+            );
+            let decision = Effective::single(value.action == ACTION_ALLOW, value.rule);
+            blocks
+                .entry(group)
+                .or_default()
+                .push((key.port(), key.port_bits(), decision));
+        }
+        let groups: FxHashMap<GroupKey, PortMap<Effective>> = blocks
+            .into_iter()
+            .map(|(group, blocks)| (group, PortMap::from_blocks(blocks)))
+            .collect();
+        let empty = PortMap::default();
+        let mut wildcards = FxHashMap::default();
+        for &(w, d, p, _) in groups.keys() {
+            wildcards.entry((w, d, p)).or_insert_with(|| {
+                let level = |r: Identity| groups.get(&(w, d, p, r)).unwrap_or(&empty);
+                let any = level(IDENTITY_ANY);
+                let external = combine(level(IDENTITY_ANY_EXTERNAL), any, port_max(p), first_hit);
+                Wildcards {
+                    internal: Rc::new(any.clone()),
+                    external: Rc::new(external),
+                }
+            });
+        }
+        let kinds = policy
+            .entities
+            .iter()
+            .map(|e| (e.identity, e.kind))
+            .collect();
+        Reach {
+            policy,
+            groups,
+            wildcards,
+            kinds,
+            empty: Rc::new(empty),
+        }
+    }
+
+    pub fn policy(&self) -> &'a CompiledPolicy {
+        self.policy
+    }
+
+    /// The kind of an identity, if the policy knows it.
+    pub fn kind(&self, identity: Identity) -> Option<EntityKind> {
+        self.kinds.get(&identity).copied()
+    }
+
+    /// What one workload's own policy says about `remote`, in `direction`,
+    /// over the protocol's ports. Ports absent from the result are default
+    /// deny.
+    pub fn one_side(
+        &self,
+        workload: Identity,
+        direction: u8,
+        protocol: u8,
+        remote: Identity,
+    ) -> Shared {
+        let Some(wild) = self.wildcards.get(&(workload, direction, protocol)) else {
+            return self.empty.clone();
+        };
+        let external = matches!(
+            self.kind(remote),
+            Some(EntityKind::Peer | EntityKind::World)
+        );
+        let base = if external {
+            &wild.external
+        } else {
+            &wild.internal
+        };
+        match self.groups.get(&(workload, direction, protocol, remote)) {
+            None => base.clone(),
+            Some(exact) => Rc::new(combine(exact, base, port_max(protocol), first_hit)),
+        }
+    }
+
+    /// The effective verdict of traffic from workload `from` to workload
+    /// `to` (semantics 5): the sender's egress and the receiver's ingress
+    /// must both allow. A deny names the sender's rule when the sender
+    /// refuses (its check runs first), else the receiver's.
+    pub fn between_workloads(&self, from: Identity, to: Identity, protocol: u8) -> Shared {
+        let out = self.one_side(from, DIRECTION_EGRESS, protocol, to);
+        let inn = self.one_side(to, DIRECTION_INGRESS, protocol, from);
+        // Nothing allowed out, or only allows facing a receiver that
+        // accepts nothing: default deny everywhere.
+        if out.is_empty() || (inn.is_empty() && out.segments().iter().all(|s| s.2.allow)) {
+            return self.empty.clone();
+        }
+        Rc::new(combine(&out, &inn, port_max(protocol), |o, i| {
+            let o = o.copied().unwrap_or(Effective::DEFAULT_DENY);
+            let i = i.copied().unwrap_or(Effective::DEFAULT_DENY);
+            let e = match (o.allow, i.allow) {
+                (true, true) => Effective {
+                    allow: true,
+                    rules: [o.rules[0], i.rules[0]],
+                },
+                (false, _) => o,
+                (true, false) => i,
+            };
+            (e != Effective::DEFAULT_DENY).then_some(e)
+        }))
+    }
+}
+
+/// Lookup levels: the more specific map decides where it has an entry.
+fn first_hit(a: Option<&Effective>, b: Option<&Effective>) -> Option<Effective> {
+    a.or(b).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diff::testkit::PolicyBuilder;
+    use enforcer_common::{ACTION_DENY, IDENTITY_WORLD};
+
+    #[test]
+    fn exact_level_shadows_wildcards_and_gaps_fall_through() {
+        let mut b = PolicyBuilder::new();
+        let db = b.workload("db");
+        let office = b.peer("office", &["203.0.113.0/24"]);
+        let allow_any = b.rule("db", "allow-in", 0);
+        let deny_office = b.rule("db", "deny-in", 0);
+        // `any` may reach 5432; office is denied 5000-5999 (folded in as
+        // the exact level).
+        b.ports(
+            db,
+            DIRECTION_INGRESS,
+            PROTO_TCP,
+            IDENTITY_ANY,
+            5432,
+            5432,
+            ACTION_ALLOW,
+            allow_any,
+        );
+        b.ports(
+            db,
+            DIRECTION_INGRESS,
+            PROTO_TCP,
+            office,
+            5000,
+            5999,
+            ACTION_DENY,
+            deny_office,
+        );
+        let p = b.build();
+        let r = Reach::new(&p);
+        let o = r.one_side(db, DIRECTION_INGRESS, PROTO_TCP, office);
+        assert_eq!(
+            o.segments(),
+            &[(5000, 5999, Effective::single(false, deny_office))]
+        );
+        let w = r.one_side(db, DIRECTION_INGRESS, PROTO_TCP, IDENTITY_WORLD);
+        assert_eq!(
+            w.segments(),
+            &[(5432, 5432, Effective::single(true, allow_any))]
+        );
+        assert!(
+            r.one_side(db, DIRECTION_INGRESS, PROTO_UDP, office)
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn any_external_applies_to_peers_and_world_only() {
+        let mut b = PolicyBuilder::new();
+        let web = b.workload("web");
+        let api = b.workload("api");
+        b.peer("office", &["203.0.113.0/24"]);
+        let rule = b.rule("web", "allow-in", 0);
+        b.ports(
+            web,
+            DIRECTION_INGRESS,
+            PROTO_TCP,
+            IDENTITY_ANY_EXTERNAL,
+            443,
+            443,
+            ACTION_ALLOW,
+            rule,
+        );
+        let p = b.build();
+        let r = Reach::new(&p);
+        assert!(
+            !r.one_side(web, DIRECTION_INGRESS, PROTO_TCP, IDENTITY_WORLD)
+                .is_empty()
+        );
+        assert!(
+            r.one_side(web, DIRECTION_INGRESS, PROTO_TCP, api)
+                .is_empty()
+        );
+        assert!(
+            r.one_side(
+                web,
+                DIRECTION_INGRESS,
+                PROTO_TCP,
+                enforcer_common::IDENTITY_HOST
+            )
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn workload_pairs_need_both_ends() {
+        let mut b = PolicyBuilder::new();
+        let web = b.workload("web");
+        let api = b.workload("api");
+        let out = b.rule("web", "allow-out", 0);
+        let inn = b.rule("api", "allow-in", 0);
+        b.ports(
+            web,
+            DIRECTION_EGRESS,
+            PROTO_TCP,
+            api,
+            8000,
+            8100,
+            ACTION_ALLOW,
+            out,
+        );
+        b.ports(
+            api,
+            DIRECTION_INGRESS,
+            PROTO_TCP,
+            web,
+            8080,
+            8080,
+            ACTION_ALLOW,
+            inn,
+        );
+        let p = b.build();
+        let r = Reach::new(&p);
+        let m = r.between_workloads(web, api, PROTO_TCP);
+        assert_eq!(
+            m.segments(),
+            &[(
+                8080,
+                8080,
+                Effective {
+                    allow: true,
+                    rules: [out, inn]
+                }
+            )]
+        );
+        // The sender refusing names the sender's rule.
+        let mut b = PolicyBuilder::new();
+        let web = b.workload("web");
+        let api = b.workload("api");
+        let deny = b.rule("web", "deny-out", 0);
+        let inn = b.rule("api", "allow-in", 0);
+        b.ports(
+            web,
+            DIRECTION_EGRESS,
+            PROTO_TCP,
+            api,
+            0,
+            65535,
+            ACTION_DENY,
+            deny,
+        );
+        b.ports(
+            api,
+            DIRECTION_INGRESS,
+            PROTO_TCP,
+            web,
+            8080,
+            8080,
+            ACTION_ALLOW,
+            inn,
+        );
+        let p = b.build();
+        let m = Reach::new(&p).between_workloads(web, api, PROTO_TCP);
+        assert_eq!(m.segments(), &[(0, 65535, Effective::single(false, deny))]);
+    }
+}

@@ -1,0 +1,335 @@
+//! The two inputs of `enforcer diff`: a directory, or `REV:DIR` read from
+//! the git repository of the current directory (so CI can compare
+//! `origin/main:policies` with the working tree's `policies`).
+//!
+//! A `REV:DIR` input is copied into a temporary directory through the `git`
+//! command (`rev-parse`, `cat-file`, `ls-tree`, `cat-file --batch`), so the policy
+//! loader reads it like any directory; diagnostics are mapped back to
+//! `REV:DIR/FILE` names.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use tempfile::TempDir;
+
+/// Where a policy comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    Dir(PathBuf),
+    Git { rev: String, dir: String },
+}
+
+impl Source {
+    /// An existing directory is a directory even if its name has a colon;
+    /// otherwise `REV:DIR` is split at the first colon.
+    pub fn parse(arg: &str) -> Source {
+        let path = Path::new(arg);
+        if path.is_dir() {
+            return Source::Dir(path.to_owned());
+        }
+        match arg.split_once(':') {
+            Some((rev, dir)) if !rev.is_empty() => Source::Git {
+                rev: rev.to_owned(),
+                dir: dir.to_owned(),
+            },
+            _ => Source::Dir(path.to_owned()),
+        }
+    }
+
+    /// How the input is named in messages: `DIR` or `REV:DIR`.
+    pub fn display(&self) -> String {
+        match self {
+            Source::Dir(p) => p.display().to_string(),
+            Source::Git { rev, dir } => format!("{rev}:{dir}"),
+        }
+    }
+}
+
+/// Errors reading an input.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{0}: not a directory")]
+    NotADirectory(String),
+    #[error("{spec}: not a directory in git revision {rev} ({stderr})")]
+    NotATree {
+        spec: String,
+        rev: String,
+        stderr: String,
+    },
+    #[error("running git {args}: {source}")]
+    GitSpawn {
+        args: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("git {args} failed: {stderr}")]
+    GitFailed { args: String, stderr: String },
+    #[error("git cat-file gave unexpected output for {object}")]
+    GitProtocol { object: String },
+    #[error("writing {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("creating a temporary directory: {0}")]
+    TempDir(#[source] std::io::Error),
+}
+
+/// An input ready to load: a directory on disk (temporary for `REV:DIR`,
+/// removed on drop).
+#[derive(Debug)]
+pub struct Materialized {
+    path: PathBuf,
+    spec: String,
+    temp: Option<TempDir>,
+}
+
+impl Materialized {
+    /// The directory to load.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A file name for messages: inside a `REV:DIR` copy, `REV:DIR/FILE`.
+    pub fn display_file(&self, file: &Path) -> String {
+        match (&self.temp, file.strip_prefix(&self.path)) {
+            (Some(_), Ok(rel)) => {
+                let base = self.spec.trim_end_matches('/');
+                if base.ends_with(':') {
+                    format!("{base}{}", rel.display())
+                } else {
+                    format!("{base}/{}", rel.display())
+                }
+            }
+            _ => file.display().to_string(),
+        }
+    }
+}
+
+/// Makes `source` available as a directory; `REV:DIR` is read from the git
+/// repository of the current directory.
+pub fn materialize(source: &Source) -> Result<Materialized, SourceError> {
+    materialize_in(source, Path::new("."))
+}
+
+/// Like [`materialize`], reading `REV:DIR` from the repository at `repo`.
+pub fn materialize_in(source: &Source, repo: &Path) -> Result<Materialized, SourceError> {
+    match source {
+        Source::Dir(path) => {
+            if !path.is_dir() {
+                return Err(SourceError::NotADirectory(path.display().to_string()));
+            }
+            Ok(Materialized {
+                path: path.clone(),
+                spec: source.display(),
+                temp: None,
+            })
+        }
+        Source::Git { rev, dir } => from_git(repo, rev, dir, source.display()),
+    }
+}
+
+fn git(repo: &Path, args: &[&str]) -> Result<Vec<u8>, SourceError> {
+    let output = Command::new("git")
+        .current_dir(repo)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| SourceError::GitSpawn {
+            args: args.join(" "),
+            source,
+        })?;
+    if !output.status.success() {
+        return Err(SourceError::GitFailed {
+            args: args.join(" "),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
+    }
+    Ok(output.stdout)
+}
+
+fn from_git(repo: &Path, rev: &str, dir: &str, spec: String) -> Result<Materialized, SourceError> {
+    // git resolves `REV:path` itself (root-relative, `./` for the current
+    // directory); the object must then be a directory (a tree).
+    let not_a_tree = |stderr: String| SourceError::NotATree {
+        spec: spec.clone(),
+        rev: rev.to_owned(),
+        stderr,
+    };
+    let tree = git(
+        repo,
+        &[
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            "--end-of-options",
+            &format!("{rev}:{dir}"),
+        ],
+    )
+    .map_err(|e| match e {
+        SourceError::GitFailed { stderr, .. } if stderr.is_empty() => {
+            not_a_tree("no such revision or path".to_owned())
+        }
+        SourceError::GitFailed { stderr, .. } => not_a_tree(stderr),
+        other => other,
+    })?;
+    let tree = String::from_utf8_lossy(&tree).trim().to_owned();
+    let kind = git(repo, &["cat-file", "-t", &tree])?;
+    if kind.trim_ascii() != b"tree" {
+        return Err(not_a_tree(format!(
+            "it is a {}",
+            String::from_utf8_lossy(kind.trim_ascii())
+        )));
+    }
+
+    // The `*.toml` files directly in the directory, as `load_dir` reads them.
+    let listing = git(repo, &["ls-tree", "-z", &tree])?;
+    let mut files: Vec<(String, PathBuf)> = Vec::new();
+    for entry in listing.split(|b| *b == 0).filter(|e| !e.is_empty()) {
+        let entry = String::from_utf8_lossy(entry);
+        let Some((meta, path)) = entry.split_once('\t') else {
+            continue;
+        };
+        let mut meta = meta.split(' ');
+        let (mode, kind, object) = (meta.next(), meta.next(), meta.next());
+        if kind != Some("blob") || mode == Some("120000") || !path.ends_with(".toml") {
+            continue;
+        }
+        if let Some(object) = object {
+            files.push((object.to_owned(), PathBuf::from(path)));
+        }
+    }
+
+    let temp = tempfile::Builder::new()
+        .prefix("enforcer-diff-")
+        .tempdir()
+        .map_err(SourceError::TempDir)?;
+    let root = temp.path().join("policies");
+    std::fs::create_dir_all(&root).map_err(|source| SourceError::Write {
+        path: root.clone(),
+        source,
+    })?;
+    let contents = cat_blobs(repo, files.iter().map(|(o, _)| o.as_str()))?;
+    for ((_, rel), data) in files.iter().zip(contents) {
+        let path = root.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|source| SourceError::Write {
+                path: parent.to_owned(),
+                source,
+            })?;
+        }
+        std::fs::write(&path, data).map_err(|source| SourceError::Write { path, source })?;
+    }
+    Ok(Materialized {
+        path: root,
+        spec,
+        temp: Some(temp),
+    })
+}
+
+/// The contents of `objects`, in order, from one `git cat-file --batch`.
+fn cat_blobs<'a>(
+    repo: &Path,
+    objects: impl Iterator<Item = &'a str>,
+) -> Result<Vec<Vec<u8>>, SourceError> {
+    let objects: Vec<&str> = objects.collect();
+    if objects.is_empty() {
+        return Ok(Vec::new());
+    }
+    let args = "cat-file --batch".to_owned();
+    let mut child = Command::new("git")
+        .current_dir(repo)
+        .args(["cat-file", "--batch"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| SourceError::GitSpawn {
+            args: args.clone(),
+            source,
+        })?;
+    let request: String = objects.iter().map(|o| format!("{o}\n")).collect();
+    let mut stdin = child.stdin.take();
+    // Written from a thread: git answers while we are still asking, and a
+    // full pipe in both directions would deadlock.
+    let writer = std::thread::spawn(move || {
+        if let Some(stdin) = stdin.as_mut() {
+            let _ = stdin.write_all(request.as_bytes());
+        }
+    });
+    let mut out = Vec::with_capacity(objects.len());
+    let result = (|| {
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| SourceError::GitProtocol {
+                object: objects[0].to_owned(),
+            })?;
+        let mut reader = BufReader::new(stdout);
+        for object in &objects {
+            let protocol = || SourceError::GitProtocol {
+                object: (*object).to_owned(),
+            };
+            let mut header = String::new();
+            reader.read_line(&mut header).map_err(|_| protocol())?;
+            // "<oid> blob <size>\n"
+            let size: usize = header
+                .split_whitespace()
+                .nth(2)
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(protocol)?;
+            let mut data = vec![0u8; size + 1];
+            reader.read_exact(&mut data).map_err(|_| protocol())?;
+            data.pop();
+            out.push(data);
+        }
+        Ok(())
+    })();
+    let _ = writer.join();
+    let status = child.wait().map_err(|source| SourceError::GitSpawn {
+        args: args.clone(),
+        source,
+    })?;
+    result?;
+    if !status.success() {
+        let mut stderr = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut stderr);
+        }
+        return Err(SourceError::GitFailed { args, stderr });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_prefers_existing_directories() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let odd = d.path().join("a:b");
+        std::fs::create_dir(&odd).expect("mkdir");
+        let arg = odd.to_str().expect("utf-8 path");
+        assert_eq!(Source::parse(arg), Source::Dir(odd.clone()));
+        assert_eq!(
+            Source::parse("origin/main:policies"),
+            Source::Git {
+                rev: "origin/main".into(),
+                dir: "policies".into()
+            }
+        );
+        assert_eq!(
+            Source::parse("/no/such/dir"),
+            Source::Dir("/no/such/dir".into())
+        );
+    }
+
+    #[test]
+    fn missing_directory_is_an_error() {
+        let err = materialize(&Source::Dir("/no/such/dir".into())).unwrap_err();
+        assert!(err.to_string().contains("/no/such/dir"), "{err}");
+    }
+}

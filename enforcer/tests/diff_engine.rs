@@ -1,0 +1,785 @@
+//! Pairs of compiled policies with known expected diffs. The policies are
+//! built entry by entry (`diff::testkit`), as the compiler's contract
+//! describes them, so these tests pin the engine's semantics on their own.
+
+use enforcer::compile::compiled::CgroupSelector;
+use enforcer::diff::render::{Format, render};
+use enforcer::diff::testkit::PolicyBuilder;
+use enforcer::diff::{Change, DiffInput, ExpectationInfo, PolicyDiff, PolicyMeta, RuleInfo, diff};
+use enforcer_common::{
+    ACTION_ALLOW, ACTION_DENY, DIRECTION_EGRESS as OUT, DIRECTION_INGRESS as IN, IDENTITY_ANY,
+    IDENTITY_ANY_EXTERNAL, IDENTITY_WORLD, MODE_AUDIT, MODE_ENFORCE, PROTO_ICMP, PROTO_TCP,
+    PROTO_UDP,
+};
+
+fn run(old: PolicyBuilder, new: PolicyBuilder) -> PolicyDiff {
+    diff(
+        &DiffInput::from_compiled(old.build()),
+        &DiffInput::from_compiled(new.build()),
+    )
+}
+
+fn row(
+    from: &str,
+    to: &str,
+    proto: &str,
+    ports: &str,
+    before: &str,
+    after: &str,
+    rule: &str,
+) -> Change {
+    Change {
+        from: from.into(),
+        to: to.into(),
+        protocol: proto.into(),
+        ports: ports.into(),
+        before: before.into(),
+        after: after.into(),
+        rule: rule.into(),
+        addresses: None,
+        was: None,
+    }
+}
+
+/// The shop of the language's example: web, api, db, peer office.
+struct Shop {
+    b: PolicyBuilder,
+    web: u32,
+    api: u32,
+    db: u32,
+    office: u32,
+}
+
+fn shop() -> Shop {
+    let mut b = PolicyBuilder::new();
+    let api = b.workload("api");
+    let db = b.workload("db");
+    let web = b.workload("web");
+    let office = b.peer("office", &["203.0.113.0/24", "2001:db8:20::/48"]);
+    // web: allow-in world 443; allow-out api 8080.
+    let r = b.rule("web", "allow-in", 0);
+    b.ports(
+        web,
+        IN,
+        PROTO_TCP,
+        IDENTITY_ANY_EXTERNAL,
+        443,
+        443,
+        ACTION_ALLOW,
+        r,
+    );
+    let r = b.rule("web", "allow-out", 0);
+    b.ports(web, OUT, PROTO_TCP, api, 8080, 8080, ACTION_ALLOW, r);
+    // api: allow-in web 8080; allow-out db 5432.
+    let r = b.rule("api", "allow-in", 0);
+    b.ports(api, IN, PROTO_TCP, web, 8080, 8080, ACTION_ALLOW, r);
+    let r = b.rule("api", "allow-out", 0);
+    b.ports(api, OUT, PROTO_TCP, db, 5432, 5432, ACTION_ALLOW, r);
+    // db: allow-in api 5432.
+    let r = b.rule("db", "allow-in", 0);
+    b.ports(db, IN, PROTO_TCP, api, 5432, 5432, ACTION_ALLOW, r);
+    Shop {
+        b,
+        web,
+        api,
+        db,
+        office,
+    }
+}
+
+#[test]
+fn identical_policies_give_an_empty_diff() {
+    let d = run(shop().b, shop().b);
+    assert!(d.is_empty(), "{d:#?}");
+    assert!(!d.widened && !d.narrowed);
+}
+
+#[test]
+fn adding_a_rule_widens() {
+    let old = shop();
+    let mut new = shop();
+    let r = new.b.rule("db", "allow-in", 1);
+    new.b.ports(
+        new.db,
+        IN,
+        PROTO_TCP,
+        new.office,
+        5432,
+        5432,
+        ACTION_ALLOW,
+        r,
+    );
+    let d = run(old.b, new.b);
+    assert_eq!(
+        d.changes,
+        vec![row(
+            "office",
+            "db",
+            "tcp",
+            "5432",
+            "deny",
+            "allow",
+            "db allow-in[1]"
+        )]
+    );
+    assert!(d.widened && !d.narrowed);
+}
+
+#[test]
+fn removing_a_rule_narrows_and_names_the_old_rule() {
+    let mut old = shop();
+    let r = old.b.rule("db", "allow-in", 1);
+    old.b.ports(
+        old.db,
+        IN,
+        PROTO_TCP,
+        old.office,
+        5432,
+        5432,
+        ACTION_ALLOW,
+        r,
+    );
+    let d = run(old.b, shop().b);
+    assert_eq!(
+        d.changes,
+        vec![row(
+            "office",
+            "db",
+            "tcp",
+            "5432",
+            "allow",
+            "deny",
+            "db allow-in[1]"
+        )]
+    );
+    assert!(!d.widened && d.narrowed);
+}
+
+#[test]
+fn workload_traffic_needs_both_ends() {
+    // api newly allows egress to web 9000: web's ingress still refuses it.
+    let old = shop();
+    let mut new = shop();
+    let r = new.b.rule("api", "allow-out", 1);
+    new.b.ports(
+        new.api,
+        OUT,
+        PROTO_TCP,
+        new.web,
+        9000,
+        9000,
+        ACTION_ALLOW,
+        r,
+    );
+    let d = run(old.b, new.b.clone());
+    assert!(d.is_empty(), "{d:#?}");
+    // Once web accepts it too, the flow opens, naming both rules.
+    let mut newer = new;
+    let r2 = newer.b.rule("web", "allow-in", 1);
+    newer.b.ports(
+        newer.web,
+        IN,
+        PROTO_TCP,
+        newer.api,
+        9000,
+        9000,
+        ACTION_ALLOW,
+        r2,
+    );
+    let d = run(shop().b, newer.b);
+    assert_eq!(
+        d.changes,
+        vec![row(
+            "api",
+            "web",
+            "tcp",
+            "9000",
+            "deny",
+            "allow",
+            "api allow-out[1] + web allow-in[1]"
+        )]
+    );
+}
+
+#[test]
+fn narrowing_a_range_reports_the_removed_part() {
+    let build = |hi: u16| {
+        let mut s = shop();
+        let r = s.b.rule("api", "allow-out", 1);
+        s.b.ports(
+            s.api,
+            OUT,
+            PROTO_TCP,
+            IDENTITY_ANY_EXTERNAL,
+            8000,
+            hi,
+            ACTION_ALLOW,
+            r,
+        );
+        s.b
+    };
+    let d = run(build(8100), build(8049));
+    // One row per remote entity (office and world), each one range.
+    assert_eq!(
+        d.changes,
+        vec![
+            row(
+                "api",
+                "office",
+                "tcp",
+                "8050-8100",
+                "allow",
+                "deny",
+                "api allow-out[1]"
+            ),
+            row(
+                "api",
+                "world",
+                "tcp",
+                "8050-8100",
+                "allow",
+                "deny",
+                "api allow-out[1]"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn splitting_and_merging_ranges_without_changing_access_is_empty() {
+    let mut old = shop();
+    let a = old.b.rule("api", "allow-out", 1);
+    let b = old.b.rule("api", "allow-out", 2);
+    old.b.ports(
+        old.api,
+        OUT,
+        PROTO_UDP,
+        IDENTITY_WORLD,
+        8000,
+        8049,
+        ACTION_ALLOW,
+        a,
+    );
+    old.b.ports(
+        old.api,
+        OUT,
+        PROTO_UDP,
+        IDENTITY_WORLD,
+        8050,
+        8100,
+        ACTION_ALLOW,
+        b,
+    );
+    let mut new = shop();
+    let c = new.b.rule("api", "allow-out", 1);
+    new.b.ports(
+        new.api,
+        OUT,
+        PROTO_UDP,
+        IDENTITY_WORLD,
+        8000,
+        8100,
+        ACTION_ALLOW,
+        c,
+    );
+    assert!(run(old.b.clone(), new.b.clone()).is_empty());
+    // Merging 80 and 443 into 80-443 opens 81-442, reported as one range.
+    let mut wide = shop();
+    let r = wide.b.rule("web", "allow-in", 0);
+    wide.b.ports(
+        wide.web,
+        IN,
+        PROTO_TCP,
+        IDENTITY_ANY_EXTERNAL,
+        80,
+        443,
+        ACTION_ALLOW,
+        r,
+    );
+    let d = run(shop().b, wide.b);
+    assert_eq!(
+        d.changes,
+        vec![
+            row(
+                "office",
+                "web",
+                "tcp",
+                "80-442",
+                "deny",
+                "allow",
+                "web allow-in[0]"
+            ),
+            row(
+                "world",
+                "web",
+                "tcp",
+                "80-442",
+                "deny",
+                "allow",
+                "web allow-in[0]"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn a_narrower_peer_carves_a_hole_out_of_a_wider_one() {
+    let with_office_access = |vendor: bool| {
+        let mut s = shop();
+        let r = s.b.rule("db", "allow-in", 1);
+        s.b.ports(s.db, IN, PROTO_TCP, s.office, 5432, 5432, ACTION_ALLOW, r);
+        if vendor {
+            s.b.peer("vendor", &["203.0.113.17"]);
+        }
+        s.b
+    };
+    let d = run(with_office_access(false), with_office_access(true));
+    let mut expected = row(
+        "vendor",
+        "db",
+        "tcp",
+        "5432",
+        "allow",
+        "deny",
+        "db allow-in[1]",
+    );
+    expected.addresses = Some(vec!["203.0.113.17/32".into()]);
+    expected.was = Some("office".into());
+    assert_eq!(d.changes, vec![expected]);
+    assert_eq!(d.entities.len(), 1);
+    assert_eq!(d.entities[0].change, "added");
+    assert_eq!(d.entities[0].name, "vendor");
+    assert!(d.narrowed && !d.widened);
+}
+
+#[test]
+fn shrinking_a_peer_hands_its_addresses_to_world() {
+    let mut old = shop();
+    let r = old.b.rule("db", "allow-in", 1);
+    old.b.ports(
+        old.db,
+        IN,
+        PROTO_TCP,
+        old.office,
+        5432,
+        5432,
+        ACTION_ALLOW,
+        r,
+    );
+    let mut new = PolicyBuilder::new();
+    let api = new.workload("api");
+    let db = new.workload("db");
+    let web = new.workload("web");
+    let office = new.peer("office", &["203.0.113.0/25", "2001:db8:20::/48"]);
+    for (w, dir, remote, port, policy, section, idx) in [
+        (web, IN, IDENTITY_ANY_EXTERNAL, 443, "web", "allow-in", 0),
+        (web, OUT, api, 8080, "web", "allow-out", 0),
+        (api, IN, web, 8080, "api", "allow-in", 0),
+        (api, OUT, db, 5432, "api", "allow-out", 0),
+        (db, IN, api, 5432, "db", "allow-in", 0),
+        (db, IN, office, 5432, "db", "allow-in", 1),
+    ] {
+        let r = new.rule(policy, section, idx);
+        new.ports(w, dir, PROTO_TCP, remote, port, port, ACTION_ALLOW, r);
+    }
+    let d = run(old.b, new);
+    let mut expected = row(
+        "world",
+        "db",
+        "tcp",
+        "5432",
+        "allow",
+        "deny",
+        "db allow-in[1]",
+    );
+    expected.addresses = Some(vec!["203.0.113.128/25".into()]);
+    expected.was = Some("office".into());
+    assert_eq!(d.changes, vec![expected]);
+    assert_eq!(d.entities[0].change, "cidrs");
+    assert_eq!(
+        d.entities[0].detail.as_deref(),
+        Some("+203.0.113.0/25 -203.0.113.0/24")
+    );
+}
+
+#[test]
+fn deny_masks_allow() {
+    // db accepts anything on tcp; NEW denies office 22 (folded by the
+    // compiler into the exact level, the rest falls through to ANY).
+    let build = |deny: bool| {
+        let mut s = shop();
+        let r = s.b.rule("db", "allow-in", 1);
+        s.b.ports(s.db, IN, PROTO_TCP, IDENTITY_ANY, 0, 65535, ACTION_ALLOW, r);
+        if deny {
+            let d = s.b.rule("db", "deny-in", 0);
+            s.b.ports(s.db, IN, PROTO_TCP, s.office, 22, 22, ACTION_DENY, d);
+        }
+        s.b
+    };
+    let d = run(build(false), build(true));
+    assert_eq!(
+        d.changes,
+        vec![row(
+            "office",
+            "db",
+            "tcp",
+            "22",
+            "allow",
+            "deny",
+            "db deny-in[0]"
+        )]
+    );
+}
+
+#[test]
+fn icmp_is_a_single_port_spelled_any() {
+    let old = shop();
+    let mut new = shop();
+    let r = new.b.rule("web", "allow-in", 1);
+    new.b.entry(
+        new.web,
+        IN,
+        PROTO_ICMP,
+        IDENTITY_WORLD,
+        0,
+        16,
+        ACTION_ALLOW,
+        r,
+    );
+    let d = run(old.b, new.b);
+    assert_eq!(
+        d.changes,
+        vec![row(
+            "world",
+            "web",
+            "icmp",
+            "any",
+            "deny",
+            "allow",
+            "web allow-in[1]"
+        )]
+    );
+}
+
+#[test]
+fn host_rows_use_only_the_workload_side() {
+    let old = shop();
+    let mut new = shop();
+    let r = new.b.rule("db", "allow-in", 1);
+    new.b.ports(
+        new.db,
+        IN,
+        PROTO_TCP,
+        enforcer_common::IDENTITY_HOST,
+        5432,
+        5432,
+        ACTION_ALLOW,
+        r,
+    );
+    let d = run(old.b, new.b);
+    assert_eq!(
+        d.changes,
+        vec![row(
+            "host",
+            "db",
+            "tcp",
+            "5432",
+            "deny",
+            "allow",
+            "db allow-in[1]"
+        )]
+    );
+}
+
+#[test]
+fn mode_changes_are_reported_and_counted() {
+    let old = shop();
+    let mut new = shop();
+    new.b.set_mode(new.api, MODE_AUDIT);
+    let d = run(old.b, new.b);
+    assert!(d.changes.is_empty());
+    assert_eq!(d.modes.len(), 1);
+    assert_eq!(
+        (
+            d.modes[0].workload.as_str(),
+            d.modes[0].before.as_str(),
+            d.modes[0].after.as_str()
+        ),
+        ("api", "enforce", "audit")
+    );
+    assert!(d.widened && !d.narrowed);
+    let mut back = shop();
+    back.b.set_mode(back.api, MODE_AUDIT);
+    let d = run(back.b, shop().b);
+    assert!(d.narrowed && !d.widened);
+}
+
+#[test]
+fn a_rename_keeping_the_selector_is_only_a_rename() {
+    let old = shop();
+    // `db` becomes `database`, same unit, identities handed out differently.
+    let mut b = PolicyBuilder::new().identities_from(100);
+    let office = b.peer("office", &["203.0.113.0/24", "2001:db8:20::/48"]);
+    let web = b.workload("web");
+    let db = b.workload_with(
+        "database",
+        CgroupSelector::Unit("db.service".into()),
+        MODE_ENFORCE,
+    );
+    let api = b.workload("api");
+    let _ = office;
+    for (w, dir, remote, port, policy, section) in [
+        (web, IN, IDENTITY_ANY_EXTERNAL, 443, "web", "allow-in"),
+        (web, OUT, api, 8080, "web", "allow-out"),
+        (api, IN, web, 8080, "api", "allow-in"),
+        (api, OUT, db, 5432, "api", "allow-out"),
+        (db, IN, api, 5432, "database", "allow-in"),
+    ] {
+        let r = b.rule(policy, section, 0);
+        b.ports(w, dir, PROTO_TCP, remote, port, port, ACTION_ALLOW, r);
+    }
+    let d = run(old.b, b);
+    assert!(d.changes.is_empty(), "{:#?}", d.changes);
+    assert_eq!(d.entities.len(), 1);
+    assert_eq!(d.entities[0].change, "renamed");
+    assert_eq!(d.entities[0].name, "database");
+    assert_eq!(d.entities[0].detail.as_deref(), Some("was db"));
+}
+
+#[test]
+fn a_rename_with_a_new_selector_removes_and_adds() {
+    let old = shop();
+    let mut b = PolicyBuilder::new();
+    let api = b.workload("api");
+    let db = b.workload_with(
+        "pg",
+        CgroupSelector::Glob("system.slice/pg-*.service".into()),
+        MODE_ENFORCE,
+    );
+    let web = b.workload("web");
+    b.peer("office", &["203.0.113.0/24", "2001:db8:20::/48"]);
+    for (w, dir, remote, port, policy, section) in [
+        (web, IN, IDENTITY_ANY_EXTERNAL, 443, "web", "allow-in"),
+        (web, OUT, api, 8080, "web", "allow-out"),
+        (api, IN, web, 8080, "api", "allow-in"),
+        (api, OUT, db, 5432, "api", "allow-out"),
+        (db, IN, api, 5432, "pg", "allow-in"),
+    ] {
+        let r = b.rule(policy, section, 0);
+        b.ports(w, dir, PROTO_TCP, remote, port, port, ACTION_ALLOW, r);
+    }
+    let d = run(old.b, b);
+    assert_eq!(
+        d.changes,
+        vec![
+            row(
+                "api",
+                "db",
+                "tcp",
+                "5432",
+                "allow",
+                "deny",
+                "api allow-out[0] + db allow-in[0]"
+            ),
+            row(
+                "api",
+                "pg",
+                "tcp",
+                "5432",
+                "deny",
+                "allow",
+                "api allow-out[0] + pg allow-in[0]"
+            ),
+        ]
+    );
+    let kinds: Vec<(&str, &str)> = d
+        .entities
+        .iter()
+        .map(|e| (e.name.as_str(), e.change.as_str()))
+        .collect();
+    assert_eq!(kinds, vec![("db", "removed"), ("pg", "added")]);
+}
+
+#[test]
+fn reordering_and_renumbering_identities_is_empty() {
+    // Same policy, entities declared in another order with other identities,
+    // rule table in another order.
+    let old = shop();
+    let mut b = PolicyBuilder::new().identities_from(500);
+    let office = b.peer("office", &["2001:db8:20::/48", "203.0.113.0/24"]);
+    let web = b.workload("web");
+    let db = b.workload("db");
+    let api = b.workload("api");
+    let _ = office;
+    for (w, dir, remote, port, policy, section) in [
+        (db, IN, api, 5432, "db", "allow-in"),
+        (api, OUT, db, 5432, "api", "allow-out"),
+        (api, IN, web, 8080, "api", "allow-in"),
+        (web, OUT, api, 8080, "web", "allow-out"),
+        (web, IN, IDENTITY_ANY_EXTERNAL, 443, "web", "allow-in"),
+    ] {
+        let r = b.rule(policy, section, 0);
+        b.ports(w, dir, PROTO_TCP, remote, port, port, ACTION_ALLOW, r);
+    }
+    let d = run(old.b, b);
+    assert!(d.is_empty(), "{d:#?}");
+}
+
+#[test]
+fn expectations_and_untils_are_compared_as_sets() {
+    let exp = |from: &str, verdict: &str| ExpectationInfo {
+        from: from.into(),
+        to: "db".into(),
+        port: "5432/tcp".into(),
+        verdict: verdict.into(),
+    };
+    let rule = |key: &str, at: &str, until: Option<&str>| RuleInfo {
+        key: key.into(),
+        rule: at.into(),
+        until: until.map(Into::into),
+    };
+    let old = DiffInput {
+        compiled: shop().b.build(),
+        meta: PolicyMeta {
+            expectations: vec![exp("office", "allow"), exp("world", "deny")],
+            rules: vec![
+                rule(
+                    "db allow-in vendor 22/tcp",
+                    "db allow-in[2]",
+                    Some("2026-12-31T18:00:00Z"),
+                ),
+                rule("db allow-in api 5432/tcp", "db allow-in[0]", None),
+            ],
+        },
+    };
+    let new = DiffInput {
+        compiled: shop().b.build(),
+        meta: PolicyMeta {
+            // Reordered, one verdict flipped, one added.
+            expectations: vec![
+                exp("world", "deny"),
+                exp("office", "deny"),
+                exp("api", "allow"),
+            ],
+            rules: vec![
+                rule("db allow-in api 5432/tcp", "db allow-in[1]", None),
+                rule(
+                    "db allow-in vendor 22/tcp",
+                    "db allow-in[0]",
+                    Some("2027-01-31T18:00:00Z"),
+                ),
+            ],
+        },
+    };
+    let d = diff(&old, &new);
+    let e: Vec<(&str, Option<&str>, Option<&str>)> = d
+        .expectations
+        .iter()
+        .map(|e| (e.from.as_str(), e.before.as_deref(), e.after.as_deref()))
+        .collect();
+    assert_eq!(
+        e,
+        vec![
+            ("api", None, Some("allow")),
+            ("office", Some("allow"), Some("deny"))
+        ]
+    );
+    assert_eq!(d.untils.len(), 1);
+    assert_eq!(d.untils[0].rule, "db allow-in[0]");
+    assert_eq!(d.untils[0].after.as_deref(), Some("2027-01-31T18:00:00Z"));
+    assert!(!d.is_empty() && !d.widened && !d.narrowed);
+    // Reordering alone changes nothing.
+    let mut same = new.clone();
+    same.meta.expectations.reverse();
+    same.meta.rules.reverse();
+    assert!(diff(&new, &same).is_empty());
+}
+
+#[test]
+fn json_has_the_contract_shape() {
+    let old = shop();
+    let mut new = shop();
+    let r = new.b.rule("db", "allow-in", 1);
+    new.b.ports(
+        new.db,
+        IN,
+        PROTO_TCP,
+        new.office,
+        5432,
+        5432,
+        ACTION_ALLOW,
+        r,
+    );
+    let d = run(old.b, new.b);
+    let v: serde_json::Value =
+        serde_json::from_str(&render(&d, Format::Json, false)).expect("valid json");
+    assert_eq!(v["widened"], true);
+    assert_eq!(v["narrowed"], false);
+    assert_eq!(
+        v["changes"][0],
+        serde_json::json!({"from": "office", "to": "db", "protocol": "tcp", "ports": "5432",
+                           "before": "deny", "after": "allow", "rule": "db allow-in[1]"})
+    );
+}
+
+#[test]
+fn text_and_markdown_show_signs_and_a_summary() {
+    let mut old = shop();
+    let r = old.b.rule("web", "allow-in", 1);
+    old.b.ports(
+        old.web,
+        IN,
+        PROTO_TCP,
+        IDENTITY_ANY_EXTERNAL,
+        80,
+        80,
+        ACTION_ALLOW,
+        r,
+    );
+    let mut new = shop();
+    let r = new.b.rule("db", "allow-in", 1);
+    new.b.ports(
+        new.db,
+        IN,
+        PROTO_TCP,
+        new.office,
+        5432,
+        5432,
+        ACTION_ALLOW,
+        r,
+    );
+    let d = run(old.b, new.b);
+    let text = render(&d, Format::Text, false);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[0],
+        "widens and narrows access: 3 verdict changes (1 newly allowed, 2 newly denied)"
+    );
+    assert!(lines[2].starts_with("  FROM"), "{text}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("+ office") && l.ends_with("db allow-in[1]")),
+        "{text}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("- world") && l.contains(" 80 ")),
+        "{text}"
+    );
+    assert!(!text.contains('\x1b'));
+    assert!(render(&d, Format::Text, true).contains("\x1b[32m+ office"));
+    let md = render(&d, Format::Markdown, false);
+    let first = md.lines().next().expect("a summary line");
+    assert!(
+        first.starts_with("**Policy diff:** widens and narrows access"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| ➕ | office | db | tcp | 5432 | deny | allow | `db allow-in[1]` |"),
+        "{md}"
+    );
+    let empty = render(&PolicyDiff::default(), Format::Markdown, false);
+    assert_eq!(empty, "**Policy diff:** no changes\n");
+}
