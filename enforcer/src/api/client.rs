@@ -91,11 +91,17 @@ impl Client {
             .map_err(|e| ClientError::Protocol(format!("{e}: {}", line.trim_end())))
     }
 
-    /// Send a request and wait for its single response.
+    /// Send a request and wait for its single response. When the send
+    /// fails because the daemon already hung up, its last words (say, a
+    /// refusal) are still read and returned.
     pub fn call(&mut self, request: &Request) -> Result<Response, ClientError> {
-        self.send(request)?;
-        self.receive()?.ok_or_else(|| {
-            ClientError::Protocol("the daemon closed the connection without answering".into())
-        })
+        let sent = self.send(request);
+        match self.receive() {
+            Ok(Some(response)) => Ok(response),
+            Ok(None) => Err(sent.err().unwrap_or_else(|| {
+                ClientError::Protocol("the daemon closed the connection without answering".into())
+            })),
+            Err(e) => Err(sent.err().unwrap_or(e)),
+        }
     }
 }

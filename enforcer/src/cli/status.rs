@@ -21,6 +21,10 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let report = match Client::connect(&args.socket).and_then(|mut c| c.call(&Request::Status)) {
         Ok(Response::Status(report)) => report,
+        Ok(Response::Error { message }) => {
+            eprintln!("enforcer: {message}");
+            return Ok(ExitCode::from(2));
+        }
         Ok(other) => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
         Err(e @ (ClientError::NoDaemon { .. } | ClientError::Io { .. })) => {
             eprintln!("enforcer: {e}");
