@@ -2,13 +2,15 @@
 //! library call behind `enforcer explain`), and what really happened.
 
 use std::{
+    collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use anyhow::{Result, bail};
 use enforcer::{
-    compile::CompiledPolicy,
+    compile::{CompiledPolicy, RuleRef},
+    diff::load::rfc3339,
     eval::{Flow, judge_flow, resolve_addr},
     policy::ServicePort,
 };
@@ -113,7 +115,8 @@ pub struct Expectation {
     pub verdict: &'static str,
     /// The deciding rule(s), as `enforcer explain` prints them.
     pub rule: String,
-    /// Set when a denying end is in audit mode, e.g. `api is in audit mode`.
+    /// `api in audit mode` when an audited end denies; `until TIME` for a
+    /// temporary allow.
     pub note: Option<String>,
     pub outcome: Outcome,
     /// The event the kernel must send (denials and audits).
@@ -122,7 +125,14 @@ pub struct Expectation {
 
 /// The identity of a place: a workload's from the cgroup resolution, a test
 /// host's from its address, by longest prefix over the peers.
-fn end(stage: &Stage, policy: &CompiledPolicy, place: Place, addr: IpAddr) -> Result<End> {
+/// The workload's address is part of the label on the receiving end.
+fn end(
+    stage: &Stage,
+    policy: &CompiledPolicy,
+    place: Place,
+    addr: IpAddr,
+    receiver: bool,
+) -> Result<End> {
     match place {
         Place::Local(tier) => {
             let Some(r) = stage.resolution(tier) else {
@@ -133,7 +143,11 @@ fn end(stage: &Stage, policy: &CompiledPolicy, place: Place, addr: IpAddr) -> Re
             };
             Ok(End {
                 identity: r.cgroup.workload,
-                label: r.workload.clone(),
+                label: if receiver {
+                    format!("{} {addr}", r.workload)
+                } else {
+                    r.workload.clone()
+                },
             })
         }
         Place::Remote(_) => {
@@ -167,9 +181,15 @@ fn source(stage: &Stage, case: &Case) -> IpAddr {
 
 /// The policy's verdict (what `enforcer explain --from --to --port` says)
 /// and the outcome and kernel event it implies.
-pub fn expect(stage: &Stage, policy: &CompiledPolicy, case: &Case) -> Result<Expectation> {
-    let from = end(stage, policy, case.client, source(stage, case))?;
-    let to = end(stage, policy, case.server, case.dest.ip())?;
+/// `untils` holds the rules with an `until`, to show when an allow ends.
+pub fn expect(
+    stage: &Stage,
+    policy: &CompiledPolicy,
+    untils: &BTreeMap<RuleRef, SystemTime>,
+    case: &Case,
+) -> Result<Expectation> {
+    let from = end(stage, policy, case.client, source(stage, case), false)?;
+    let to = end(stage, policy, case.server, case.dest.ip(), true)?;
     let port = ServicePort {
         protocol: PROTO_TCP,
         port: case.dest.port(),
@@ -218,7 +238,15 @@ pub fn expect(stage: &Stage, policy: &CompiledPolicy, case: &Case) -> Result<Exp
             let note = format!("{who} in audit mode");
             (Outcome::Connected, Some(event), Some(note))
         }
-        (None, None) => (Outcome::Connected, None, None),
+        (None, None) => {
+            // A temporary allow: say until when.
+            let until = ends
+                .iter()
+                .filter_map(|e| policy.rules.get(e.decision.rule as usize))
+                .find_map(|r| untils.get(r))
+                .map(|t| format!("until {}", rfc3339(*t)));
+            (Outcome::Connected, None, until)
+        }
     };
     Ok(Expectation {
         from,

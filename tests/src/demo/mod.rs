@@ -8,6 +8,7 @@ mod stage;
 mod table;
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     process::ExitCode,
     time::{Duration, Instant, SystemTime},
@@ -15,8 +16,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use enforcer::{
-    compile::{CompiledPolicy, EntityKind, compile_dir},
-    policy::{LoadError, Mode},
+    compile::{CompiledPolicy, EntityKind, RuleRef, compile_loaded},
+    policy::{LoadError, Mode, load_dir},
 };
 use enforcer_common::{MODE_AUDIT, MODE_OFF};
 use enforcer_tests::privileged::{missing_requirement, require_root};
@@ -111,14 +112,41 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The compiled policy, and the rules that end at some time.
+struct Policy {
+    compiled: CompiledPolicy,
+    untils: BTreeMap<RuleRef, SystemTime>,
+}
+
 /// Loads and compiles the policy now, with its expectations checked.
-fn compile(dir: &Path) -> Result<CompiledPolicy> {
-    match compile_dir(dir, SystemTime::now()) {
-        Ok((policy, warnings)) => {
+fn compile(dir: &Path) -> Result<Policy> {
+    let loaded = match load_dir(dir) {
+        Ok(loaded) => loaded,
+        Err(LoadError::Invalid(d)) => {
+            print!("{d}");
+            bail!("the policy in {} is invalid", dir.display())
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut untils = BTreeMap::new();
+    for p in &loaded.set.policies {
+        for r in &p.rules {
+            if let Some(until) = &r.until {
+                let rule = RuleRef {
+                    policy: p.name.to_string(),
+                    section: r.section,
+                    index: r.index,
+                };
+                untils.insert(rule, until.value);
+            }
+        }
+    }
+    match compile_loaded(loaded, SystemTime::now()) {
+        Ok((compiled, warnings)) => {
             for w in warnings {
                 println!("{w}");
             }
-            Ok(policy)
+            Ok(Policy { compiled, untils })
         }
         Err(LoadError::Invalid(d)) => {
             print!("{d}");
@@ -134,9 +162,15 @@ fn field(name: &str, text: impl std::fmt::Display) {
 }
 
 fn run(args: &Args) -> Result<bool> {
-    println!("enforcer demo: the policy in {}, enforced on real processes and real traffic", args.policies.display());
+    println!(
+        "enforcer demo: the policy in {}, enforced on real processes and real traffic",
+        args.policies.display()
+    );
     println!();
-    let policy = compile(&args.policies)?;
+    let Policy {
+        compiled: policy,
+        untils,
+    } = compile(&args.policies)?;
     let count = |kind| policy.entities.iter().filter(|e| e.kind == kind).count();
     field(
         "policy",
@@ -164,13 +198,17 @@ fn run(args: &Args) -> Result<bool> {
     let mut stage = Stage::build()?;
     let root_path = stage.root().path().to_path_buf();
     let netns = stage.netns_names();
-    let result = show(&mut stage, &policy, &stop, args);
+    let result = show(&mut stage, &policy, &untils, &stop, args);
     drop(stage);
     let cleaned = check_cleanup(&root_path, &netns);
-    let matched = result?;
+    let (matched, total) = result?;
     cleaned?;
-    println!("(took {:.1} s)", started.elapsed().as_secs_f64());
-    Ok(matched)
+    println!();
+    println!(
+        "{matched}/{total} connections matched the policy ({:.1} s).",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(matched == total)
 }
 
 /// Checks that the cgroups and network namespaces are gone.
@@ -206,9 +244,15 @@ fn mode_name(mode: u8) -> &'static str {
     }
 }
 
-/// Everything between setup and cleanup; returns whether every connection
-/// matched the policy.
-fn show(stage: &mut Stage, policy: &CompiledPolicy, stop: &Stop, args: &Args) -> Result<bool> {
+/// Everything between setup and cleanup; returns how many connections
+/// matched the policy, out of how many.
+fn show(
+    stage: &mut Stage,
+    policy: &CompiledPolicy,
+    untils: &BTreeMap<RuleRef, SystemTime>,
+    stop: &Stop,
+    args: &Args,
+) -> Result<(usize, usize)> {
     stop.check()?;
     stage.enforce(policy)?;
     let Some(enforcement) = &stage.enforcement else {
@@ -240,7 +284,10 @@ fn show(stage: &mut Stage, policy: &CompiledPolicy, stop: &Stop, args: &Args) ->
         ),
     );
     let host = |name: &str, h: &enforcer_tests::TestHost, extra: &str| {
-        let v6 = h.subnet_v6().map(|_| format!(" {}", h.ipv6())).unwrap_or_default();
+        let v6 = h
+            .subnet_v6()
+            .map(|_| format!(" {}", h.ipv6()))
+            .unwrap_or_default();
         format!("{name} {}{v6}{extra} (netns {})", h.ipv4(), h.name())
     };
     field("test hosts", host("office", &stage.office, ""));
@@ -266,7 +313,7 @@ fn show(stage: &mut Stage, policy: &CompiledPolicy, stop: &Stop, args: &Args) ->
     field(
         "servers",
         format!(
-            "{} echo servers: web {}, api {}, db {} (in the workload cgroups); world {}",
+            "{} echo servers: web {}, api {}, db {} (in the workload cgroups); world {} (in its netns)",
             stage.server_count(),
             ports(Place::Local(Tier::Web)),
             ports(Place::Local(Tier::Api)),
@@ -279,7 +326,7 @@ fn show(stage: &mut Stage, policy: &CompiledPolicy, stop: &Stop, args: &Args) ->
     let mut rows = Vec::new();
     for case in &plan {
         stop.check()?;
-        let expected = cases::expect(stage, policy, case)?;
+        let expected = cases::expect(stage, policy, untils, case)?;
         let report = cases::run(stage, case, args.timeout);
         let Some(enforcement) = stage.enforcement.as_mut() else {
             bail!("the policy is not in force");
@@ -305,6 +352,5 @@ fn show(stage: &mut Stage, policy: &CompiledPolicy, stop: &Stop, args: &Args) ->
             ),
         );
     }
-    println!("{matched}/{} connections matched the policy.", rows.len());
-    Ok(matched == rows.len())
+    Ok((matched, rows.len()))
 }

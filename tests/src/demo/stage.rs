@@ -148,8 +148,8 @@ impl Stage {
     /// resolves the workload cgroups with the policy's selectors and puts
     /// the policy in force: what the daemon does at start.
     pub fn enforce(&mut self, policy: &CompiledPolicy) -> Result<()> {
-        let mut dataplane = Dataplane::load(&DataplaneOptions::default())
-            .context("loading the kernel programs")?;
+        let mut dataplane =
+            Dataplane::load(&DataplaneOptions::default()).context("loading the kernel programs")?;
         dataplane
             .attach(self.root.path())
             .with_context(|| format!("attaching to {}", self.root.path().display()))?;
@@ -185,7 +185,11 @@ impl Stage {
     /// Started after [`Stage::enforce`], as services start after the
     /// daemon: the kernel learns which workload owns a port at `bind()`.
     pub fn serve(&mut self, place: Place, addr: SocketAddr) -> Result<()> {
-        if self.servers.iter().any(|(p, s)| *p == place && s.addr() == addr) {
+        if self
+            .servers
+            .iter()
+            .any(|(p, s)| *p == place && s.addr() == addr)
+        {
             return Ok(());
         }
         let server = match place {
@@ -219,8 +223,7 @@ fn subtree(root: &Path) -> Result<Vec<(String, PathBuf)>> {
     let mut out = Vec::new();
     let mut queue = vec![root.to_path_buf()];
     while let Some(dir) = queue.pop() {
-        let entries =
-            fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?;
+        let entries = fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?;
         for entry in entries {
             let entry = entry?;
             if entry.file_type()?.is_dir() {
