@@ -462,13 +462,8 @@ fn purge(container: &Container, bpf: &Attachments, repo: &Path) -> Result<()> {
         .lines()
         .map(str::to_string)
         .collect();
-    // The operator's own policy files stay in /etc/enforcer/policies, as
-    // dpkg keeps any file it did not install; everything else must go.
-    for path in [
-        "/etc/enforcer/enforcer.toml",
-        "/sys/fs/bpf/enforcer",
-        "/run/enforcer",
-    ] {
+    // Purge means everything: the configuration and the policies too.
+    for path in ["/etc/enforcer", "/sys/fs/bpf/enforcer", "/run/enforcer"] {
         let output = container.exec(&["test", "-e", path])?;
         if output.status.success() {
             left.push(path.to_string());
