@@ -282,3 +282,47 @@ pub fn resolve(policy: &CompiledPolicy, root: &Path) -> Result<Vec<Resolution>> 
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use enforcer_common::{MODE_AUDIT, MODE_ENFORCE};
+
+    use super::*;
+
+    /// A plain directory tree stands in for the cgroup tree: resolution
+    /// only reads directory names and inode numbers.
+    #[test]
+    fn resolves_the_example_policy_selectors_under_a_root() {
+        let dir =
+            std::env::temp_dir().join(format!("enforcer-demo-resolve-{}", std::process::id()));
+        for sub in [
+            "system.slice/nginx.service/worker",
+            "system.slice/api-1.service",
+            "system.slice/api-2.service",
+            "system.slice/postgresql.service",
+            "system.slice/sshd.service",
+            "user.slice/nginx.service.d",
+        ] {
+            fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/example");
+        let (policy, _) = enforcer::compile::compile_dir(&example, SystemTime::now()).unwrap();
+        let resolved = resolve(&policy, &dir);
+        fs::remove_dir_all(&dir).unwrap();
+        let got: Vec<(String, String, u8)> = resolved
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.path, r.workload, r.cgroup.mode))
+            .collect();
+        let want = [
+            ("system.slice/api-1.service", "api", MODE_AUDIT),
+            ("system.slice/api-2.service", "api", MODE_AUDIT),
+            ("system.slice/nginx.service", "web", MODE_ENFORCE),
+            ("system.slice/postgresql.service", "db", MODE_ENFORCE),
+        ]
+        .map(|(p, w, m)| (p.to_owned(), w.to_owned(), m));
+        assert_eq!(got, want);
+    }
+}
