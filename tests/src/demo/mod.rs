@@ -26,7 +26,7 @@ use self::{
     cases::Observation,
     interrupt::{Interrupted, Stop},
     stage::{Place, Remote, Stage, Tier},
-    table::Row,
+    table::{Row, Table},
 };
 
 const USAGE: &str = "\
@@ -323,24 +323,30 @@ fn show(
     );
     println!();
 
+    let expected = plan
+        .iter()
+        .map(|case| cases::expect(stage, policy, untils, case))
+        .collect::<Result<Vec<_>>>()?;
+    let table = Table::start(policy, &expected);
     let mut rows = Vec::new();
-    for case in &plan {
+    let mut matched = 0;
+    for (i, (case, expected)) in plan.iter().zip(expected).enumerate() {
         stop.check()?;
-        let expected = cases::expect(stage, policy, untils, case)?;
         let report = cases::run(stage, case, args.timeout);
         let Some(enforcement) = stage.enforcement.as_mut() else {
             bail!("the policy is not in force");
         };
         let events = enforcement.events.drain();
         let event = cases::find_event(&events, case);
-        rows.push(Row {
+        let row = Row {
             expected,
             observed: Observation { report, event },
-        });
+        };
+        matched += usize::from(table.row(policy, i, &row));
+        rows.push(row);
         std::thread::sleep(args.pause);
     }
-    stop.check()?;
-    let matched = table::print(policy, &rows);
+    table::mismatches(policy, &rows);
     println!();
     if let Some(e) = &stage.enforcement {
         let c = e.dataplane.global_counters()?;
