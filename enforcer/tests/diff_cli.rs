@@ -343,7 +343,7 @@ fn until_and_mode_changes_are_reported() {
     let with_vendor = |until: &str, mode: &str| {
         SHOP.replace(
             "[[policy]]\nname = \"db\"",
-            &format!("[peer.vendor]\ncidrs = [\"198.51.100.17\"]\n\n[[policy]]\nname = \"db\""),
+            "[peer.vendor]\ncidrs = [\"198.51.100.17\"]\n\n[[policy]]\nname = \"db\"",
         )
         .replace(
             r#"{ from = ["peer:office"], ports = ["5432/tcp"] },"#,

@@ -170,6 +170,10 @@ fn explain_names_the_deciding_rule() {
     );
     assert!(run("api", "2001:db8:20::1", "icmp").starts_with("deny: default deny\n"));
     assert!(run("office", "host", "22/tcp").starts_with("unmanaged:"));
+    assert!(
+        run("127.0.0.1", "db", "5432/tcp")
+            .contains("ingress of db from host, 5432/tcp: deny (default deny)")
+    );
 }
 
 #[test]

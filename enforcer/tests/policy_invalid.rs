@@ -194,6 +194,11 @@ fn cases() -> Vec<Case> {
             )],
         ),
         one(
+            "empty select",
+            "[workload.web]\nunit = \"a.service\"\n[[policy]]\nname = \"p\"\nselect = []\n",
+            vec![("p.toml:5:10", "`select` is empty")],
+        ),
+        one(
             "select naming a peer",
             "[peer.p]\ncidrs = [\"198.51.100.1\"]\n[[policy]]\nname = \"p\"\nselect = \"peer:p\"\n",
             vec![(

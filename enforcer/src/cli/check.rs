@@ -19,6 +19,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     match compile_dir(&args.dir, SystemTime::now()) {
         Ok((compiled, warnings)) => {
+            if compiled.entities.len() == 2 && compiled.rules.is_empty() {
+                eprintln!(
+                    "enforcer check: warning: {} holds no policy",
+                    args.dir.display()
+                );
+            }
             for w in &warnings {
                 writeln!(out, "{w}")?;
             }

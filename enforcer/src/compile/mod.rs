@@ -86,18 +86,16 @@ pub fn expiry_warnings(set: &PolicySet, now: SystemTime) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     for policy in &set.policies {
         for rule in &policy.rules {
-            if let Some(until) = &rule.until {
-                if now >= until.value {
-                    let r = RuleRef {
-                        policy: policy.name.to_string(),
-                        section: rule.section,
-                        index: rule.index,
-                    };
-                    out.push(Diagnostic::warning(
-                        &until.loc,
-                        format!("rule {r} has expired (its `until` has passed): it no longer matches; remove it"),
-                    ));
-                }
+            if let Some(until) = rule.until.as_ref().filter(|u| now >= u.value) {
+                let r = RuleRef {
+                    policy: policy.name.to_string(),
+                    section: rule.section,
+                    index: rule.index,
+                };
+                out.push(Diagnostic::warning(
+                    &until.loc,
+                    format!("rule {r} has expired (its `until` has passed): it no longer matches; remove it"),
+                ));
             }
         }
     }
@@ -196,10 +194,40 @@ impl Index<'_> {
     }
 }
 
+/// The kernel maps' capacities that a compiled policy must fit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub workloads: u32,
+    pub prefixes_v4: u32,
+    pub prefixes_v6: u32,
+    pub verdicts: u32,
+}
+
+impl Default for Limits {
+    /// The capacities of the maps declared in `enforcer-common`.
+    fn default() -> Self {
+        Limits {
+            workloads: MAX_CGROUPS,
+            prefixes_v4: MAX_PREFIXES_V4,
+            prefixes_v6: MAX_PREFIXES_V6,
+            verdicts: MAX_VERDICTS,
+        }
+    }
+}
+
 /// Compiles a validated policy set as it stands at `now`: rules whose
 /// `until` has passed are left out. Errors only when the result would not
 /// fit the kernel maps.
 pub fn compile(set: &PolicySet, now: SystemTime) -> Result<CompiledPolicy, Diagnostics> {
+    compile_with_limits(set, now, &Limits::default())
+}
+
+/// [`compile`] against explicit map capacities.
+pub fn compile_with_limits(
+    set: &PolicySet,
+    now: SystemTime,
+    limits: &Limits,
+) -> Result<CompiledPolicy, Diagnostics> {
     // Identities: workloads by name, then peers by name.
     let mut workloads: Vec<&crate::policy::Workload> = set.workloads.iter().collect();
     workloads.sort_by(|a, b| a.name.cmp(&b.name));
@@ -347,6 +375,10 @@ pub fn compile(set: &PolicySet, now: SystemTime) -> Result<CompiledPolicy, Diagn
     let mut verdicts: Vec<(VerdictKey, VerdictValue)> = Vec::new();
     let mut scratch: Vec<Contribution> = Vec::new();
     let mut own: Vec<Contribution> = Vec::new();
+    let mut sweep = ports::Sweep::default();
+    let mut decided_buf = Vec::new();
+    let mut blocks: Vec<(u16, u8)> = Vec::new();
+    let mut spans: Vec<(u16, u16)> = Vec::new();
     for group in contributions.chunk_by(|a, b| (a.0.0, a.0.1, a.0.2) == (b.0.0, b.0.1, b.0.2)) {
         let (w, d, p, _) = group[0].0;
         let level_of = |r: Identity| -> Vec<Contribution> {
@@ -369,15 +401,17 @@ pub fn compile(set: &PolicySet, now: SystemTime) -> Result<CompiledPolicy, Diagn
                 scratch.extend_from_slice(&any);
             }
             let folded = scratch.len() > own.len();
-            for decided in ports::decide(&scratch) {
+            ports::decide_into(&scratch, &mut sweep, &mut decided_buf);
+            for decided in &decided_buf {
                 // Only the ports this level's own rules cover get entries
                 // here; the rest is found at the less specific levels.
-                let blocks = if folded {
-                    own_blocks(&own, decided.low, decided.high)
+                blocks.clear();
+                if folded {
+                    own_blocks(&own, decided.low, decided.high, &mut spans, &mut blocks);
                 } else {
-                    ports::aligned_blocks(decided.low, decided.high)
-                };
-                for (start, bits) in blocks {
+                    ports::aligned_blocks_into(decided.low, decided.high, &mut blocks);
+                }
+                for &(start, bits) in &blocks {
                     verdicts.push((
                         VerdictKey::new(w, d, p, r, start, bits),
                         VerdictValue {
@@ -394,24 +428,22 @@ pub fn compile(set: &PolicySet, now: SystemTime) -> Result<CompiledPolicy, Diagn
             }
         }
     }
-    verdicts.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    verdicts.sort_unstable_by_key(|(k, _)| *k);
 
     let mut errors = Vec::new();
-    let at = first_loc(set);
+    let at = first_loc(set).unwrap_or_else(|| Loc::file(Path::new("<policy>")));
     let mut capacity = |what: &str, n: usize, max: u32| {
         if n > max as usize {
-            if let Some(loc) = &at {
-                errors.push(Diagnostic::error(
-                    loc,
-                    format!("the policy needs {n} {what}, more than the kernel map holds ({max}): simplify the policy"),
-                ));
-            }
+            errors.push(Diagnostic::error(
+                &at,
+                format!("the policy needs {n} {what}, more than the kernel map holds ({max}): simplify the policy"),
+            ));
         }
     };
-    capacity("workloads", compiled_workloads.len(), MAX_CGROUPS);
-    capacity("IPv4 prefixes", prefixes_v4.len(), MAX_PREFIXES_V4);
-    capacity("IPv6 prefixes", prefixes_v6.len(), MAX_PREFIXES_V6);
-    capacity("verdict entries", verdicts.len(), MAX_VERDICTS);
+    capacity("workloads", compiled_workloads.len(), limits.workloads);
+    capacity("IPv4 prefixes", prefixes_v4.len(), limits.prefixes_v4);
+    capacity("IPv6 prefixes", prefixes_v6.len(), limits.prefixes_v6);
+    capacity("verdict entries", verdicts.len(), limits.verdicts);
     if !errors.is_empty() {
         return Err(Diagnostics(errors));
     }
@@ -430,27 +462,38 @@ pub fn compile(set: &PolicySet, now: SystemTime) -> Result<CompiledPolicy, Diagn
     Ok(compiled)
 }
 
-/// The aligned blocks of `[low, high]` restricted to the ports that the
-/// level's own contributions cover.
-fn own_blocks(own: &[Contribution], low: u16, high: u16) -> Vec<(u16, u8)> {
+/// Appends to `out` the aligned blocks of `[low, high]` restricted to the
+/// ports that the level's own contributions cover (`spans` is scratch).
+fn own_blocks(
+    own: &[Contribution],
+    low: u16,
+    high: u16,
+    spans: &mut Vec<(u16, u16)>,
+    out: &mut Vec<(u16, u8)>,
+) {
     // Intersect [low, high] with the union of the own intervals.
-    let mut spans: Vec<(u16, u16)> = own
-        .iter()
-        .filter(|c| c.low <= high && c.high >= low)
-        .map(|c| (c.low.max(low), c.high.min(high)))
-        .collect();
+    spans.clear();
+    spans.extend(
+        own.iter()
+            .filter(|c| c.low <= high && c.high >= low)
+            .map(|c| (c.low.max(low), c.high.min(high))),
+    );
     spans.sort_unstable();
-    let mut merged: Vec<(u16, u16)> = Vec::new();
-    for (l, h) in spans {
-        match merged.last_mut() {
+    let mut merged: Option<(u16, u16)> = None;
+    for &(l, h) in spans.iter() {
+        match &mut merged {
             Some(last) if u32::from(l) <= u32::from(last.1) + 1 => last.1 = last.1.max(h),
-            _ => merged.push((l, h)),
+            _ => {
+                if let Some((ml, mh)) = merged {
+                    ports::aligned_blocks_into(ml, mh, out);
+                }
+                merged = Some((l, h));
+            }
         }
     }
-    merged
-        .into_iter()
-        .flat_map(|(l, h)| ports::aligned_blocks(l, h))
-        .collect()
+    if let Some((ml, mh)) = merged {
+        ports::aligned_blocks_into(ml, mh, out);
+    }
 }
 
 fn first_loc(set: &PolicySet) -> Option<Loc> {

@@ -25,18 +25,43 @@ pub(crate) struct Decided {
 
 /// Sweeps the contributions (in any order) into sorted, disjoint, maximal
 /// intervals. Ports that no contribution covers are absent.
+#[cfg(test)]
 pub(crate) fn decide(contribs: &[Contribution]) -> Vec<Decided> {
+    let mut out = Vec::new();
+    decide_into(contribs, &mut Sweep::default(), &mut out);
+    out
+}
+
+/// Scratch buffers of [`decide_into`], reused across calls.
+#[derive(Default)]
+pub(crate) struct Sweep {
+    events: Vec<(u32, bool, usize)>,
+    denies: Vec<u32>,
+    allows: Vec<u32>,
+}
+
+/// [`decide`] into `out` (cleared first), reusing `sweep`'s buffers.
+pub(crate) fn decide_into(contribs: &[Contribution], sweep: &mut Sweep, out: &mut Vec<Decided>) {
+    out.clear();
     if let [c] = contribs {
-        return vec![Decided {
+        out.push(Decided {
             low: c.low,
             high: c.high,
             deny: c.deny,
             rule: c.rule,
-        }];
+        });
+        return;
     }
     // Events at port positions (u32 so `high + 1` never overflows):
     // (position, is_start, index).
-    let mut events: Vec<(u32, bool, usize)> = Vec::with_capacity(contribs.len() * 2);
+    let Sweep {
+        events,
+        denies,
+        allows,
+    } = sweep;
+    events.clear();
+    denies.clear();
+    allows.clear();
     for (i, c) in contribs.iter().enumerate() {
         events.push((u32::from(c.low), true, i));
         events.push((u32::from(c.high) + 1, false, i));
@@ -44,16 +69,13 @@ pub(crate) fn decide(contribs: &[Contribution]) -> Vec<Decided> {
     events.sort_unstable();
     // Multisets of the rules covering the current position. Levels hold a
     // handful of contributions, so plain vectors beat ordered maps here.
-    let mut denies: Vec<u32> = Vec::new();
-    let mut allows: Vec<u32> = Vec::new();
-    let mut out: Vec<Decided> = Vec::new();
     let mut i = 0;
     while i < events.len() {
         let pos = events[i].0;
         while i < events.len() && events[i].0 == pos {
             let (_, start, idx) = events[i];
             let c = contribs[idx];
-            let set = if c.deny { &mut denies } else { &mut allows };
+            let set = if c.deny { &mut *denies } else { &mut *allows };
             if start {
                 set.push(c.rule);
             } else if let Some(at) = set.iter().position(|&r| r == c.rule) {
@@ -89,13 +111,19 @@ pub(crate) fn decide(contribs: &[Contribution]) -> Vec<Decided> {
             }),
         }
     }
-    out
 }
 
 /// The minimal cover of `[low, high]` by aligned blocks, as
 /// (first port, number of fixed leading port bits).
+#[cfg(test)]
 pub(crate) fn aligned_blocks(low: u16, high: u16) -> Vec<(u16, u8)> {
     let mut out = Vec::new();
+    aligned_blocks_into(low, high, &mut out);
+    out
+}
+
+/// [`aligned_blocks`], appended to `out`.
+pub(crate) fn aligned_blocks_into(low: u16, high: u16, out: &mut Vec<(u16, u8)>) {
     let mut lo = u32::from(low);
     let hi = u32::from(high);
     while lo <= hi {
@@ -112,7 +140,6 @@ pub(crate) fn aligned_blocks(low: u16, high: u16) -> Vec<(u16, u8)> {
         out.push((lo as u16, bits as u8));
         lo += size;
     }
-    out
 }
 
 #[cfg(test)]

@@ -598,3 +598,37 @@ verdict = "allow"
         msgs[1]
     );
 }
+
+#[test]
+fn a_policy_larger_than_the_maps_is_rejected() {
+    let set = load_files(&[("t.toml", &format!("{BASE}\n[[policy]]\nname = \"p\"\nselect = {{ env = \"prod\" }}\nallow-in = [ {{ from = [\"any\"], ports = [\"1-65534/tcp\"] }} ]\n"))]).set;
+    let c = compile(&set, now()).unwrap();
+    // Two workloads, 30 aligned blocks each.
+    assert_eq!(c.verdicts.len(), 60);
+    let limits = Limits {
+        verdicts: 59,
+        prefixes_v4: 2,
+        ..Limits::default()
+    };
+    let err = compile_with_limits(&set, now(), &limits).unwrap_err();
+    let msgs: Vec<String> = err.0.iter().map(|d| d.message.clone()).collect();
+    assert_eq!(
+        msgs,
+        vec![
+            "the policy needs 3 IPv4 prefixes, more than the kernel map holds (2): simplify the policy".to_string(),
+            "the policy needs 60 verdict entries, more than the kernel map holds (59): simplify the policy".to_string(),
+        ]
+    );
+    assert!(
+        compile_with_limits(
+            &set,
+            now(),
+            &Limits {
+                verdicts: 60,
+                prefixes_v4: 3,
+                ..Limits::default()
+            }
+        )
+        .is_ok()
+    );
+}

@@ -91,6 +91,47 @@ pub struct FailsafePort {
     pub port: u16,
 }
 
+impl FailsafePort {
+    /// Parses the daemon's `--failsafe` list: comma-separated `PORT/tcp` or
+    /// `PORT/udp`, or `none` for the empty list.
+    pub fn parse_list(text: &str) -> Result<Vec<FailsafePort>> {
+        let text = text.trim();
+        if text == "none" {
+            return Ok(Vec::new());
+        }
+        let mut ports = text
+            .split(',')
+            .map(|item| item.trim().parse())
+            .collect::<Result<Vec<FailsafePort>>>()?;
+        ports.sort();
+        ports.dedup();
+        Ok(ports)
+    }
+}
+
+impl std::str::FromStr for FailsafePort {
+    type Err = DataplaneError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let invalid = || {
+            DataplaneError::InvalidSetting(format!(
+                "failsafe port {s:?}: expected PORT/tcp or PORT/udp"
+            ))
+        };
+        let (port, proto) = s.split_once('/').ok_or_else(invalid)?;
+        let protocol = match proto {
+            "tcp" => enforcer_common::PROTO_TCP,
+            "udp" => enforcer_common::PROTO_UDP,
+            _ => return Err(invalid()),
+        };
+        let port: u16 = port.parse().map_err(|_| invalid())?;
+        if port == 0 {
+            return Err(invalid());
+        }
+        Ok(FailsafePort { protocol, port })
+    }
+}
+
 /// Totals over every CPU of the global counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GlobalCounters {
@@ -341,6 +382,16 @@ impl Dataplane {
         self.bump_generation(|c| c.enabled = 0)
     }
 
+    /// Enforces the last applied policy again after [`Dataplane::disable`].
+    /// Does nothing before the first `apply` (there is no policy yet).
+    pub fn enable(&mut self) -> Result<u32> {
+        let cfg = self.config()?;
+        if cfg.generation == 0 {
+            return Ok(0);
+        }
+        self.bump_generation(|c| c.enabled = 1)
+    }
+
     /// Sets the `--unmanaged` mode. Flows are judged again.
     pub fn set_unmanaged(&mut self, mode: UnmanagedMode) -> Result<u32> {
         self.bump_generation(|c| c.unmanaged = mode.as_config())
@@ -562,5 +613,47 @@ impl Dataplane {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_can_move_between_threads() {
+        fn send<T: Send>() {}
+        send::<Dataplane>();
+        send::<EventReader>();
+    }
+
+    #[test]
+    fn parses_failsafe_lists() {
+        use enforcer_common::{PROTO_TCP, PROTO_UDP};
+        assert_eq!(
+            FailsafePort::parse_list("22/tcp, 53/udp,22/tcp").unwrap(),
+            vec![
+                FailsafePort {
+                    protocol: PROTO_TCP,
+                    port: 22
+                },
+                FailsafePort {
+                    protocol: PROTO_UDP,
+                    port: 53
+                },
+            ]
+        );
+        assert_eq!(FailsafePort::parse_list("none").unwrap(), vec![]);
+        for bad in ["22", "22/icmp", "0/tcp", "70000/tcp", "", "ssh/tcp"] {
+            assert!(FailsafePort::parse_list(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn unmanaged_modes_map_to_the_kernel_constants() {
+        assert_eq!(UnmanagedMode::Allow.as_config(), MODE_ALLOW);
+        assert_eq!(UnmanagedMode::Audit.as_config(), MODE_AUDIT);
+        assert_eq!(UnmanagedMode::Deny.as_config(), MODE_ENFORCE);
+        assert_eq!(UnmanagedMode::default(), UnmanagedMode::Allow);
     }
 }

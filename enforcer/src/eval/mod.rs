@@ -169,6 +169,9 @@ pub fn endpoint_identity(policy: &CompiledPolicy, e: &Endpoint) -> Identity {
         }
         Endpoint::World => IDENTITY_WORLD,
         Endpoint::Host => IDENTITY_HOST,
+        // Loopback addresses are always this host; other local addresses
+        // are only known to the daemon, so they resolve like remote ones.
+        Endpoint::Addr(a) if a.is_loopback() => IDENTITY_HOST,
         Endpoint::Addr(a) => resolve_addr(policy, *a),
     }
 }
@@ -274,5 +277,161 @@ pub fn judge_flow(
         Flow::Ungoverned
     } else {
         Flow::Judged(ends)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use enforcer_common::{AddrKey4, PROTO_TCP, VerdictValue};
+
+    use super::*;
+    use crate::compile::{EntityInfo, EntityKind};
+
+    const W: Identity = 16;
+    const PEER: Identity = 17;
+
+    fn value(rule: u32, action: u8) -> VerdictValue {
+        VerdictValue {
+            rule,
+            action,
+            _pad: [0; 3],
+        }
+    }
+
+    /// Entries written by hand, so the lookup is checked against the
+    /// kernel's rules and not against what the compiler happens to emit.
+    fn policy() -> CompiledPolicy {
+        let entity = |identity, kind, name: &str| EntityInfo {
+            identity,
+            kind,
+            name: name.into(),
+        };
+        let mut verdicts = vec![
+            // 8000-8063 allowed by rule 0, but 8010 denied by rule 1.
+            (
+                VerdictKey::new(W, DIRECTION_INGRESS, PROTO_TCP, PEER, 8000, 10),
+                value(0, ACTION_ALLOW),
+            ),
+            (
+                VerdictKey::new(W, DIRECTION_INGRESS, PROTO_TCP, PEER, 8010, 16),
+                value(1, ACTION_DENY),
+            ),
+            // Every external address: port 22 denied by rule 2.
+            (
+                VerdictKey::new(
+                    W,
+                    DIRECTION_INGRESS,
+                    PROTO_TCP,
+                    IDENTITY_ANY_EXTERNAL,
+                    22,
+                    16,
+                ),
+                value(2, ACTION_DENY),
+            ),
+            // Anyone: every TCP port allowed by rule 3.
+            (
+                VerdictKey::new(W, DIRECTION_INGRESS, PROTO_TCP, IDENTITY_ANY, 0, 0),
+                value(3, ACTION_ALLOW),
+            ),
+        ];
+        verdicts.sort_by_key(|(k, _)| *k);
+        let mut prefixes_v4 = vec![
+            (
+                AddrKey4 {
+                    prefix_len: 24,
+                    addr: [203, 0, 113, 0],
+                },
+                PEER,
+            ),
+            (
+                AddrKey4 {
+                    prefix_len: 32,
+                    addr: [203, 0, 113, 9],
+                },
+                18,
+            ),
+        ];
+        prefixes_v4.sort();
+        CompiledPolicy {
+            entities: vec![
+                entity(IDENTITY_WORLD, EntityKind::World, "world"),
+                entity(IDENTITY_HOST, EntityKind::Host, "host"),
+                entity(W, EntityKind::Workload, "w"),
+                entity(PEER, EntityKind::Peer, "p"),
+                entity(18, EntityKind::Peer, "q"),
+            ],
+            workloads: vec![],
+            prefixes_v4,
+            prefixes_v6: vec![],
+            verdicts,
+            rules: vec![],
+            next_expiry: None,
+            content_hash: 0,
+        }
+    }
+
+    fn judge(remote: Identity, port: u16) -> (u8, u32) {
+        let d = evaluate(
+            &policy(),
+            &Connection {
+                local: W,
+                direction: DIRECTION_INGRESS,
+                remote,
+                protocol: PROTO_TCP,
+                port,
+            },
+        );
+        (d.action, d.rule)
+    }
+
+    #[test]
+    fn the_longest_port_prefix_wins() {
+        assert_eq!(judge(PEER, 8000), (ACTION_ALLOW, 0));
+        assert_eq!(judge(PEER, 8010), (ACTION_DENY, 1));
+        assert_eq!(judge(PEER, 8063), (ACTION_ALLOW, 0));
+    }
+
+    #[test]
+    fn levels_are_tried_in_order_and_the_first_hit_decides() {
+        // No exact entry for 8064: the ANY level decides.
+        assert_eq!(judge(PEER, 8064), (ACTION_ALLOW, 3));
+        // The exact level hides the ANY_EXTERNAL deny for port 22 only when
+        // it has an entry for 22; here it has none.
+        assert_eq!(judge(PEER, 22), (ACTION_DENY, 2));
+        assert_eq!(judge(IDENTITY_WORLD, 22), (ACTION_DENY, 2));
+        // ANY_EXTERNAL is skipped for this host and for workloads.
+        assert_eq!(judge(IDENTITY_HOST, 22), (ACTION_ALLOW, 3));
+        assert_eq!(judge(W, 22), (ACTION_ALLOW, 3));
+        // Another protocol or direction: nothing matches.
+        let d = evaluate(
+            &policy(),
+            &Connection {
+                local: W,
+                direction: DIRECTION_EGRESS,
+                remote: PEER,
+                protocol: PROTO_TCP,
+                port: 22,
+            },
+        );
+        assert_eq!((d.action, d.rule), (ACTION_DENY, RULE_DEFAULT_DENY));
+    }
+
+    #[test]
+    fn addresses_resolve_by_longest_prefix() {
+        let p = policy();
+        assert_eq!(resolve_addr(&p, "203.0.113.9".parse().unwrap()), 18);
+        assert_eq!(resolve_addr(&p, "203.0.113.10".parse().unwrap()), PEER);
+        assert_eq!(
+            resolve_addr(&p, "198.51.100.1".parse().unwrap()),
+            IDENTITY_WORLD
+        );
+        assert_eq!(
+            resolve_addr(&p, "2001:db8::1".parse().unwrap()),
+            IDENTITY_WORLD
+        );
+        assert_eq!(
+            endpoint_identity(&p, &Endpoint::Addr("::1".parse().unwrap())),
+            IDENTITY_HOST
+        );
     }
 }

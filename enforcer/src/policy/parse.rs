@@ -421,6 +421,12 @@ impl FileParser<'_> {
             Some(item) => {
                 let loc = self.item_loc(t, "select", item, at);
                 let values = self.selector_values(item, "select", &loc);
+                if values.is_empty() {
+                    self.error(
+                        &loc,
+                        "`select` is empty: name the workloads this policy governs",
+                    );
+                }
                 let mut out = Vec::new();
                 for (v, vloc) in values {
                     match self.selector(v, &vloc) {

@@ -233,15 +233,13 @@ pub fn resolve_endpoint(set: &PolicySet, s: &str) -> Result<Endpoint, String> {
         Some(("peer", n)) => (Some("peer"), n),
         _ => (None, s),
     };
-    if kind != Some("peer") {
-        if let Some(w) = set.workloads.iter().find(|w| w.name.as_str() == name) {
-            return Ok(Endpoint::Workload(w.name.clone()));
-        }
+    let workload = set.workloads.iter().find(|w| w.name.as_str() == name);
+    if let Some(w) = workload.filter(|_| kind != Some("peer")) {
+        return Ok(Endpoint::Workload(w.name.clone()));
     }
-    if kind != Some("workload") {
-        if let Some(p) = set.peers.iter().find(|p| p.name.as_str() == name) {
-            return Ok(Endpoint::Peer(p.name.clone()));
-        }
+    let peer = set.peers.iter().find(|p| p.name.as_str() == name);
+    if let Some(p) = peer.filter(|_| kind != Some("workload")) {
+        return Ok(Endpoint::Peer(p.name.clone()));
     }
     let mut names: Vec<&str> = vec!["world", "host"];
     names.extend(set.workloads.iter().map(|w| w.name.as_str()));
