@@ -1,7 +1,5 @@
 //! The results table.
 
-use enforcer::compile::CompiledPolicy;
-use enforcer_common::ACTION_AUDIT;
 use enforcer_tests::ProbeOutcome;
 
 use super::cases::{Event, Expectation, Observation, Outcome};
@@ -20,17 +18,10 @@ fn outcome_text(outcome: Outcome) -> &'static str {
     }
 }
 
-fn event_text(policy: &CompiledPolicy, event: Option<Event>) -> String {
+fn event_text(event: Option<&Event>) -> String {
     match event {
         None => "-".into(),
-        Some(e) => {
-            let action = if e.action == ACTION_AUDIT {
-                "audit"
-            } else {
-                "deny"
-            };
-            format!("{action}: {}", policy.rule_name(e.rule))
-        }
+        Some(e) => format!("{}: {}", e.verdict.as_str(), e.rule),
     }
 }
 
@@ -72,7 +63,7 @@ fn policy_text(e: &Expectation) -> String {
 impl Table {
     /// Sizes the columns from what the policy says about every row, and
     /// prints the header.
-    pub fn start(policy: &CompiledPolicy, expected: &[Expectation]) -> Table {
+    pub fn start(expected: &[Expectation]) -> Table {
         let mut widths = HEADER.map(str::len);
         // The longest observation: "refused at once (EPERM), 10 ms".
         widths[5] = widths[5].max(32);
@@ -85,7 +76,7 @@ impl Table {
                 e.port.to_string(),
                 policy_text(e),
                 String::new(),
-                event_text(policy, e.event),
+                event_text(e.event.as_ref()),
             ];
             for (w, c) in widths.iter_mut().zip(&cells) {
                 *w = (*w).max(c.chars().count());
@@ -110,7 +101,7 @@ impl Table {
     }
 
     /// Prints row `i` (0-based); returns whether it matched.
-    pub fn row(&self, policy: &CompiledPolicy, i: usize, row: &Row) -> bool {
+    pub fn row(&self, i: usize, row: &Row) -> bool {
         let e = &row.expected;
         let ok = row.observed.matches(e);
         self.line(&[
@@ -120,7 +111,7 @@ impl Table {
             e.port.to_string(),
             policy_text(e),
             observed_text(&row.observed),
-            event_text(policy, row.observed.event),
+            event_text(row.observed.event.as_ref()),
             if ok { "ok" } else { "MISMATCH" }.into(),
         ]);
         ok
@@ -128,7 +119,7 @@ impl Table {
 }
 
 /// Explains every row that did not match the policy.
-pub fn mismatches(policy: &CompiledPolicy, rows: &[Row]) {
+pub fn mismatches(rows: &[Row]) {
     for (i, row) in rows.iter().enumerate() {
         if row.observed.matches(&row.expected) {
             continue;
@@ -140,9 +131,9 @@ pub fn mismatches(policy: &CompiledPolicy, rows: &[Row]) {
             i + 1,
             e.verdict,
             outcome_text(e.outcome),
-            event_text(policy, e.event),
+            event_text(e.event.as_ref()),
             observed_text(&row.observed),
-            event_text(policy, row.observed.event),
+            event_text(row.observed.event.as_ref()),
         );
         println!("    probe: {}", row.observed.report.line);
     }
