@@ -206,7 +206,7 @@ fn run(args: &Args) -> Result<bool> {
     let netns = stage.netns_names();
     let result = show(&mut stage, &policy, &untils, &stop, args);
     drop(stage);
-    let cleaned = check_cleanup(&root_path, &netns);
+    let cleaned = check_cleanup(&root_path, &netns, args.library);
     let (matched, total) = result?;
     cleaned?;
     println!();
@@ -218,7 +218,7 @@ fn run(args: &Args) -> Result<bool> {
 }
 
 /// Checks that the cgroups, network namespaces, pins and socket are gone.
-fn check_cleanup(root: &Path, netns: &[String]) -> Result<()> {
+fn check_cleanup(root: &Path, netns: &[String], library: bool) -> Result<()> {
     let mut left = Vec::new();
     let (socket, bpffs) = daemon::paths();
     for path in [root, &bpffs, &socket] {
@@ -234,16 +234,21 @@ fn check_cleanup(root: &Path, netns: &[String]) -> Result<()> {
     if !left.is_empty() {
         bail!("cleanup left {}", left.join(", "));
     }
-    field(
-        "cleanup",
+    let netns = netns.join(" ");
+    let text = if library {
         format!(
-            "servers and daemon stopped, programs detached; {}, {}, {} and network namespaces {} removed",
+            "servers stopped, programs detached; {} and network namespaces {netns} removed",
+            root.display()
+        )
+    } else {
+        format!(
+            "servers and daemon stopped, programs detached; {}, {}, {} and network namespaces {netns} removed",
             root.display(),
             bpffs.display(),
-            socket.display(),
-            netns.join(" ")
-        ),
-    );
+            socket.display()
+        )
+    };
+    field("cleanup", text);
     Ok(())
 }
 
