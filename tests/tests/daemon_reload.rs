@@ -151,8 +151,20 @@ fn invalid_policies_are_rejected_and_the_running_one_stays() {
     // 1. A file change.
     write_policy(&s.policies.0, broken);
     assert_rejected_with_position(&daemon, "file change", &file);
-    // 2. SIGHUP.
+    // 2. SIGHUP, tracked by systemd as RELOADING=1 ... READY=1.
     daemon.signal(libc::SIGHUP);
+    let notified = daemon
+        .wait_notify("READY=1", Duration::from_secs(3))
+        .expect("no READY=1 after SIGHUP");
+    let reloading = notified
+        .iter()
+        .position(|l| l == "RELOADING=1")
+        .unwrap_or_else(|| panic!("no RELOADING=1: {notified:?}"));
+    assert!(
+        notified[reloading + 1].starts_with("MONOTONIC_USEC="),
+        "{notified:?}"
+    );
+    assert_eq!(notified.last().map(String::as_str), Some("READY=1"));
     assert!(Daemon::eventually(Duration::from_secs(3), || daemon
         .status()
         .reloads_failed

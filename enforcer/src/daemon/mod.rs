@@ -182,7 +182,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             _ = sighup.recv() => {
+                // `systemctl reload` then waits for the outcome (systemd
+                // tracks RELOADING=1 ... READY=1 with a monotonic stamp).
+                let mut reloading = vec![sd_notify::NotifyState::Reloading];
+                reloading.extend(sd_notify::NotifyState::monotonic_usec_now().ok());
+                notify(&reloading);
                 let _ = engine.lock().await.reload(Trigger::Sighup);
+                notify(&[sd_notify::NotifyState::Ready]);
             }
             Some(()) = recv(&mut policy_changes) => {
                 let mut engine = engine.lock().await;
