@@ -108,12 +108,15 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
     let tree = CgroupTree::scan(&root)
         .with_context(|| format!("scanning cgroups under {}", root.display()))?;
+    // Watch from the snapshot on, so that a cgroup created while the policy
+    // loads is reported (queued) rather than left to the periodic rescan.
+    let mut cgroup_watcher = CgroupWatcher::start(tree.clone(), WatchOptions::default())?;
     let flows = Arc::new(Mutex::new(FlowHistory::new(settings.flow_history)));
     let mut engine = Engine::new(
         settings.clone(),
         root.clone(),
         dataplane,
-        tree.clone(),
+        tree,
         v1_conflicts,
         flows,
     );
@@ -156,7 +159,6 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             }
         });
     }
-    let mut cgroup_watcher = CgroupWatcher::start(tree, WatchOptions::default())?;
     let mut policy_changes = watch_policy_dir(&settings.policies);
 
     let mut sighup = signal(SignalKind::hangup())?;
