@@ -165,6 +165,14 @@ fn invalid_policies_are_rejected_and_the_running_one_stays() {
         "{notified:?}"
     );
     assert_eq!(notified.last().map(String::as_str), Some("READY=1"));
+    // `systemctl status` shows the rejection through STATUS=.
+    let status_line = daemon
+        .wait_notify_prefix("STATUS=", Duration::from_secs(3))
+        .expect("no STATUS= after the reload");
+    assert!(
+        status_line.contains("REJECTED (sighup)") && status_line.contains(&file),
+        "{status_line}"
+    );
     assert!(Daemon::eventually(Duration::from_secs(3), || daemon
         .status()
         .reloads_failed

@@ -186,6 +186,23 @@ impl Daemon {
         self.notify = Some(notify);
     }
 
+    /// The first sd_notify line starting with `prefix` received from now
+    /// on, within `within`.
+    pub fn wait_notify_prefix(&self, prefix: &str, within: Duration) -> Option<String> {
+        let notify = self.notify.as_ref().expect("started");
+        let deadline = Instant::now() + within;
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            if let Ok(n) = notify.recv(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if let Some(line) = text.lines().find(|l| l.starts_with(prefix)) {
+                    return Some(line.to_owned());
+                }
+            }
+        }
+        None
+    }
+
     /// The sd_notify lines received from now until `line` arrives (or
     /// `within` passes: then `None`).
     pub fn wait_notify(&self, line: &str, within: Duration) -> Option<Vec<String>> {
