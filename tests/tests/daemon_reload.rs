@@ -194,6 +194,15 @@ fn invalid_policies_are_rejected_and_the_running_one_stays() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("{file}:")));
 
+    // The daemon reads the directory itself: a relative path is refused.
+    match daemon.call(&Request::Apply {
+        dir: "policies".into(),
+        confirm_ms: None,
+    }) {
+        Response::Rejected { errors } => assert!(errors[0].contains("absolute"), "{errors:?}"),
+        other => panic!("{other:?}"),
+    }
+
     // The running policy is untouched and still enforced.
     assert_eq!(daemon.status().policy.unwrap().content_hash, hash);
     assert_eq!(tcp_connect(&s.web, None, s.a.addr()), ProbeOutcome::Ok);
