@@ -65,14 +65,6 @@ fn notify(states: &[sd_notify::NotifyState]) {
 /// Run the daemon until SIGTERM or SIGINT.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let root = cgroups::cgroup_root(settings.cgroup_root.as_deref())?;
-    // Checked before anything is loaded or pinned: the data plane refuses
-    // to attach to the hierarchy's root (every other cgroup has cgroup.type).
-    anyhow::ensure!(
-        root.join("cgroup.type").exists(),
-        "{} is the root of the cgroup v2 hierarchy, where the data plane does not attach: \
-         set cgroup_root (or --cgroup-root) to a subtree such as system.slice",
-        root.display()
-    );
     let v1_conflicts = cgroups::v1_conflicts();
     for conflict in &v1_conflicts {
         tracing::error!("NOT ENFORCED: {conflict}");
@@ -86,6 +78,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
     let mut dataplane = Dataplane::load(&DataplaneOptions {
         pin_root: Some(settings.bpffs.clone()),
+        // On a server the programs sit on the hierarchy's root, so that
+        // workloads anywhere in the tree (and cgroups created later) are
+        // judged; unmanaged processes follow --unmanaged (allow by default).
+        allow_root_cgroup: true,
     })
     .with_context(|| {
         format!(
