@@ -151,8 +151,28 @@ fn invalid_policies_are_rejected_and_the_running_one_stays() {
     // 1. A file change.
     write_policy(&s.policies.0, broken);
     assert_rejected_with_position(&daemon, "file change", &file);
-    // 2. SIGHUP.
+    // 2. SIGHUP, tracked by systemd as RELOADING=1 ... READY=1.
     daemon.signal(libc::SIGHUP);
+    let notified = daemon
+        .wait_notify("READY=1", Duration::from_secs(3))
+        .expect("no READY=1 after SIGHUP");
+    let reloading = notified
+        .iter()
+        .position(|l| l == "RELOADING=1")
+        .unwrap_or_else(|| panic!("no RELOADING=1: {notified:?}"));
+    assert!(
+        notified[reloading + 1].starts_with("MONOTONIC_USEC="),
+        "{notified:?}"
+    );
+    assert_eq!(notified.last().map(String::as_str), Some("READY=1"));
+    // `systemctl status` shows the rejection through STATUS=.
+    let status_line = daemon
+        .wait_notify_prefix("STATUS=", Duration::from_secs(3))
+        .expect("no STATUS= after the reload");
+    assert!(
+        status_line.contains("REJECTED (sighup)") && status_line.contains(&file),
+        "{status_line}"
+    );
     assert!(Daemon::eventually(Duration::from_secs(3), || daemon
         .status()
         .reloads_failed
@@ -173,6 +193,15 @@ fn invalid_policies_are_rejected_and_the_running_one_stays() {
     let out = daemon.cli(&["apply", s.policies.0.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("{file}:")));
+
+    // The daemon reads the directory itself: a relative path is refused.
+    match daemon.call(&Request::Apply {
+        dir: "policies".into(),
+        confirm_ms: None,
+    }) {
+        Response::Rejected { errors } => assert!(errors[0].contains("absolute"), "{errors:?}"),
+        other => panic!("{other:?}"),
+    }
 
     // The running policy is untouched and still enforced.
     assert_eq!(daemon.status().policy.unwrap().content_hash, hash);

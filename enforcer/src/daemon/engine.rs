@@ -196,9 +196,10 @@ impl Engine {
         self.current.is_some()
     }
 
-    /// One line for systemd's STATUS=.
+    /// One line for systemd's STATUS= (shown by `systemctl status`): what
+    /// is enforced, and the last rejection while it stands.
     pub fn summary(&self) -> String {
-        match &self.current {
+        let mut line = match &self.current {
             Some(c) => format!(
                 "enforcing generation {} ({:016x}): {} workloads, {} cgroups",
                 c.generation,
@@ -207,7 +208,16 @@ impl Engine {
                 self.resolution.cgroups.len()
             ),
             None => "no policy in force".into(),
+        };
+        if let Some(rejection) = &self.last_rejection {
+            let first = rejection.errors.first().map_or("", String::as_str);
+            let more = rejection.errors.len().saturating_sub(1);
+            line.push_str(&format!("; REJECTED ({}): {first}", rejection.trigger));
+            if more > 0 {
+                line.push_str(&format!(" (+{more} more)"));
+            }
         }
+        line
     }
 
     /// Load and compile `dir` at `now`.

@@ -78,6 +78,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
     let mut dataplane = Dataplane::load(&DataplaneOptions {
         pin_root: Some(settings.bpffs.clone()),
+        // On a server the programs sit on the hierarchy's root, so that
+        // workloads anywhere in the tree (and cgroups created later) are
+        // judged; unmanaged processes follow --unmanaged (allow by default).
+        allow_root_cgroup: true,
     })
     .with_context(|| {
         format!(
@@ -100,12 +104,15 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
     let tree = CgroupTree::scan(&root)
         .with_context(|| format!("scanning cgroups under {}", root.display()))?;
+    // Watch from the snapshot on, so that a cgroup created while the policy
+    // loads is reported (queued) rather than left to the periodic rescan.
+    let mut cgroup_watcher = CgroupWatcher::start(tree.clone(), WatchOptions::default())?;
     let flows = Arc::new(Mutex::new(FlowHistory::new(settings.flow_history)));
     let mut engine = Engine::new(
         settings.clone(),
         root.clone(),
         dataplane,
-        tree.clone(),
+        tree,
         v1_conflicts,
         flows,
     );
@@ -148,7 +155,6 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             }
         });
     }
-    let mut cgroup_watcher = CgroupWatcher::start(tree, WatchOptions::default())?;
     let mut policy_changes = watch_policy_dir(&settings.policies);
 
     let mut sighup = signal(SignalKind::hangup())?;
@@ -174,7 +180,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             _ = sighup.recv() => {
+                // `systemctl reload` then waits for the outcome (systemd
+                // tracks RELOADING=1 ... READY=1 with a monotonic stamp).
+                let mut reloading = vec![sd_notify::NotifyState::Reloading];
+                reloading.extend(sd_notify::NotifyState::monotonic_usec_now().ok());
+                notify(&reloading);
                 let _ = engine.lock().await.reload(Trigger::Sighup);
+                notify(&[sd_notify::NotifyState::Ready]);
             }
             Some(()) = recv(&mut policy_changes) => {
                 let mut engine = engine.lock().await;

@@ -9,6 +9,7 @@ use std::{
 
 use anyhow::{Result, bail};
 use enforcer::{
+    api::{FlowRecord, Verdict},
     compile::{CompiledPolicy, RuleRef},
     diff::load::rfc3339,
     eval::{Flow, judge_flow, resolve_addr},
@@ -16,11 +17,13 @@ use enforcer::{
 };
 use enforcer_common::{
     ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, Identity, MODE_AUDIT, MODE_OFF, PROTO_TCP,
-    VerdictEvent,
 };
 use enforcer_tests::{Probe, ProbeOutcome, ProbeReport};
 
-use super::stage::{Place, Remote, Stage, Tier, VENDOR_ADDR};
+use super::{
+    daemon::port_of,
+    stage::{Enforcement, Place, Remote, Stage, Tier, VENDOR_ADDR},
+};
 
 /// One connection to make.
 #[derive(Clone, Debug)]
@@ -90,11 +93,12 @@ pub enum Outcome {
 }
 
 /// A verdict event of the kernel, as the demo compares it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Event {
-    /// ACTION_DENY or ACTION_AUDIT.
-    pub action: u8,
-    pub rule: u32,
+    /// Deny or audit.
+    pub verdict: Verdict,
+    /// The rule's name: `db deny-in[0]`, `default deny`.
+    pub rule: String,
 }
 
 /// One end of a connection, named.
@@ -222,8 +226,8 @@ pub fn expect(
                 Place::Remote(_) => Outcome::Dropped,
             };
             let event = Event {
-                action: ACTION_DENY,
-                rule: e.decision.rule,
+                verdict: Verdict::Deny,
+                rule: policy.rule_name(e.decision.rule),
             };
             (outcome, Some(event), None)
         }
@@ -232,8 +236,8 @@ pub fn expect(
                 .workload(e.connection.local)
                 .map_or("the workload", |w| w.name.as_str());
             let event = Event {
-                action: ACTION_AUDIT,
-                rule: e.decision.rule,
+                verdict: Verdict::Audit,
+                rule: policy.rule_name(e.decision.rule),
             };
             let note = format!("{who} in audit mode");
             (Outcome::Connected, Some(event), Some(note))
@@ -300,17 +304,45 @@ pub fn run(stage: &Stage, case: &Case, timeout: Duration) -> ProbeReport {
     probe.run()
 }
 
-/// The kernel's event about this connection among `events`: a denial or an
-/// audit of a TCP flow whose service port is the case's port.
-pub fn find_event(events: &[VerdictEvent], case: &Case) -> Option<Event> {
+/// The kernel's event about this connection: a denial or an audit of a
+/// TCP flow whose service port is the case's port. Read from the data
+/// plane's ring buffer (`--library`), or from the daemon's flow history
+/// (what `enforcer flows` shows), waiting briefly when one is `expected`.
+pub fn kernel_event(
+    stage: &mut Stage,
+    policy: &CompiledPolicy,
+    case: &Case,
+    expected: bool,
+) -> Result<Option<Event>> {
     let port = case.dest.port();
-    events
-        .iter()
-        .filter(|e| e.protocol == PROTO_TCP)
-        .filter(|e| e.action == ACTION_DENY || e.action == ACTION_AUDIT)
-        .find(|e| e.local_port == port || e.remote_port == port)
-        .map(|e| Event {
-            action: e.action,
-            rule: e.rule,
-        })
+    match stage.enforcement.as_mut() {
+        Some(Enforcement::Library { events, .. }) => Ok(events
+            .drain()
+            .iter()
+            .filter(|e| e.protocol == PROTO_TCP)
+            .filter(|e| e.action == ACTION_DENY || e.action == ACTION_AUDIT)
+            .find(|e| e.local_port == port || e.remote_port == port)
+            .map(|e| Event {
+                verdict: if e.action == ACTION_AUDIT {
+                    Verdict::Audit
+                } else {
+                    Verdict::Deny
+                },
+                rule: policy.rule_name(e.rule),
+            })),
+        Some(Enforcement::Daemon(daemon)) => {
+            let about = |r: &FlowRecord| {
+                r.protocol == "tcp"
+                    && matches!(r.verdict, Verdict::Deny | Verdict::Audit)
+                    && (port_of(&r.local) == Some(port) || port_of(&r.remote) == Some(port))
+            };
+            let records =
+                daemon.new_records(expected.then_some(&about as &dyn Fn(&FlowRecord) -> bool))?;
+            Ok(records.iter().find(|r| about(r)).map(|r| Event {
+                verdict: r.verdict,
+                rule: r.rule.clone(),
+            }))
+        }
+        None => bail!("the policy is not in force"),
+    }
 }

@@ -3,6 +3,7 @@
 //! happened, and clean everything up (also on Ctrl-C).
 
 mod cases;
+mod daemon;
 mod interrupt;
 mod stage;
 mod table;
@@ -25,12 +26,12 @@ use enforcer_tests::privileged::{missing_requirement, require_root};
 use self::{
     cases::Observation,
     interrupt::{Interrupted, Stop},
-    stage::{Place, Remote, Stage, Tier},
-    table::Row,
+    stage::{Enforcement, Place, Remote, Stage, Tier},
+    table::{Row, Table},
 };
 
 const USAGE: &str = "\
-usage: enforcer-demo [--policies DIR] [--timeout-ms N] [--pause-ms N]
+usage: enforcer-demo [--policies DIR] [--library] [--timeout-ms N] [--pause-ms N]
 
 Enforces the example policy on real cgroups, processes and test hosts (network
 namespaces), makes real connections and compares each outcome with the
@@ -38,11 +39,14 @@ policy. Needs root. Exits 0 when every connection matched the policy, 1 when
 one did not, 2 on an error, 130 when interrupted (after cleaning up).
 
   --policies DIR   the policy directory (default: policies/example)
+  --library        drive the data plane directly instead of starting the
+                   daemon (`enforcer run`, found next to this binary)
   --timeout-ms N   how long a client waits for an answer (default: 500)
   --pause-ms N     pause between connections, to watch them (default: 0)";
 
 struct Args {
     policies: PathBuf,
+    library: bool,
     timeout: Duration,
     pause: Duration,
 }
@@ -59,6 +63,7 @@ fn default_policies() -> PathBuf {
 fn parse_args() -> Result<Option<Args>> {
     let mut args = Args {
         policies: default_policies(),
+        library: false,
         timeout: Duration::from_millis(500),
         pause: Duration::ZERO,
     };
@@ -81,6 +86,7 @@ fn parse_args() -> Result<Option<Args>> {
                 return Ok(None);
             }
             "--policies" => args.policies = PathBuf::from(value("--policies")?),
+            "--library" => args.library = true,
             "--timeout-ms" => args.timeout = millis(value("--timeout-ms")?, "--timeout-ms")?,
             "--pause-ms" => args.pause = millis(value("--pause-ms")?, "--pause-ms")?,
             other => bail!("unknown argument `{other}`\n\n{USAGE}"),
@@ -200,7 +206,7 @@ fn run(args: &Args) -> Result<bool> {
     let netns = stage.netns_names();
     let result = show(&mut stage, &policy, &untils, &stop, args);
     drop(stage);
-    let cleaned = check_cleanup(&root_path, &netns);
+    let cleaned = check_cleanup(&root_path, &netns, args.library);
     let (matched, total) = result?;
     cleaned?;
     println!();
@@ -211,11 +217,14 @@ fn run(args: &Args) -> Result<bool> {
     Ok(matched == total)
 }
 
-/// Checks that the cgroups and network namespaces are gone.
-fn check_cleanup(root: &Path, netns: &[String]) -> Result<()> {
+/// Checks that the cgroups, network namespaces, pins and socket are gone.
+fn check_cleanup(root: &Path, netns: &[String], library: bool) -> Result<()> {
     let mut left = Vec::new();
-    if root.exists() {
-        left.push(root.display().to_string());
+    let (socket, bpffs) = daemon::paths();
+    for path in [root, &bpffs, &socket] {
+        if path.exists() {
+            left.push(path.display().to_string());
+        }
     }
     for name in netns {
         if Path::new("/run/netns").join(name).exists() {
@@ -225,14 +234,21 @@ fn check_cleanup(root: &Path, netns: &[String]) -> Result<()> {
     if !left.is_empty() {
         bail!("cleanup left {}", left.join(", "));
     }
-    field(
-        "cleanup",
+    let netns = netns.join(" ");
+    let text = if library {
         format!(
-            "servers stopped, programs detached, {} and network namespaces {} removed",
+            "servers stopped, programs detached; {} and network namespaces {netns} removed",
+            root.display()
+        )
+    } else {
+        format!(
+            "servers and daemon stopped, programs detached; {}, {}, {} and network namespaces {netns} removed",
             root.display(),
-            netns.join(" ")
-        ),
-    );
+            bpffs.display(),
+            socket.display()
+        )
+    };
+    field("cleanup", text);
     Ok(())
 }
 
@@ -254,10 +270,12 @@ fn show(
     args: &Args,
 ) -> Result<(usize, usize)> {
     stop.check()?;
-    stage.enforce(policy)?;
-    let Some(enforcement) = &stage.enforcement else {
-        bail!("the policy is not in force");
-    };
+    if args.library {
+        stage.enforce_with_library(policy)?;
+    } else {
+        let enforcer = daemon::enforcer_binary()?;
+        stage.enforce_with_daemon(&enforcer, &args.policies)?;
+    }
     field(
         "cgroups",
         format!(
@@ -265,7 +283,7 @@ fn show(
             stage.root().path().display()
         ),
     );
-    for r in &enforcement.resolved {
+    for r in &stage.resolved {
         field(
             "",
             format!(
@@ -276,13 +294,37 @@ fn show(
             ),
         );
     }
-    field(
-        "kernel",
-        format!(
-            "programs attached to the demo root, policy generation {} in force",
-            enforcement.generation
+    match &stage.enforcement {
+        Some(Enforcement::Library { generation, .. }) => field(
+            "kernel",
+            format!(
+                "programs attached to the demo root by the demo itself (--library), policy generation {generation} in force"
+            ),
         ),
-    );
+        Some(Enforcement::Daemon(d)) => {
+            let generation = d.status()?.policy.map_or_else(
+                || "no policy".into(),
+                |p| format!("policy generation {}", p.generation),
+            );
+            field(
+                "daemon",
+                format!(
+                    "enforcer run (pid {}), programs attached to the demo root, {generation} in force",
+                    d.pid().unwrap_or_default()
+                ),
+            );
+            field(
+                "",
+                format!(
+                    "--cgroup-root {} --bpffs {} --socket {} --failsafe none",
+                    stage.root().path().display(),
+                    d.bpffs().display(),
+                    d.socket().display()
+                ),
+            );
+        }
+        None => bail!("the policy is not in force"),
+    }
     let host = |name: &str, h: &enforcer_tests::TestHost, extra: &str| {
         let v6 = h
             .subnet_v6()
@@ -323,34 +365,46 @@ fn show(
     );
     println!();
 
+    let expected = plan
+        .iter()
+        .map(|case| cases::expect(stage, policy, untils, case))
+        .collect::<Result<Vec<_>>>()?;
+    let table = Table::start(&expected);
     let mut rows = Vec::new();
-    for case in &plan {
+    let mut matched = 0;
+    for (i, (case, expected)) in plan.iter().zip(expected).enumerate() {
         stop.check()?;
-        let expected = cases::expect(stage, policy, untils, case)?;
         let report = cases::run(stage, case, args.timeout);
-        let Some(enforcement) = stage.enforcement.as_mut() else {
-            bail!("the policy is not in force");
-        };
-        let events = enforcement.events.drain();
-        let event = cases::find_event(&events, case);
-        rows.push(Row {
+        let event = cases::kernel_event(stage, policy, case, expected.event.is_some())?;
+        let row = Row {
             expected,
             observed: Observation { report, event },
-        });
+        };
+        matched += usize::from(table.row(i, &row));
+        rows.push(row);
         std::thread::sleep(args.pause);
     }
-    stop.check()?;
-    let matched = table::print(policy, &rows);
+    table::mismatches(&rows);
     println!();
-    if let Some(e) = &stage.enforcement {
-        let c = e.dataplane.global_counters()?;
-        field(
-            "kernel",
-            format!(
-                "{} packets judged, {} new flows, {} packets dropped, {} events lost",
-                c.packets, c.new_flows, c.dropped, c.events_lost
-            ),
-        );
+    match &stage.enforcement {
+        Some(Enforcement::Library { dataplane, .. }) => {
+            let c = dataplane.global_counters()?;
+            field(
+                "kernel",
+                format!(
+                    "{} packets judged, {} new flows, {} packets dropped, {} events lost",
+                    c.packets, c.new_flows, c.dropped, c.events_lost
+                ),
+            );
+        }
+        Some(Enforcement::Daemon(d)) => {
+            for command in [&["status"][..], &["flows", "--verdict", "deny"][..]] {
+                println!("$ enforcer {}", command.join(" "));
+                print!("{}", d.cli(command)?);
+                println!();
+            }
+        }
+        None => {}
     }
     Ok((matched, rows.len()))
 }

@@ -7,6 +7,7 @@ use std::{
     collections::BTreeSet,
     fs,
     net::{IpAddr, Ipv4Addr, SocketAddr},
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
 
@@ -15,7 +16,10 @@ use enforcer::{
     compile::CompiledPolicy,
     dataplane::{Dataplane, DataplaneOptions, EventReader, HostAddrs, ResolvedCgroup},
 };
+use enforcer_common::{MODE_AUDIT, MODE_ENFORCE, MODE_OFF};
 use enforcer_tests::{CgroupGuard, Server, TestHost};
+
+use super::daemon::Daemon;
 
 /// The address the vendor host connects from: `peer.vendor-support`.
 pub const VENDOR_ADDR: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 17));
@@ -53,11 +57,15 @@ pub struct Resolution {
 }
 
 /// The kernel side, once the policy is in force.
-pub struct Enforcement {
-    pub dataplane: Dataplane,
-    pub events: EventReader,
-    pub generation: u32,
-    pub resolved: Vec<Resolution>,
+pub enum Enforcement {
+    /// The demo drives the data plane itself (`--library`).
+    Library {
+        dataplane: Dataplane,
+        events: EventReader,
+        generation: u32,
+    },
+    /// `enforcer run` does (the default).
+    Daemon(Daemon),
 }
 
 /// Everything the demo created. Fields drop in declaration order: the
@@ -65,6 +73,8 @@ pub struct Enforcement {
 /// cgroups go.
 pub struct Stage {
     pub enforcement: Option<Enforcement>,
+    /// The cgroups resolved to workloads, once the policy is in force.
+    pub resolved: Vec<Resolution>,
     servers: Vec<(Place, Server)>,
     pub office: TestHost,
     pub vendor: TestHost,
@@ -104,6 +114,7 @@ impl Stage {
             .context("creating the world test host")?;
         Ok(Stage {
             enforcement: None,
+            resolved: Vec::new(),
             servers: Vec::new(),
             office,
             vendor,
@@ -144,10 +155,44 @@ impl Stage {
             .collect()
     }
 
+    /// Starts `enforcer run` on the demo cgroup root and waits until the
+    /// policy is in force; takes the daemon's cgroup resolution.
+    pub fn enforce_with_daemon(&mut self, enforcer: &Path, policies: &Path) -> Result<()> {
+        let daemon = Daemon::start(enforcer, policies, self.root.path(), 3)?;
+        let status = daemon.status()?;
+        let mut resolved = Vec::new();
+        for w in &status.workloads {
+            let mode = match w.mode.as_str() {
+                "audit" => MODE_AUDIT,
+                "off" => MODE_OFF,
+                _ => MODE_ENFORCE,
+            };
+            for path in &w.cgroups {
+                let dir = self.root.path().join(path);
+                let cgroup_id = fs::metadata(&dir)
+                    .with_context(|| format!("stat {}", dir.display()))?
+                    .ino();
+                resolved.push(Resolution {
+                    path: path.clone(),
+                    workload: w.name.clone(),
+                    cgroup: ResolvedCgroup {
+                        cgroup_id,
+                        workload: w.identity,
+                        mode,
+                    },
+                });
+            }
+        }
+        resolved.sort_by(|a, b| a.path.cmp(&b.path));
+        self.resolved = resolved;
+        self.enforcement = Some(Enforcement::Daemon(daemon));
+        Ok(())
+    }
+
     /// Loads the kernel programs, attaches them to the demo cgroup root,
     /// resolves the workload cgroups with the policy's selectors and puts
     /// the policy in force: what the daemon does at start.
-    pub fn enforce(&mut self, policy: &CompiledPolicy) -> Result<()> {
+    pub fn enforce_with_library(&mut self, policy: &CompiledPolicy) -> Result<()> {
         let mut dataplane =
             Dataplane::load(&DataplaneOptions::default()).context("loading the kernel programs")?;
         dataplane
@@ -162,11 +207,11 @@ impl Stage {
             .apply(policy, &cgroups, &host)
             .context("writing the policy into the kernel maps")?;
         let events = dataplane.take_events()?;
-        self.enforcement = Some(Enforcement {
+        self.resolved = resolved;
+        self.enforcement = Some(Enforcement::Library {
             dataplane,
             events,
             generation,
-            resolved,
         });
         Ok(())
     }
@@ -174,11 +219,7 @@ impl Stage {
     /// The workload the policy resolved a tier's cgroup to.
     pub fn resolution(&self, tier: Tier) -> Option<&Resolution> {
         let id = self.cgroup(tier).id();
-        self.enforcement
-            .as_ref()?
-            .resolved
-            .iter()
-            .find(|r| r.cgroup.cgroup_id == id)
+        self.resolved.iter().find(|r| r.cgroup.cgroup_id == id)
     }
 
     /// Starts an echo server at `addr` in `place`, unless one runs there.
@@ -246,7 +287,6 @@ fn subtree(root: &Path) -> Result<Vec<(String, PathBuf)>> {
 /// the policy's workloads with their `unit` / `cgroup` selectors. A
 /// cgroup's descendants need no entry: the kernel looks up ancestors.
 pub fn resolve(policy: &CompiledPolicy, root: &Path) -> Result<Vec<Resolution>> {
-    use std::os::unix::fs::MetadataExt as _;
     let mut out = Vec::new();
     for (rel, path) in subtree(root)? {
         let matching: Vec<_> = policy
@@ -281,4 +321,46 @@ pub fn resolve(policy: &CompiledPolicy, root: &Path) -> Result<Vec<Resolution>> 
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+
+    /// A plain directory tree stands in for the cgroup tree: resolution
+    /// only reads directory names and inode numbers.
+    #[test]
+    fn resolves_the_example_policy_selectors_under_a_root() {
+        let dir =
+            std::env::temp_dir().join(format!("enforcer-demo-resolve-{}", std::process::id()));
+        for sub in [
+            "system.slice/nginx.service/worker",
+            "system.slice/api-1.service",
+            "system.slice/api-2.service",
+            "system.slice/postgresql.service",
+            "system.slice/sshd.service",
+            "user.slice/nginx.service.d",
+        ] {
+            fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/example");
+        let (policy, _) = enforcer::compile::compile_dir(&example, SystemTime::now()).unwrap();
+        let resolved = resolve(&policy, &dir);
+        fs::remove_dir_all(&dir).unwrap();
+        let got: Vec<(String, String, u8)> = resolved
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.path, r.workload, r.cgroup.mode))
+            .collect();
+        let want = [
+            ("system.slice/api-1.service", "api", MODE_AUDIT),
+            ("system.slice/api-2.service", "api", MODE_AUDIT),
+            ("system.slice/nginx.service", "web", MODE_ENFORCE),
+            ("system.slice/postgresql.service", "db", MODE_ENFORCE),
+        ]
+        .map(|(p, w, m)| (p.to_owned(), w.to_owned(), m));
+        assert_eq!(got, want);
+    }
 }

@@ -1,7 +1,5 @@
 //! The results table.
 
-use enforcer::compile::CompiledPolicy;
-use enforcer_common::ACTION_AUDIT;
 use enforcer_tests::ProbeOutcome;
 
 use super::cases::{Event, Expectation, Observation, Outcome};
@@ -20,17 +18,10 @@ fn outcome_text(outcome: Outcome) -> &'static str {
     }
 }
 
-fn event_text(policy: &CompiledPolicy, event: Option<Event>) -> String {
+fn event_text(event: Option<&Event>) -> String {
     match event {
         None => "-".into(),
-        Some(e) => {
-            let action = if e.action == ACTION_AUDIT {
-                "audit"
-            } else {
-                "deny"
-            };
-            format!("{action}: {}", policy.rule_name(e.rule))
-        }
+        Some(e) => format!("{}: {}", e.verdict.as_str(), e.rule),
     }
 }
 
@@ -45,48 +36,61 @@ fn observed_text(o: &Observation) -> String {
     }
 }
 
-/// Prints the table; returns how many rows matched.
-pub fn print(policy: &CompiledPolicy, rows: &[Row]) -> usize {
-    let header = [
-        "#",
-        "from",
-        "to",
-        "port",
-        "policy (enforcer explain)",
-        "observed",
-        "kernel event",
-        "",
-    ];
-    let mut cells: Vec<[String; 8]> = Vec::new();
-    let mut matched = 0;
-    for (i, row) in rows.iter().enumerate() {
-        let e = &row.expected;
-        let mut policy_text = format!("{:<5} {}", e.verdict, e.rule);
-        if let Some(note) = &e.note {
-            policy_text.push_str(&format!(" ({note})"));
-        }
-        let ok = row.observed.matches(e);
-        matched += usize::from(ok);
-        cells.push([
-            (i + 1).to_string(),
-            e.from.label.clone(),
-            e.to.label.clone(),
-            e.port.to_string(),
-            policy_text,
-            observed_text(&row.observed),
-            event_text(policy, row.observed.event),
-            if ok { "ok" } else { "MISMATCH" }.into(),
-        ]);
+const HEADER: [&str; 8] = [
+    "#",
+    "from",
+    "to",
+    "port",
+    "policy (enforcer explain)",
+    "observed",
+    "kernel event",
+    "",
+];
+
+/// The table, printed a row at a time as the connections are made.
+pub struct Table {
+    widths: [usize; 8],
+}
+
+fn policy_text(e: &Expectation) -> String {
+    let mut text = format!("{:<5} {}", e.verdict, e.rule);
+    if let Some(note) = &e.note {
+        text.push_str(&format!(" ({note})"));
     }
-    let mut widths = header.map(str::len);
-    for row in &cells {
-        for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.chars().count());
+    text
+}
+
+impl Table {
+    /// Sizes the columns from what the policy says about every row, and
+    /// prints the header.
+    pub fn start(expected: &[Expectation]) -> Table {
+        let mut widths = HEADER.map(str::len);
+        // The longest observation: "refused at once (EPERM), 10 ms".
+        widths[5] = widths[5].max(32);
+        widths[7] = "MISMATCH".len();
+        for (i, e) in expected.iter().enumerate() {
+            let cells = [
+                (i + 1).to_string(),
+                e.from.label.clone(),
+                e.to.label.clone(),
+                e.port.to_string(),
+                policy_text(e),
+                String::new(),
+                event_text(e.event.as_ref()),
+            ];
+            for (w, c) in widths.iter_mut().zip(&cells) {
+                *w = (*w).max(c.chars().count());
+            }
         }
+        let table = Table { widths };
+        table.line(&HEADER.map(String::from));
+        table.line(&widths.map(|w| "-".repeat(w)));
+        table
     }
-    let line = |cols: &[String]| {
+
+    fn line(&self, cols: &[String]) {
         let mut s = String::new();
-        for (i, (c, w)) in cols.iter().zip(widths).enumerate() {
+        for (i, (c, w)) in cols.iter().zip(self.widths).enumerate() {
             if i == 0 {
                 s.push_str(&format!("{c:>w$}"));
             } else {
@@ -94,13 +98,28 @@ pub fn print(policy: &CompiledPolicy, rows: &[Row]) -> usize {
             }
         }
         println!("{}", s.trim_end());
-    };
-    line(&header.map(String::from));
-    let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
-    line(&rule);
-    for row in &cells {
-        line(row);
     }
+
+    /// Prints row `i` (0-based); returns whether it matched.
+    pub fn row(&self, i: usize, row: &Row) -> bool {
+        let e = &row.expected;
+        let ok = row.observed.matches(e);
+        self.line(&[
+            (i + 1).to_string(),
+            e.from.label.clone(),
+            e.to.label.clone(),
+            e.port.to_string(),
+            policy_text(e),
+            observed_text(&row.observed),
+            event_text(row.observed.event.as_ref()),
+            if ok { "ok" } else { "MISMATCH" }.into(),
+        ]);
+        ok
+    }
+}
+
+/// Explains every row that did not match the policy.
+pub fn mismatches(rows: &[Row]) {
     for (i, row) in rows.iter().enumerate() {
         if row.observed.matches(&row.expected) {
             continue;
@@ -112,11 +131,10 @@ pub fn print(policy: &CompiledPolicy, rows: &[Row]) -> usize {
             i + 1,
             e.verdict,
             outcome_text(e.outcome),
-            event_text(policy, e.event),
+            event_text(e.event.as_ref()),
             observed_text(&row.observed),
-            event_text(policy, row.observed.event),
+            event_text(row.observed.event.as_ref()),
         );
         println!("    probe: {}", row.observed.report.line);
     }
-    matched
 }

@@ -93,6 +93,8 @@ pub struct Daemon {
     pub cgroup_root: PathBuf,
     /// More `enforcer run` options.
     pub extra: Vec<String>,
+    /// The NOTIFY_SOCKET the daemon reports to (sd_notify).
+    notify: Option<UnixDatagram>,
     scratch: Scratch,
 }
 
@@ -118,6 +120,7 @@ impl Daemon {
             policies: policies.to_path_buf(),
             cgroup_root: root.path().to_path_buf(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            notify: None,
             scratch,
         };
         daemon.restart();
@@ -180,6 +183,46 @@ impl Daemon {
                 self.log()
             );
         }
+        self.notify = Some(notify);
+    }
+
+    /// The first sd_notify line starting with `prefix` received from now
+    /// on, within `within`.
+    pub fn wait_notify_prefix(&self, prefix: &str, within: Duration) -> Option<String> {
+        let notify = self.notify.as_ref().expect("started");
+        let deadline = Instant::now() + within;
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            if let Ok(n) = notify.recv(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if let Some(line) = text.lines().find(|l| l.starts_with(prefix)) {
+                    return Some(line.to_owned());
+                }
+            }
+        }
+        None
+    }
+
+    /// The sd_notify lines received from now until `line` arrives (or
+    /// `within` passes: then `None`).
+    pub fn wait_notify(&self, line: &str, within: Duration) -> Option<Vec<String>> {
+        let notify = self.notify.as_ref().expect("started");
+        let deadline = Instant::now() + within;
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            if let Ok(n) = notify.recv(&mut buf) {
+                seen.extend(
+                    String::from_utf8_lossy(&buf[..n])
+                        .lines()
+                        .map(str::to_owned),
+                );
+                if seen.iter().any(|l| l == line) {
+                    return Some(seen);
+                }
+            }
+        }
+        None
     }
 
     pub fn scratch(&self) -> &Path {
