@@ -109,6 +109,10 @@ pub fn run(container: &Container, deb: &Path, repo: &Path) -> Report {
         install(container, deb, repo)
     });
     if !installed {
+        // The unit file is in place even when the daemon did not start.
+        report.check("systemd-analyze verify and security", || {
+            unit_analysis(container)
+        });
         diagnose(container);
         return report;
     }
