@@ -86,9 +86,6 @@ pub const RULE_BUILTIN: u32 = u32::MAX - 1;
 pub const RULE_UNMANAGED: u32 = u32::MAX - 2;
 /// The rule index meaning "not checked: the workload is in mode `off`".
 pub const RULE_MODE_OFF: u32 = u32::MAX - 3;
-/// The rule index meaning "an ICMP error judged by the connection it
-/// quotes" (allowed when that connection is).
-pub const RULE_RELATED: u32 = u32::MAX - 4;
 
 /// Number of bits of [`VerdictKey::data`] before the port: workload (32),
 /// direction (8), protocol (8), remote identity (32).

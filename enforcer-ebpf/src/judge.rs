@@ -52,10 +52,11 @@ pub fn local_entry(
     let mut level = MAX_CGROUP_DEPTH;
     while level > 0 {
         let id = ancestor(level);
-        if id != 0 && id != cgroup_id {
-            if let Some(e) = maps::cgroup_entry(slot, id) {
-                return Some(e);
-            }
+        if id != 0
+            && id != cgroup_id
+            && let Some(e) = maps::cgroup_entry(slot, id)
+        {
+            return Some(e);
         }
         level -= 1;
     }
@@ -95,7 +96,7 @@ pub fn resolve_remote(slot: u32, key: &FlowKey, opener: u8) -> Remote {
         let mirrored = key.mirrored();
         // SAFETY: plain integers; a racing update gives a stale identity
         // that the generation check repairs.
-        if let Some(other) = unsafe { maps::FLOWS.get(&mirrored) } {
+        if let Some(other) = unsafe { maps::FLOWS.get(mirrored) } {
             remote.local_socket = true;
             remote.identity = other.local;
         }

@@ -70,9 +70,9 @@ pub fn cgroup_entry(slot: u32, cgroup_id: u64) -> Option<CgroupEntry> {
     // worst give a stale entry, which the generation check repairs.
     unsafe {
         if slot == 0 {
-            CGROUPS_0.get(&cgroup_id).copied()
+            CGROUPS_0.get(cgroup_id).copied()
         } else {
-            CGROUPS_1.get(&cgroup_id).copied()
+            CGROUPS_1.get(cgroup_id).copied()
         }
     }
 }
@@ -117,7 +117,7 @@ pub fn is_failsafe(protocol: u8, port: u16) -> bool {
         port,
     };
     // SAFETY: the value is a plain byte.
-    unsafe { FAILSAFE.get(&key).is_some() }
+    unsafe { FAILSAFE.get(key).is_some() }
 }
 
 #[inline(always)]
@@ -128,7 +128,7 @@ pub fn bound_port(protocol: u8, port: u16) -> Option<BoundPort> {
         port,
     };
     // SAFETY: the value is plain integers.
-    unsafe { BOUND_PORTS.get(&key).copied() }
+    unsafe { BOUND_PORTS.get(key).copied() }
 }
 
 /// Adds one to a global counter of this CPU.
@@ -148,13 +148,13 @@ pub fn bump_counter(workload: Identity, action: u8) {
         action,
         _pad: [0; 3],
     };
-    match COUNTERS.get_ptr_mut(&key) {
+    match COUNTERS.get_ptr_mut(key) {
         // SAFETY: per-CPU value: no other writer while this program runs.
         Some(p) => unsafe { *p += 1 },
         None => {
             // Full map: the packet goes uncounted rather than judged
             // differently.
-            let _ = COUNTERS.insert(&key, &1, 0);
+            let _ = COUNTERS.insert(key, 1, 0);
         }
     }
 }

@@ -167,7 +167,7 @@ fn judge_packet(
         send_event(cfg, key, &flow, now, direction);
     }
     // A full LRU map evicts; an error here only costs a re-judgement.
-    let _ = maps::FLOWS.insert(key, &flow, 0);
+    let _ = maps::FLOWS.insert(key, flow, 0);
     maps::bump_counter(v.local, v.action);
     if v.action == ACTION_DENY { DROP } else { PASS }
 }

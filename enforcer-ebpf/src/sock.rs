@@ -43,8 +43,8 @@ pub fn bound(ctx: &SockContext) -> i32 {
             cookie: bpf_get_socket_cookie(ctx.as_ptr()),
         }
     };
-    let _ = maps::BOUND_PORTS.insert(&key, &value, 0);
-    let _ = maps::BOUND_SOCKETS.insert(&value.cookie, &key, 0);
+    let _ = maps::BOUND_PORTS.insert(key, value, 0);
+    let _ = maps::BOUND_SOCKETS.insert(value.cookie, key, 0);
     CONTINUE
 }
 
@@ -53,14 +53,14 @@ pub fn released(ctx: &SockContext) -> i32 {
     // SAFETY: helper on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: plain integers.
-    let Some(key) = (unsafe { maps::BOUND_SOCKETS.get(&cookie) }).copied() else {
+    let Some(key) = (unsafe { maps::BOUND_SOCKETS.get(cookie) }).copied() else {
         return CONTINUE;
     };
-    let _ = maps::BOUND_SOCKETS.remove(&cookie);
+    let _ = maps::BOUND_SOCKETS.remove(cookie);
     // Another socket may have bound the port since (SO_REUSEPORT, or after
     // this one stopped listening): forget the port only if it is ours.
     if maps::bound_port(key.protocol, key.port).is_some_and(|b| b.cookie == cookie) {
-        let _ = maps::BOUND_PORTS.remove(&key);
+        let _ = maps::BOUND_PORTS.remove(key);
     }
     CONTINUE
 }

@@ -4,7 +4,10 @@
 //! is a socket on this host, the receiver's ingress is judged too.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id},
+    EbpfContext as _,
+    helpers::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_socket_cookie,
+    },
     programs::SockAddrContext,
 };
 use enforcer_common::{
@@ -36,6 +39,19 @@ pub fn handle(ctx: &SockAddrContext, family: u8) -> i32 {
     if protocol != PROTO_TCP && protocol != PROTO_UDP {
         // Ping sockets and raw sockets are judged per packet.
         return ALLOW;
+    }
+    if protocol == PROTO_UDP {
+        // A UDP socket that bound its own port is (usually) a server: its
+        // datagrams are mostly replies to flows that its ingress already
+        // judged, which only the per-packet program can see. Leave them to
+        // it; an egress drop of a datagram still fails `sendmsg()` with
+        // EPERM.
+        // SAFETY: helper on the program's own context.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+        // SAFETY: plain integers.
+        if unsafe { maps::BOUND_SOCKETS.get(cookie) }.is_some() {
+            return ALLOW;
+        }
     }
     let mut addr = [0u8; 16];
     let mut family = family;
@@ -159,6 +175,6 @@ fn refused(cfg: &Config, key: &FlowKey, v: &Verdict, remote: u32, cgroup_id: u64
         },
         _pad: [0; 4],
     };
-    let _ = maps::FLOWS.insert(key, &flow, 0);
+    let _ = maps::FLOWS.insert(key, flow, 0);
     send_event(cfg, key, &flow, now, direction);
 }

@@ -1,9 +1,10 @@
 //! Per-packet cost of the data plane, measured with BPF_PROG_TEST_RUN (the
 //! kernel's own timing), for policies of 10 / 1,000 / 10,000 verdict
 //! entries and 10 / 10,000 / 100,000 peer prefixes, IPv4 and IPv6, allowed
-//! and denied. Two paths: `fastpath` (a packet of a known connection: one
-//! flow lookup) and `newflow` (the first packet: cgroup, address and
-//! verdict lookups). Needs root.
+//! and denied. Three results per case: `baseline` (the program with
+//! enforcement disabled: one CONFIG read), `fastpath` (a packet of a known
+//! connection: one flow lookup) and `newflow` (a TCP SYN, always judged in
+//! full: cgroup, address and verdict lookups, flow update). Needs root.
 //!
 //! `cargo bench -p enforcer --bench dataplane -- [--quick] [--json PATH]`
 
@@ -19,6 +20,7 @@ use enforcer::{
 use enforcer_common::{
     ACTION_ALLOW, AddrKey4, AddrKey6, DIRECTION_EGRESS, IDENTITY_HOST, IDENTITY_WORLD,
     MODE_ENFORCE, PROTO_TCP, VerdictKey, VerdictValue,
+    packet::{TCP_ACK, TCP_SYN},
 };
 
 const WORKLOAD: u32 = 16;
@@ -157,7 +159,7 @@ fn policy(rules: usize, prefixes: usize) -> CompiledPolicy {
     }
 }
 
-fn syn(v6: bool, sport: u16, dport: u16) -> Vec<u8> {
+fn tcp_packet(v6: bool, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
     let (src, dst): (IpAddr, IpAddr) = if v6 {
         (
             Ipv6Addr::new(0x2001, 0xdb8, 9, 0, 0, 0, 0, 1).into(),
@@ -173,7 +175,7 @@ fn syn(v6: bool, sport: u16, dport: u16) -> Vec<u8> {
     tcp[0..2].copy_from_slice(&sport.to_be_bytes());
     tcp[2..4].copy_from_slice(&dport.to_be_bytes());
     tcp[12] = 5 << 4;
-    tcp[13] = 0x10; // ACK: a packet of an established connection
+    tcp[13] = flags;
     let mut p = Vec::new();
     match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
@@ -218,6 +220,7 @@ fn main() -> anyhow::Result<()> {
     } else {
         (&[10, 1_000, 10_000], &[10, 10_000, 100_000], 15, 200_000)
     };
+    let new_repeat = (repeat / 20).max(1);
     let mut dp = Dataplane::load(&DataplaneOptions::default())?;
     let cgroups = [ResolvedCgroup {
         cgroup_id: own_cgroup_id()?,
@@ -240,22 +243,39 @@ fn main() -> anyhow::Result<()> {
                         name: format!("{base}/newflow"),
                         samples: Vec::new(),
                     };
+                    // The programs with enforcement disabled: one CONFIG read.
+                    let mut baseline = Row {
+                        name: format!("{base}/baseline"),
+                        samples: Vec::new(),
+                    };
+                    dp.disable()?;
+                    for round in 0..rounds {
+                        let packet = tcp_packet(v6, 30_000 + round as u16, port, TCP_ACK);
+                        let many = dp.test_run_skb_repeat(DIRECTION_EGRESS, &packet, repeat)?;
+                        baseline.samples.push(many.duration.as_nanos() as f64);
+                    }
+                    dp.enable()?;
                     for round in 0..rounds {
                         let sport = 20_000 + round as u16;
-                        let packet = syn(v6, sport, port);
-                        // One run on a fresh flow: the full judgement.
-                        let first = dp.test_run_skb(DIRECTION_EGRESS, &packet)?;
+                        // A SYN is always judged in full (cgroup, address
+                        // and verdict lookups, flow update), even on a
+                        // known 4-tuple.
+                        let first = tcp_packet(v6, sport, port, TCP_SYN);
+                        let judged =
+                            dp.test_run_skb_repeat(DIRECTION_EGRESS, &first, new_repeat)?;
                         anyhow::ensure!(
-                            first.passed() == (verdict == "allow"),
+                            judged.passed() == (verdict == "allow"),
                             "{base}: unexpected verdict {}",
-                            first.verdict
+                            judged.verdict
                         );
-                        new.samples.push(first.duration.as_nanos() as f64);
-                        // Many runs on the now-known flow.
-                        let many = dp.test_run_skb_repeat(DIRECTION_EGRESS, &packet, repeat)?;
+                        new.samples.push(judged.duration.as_nanos() as f64);
+                        // Packets of the now-known flow: one flow lookup.
+                        let next = tcp_packet(v6, sport, port, TCP_ACK);
+                        let many = dp.test_run_skb_repeat(DIRECTION_EGRESS, &next, repeat)?;
                         fast.samples.push(many.duration.as_nanos() as f64);
                     }
                     dp.clear_flows()?;
+                    rows.push(baseline);
                     rows.push(fast);
                     rows.push(new);
                 }

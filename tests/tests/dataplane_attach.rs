@@ -92,6 +92,7 @@ fn pinned_enforcement_outlives_the_loader_is_adopted_and_uninstalls_cleanly() {
     let pins = PinRoot::new();
     let options = DataplaneOptions {
         pin_root: Some(pins.path.clone()),
+        ..Default::default()
     };
     let cgroups = [ResolvedCgroup {
         cgroup_id: cg.id(),
@@ -152,4 +153,43 @@ fn refuses_the_root_cgroup() {
         .attach(&cgroup2_root())
         .expect_err("root must be refused");
     assert!(err.to_string().contains("root cgroup"), "{err}");
+}
+
+#[test]
+fn removing_the_cgroup_leaves_no_link_behind() {
+    let Some(_root) = require_root() else {
+        return;
+    };
+    // Unpinned: links die with the cgroup and the loader.
+    let cg = TestCgroup::new();
+    let id = cg.id();
+    let mut dp = Dataplane::load(&DataplaneOptions::default()).expect("load");
+    dp.attach(&cg.path).expect("attach");
+    assert_eq!(links_to_cgroup(id), 9);
+    drop(cg);
+    drop(dp);
+    assert_eq!(
+        links_to_cgroup(id),
+        0,
+        "no link left for the removed cgroup"
+    );
+
+    // Pinned: the cgroup goes away under the pinned links; uninstall still
+    // cleans everything.
+    let cg = TestCgroup::new();
+    let id = cg.id();
+    let pins = PinRoot::new();
+    let options = DataplaneOptions {
+        pin_root: Some(pins.path.clone()),
+        ..Default::default()
+    };
+    {
+        let mut dp = Dataplane::load(&options).expect("load");
+        dp.attach(&cg.path).expect("attach");
+    }
+    assert_eq!(links_to_cgroup(id), 9, "pinned links outlive the loader");
+    drop(cg);
+    Dataplane::uninstall(&pins.path).expect("uninstall");
+    assert_eq!(links_to_cgroup(id), 0);
+    assert!(!pins.path.join(LAYOUT_DIR).exists(), "no pins left");
 }

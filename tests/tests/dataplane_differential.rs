@@ -13,13 +13,16 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use dataplane_support::*;
 use enforcer::{
     compile::compiled::{CompiledPolicy, RuleRef, Section},
-    dataplane::{Dataplane, DataplaneOptions, HostAddrs, ResolvedCgroup},
+    dataplane::{
+        Dataplane, DataplaneOptions, FailsafePort, HostAddrs, ResolvedCgroup, UnmanagedMode,
+    },
     eval::{self, Connection, Decision},
 };
 use enforcer_common::{
-    ACTION_ALLOW, ACTION_DENY, AddrKey4, AddrKey6, DIRECTION_EGRESS, DIRECTION_INGRESS, FlowKey,
-    IDENTITY_ANY, IDENTITY_ANY_EXTERNAL, IDENTITY_HOST, IDENTITY_WORLD, Identity, MODE_ENFORCE,
-    PROTO_ICMP, PROTO_TCP, PROTO_UDP, VerdictKey, VerdictValue, packet,
+    ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, AddrKey4, AddrKey6, DIRECTION_EGRESS,
+    DIRECTION_INGRESS, FlowKey, IDENTITY_ANY, IDENTITY_ANY_EXTERNAL, IDENTITY_HOST, IDENTITY_WORLD,
+    Identity, MODE_AUDIT, MODE_ENFORCE, MODE_OFF, PROTO_ICMP, PROTO_TCP, PROTO_UDP, RULE_BUILTIN,
+    RULE_MODE_OFF, RULE_UNMANAGED, VerdictKey, VerdictValue, packet,
 };
 
 const WORKLOADS: [(u32, &str); 2] = [(16, "api"), (17, "web")];
@@ -165,6 +168,69 @@ fn random_policy(rng: &mut Rng) -> CompiledPolicy {
     p
 }
 
+/// One random first packet of a new flow.
+struct Case {
+    bytes: Vec<u8>,
+    direction: u8,
+    proto: u8,
+    service: u16,
+    remote: IpAddr,
+    src: IpAddr,
+    dst: IpAddr,
+    sport: u16,
+    dport: u16,
+    kind: Kind,
+}
+
+fn random_case(rng: &mut Rng, next_port: &mut u16) -> Case {
+    let v6 = rng.chance(50);
+    let (local, remote): (IpAddr, IpAddr) = if v6 {
+        (random_v6(rng).into(), random_v6(rng).into())
+    } else {
+        (random_v4(rng).into(), random_v4(rng).into())
+    };
+    let kind = [Kind::TcpSyn, Kind::Udp, Kind::EchoRequest][rng.below(3) as usize];
+    let direction = if rng.chance(50) {
+        DIRECTION_EGRESS
+    } else {
+        DIRECTION_INGRESS
+    };
+    let service = if kind == Kind::EchoRequest {
+        0
+    } else {
+        random_port(rng)
+    };
+    // A fresh client port (or echo id) per case: every case is a new flow.
+    *next_port = if *next_port == u16::MAX {
+        1024
+    } else {
+        *next_port + 1
+    };
+    let client = *next_port;
+    let (src, dst, sport, dport) = if direction == DIRECTION_EGRESS {
+        (local, remote, client, service)
+    } else {
+        (remote, local, client, service)
+    };
+    let proto = match kind {
+        Kind::TcpSyn => PROTO_TCP,
+        Kind::Udp => PROTO_UDP,
+        Kind::EchoRequest => PROTO_ICMP,
+    };
+    Case {
+        bytes: ip_packet(kind, src, dst, sport, dport),
+        direction,
+        proto,
+        service,
+        remote,
+        src,
+        dst,
+        sport,
+        dport,
+        kind,
+    }
+}
+
 #[test]
 fn kernel_verdicts_equal_the_reference_evaluator() {
     let Some(_root) = require_root() else {
@@ -189,41 +255,18 @@ fn kernel_verdicts_equal_the_reference_evaluator() {
         dp.apply(&policy, &cgroups, &HostAddrs::default())
             .expect("apply");
         for _ in 0..120 {
-            let v6 = rng.chance(50);
-            let (local, remote): (IpAddr, IpAddr) = if v6 {
-                (random_v6(&mut rng).into(), random_v6(&mut rng).into())
-            } else {
-                (random_v4(&mut rng).into(), random_v4(&mut rng).into())
-            };
-            let kind = [Kind::TcpSyn, Kind::Udp, Kind::EchoRequest][rng.below(3) as usize];
-            let direction = if rng.chance(50) {
-                DIRECTION_EGRESS
-            } else {
-                DIRECTION_INGRESS
-            };
-            let service = if kind == Kind::EchoRequest {
-                0
-            } else {
-                random_port(&mut rng)
-            };
-            // A fresh client port (or echo id) per case: every case is a new flow.
-            next_port = if next_port == u16::MAX {
-                1024
-            } else {
-                next_port + 1
-            };
-            let client = next_port;
-            let (src, dst, sport, dport) = if direction == DIRECTION_EGRESS {
-                (local, remote, client, service)
-            } else {
-                (remote, local, client, service)
-            };
-            let bytes = ip_packet(kind, src, dst, sport, dport);
-            let proto = match kind {
-                Kind::TcpSyn => PROTO_TCP,
-                Kind::Udp => PROTO_UDP,
-                Kind::EchoRequest => PROTO_ICMP,
-            };
+            let Case {
+                bytes,
+                direction,
+                proto,
+                service,
+                remote,
+                src,
+                dst,
+                sport,
+                dport,
+                kind,
+            } = random_case(&mut rng, &mut next_port);
             let r = resolve(&policy, remote);
             assert_eq!(r, eval::resolve_addr(&policy, remote), "address resolution");
             let Decision { action, rule } = eval::evaluate(
@@ -263,4 +306,108 @@ fn kernel_verdicts_equal_the_reference_evaluator() {
         allowed > 0 && allowed < compared,
         "both verdicts must occur"
     );
+}
+
+/// The scenarios of the modes test: a workload's mode, or an unmanaged
+/// process under an `--unmanaged` setting.
+#[derive(Clone, Copy, Debug)]
+enum Scenario {
+    Workload(u8),
+    Unmanaged(UnmanagedMode),
+}
+
+#[test]
+fn modes_unmanaged_and_failsafe_follow_the_reference() {
+    let Some(_root) = require_root() else {
+        return;
+    };
+    let seed = seed();
+    println!("seed {seed} (replay with ENFORCER_TEST_SEED={seed})");
+    let mut rng = Rng::new(seed);
+    let mut dp = Dataplane::load(&DataplaneOptions::default()).expect("load");
+    let own = own_cgroup_id();
+    let scenarios = [
+        Scenario::Workload(MODE_ENFORCE),
+        Scenario::Workload(MODE_AUDIT),
+        Scenario::Workload(MODE_OFF),
+        Scenario::Unmanaged(UnmanagedMode::Allow),
+        Scenario::Unmanaged(UnmanagedMode::Audit),
+        Scenario::Unmanaged(UnmanagedMode::Deny),
+    ];
+    let mut compared = 0u64;
+    let mut next_port: u16 = 1024;
+    for round in 0..36 {
+        let scenario = scenarios[round % scenarios.len()];
+        let policy = random_policy(&mut rng);
+        let workload = WORKLOADS[rng.below(2) as usize].0;
+        let failsafe = FailsafePort {
+            protocol: if rng.chance(50) { PROTO_TCP } else { PROTO_UDP },
+            port: random_port(&mut rng),
+        };
+        let (cgroups, unmanaged) = match scenario {
+            Scenario::Workload(mode) => (
+                vec![ResolvedCgroup {
+                    cgroup_id: own,
+                    workload,
+                    mode,
+                }],
+                UnmanagedMode::Allow,
+            ),
+            Scenario::Unmanaged(u) => (Vec::new(), u),
+        };
+        dp.set_unmanaged(unmanaged).expect("unmanaged");
+        dp.set_failsafe(&[failsafe]).expect("failsafe");
+        dp.apply(&policy, &cgroups, &HostAddrs::default())
+            .expect("apply");
+        for _ in 0..100 {
+            let c = random_case(&mut rng, &mut next_port);
+            let r = eval::resolve_addr(&policy, c.remote);
+            let decision = eval::evaluate(
+                &policy,
+                &Connection {
+                    local: workload,
+                    direction: c.direction,
+                    remote: r,
+                    protocol: c.proto,
+                    port: c.service,
+                },
+            );
+            let is_failsafe = c.direction == DIRECTION_INGRESS
+                && c.proto == failsafe.protocol
+                && c.service == failsafe.port;
+            let (action, rule) = if is_failsafe {
+                (ACTION_ALLOW, RULE_BUILTIN)
+            } else {
+                match scenario {
+                    Scenario::Workload(MODE_OFF) => (ACTION_ALLOW, RULE_MODE_OFF),
+                    Scenario::Workload(MODE_AUDIT) if decision.action == ACTION_DENY => {
+                        (ACTION_AUDIT, decision.rule)
+                    }
+                    Scenario::Workload(_) => (decision.action, decision.rule),
+                    Scenario::Unmanaged(UnmanagedMode::Allow) => (ACTION_ALLOW, RULE_UNMANAGED),
+                    Scenario::Unmanaged(UnmanagedMode::Audit) => (ACTION_AUDIT, RULE_UNMANAGED),
+                    Scenario::Unmanaged(UnmanagedMode::Deny) => (ACTION_DENY, RULE_UNMANAGED),
+                }
+            };
+            let outcome = dp.test_run_skb(c.direction, &c.bytes).expect("test run");
+            let context = format!(
+                "seed {seed} round {round} {scenario:?}: {:?} {} {}:{} -> {}:{}",
+                c.kind, c.direction, c.src, c.sport, c.dst, c.dport
+            );
+            assert_eq!(
+                outcome.verdict,
+                u32::from(action != ACTION_DENY),
+                "{context}"
+            );
+            let parsed = packet::parse(&c.bytes[..]).expect("parse own packet");
+            let flow = dp
+                .flow(&FlowKey::of_packet(&parsed, c.direction))
+                .expect("read flow")
+                .expect("flow stored");
+            assert_eq!((flow.action, flow.rule), (action, rule), "{context}");
+            compared += 1;
+        }
+        dp.clear_flows().expect("clear flows");
+    }
+    println!("compared {compared} cases across modes, unmanaged settings and failsafe ports");
 }

@@ -24,6 +24,10 @@ const B: Identity = 17;
 const OFFICE: Identity = 18;
 const VENDOR: Identity = 19;
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one verdict-key field per argument, as VerdictKey::new"
+)]
 fn entry(
     p: &mut CompiledPolicy,
     w: Identity,
@@ -336,4 +340,71 @@ fn inbound_from_a_peer_and_local_workloads_over_the_host_address() {
     );
     dp.apply(&p, &cgroups, &addrs).expect("apply");
     assert_eq!(from_a(&open), ProbeOutcome::Ok, "both ends allow");
+}
+
+#[test]
+fn inbound_tcp_and_udp_from_a_peer_over_ipv4_and_ipv6() {
+    let Some(_root) = require_root() else {
+        return;
+    };
+    let host = TestHost::new("198.51.100.0/24", "2001:db8:73::/64").expect("test host");
+    let parent = CgroupGuard::new().expect("cgroup");
+    let b = parent.child("b").expect("cgroup b");
+    let mut dp = Dataplane::load(&DataplaneOptions::default()).expect("load");
+    dp.attach(parent.path()).expect("attach");
+    let mut p = peers(&host);
+    entry(
+        &mut p,
+        B,
+        DIRECTION_INGRESS,
+        PROTO_TCP,
+        VENDOR,
+        7100,
+        16,
+        ACTION_ALLOW,
+    );
+    entry(
+        &mut p,
+        B,
+        DIRECTION_INGRESS,
+        PROTO_UDP,
+        VENDOR,
+        7200,
+        16,
+        ACTION_ALLOW,
+    );
+    let cgroups = [ResolvedCgroup {
+        cgroup_id: b.id(),
+        workload: B,
+        mode: MODE_ENFORCE,
+    }];
+    let addrs = HostAddrs::from_system().expect("host addresses");
+    dp.apply(&p, &cgroups, &addrs).expect("apply");
+    for local in [host.local_ipv4(), host.local_ipv6()] {
+        let tcp_ok = Server::tcp(Some(&b), None, SocketAddr::new(local, 7100)).expect("server");
+        let tcp_no = Server::tcp(Some(&b), None, SocketAddr::new(local, 7101)).expect("server");
+        let udp_ok = Server::udp(Some(&b), None, SocketAddr::new(local, 7200)).expect("server");
+        let udp_no = Server::udp(Some(&b), None, SocketAddr::new(local, 7201)).expect("server");
+        let run = |probe_: Probe| probe(probe_.netns(&host).timeout(SHORT).run());
+        assert_eq!(
+            run(Probe::tcp_connect(tcp_ok.addr())),
+            ProbeOutcome::Ok,
+            "{local} tcp in"
+        );
+        assert_eq!(
+            run(Probe::tcp_connect(tcp_no.addr())),
+            ProbeOutcome::Timeout,
+            "{local} tcp dropped"
+        );
+        assert_eq!(
+            run(Probe::udp_send(udp_ok.addr())),
+            ProbeOutcome::Ok,
+            "{local} udp in"
+        );
+        assert_eq!(
+            run(Probe::udp_send(udp_no.addr())),
+            ProbeOutcome::Timeout,
+            "{local} udp dropped"
+        );
+    }
 }

@@ -407,3 +407,63 @@ fn revocation_cuts_an_established_connection() {
         libc::close(wr);
     }
 }
+
+#[test]
+fn the_cgroup_watcher_adds_and_removes_cgroups() {
+    let Some(_root) = require_root() else {
+        return;
+    };
+    let mut s = Setup::new();
+    let server = tcp_echo_server(SocketAddr::new(LO4, 0));
+    s.apply(&policy(), MODE_ENFORCE);
+    // `u` is unmanaged (allowed) until the watcher maps it to workload A.
+    assert_eq!(in_cgroup(&s.u.path, || tcp_exchange(server, T)), OK);
+    s.dp.add_cgroup(ResolvedCgroup {
+        cgroup_id: s.u.id(),
+        workload: A,
+        mode: MODE_ENFORCE,
+    })
+    .expect("add cgroup");
+    assert_eq!(in_cgroup(&s.u.path, || tcp_exchange(server, T)), EPERM);
+    assert_eq!(s.dp.cgroups().count(), 3);
+    s.dp.remove_cgroup(s.u.id()).expect("remove cgroup");
+    assert_eq!(in_cgroup(&s.u.path, || tcp_exchange(server, T)), OK);
+    // The next apply receives the full list again and keeps it coherent.
+    s.apply(&policy(), MODE_ENFORCE);
+    assert_eq!(in_cgroup(&s.a.path, || tcp_exchange(server, T)), EPERM);
+    assert_eq!(in_cgroup(&s.u.path, || tcp_exchange(server, T)), OK);
+}
+
+#[test]
+fn an_ingress_drop_is_reported_and_counted() {
+    let Some(_root) = require_root() else {
+        return;
+    };
+    let mut s = Setup::new();
+    let mut events = s.dp.take_events().expect("events");
+    let port = free_port(LO4, false);
+    let server = SocketAddr::new(LO4, port);
+    let pid = spawn_in_cgroup(&s.b.path, || tcp_echo_forever(server));
+    wait_listening(server);
+    s.apply(&policy(), MODE_ENFORCE);
+    let before = s.dp.global_counters().expect("counters");
+    assert_eq!(tcp_exchange(server, Duration::from_millis(300)), TIMEOUT);
+    let after = s.dp.global_counters().expect("counters");
+    assert!(after.dropped > before.dropped, "{before:?} -> {after:?}");
+    let got = events.drain();
+    // Only inbound events count: the teardown of `wait_listening`'s probe
+    // connection, opened before the policy, may also leave egress events.
+    let inbound: Vec<_> = got
+        .iter()
+        .filter(|e| e.local == B && e.local_port == port && e.direction == DIRECTION_INGRESS)
+        .collect();
+    let hit = inbound
+        .first()
+        .unwrap_or_else(|| panic!("inbound deny event for B expected: {got:?}"));
+    assert_eq!(hit.action, ACTION_DENY);
+    assert_eq!(hit.remote, IDENTITY_HOST);
+    assert_eq!(hit.rule, RULE_DEFAULT_DENY);
+    // Retransmitted SYNs within a second do not flood the ring buffer.
+    assert!(inbound.len() <= 2, "rate limit: {got:?}");
+    kill_child(pid);
+}

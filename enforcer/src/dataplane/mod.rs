@@ -52,6 +52,11 @@ pub struct DataplaneOptions {
     /// outlives the process and a new process adopts it. `None`: nothing
     /// is pinned and everything is detached when the [`Dataplane`] drops.
     pub pin_root: Option<PathBuf>,
+    /// Whether [`Dataplane::attach`] may attach to the root of the cgroup v2
+    /// hierarchy, where every process of the host is filtered. That is what
+    /// the daemon does on a server (workloads are anywhere in the tree);
+    /// tests and the demo leave it off and attach to cgroups they created.
+    pub allow_root_cgroup: bool,
 }
 
 /// One cgroup the daemon resolved to a workload.
@@ -91,6 +96,47 @@ pub struct FailsafePort {
     pub port: u16,
 }
 
+impl FailsafePort {
+    /// Parses the daemon's `--failsafe` list: comma-separated `PORT/tcp` or
+    /// `PORT/udp`, or `none` for the empty list.
+    pub fn parse_list(text: &str) -> Result<Vec<FailsafePort>> {
+        let text = text.trim();
+        if text == "none" {
+            return Ok(Vec::new());
+        }
+        let mut ports = text
+            .split(',')
+            .map(|item| item.trim().parse())
+            .collect::<Result<Vec<FailsafePort>>>()?;
+        ports.sort();
+        ports.dedup();
+        Ok(ports)
+    }
+}
+
+impl std::str::FromStr for FailsafePort {
+    type Err = DataplaneError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let invalid = || {
+            DataplaneError::InvalidSetting(format!(
+                "failsafe port {s:?}: expected PORT/tcp or PORT/udp"
+            ))
+        };
+        let (port, proto) = s.split_once('/').ok_or_else(invalid)?;
+        let protocol = match proto {
+            "tcp" => enforcer_common::PROTO_TCP,
+            "udp" => enforcer_common::PROTO_UDP,
+            _ => return Err(invalid()),
+        };
+        let port: u16 = port.parse().map_err(|_| invalid())?;
+        if port == 0 {
+            return Err(invalid());
+        }
+        Ok(FailsafePort { protocol, port })
+    }
+}
+
 /// Totals over every CPU of the global counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GlobalCounters {
@@ -105,6 +151,7 @@ pub struct Dataplane {
     ebpf: Ebpf,
     /// `<pin_root>/v1`, when pinning.
     pin_dir: Option<PathBuf>,
+    allow_root_cgroup: bool,
     /// Links owned by this process (not pinned): dropping them detaches.
     links: Vec<FdLink>,
     /// What the active slot's cgroup map holds, to rewrite it on `apply`.
@@ -196,6 +243,7 @@ impl Dataplane {
         let mut dp = Dataplane {
             ebpf,
             pin_dir,
+            allow_root_cgroup: options.allow_root_cgroup,
             links: Vec::new(),
             cgroups: BTreeMap::new(),
         };
@@ -217,12 +265,12 @@ impl Dataplane {
         self.pin_dir.as_deref()
     }
 
-    /// Attaches every program to `cgroup_dir` (a cgroup v2 directory, never
-    /// the root). With pinning, each link is pinned, replacing (and then
+    /// Attaches every program to `cgroup_dir` (a cgroup v2 directory; the
+    /// root only with [`DataplaneOptions::allow_root_cgroup`]). With pinning, each link is pinned, replacing (and then
     /// detaching) a link pinned by an earlier process, so there is no gap
     /// without enforcement.
     pub fn attach(&mut self, cgroup_dir: &Path) -> Result<()> {
-        if !cgroup_dir.join("cgroup.type").exists() {
+        if !self.allow_root_cgroup && !cgroup_dir.join("cgroup.type").exists() {
             // Every cgroup v2 directory but the root has cgroup.type.
             return Err(DataplaneError::RefusingRootCgroup {
                 path: cgroup_dir.to_owned(),
@@ -339,6 +387,16 @@ impl Dataplane {
     /// Stops enforcing (every program allows everything) without detaching.
     pub fn disable(&mut self) -> Result<u32> {
         self.bump_generation(|c| c.enabled = 0)
+    }
+
+    /// Enforces the last applied policy again after [`Dataplane::disable`].
+    /// Does nothing before the first `apply` (there is no policy yet).
+    pub fn enable(&mut self) -> Result<u32> {
+        let cfg = self.config()?;
+        if cfg.generation == 0 {
+            return Ok(0);
+        }
+        self.bump_generation(|c| c.enabled = 1)
     }
 
     /// Sets the `--unmanaged` mode. Flows are judged again.
@@ -562,5 +620,47 @@ impl Dataplane {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_can_move_between_threads() {
+        fn send<T: Send>() {}
+        send::<Dataplane>();
+        send::<EventReader>();
+    }
+
+    #[test]
+    fn parses_failsafe_lists() {
+        use enforcer_common::{PROTO_TCP, PROTO_UDP};
+        assert_eq!(
+            FailsafePort::parse_list("22/tcp, 53/udp,22/tcp").unwrap(),
+            vec![
+                FailsafePort {
+                    protocol: PROTO_TCP,
+                    port: 22
+                },
+                FailsafePort {
+                    protocol: PROTO_UDP,
+                    port: 53
+                },
+            ]
+        );
+        assert_eq!(FailsafePort::parse_list("none").unwrap(), vec![]);
+        for bad in ["22", "22/icmp", "0/tcp", "70000/tcp", "", "ssh/tcp"] {
+            assert!(FailsafePort::parse_list(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn unmanaged_modes_map_to_the_kernel_constants() {
+        assert_eq!(UnmanagedMode::Allow.as_config(), MODE_ALLOW);
+        assert_eq!(UnmanagedMode::Audit.as_config(), MODE_AUDIT);
+        assert_eq!(UnmanagedMode::Deny.as_config(), MODE_ENFORCE);
+        assert_eq!(UnmanagedMode::default(), UnmanagedMode::Allow);
     }
 }

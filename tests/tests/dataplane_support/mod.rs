@@ -492,3 +492,24 @@ pub fn wait_listening(addr: SocketAddr) {
     }
     panic!("nothing listens on {addr}");
 }
+
+/// bpf links attached to the cgroup with this id, per `bpftool link show`.
+pub fn links_to_cgroup(cgroup_id: u64) -> usize {
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "link", "show"])
+        .output()
+        .expect("run bpftool");
+    assert!(
+        out.status.success(),
+        "bpftool failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    v.as_array().map_or(0, |links| {
+        links
+            .iter()
+            .filter(|l| l.get("cgroup_id").and_then(serde_json::Value::as_u64) == Some(cgroup_id))
+            .count()
+    })
+}
