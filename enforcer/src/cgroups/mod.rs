@@ -6,11 +6,14 @@
 //!   socket matching;
 //! - [`tree`]: a snapshot of the cgroups under a root, with their ids;
 //! - [`resolve`]: workload selectors to matched cgroups;
+//! - [`sockets`]: ports bound before the daemon started, with their
+//!   owners' cgroups;
 //! - [`watch`]: inotify + periodic rescans, reporting changes in
 //!   milliseconds.
 
 pub mod mount;
 pub mod resolve;
+pub mod sockets;
 pub mod tree;
 pub mod watch;
 

@@ -1,10 +1,13 @@
 //! Workload selectors to cgroups: which cgroup directories each workload's
 //! `unit` / `cgroup` selector matches in a [`CgroupTree`].
 //!
-//! Only directly matched cgroups are listed. Their descendants belong to them
-//! without being listed: the kernel program looks a socket's cgroup up, then
-//! its ancestors from the deepest up, so the deepest matched cgroup wins and
-//! a cgroup created below a match is covered from its first packet.
+//! A [`Resolution`] lists only directly matched cgroups (what `status`
+//! shows). Their descendants belong to them: the kernel program looks a
+//! socket's cgroup up, then its ancestors from the deepest up, so the deepest
+//! matched cgroup wins and a cgroup created below a match is covered from its
+//! first packet. The receiving side of a local connection is looked up
+//! exactly, though, so [`kernel_entries`] lists the descendants too for the
+//! kernel's cgroup map.
 
 use std::collections::BTreeMap;
 
@@ -65,6 +68,22 @@ impl Resolution {
         }
         None
     }
+}
+
+/// What the kernel's cgroup map must hold for a resolution: every cgroup
+/// of `tree` at or below a matched one, with its owner's workload and mode
+/// (the deepest match wins), as `(cgroup id, workload, mode)` in path order.
+/// The kernel finds the local side of a socket by walking ancestors, but it
+/// looks a *receiving* socket's cgroup (from `BOUND_PORTS`) up exactly, so a
+/// server in a child of a matched cgroup must be listed itself.
+pub fn kernel_entries(resolution: &Resolution, tree: &CgroupTree) -> Vec<(u64, Identity, u8)> {
+    tree.iter()
+        .filter_map(|(path, id)| {
+            resolution
+                .owner_of(path)
+                .map(|owner| (id, owner.workload, owner.mode))
+        })
+        .collect()
 }
 
 /// Workload selectors, ready to match cgroup paths. Matching itself is the
@@ -191,6 +210,38 @@ mod tests {
         );
         assert!(r.owner_of("system.slice/db.service").is_none());
         assert!(r.owner_of("").is_none());
+    }
+
+    #[test]
+    fn kernel_entries_list_descendants_with_the_deepest_owner() {
+        let m = Matcher::new(&[
+            workload(
+                16,
+                "system",
+                CgroupSelector::Glob("system.slice".into()),
+                MODE_AUDIT,
+            ),
+            workload(
+                17,
+                "web",
+                CgroupSelector::Unit("nginx.service".into()),
+                MODE_ENFORCE,
+            ),
+        ]);
+        let t = tree();
+        let entries = kernel_entries(&m.resolve(&t), &t);
+        assert_eq!(
+            entries,
+            vec![
+                (101, 16, MODE_AUDIT),   // system.slice
+                (104, 16, MODE_AUDIT),   // system.slice/api-1.service
+                (105, 16, MODE_AUDIT),   // system.slice/api-2.service
+                (106, 16, MODE_AUDIT),   // system.slice/db.service
+                (102, 17, MODE_ENFORCE), // system.slice/nginx.service
+                (103, 17, MODE_ENFORCE), // its worker child
+                (107, 17, MODE_ENFORCE), // user.slice/nginx.service
+            ]
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ use enforcer_common::{
 use super::flows::FlowHistory;
 use super::time::rfc3339;
 use crate::api::proto::{PolicyStatus, Rejection, StatusReport, VerdictCounters, WorkloadStatus};
+use crate::cgroups::resolve::kernel_entries;
 use crate::cgroups::{CgroupTree, Matcher, Resolution, TreeUpdate, V1Conflict};
 use crate::compile::compiled::{CgroupSelector, CompiledPolicy};
 use crate::config::Settings;
@@ -119,14 +120,15 @@ fn load_errors(e: LoadError) -> Vec<String> {
     }
 }
 
-fn to_resolved(resolution: &Resolution) -> Vec<ResolvedCgroup> {
-    resolution
-        .cgroups
-        .iter()
-        .map(|c| ResolvedCgroup {
-            cgroup_id: c.id,
-            workload: c.workload,
-            mode: c.mode,
+/// The kernel's cgroup map for a resolution: matched cgroups and all their
+/// descendants (see [`kernel_entries`]).
+fn to_resolved(resolution: &Resolution, tree: &CgroupTree) -> Vec<ResolvedCgroup> {
+    kernel_entries(resolution, tree)
+        .into_iter()
+        .map(|(cgroup_id, workload, mode)| ResolvedCgroup {
+            cgroup_id,
+            workload,
+            mode,
         })
         .collect()
 }
@@ -265,8 +267,9 @@ impl Engine {
             .map_err(|e| vec![format!("cannot list this host's addresses: {e}")])?;
         let generation = self
             .dataplane
-            .apply(&compiled, &to_resolved(&resolution), &host)
+            .apply(&compiled, &to_resolved(&resolution, &self.tree), &host)
             .map_err(|e| vec![format!("the data plane refused the policy: {e}")])?;
+        self.seed_bound_ports();
         for a in &resolution.ambiguities {
             tracing::warn!(cgroup = %a.path, workloads = ?a.workloads, "several workloads match one cgroup; the first wins");
         }
@@ -496,46 +499,71 @@ impl Engine {
         }
     }
 
+    /// Record in `BOUND_PORTS` the ports bound before the programs could
+    /// see the `bind()` (services started before the daemon), so that local
+    /// connections to them are judged against the receiving workload. Runs
+    /// at start, on each full apply and on each cgroup change; failures are
+    /// logged, since the kernel's own entries keep working.
+    pub fn seed_bound_ports(&mut self) {
+        let mount = match crate::cgroups::cgroup2_mount() {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list bound ports: no cgroup v2 mount");
+                return;
+            }
+        };
+        let ports = crate::cgroups::sockets::bound_ports(&mount);
+        match self.dataplane.seed_bound_ports(&ports) {
+            Ok(0) => {}
+            Ok(added) => {
+                tracing::info!(added, "ports bound before the daemon started recorded")
+            }
+            Err(e) => tracing::error!(error = %e, "cannot record the ports already bound"),
+        }
+    }
+
     /// Cgroups came or went: update the policy in force in place.
     pub fn on_tree(&mut self, update: TreeUpdate) {
         self.tree = update.tree;
         let Some(matcher) = &self.matcher else { return };
         let newer = matcher.resolve(&self.tree);
+        // Compare with what the kernel holds: matched cgroups and their
+        // descendants (the receiving side of a local connection is looked
+        // up exactly).
         let old: std::collections::BTreeMap<u64, (u32, u8)> = self
-            .resolution
-            .cgroups
-            .iter()
-            .map(|c| (c.id, (c.workload, c.mode)))
+            .dataplane
+            .cgroups()
+            .map(|c| (c.cgroup_id, (c.workload, c.mode)))
             .collect();
-        let new: std::collections::BTreeMap<u64, (u32, u8)> = newer
-            .cgroups
+        let wanted = to_resolved(&newer, &self.tree);
+        let new: std::collections::BTreeMap<u64, (u32, u8)> = wanted
             .iter()
-            .map(|c| (c.id, (c.workload, c.mode)))
+            .map(|c| (c.cgroup_id, (c.workload, c.mode)))
             .collect();
         for id in old.keys().filter(|id| !new.contains_key(id)) {
             if let Err(e) = self.dataplane.remove_cgroup(*id) {
                 tracing::error!(cgroup_id = id, error = %e, "cannot remove a cgroup from the policy");
             }
         }
-        for c in &newer.cgroups {
-            if old.get(&c.id) == Some(&(c.workload, c.mode)) {
+        for resolved in wanted {
+            if old.get(&resolved.cgroup_id) == Some(&(resolved.workload, resolved.mode)) {
                 continue;
             }
-            let resolved = ResolvedCgroup {
-                cgroup_id: c.id,
-                workload: c.workload,
-                mode: c.mode,
-            };
             match self.dataplane.add_cgroup(resolved) {
                 Ok(_) => {
-                    tracing::info!(cgroup = %c.path, workload = c.workload, "cgroup joined a workload")
+                    tracing::info!(
+                        cgroup_id = resolved.cgroup_id,
+                        workload = resolved.workload,
+                        "cgroup joined a workload"
+                    )
                 }
                 Err(e) => {
-                    tracing::error!(cgroup = %c.path, error = %e, "cannot add a cgroup to the policy")
+                    tracing::error!(cgroup_id = resolved.cgroup_id, error = %e, "cannot add a cgroup to the policy")
                 }
             }
         }
         self.resolution = newer;
+        self.seed_bound_ports();
     }
 
     /// The answer to `status`.

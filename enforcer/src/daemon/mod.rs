@@ -129,6 +129,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .dataplane_mut()
         .attach(&root)
         .with_context(|| format!("attaching to {}", root.display()))?;
+    // Attached: from now on the kernel sees every bind(); the ports bound
+    // before (services started before the daemon) come from a scan.
+    engine.seed_bound_ports();
     let event_policy = engine.event_policy();
     let flow_history = engine.flows();
     let summary = engine.summary();

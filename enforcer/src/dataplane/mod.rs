@@ -574,6 +574,62 @@ impl Dataplane {
         m.iter().collect::<Result<_, _>>().map_err(read_err(name))
     }
 
+    /// Records ports that were bound before the programs saw their
+    /// `bind()` (services started before the daemon), as `(protocol, port,
+    /// cgroup id)`. An entry the kernel wrote is authoritative and kept.
+    /// Seeded entries carry cookie 0 (no socket has it), so no
+    /// `sock_release` ever forgets them: a seeded entry whose port is not
+    /// in `ports` any more is removed here instead. Returns how many
+    /// entries were added.
+    pub fn seed_bound_ports(&mut self, ports: &[(u8, u16, u64)]) -> Result<usize> {
+        let name = maps::BOUND_PORTS;
+        let mut m: HashMap<&mut MapData, PortKey, BoundPort> = HashMap::try_from(
+            self.ebpf
+                .map_mut(name)
+                .ok_or(DataplaneError::MissingMap(name))?,
+        )
+        .map_err(type_err(name))?;
+        let key = |protocol: u8, port: u16| PortKey {
+            protocol,
+            _pad: 0,
+            port,
+        };
+        let wanted: std::collections::BTreeSet<(u8, u16)> =
+            ports.iter().map(|&(p, port, _)| (p, port)).collect();
+        let existing: Vec<(PortKey, BoundPort)> =
+            m.iter().collect::<Result<_, _>>().map_err(read_err(name))?;
+        for (k, v) in &existing {
+            if v.cookie == 0 && !wanted.contains(&(k.protocol, k.port)) {
+                match m.remove(k) {
+                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                    Err(e) => return Err(write_err(name)(e)),
+                }
+            }
+        }
+        // `BPF_NOEXIST` from the kernel's uapi (not in the libc crate).
+        const BPF_NOEXIST: u64 = 1;
+        let mut added = 0;
+        for &(protocol, port, cgroup_id) in ports {
+            let k = key(protocol, port);
+            // BPF_NOEXIST: a socket bound meanwhile (the kernel's entry)
+            // wins over what the scan saw.
+            match m.insert(
+                k,
+                BoundPort {
+                    cgroup_id,
+                    cookie: 0,
+                },
+                BPF_NOEXIST,
+            ) {
+                Ok(()) => added += 1,
+                Err(aya::maps::MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => return Err(write_err(name)(e)),
+            }
+        }
+        Ok(added)
+    }
+
     /// Removes everything pinned under `<pin_root>/v1`: links (which
     /// detaches the programs from their cgroup once no process holds them)
     /// and maps. A no-op when nothing is pinned.

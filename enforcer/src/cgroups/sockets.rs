@@ -1,0 +1,244 @@
+//! Sockets already bound on this host, with the cgroup that owns each: the
+//! receiving ends that the kernel's `post_bind` hooks never saw because
+//! their services started before the programs were attached.
+//!
+//! Listening TCP sockets and bound UDP sockets come from
+//! `/proc/net/{tcp,tcp6,udp,udp6}` (this process's network namespace), their
+//! owners from the `socket:[INODE]` links under `/proc/PID/fd`, and each
+//! owner's cgroup from the `0::` line of `/proc/PID/cgroup`; its id is the
+//! inode number of that directory under the cgroup v2 mount.
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::MetadataExt as _;
+use std::path::Path;
+
+use enforcer_common::{PROTO_TCP, PROTO_UDP};
+
+/// `TCP_LISTEN` in `/proc/net/tcp*`.
+const TCP_LISTEN: &str = "0A";
+/// `TCP_CLOSE`: what an unconnected (bound) UDP socket shows.
+const UDP_UNCONNECTED: &str = "07";
+
+/// A bound port and the inode of its socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcSocket {
+    pub port: u16,
+    pub inode: u64,
+}
+
+/// The receiving sockets of one `/proc/net/{tcp,tcp6,udp,udp6}` table:
+/// listening TCP sockets, or UDP sockets bound to a port and connected to
+/// nobody. Malformed lines are skipped (the format is the kernel's, but a
+/// parser must not trust it blindly).
+pub fn parse_proc_net(text: &str, protocol: u8) -> Vec<ProcSocket> {
+    let state = if protocol == PROTO_TCP {
+        TCP_LISTEN
+    } else {
+        UDP_UNCONNECTED
+    };
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (local, remote, st, inode) = (
+                fields.get(1)?,
+                fields.get(2)?,
+                fields.get(3)?,
+                fields.get(9)?,
+            );
+            if *st != state {
+                return None;
+            }
+            let port = u16::from_str_radix(local.rsplit_once(':')?.1, 16).ok()?;
+            let remote_port = u16::from_str_radix(remote.rsplit_once(':')?.1, 16).ok()?;
+            let inode: u64 = inode.parse().ok()?;
+            // Port 0: not bound; a remote port: a connected UDP client.
+            (port != 0 && remote_port == 0 && inode != 0).then_some(ProcSocket { port, inode })
+        })
+        .collect()
+}
+
+/// The cgroup v2 path of a process, from `/proc/PID/cgroup` (`0::/path`).
+pub fn parse_proc_cgroup(text: &str) -> Option<&str> {
+    text.lines().find_map(|l| l.strip_prefix("0::"))
+}
+
+/// The socket inode of an fd link target (`socket:[12345]`).
+pub fn socket_inode(link: &str) -> Option<u64> {
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// Every receiving socket of this network namespace as `(protocol, port,
+/// cgroup id)`, one entry per (protocol, port): the first owner found wins
+/// (sockets sharing a port, like nginx's workers, share a cgroup in
+/// practice). Sockets whose owner cannot be found (it exited, or lives in a
+/// process this daemon cannot read) are left out.
+pub fn bound_ports(cgroup_mount: &Path) -> Vec<(u8, u16, u64)> {
+    let mut wanted: HashMap<u64, (u8, u16)> = HashMap::new();
+    for (file, protocol) in [
+        ("/proc/net/tcp", PROTO_TCP),
+        ("/proc/net/tcp6", PROTO_TCP),
+        ("/proc/net/udp", PROTO_UDP),
+        ("/proc/net/udp6", PROTO_UDP),
+    ] {
+        // A missing table (IPv6 disabled) has nothing bound.
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for s in parse_proc_net(&text, protocol) {
+            wanted.insert(s.inode, (protocol, s.port));
+        }
+    }
+    let mut found: BTreeMap<(u8, u16), u64> = BTreeMap::new();
+    if wanted.is_empty() {
+        return Vec::new();
+    }
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    for proc in procs.flatten() {
+        let pid_dir = proc.path();
+        if !proc
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(pid_dir.join("fd")) else {
+            continue;
+        };
+        let mut cgroup_id = None;
+        for fd in fds.flatten() {
+            let Some(inode) = std::fs::read_link(fd.path())
+                .ok()
+                .and_then(|l| l.to_str().and_then(socket_inode))
+            else {
+                continue;
+            };
+            let Some(&key) = wanted.get(&inode) else {
+                continue;
+            };
+            if found.contains_key(&key) {
+                continue;
+            }
+            if cgroup_id.is_none() {
+                cgroup_id = cgroup_of(&pid_dir, cgroup_mount);
+            }
+            match cgroup_id {
+                Some(id) => {
+                    found.insert(key, id);
+                }
+                None => break,
+            }
+        }
+    }
+    found
+        .into_iter()
+        .map(|((protocol, port), id)| (protocol, port, id))
+        .collect()
+}
+
+/// The cgroup id of a process (the inode of its cgroup v2 directory).
+fn cgroup_of(pid_dir: &Path, cgroup_mount: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(pid_dir.join("cgroup")).ok()?;
+    let path = parse_proc_cgroup(&text)?;
+    let dir = cgroup_mount.join(path.trim_start_matches('/'));
+    std::fs::metadata(dir).ok().map(|m| m.ino())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1538 00000000:0000 0A 00000000:00000000 00:00000000 00000000   105        0 41234 1 0000000000000000 100 0 0 10 0
+   1: 00000000:0050 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 41001 1 0000000000000000 100 0 0 10 0
+   2: 0100007F:0050 0100007F:D2F0 01 00000000:00000000 00:00000000 00000000     0        0 51000 1 0000000000000000 20 4 30 10 -1
+   3: garbage
+";
+
+    const TCP6: &str = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000000000000000000000000000:0050 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 41002 1 0000000000000000 100 0 0 10 0
+";
+
+    const UDP: &str = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+  100: 00000000:0035 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 60001 2 0000000000000000 0
+  101: 0100007F:A1B2 0100007F:0035 01 00000000:00000000 00:00000000 00000000     0        0 60002 2 0000000000000000 0
+";
+
+    #[test]
+    fn tcp_tables_give_listening_sockets_only() {
+        assert_eq!(
+            parse_proc_net(TCP, PROTO_TCP),
+            vec![
+                ProcSocket {
+                    port: 5432,
+                    inode: 41234
+                },
+                ProcSocket {
+                    port: 80,
+                    inode: 41001
+                },
+            ]
+        );
+        assert_eq!(
+            parse_proc_net(TCP6, PROTO_TCP),
+            vec![ProcSocket {
+                port: 80,
+                inode: 41002
+            }]
+        );
+    }
+
+    #[test]
+    fn udp_tables_give_unconnected_bound_sockets_only() {
+        assert_eq!(
+            parse_proc_net(UDP, PROTO_UDP),
+            vec![ProcSocket {
+                port: 53,
+                inode: 60001
+            }]
+        );
+    }
+
+    #[test]
+    fn proc_cgroup_gives_the_v2_path() {
+        let hybrid = "12:net_cls,net_prio:/\n1:name=systemd:/system.slice/nginx.service\n0::/system.slice/nginx.service\n";
+        assert_eq!(
+            parse_proc_cgroup(hybrid),
+            Some("/system.slice/nginx.service")
+        );
+        assert_eq!(parse_proc_cgroup("0::/\n"), Some("/"));
+        assert_eq!(parse_proc_cgroup("1:cpu:/x\n"), None);
+    }
+
+    #[test]
+    fn fd_links_give_socket_inodes() {
+        assert_eq!(socket_inode("socket:[41234]"), Some(41234));
+        assert_eq!(socket_inode("pipe:[41234]"), None);
+        assert_eq!(socket_inode("/dev/null"), None);
+        assert_eq!(socket_inode("socket:[x]"), None);
+    }
+
+    #[test]
+    fn this_process_listening_socket_is_found_in_its_cgroup() {
+        let Ok(mount) = super::super::cgroup2_mount() else {
+            return; // no cgroup v2 here: nothing to map to
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let path = parse_proc_cgroup(&own).unwrap();
+        let id = std::fs::metadata(mount.join(path.trim_start_matches('/')))
+            .unwrap()
+            .ino();
+        assert!(
+            bound_ports(&mount).contains(&(PROTO_TCP, port, id)),
+            "port {port} in cgroup {id} not found"
+        );
+    }
+}

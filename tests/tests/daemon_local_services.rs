@@ -1,0 +1,147 @@
+//! Local connections to services on this host: the receiving workload must
+//! be recognised even when its server was listening before the daemon
+//! started (no `bind()` for the kernel to see), and when its workload names
+//! a parent of the cgroup the server runs in (`system-postgresql.slice`
+//! around `postgresql@15-main.service`).
+
+mod daemon_support;
+
+use std::net::SocketAddr;
+
+use daemon_support::{Daemon, Scratch, write_policy};
+use enforcer_tests::{CgroupGuard, ProbeOutcome, Server, privileged, tcp_connect};
+
+fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// `db` (cgroup `db_selector`) accepts `port` from `app` only; `other` has
+/// no policy, so only the receiving side can refuse it.
+fn policy(db_selector: &str, port: u16) -> String {
+    format!(
+        r#"[workload.db]
+{db_selector}
+labels = {{ app = "db" }}
+
+[workload.app]
+cgroup = "app"
+labels = {{ app = "app" }}
+
+[workload.other]
+cgroup = "other"
+labels = {{ app = "other" }}
+
+[[policy]]
+name = "db"
+select = {{ app = "db" }}
+allow-in = [ {{ from = [{{ app = "app" }}], ports = ["{port}/tcp"] }} ]
+
+[[policy]]
+name = "app"
+select = {{ app = "app" }}
+allow-out = [ {{ to = [{{ app = "db" }}], ports = ["{port}/tcp"] }} ]
+"#
+    )
+}
+
+fn assert_db_is_the_receiver(app: &CgroupGuard, other: &CgroupGuard, server: &Server) {
+    assert_eq!(
+        tcp_connect(app, None, server.addr()),
+        ProbeOutcome::Ok,
+        "the allowed client must reach the server"
+    );
+    // Refused at connect() (EPERM), not a hang: the receiver's ingress is
+    // judged on the sending side for a local connection.
+    assert_eq!(
+        tcp_connect(other, None, server.addr()),
+        ProbeOutcome::Eperm,
+        "the denied client must be refused at once"
+    );
+}
+
+#[test]
+fn a_server_listening_before_the_daemon_started_is_the_receiving_workload() {
+    let _root = privileged!();
+    let root = CgroupGuard::new().expect("cgroup");
+    let db = root.child("db").expect("db cgroup");
+    let app = root.child("app").expect("app cgroup");
+    let other = root.child("other").expect("other cgroup");
+    // The server binds before any program is attached: the kernel never
+    // sees its bind().
+    let server = Server::tcp(Some(&db), None, loopback()).expect("server");
+    let policies = Scratch::new("policies");
+    write_policy(
+        &policies.0,
+        &policy(r#"cgroup = "db""#, server.addr().port()),
+    );
+
+    let daemon = Daemon::start(&root, &policies.0);
+    assert_db_is_the_receiver(&app, &other, &server);
+    // The seeded entry names the server's cgroup.
+    let status = daemon.status();
+    assert!(status.policy.is_some(), "{:?}", status.not_enforced);
+}
+
+#[test]
+fn a_workload_naming_a_parent_cgroup_receives_for_its_children() {
+    let _root = privileged!();
+    let root = CgroupGuard::new().expect("cgroup");
+    let slice = root.child("system-pg.slice").expect("slice cgroup");
+    let app = root.child("app").expect("app cgroup");
+    let other = root.child("other").expect("other cgroup");
+    let policies = Scratch::new("policies");
+    // The port is only known once the server listens; the server's cgroup
+    // is created after the daemon started (the watcher must add it), and
+    // the server binds while the programs are attached.
+    let probe_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+        l.local_addr().unwrap().port()
+    };
+    write_policy(
+        &policies.0,
+        &policy(r#"unit = "system-pg.slice""#, probe_port),
+    );
+    let daemon = Daemon::start(&root, &policies.0);
+    let instance = slice.child("pg@15-main.service").expect("child cgroup");
+    let server = Server::tcp(
+        Some(&instance),
+        None,
+        SocketAddr::from(([127, 0, 0, 1], probe_port)),
+    )
+    .expect("server");
+    assert!(
+        Daemon::eventually(std::time::Duration::from_secs(3), || tcp_connect(
+            &app,
+            None,
+            server.addr()
+        ) == ProbeOutcome::Ok),
+        "the allowed client never reached the server in the child cgroup"
+    );
+    assert_db_is_the_receiver(&app, &other, &server);
+    // status lists the directly matched cgroup, not every descendant.
+    let status = daemon.status();
+    let db = status
+        .workloads
+        .iter()
+        .find(|w| w.name == "db")
+        .expect("db workload");
+    assert_eq!(db.cgroups, ["system-pg.slice"], "{status:?}");
+}
+
+#[test]
+fn a_child_cgroup_server_running_before_the_daemon_started_is_recognised() {
+    let _root = privileged!();
+    let root = CgroupGuard::new().expect("cgroup");
+    let slice = root.child("system-pg.slice").expect("slice cgroup");
+    let instance = slice.child("pg@15-main.service").expect("child cgroup");
+    let app = root.child("app").expect("app cgroup");
+    let other = root.child("other").expect("other cgroup");
+    let server = Server::tcp(Some(&instance), None, loopback()).expect("server");
+    let policies = Scratch::new("policies");
+    write_policy(
+        &policies.0,
+        &policy(r#"unit = "system-pg.slice""#, server.addr().port()),
+    );
+    let _daemon = Daemon::start(&root, &policies.0);
+    assert_db_is_the_receiver(&app, &other, &server);
+}
