@@ -247,15 +247,58 @@ fn a_restart_with_a_broken_policy_keeps_the_adopted_one_and_says_so() {
         "{:?}",
         rejection.errors
     );
+    assert_adopted_and_rejected(&daemon, &policies.0);
+    // The kernel still enforces the adopted policy.
+    assert_eq!(tcp_connect(&web, None, denied.addr()), ProbeOutcome::Eperm);
+    assert_eq!(tcp_connect(&web, None, allowed.addr()), ProbeOutcome::Ok);
+}
+
+/// `status` and the startup summary (systemd's STATUS=) say that the pinned policy is still in
+/// force and that the new one was rejected (never "no policy in force").
+fn assert_adopted_and_rejected(daemon: &Daemon, policies: &std::path::Path) {
+    let status = daemon.status();
+    assert!(status.policy.is_none());
     assert!(
-        status
-            .not_enforced
-            .iter()
-            .any(|p| p.contains("pinned by an earlier daemon")),
+        status.not_enforced.iter().any(|p| p.contains("rejected")
+            && p.contains(&policies.display().to_string())
+            && p.contains("pinned by an earlier daemon")
+            && p.contains("is still in force (adopted)")),
         "{:?}",
         status.not_enforced
     );
-    // The kernel still enforces the adopted policy.
+    assert!(
+        !status
+            .not_enforced
+            .iter()
+            .any(|p| p.contains("no policy in force")),
+        "{:?}",
+        status.not_enforced
+    );
+    // The startup summary (the READY=1 notification's STATUS=, which the
+    // test harness consumed, is also logged).
+    let log = daemon.log();
+    assert!(
+        log.contains("enforcing the adopted policy of an earlier daemon")
+            && log.contains("REJECTED (startup)"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_stop_and_start_with_a_broken_policy_keeps_the_adopted_one_and_says_so() {
+    let _root = privileged!();
+    let root = CgroupGuard::new().expect("cgroup");
+    let web = root.child("web").expect("web cgroup");
+    let allowed = Server::tcp(None, None, loopback()).expect("server");
+    let denied = Server::tcp(None, None, loopback()).expect("server");
+    let policies = Scratch::new("policies");
+    write_policy(&policies.0, &web_policy(allowed.addr().port()));
+    let mut daemon = Daemon::start(&root, &policies.0);
+    // `systemctl stop` (SIGTERM) leaves enforcement in place.
+    daemon.terminate();
+    write_policy(&policies.0, "[workload.web]\ncgroup = 7\n");
+    daemon.restart();
+    assert_adopted_and_rejected(&daemon, &policies.0);
     assert_eq!(tcp_connect(&web, None, denied.addr()), ProbeOutcome::Eperm);
     assert_eq!(tcp_connect(&web, None, allowed.addr()), ProbeOutcome::Ok);
 }

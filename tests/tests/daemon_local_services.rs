@@ -77,7 +77,7 @@ fn a_server_listening_before_the_daemon_started_is_the_receiving_workload() {
 
     let daemon = Daemon::start(&root, &policies.0);
     assert_db_is_the_receiver(&app, &other, &server);
-    // The seeded entry names the server's cgroup.
+    // The policy is in force (not merely adopted).
     let status = daemon.status();
     assert!(status.policy.is_some(), "{:?}", status.not_enforced);
 }

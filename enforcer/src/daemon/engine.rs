@@ -209,7 +209,13 @@ impl Engine {
                 c.compiled.workloads.len(),
                 self.resolution.cgroups.len()
             ),
-            None => "no policy in force".into(),
+            None => match self.adopted_generation {
+                // The kernel keeps the pinned policy of an earlier daemon.
+                Some(generation) => format!(
+                    "enforcing the adopted policy of an earlier daemon (generation {generation}); no new policy loaded"
+                ),
+                None => "no policy in force".into(),
+            },
         };
         if let Some(rejection) = &self.last_rejection {
             let first = rejection.errors.first().map_or("", String::as_str);
@@ -579,10 +585,19 @@ impl Engine {
         let mut workloads = Vec::new();
         match &self.current {
             None => not_enforced.push(match self.adopted_generation {
-                Some(generation) => format!(
-                    "no policy loaded: the kernel still enforces the policy pinned by an earlier daemon \
-                     (generation {generation}), which this daemon cannot show; fix the policy and reload"
-                ),
+                Some(generation) => match &self.last_rejection {
+                    Some(rejection) => format!(
+                        "the policy from {} was rejected ({}); the policy pinned by an earlier daemon \
+                         (generation {generation}) is still in force (adopted), but this daemon cannot \
+                         show it; fix the policy and reload",
+                        rejection.source, rejection.trigger
+                    ),
+                    None => format!(
+                        "no policy loaded: the policy pinned by an earlier daemon (generation \
+                         {generation}) is still in force (adopted), but this daemon cannot show it; \
+                         fix the policy and reload"
+                    ),
+                },
                 None => "no policy in force: nothing is enforced".into(),
             }),
             Some(current) => {
