@@ -145,3 +145,49 @@ fn a_child_cgroup_server_running_before_the_daemon_started_is_recognised() {
     let _daemon = Daemon::start(&root, &policies.0);
     assert_db_is_the_receiver(&app, &other, &server);
 }
+
+/// `Dataplane::seed_bound_ports` adds what the kernel does not know, never
+/// replaces an entry the kernel wrote, and forgets seeded entries whose
+/// port is no longer bound.
+#[test]
+fn seeded_ports_never_replace_the_kernels_and_are_pruned() {
+    use enforcer::dataplane::{Dataplane, DataplaneOptions};
+    use enforcer_common::PROTO_TCP;
+
+    let _root = privileged!();
+    let root = CgroupGuard::new().expect("cgroup");
+    let svc = root.child("svc").expect("svc cgroup");
+    let mut dp = Dataplane::load(&DataplaneOptions::default()).expect("load");
+    dp.attach(root.path()).expect("attach");
+    // Bound while attached: the kernel's entry, with the socket's cookie.
+    let server = Server::tcp(Some(&svc), None, loopback()).expect("server");
+    let bound = server.addr().port();
+    let unknown = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+        l.local_addr().unwrap().port()
+    };
+    let entry = |dp: &Dataplane, port: u16| {
+        dp.bound_ports()
+            .unwrap()
+            .into_iter()
+            .find(|(k, _)| k.protocol == PROTO_TCP && k.port == port)
+            .map(|(_, v)| v)
+    };
+    let kernel = entry(&dp, bound).expect("the kernel recorded the bind");
+    assert_eq!(kernel.cgroup_id, svc.id());
+    assert_ne!(kernel.cookie, 0);
+
+    let added = dp
+        .seed_bound_ports(&[(PROTO_TCP, bound, 4242), (PROTO_TCP, unknown, 4343)])
+        .expect("seed");
+    assert_eq!(added, 1);
+    assert_eq!(entry(&dp, bound), Some(kernel), "the kernel's entry stays");
+    let seeded = entry(&dp, unknown).expect("seeded");
+    assert_eq!((seeded.cgroup_id, seeded.cookie), (4343, 0));
+
+    // The next scan no longer sees `unknown` bound: its seeded entry goes,
+    // the kernel's stays.
+    assert_eq!(dp.seed_bound_ports(&[]).expect("seed"), 0);
+    assert_eq!(entry(&dp, unknown), None);
+    assert_eq!(entry(&dp, bound), Some(kernel));
+}

@@ -72,26 +72,37 @@ pub fn socket_inode(link: &str) -> Option<u64> {
 }
 
 /// Every receiving socket of this network namespace as `(protocol, port,
-/// cgroup id)`, one entry per (protocol, port): the first owner found wins
-/// (sockets sharing a port, like nginx's workers, share a cgroup in
-/// practice). Sockets whose owner cannot be found (it exited, or lives in a
-/// process this daemon cannot read) are left out.
-pub fn bound_ports(cgroup_mount: &Path) -> Vec<(u8, u16, u64)> {
-    let mut wanted: HashMap<u64, (u8, u16)> = HashMap::new();
+/// socket inode)`. A missing table (IPv6 disabled) has nothing bound.
+pub fn receiving_sockets() -> Vec<(u8, u16, u64)> {
+    let mut out = Vec::new();
     for (file, protocol) in [
         ("/proc/net/tcp", PROTO_TCP),
         ("/proc/net/tcp6", PROTO_TCP),
         ("/proc/net/udp", PROTO_UDP),
         ("/proc/net/udp6", PROTO_UDP),
     ] {
-        // A missing table (IPv6 disabled) has nothing bound.
-        let Ok(text) = std::fs::read_to_string(file) else {
-            continue;
-        };
-        for s in parse_proc_net(&text, protocol) {
-            wanted.insert(s.inode, (protocol, s.port));
+        if let Ok(text) = std::fs::read_to_string(file) {
+            out.extend(
+                parse_proc_net(&text, protocol)
+                    .into_iter()
+                    .map(|s| (protocol, s.port, s.inode)),
+            );
         }
     }
+    out
+}
+
+/// The owners of `sockets` (from [`receiving_sockets`]) as `(protocol,
+/// port, cgroup id)`, one entry per (protocol, port): the first owner found
+/// wins (sockets sharing a port, like nginx's workers, share a cgroup in
+/// practice). Sockets whose owner cannot be found (it exited, or this
+/// daemon cannot read it) are left out. This walks every `/proc/PID/fd`,
+/// so callers pass only the ports they do not know yet.
+pub fn owners(sockets: &[(u8, u16, u64)], cgroup_mount: &Path) -> Vec<(u8, u16, u64)> {
+    let wanted: HashMap<u64, (u8, u16)> = sockets
+        .iter()
+        .map(|&(protocol, port, inode)| (inode, (protocol, port)))
+        .collect();
     let mut found: BTreeMap<(u8, u16), u64> = BTreeMap::new();
     if wanted.is_empty() {
         return Vec::new();
@@ -140,6 +151,12 @@ pub fn bound_ports(cgroup_mount: &Path) -> Vec<(u8, u16, u64)> {
         .into_iter()
         .map(|((protocol, port), id)| (protocol, port, id))
         .collect()
+}
+
+/// Every receiving socket of this network namespace with its owner's
+/// cgroup: [`owners`] of all [`receiving_sockets`].
+pub fn bound_ports(cgroup_mount: &Path) -> Vec<(u8, u16, u64)> {
+    owners(&receiving_sockets(), cgroup_mount)
 }
 
 /// The cgroup id of a process (the inode of its cgroup v2 directory).

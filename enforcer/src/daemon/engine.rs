@@ -508,7 +508,8 @@ impl Engine {
     /// Record in `BOUND_PORTS` the ports bound before the programs could
     /// see the `bind()` (services started before the daemon), so that local
     /// connections to them are judged against the receiving workload. Runs
-    /// at start, on each full apply and on each cgroup change; failures are
+    /// at start, on each full apply, on each cgroup change and every 30 s
+    /// (services can start and stop without a cgroup change); failures are
     /// logged, since the kernel's own entries keep working.
     pub fn seed_bound_ports(&mut self) {
         let mount = match crate::cgroups::cgroup2_mount() {
@@ -518,7 +519,34 @@ impl Engine {
                 return;
             }
         };
-        let ports = crate::cgroups::sockets::bound_ports(&mount);
+        let known: std::collections::BTreeMap<(u8, u16), enforcer_common::BoundPort> =
+            match self.dataplane.bound_ports() {
+                Ok(entries) => entries
+                    .into_iter()
+                    .map(|(k, v)| ((k.protocol, k.port), v))
+                    .collect(),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the bound ports");
+                    return;
+                }
+            };
+        let sockets = crate::cgroups::sockets::receiving_sockets();
+        // Owners are looked up (a walk of every /proc/PID/fd) only for ports
+        // the map does not know yet; seeded entries still bound are kept.
+        let unknown: Vec<(u8, u16, u64)> = sockets
+            .iter()
+            .copied()
+            .filter(|(protocol, port, _)| !known.contains_key(&(*protocol, *port)))
+            .collect();
+        let mut ports = crate::cgroups::sockets::owners(&unknown, &mount);
+        let bound: std::collections::BTreeSet<(u8, u16)> =
+            sockets.iter().map(|&(p, port, _)| (p, port)).collect();
+        ports.extend(
+            known
+                .iter()
+                .filter(|(key, v)| v.cookie == 0 && bound.contains(key))
+                .map(|(&(protocol, port), v)| (protocol, port, v.cgroup_id)),
+        );
         match self.dataplane.seed_bound_ports(&ports) {
             Ok(0) => {}
             Ok(added) => {
@@ -531,6 +559,7 @@ impl Engine {
     /// Cgroups came or went: update the policy in force in place.
     pub fn on_tree(&mut self, update: TreeUpdate) {
         self.tree = update.tree;
+        self.seed_bound_ports();
         let Some(matcher) = &self.matcher else { return };
         let newer = matcher.resolve(&self.tree);
         // Compare with what the kernel holds: matched cgroups and their
@@ -569,7 +598,6 @@ impl Engine {
             }
         }
         self.resolution = newer;
-        self.seed_bound_ports();
     }
 
     /// The answer to `status`.

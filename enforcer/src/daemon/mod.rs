@@ -62,6 +62,9 @@ fn notify(states: &[sd_notify::NotifyState]) {
     }
 }
 
+/// How often the ports bound on this host are scanned again.
+const BOUND_PORTS_RESCAN: Duration = Duration::from_secs(30);
+
 /// Run the daemon until SIGTERM or SIGINT.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let root = cgroups::cgroup_root(settings.cgroup_root.as_deref())?;
@@ -170,6 +173,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         sd_notify::NotifyState::Status(&summary),
     ]);
 
+    // A safety net for ports bound before the daemon started whose
+    // services then stop (no cgroup change to trigger a scan).
+    let mut bound_rescan = tokio::time::interval(BOUND_PORTS_RESCAN);
+    bound_rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    bound_rescan.tick().await; // the first tick is immediate; seeded above
     loop {
         let deadline = engine.lock().await.next_deadline();
         let sleep = async {
@@ -197,6 +205,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 let _ = engine.load(Trigger::FileChange, &dir);
             }
             Some(update) = cgroup_watcher.next() => engine.lock().await.on_tree(update),
+            _ = bound_rescan.tick() => {
+                engine.lock().await.seed_bound_ports();
+                status_changed = false;
+            }
             _ = sleep => engine.lock().await.on_deadline(),
             _ = wake.notified() => {}
             else => status_changed = false,
