@@ -146,6 +146,51 @@ fn a_child_cgroup_server_running_before_the_daemon_started_is_recognised() {
     assert_db_is_the_receiver(&app, &other, &server);
 }
 
+/// The packaged daemon has only CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (no
+/// CAP_SYS_PTRACE: it cannot read another user's `/proc/PID/fd`), and
+/// servers run as their own users: the scan must still find them.
+#[test]
+fn a_server_of_another_user_is_found_by_a_daemon_with_the_packaged_capabilities() {
+    use enforcer_tests::Spawner;
+
+    let _root = privileged!();
+    let root = CgroupGuard::new().expect("cgroup");
+    let db = root.child("db").expect("db cgroup");
+    let app = root.child("app").expect("app cgroup");
+    let other = root.child("other").expect("other cgroup");
+    let probe = enforcer_tests::probe_path().expect("probe binary");
+    let mut server = Spawner::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(&probe)
+        .args(["tcp-listen", "127.0.0.1:0", "--exit-on-stdin-eof"])
+        .cgroup(&db)
+        .spawn()
+        .expect("server as nobody");
+    let line = server
+        .read_line(std::time::Duration::from_secs(5))
+        .expect("server output")
+        .unwrap_or_else(|| panic!("server exited: {}", server.stderr()));
+    let addr: SocketAddr = line
+        .strip_prefix("ready ")
+        .and_then(|a| a.trim().parse().ok())
+        .unwrap_or_else(|| panic!("unexpected server output {line:?}"));
+    let policies = Scratch::new("policies");
+    write_policy(&policies.0, &policy(r#"cgroup = "db""#, addr.port()));
+    let _daemon = Daemon::start_wrapped(
+        &root,
+        &policies.0,
+        &[],
+        &[
+            "setpriv",
+            "--bounding-set=-all,+bpf,+net_admin,+perfmon",
+            "--inh-caps=-all",
+            "--",
+        ],
+    );
+    assert_eq!(tcp_connect(&app, None, addr), ProbeOutcome::Ok);
+    assert_eq!(tcp_connect(&other, None, addr), ProbeOutcome::Eperm);
+}
+
 /// `Dataplane::seed_bound_ports` adds what the kernel does not know, never
 /// replaces an entry the kernel wrote, and forgets seeded entries whose
 /// port is no longer bound.

@@ -530,21 +530,16 @@ impl Engine {
                     return;
                 }
             };
-        let sockets = crate::cgroups::sockets::receiving_sockets();
-        // Owners are looked up (a walk of every /proc/PID/fd) only for ports
-        // the map does not know yet; seeded entries still bound are kept.
-        let unknown: Vec<(u8, u16, u64)> = sockets
-            .iter()
-            .copied()
-            .filter(|(protocol, port, _)| !known.contains_key(&(*protocol, *port)))
-            .collect();
-        let mut ports = crate::cgroups::sockets::owners(&unknown, &mount);
-        let bound: std::collections::BTreeSet<(u8, u16)> =
-            sockets.iter().map(|&(p, port, _)| (p, port)).collect();
+        let scan = crate::cgroups::sockets::scan(&mount, |protocol, port| {
+            known.contains_key(&(protocol, port))
+        });
+        let mut ports = scan.owners;
+        // Seeded entries whose port is still bound stay (the `/proc`
+        // fallback does not look their owners up again).
         ports.extend(
             known
                 .iter()
-                .filter(|(key, v)| v.cookie == 0 && bound.contains(key))
+                .filter(|(key, v)| v.cookie == 0 && scan.bound.contains(key))
                 .map(|(&(protocol, port), v)| (protocol, port, v.cgroup_id)),
         );
         match self.dataplane.seed_bound_ports(&ports) {

@@ -93,6 +93,8 @@ pub struct Daemon {
     pub cgroup_root: PathBuf,
     /// More `enforcer run` options.
     pub extra: Vec<String>,
+    /// A command the daemon runs under (`setpriv ... --`), empty for none.
+    pub wrapper: Vec<String>,
     /// The NOTIFY_SOCKET the daemon reports to (sd_notify).
     notify: Option<UnixDatagram>,
     scratch: Scratch,
@@ -107,6 +109,17 @@ impl Daemon {
 
     /// [`Daemon::start`] with more `enforcer run` options.
     pub fn start_with(root: &CgroupGuard, policies: &Path, extra: &[&str]) -> Daemon {
+        Daemon::start_wrapped(root, policies, extra, &[])
+    }
+
+    /// [`Daemon::start_with`], the daemon run under `wrapper` (for example
+    /// `setpriv` with the packaged unit's capabilities).
+    pub fn start_wrapped(
+        root: &CgroupGuard,
+        policies: &Path,
+        extra: &[&str],
+        wrapper: &[&str],
+    ) -> Daemon {
         let scratch = Scratch::new("daemon");
         let bpffs = PathBuf::from(format!(
             "/sys/fs/bpf/enforcer-test-{}-{}",
@@ -120,6 +133,7 @@ impl Daemon {
             policies: policies.to_path_buf(),
             cgroup_root: root.path().to_path_buf(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            wrapper: wrapper.iter().map(|s| s.to_string()).collect(),
             notify: None,
             scratch,
         };
@@ -137,7 +151,15 @@ impl Daemon {
             .set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
         let log = std::fs::File::create(self.scratch.0.join("daemon.log")).expect("log file");
-        let child = Command::new(enforcer_bin())
+        let mut command = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(enforcer_bin());
+                c
+            }
+            None => Command::new(enforcer_bin()),
+        };
+        let child = command
             .arg("run")
             .arg("--config")
             .arg("/dev/null")
