@@ -234,7 +234,9 @@ pub struct BoundPort {
 /// the flow. Addresses are in network byte order; IPv4 addresses occupy the
 /// first 4 bytes and the rest is zero. Ports are host byte order. For ICMP
 /// echo, `local_port` is the echo identifier and `remote_port` is 0.
-#[repr(C)]
+/// 8-byte aligned (the layout is unchanged: no padding) so that the kernel
+/// programs build and hash it in whole words.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     /// 4 or 6.

@@ -49,6 +49,10 @@ pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
 /// The fields of a packet the data plane judges on.
+///
+/// 8-byte aligned, with the addresses at 8-aligned offsets, so that the
+/// kernel programs move them as whole words rather than byte by byte.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Packet {
     /// 4 or 6.
