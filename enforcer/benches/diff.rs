@@ -1,6 +1,9 @@
 //! Benchmark: `enforcer diff` over two generated policies of 20,000 rules
-//! each (one verdict range per rule), differing by about 1% of their rules
-//! and a few peers.
+//! each, differing by about 1% of their rules and a few peers:
+//! - `diff_20k_rules`: compiled-form policies built entry by entry (one
+//!   verdict range per rule), and the same policy against itself;
+//! - `diff_20k_rules_compiled`: TOML policies of 20,000 rules compiled by
+//!   the real compiler (compilation not timed), then diffed.
 //!
 //! `cargo bench -p enforcer --bench diff -- [--quick] [--json PATH]`
 //! writes `[{"name","median_ns","min_ns","max_ns","rounds"}]` to PATH.
@@ -118,27 +121,138 @@ fn generate(variant: u64) -> CompiledPolicy {
     b.build()
 }
 
+/// TOML text of a 20,000-rule policy set; `variant` 1 edits about 1% of
+/// the rules and moves a few peer prefixes.
+fn generate_toml(variant: u64) -> String {
+    use std::fmt::Write as _;
+    let mut t = String::new();
+    for i in 0..WORKLOADS {
+        let _ = writeln!(
+            t,
+            "[workload.w{i:03}]\nunit = \"w{i:03}.service\"\nlabels = {{ app = \"a{:02}\" }}",
+            i / 5
+        );
+    }
+    for i in 0..PEERS {
+        let moved = variant == 1 && i % 50 == 0;
+        let cidr = if moved {
+            format!("10.200.{}.0/24", i / 50)
+        } else if i % 10 == 9 {
+            format!("10.{}.{}.16/28", i / 250, (i - 1) % 250)
+        } else {
+            format!("10.{}.{}.0/24", i / 250, i % 250)
+        };
+        let _ = writeln!(
+            t,
+            "[peer.p{i:03}]\ncidrs = [\"{cidr}\"]\nlabels = {{ zone = \"z{}\" }}",
+            i % 20
+        );
+    }
+    let mut rng = Rng(0x5851_f42d_4c95_7f2d);
+    const PER_POLICY: usize = 20;
+    for p in 0..RULES / PER_POLICY {
+        let _ = writeln!(
+            t,
+            "[[policy]]\nname = \"pol{p:04}\"\nselect = {{ app = \"a{:02}\" }}",
+            p % (WORKLOADS / 5)
+        );
+        let mut sections: [Vec<String>; 4] = Default::default();
+        for r in 0..PER_POLICY {
+            let n = p * PER_POLICY + r;
+            let section = match rng.below(16) {
+                0 => 2,
+                1 => 3,
+                x => x % 2,
+            };
+            let remote = match rng.below(10) {
+                0 => "\"world\"".to_owned(),
+                1 => format!("{{ zone = \"z{}\" }}", rng.below(20)),
+                2..=4 => format!("\"workload:w{:03}\"", rng.below(WORKLOADS)),
+                _ => format!("\"peer:p{:03}\"", rng.below(PEERS)),
+            };
+            let lo = 1 + rng.below(60_000);
+            let mut hi = if rng.below(3) == 0 {
+                lo
+            } else {
+                lo + rng.below(64)
+            };
+            if variant == 1 && n % 100 == 7 {
+                hi += 16;
+            }
+            let proto = if rng.below(4) == 0 { "udp" } else { "tcp" };
+            let ports = if lo == hi {
+                format!("{lo}/{proto}")
+            } else {
+                format!("{lo}-{hi}/{proto}")
+            };
+            let key = if section % 2 == 0 { "from" } else { "to" };
+            sections[section].push(format!(
+                "  {{ {key} = [{remote}], ports = [\"{ports}\"] }},"
+            ));
+        }
+        for (name, rules) in ["allow-in", "allow-out", "deny-in", "deny-out"]
+            .iter()
+            .zip(&sections)
+        {
+            if !rules.is_empty() {
+                let _ = writeln!(t, "{name} = [\n{}\n]", rules.join("\n"));
+            }
+        }
+    }
+    t
+}
+
+fn compile_toml(text: &str) -> DiffInput {
+    let sources = [(std::path::PathBuf::from("bench.toml"), text.to_owned())];
+    let loaded = enforcer::policy::load_sources(&sources)
+        .unwrap_or_else(|e| panic!("generated policy invalid: {e}"));
+    let meta = enforcer::diff::load::meta(&loaded.set);
+    let (compiled, _) = enforcer::compile::compile_loaded(loaded, std::time::SystemTime::now())
+        .unwrap_or_else(|e| panic!("generated policy does not compile: {e}"));
+    DiffInput { compiled, meta }
+}
+
 struct Stats {
     name: String,
     median_ns: u128,
+    /// CPU time of this thread: what the work costs when the machine is
+    /// shared and wall time is inflated by waiting for a core.
+    median_cpu_ns: u128,
     min_ns: u128,
     max_ns: u128,
     rounds: usize,
 }
 
+fn thread_cpu_ns() -> u128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128
+}
+
 fn measure(name: &str, rounds: usize, mut f: impl FnMut()) -> Stats {
     f(); // warm-up
+    let mut cpu = Vec::with_capacity(rounds);
     let mut times: Vec<u128> = (0..rounds)
         .map(|_| {
-            let start = Instant::now();
+            let (start, cpu_start) = (Instant::now(), thread_cpu_ns());
             f();
+            cpu.push(thread_cpu_ns().saturating_sub(cpu_start));
             start.elapsed().as_nanos()
         })
         .collect();
     times.sort_unstable();
+    cpu.sort_unstable();
     Stats {
         name: name.to_owned(),
         median_ns: times[times.len() / 2],
+        median_cpu_ns: cpu[cpu.len() / 2],
         min_ns: times[0],
         max_ns: times[times.len() - 1],
         rounds,
@@ -169,6 +283,19 @@ fn main() {
         "the variant must change verdicts"
     );
 
+    let old_c = compile_toml(&generate_toml(0));
+    let new_c = compile_toml(&generate_toml(1));
+    let dc = diff(&old_c, &new_c);
+    eprintln!(
+        "compiled: {} / {} verdict entries, {} rules each; diff: {} rows, {} entity changes",
+        old_c.compiled.verdicts.len(),
+        new_c.compiled.verdicts.len(),
+        old_c.compiled.rules.len(),
+        dc.changes.len(),
+        dc.entities.len()
+    );
+    assert!(!dc.changes.is_empty(), "the variant must change verdicts");
+
     let results = [
         measure("diff_20k_rules", rounds, || {
             std::hint::black_box(diff(&old, &new));
@@ -176,14 +303,21 @@ fn main() {
         measure("diff_20k_rules_identical", rounds, || {
             std::hint::black_box(diff(&old, &old));
         }),
+        measure("diff_20k_rules_compiled", rounds, || {
+            std::hint::black_box(diff(&old_c, &new_c));
+        }),
+        measure("reach_index_20k_compiled", rounds, || {
+            std::hint::black_box(enforcer::diff::reach::Reach::new(&old_c.compiled));
+        }),
     ];
     for s in &results {
         println!(
-            "{:<28} median {:>9.3} ms  min {:>9.3} ms  max {:>9.3} ms  ({} rounds)",
+            "{:<28} median {:>9.3} ms  min {:>9.3} ms  max {:>9.3} ms  cpu {:>9.3} ms  ({} rounds)",
             s.name,
             s.median_ns as f64 / 1e6,
             s.min_ns as f64 / 1e6,
             s.max_ns as f64 / 1e6,
+            s.median_cpu_ns as f64 / 1e6,
             s.rounds
         );
     }
@@ -192,7 +326,8 @@ fn main() {
             .iter()
             .map(|s| {
                 serde_json::json!({"name": s.name, "median_ns": s.median_ns, "min_ns": s.min_ns,
-                                   "max_ns": s.max_ns, "rounds": s.rounds})
+                                   "max_ns": s.max_ns, "rounds": s.rounds,
+                                   "median_cpu_ns": s.median_cpu_ns})
             })
             .collect();
         let text = serde_json::to_string_pretty(&doc).unwrap_or_default();

@@ -4,8 +4,12 @@
 //! [`policy`] (parse, validate) -> [`compile`] (entries for the kernel
 //! maps) -> [`eval`] (the reference evaluator of those entries).
 
+pub mod api;
+pub mod cgroups;
 pub mod cli;
 pub mod compile;
+pub mod config;
+pub mod daemon;
 pub mod dataplane;
 pub mod diff;
 pub mod eval;

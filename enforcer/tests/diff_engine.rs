@@ -783,3 +783,38 @@ fn text_and_markdown_show_signs_and_a_summary() {
     let empty = render(&PolicyDiff::default(), Format::Markdown, false);
     assert_eq!(empty, "**Policy diff:** no changes\n");
 }
+
+#[test]
+fn a_peer_renamed_with_the_same_addresses_is_only_a_rename() {
+    let build = |peer: &str| {
+        let mut b = PolicyBuilder::new();
+        let db = b.workload("db");
+        let p = b.peer(peer, &["203.0.113.0/24", "2001:db8:20::/48"]);
+        let r = b.rule("db", "allow-in", 0);
+        b.ports(db, IN, PROTO_TCP, p, 5432, 5432, ACTION_ALLOW, r);
+        b
+    };
+    let d = run(build("office"), build("hq"));
+    assert!(d.changes.is_empty(), "{:#?}", d.changes);
+    let e: Vec<(&str, &str, Option<&str>)> = d
+        .entities
+        .iter()
+        .map(|e| (e.name.as_str(), e.change.as_str(), e.detail.as_deref()))
+        .collect();
+    assert_eq!(e, vec![("hq", "renamed", Some("was office"))]);
+    // A rename that also drops access shows the rows, under the new name
+    // with the addresses' old owner.
+    let mut lost = PolicyBuilder::new();
+    lost.workload("db");
+    lost.peer("hq", &["203.0.113.0/24", "2001:db8:20::/48"]);
+    let d = run(build("office"), lost);
+    assert_eq!(d.changes.len(), 1);
+    assert_eq!(
+        (d.changes[0].from.as_str(), d.changes[0].was.as_deref()),
+        ("hq", Some("office"))
+    );
+    assert_eq!(
+        d.changes[0].addresses.as_deref(),
+        Some(&["203.0.113.0/24".to_owned(), "2001:db8:20::/48".to_owned()][..])
+    );
+}

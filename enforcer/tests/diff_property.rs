@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use enforcer::compile::compiled::{CompiledPolicy, EntityKind};
 use enforcer::diff::testkit::PolicyBuilder;
 use enforcer::diff::{Change, DiffInput, PolicyDiff, diff};
+use enforcer::eval::{Connection, evaluate, resolve_addr};
 use enforcer_common::{
     ACTION_ALLOW, ACTION_DENY, DIRECTION_EGRESS, DIRECTION_INGRESS, IDENTITY_ANY,
     IDENTITY_ANY_EXTERNAL, IDENTITY_HOST, IDENTITY_WORLD, Identity, PROTO_ICMP, PROTO_TCP,
@@ -237,7 +238,13 @@ impl Oracle<'_> {
                 }
             }
         }
-        best.map_or(IDENTITY_WORLD, |(_, id)| id)
+        let mine = best.map_or(IDENTITY_WORLD, |(_, id)| id);
+        assert_eq!(
+            mine,
+            resolve_addr(self.0, addr),
+            "oracles disagree on {addr}"
+        );
+        mine
     }
     fn level(&self, w: Identity, d: u8, p: u8, r: Identity, port: u16) -> Option<(bool, u32)> {
         let mut best: Option<(u32, bool, u32)> = None;
@@ -257,20 +264,39 @@ impl Oracle<'_> {
         }
         best.map(|(_, a, r)| (a, r))
     }
+    /// The linear scan, cross-checked against the project's reference
+    /// evaluator (`eval::evaluate`), which must agree on every connection.
     fn one_side(&self, w: Identity, d: u8, p: u8, r: Identity, port: u16) -> (bool, u32) {
         let external = self
             .0
             .entities
             .iter()
             .any(|e| e.identity == r && matches!(e.kind, EntityKind::Peer | EntityKind::World));
-        self.level(w, d, p, r, port)
+        let mine = self
+            .level(w, d, p, r, port)
             .or_else(|| {
                 external
                     .then(|| self.level(w, d, p, IDENTITY_ANY_EXTERNAL, port))
                     .flatten()
             })
             .or_else(|| self.level(w, d, p, IDENTITY_ANY, port))
-            .unwrap_or((false, RULE_DEFAULT_DENY))
+            .unwrap_or((false, RULE_DEFAULT_DENY));
+        let reference = evaluate(
+            self.0,
+            &Connection {
+                local: w,
+                direction: d,
+                remote: r,
+                protocol: p,
+                port,
+            },
+        );
+        assert_eq!(
+            mine,
+            (reference.action == ACTION_ALLOW, reference.rule),
+            "oracles disagree on {w} {d} {p} {r} {port}"
+        );
+        mine
     }
     fn label(&self, rule: u32) -> String {
         if rule == RULE_DEFAULT_DENY {
@@ -428,7 +454,7 @@ fn expect_row(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 192, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 
     #[test]
     fn applying_the_diff_to_old_gives_new((old, new) in pair(), reverse in any::<bool>()) {
@@ -440,5 +466,203 @@ proptest! {
         prop_assert_eq!(d.narrowed, d.changes.iter().any(|c| c.after == "deny"));
         // And a policy against itself is always empty.
         prop_assert!(diff(&DiffInput::from_compiled(new.clone()), &DiffInput::from_compiled(new)).is_empty());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The same property end to end: random TOML policy pairs, compiled by the
+// real compiler (which folds wildcard levels and deny-wins), diffed, and
+// checked connection by connection.
+
+const SELECTORS: [&str; 10] = [
+    r#""world""#,
+    r#""host""#,
+    r#""any""#,
+    r#""workload:a""#,
+    r#""workload:b""#,
+    r#""workload:c""#,
+    r#""peer:p""#,
+    r#""peer:q""#,
+    r#"{ zone = "z" }"#,
+    r#"{ app = ["a", "b"] }"#,
+];
+const PORT_ITEMS: [&str; 10] = [
+    "22/tcp",
+    "21-23/tcp",
+    "80-443/tcp",
+    "1000-1023/udp",
+    "1024-65535/tcp",
+    "tcp",
+    "udp",
+    "icmp",
+    "8000/udp",
+    "1-1000/tcp",
+];
+const SECTIONS: [&str; 4] = ["allow-in", "allow-out", "deny-in", "deny-out"];
+
+#[derive(Clone, Debug)]
+struct TomlRule {
+    section: usize,
+    remotes: Vec<usize>,
+    /// `None`: `ports` omitted.
+    ports: Option<Vec<usize>>,
+}
+
+#[derive(Clone, Debug)]
+struct TomlSide {
+    workloads: [bool; 3],
+    audit: [bool; 3],
+    owners: [u8; 7],
+    /// Rules of each workload's policy.
+    rules: [Vec<TomlRule>; 3],
+}
+
+fn toml_rule() -> impl Strategy<Value = TomlRule> {
+    (
+        0..4usize,
+        prop::collection::vec(0..SELECTORS.len(), 1..3),
+        prop::option::weighted(0.8, prop::collection::vec(0..PORT_ITEMS.len(), 1..3)),
+    )
+        .prop_map(|(section, remotes, ports)| TomlRule {
+            section,
+            remotes,
+            ports,
+        })
+}
+
+fn toml_side() -> impl Strategy<Value = TomlSide> {
+    (
+        prop::array::uniform3(prop::bool::weighted(0.85)),
+        prop::array::uniform3(prop::bool::weighted(0.1)),
+        prop::array::uniform7(0u8..3),
+        prop::array::uniform3(prop::collection::vec(toml_rule(), 0..4)),
+    )
+        .prop_map(|(workloads, audit, owners, rules)| TomlSide {
+            workloads,
+            audit,
+            owners,
+            rules,
+        })
+}
+
+/// NEW as OLD with some edits: each part is kept with high probability.
+fn toml_pair() -> impl Strategy<Value = (TomlSide, TomlSide)> {
+    (
+        toml_side(),
+        toml_side(),
+        prop::array::uniform3(prop::bool::weighted(0.85)),
+        prop::array::uniform7(prop::bool::weighted(0.8)),
+        prop::array::uniform3(prop::bool::weighted(0.6)),
+    )
+        .prop_map(|(old, other, keep_w, keep_c, keep_r)| {
+            let mut new = old.clone();
+            for i in 0..3 {
+                if !keep_w[i] {
+                    new.workloads[i] = other.workloads[i];
+                    new.audit[i] = other.audit[i];
+                }
+                if !keep_r[i] {
+                    // Edit the rule list: keep a prefix, append others' rules.
+                    let keep = new.rules[i].len() / 2;
+                    new.rules[i].truncate(keep);
+                    new.rules[i].extend(other.rules[i].iter().cloned());
+                }
+            }
+            for (c, keep) in keep_c.iter().enumerate() {
+                if !keep {
+                    new.owners[c] = other.owners[c];
+                }
+            }
+            (old, new)
+        })
+}
+
+fn render_toml(side: &TomlSide, reverse_rules: bool) -> String {
+    let mut t = String::new();
+    for (i, name) in WORKLOADS.iter().enumerate() {
+        if side.workloads[i] {
+            let mode = if side.audit[i] { "audit" } else { "enforce" };
+            t += &format!(
+                "[workload.{name}]\nunit = \"{name}.service\"\nlabels = {{ app = \"{name}\" }}\nmode = \"{mode}\"\n\n"
+            );
+        }
+    }
+    for (i, name) in PEERS.iter().enumerate() {
+        let cidrs: Vec<String> = (0..7)
+            .filter(|c| side.owners[*c] as usize == i + 1)
+            .map(|c| format!("\"{}\"", CIDRS[c]))
+            .collect();
+        if !cidrs.is_empty() {
+            let zone = if i == 0 { "z" } else { "y" };
+            t += &format!(
+                "[peer.{name}]\ncidrs = [{}]\nlabels = {{ zone = \"{zone}\" }}\n\n",
+                cidrs.join(", ")
+            );
+        }
+    }
+    for (i, name) in WORKLOADS.iter().enumerate() {
+        if !side.workloads[i] {
+            continue;
+        }
+        t += &format!("[[policy]]\nname = \"{name}\"\nselect = {{ app = \"{name}\" }}\n");
+        for (s, section) in SECTIONS.iter().enumerate() {
+            let mut rules: Vec<String> = side.rules[i]
+                .iter()
+                .filter(|r| r.section == s)
+                .map(|r| {
+                    let key = if s % 2 == 0 { "from" } else { "to" };
+                    let remotes: Vec<&str> = r.remotes.iter().map(|x| SELECTORS[*x]).collect();
+                    let ports = match &r.ports {
+                        Some(p) => {
+                            let p: Vec<String> = p
+                                .iter()
+                                .map(|x| format!("\"{}\"", PORT_ITEMS[*x]))
+                                .collect();
+                            format!(", ports = [{}]", p.join(", "))
+                        }
+                        None => String::new(),
+                    };
+                    format!(
+                        "  {{ {key} = [{}]{ports}, optional = true }},\n",
+                        remotes.join(", ")
+                    )
+                })
+                .collect();
+            if reverse_rules {
+                rules.reverse();
+            }
+            if !rules.is_empty() {
+                t += &format!("{section} = [\n{}]\n", rules.concat());
+            }
+        }
+        t += "\n";
+    }
+    t
+}
+
+fn compile_toml(text: &str) -> CompiledPolicy {
+    let sources = [(std::path::PathBuf::from("p.toml"), text.to_owned())];
+    let loaded = enforcer::policy::load_sources(&sources)
+        .unwrap_or_else(|e| panic!("generated policy invalid: {e}\n{text}"));
+    let (compiled, _) = enforcer::compile::compile_loaded(loaded, std::time::SystemTime::now())
+        .unwrap_or_else(|e| panic!("generated policy does not compile: {e}\n{text}"));
+    compiled
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn compiled_policies_diff_to_their_verdict_changes((old, new) in toml_pair(), reverse in any::<bool>()) {
+        let old_text = render_toml(&old, false);
+        let new_text = render_toml(&new, reverse);
+        let (old_c, new_c) = (compile_toml(&old_text), compile_toml(&new_text));
+        let d = diff(&DiffInput::from_compiled(old_c.clone()), &DiffInput::from_compiled(new_c.clone()));
+        check(&old_c, &new_c, &d)?;
+        // Rule order never matters: the same side with its rules reversed
+        // diffs to nothing.
+        let again = compile_toml(&render_toml(&old, true));
+        let same = diff(&DiffInput::from_compiled(old_c), &DiffInput::from_compiled(again));
+        prop_assert!(same.changes.is_empty(), "reordering changed verdicts: {:#?}", same.changes);
     }
 }

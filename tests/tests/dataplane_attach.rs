@@ -92,6 +92,7 @@ fn pinned_enforcement_outlives_the_loader_is_adopted_and_uninstalls_cleanly() {
     let pins = PinRoot::new();
     let options = DataplaneOptions {
         pin_root: Some(pins.path.clone()),
+        ..Default::default()
     };
     let cgroups = [ResolvedCgroup {
         cgroup_id: cg.id(),
@@ -180,6 +181,7 @@ fn removing_the_cgroup_leaves_no_link_behind() {
     let pins = PinRoot::new();
     let options = DataplaneOptions {
         pin_root: Some(pins.path.clone()),
+        ..Default::default()
     };
     {
         let mut dp = Dataplane::load(&options).expect("load");

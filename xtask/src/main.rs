@@ -3,6 +3,7 @@
 mod bench;
 mod cmd;
 mod demo;
+mod e2e;
 mod ebpf_object;
 mod setup;
 mod test;
@@ -13,7 +14,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "enforcer's developer tasks")]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "enforcer's developer tasks"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Task,
@@ -33,6 +38,9 @@ enum Task {
     /// Micro-benchmarks and end-to-end network benchmarks; writes
     /// target/bench/report.{json,md}.
     Bench(bench::Args),
+    /// The Debian package on a booted Debian with systemd (nspawn), with
+    /// real nginx, PostgreSQL, curl and psql.
+    E2e(e2e::Args),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +50,7 @@ fn main() -> ExitCode {
         Task::Test => test::run(),
         Task::Demo(args) => demo::run(args),
         Task::Bench(args) => bench::run(args),
+        Task::E2e(args) => e2e::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

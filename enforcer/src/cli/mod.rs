@@ -1,9 +1,15 @@
 //! The command line: one file per subcommand, each with its clap `Args`
 //! and a `run` returning the process exit code.
 
+pub mod apply;
+pub mod assets;
 pub mod check;
+pub mod confirm;
 pub mod diff;
 pub mod explain;
+pub mod flows;
+pub mod run;
+pub mod status;
 
 use std::process::ExitCode;
 
@@ -27,6 +33,19 @@ pub enum Command {
     Check(check::Args),
     /// Show the verdict for one flow and the rule that decides it.
     Explain(explain::Args),
+    /// The daemon: enforce the policy, follow cgroups, serve the local API.
+    Run(run::Args),
+    /// Validate a policy directory and hand it to the running daemon.
+    Apply(apply::Args),
+    /// Keep a policy applied with `apply --confirm`.
+    Confirm(confirm::Args),
+    /// The daemon, its policy generation, workloads, cgroups and counters.
+    Status(status::Args),
+    /// Recent verdict events.
+    Flows(flows::Args),
+    /// Write man pages and shell completions (for packaging).
+    #[command(hide = true)]
+    GenerateAssets(assets::Args),
     /// Semantic diff of who may talk to whom between two policies (DIR or
     /// REV:DIR), for policy review in CI.
     Diff(diff::Args),
@@ -37,6 +56,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check(args) => check::run(args),
         Command::Explain(args) => explain::run(args),
+        Command::Run(args) => run::run(args),
+        Command::Apply(args) => apply::run(args),
+        Command::Confirm(args) => confirm::run(args),
+        Command::Status(args) => status::run(args),
+        Command::Flows(args) => flows::run(args),
+        Command::GenerateAssets(args) => assets::run(args),
         Command::Diff(args) => diff::run(args),
     }
 }

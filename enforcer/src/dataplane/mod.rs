@@ -53,6 +53,11 @@ pub struct DataplaneOptions {
     /// outlives the process and a new process adopts it. `None`: nothing
     /// is pinned and everything is detached when the [`Dataplane`] drops.
     pub pin_root: Option<PathBuf>,
+    /// Whether [`Dataplane::attach`] may attach to the root of the cgroup v2
+    /// hierarchy, where every process of the host is filtered. That is what
+    /// the daemon does on a server (workloads are anywhere in the tree);
+    /// tests and the demo leave it off and attach to cgroups they created.
+    pub allow_root_cgroup: bool,
 }
 
 /// One cgroup the daemon resolved to a workload.
@@ -147,6 +152,7 @@ pub struct Dataplane {
     ebpf: Ebpf,
     /// `<pin_root>/v1`, when pinning.
     pin_dir: Option<PathBuf>,
+    allow_root_cgroup: bool,
     /// Links owned by this process (not pinned): dropping them detaches.
     links: Vec<FdLink>,
     /// What the active slot's cgroup map holds, to rewrite it on `apply`.
@@ -239,6 +245,7 @@ impl Dataplane {
         let mut dp = Dataplane {
             ebpf,
             pin_dir,
+            allow_root_cgroup: options.allow_root_cgroup,
             links: Vec::new(),
             cgroups: BTreeMap::new(),
         };
@@ -260,12 +267,12 @@ impl Dataplane {
         self.pin_dir.as_deref()
     }
 
-    /// Attaches every program to `cgroup_dir` (a cgroup v2 directory, never
-    /// the root). With pinning, each link is pinned, replacing (and then
+    /// Attaches every program to `cgroup_dir` (a cgroup v2 directory; the
+    /// root only with [`DataplaneOptions::allow_root_cgroup`]). With pinning, each link is pinned, replacing (and then
     /// detaching) a link pinned by an earlier process, so there is no gap
     /// without enforcement.
     pub fn attach(&mut self, cgroup_dir: &Path) -> Result<()> {
-        if !cgroup_dir.join("cgroup.type").exists() {
+        if !self.allow_root_cgroup && !cgroup_dir.join("cgroup.type").exists() {
             // Every cgroup v2 directory but the root has cgroup.type.
             return Err(DataplaneError::RefusingRootCgroup {
                 path: cgroup_dir.to_owned(),

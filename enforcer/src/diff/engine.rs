@@ -7,7 +7,6 @@
 //! compared under its owner in OLD and its owner in NEW.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::rc::Rc;
 
 use enforcer_common::{
     DIRECTION_EGRESS, DIRECTION_INGRESS, IDENTITY_HOST, Identity, MODE_AUDIT, MODE_ENFORCE,
@@ -18,7 +17,7 @@ use super::model::{
     Change, DiffInput, EntityChange, ExpectationChange, ModeChange, PolicyDiff, UntilChange,
 };
 use super::ports::{PortMap, combine, format_ports};
-use super::reach::{Effective, PROTOCOLS, Reach, port_max, protocol_name};
+use super::reach::{Effective, PROTOCOLS, Reach, Scratch, port_max, protocol_name};
 use super::regions::{AddrRange, regions};
 use crate::compile::compiled::{CgroupSelector, CompiledPolicy, EntityKind};
 
@@ -32,40 +31,51 @@ pub fn diff(old: &DiffInput, new: &DiffInput) -> PolicyDiff {
     let remotes = external_slots(&old.compiled, &new.compiled, &mut out);
 
     let mut rows: Vec<Row> = Vec::new();
+    let absent = PortMap::default();
+    let (mut so, mut sn) = (Scratch::default(), Scratch::default());
+    let (mut bo, mut bn) = (PortMap::default(), PortMap::default());
     for local in &workloads {
         for &protocol in &PROTOCOLS {
             for remote in &workloads {
-                let o = both(local.old, remote.old, |a, b| {
-                    ro.between_workloads(a, b, protocol)
-                });
-                let n = both(local.new, remote.new, |a, b| {
-                    rn.between_workloads(a, b, protocol)
-                });
-                rows.extend(take_rows(&ro, &rn, &o, &n, protocol, local, remote, None));
+                let o = match (local.old, remote.old) {
+                    (Some(a), Some(b)) => ro.between_workloads_in(a, b, protocol, &mut so),
+                    _ => &absent,
+                };
+                let n = match (local.new, remote.new) {
+                    (Some(a), Some(b)) => rn.between_workloads_in(a, b, protocol, &mut sn),
+                    _ => &absent,
+                };
+                rows.extend(take_rows(
+                    &ro,
+                    &rn,
+                    o,
+                    n,
+                    protocol,
+                    &local.name,
+                    &remote.name,
+                    None,
+                ));
             }
             for remote in &remotes {
                 for direction in [DIRECTION_EGRESS, DIRECTION_INGRESS] {
-                    let o = both(local.old, remote.old, |w, r| {
-                        ro.one_side(w, direction, protocol, r)
-                    });
-                    let n = both(local.new, remote.new, |w, r| {
-                        rn.one_side(w, direction, protocol, r)
-                    });
-                    let remote_slot = Slot {
-                        old: remote.old,
-                        new: remote.new,
-                        name: remote.name.clone(),
+                    let o = match (local.old, remote.old) {
+                        (Some(w), Some(r)) => ro.one_side_in(w, direction, protocol, r, &mut bo),
+                        _ => &absent,
+                    };
+                    let n = match (local.new, remote.new) {
+                        (Some(w), Some(r)) => rn.one_side_in(w, direction, protocol, r, &mut bn),
+                        _ => &absent,
                     };
                     let (from, to) = if direction == DIRECTION_EGRESS {
-                        (local, &remote_slot)
+                        (&local.name, &remote.name)
                     } else {
-                        (&remote_slot, local)
+                        (&remote.name, &local.name)
                     };
                     rows.extend(take_rows(
                         &ro,
                         &rn,
-                        &o,
-                        &n,
+                        o,
+                        n,
                         protocol,
                         from,
                         to,
@@ -137,19 +147,6 @@ fn protocol_rank(protocol: u8) -> usize {
         .unwrap_or(PROTOCOLS.len())
 }
 
-/// Runs `f` when both ends exist on this side; otherwise nothing is
-/// allowed (an entity that does not exist takes part in no traffic).
-fn both(
-    a: Option<Identity>,
-    b: Option<Identity>,
-    f: impl FnOnce(Identity, Identity) -> Rc<PortMap<Effective>>,
-) -> Rc<PortMap<Effective>> {
-    match (a, b) {
-        (Some(a), Some(b)) => f(a, b),
-        _ => Rc::new(PortMap::default()),
-    }
-}
-
 /// The change rows between two effective maps of one (from, to, protocol).
 #[expect(clippy::too_many_arguments, reason = "one row's coordinates")]
 fn take_rows(
@@ -158,8 +155,8 @@ fn take_rows(
     old: &PortMap<Effective>,
     new: &PortMap<Effective>,
     protocol: u8,
-    from: &Slot,
-    to: &Slot,
+    from: &str,
+    to: &str,
     moved: Option<&(Vec<String>, String)>,
 ) -> Vec<Row> {
     if old == new {
@@ -188,8 +185,8 @@ fn take_rows(
             protocol,
             lo,
             change: Change {
-                from: from.name.clone(),
-                to: to.name.clone(),
+                from: from.to_owned(),
+                to: to.to_owned(),
                 protocol: protocol_name(protocol).to_owned(),
                 ports: format_ports(lo, hi, max),
                 before: verdict_name(before).to_owned(),

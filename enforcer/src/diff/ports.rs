@@ -46,6 +46,29 @@ impl<T: Clone + PartialEq> PortMap<T> {
         self.segs.push((lo, hi, value));
     }
 
+    /// The fast path of [`Self::from_blocks`]: blocks already in port order
+    /// and disjoint (as the compiler writes them) become segments directly.
+    /// `None` when they are not, so the caller resolves them in full.
+    pub fn from_sorted_blocks(
+        blocks: impl ExactSizeIterator<Item = (u16, u32, T)>,
+    ) -> Option<Self> {
+        let mut out = PortMap {
+            segs: Vec::with_capacity(blocks.len()),
+        };
+        let mut next: u32 = 0;
+        for (port, bits, value) in blocks {
+            let bits = bits.min(16);
+            let span: u32 = 1 << (16 - bits);
+            let lo = u32::from(port) & !(span - 1);
+            if lo < next {
+                return None;
+            }
+            next = lo + span;
+            out.push(lo as u16, (next - 1) as u16, value);
+        }
+        Some(out)
+    }
+
     /// Resolves prefix-aligned port blocks the way an LPM trie does: where
     /// blocks nest, the longest prefix (the innermost block) wins.
     /// Each block is `(first port, number of fixed leading bits, value)`;
@@ -108,8 +131,27 @@ impl<T: Clone + PartialEq> PortMap<T> {
 
 /// Walks two maps together over `0..=max` and keeps `f(a, b)` wherever it
 /// is `Some`, coalescing equal neighbours. Linear in the number of segments.
-pub fn combine<A, B, C, F>(a: &PortMap<A>, b: &PortMap<B>, max: u16, mut f: F) -> PortMap<C>
+pub fn combine<A, B, C, F>(a: &PortMap<A>, b: &PortMap<B>, max: u16, f: F) -> PortMap<C>
 where
+    A: Clone + PartialEq,
+    B: Clone + PartialEq,
+    C: Clone + PartialEq,
+    F: FnMut(Option<&A>, Option<&B>) -> Option<C>,
+{
+    let mut out = PortMap::default();
+    combine_into(a, b, max, f, &mut out);
+    out
+}
+
+/// [`combine`] into `out`, reusing its allocation (the diff runs hundreds
+/// of thousands of these).
+pub fn combine_into<A, B, C, F>(
+    a: &PortMap<A>,
+    b: &PortMap<B>,
+    max: u16,
+    mut f: F,
+    out: &mut PortMap<C>,
+) where
     A: Clone + PartialEq,
     B: Clone + PartialEq,
     C: Clone + PartialEq,
@@ -117,7 +159,7 @@ where
 {
     let (a, b) = (a.segments(), b.segments());
     let max = u32::from(max);
-    let mut out = PortMap::default();
+    out.segs.clear();
     let (mut i, mut j) = (0usize, 0usize);
     let mut pos: u32 = 0;
     while pos <= max {
@@ -135,7 +177,6 @@ where
         }
         pos = end + 1;
     }
-    out
 }
 
 /// The value of segment `i` at `pos` if it covers `pos`, and lowers `end` to
@@ -206,6 +247,25 @@ mod tests {
         );
         assert_eq!(m.get(1500), Some(&'c'));
         assert_eq!(m.get(70), Some(&'a'));
+    }
+
+    #[test]
+    fn sorted_fast_path_agrees_and_refuses_nesting() {
+        let blocks = [
+            (80, 16, 1u8),
+            (81, 16, 1u8),
+            (1024, 6, 2u8),
+            (65535, 16, 3u8),
+        ];
+        let fast = PortMap::from_sorted_blocks(blocks.into_iter()).expect("sorted and disjoint");
+        assert_eq!(fast, PortMap::from_blocks(blocks));
+        assert_eq!(
+            segs(&fast),
+            vec![(80, 81, 1), (1024, 2047, 2), (65535, 65535, 3)]
+        );
+        // Nested or out of order: left to the full resolution.
+        assert!(PortMap::from_sorted_blocks([(0, 0, 1u8), (443, 16, 2u8)].into_iter()).is_none());
+        assert!(PortMap::from_sorted_blocks([(443, 16, 1u8), (80, 16, 2u8)].into_iter()).is_none());
     }
 
     #[test]

@@ -4,16 +4,14 @@
 //! and `world`, then `ANY`; the first level with an entry for a port
 //! decides; no entry anywhere is default deny.
 
-use std::rc::Rc;
-
 use rustc_hash::FxHashMap;
 
 use enforcer_common::{
     ACTION_ALLOW, DIRECTION_EGRESS, DIRECTION_INGRESS, IDENTITY_ANY, IDENTITY_ANY_EXTERNAL,
-    Identity, PROTO_ICMP, PROTO_TCP, PROTO_UDP, RULE_DEFAULT_DENY,
+    Identity, PROTO_ICMP, PROTO_TCP, PROTO_UDP, RULE_DEFAULT_DENY, VerdictKey,
 };
 
-use super::ports::{PORT_MAX, PortMap, combine};
+use super::ports::{PORT_MAX, PortMap, combine, combine_into};
 use crate::compile::compiled::{CompiledPolicy, EntityKind};
 
 /// The protocols a verdict key can carry, in report order.
@@ -60,16 +58,15 @@ impl Effective {
 }
 
 type GroupKey = (Identity, u8, u8, Identity);
-type Shared = Rc<PortMap<Effective>>;
 
 /// The wildcard levels of one (workload, direction, protocol), resolved
 /// once: most remotes have no entry of their own, so their verdicts are
 /// exactly these maps.
 struct Wildcards {
     /// `ANY`: what non-external remotes (workloads, `host`) fall back to.
-    internal: Shared,
+    internal: PortMap<Effective>,
     /// `ANY_EXTERNAL` over `ANY`: what peers and `world` fall back to.
-    external: Shared,
+    external: PortMap<Effective>,
 }
 
 /// One policy, indexed for reachability queries.
@@ -79,29 +76,64 @@ pub struct Reach<'a> {
     groups: FxHashMap<GroupKey, PortMap<Effective>>,
     wildcards: FxHashMap<(Identity, u8, u8), Wildcards>,
     kinds: FxHashMap<Identity, EntityKind>,
-    empty: Shared,
+    empty: PortMap<Effective>,
+}
+
+/// Reusable buffers for [`Reach`] queries, so that the diff's hundreds of
+/// thousands of queries do not allocate.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    out: PortMap<Effective>,
+    inn: PortMap<Effective>,
+    both: PortMap<Effective>,
 }
 
 impl<'a> Reach<'a> {
     pub fn new(policy: &'a CompiledPolicy) -> Self {
-        let mut blocks: FxHashMap<GroupKey, Vec<(u16, u32, Effective)>> = FxHashMap::default();
-        for (key, value) in &policy.verdicts {
+        // The key's bytes are (workload, direction, protocol, remote, port),
+        // big-endian: as one integer (with the port bits below), sorting
+        // groups the entries and orders each group by port.
+        let mut entries: Vec<(u128, Effective)> = policy
+            .verdicts
+            .iter()
+            .map(|(key, value)| {
+                let mut wide = [0u8; 16];
+                wide[..12].copy_from_slice(&key.data);
+                wide[12] = key.port_bits() as u8;
+                let decision = Effective::single(value.action == ACTION_ALLOW, value.rule);
+                (u128::from_be_bytes(wide), decision)
+            })
+            .collect();
+        entries.sort_unstable_by_key(|e| e.0);
+        let mut groups: FxHashMap<GroupKey, PortMap<Effective>> = FxHashMap::default();
+        groups.reserve(entries.len() / 4);
+        for run in entries.chunk_by(|a, b| a.0 >> 48 == b.0 >> 48) {
+            let bytes = run[0].0.to_be_bytes();
+            let key = VerdictKey {
+                prefix_len: 0,
+                data: [
+                    bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7],
+                    bytes[8], bytes[9], bytes[10], bytes[11],
+                ],
+            };
             let group = (
                 key.workload(),
                 key.direction(),
                 key.protocol(),
                 key.remote(),
             );
-            let decision = Effective::single(value.action == ACTION_ALLOW, value.rule);
-            blocks
-                .entry(group)
-                .or_default()
-                .push((key.port(), key.port_bits(), decision));
+            let blocks = run.iter().map(|(k, decision)| {
+                let b = k.to_be_bytes();
+                (
+                    u16::from_be_bytes([b[10], b[11]]),
+                    u32::from(b[12]),
+                    *decision,
+                )
+            });
+            let map = PortMap::from_sorted_blocks(blocks.clone())
+                .unwrap_or_else(|| PortMap::from_blocks(blocks));
+            groups.insert(group, map);
         }
-        let groups: FxHashMap<GroupKey, PortMap<Effective>> = blocks
-            .into_iter()
-            .map(|(group, blocks)| (group, PortMap::from_blocks(blocks)))
-            .collect();
         let empty = PortMap::default();
         let mut wildcards = FxHashMap::default();
         for &(w, d, p, _) in groups.keys() {
@@ -110,8 +142,8 @@ impl<'a> Reach<'a> {
                 let any = level(IDENTITY_ANY);
                 let external = combine(level(IDENTITY_ANY_EXTERNAL), any, port_max(p), first_hit);
                 Wildcards {
-                    internal: Rc::new(any.clone()),
-                    external: Rc::new(external),
+                    internal: any.clone(),
+                    external,
                 }
             });
         }
@@ -125,7 +157,7 @@ impl<'a> Reach<'a> {
             groups,
             wildcards,
             kinds,
-            empty: Rc::new(empty),
+            empty,
         }
     }
 
@@ -147,9 +179,23 @@ impl<'a> Reach<'a> {
         direction: u8,
         protocol: u8,
         remote: Identity,
-    ) -> Shared {
+    ) -> PortMap<Effective> {
+        let mut buf = PortMap::default();
+        self.one_side_in(workload, direction, protocol, remote, &mut buf)
+            .clone()
+    }
+
+    /// [`Self::one_side`], using `buf` when a new map must be built.
+    pub fn one_side_in<'s>(
+        &'s self,
+        workload: Identity,
+        direction: u8,
+        protocol: u8,
+        remote: Identity,
+        buf: &'s mut PortMap<Effective>,
+    ) -> &'s PortMap<Effective> {
         let Some(wild) = self.wildcards.get(&(workload, direction, protocol)) else {
-            return self.empty.clone();
+            return &self.empty;
         };
         let external = matches!(
             self.kind(remote),
@@ -161,8 +207,12 @@ impl<'a> Reach<'a> {
             &wild.internal
         };
         match self.groups.get(&(workload, direction, protocol, remote)) {
-            None => base.clone(),
-            Some(exact) => Rc::new(combine(exact, base, port_max(protocol), first_hit)),
+            None => base,
+            Some(exact) if base.is_empty() => exact,
+            Some(exact) => {
+                combine_into(exact, base, port_max(protocol), first_hit, buf);
+                buf
+            }
         }
     }
 
@@ -170,15 +220,34 @@ impl<'a> Reach<'a> {
     /// `to` (semantics 5): the sender's egress and the receiver's ingress
     /// must both allow. A deny names the sender's rule when the sender
     /// refuses (its check runs first), else the receiver's.
-    pub fn between_workloads(&self, from: Identity, to: Identity, protocol: u8) -> Shared {
-        let out = self.one_side(from, DIRECTION_EGRESS, protocol, to);
-        let inn = self.one_side(to, DIRECTION_INGRESS, protocol, from);
+    pub fn between_workloads(
+        &self,
+        from: Identity,
+        to: Identity,
+        protocol: u8,
+    ) -> PortMap<Effective> {
+        let mut scratch = Scratch::default();
+        self.between_workloads_in(from, to, protocol, &mut scratch)
+            .clone()
+    }
+
+    /// [`Self::between_workloads`], building maps in `scratch`.
+    pub fn between_workloads_in<'s>(
+        &'s self,
+        from: Identity,
+        to: Identity,
+        protocol: u8,
+        scratch: &'s mut Scratch,
+    ) -> &'s PortMap<Effective> {
+        let Scratch { out, inn, both } = scratch;
+        let out = self.one_side_in(from, DIRECTION_EGRESS, protocol, to, out);
+        let inn = self.one_side_in(to, DIRECTION_INGRESS, protocol, from, inn);
         // Nothing allowed out, or only allows facing a receiver that
         // accepts nothing: default deny everywhere.
         if out.is_empty() || (inn.is_empty() && out.segments().iter().all(|s| s.2.allow)) {
-            return self.empty.clone();
+            return &self.empty;
         }
-        Rc::new(combine(&out, &inn, port_max(protocol), |o, i| {
+        let judge = |o: Option<&Effective>, i: Option<&Effective>| {
             let o = o.copied().unwrap_or(Effective::DEFAULT_DENY);
             let i = i.copied().unwrap_or(Effective::DEFAULT_DENY);
             let e = match (o.allow, i.allow) {
@@ -190,7 +259,9 @@ impl<'a> Reach<'a> {
                 (true, false) => i,
             };
             (e != Effective::DEFAULT_DENY).then_some(e)
-        }))
+        };
+        combine_into(out, inn, port_max(protocol), judge, both);
+        both
     }
 }
 

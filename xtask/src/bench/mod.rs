@@ -92,6 +92,7 @@ pub fn run(args: Args) -> Result<()> {
     let interrupt = Interrupt::install()?;
     let started = Instant::now();
     setup::run()?;
+    let mut environment = environment()?;
     let out_dir = cmd::target_dir().join("bench");
     fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
 
@@ -103,7 +104,6 @@ pub fn run(args: Args) -> Result<()> {
     };
     interrupt.check()?;
 
-    let mut environment = environment()?;
     let e2e = if args.skip_e2e {
         Vec::new()
     } else {

@@ -66,32 +66,49 @@ fn num(v: f64) -> String {
     }
 }
 
+fn load(l: Option<f64>) -> String {
+    l.map_or_else(|| "?".to_owned(), |l| format!("{l:.2}"))
+}
+
+/// A duration in nanoseconds, in the largest unit that keeps it >= 1.
+fn duration(ns: f64) -> String {
+    let (value, unit) = if ns >= 1e9 {
+        (ns / 1e9, "s")
+    } else if ns >= 1e6 {
+        (ns / 1e6, "ms")
+    } else if ns >= 1e3 {
+        (ns / 1e3, "µs")
+    } else {
+        (ns, "ns")
+    };
+    format!("{} {unit}", num(value))
+}
+
 pub fn markdown(report: &Report) -> String {
     let mut md = String::from("# Benchmark report\n\n");
     let env = &report.environment;
     let _ = writeln!(
         md,
-        "{} run: {} rounds, interleaved, {} s per end-to-end measurement. Kernel {}, {} CPUs; {}.",
+        "{} run. Kernel {}, {} CPUs. Load average (1 min): {} at the start, {} at the end.\n",
         if report.quick { "Quick" } else { "Full" },
-        report.rounds,
-        report.seconds_per_measurement,
         env.kernel,
         env.cpus,
-        match (env.client_cpu, env.server_cpu) {
-            (Some(c), Some(s)) => format!("client pinned to CPU {c}, server to CPU {s}"),
-            _ => "client and server not pinned".to_owned(),
-        }
-    );
-    let _ = writeln!(md, "{}; {}; {}.", env.iptables, env.nftables, env.iperf3);
-    let load = |l: Option<f64>| l.map_or_else(|| "?".to_owned(), |l| format!("{l:.2}"));
-    let _ = writeln!(
-        md,
-        "Load average (1 min): {} at the start, {} at the end.\n",
         load(env.load_before),
         load(env.load_after)
     );
     if !report.e2e.is_empty() {
         md.push_str("## End to end (client and server namespaces over veth)\n\n");
+        let _ = writeln!(
+            md,
+            "{} rounds, interleaved, {} s per measurement; {}.",
+            report.rounds,
+            report.seconds_per_measurement,
+            match (env.client_cpu, env.server_cpu) {
+                (Some(c), Some(s)) => format!("client pinned to CPU {c}, server to CPU {s}"),
+                _ => "client and server not pinned".to_owned(),
+            }
+        );
+        let _ = writeln!(md, "{}; {}; {}.\n", env.iptables, env.nftables, env.iperf3);
         let mut workloads: Vec<&E2eRow> = Vec::new();
         for row in &report.e2e {
             if !workloads.iter().any(|w| w.workload == row.workload) {
@@ -125,7 +142,7 @@ pub fn markdown(report: &Report) -> String {
         }
     }
     if !report.micro.is_empty() {
-        md.push_str("## Control-plane micro-benchmarks (ns, lower is better)\n\n");
+        md.push_str("## Control-plane micro-benchmarks (time per operation, lower is better)\n\n");
         md.push_str("| bench | name | median | min | max | rounds | vs baseline |\n|---|---|---:|---:|---:|---:|---:|\n");
         for row in &report.micro {
             let _ = writeln!(
@@ -133,9 +150,9 @@ pub fn markdown(report: &Report) -> String {
                 "| {} | {} | {} | {} | {} | {} | {} |",
                 row.bench,
                 row.name,
-                num(row.median_ns),
-                num(row.min_ns),
-                num(row.max_ns),
+                duration(row.median_ns),
+                duration(row.min_ns),
+                duration(row.max_ns),
                 row.rounds,
                 ratio(row.ratio_to_baseline)
             );
@@ -195,5 +212,15 @@ mod tests {
         assert!(md.contains("| iptables-10000 | 11000 | 11000 | 11000 | 0.28x |"));
         assert!(!md.contains("micro-benchmarks"));
         assert!(md.contains("Load average (1 min): 0.50 at the start, ? at the end."));
+        assert!(md.contains("1 rounds, interleaved, 2 s per measurement; client pinned to CPU 0"));
+    }
+
+    #[test]
+    fn durations_use_the_largest_fitting_unit() {
+        assert_eq!(duration(65.0), "65.0 ns");
+        assert_eq!(duration(6_489_795.0), "6.49 ms");
+        assert_eq!(duration(78_322_784.0), "78.3 ms");
+        assert_eq!(duration(1_867_555_720.0), "1.87 s");
+        assert_eq!(duration(1_500.0), "1.50 µs");
     }
 }

@@ -1,0 +1,622 @@
+//! The daemon's state and every change to it: loading and swapping
+//! policies (with rejection, confirmation and rollback, and `until`
+//! expiry), following cgroups as they come and go, and reporting status.
+//! Everything here runs under one lock, so changes are serialized.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use enforcer_common::{
+    ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, MODE_AUDIT, MODE_ENFORCE, MODE_OFF,
+};
+
+use super::flows::FlowHistory;
+use super::time::rfc3339;
+use crate::api::proto::{PolicyStatus, Rejection, StatusReport, VerdictCounters, WorkloadStatus};
+use crate::cgroups::{CgroupTree, Matcher, Resolution, TreeUpdate, V1Conflict};
+use crate::compile::compiled::{CgroupSelector, CompiledPolicy};
+use crate::config::Settings;
+use crate::dataplane::{Dataplane, HostAddrs, ResolvedCgroup};
+use crate::policy::{LoadError, Loaded};
+
+/// What made the daemon load a policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    Startup,
+    Sighup,
+    FileChange,
+    Apply,
+    Expiry,
+    Rollback,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Startup => "startup",
+            Trigger::Sighup => "sighup",
+            Trigger::FileChange => "file change",
+            Trigger::Apply => "apply",
+            Trigger::Expiry => "expiry",
+            Trigger::Rollback => "rollback",
+        }
+    }
+}
+
+/// A policy in force.
+#[derive(Clone)]
+struct Installed {
+    loaded: Loaded,
+    compiled: Arc<CompiledPolicy>,
+    source: PathBuf,
+    generation: u32,
+    applied_at: SystemTime,
+}
+
+/// An `apply --confirm` waiting for `confirm`.
+struct Pending {
+    deadline: Instant,
+    rollback_at: SystemTime,
+    /// What to go back to; `None`: no policy was in force before.
+    previous: Option<Installed>,
+}
+
+/// The result of a successful load.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub generation: u32,
+    pub content_hash: u64,
+    /// Identical policy and cgroups: nothing was written.
+    pub unchanged: bool,
+    pub warnings: Vec<String>,
+    pub rollback_at: Option<SystemTime>,
+}
+
+/// The daemon's state.
+pub struct Engine {
+    settings: Settings,
+    root: PathBuf,
+    dataplane: Dataplane,
+    tree: CgroupTree,
+    matcher: Option<Matcher>,
+    resolution: Resolution,
+    current: Option<Installed>,
+    pending: Option<Pending>,
+    last_rejection: Option<Rejection>,
+    reloads_ok: u64,
+    reloads_failed: u64,
+    v1_conflicts: Vec<V1Conflict>,
+    started_at: SystemTime,
+    /// The generation found enforcing in the adopted pins at start, if any:
+    /// the kernel keeps enforcing it while no policy could be loaded.
+    adopted_generation: Option<u32>,
+    /// The policy the events reader names things with.
+    event_policy: Arc<RwLock<Option<Arc<CompiledPolicy>>>>,
+    flows: Arc<Mutex<FlowHistory>>,
+}
+
+fn mode_name(mode: u8) -> &'static str {
+    match mode {
+        MODE_ENFORCE => "enforce",
+        MODE_AUDIT => "audit",
+        MODE_OFF => "off",
+        _ => "unknown",
+    }
+}
+
+fn selector_text(selector: &CgroupSelector) -> String {
+    match selector {
+        CgroupSelector::Unit(u) => format!("unit = {u:?}"),
+        CgroupSelector::Glob(g) => format!("cgroup = {g:?}"),
+    }
+}
+
+fn load_errors(e: LoadError) -> Vec<String> {
+    match e {
+        LoadError::Invalid(diags) => diags.errors().map(ToString::to_string).collect(),
+        io @ LoadError::Io { .. } => vec![io.to_string()],
+    }
+}
+
+fn to_resolved(resolution: &Resolution) -> Vec<ResolvedCgroup> {
+    resolution
+        .cgroups
+        .iter()
+        .map(|c| ResolvedCgroup {
+            cgroup_id: c.id,
+            workload: c.workload,
+            mode: c.mode,
+        })
+        .collect()
+}
+
+fn instant_of(time: SystemTime) -> Instant {
+    let now = Instant::now();
+    match time.duration_since(SystemTime::now()) {
+        Ok(ahead) => now + ahead,
+        Err(_) => now,
+    }
+}
+
+impl Engine {
+    /// The state around a loaded (not yet attached) data plane.
+    pub fn new(
+        settings: Settings,
+        root: PathBuf,
+        dataplane: Dataplane,
+        tree: CgroupTree,
+        v1_conflicts: Vec<V1Conflict>,
+        flows: Arc<Mutex<FlowHistory>>,
+    ) -> Engine {
+        let adopted_generation = dataplane
+            .config()
+            .ok()
+            .filter(|c| c.enabled != 0)
+            .map(|c| c.generation);
+        Engine {
+            adopted_generation,
+            settings,
+            root,
+            dataplane,
+            tree,
+            matcher: None,
+            resolution: Resolution::default(),
+            current: None,
+            pending: None,
+            last_rejection: None,
+            reloads_ok: 0,
+            reloads_failed: 0,
+            v1_conflicts,
+            started_at: SystemTime::now(),
+            event_policy: Arc::new(RwLock::new(None)),
+            flows,
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn dataplane_mut(&mut self) -> &mut Dataplane {
+        &mut self.dataplane
+    }
+
+    /// The policy the events reader should name entities with.
+    pub fn event_policy(&self) -> Arc<RwLock<Option<Arc<CompiledPolicy>>>> {
+        Arc::clone(&self.event_policy)
+    }
+
+    pub fn flows(&self) -> Arc<Mutex<FlowHistory>> {
+        Arc::clone(&self.flows)
+    }
+
+    /// Is a policy in force?
+    pub fn has_policy(&self) -> bool {
+        self.current.is_some()
+    }
+
+    /// One line for systemd's STATUS= (shown by `systemctl status`): what
+    /// is enforced, and the last rejection while it stands.
+    pub fn summary(&self) -> String {
+        let mut line = match &self.current {
+            Some(c) => format!(
+                "enforcing generation {} ({:016x}): {} workloads, {} cgroups",
+                c.generation,
+                c.compiled.content_hash,
+                c.compiled.workloads.len(),
+                self.resolution.cgroups.len()
+            ),
+            None => "no policy in force".into(),
+        };
+        if let Some(rejection) = &self.last_rejection {
+            let first = rejection.errors.first().map_or("", String::as_str);
+            let more = rejection.errors.len().saturating_sub(1);
+            line.push_str(&format!("; REJECTED ({}): {first}", rejection.trigger));
+            if more > 0 {
+                line.push_str(&format!(" (+{more} more)"));
+            }
+        }
+        line
+    }
+
+    /// Load and compile `dir` at `now`.
+    fn compile(
+        dir: &Path,
+        now: SystemTime,
+    ) -> Result<(Loaded, CompiledPolicy, Vec<String>), Vec<String>> {
+        let loaded = crate::policy::load_dir(dir).map_err(load_errors)?;
+        Self::compile_loaded(loaded, now)
+    }
+
+    fn compile_loaded(
+        loaded: Loaded,
+        now: SystemTime,
+    ) -> Result<(Loaded, CompiledPolicy, Vec<String>), Vec<String>> {
+        let (compiled, warnings) =
+            crate::compile::compile_loaded(loaded.clone(), now).map_err(load_errors)?;
+        Ok((
+            loaded,
+            compiled,
+            warnings.iter().map(ToString::to_string).collect(),
+        ))
+    }
+
+    /// Put a compiled policy in force (or find it already is).
+    fn install(
+        &mut self,
+        loaded: Loaded,
+        compiled: CompiledPolicy,
+        source: PathBuf,
+    ) -> Result<(u32, bool), Vec<String>> {
+        let matcher = Matcher::new(&compiled.workloads);
+        let resolution = matcher.resolve(&self.tree);
+        if let Some(current) = &mut self.current
+            && current.compiled.content_hash == compiled.content_hash
+            && *current.compiled == compiled
+            && resolution == self.resolution
+        {
+            current.source = source;
+            current.loaded = loaded;
+            return Ok((current.generation, true));
+        }
+        // The host's addresses can change between loads (DHCP, new links).
+        let host = HostAddrs::from_system()
+            .map_err(|e| vec![format!("cannot list this host's addresses: {e}")])?;
+        let generation = self
+            .dataplane
+            .apply(&compiled, &to_resolved(&resolution), &host)
+            .map_err(|e| vec![format!("the data plane refused the policy: {e}")])?;
+        for a in &resolution.ambiguities {
+            tracing::warn!(cgroup = %a.path, workloads = ?a.workloads, "several workloads match one cgroup; the first wins");
+        }
+        let compiled = Arc::new(compiled);
+        if let Ok(mut slot) = self.event_policy.write() {
+            *slot = Some(Arc::clone(&compiled));
+        }
+        self.matcher = Some(matcher);
+        self.resolution = resolution;
+        self.current = Some(Installed {
+            loaded,
+            compiled,
+            source,
+            generation,
+            applied_at: SystemTime::now(),
+        });
+        Ok((generation, false))
+    }
+
+    fn reject(&mut self, trigger: Trigger, source: &Path, errors: Vec<String>) -> Vec<String> {
+        self.reloads_failed += 1;
+        for e in &errors {
+            tracing::error!(trigger = trigger.as_str(), source = %source.display(), "policy rejected: {e}");
+        }
+        tracing::error!(
+            trigger = trigger.as_str(),
+            "policy rejected; the running policy stays in force"
+        );
+        self.last_rejection = Some(Rejection {
+            time: rfc3339(SystemTime::now()),
+            trigger: trigger.as_str().into(),
+            source: source.display().to_string(),
+            errors: errors.clone(),
+        });
+        errors
+    }
+
+    fn accept(&mut self, trigger: Trigger, generation: u32, unchanged: bool, warnings: &[String]) {
+        self.reloads_ok += 1;
+        self.last_rejection = None;
+        for w in warnings {
+            tracing::warn!("{w}");
+        }
+        let hash = self.current.as_ref().map_or(0, |c| c.compiled.content_hash);
+        tracing::info!(
+            trigger = trigger.as_str(),
+            generation,
+            content_hash = format!("{hash:016x}"),
+            unchanged,
+            cgroups = self.resolution.cgroups.len(),
+            "policy in force"
+        );
+    }
+
+    /// Load `dir` and put it in force, or keep the running policy.
+    pub fn load(&mut self, trigger: Trigger, dir: &Path) -> Result<Outcome, Vec<String>> {
+        let result =
+            Self::compile(dir, SystemTime::now()).and_then(|(loaded, compiled, warnings)| {
+                let hash = compiled.content_hash;
+                self.install(loaded, compiled, dir.to_path_buf())
+                    .map(|(generation, unchanged)| (generation, unchanged, hash, warnings))
+            });
+        match result {
+            Ok((generation, unchanged, content_hash, warnings)) => {
+                self.accept(trigger, generation, unchanged, &warnings);
+                Ok(Outcome {
+                    generation,
+                    content_hash,
+                    unchanged,
+                    warnings,
+                    rollback_at: self.pending.as_ref().map(|p| p.rollback_at),
+                })
+            }
+            Err(errors) => Err(self.reject(trigger, dir, errors)),
+        }
+    }
+
+    /// SIGHUP: read the source of the policy in force again (the
+    /// configured directory when none is).
+    pub fn reload(&mut self, trigger: Trigger) -> Result<Outcome, Vec<String>> {
+        let dir = self
+            .current
+            .as_ref()
+            .map_or_else(|| self.settings.policies.clone(), |c| c.source.clone());
+        self.load(trigger, &dir)
+    }
+
+    /// `apply DIR [--confirm D]`.
+    pub fn apply(&mut self, dir: &Path, confirm: Option<Duration>) -> Result<Outcome, Vec<String>> {
+        if !dir.is_absolute() {
+            return Err(self.reject(
+                Trigger::Apply,
+                dir,
+                vec![format!(
+                    "{}: the policy directory must be an absolute path",
+                    dir.display()
+                )],
+            ));
+        }
+        let before = self.current.clone();
+        let mut outcome = self.load(Trigger::Apply, dir)?;
+        match confirm {
+            Some(window) => {
+                // A confirmation already pending keeps its rollback target:
+                // the last policy somebody confirmed.
+                let previous = match self.pending.take() {
+                    Some(p) => p.previous,
+                    None => before,
+                };
+                let rollback_at = SystemTime::now() + window;
+                self.pending = Some(Pending {
+                    deadline: Instant::now() + window,
+                    rollback_at,
+                    previous,
+                });
+                tracing::warn!(rollback_at = %rfc3339(rollback_at), "policy applied on probation: run `enforcer confirm` to keep it");
+                outcome.rollback_at = Some(rollback_at);
+            }
+            None => {
+                self.pending = None;
+                outcome.rollback_at = None;
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// `confirm`: keep the policy on probation.
+    pub fn confirm(&mut self) -> Result<u32, String> {
+        match (self.pending.take(), &self.current) {
+            (Some(_), Some(current)) => {
+                tracing::info!(generation = current.generation, "policy confirmed");
+                Ok(current.generation)
+            }
+            (Some(_), None) => Err("no policy in force".into()),
+            (None, _) => Err("nothing to confirm: no `apply --confirm` is pending".into()),
+        }
+    }
+
+    /// The confirmation window ran out: go back.
+    fn rollback(&mut self) {
+        let Some(pending) = self.pending.take() else {
+            return;
+        };
+        match pending.previous {
+            Some(previous) => {
+                let Installed {
+                    loaded,
+                    compiled,
+                    source,
+                    ..
+                } = previous;
+                let compiled = Arc::unwrap_or_clone(compiled);
+                match self.install(loaded, compiled, source.clone()) {
+                    Ok((generation, unchanged)) => {
+                        tracing::warn!(generation, "unconfirmed policy rolled back");
+                        self.accept(Trigger::Rollback, generation, unchanged, &[]);
+                    }
+                    Err(errors) => {
+                        let _ = self.reject(Trigger::Rollback, &source, errors);
+                    }
+                }
+            }
+            None => match self.dataplane.disable() {
+                Ok(_) => {
+                    tracing::warn!(
+                        "unconfirmed policy rolled back: nothing is enforced, as before it"
+                    );
+                    self.current = None;
+                    self.matcher = None;
+                    self.resolution = Resolution::default();
+                }
+                Err(e) => tracing::error!(error = %e, "cannot roll back the unconfirmed policy"),
+            },
+        }
+    }
+
+    /// A rule's `until` passed: compile the same policy set again, so the
+    /// expired rule stops matching even if the files changed since.
+    fn expire(&mut self) {
+        let Some(current) = &self.current else { return };
+        let loaded = current.loaded.clone();
+        let source = current.source.clone();
+        let result = Self::compile_loaded(loaded, SystemTime::now()).and_then(
+            |(loaded, compiled, warnings)| {
+                self.install(loaded, compiled, source.clone())
+                    .map(|r| (r, warnings))
+            },
+        );
+        match result {
+            Ok(((generation, unchanged), warnings)) => {
+                self.accept(Trigger::Expiry, generation, unchanged, &warnings);
+            }
+            Err(errors) => {
+                let _ = self.reject(Trigger::Expiry, &source, errors);
+            }
+        }
+    }
+
+    /// The next instant something must happen by itself (a rollback or an
+    /// expiry).
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let rollback = self.pending.as_ref().map(|p| p.deadline);
+        let expiry = self
+            .current
+            .as_ref()
+            .and_then(|c| c.compiled.next_expiry)
+            .map(instant_of);
+        match (rollback, expiry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Do what is due.
+    pub fn on_deadline(&mut self) {
+        let now = Instant::now();
+        if self.pending.as_ref().is_some_and(|p| p.deadline <= now) {
+            self.rollback();
+        }
+        let expired = self
+            .current
+            .as_ref()
+            .and_then(|c| c.compiled.next_expiry)
+            .is_some_and(|t| t <= SystemTime::now());
+        if expired {
+            self.expire();
+        }
+    }
+
+    /// Cgroups came or went: update the policy in force in place.
+    pub fn on_tree(&mut self, update: TreeUpdate) {
+        self.tree = update.tree;
+        let Some(matcher) = &self.matcher else { return };
+        let newer = matcher.resolve(&self.tree);
+        let old: std::collections::BTreeMap<u64, (u32, u8)> = self
+            .resolution
+            .cgroups
+            .iter()
+            .map(|c| (c.id, (c.workload, c.mode)))
+            .collect();
+        let new: std::collections::BTreeMap<u64, (u32, u8)> = newer
+            .cgroups
+            .iter()
+            .map(|c| (c.id, (c.workload, c.mode)))
+            .collect();
+        for id in old.keys().filter(|id| !new.contains_key(id)) {
+            if let Err(e) = self.dataplane.remove_cgroup(*id) {
+                tracing::error!(cgroup_id = id, error = %e, "cannot remove a cgroup from the policy");
+            }
+        }
+        for c in &newer.cgroups {
+            if old.get(&c.id) == Some(&(c.workload, c.mode)) {
+                continue;
+            }
+            let resolved = ResolvedCgroup {
+                cgroup_id: c.id,
+                workload: c.workload,
+                mode: c.mode,
+            };
+            match self.dataplane.add_cgroup(resolved) {
+                Ok(_) => {
+                    tracing::info!(cgroup = %c.path, workload = c.workload, "cgroup joined a workload")
+                }
+                Err(e) => {
+                    tracing::error!(cgroup = %c.path, error = %e, "cannot add a cgroup to the policy")
+                }
+            }
+        }
+        self.resolution = newer;
+    }
+
+    /// The answer to `status`.
+    pub fn status(&self) -> StatusReport {
+        let counters = self.dataplane.counters().unwrap_or_default();
+        let lost_events = self
+            .dataplane
+            .global_counters()
+            .map(|g| g.events_lost)
+            .unwrap_or(0);
+        let mut not_enforced: Vec<String> =
+            self.v1_conflicts.iter().map(ToString::to_string).collect();
+        let mut workloads = Vec::new();
+        match &self.current {
+            None => not_enforced.push(match self.adopted_generation {
+                Some(generation) => format!(
+                    "no policy loaded: the kernel still enforces the policy pinned by an earlier daemon \
+                     (generation {generation}), which this daemon cannot show; fix the policy and reload"
+                ),
+                None => "no policy in force: nothing is enforced".into(),
+            }),
+            Some(current) => {
+                for w in &current.compiled.workloads {
+                    let cgroups: Vec<String> = self
+                        .resolution
+                        .of_workload(w.identity)
+                        .map(|c| c.path.clone())
+                        .collect();
+                    if cgroups.is_empty() {
+                        not_enforced.push(format!(
+                            "workload {}: no cgroup under {} matches {}",
+                            w.name,
+                            self.root.display(),
+                            selector_text(&w.selector)
+                        ));
+                    }
+                    let count = |action| counters.get(&(w.identity, action)).copied().unwrap_or(0);
+                    workloads.push(WorkloadStatus {
+                        name: w.name.clone(),
+                        identity: w.identity,
+                        mode: mode_name(w.mode).into(),
+                        selector: selector_text(&w.selector),
+                        cgroups,
+                        counters: VerdictCounters {
+                            allow: count(ACTION_ALLOW),
+                            deny: count(ACTION_DENY),
+                            audit: count(ACTION_AUDIT),
+                        },
+                    });
+                }
+            }
+        }
+        for a in &self.resolution.ambiguities {
+            not_enforced.push(format!(
+                "cgroup {} is matched by several workloads ({}); only {} applies",
+                a.path,
+                a.workloads.join(", "),
+                a.workloads[0]
+            ));
+        }
+        StatusReport {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            started_at: rfc3339(self.started_at),
+            policy: self.current.as_ref().map(|c| PolicyStatus {
+                generation: u64::from(c.generation),
+                content_hash: format!("{:016x}", c.compiled.content_hash),
+                applied_at: rfc3339(c.applied_at),
+                source: c.source.display().to_string(),
+                next_expiry: c.compiled.next_expiry.map(rfc3339),
+                rollback_at: self.pending.as_ref().map(|p| rfc3339(p.rollback_at)),
+            }),
+            last_rejection: self.last_rejection.clone(),
+            cgroup_root: self.root.display().to_string(),
+            unmanaged: self.settings.unmanaged.as_str().into(),
+            failsafe: self.settings.failsafe.to_string(),
+            workloads,
+            lost_events,
+            reloads_ok: self.reloads_ok,
+            reloads_failed: self.reloads_failed,
+            not_enforced,
+        }
+    }
+}

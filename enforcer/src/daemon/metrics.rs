@@ -1,0 +1,207 @@
+//! The Prometheus endpoint (off unless `metrics = "ADDR:PORT"`): a minimal
+//! HTTP/1.0 responder for `GET /metrics` in the text exposition format.
+
+use std::fmt::Write;
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::api::StatusReport;
+
+/// Escape a label value.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The metrics of a status report.
+pub fn render(status: &StatusReport) -> String {
+    let mut out = String::new();
+    let generation = status.policy.as_ref().map_or(0, |p| p.generation);
+    let _ = writeln!(
+        out,
+        "# HELP enforcer_policy_generation Generation of the policy in force (0: none)."
+    );
+    let _ = writeln!(out, "# TYPE enforcer_policy_generation gauge");
+    let _ = writeln!(out, "enforcer_policy_generation {generation}");
+    let _ = writeln!(
+        out,
+        "# HELP enforcer_reloads_total Policy loads, by result."
+    );
+    let _ = writeln!(out, "# TYPE enforcer_reloads_total counter");
+    let _ = writeln!(
+        out,
+        "enforcer_reloads_total{{result=\"success\"}} {}",
+        status.reloads_ok
+    );
+    let _ = writeln!(
+        out,
+        "enforcer_reloads_total{{result=\"failure\"}} {}",
+        status.reloads_failed
+    );
+    let _ = writeln!(
+        out,
+        "# HELP enforcer_events_lost_total Verdict events the kernel could not deliver."
+    );
+    let _ = writeln!(out, "# TYPE enforcer_events_lost_total counter");
+    let _ = writeln!(out, "enforcer_events_lost_total {}", status.lost_events);
+    let _ = writeln!(
+        out,
+        "# HELP enforcer_not_enforced Problems that keep a policy from being enforced as written."
+    );
+    let _ = writeln!(out, "# TYPE enforcer_not_enforced gauge");
+    let _ = writeln!(out, "enforcer_not_enforced {}", status.not_enforced.len());
+    let _ = writeln!(
+        out,
+        "# HELP enforcer_workload_cgroups Cgroups matched by each workload."
+    );
+    let _ = writeln!(out, "# TYPE enforcer_workload_cgroups gauge");
+    for w in &status.workloads {
+        let _ = writeln!(
+            out,
+            "enforcer_workload_cgroups{{workload=\"{}\"}} {}",
+            label(&w.name),
+            w.cgroups.len()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP enforcer_packets_total Packets judged, by workload and verdict."
+    );
+    let _ = writeln!(out, "# TYPE enforcer_packets_total counter");
+    for w in &status.workloads {
+        for (verdict, n) in [
+            ("allow", w.counters.allow),
+            ("deny", w.counters.deny),
+            ("audit", w.counters.audit),
+        ] {
+            let _ = writeln!(
+                out,
+                "enforcer_packets_total{{workload=\"{}\",verdict=\"{verdict}\"}} {n}",
+                label(&w.name)
+            );
+        }
+    }
+    out
+}
+
+/// Serve `GET /metrics` on `addr`, with the body from `scrape`.
+pub async fn serve<F, Fut>(addr: SocketAddr, scrape: F) -> std::io::Result<()>
+where
+    F: Fn() -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = String> + Send,
+{
+    let listener = TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "metrics endpoint listening");
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let scrape = scrape.clone();
+        tokio::spawn(async move {
+            let mut request = Vec::with_capacity(512);
+            let mut buf = [0u8; 512];
+            // Read the request head (bounded); the body of a GET is empty.
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
+                match tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf))
+                    .await
+                {
+                    Ok(Ok(n)) if n > 0 => request.extend_from_slice(&buf[..n]),
+                    _ => break,
+                }
+            }
+            let head = String::from_utf8_lossy(&request);
+            let path = head.split_whitespace().nth(1).unwrap_or("");
+            let response = if head.starts_with("GET ")
+                && (path == "/metrics" || path.starts_with("/metrics?"))
+            {
+                let body = scrape().await;
+                format!(
+                    "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            } else {
+                "HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_owned()
+            };
+            let _ = stream.write_all(response.as_bytes()).await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::proto::{PolicyStatus, VerdictCounters, WorkloadStatus};
+
+    fn status() -> StatusReport {
+        StatusReport {
+            pid: 1,
+            version: "0".into(),
+            started_at: String::new(),
+            policy: Some(PolicyStatus {
+                generation: 4,
+                content_hash: "00".into(),
+                applied_at: String::new(),
+                source: String::new(),
+                next_expiry: None,
+                rollback_at: None,
+            }),
+            last_rejection: None,
+            cgroup_root: String::new(),
+            unmanaged: "allow".into(),
+            failsafe: "22/tcp".into(),
+            workloads: vec![WorkloadStatus {
+                name: "web".into(),
+                identity: 16,
+                mode: "enforce".into(),
+                selector: String::new(),
+                cgroups: vec!["a".into()],
+                counters: VerdictCounters {
+                    allow: 5,
+                    deny: 2,
+                    audit: 0,
+                },
+            }],
+            lost_events: 3,
+            reloads_ok: 7,
+            reloads_failed: 1,
+            not_enforced: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn renders_the_exposition_format() {
+        let text = render(&status());
+        assert!(text.contains("enforcer_policy_generation 4\n"));
+        assert!(text.contains("enforcer_reloads_total{result=\"failure\"} 1\n"));
+        assert!(text.contains("enforcer_packets_total{workload=\"web\",verdict=\"deny\"} 2\n"));
+        assert!(text.contains("enforcer_events_lost_total 3\n"));
+        assert_eq!(label("a\"b"), "a\\\"b");
+    }
+
+    #[tokio::test]
+    async fn answers_get_metrics_over_http() {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = probe.local_addr().unwrap();
+        drop(probe);
+        let task = tokio::spawn(serve(addr, || async { render(&status()) }));
+        let mut answer = String::new();
+        for _ in 0..50 {
+            if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
+                s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                    .await
+                    .unwrap();
+                s.read_to_string(&mut answer).await.unwrap();
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(answer.starts_with("HTTP/1.0 200 OK"), "{answer}");
+        assert!(answer.contains("enforcer_reloads_total{result=\"success\"} 7"));
+        task.abort();
+    }
+}

@@ -1,0 +1,86 @@
+//! Cgroup discovery and watching on the real cgroup v2 hierarchy (root).
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use enforcer::cgroups::{self, CgroupChange, CgroupTree, CgroupWatcher, WatchOptions};
+use enforcer_tests::{CgroupGuard, privileged};
+
+#[test]
+fn the_cgroup2_mount_is_found_and_narrowing_stays_inside_it() {
+    let _root = privileged!();
+    let mount = cgroups::cgroup2_mount().unwrap();
+    assert_eq!(mount, enforcer_tests::cgroup2_mount().unwrap());
+    let test = CgroupGuard::new().expect("cgroup");
+    let relative = test.path().strip_prefix(&mount).unwrap().to_owned();
+    assert_eq!(cgroups::cgroup_root(Some(&relative)).unwrap(), test.path());
+    assert_eq!(
+        cgroups::cgroup_root(Some(test.path())).unwrap(),
+        test.path()
+    );
+    assert!(cgroups::cgroup_root(Some(Path::new("/tmp"))).is_err());
+    // `privileged!` refuses hosts where socket matching is disabled, so no
+    // net_cls/net_prio hierarchy may be reported here.
+    assert_eq!(cgroups::v1_conflicts(), []);
+}
+
+#[test]
+fn new_and_removed_cgroups_are_reported_within_a_second() {
+    let _root = privileged!();
+    let test = CgroupGuard::new().expect("cgroup");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let initial = CgroupTree::scan(test.path()).unwrap();
+        let mut watcher = CgroupWatcher::start(
+            initial,
+            WatchOptions {
+                rescan_interval: Duration::from_secs(3600),
+                settle: Duration::from_millis(20),
+            },
+        )
+        .unwrap();
+
+        let started = Instant::now();
+        let child = test.child("svc.service").expect("child cgroup");
+        let grandchild = child.child("worker").expect("grandchild cgroup");
+        let mut created = Vec::new();
+        while !created
+            .iter()
+            .any(|(p, _): &(String, u64)| p == "svc.service/worker")
+        {
+            let update = tokio::time::timeout(Duration::from_secs(1), watcher.next())
+                .await
+                .expect("no cgroup update within 1 s")
+                .expect("watcher stopped");
+            for change in update.changes {
+                if let CgroupChange::Created { path, id } = change {
+                    created.push((path, id));
+                }
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(1));
+        let ino = std::fs::metadata(grandchild.path()).unwrap().ino();
+        assert_eq!(ino, grandchild.id());
+        assert!(
+            created.contains(&("svc.service/worker".to_owned(), ino)),
+            "{created:?}"
+        );
+
+        grandchild.remove().expect("remove grandchild");
+        let update = tokio::time::timeout(Duration::from_secs(1), watcher.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            update.changes,
+            [CgroupChange::Removed {
+                path: "svc.service/worker".into(),
+                id: ino
+            }]
+        );
+    });
+}

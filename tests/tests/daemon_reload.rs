@@ -1,0 +1,315 @@
+//! Policy changes on a running daemon: many reloads under traffic, invalid
+//! policies rejected (by SIGHUP, file change and `apply`) with the running
+//! one kept, and `apply --confirm` rolling back unless confirmed.
+
+mod daemon_support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use daemon_support::{Daemon, Scratch, web_policy, write_policy};
+use enforcer::api::{Request, Response};
+use enforcer_tests::{CgroupGuard, ProbeOutcome, Server, privileged, tcp_connect};
+
+fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// Two servers and a policy directory allowing `web` to reach the first.
+struct Setup {
+    root: CgroupGuard,
+    web: CgroupGuard,
+    a: Server,
+    b: Server,
+    policies: Scratch,
+}
+
+fn setup() -> Setup {
+    let root = CgroupGuard::new().expect("cgroup");
+    let web = root.child("web").expect("web cgroup");
+    let a = Server::tcp(None, None, loopback()).expect("server");
+    let b = Server::tcp(None, None, loopback()).expect("server");
+    let policies = Scratch::new("policies");
+    write_policy(&policies.0, &web_policy(a.addr().port()));
+    Setup {
+        root,
+        web,
+        a,
+        b,
+        policies,
+    }
+}
+
+#[test]
+fn two_hundred_reloads_under_traffic_without_a_failure() {
+    let _root = privileged!();
+    let s = setup();
+    let daemon = Daemon::start(&s.root, &s.policies.0);
+    let dirs = [Scratch::new("pa"), Scratch::new("pb")];
+    write_policy(&dirs[0].0, &web_policy(s.a.addr().port()));
+    write_policy(
+        &dirs[1].0,
+        &format!(
+            "{}\n# another hash, same verdicts\n[peer.unused]\ncidrs = [\"203.0.113.9\"]\n",
+            web_policy(s.a.addr().port())
+        ),
+    );
+
+    // A client connects all along; its verdicts must never change.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (last_generation, unexpected, rounds) = std::thread::scope(|scope| {
+        let traffic = scope.spawn(|| {
+            let (mut unexpected, mut rounds) = (Vec::new(), 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let ok = tcp_connect(&s.web, None, s.a.addr());
+                let refused = tcp_connect(&s.web, None, s.b.addr());
+                if ok != ProbeOutcome::Ok || refused != ProbeOutcome::Eperm {
+                    unexpected.push((ok, refused));
+                }
+                rounds += 1;
+            }
+            (unexpected, rounds)
+        });
+        let mut client = daemon.client();
+        let mut last_generation = 0;
+        for i in 0..200 {
+            // Alternate, starting with the one that differs from the running policy.
+            let dir = dirs[(i + 1) % 2].0.clone();
+            match client
+                .call(&Request::Apply {
+                    dir,
+                    confirm_ms: None,
+                })
+                .expect("apply")
+            {
+                Response::Applied {
+                    generation,
+                    unchanged,
+                    ..
+                } => {
+                    assert!(!unchanged, "reload {i} found nothing to change");
+                    assert!(
+                        generation > last_generation,
+                        "generation went from {last_generation} to {generation}"
+                    );
+                    last_generation = generation;
+                }
+                other => panic!("reload {i}: {other:?}\n{}", daemon.log()),
+            }
+            // Give the client time to cross several swaps.
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (unexpected, rounds) = traffic.join().expect("traffic thread");
+        (last_generation, unexpected, rounds)
+    });
+    assert_eq!(unexpected, [], "verdicts changed during reloads");
+    assert!(
+        rounds >= 5,
+        "only {rounds} traffic rounds during the reloads"
+    );
+    let status = daemon.status();
+    assert_eq!(status.reloads_failed, 0);
+    assert!(status.reloads_ok >= 201);
+    assert_eq!(status.policy.unwrap().generation, last_generation);
+}
+
+fn assert_rejected_with_position(daemon: &Daemon, trigger: &str, file: &str) {
+    let mut status = daemon.status();
+    let shown = Daemon::eventually(Duration::from_secs(3), || {
+        status = daemon.status();
+        status
+            .last_rejection
+            .as_ref()
+            .is_some_and(|r| r.trigger == trigger)
+    });
+    assert!(shown, "no {trigger} rejection in status: {status:?}");
+    let rejection = status.last_rejection.unwrap();
+    let first = &rejection.errors[0];
+    // FILE:LINE:COL: message
+    let rest = first
+        .strip_prefix(&format!("{file}:"))
+        .unwrap_or_else(|| panic!("{first}"));
+    let mut parts = rest.splitn(3, ':');
+    assert!(parts.next().unwrap().parse::<u32>().is_ok(), "{first}");
+    assert!(parts.next().unwrap().parse::<u32>().is_ok(), "{first}");
+    assert!(status.reloads_failed > 0);
+    let text = String::from_utf8(daemon.cli(&["status"]).stdout).unwrap();
+    assert!(text.contains("REJECTED"), "{text}");
+}
+
+#[test]
+fn invalid_policies_are_rejected_and_the_running_one_stays() {
+    let _root = privileged!();
+    let s = setup();
+    let daemon = Daemon::start(&s.root, &s.policies.0);
+    let hash = daemon.status().policy.unwrap().content_hash;
+    let broken =
+        "[workload.web]\ncgroup = \"web*\"\nlabels = { app = \"web\" }\nmode = \"sometimes\"\n";
+    let file = s.policies.0.join("policy.toml").display().to_string();
+
+    // 1. A file change.
+    write_policy(&s.policies.0, broken);
+    assert_rejected_with_position(&daemon, "file change", &file);
+    // 2. SIGHUP, tracked by systemd as RELOADING=1 ... READY=1.
+    daemon.signal(libc::SIGHUP);
+    let notified = daemon
+        .wait_notify("READY=1", Duration::from_secs(3))
+        .expect("no READY=1 after SIGHUP");
+    let reloading = notified
+        .iter()
+        .position(|l| l == "RELOADING=1")
+        .unwrap_or_else(|| panic!("no RELOADING=1: {notified:?}"));
+    assert!(
+        notified[reloading + 1].starts_with("MONOTONIC_USEC="),
+        "{notified:?}"
+    );
+    assert_eq!(notified.last().map(String::as_str), Some("READY=1"));
+    // `systemctl status` shows the rejection through STATUS=.
+    let status_line = daemon
+        .wait_notify_prefix("STATUS=", Duration::from_secs(3))
+        .expect("no STATUS= after the reload");
+    assert!(
+        status_line.contains("REJECTED (sighup)") && status_line.contains(&file),
+        "{status_line}"
+    );
+    assert!(Daemon::eventually(Duration::from_secs(3), || daemon
+        .status()
+        .reloads_failed
+        >= 2));
+    assert_rejected_with_position(&daemon, "sighup", &file);
+    // 3. apply (the daemon's own validation: the request bypasses the CLI).
+    match daemon.call(&Request::Apply {
+        dir: s.policies.0.clone(),
+        confirm_ms: None,
+    }) {
+        Response::Rejected { errors } => {
+            assert!(errors[0].starts_with(&format!("{file}:")), "{errors:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_rejected_with_position(&daemon, "apply", &file);
+    // ... and through the CLI: exit 1 with FILE:LINE:COL.
+    let out = daemon.cli(&["apply", s.policies.0.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("{file}:")));
+
+    // The daemon reads the directory itself: a relative path is refused.
+    match daemon.call(&Request::Apply {
+        dir: "policies".into(),
+        confirm_ms: None,
+    }) {
+        Response::Rejected { errors } => assert!(errors[0].contains("absolute"), "{errors:?}"),
+        other => panic!("{other:?}"),
+    }
+
+    // The running policy is untouched and still enforced.
+    assert_eq!(daemon.status().policy.unwrap().content_hash, hash);
+    assert_eq!(tcp_connect(&s.web, None, s.a.addr()), ProbeOutcome::Ok);
+    assert_eq!(tcp_connect(&s.web, None, s.b.addr()), ProbeOutcome::Eperm);
+
+    // A valid file again clears the rejection.
+    write_policy(&s.policies.0, &web_policy(s.b.addr().port()));
+    assert!(Daemon::eventually(Duration::from_secs(3), || daemon
+        .status()
+        .last_rejection
+        .is_none()));
+    assert_eq!(tcp_connect(&s.web, None, s.b.addr()), ProbeOutcome::Ok);
+    assert_eq!(tcp_connect(&s.web, None, s.a.addr()), ProbeOutcome::Eperm);
+}
+
+#[test]
+fn apply_confirm_rolls_back_unless_confirmed() {
+    let _root = privileged!();
+    let s = setup();
+    let daemon = Daemon::start(&s.root, &s.policies.0);
+    let original = daemon.status().policy.unwrap().content_hash;
+    let candidate = Scratch::new("candidate");
+    write_policy(&candidate.0, &web_policy(s.b.addr().port()));
+
+    // Not confirmed: back to the original after 2 s.
+    let out = daemon.cli(&["apply", candidate.0.to_str().unwrap(), "--confirm", "2s"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(tcp_connect(&s.web, None, s.b.addr()), ProbeOutcome::Ok);
+    assert_eq!(tcp_connect(&s.web, None, s.a.addr()), ProbeOutcome::Eperm);
+    let pending = daemon.status().policy.unwrap();
+    assert!(pending.rollback_at.is_some());
+    assert_ne!(pending.content_hash, original);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        Daemon::eventually(Duration::from_secs(2), || {
+            daemon.status().policy.unwrap().content_hash == original
+        }),
+        "no rollback:\n{}",
+        daemon.log()
+    );
+    assert_eq!(tcp_connect(&s.web, None, s.a.addr()), ProbeOutcome::Ok);
+    assert_eq!(tcp_connect(&s.web, None, s.b.addr()), ProbeOutcome::Eperm);
+    assert!(daemon.status().policy.unwrap().rollback_at.is_none());
+
+    // Confirmed: it stays.
+    let out = daemon.cli(&["apply", candidate.0.to_str().unwrap(), "--confirm", "2s"]);
+    assert_eq!(out.status.code(), Some(0));
+    let out = daemon.cli(&["confirm"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_ne!(daemon.status().policy.unwrap().content_hash, original);
+    assert_eq!(tcp_connect(&s.web, None, s.b.addr()), ProbeOutcome::Ok);
+    // Nothing left to confirm.
+    assert_eq!(daemon.cli(&["confirm"]).status.code(), Some(1));
+}
+
+#[test]
+fn an_until_expiry_takes_effect_on_time_without_a_trigger() {
+    let _root = privileged!();
+    let s = setup();
+    // `web` may reach `b` until a few seconds from now.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let until =
+        enforcer::daemon::time::rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(now + 3));
+    let until = until.replace(".000Z", "Z");
+    let policy = format!(
+        "{}\n[[policy]]\nname = \"temporary\"\nselect = {{ app = \"web\" }}\nallow-out = [ {{ to = [\"host\"], ports = [\"{}/tcp\"], until = \"{until}\" }} ]\n",
+        web_policy(s.a.addr().port()),
+        s.b.addr().port()
+    );
+    write_policy(&s.policies.0, &policy);
+    let daemon = Daemon::start(&s.root, &s.policies.0);
+    let status = daemon.status().policy.unwrap();
+    assert_eq!(
+        status.next_expiry.as_deref(),
+        Some(until.replace('Z', ".000Z").as_str())
+    );
+    assert_eq!(
+        tcp_connect(&s.web, None, s.b.addr()),
+        ProbeOutcome::Ok,
+        "{}",
+        daemon.log()
+    );
+    let cut = Daemon::eventually(Duration::from_secs(6), || {
+        tcp_connect(&s.web, None, s.b.addr()) == ProbeOutcome::Eperm
+    });
+    assert!(cut, "the expired rule still allows:\n{}", daemon.log());
+    let expired_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(expired_at < (now + 5) as f64, "expiry took effect late");
+    assert_eq!(tcp_connect(&s.web, None, s.a.addr()), ProbeOutcome::Ok);
+    let status = daemon.status();
+    assert!(status.policy.unwrap().next_expiry.is_none());
+    assert_eq!(status.reloads_failed, 0);
+}

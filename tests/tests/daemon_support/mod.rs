@@ -1,0 +1,334 @@
+//! Running real `enforcer run` daemons in tests: each gets its own
+//! `--cgroup-root` (a test cgroup), `--bpffs` directory and `--socket`, and
+//! is killed and uninstalled when dropped.
+
+#![allow(dead_code, reason = "each test file uses a different subset")]
+
+use std::io::Read;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use enforcer::api::{Client, Request, Response, StatusReport};
+use enforcer_tests::CgroupGuard;
+
+static SERIAL: AtomicUsize = AtomicUsize::new(0);
+
+/// The `enforcer` binary: `$ENFORCER_BIN`, or the one Cargo built next to
+/// this test's directory (`cargo build -p enforcer` first).
+pub fn enforcer_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("ENFORCER_BIN") {
+        return PathBuf::from(bin);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>/enforcer
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("enforcer"))
+        .expect("target directory");
+    assert!(
+        bin.exists(),
+        "{} not found: run `cargo build -p enforcer` first or set ENFORCER_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// A scratch directory removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(what: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!(
+            "enforcer-test-{what}-{}-{}",
+            std::process::id(),
+            SERIAL.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Write `text` as the only `policy.toml` of `dir` (atomically, by rename,
+/// as editors and config management do).
+pub fn write_policy(dir: &Path, text: &str) {
+    std::fs::create_dir_all(dir).expect("policy dir");
+    let tmp = dir.join(".policy.toml.tmp");
+    std::fs::write(&tmp, text).expect("write policy");
+    std::fs::rename(&tmp, dir.join("policy.toml")).expect("rename policy");
+}
+
+/// A policy where workload `web` (cgroups `web*` under the root) may
+/// connect to `host` on `allowed` only.
+pub fn web_policy(allowed: u16) -> String {
+    format!(
+        r#"[workload.web]
+cgroup = "web*"
+labels = {{ app = "web" }}
+
+[[policy]]
+name = "web"
+select = {{ app = "web" }}
+allow-out = [ {{ to = ["host"], ports = ["{allowed}/tcp"] }} ]
+"#
+    )
+}
+
+/// A running daemon.
+pub struct Daemon {
+    child: Option<Child>,
+    pub socket: PathBuf,
+    pub bpffs: PathBuf,
+    pub policies: PathBuf,
+    pub cgroup_root: PathBuf,
+    /// More `enforcer run` options.
+    pub extra: Vec<String>,
+    /// The NOTIFY_SOCKET the daemon reports to (sd_notify).
+    notify: Option<UnixDatagram>,
+    scratch: Scratch,
+}
+
+impl Daemon {
+    /// Start a daemon on `root` with the policies in `policies`, and wait
+    /// until it reports READY=1 (sd_notify), i.e. enforcement is in place.
+    pub fn start(root: &CgroupGuard, policies: &Path) -> Daemon {
+        Daemon::start_with(root, policies, &[])
+    }
+
+    /// [`Daemon::start`] with more `enforcer run` options.
+    pub fn start_with(root: &CgroupGuard, policies: &Path, extra: &[&str]) -> Daemon {
+        let scratch = Scratch::new("daemon");
+        let bpffs = PathBuf::from(format!(
+            "/sys/fs/bpf/enforcer-test-{}-{}",
+            std::process::id(),
+            SERIAL.fetch_add(1, Ordering::Relaxed)
+        ));
+        let mut daemon = Daemon {
+            child: None,
+            socket: scratch.0.join("enforcer.sock"),
+            bpffs,
+            policies: policies.to_path_buf(),
+            cgroup_root: root.path().to_path_buf(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            notify: None,
+            scratch,
+        };
+        daemon.restart();
+        daemon
+    }
+
+    /// (Re)start the process with the same settings; waits for READY=1.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "daemon still running");
+        let notify_path = self.scratch.0.join("notify.sock");
+        let _ = std::fs::remove_file(&notify_path);
+        let notify = UnixDatagram::bind(&notify_path).expect("notify socket");
+        notify
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let log = std::fs::File::create(self.scratch.0.join("daemon.log")).expect("log file");
+        let child = Command::new(enforcer_bin())
+            .arg("run")
+            .arg("--config")
+            .arg("/dev/null")
+            .arg("--policies")
+            .arg(&self.policies)
+            .arg("--cgroup-root")
+            .arg(&self.cgroup_root)
+            .arg("--bpffs")
+            .arg(&self.bpffs)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(&self.extra)
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env("ENFORCER_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn enforcer run");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Ok(n) = notify.recv(&mut buf) {
+                let message = String::from_utf8_lossy(&buf[..n]);
+                if message.lines().any(|l| l == "READY=1") {
+                    break;
+                }
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "daemon exited with {status} before READY=1:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no READY=1 within 30 s:\n{}",
+                self.log()
+            );
+        }
+        self.notify = Some(notify);
+    }
+
+    /// The first sd_notify line starting with `prefix` received from now
+    /// on, within `within`.
+    pub fn wait_notify_prefix(&self, prefix: &str, within: Duration) -> Option<String> {
+        let notify = self.notify.as_ref().expect("started");
+        let deadline = Instant::now() + within;
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            if let Ok(n) = notify.recv(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if let Some(line) = text.lines().find(|l| l.starts_with(prefix)) {
+                    return Some(line.to_owned());
+                }
+            }
+        }
+        None
+    }
+
+    /// The sd_notify lines received from now until `line` arrives (or
+    /// `within` passes: then `None`).
+    pub fn wait_notify(&self, line: &str, within: Duration) -> Option<Vec<String>> {
+        let notify = self.notify.as_ref().expect("started");
+        let deadline = Instant::now() + within;
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            if let Ok(n) = notify.recv(&mut buf) {
+                seen.extend(
+                    String::from_utf8_lossy(&buf[..n])
+                        .lines()
+                        .map(str::to_owned),
+                );
+                if seen.iter().any(|l| l == line) {
+                    return Some(seen);
+                }
+            }
+        }
+        None
+    }
+
+    pub fn scratch(&self) -> &Path {
+        &self.scratch.0
+    }
+
+    pub fn log(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut f) = std::fs::File::open(self.scratch.0.join("daemon.log")) {
+            let _ = f.read_to_string(&mut text);
+        }
+        text
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill with a pid this test spawned and still owns.
+        let rc = unsafe { libc::kill(self.pid() as libc::pid_t, signal) };
+        assert_eq!(rc, 0, "kill");
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(&mut self) {
+        self.signal(libc::SIGTERM);
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                assert!(
+                    status.success(),
+                    "daemon exit status {status}:\n{}",
+                    self.log()
+                );
+                return;
+            }
+            assert!(Instant::now() < deadline, "daemon ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        let client = Client::connect(&self.socket).expect("connect to the daemon");
+        client.set_timeout(Some(Duration::from_secs(30))).unwrap();
+        client
+    }
+
+    pub fn status(&self) -> StatusReport {
+        match self.client().call(&Request::Status).expect("status") {
+            Response::Status(report) => *report,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+
+    pub fn call(&self, request: &Request) -> Response {
+        self.client().call(request).expect("request")
+    }
+
+    /// Run an `enforcer` client command against this daemon.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(enforcer_bin())
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .output()
+            .expect("run enforcer")
+    }
+
+    /// Poll `check` every 20 ms for up to `within`; true once it holds.
+    pub fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if check() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Remove the pins (detaching everything) like `enforcer run --uninstall`.
+    pub fn uninstall(&self) -> Output {
+        Command::new(enforcer_bin())
+            .args(["run", "--config", "/dev/null", "--uninstall", "--bpffs"])
+            .arg(&self.bpffs)
+            .output()
+            .expect("run enforcer --uninstall")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = self.uninstall();
+        let _ = std::fs::remove_dir_all(&self.bpffs);
+    }
+}

@@ -1,0 +1,221 @@
+//! Real clients (curl, psql) run as transient systemd units inside the
+//! container, and the two outcomes the test asserts: reached, or refused at
+//! once with "Operation not permitted".
+
+use std::fmt;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+
+use super::container::Container;
+
+/// The slice whose units the policy allows to reach nginx and PostgreSQL.
+pub const CLIENTS: &str = "clients.slice";
+/// The slice whose units the services' allow-in rules keep out.
+pub const INTRUDERS: &str = "intruders.slice";
+
+/// The PostgreSQL role the clients log in as (created over the Unix socket,
+/// which the enforcer does not govern).
+pub const DB_ROLE: &str = "e2e";
+const DB_PASSWORD: &str = "e2e-password";
+
+/// A refusal must come back well before any network timeout would.
+const AT_ONCE: Duration = Duration::from_secs(3);
+
+/// Which service a client talks to.
+#[derive(Clone, Copy)]
+pub enum Service {
+    Nginx,
+    Postgres,
+}
+
+impl fmt::Display for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Nginx => "nginx (curl http://127.0.0.1/)",
+            Self::Postgres => "PostgreSQL (psql -h 127.0.0.1)",
+        })
+    }
+}
+
+/// One client run.
+pub struct Attempt {
+    pub exit: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl fmt::Display for Attempt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "exit {:?} after {:.0?}, stdout {:?}, stderr:\n{}",
+            self.exit,
+            self.elapsed,
+            self.stdout.trim(),
+            self.stderr.trim_end()
+        )
+    }
+}
+
+/// Runs the client for `service` as a new transient unit in `slice`, the
+/// way an operator would start one: `systemd-run --slice=... -- curl ...`.
+pub fn attempt(container: &Container, slice: &str, service: Service) -> Result<Attempt> {
+    let mut argv = vec![
+        "systemd-run",
+        "--wait",
+        "--pipe",
+        "--quiet",
+        "--collect",
+        "--slice",
+        slice,
+    ];
+    let password = format!("PGPASSWORD={DB_PASSWORD}");
+    let client: &[&str] = match service {
+        // -v: curl prints the connect() error text, "Operation not
+        // permitted" for EPERM; the bound --max-time turns a hang into a
+        // distinct failure (exit 28) rather than a stuck test.
+        Service::Nginx => &[
+            "--",
+            "curl",
+            "-sS",
+            "-v",
+            "--max-time",
+            "10",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://127.0.0.1/",
+        ],
+        Service::Postgres => &[
+            "--setenv",
+            &password,
+            "--setenv",
+            "PGCONNECT_TIMEOUT=10",
+            "--",
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            DB_ROLE,
+            "-d",
+            "postgres",
+            "-tAc",
+            "SELECT 40 + 2",
+        ],
+    };
+    argv.extend_from_slice(client);
+    let started = Instant::now();
+    let output = container.exec(&argv)?;
+    Ok(Attempt {
+        exit: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Whether the attempt got a real answer from the service.
+pub fn reached(service: Service, attempt: &Attempt) -> bool {
+    attempt.exit == Some(0)
+        && match service {
+            Service::Nginx => attempt.stdout.trim() == "200",
+            Service::Postgres => attempt.stdout.trim() == "42",
+        }
+}
+
+/// Whether the attempt was refused by connect() with EPERM, at once.
+pub fn refused(attempt: &Attempt) -> bool {
+    attempt.exit.is_some_and(|code| code != 0)
+        && attempt.stderr.contains("Operation not permitted")
+        && attempt.elapsed < AT_ONCE
+}
+
+/// The outcome a check expects.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    Reach,
+    Refused,
+}
+
+impl fmt::Display for Expect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Reach => "reaches",
+            Self::Refused => "is refused at once with \"Operation not permitted\" by",
+        })
+    }
+}
+
+/// Runs one client and checks the outcome; the error carries the client's
+/// full output.
+pub fn expect(container: &Container, slice: &str, service: Service, want: Expect) -> Result<()> {
+    let attempt = attempt(container, slice, service)?;
+    let ok = match want {
+        Expect::Reach => reached(service, &attempt),
+        Expect::Refused => refused(&attempt),
+    };
+    let what = format!("a unit in {slice} {want} {service}");
+    if ok {
+        println!("    ok: {what} ({:.0?})", attempt.elapsed);
+        Ok(())
+    } else {
+        bail!("expected: {what}; got {attempt}")
+    }
+}
+
+/// Like [`expect`], retried until `within` has passed: for changes the daemon
+/// applies asynchronously (a reload, a restarted service's new cgroup). The
+/// time it took is printed, so a slow path shows in the log.
+pub fn expect_within(
+    container: &Container,
+    slice: &str,
+    service: Service,
+    want: Expect,
+    within: Duration,
+) -> Result<()> {
+    let started = Instant::now();
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let attempt = attempt(container, slice, service)?;
+        let ok = match want {
+            Expect::Reach => reached(service, &attempt),
+            Expect::Refused => refused(&attempt),
+        };
+        let what = format!("a unit in {slice} {want} {service}");
+        if ok {
+            println!(
+                "    ok: {what} ({:.0?} after the change, attempt {tries})",
+                started.elapsed()
+            );
+            return Ok(());
+        }
+        if started.elapsed() > within {
+            bail!("expected within {within:?}: {what}; last of {tries} attempts: {attempt}");
+        }
+        sleep(Duration::from_millis(250));
+    }
+}
+
+/// The role the clients log in with, created as the postgres superuser over
+/// the Unix socket. Waits for the server first: it may still be starting.
+pub fn prepare_database(container: &Container) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let ready = container.exec(&["runuser", "-u", "postgres", "--", "pg_isready", "-q"])?;
+        if ready.status.success() {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("PostgreSQL did not become ready in the container within 60 s");
+        }
+        sleep(Duration::from_millis(250));
+    }
+    let sql = format!("CREATE ROLE {DB_ROLE} LOGIN PASSWORD '{DB_PASSWORD}'");
+    container.run(&["runuser", "-u", "postgres", "--", "psql", "-q", "-c", &sql])?;
+    Ok(())
+}
