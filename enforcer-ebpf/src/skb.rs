@@ -17,7 +17,7 @@ use enforcer_common::{
 };
 
 use crate::{
-    judge::{self, event_due, now_ns, send_event},
+    judge::{self, coarse_now_ns, event_due, now_ns, send_event},
     maps,
 };
 
@@ -147,8 +147,11 @@ fn judge_packet(
             if current.action != ACTION_DENY {
                 return PASS;
             }
-            let now = now_ns();
-            if event_due(current.action, current.last_event_ns, now) {
+            // The coarse clock (same base, a tick's resolution) is enough
+            // for a one-second rate limit and much cheaper than the precise
+            // one, which only the event itself pays for.
+            if event_due(current.action, current.last_event_ns, coarse_now_ns()) {
+                let now = now_ns();
                 // SAFETY: as above.
                 unsafe { (*flow).last_event_ns = now };
                 send_event(cfg, key, &current, now, direction);
