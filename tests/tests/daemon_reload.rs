@@ -279,7 +279,7 @@ fn an_until_expiry_takes_effect_on_time_without_a_trigger() {
         .unwrap()
         .as_secs();
     let until =
-        enforcer::daemon::time::rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(now + 3));
+        enforcer::rfc3339::format_millis(std::time::UNIX_EPOCH + Duration::from_secs(now + 3));
     let until = until.replace(".000Z", "Z");
     let policy = format!(
         "{}\n[[policy]]\nname = \"temporary\"\nselect = {{ app = \"web\" }}\nallow-out = [ {{ to = [\"host\"], ports = [\"{}/tcp\"], until = \"{until}\" }} ]\n",

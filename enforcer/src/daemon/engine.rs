@@ -12,13 +12,13 @@ use enforcer_common::{
 };
 
 use super::flows::FlowHistory;
-use super::time::rfc3339;
 use crate::api::proto::{PolicyStatus, Rejection, StatusReport, VerdictCounters, WorkloadStatus};
 use crate::cgroups::{CgroupTree, Matcher, Resolution, TreeUpdate, V1Conflict};
 use crate::compile::compiled::{CgroupSelector, CompiledPolicy};
 use crate::config::Settings;
 use crate::dataplane::{Dataplane, HostAddrs, ResolvedCgroup};
 use crate::policy::{LoadError, Loaded};
+use crate::rfc3339::format_millis as rfc3339;
 
 /// What made the daemon load a policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

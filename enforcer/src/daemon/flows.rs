@@ -124,7 +124,7 @@ pub fn record_from_event(event: &VerdictEvent, policy: Option<&CompiledPolicy>) 
         None => format!("rule #{}", event.rule),
     };
     FlowRecord {
-        time: super::time::rfc3339(super::time::from_monotonic(event.time_ns)),
+        time: crate::rfc3339::format_millis(super::time::from_monotonic(event.time_ns)),
         workload: entity_name(policy, event.local),
         direction: if event.direction == DIRECTION_EGRESS {
             "egress"
