@@ -14,7 +14,6 @@ use std::{
 };
 
 use enforcer::compile::compiled::{CompiledPolicy, EntityInfo, EntityKind, RuleRef, Section};
-use enforcer_common::{IDENTITY_HOST, IDENTITY_WORLD};
 
 /// The gate of every root test (enforcer-tests' `privileged`): root,
 /// cgroup v2, bpffs, and cgroup2 socket matching working; skips without
@@ -272,31 +271,12 @@ pub fn udp_echo_server(addr: SocketAddr) -> SocketAddr {
 /// A policy skeleton with `world`, `host` and the given workloads/peers
 /// (entities only: tests add verdicts and prefixes).
 pub fn empty_policy(workloads: &[(u32, &str)], peers: &[(u32, &str)]) -> CompiledPolicy {
-    let mut entities = vec![
-        EntityInfo {
-            identity: IDENTITY_WORLD,
-            kind: EntityKind::World,
-            name: "world".into(),
-        },
-        EntityInfo {
-            identity: IDENTITY_HOST,
-            kind: EntityKind::Host,
-            name: "host".into(),
-        },
-    ];
+    let mut entities = EntityInfo::builtins();
     for (id, name) in workloads {
-        entities.push(EntityInfo {
-            identity: *id,
-            kind: EntityKind::Workload,
-            name: (*name).into(),
-        });
+        entities.push(EntityInfo::new(*id, EntityKind::Workload, *name));
     }
     for (id, name) in peers {
-        entities.push(EntityInfo {
-            identity: *id,
-            kind: EntityKind::Peer,
-            name: (*name).into(),
-        });
+        entities.push(EntityInfo::new(*id, EntityKind::Peer, *name));
     }
     entities.sort_by_key(|e| e.identity);
     CompiledPolicy {
