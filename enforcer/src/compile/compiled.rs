@@ -107,6 +107,13 @@ pub struct CompiledWorkload {
     pub mode: u8,
 }
 
+impl CompiledWorkload {
+    /// `enforce`, `audit` or `off` (`unknown` for a number no policy gives).
+    pub fn mode_name(&self) -> &'static str {
+        crate::policy::Mode::from_number(self.mode).map_or("unknown", crate::policy::Mode::as_str)
+    }
+}
+
 /// Where a rule comes from, for `explain`, flows and diffs:
 /// `db allow-in[1]` is policy `db`, section `allow-in`, index 1 (0-based in
 /// the policy's list for that section).
