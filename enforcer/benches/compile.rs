@@ -3,12 +3,15 @@
 //!
 //! `cargo bench -p enforcer --bench compile -- [--quick] [--json PATH]`
 
+mod support;
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
 use enforcer::compile::compile_loaded;
 use enforcer::policy::load_dir;
+use support::thread_cpu_ns;
 
 struct Size {
     name: &'static str,
@@ -149,20 +152,6 @@ struct Result {
     /// Median CPU time of this thread: on a loaded machine the wall time
     /// also counts waiting for a core.
     median_cpu_ns: u128,
-}
-
-/// CPU time consumed by the calling thread.
-fn thread_cpu_ns() -> u128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    if rc != 0 {
-        return 0;
-    }
-    ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128
 }
 
 fn run(size: &Size, quick: bool) -> Result {

@@ -8,6 +8,8 @@
 //! `cargo bench -p enforcer --bench diff -- [--quick] [--json PATH]`
 //! writes `[{"name","median_ns","min_ns","max_ns","rounds"}]` to PATH.
 
+mod support;
+
 use std::time::Instant;
 
 use enforcer::compile::compiled::CompiledPolicy;
@@ -17,6 +19,7 @@ use enforcer_common::{
     ACTION_ALLOW, ACTION_DENY, DIRECTION_EGRESS, DIRECTION_INGRESS, IDENTITY_ANY,
     IDENTITY_ANY_EXTERNAL, IDENTITY_WORLD, PROTO_TCP, PROTO_UDP,
 };
+use support::thread_cpu_ns;
 
 const RULES: usize = 20_000;
 const WORKLOADS: usize = 100;
@@ -221,19 +224,6 @@ struct Stats {
     min_ns: u128,
     max_ns: u128,
     rounds: usize,
-}
-
-fn thread_cpu_ns() -> u128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    if rc != 0 {
-        return 0;
-    }
-    ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128
 }
 
 fn measure(name: &str, rounds: usize, mut f: impl FnMut()) -> Stats {
