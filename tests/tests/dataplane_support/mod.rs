@@ -159,32 +159,14 @@ pub fn attached_programs(cgroup: &Path) -> usize {
 /// The child only makes system calls, so forking from the (multi-threaded)
 /// test harness is safe enough.
 pub fn in_cgroup(cgroup: &Path, f: impl FnOnce() -> i32) -> i32 {
-    let procs = std::ffi::CString::new(
-        cgroup
-            .join("cgroup.procs")
-            .into_os_string()
-            .into_encoded_bytes(),
-    )
-    .expect("path without NUL");
-    // SAFETY: the child only uses async-signal-safe calls before `f`, and
-    // `f` makes plain socket system calls, then `_exit`.
+    let pid = spawn_in_cgroup(cgroup, f);
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
     unsafe {
-        let pid = libc::fork();
-        assert!(pid >= 0, "fork failed");
-        if pid == 0 {
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
-            if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                libc::_exit(200);
-            }
-            libc::close(fd);
-            let code = f();
-            libc::_exit(code);
-        }
-        let mut status = 0;
         assert_eq!(libc::waitpid(pid, &mut status, 0), pid);
-        assert!(libc::WIFEXITED(status), "child did not exit normally");
-        libc::WEXITSTATUS(status)
     }
+    assert!(libc::WIFEXITED(status), "child did not exit normally");
+    libc::WEXITSTATUS(status)
 }
 
 /// Exit codes of the connection helpers.
@@ -404,7 +386,8 @@ pub fn spawn_in_cgroup(cgroup: &Path, f: impl FnOnce() -> i32) -> i32 {
             .into_encoded_bytes(),
     )
     .expect("path without NUL");
-    // SAFETY: as in `in_cgroup`.
+    // SAFETY: the child only uses async-signal-safe calls before `f`, and
+    // `f` makes plain socket system calls, then `_exit`.
     unsafe {
         let pid = libc::fork();
         assert!(pid >= 0, "fork failed");
