@@ -133,18 +133,7 @@ fn adding_a_rule_widens() {
 
 #[test]
 fn removing_a_rule_narrows_and_names_the_old_rule() {
-    let mut old = shop();
-    let r = old.b.rule("db", "allow-in", 1);
-    old.b.ports(
-        old.db,
-        IN,
-        PROTO_TCP,
-        old.office,
-        5432,
-        5432,
-        ACTION_ALLOW,
-        r,
-    );
+    let old = shop_with_office_to_db();
     let d = run(old.b, shop().b);
     assert_eq!(
         d.changes,
@@ -360,18 +349,7 @@ fn a_narrower_peer_carves_a_hole_out_of_a_wider_one() {
 
 #[test]
 fn shrinking_a_peer_hands_its_addresses_to_world() {
-    let mut old = shop();
-    let r = old.b.rule("db", "allow-in", 1);
-    old.b.ports(
-        old.db,
-        IN,
-        PROTO_TCP,
-        old.office,
-        5432,
-        5432,
-        ACTION_ALLOW,
-        r,
-    );
+    let old = shop_with_office_to_db();
     let mut new = PolicyBuilder::new();
     let api = new.workload("api");
     let db = new.workload("db");
