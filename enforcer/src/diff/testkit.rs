@@ -21,6 +21,14 @@ use crate::compile::compiled::{
 };
 use crate::policy::parse_cidr;
 
+fn verdict_value(action: u8, rule: u32) -> VerdictValue {
+    VerdictValue {
+        rule,
+        action,
+        _pad: [0; 3],
+    }
+}
+
 /// Assembles a [`CompiledPolicy`] entry by entry.
 #[derive(Clone, Debug)]
 pub struct PolicyBuilder {
@@ -164,11 +172,7 @@ impl PolicyBuilder {
         rule: u32,
     ) {
         let key = VerdictKey::new(workload, direction, protocol, remote, port, port_bits);
-        let value = VerdictValue {
-            rule,
-            action,
-            _pad: [0; 3],
-        };
+        let value = verdict_value(action, rule);
         match self.verdicts.iter_mut().find(|(k, _)| *k == key) {
             Some(slot) => slot.1 = value,
             None => self.verdicts.push((key, value)),
@@ -190,14 +194,7 @@ impl PolicyBuilder {
         rule: u32,
     ) {
         let key = VerdictKey::new(workload, direction, protocol, remote, port, port_bits);
-        self.verdicts.push((
-            key,
-            VerdictValue {
-                rule,
-                action,
-                _pad: [0; 3],
-            },
-        ));
+        self.verdicts.push((key, verdict_value(action, rule)));
     }
 
     pub fn set_mode(&mut self, workload: Identity, mode: u8) {
