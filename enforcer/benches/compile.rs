@@ -11,7 +11,7 @@ use std::time::{Instant, SystemTime};
 
 use enforcer::compile::compile_loaded;
 use enforcer::policy::load_dir;
-use support::thread_cpu_ns;
+use support::{Args, thread_cpu_ns};
 
 struct Size {
     name: &'static str,
@@ -203,13 +203,7 @@ fn run(size: &Size, quick: bool) -> Result {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let quick = args.iter().any(|a| a == "--quick");
-    let json = args
-        .iter()
-        .position(|a| a == "--json")
-        .and_then(|i| args.get(i + 1))
-        .map(PathBuf::from);
+    let Args { quick, json } = Args::from_env();
     let results: Vec<Result> = SIZES.iter().map(|s| run(s, quick)).collect();
     println!(
         "{:<22} {:>12} {:>12} {:>12} {:>12} {:>7} {:>10}",

@@ -19,7 +19,7 @@ use enforcer_common::{
     ACTION_ALLOW, ACTION_DENY, DIRECTION_EGRESS, DIRECTION_INGRESS, IDENTITY_ANY,
     IDENTITY_ANY_EXTERNAL, IDENTITY_WORLD, PROTO_TCP, PROTO_UDP,
 };
-use support::thread_cpu_ns;
+use support::{Args, thread_cpu_ns};
 
 const RULES: usize = 20_000;
 const WORKLOADS: usize = 100;
@@ -250,12 +250,7 @@ fn measure(name: &str, rounds: usize, mut f: impl FnMut()) -> Stats {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let quick = args.iter().any(|a| a == "--quick");
-    let json = args
-        .iter()
-        .position(|a| a == "--json")
-        .and_then(|i| args.get(i + 1).cloned());
+    let Args { quick, json } = Args::from_env();
     let rounds = if quick { 5 } else { 20 };
 
     let old = DiffInput::from_compiled(generate(0));
@@ -322,7 +317,7 @@ fn main() {
             .collect();
         let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
         if let Err(e) = std::fs::write(&path, text + "\n") {
-            eprintln!("writing {path}: {e}");
+            eprintln!("writing {}: {e}", path.display());
             std::process::exit(2);
         }
     }

@@ -15,3 +15,25 @@ pub fn thread_cpu_ns() -> u128 {
     }
     ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128
 }
+
+/// The benchmark's own arguments: `[--quick] [--json PATH]`.
+pub struct Args {
+    /// Fewer rounds, for a smoke run.
+    pub quick: bool,
+    /// Where to write the results as JSON.
+    pub json: Option<std::path::PathBuf>,
+}
+
+impl Args {
+    pub fn from_env() -> Args {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        Args {
+            quick: args.iter().any(|a| a == "--quick"),
+            json: args
+                .iter()
+                .position(|a| a == "--json")
+                .and_then(|i| args.get(i + 1))
+                .map(Into::into),
+        }
+    }
+}
