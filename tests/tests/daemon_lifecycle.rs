@@ -4,26 +4,11 @@
 
 mod daemon_support;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use daemon_support::{Daemon, Scratch, web_policy, write_policy};
-use enforcer_tests::{CgroupGuard, ProbeOutcome, Server, privileged, tcp_connect};
-
-fn loopback() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
-
-/// Two loopback TCP servers and a policy directory in which workload `web`
-/// may reach only the first (`allowed`), not the second (`denied`).
-fn servers_and_web_policy() -> (Server, Server, Scratch) {
-    let allowed = Server::tcp(None, None, loopback()).expect("server");
-    let denied = Server::tcp(None, None, loopback()).expect("server");
-    let policies = Scratch::new("policies");
-    write_policy(&policies.0, &web_policy(allowed.addr().port()));
-    (allowed, denied, policies)
-}
+use daemon_support::{Daemon, servers_and_web_policy, write_policy};
+use enforcer_tests::{CgroupGuard, ProbeOutcome, privileged, tcp_connect};
 
 #[test]
 fn ready_means_enforcing_and_status_and_flows_speak_the_contract() {

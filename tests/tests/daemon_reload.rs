@@ -4,16 +4,11 @@
 
 mod daemon_support;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use daemon_support::{Daemon, Scratch, web_policy, write_policy};
+use daemon_support::{Daemon, Scratch, loopback, web_policy, write_policy};
 use enforcer::api::{Request, Response};
 use enforcer_tests::{CgroupGuard, ProbeOutcome, Server, privileged, tcp_connect};
-
-fn loopback() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
 
 /// Two servers and a policy directory allowing `web` to reach the first.
 struct Setup {
