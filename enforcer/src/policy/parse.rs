@@ -838,12 +838,12 @@ pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
 
 /// An RFC 3339 date-time with an offset.
 pub fn parse_rfc3339(s: &str) -> Result<SystemTime, String> {
-    let dt: toml_edit::Datetime = s.parse().map_err(|_| {
-        format!("invalid time `{s}`: write an RFC 3339 time with its offset, e.g. \"2026-12-31T18:00:00Z\"")
-    })?;
-    datetime_to_system(&dt).map_err(|_| {
-        format!("invalid time `{s}`: write an RFC 3339 time with its offset, e.g. \"2026-12-31T18:00:00Z\"")
-    })
+    s.parse::<toml_edit::Datetime>()
+        .ok()
+        .and_then(|dt| crate::rfc3339::from_toml(&dt))
+        .ok_or_else(|| {
+            format!("invalid time `{s}`: write an RFC 3339 time with its offset, e.g. \"2026-12-31T18:00:00Z\"")
+        })
 }
 
 fn datetime_to_system(dt: &toml_edit::Datetime) -> Result<SystemTime, String> {
