@@ -5,7 +5,7 @@
 
 use std::ffi::OsString;
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 
 use crate::cmd::{self, banner};
 use crate::{ebpf_object, setup, workspace};
@@ -33,6 +33,13 @@ pub fn run(args: Args) -> Result<()> {
     ebpf_object::report(true)?;
 
     banner("demo");
+    // Ctrl-C reaches the whole process group: the demo cleans up and exits
+    // by itself, so xtask only notes the signal and waits for it.
+    let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, std::sync::Arc::clone(&interrupted))
+            .context("cannot install a signal handler")?;
+    }
     cmd::run(
         cmd::cargo()
             .args([

@@ -7,18 +7,16 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use enforcer_common::{
-    ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, MODE_AUDIT, MODE_ENFORCE, MODE_OFF,
-};
+use enforcer_common::{ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY};
 
 use super::flows::FlowHistory;
-use super::time::rfc3339;
 use crate::api::proto::{PolicyStatus, Rejection, StatusReport, VerdictCounters, WorkloadStatus};
 use crate::cgroups::{CgroupTree, Matcher, Resolution, TreeUpdate, V1Conflict};
 use crate::compile::compiled::{CgroupSelector, CompiledPolicy};
 use crate::config::Settings;
 use crate::dataplane::{Dataplane, HostAddrs, ResolvedCgroup};
 use crate::policy::{LoadError, Loaded};
+use crate::rfc3339::format_millis as rfc3339;
 
 /// What made the daemon load a policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,15 +92,6 @@ pub struct Engine {
     /// The policy the events reader names things with.
     event_policy: Arc<RwLock<Option<Arc<CompiledPolicy>>>>,
     flows: Arc<Mutex<FlowHistory>>,
-}
-
-fn mode_name(mode: u8) -> &'static str {
-    match mode {
-        MODE_ENFORCE => "enforce",
-        MODE_AUDIT => "audit",
-        MODE_OFF => "off",
-        _ => "unknown",
-    }
 }
 
 fn selector_text(selector: &CgroupSelector) -> String {
@@ -576,7 +565,7 @@ impl Engine {
                     workloads.push(WorkloadStatus {
                         name: w.name.clone(),
                         identity: w.identity,
-                        mode: mode_name(w.mode).into(),
+                        mode: w.mode_name().into(),
                         selector: selector_text(&w.selector),
                         cgroups,
                         counters: VerdictCounters {

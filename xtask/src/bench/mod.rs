@@ -28,7 +28,7 @@ use crate::setup;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A short run: 3 rounds of 2 s per measurement (under 5 minutes).
+    /// A short run: 3 rounds of 2 s per end-to-end measurement.
     #[arg(long)]
     quick: bool,
     /// Rounds per arm (default 3 with --quick, else 5).

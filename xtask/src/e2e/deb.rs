@@ -10,7 +10,8 @@ use crate::cmd::{self, step};
 /// The version of cargo-deb installed when the machine has none.
 const CARGO_DEB_VERSION: &str = "3.8.0";
 
-/// Builds the `.deb` with `cargo deb -p enforcer` and returns its path.
+/// Builds the `.deb` as a release would (docs/daemon.md, "Packaging") and
+/// returns its path.
 pub fn build() -> Result<PathBuf> {
     let has_cargo_deb = cmd::probe(cmd::cargo().args(["deb", "--version"]))
         .is_ok_and(|output| output.status.success());
@@ -32,10 +33,22 @@ pub fn build() -> Result<PathBuf> {
              package to test (it comes with the daemon and packaging/enforcer.service)"
         );
     }
-    let line = cmd::display(cmd::cargo().args(["deb", "-p", "enforcer"]));
+    // The packaging recipe of docs/daemon.md: the release binary, the man
+    // pages and completions it generates from its own command line (assets
+    // of the package), then cargo-deb without a build of its own (which
+    // would also try to build the eBPF crate for the host).
+    cmd::run(cmd::cargo().args(["build", "--release", "-p", "enforcer"]))?;
+    let release = cmd::target_dir().join("release");
+    cmd::run(
+        Command::new(release.join("enforcer"))
+            .arg("generate-assets")
+            .arg(release.join("assets")),
+    )?;
+    let mut deb = cmd::cargo();
+    deb.args(["deb", "-p", "enforcer", "--no-build"]);
+    let line = cmd::display(&deb);
     println!("+ {line}");
-    let output = cmd::cargo()
-        .args(["deb", "-p", "enforcer"])
+    let output = deb
         .stderr(std::process::Stdio::inherit())
         .output()
         .with_context(|| format!("could not start `{line}`"))?;

@@ -26,8 +26,10 @@ pub const CACHE_DIR: &str = "/var/cache/enforcer-e2e";
 const BASE_PACKAGES: &[&str] = &["systemd", "systemd-sysv", "dbus", "iproute2"];
 
 /// Real daemons listening on TCP and their real clients, as an operator's
-/// server would have them (installed from Debian, not built here).
-const SERVICE_PACKAGES: &[&str] = &["nginx", "postgresql", "curl", "postgresql-client"];
+/// server would have them (installed from Debian, not built here). `man-db`
+/// too, as on any standard Debian: `systemd-analyze verify` runs `man` to
+/// check the unit's `Documentation=man:` pages.
+const SERVICE_PACKAGES: &[&str] = &["nginx", "postgresql", "curl", "postgresql-client", "man-db"];
 
 /// Bumped when the way the image is built changes (not only its inputs).
 const RECIPE_VERSION: u32 = 1;

@@ -105,10 +105,15 @@ pub fn run(container: &Container, deb: &Path, repo: &Path) -> Report {
         },
     );
 
-    let installed = report.check("install as docs/install.md says", || {
+    let installed = report.check("install as the README says", || {
         install(container, deb, repo)
     });
     if !installed {
+        // The unit file is in place even when the daemon did not start.
+        report.check("systemd-analyze verify and security", || {
+            unit_analysis(container)
+        });
+        diagnose(container);
         return report;
     }
 
@@ -130,15 +135,25 @@ pub fn run(container: &Container, deb: &Path, repo: &Path) -> Report {
     report.check(
         "allowed unit reaches nginx (curl) and PostgreSQL (psql)",
         || {
-            clients::expect(container, CLIENTS, Service::Nginx, Expect::Reach)?;
-            clients::expect(container, CLIENTS, Service::Postgres, Expect::Reach)
+            all(
+                container,
+                &[
+                    (CLIENTS, Service::Nginx, Expect::Reach),
+                    (CLIENTS, Service::Postgres, Expect::Reach),
+                ],
+            )
         },
     );
     report.check(
         "denied unit is refused at once: Operation not permitted",
         || {
-            clients::expect(container, INTRUDERS, Service::Nginx, Expect::Refused)?;
-            clients::expect(container, INTRUDERS, Service::Postgres, Expect::Refused)
+            all(
+                container,
+                &[
+                    (INTRUDERS, Service::Nginx, Expect::Refused),
+                    (INTRUDERS, Service::Postgres, Expect::Refused),
+                ],
+            )
         },
     );
 
@@ -278,10 +293,32 @@ pub fn run(container: &Container, deb: &Path, repo: &Path) -> Report {
         unit_analysis(container)
     });
 
+    if report.failed() > 0 {
+        diagnose(container);
+    }
     report.check("apt-get purge enforcer leaves nothing behind", || {
         purge(container, &bpf, repo)
     });
     report
+}
+
+/// The daemon's side of a failure, for the log: its status and journal.
+fn diagnose(container: &Container) {
+    println!("\n--- diagnostics: the daemon's status and journal");
+    for argv in [
+        &["systemctl", "status", "--no-pager", "--lines=0", "enforcer"][..],
+        &["journalctl", "-u", "enforcer", "--no-pager", "-n", "60"][..],
+        &["enforcer", "status"][..],
+    ] {
+        println!("[container]# {}", super::container::shell_line(argv));
+        match container.exec(argv) {
+            Ok(output) => {
+                print_indented(&String::from_utf8_lossy(&output.stdout));
+                print_indented(&String::from_utf8_lossy(&output.stderr));
+            }
+            Err(e) => println!("    (could not run it: {e:#})"),
+        }
+    }
 }
 
 /// Copies the package and the policy in, then runs the documented install.
@@ -295,7 +332,7 @@ fn install(container: &Container, deb: &Path, repo: &Path) -> Result<()> {
         &repo.join("tests/e2e/policies/shop.toml"),
         "/root/shop.toml",
     )?;
-    for line in install_doc::block(&repo.join("docs/install.md"), "install")? {
+    for line in install_doc::block(&repo.join("README.md"), "install")? {
         container.run(&["sh", "-c", &format!("cd /root && {line}")])?;
     }
     let enabled = container.run(&["systemctl", "is-enabled", "enforcer"])?;
@@ -305,20 +342,30 @@ fn install(container: &Container, deb: &Path, repo: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The base policy's verdicts, all four checked (and all failures
-/// reported) so one gap does not hide the others.
+/// The base policy's verdicts, all four.
 fn enforced(container: &Container) -> Result<()> {
-    let mut failures = Vec::new();
-    for (slice, service, want) in [
-        (CLIENTS, Service::Nginx, Expect::Reach),
-        (CLIENTS, Service::Postgres, Expect::Reach),
-        (INTRUDERS, Service::Nginx, Expect::Refused),
-        (INTRUDERS, Service::Postgres, Expect::Refused),
-    ] {
-        if let Err(e) = clients::expect(container, slice, service, want) {
-            failures.push(format!("{e:#}"));
-        }
-    }
+    all(
+        container,
+        &[
+            (CLIENTS, Service::Nginx, Expect::Reach),
+            (CLIENTS, Service::Postgres, Expect::Reach),
+            (INTRUDERS, Service::Nginx, Expect::Refused),
+            (INTRUDERS, Service::Postgres, Expect::Refused),
+        ],
+    )
+}
+
+/// Every expectation is tried and every failure reported, so one gap does
+/// not hide the others.
+fn all(container: &Container, cases: &[(&str, Service, Expect)]) -> Result<()> {
+    let failures: Vec<String> = cases
+        .iter()
+        .filter_map(|&(slice, service, want)| {
+            clients::expect(container, slice, service, want)
+                .err()
+                .map(|e| format!("{e:#}"))
+        })
+        .collect();
     if failures.is_empty() {
         Ok(())
     } else {
@@ -425,7 +472,7 @@ fn unit_analysis(container: &Container) -> Result<()> {
 
 fn purge(container: &Container, bpf: &Attachments, repo: &Path) -> Result<()> {
     let files = container.run(&["dpkg-query", "-L", "enforcer"])?;
-    for line in install_doc::block(&repo.join("docs/install.md"), "uninstall")? {
+    for line in install_doc::block(&repo.join("README.md"), "uninstall")? {
         container.run(&["sh", "-c", &format!("cd /root && {line}")])?;
     }
     // Checked inside the container, where the package's symlinks resolve;
@@ -439,13 +486,8 @@ fn purge(container: &Container, bpf: &Attachments, repo: &Path) -> Result<()> {
         .lines()
         .map(str::to_string)
         .collect();
-    // The operator's own policy files stay in /etc/enforcer/policies, as
-    // dpkg keeps any file it did not install; everything else must go.
-    for path in [
-        "/etc/enforcer/enforcer.toml",
-        "/sys/fs/bpf/enforcer",
-        "/run/enforcer",
-    ] {
+    // Purge means everything: the configuration and the policies too.
+    for path in ["/etc/enforcer", "/sys/fs/bpf/enforcer", "/run/enforcer"] {
         let output = container.exec(&["test", "-e", path])?;
         if output.status.success() {
             left.push(path.to_string());
