@@ -9,8 +9,9 @@
 //! (`tcp:ADDR:PORT,...`). Prints `ready` on stdout once enforcing; reports
 //! the compile and apply times and its own RSS on stderr. Needs root.
 //!
-//! `cargo build --release -p enforcer --example bench_arm`, then
-//! `cargo xtask bench --arm 'enforcer-10000=target/release/examples/bench_arm --rules 10000'`
+//! `cargo xtask bench` builds and runs it as the arms `enforcer-N` (one per
+//! `--sizes` entry); by hand: `cargo build --release -p enforcer --example
+//! bench_arm`, then `cargo xtask bench --arm 'NAME=target/release/examples/bench_arm --rules N'`.
 
 use std::{
     fmt::Write as _,
