@@ -120,6 +120,17 @@ fn to_resolved(resolution: &Resolution) -> Vec<ResolvedCgroup> {
         .collect()
 }
 
+/// Hands the heap that compiling and the replaced policy freed back to the
+/// system: glibc keeps it otherwise, and a daemon that compiled a 10,000-rule
+/// policy once would hold three times the memory it uses.
+fn release_freed_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 fn instant_of(time: SystemTime) -> Instant {
     let now = Instant::now();
     match time.duration_since(SystemTime::now()) {
@@ -272,6 +283,7 @@ impl Engine {
             generation,
             applied_at: SystemTime::now(),
         });
+        release_freed_heap();
         Ok((generation, false))
     }
 
