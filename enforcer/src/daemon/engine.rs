@@ -121,8 +121,7 @@ fn to_resolved(resolution: &Resolution) -> Vec<ResolvedCgroup> {
 }
 
 /// Hands the heap that compiling and the replaced policy freed back to the
-/// system: glibc keeps it otherwise, and a daemon that compiled a 10,000-rule
-/// policy once would hold three times the memory it uses.
+/// system, which glibc otherwise keeps for the life of the process.
 fn release_freed_heap() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only walks the allocator's own free lists.
