@@ -234,7 +234,9 @@ pub struct BoundPort {
 /// the flow. Addresses are in network byte order; IPv4 addresses occupy the
 /// first 4 bytes and the rest is zero. Ports are host byte order. For ICMP
 /// echo, `local_port` is the echo identifier and `remote_port` is 0.
-#[repr(C)]
+/// 8-byte aligned (the layout is unchanged: no padding) so that the kernel
+/// programs build and hash it in whole words.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     /// 4 or 6.
@@ -378,6 +380,14 @@ pub const MAX_FLOWS: u32 = 262_144;
 pub const MAX_BOUND_PORTS: u32 = 65_536;
 pub const MAX_FAILSAFE_PORTS: u32 = 64;
 pub const MAX_COUNTERS: u32 = 16_384;
+/// Local identities (`host` and the first workloads) below this are counted
+/// in the per-CPU array [`maps::WORKLOAD_COUNTERS`] at index
+/// `identity * COUNTER_ACTIONS + action`: a direct index per packet instead
+/// of a hash lookup. Higher identities are counted in [`maps::COUNTERS`].
+pub const COUNTED_IDENTITIES: u32 = 1024;
+/// Action slots per identity in [`maps::WORKLOAD_COUNTERS`].
+pub const COUNTER_ACTIONS: u32 = 4;
+pub const WORKLOAD_COUNTER_SLOTS: u32 = COUNTED_IDENTITIES * COUNTER_ACTIONS;
 pub const EVENTS_RING_BYTES: u32 = 1 << 20;
 
 /// Map names, as the kernel program declares them and the loader pins them.
@@ -396,6 +406,9 @@ pub mod maps {
     pub const FAILSAFE: &str = "FAILSAFE";
     pub const EVENTS: &str = "EVENTS";
     pub const COUNTERS: &str = "COUNTERS";
+    /// Per-CPU array of packets per (identity, action) for identities below
+    /// [`super::COUNTED_IDENTITIES`].
+    pub const WORKLOAD_COUNTERS: &str = "WORKLOAD_COUNTERS";
     pub const GLOBAL_COUNTERS: &str = "GLOBAL_COUNTERS";
 }
 

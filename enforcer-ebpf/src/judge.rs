@@ -1,7 +1,7 @@
 //! The verdict of a new connection: identities, built-in exceptions,
 //! modes, and the verdict-trie lookup chain of `docs/dataplane.md`.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
 use enforcer_common::{
     ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, CgroupEntry, Config, DIRECTION_EGRESS,
     DIRECTION_INGRESS, FlowKey, FlowValue, GLOBAL_COUNTER_EVENTS_LOST, IDENTITY_ANY,
@@ -246,14 +246,23 @@ pub fn send_event(cfg: &Config, key: &FlowKey, flow: &FlowValue, now: u64, packe
 }
 
 /// Whether an event is due for a flow whose last event was at `last`.
+/// `now` may be the coarse clock, which lags the precise one `last` was
+/// taken from by up to a tick: a `now` before `last` is not due.
 #[inline(always)]
 pub fn event_due(action: u8, last: u64, now: u64) -> bool {
     (action == ACTION_DENY || action == ACTION_AUDIT)
-        && (last == 0 || now.wrapping_sub(last) >= EVENT_INTERVAL_NS)
+        && (last == 0 || (now > last && now - last >= EVENT_INTERVAL_NS))
 }
 
 #[inline(always)]
 pub fn now_ns() -> u64 {
     // SAFETY: no arguments, no memory access.
     unsafe { bpf_ktime_get_ns() }
+}
+
+/// `CLOCK_MONOTONIC` at tick resolution: the per-packet rate-limit check.
+#[inline(always)]
+pub fn coarse_now_ns() -> u64 {
+    // SAFETY: no arguments, no memory access.
+    unsafe { bpf_ktime_get_coarse_ns() }
 }

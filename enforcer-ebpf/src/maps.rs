@@ -8,10 +8,11 @@ use aya_ebpf::{
     },
 };
 use enforcer_common::{
-    BoundPort, CgroupEntry, Config, CounterKey, EVENTS_RING_BYTES, FlowKey, FlowValue,
-    GLOBAL_COUNTERS as GLOBAL_COUNTER_SLOTS, IDENTITY_WORLD, Identity, MAX_BOUND_PORTS,
-    MAX_CGROUPS, MAX_COUNTERS, MAX_FAILSAFE_PORTS, MAX_FLOWS, MAX_PREFIXES_V4, MAX_PREFIXES_V6,
-    MAX_VERDICTS, PortKey, VerdictKey, VerdictValue,
+    BoundPort, COUNTED_IDENTITIES, COUNTER_ACTIONS, CgroupEntry, Config, CounterKey,
+    EVENTS_RING_BYTES, FlowKey, FlowValue, GLOBAL_COUNTERS as GLOBAL_COUNTER_SLOTS, IDENTITY_WORLD,
+    Identity, MAX_BOUND_PORTS, MAX_CGROUPS, MAX_COUNTERS, MAX_FAILSAFE_PORTS, MAX_FLOWS,
+    MAX_PREFIXES_V4, MAX_PREFIXES_V6, MAX_VERDICTS, PortKey, VerdictKey, VerdictValue,
+    WORKLOAD_COUNTER_SLOTS,
 };
 
 #[map]
@@ -53,6 +54,10 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
 
 #[map]
 static COUNTERS: PerCpuHashMap<CounterKey, u64> = PerCpuHashMap::with_max_entries(MAX_COUNTERS, 0);
+
+#[map]
+static WORKLOAD_COUNTERS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(WORKLOAD_COUNTER_SLOTS, 0);
 
 #[map]
 static GLOBAL_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(GLOBAL_COUNTER_SLOTS, 0);
@@ -143,6 +148,17 @@ pub fn bump_global(index: u32) {
 /// Adds one packet to the (workload, action) counter of this CPU.
 #[inline(always)]
 pub fn bump_counter(workload: Identity, action: u8) {
+    // The usual case (host and the first workloads) is an array slot: no
+    // hashing on the per-packet path.
+    if workload < COUNTED_IDENTITIES && u32::from(action) < COUNTER_ACTIONS {
+        if let Some(p) =
+            WORKLOAD_COUNTERS.get_ptr_mut(workload * COUNTER_ACTIONS + u32::from(action))
+        {
+            // SAFETY: per-CPU slot: no other writer while this program runs.
+            unsafe { *p += 1 };
+        }
+        return;
+    }
     let key = CounterKey {
         workload,
         action,

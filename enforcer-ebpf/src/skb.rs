@@ -17,7 +17,7 @@ use enforcer_common::{
 };
 
 use crate::{
-    judge::{self, event_due, now_ns, send_event},
+    judge::{self, coarse_now_ns, event_due, now_ns, send_event},
     maps,
 };
 
@@ -26,10 +26,45 @@ const DROP: i32 = 0;
 
 struct Skb<'a>(&'a SkBuffContext);
 
+impl Skb<'_> {
+    /// The `N` bytes at the constant offset `OFF` when they are in the
+    /// linear part of the packet. A constant offset keeps the bounds check
+    /// in the form the verifier accepts (packet pointer against data_end).
+    #[inline(always)]
+    fn direct<const OFF: usize, const N: usize>(&self) -> Option<[u8; N]> {
+        let skb = self.0.skb.skb;
+        // SAFETY: reading two fields of the program's own context.
+        let (data, end) = unsafe { ((*skb).data as usize, (*skb).data_end as usize) };
+        // `data + 1 > end` would compile to `data >= end`, from which the
+        // verifier learns no range: check at least 2 bytes (a shorter
+        // packet takes the helper path, with the same result).
+        let span = if OFF + N < 2 { 2 } else { OFF + N };
+        if data + span > end {
+            return None;
+        }
+        // SAFETY: the N bytes at OFF are inside [data, data_end).
+        Some(unsafe { ((data + OFF) as *const [u8; N]).read_unaligned() })
+    }
+}
+
 impl PacketBytes for Skb<'_> {
+    /// The usual header offsets (the IP header, and the transport header
+    /// after an option-less IPv4 or extension-less IPv6 header) are read
+    /// directly from the linear part of the packet: no helper call, and only
+    /// the bytes the parser uses are loaded. Anything else, or data outside
+    /// the linear part, goes through `bpf_skb_load_bytes`.
     #[inline(always)]
     fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
-        self.0.load::<[u8; N]>(offset).ok()
+        let direct = match offset {
+            0 => self.direct::<0, N>(),
+            20 => self.direct::<20, N>(),
+            40 => self.direct::<40, N>(),
+            _ => None,
+        };
+        match direct {
+            Some(bytes) => Some(bytes),
+            None => self.0.load::<[u8; N]>(offset).ok(),
+        }
     }
 }
 
@@ -112,8 +147,11 @@ fn judge_packet(
             if current.action != ACTION_DENY {
                 return PASS;
             }
-            let now = now_ns();
-            if event_due(current.action, current.last_event_ns, now) {
+            // The coarse clock (same base, a tick's resolution) is enough
+            // for a one-second rate limit and much cheaper than the precise
+            // one, which only the event itself pays for.
+            if event_due(current.action, current.last_event_ns, coarse_now_ns()) {
+                let now = now_ns();
                 // SAFETY: as above.
                 unsafe { (*flow).last_event_ns = now };
                 send_event(cfg, key, &current, now, direction);

@@ -3,12 +3,15 @@
 //!
 //! `cargo bench -p enforcer --bench compile -- [--quick] [--json PATH]`
 
+mod support;
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
 use enforcer::compile::compile_loaded;
 use enforcer::policy::load_dir;
+use support::{Args, thread_cpu_ns};
 
 struct Size {
     name: &'static str,
@@ -151,20 +154,6 @@ struct Result {
     median_cpu_ns: u128,
 }
 
-/// CPU time consumed by the calling thread.
-fn thread_cpu_ns() -> u128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    if rc != 0 {
-        return 0;
-    }
-    ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128
-}
-
 fn run(size: &Size, quick: bool) -> Result {
     let dir = TempDir(std::env::temp_dir().join(format!(
         "enforcer-bench-{}-{}",
@@ -214,13 +203,7 @@ fn run(size: &Size, quick: bool) -> Result {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let quick = args.iter().any(|a| a == "--quick");
-    let json = args
-        .iter()
-        .position(|a| a == "--json")
-        .and_then(|i| args.get(i + 1))
-        .map(PathBuf::from);
+    let Args { quick, json } = Args::from_env();
     let results: Vec<Result> = SIZES.iter().map(|s| run(s, quick)).collect();
     println!(
         "{:<22} {:>12} {:>12} {:>12} {:>12} {:>7} {:>10}",

@@ -8,6 +8,8 @@
 //! `cargo bench -p enforcer --bench diff -- [--quick] [--json PATH]`
 //! writes `[{"name","median_ns","min_ns","max_ns","rounds"}]` to PATH.
 
+mod support;
+
 use std::time::Instant;
 
 use enforcer::compile::compiled::CompiledPolicy;
@@ -17,6 +19,7 @@ use enforcer_common::{
     ACTION_ALLOW, ACTION_DENY, DIRECTION_EGRESS, DIRECTION_INGRESS, IDENTITY_ANY,
     IDENTITY_ANY_EXTERNAL, IDENTITY_WORLD, PROTO_TCP, PROTO_UDP,
 };
+use support::{Args, thread_cpu_ns};
 
 const RULES: usize = 20_000;
 const WORKLOADS: usize = 100;
@@ -223,19 +226,6 @@ struct Stats {
     rounds: usize,
 }
 
-fn thread_cpu_ns() -> u128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    if rc != 0 {
-        return 0;
-    }
-    ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128
-}
-
 fn measure(name: &str, rounds: usize, mut f: impl FnMut()) -> Stats {
     f(); // warm-up
     let mut cpu = Vec::with_capacity(rounds);
@@ -260,12 +250,7 @@ fn measure(name: &str, rounds: usize, mut f: impl FnMut()) -> Stats {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let quick = args.iter().any(|a| a == "--quick");
-    let json = args
-        .iter()
-        .position(|a| a == "--json")
-        .and_then(|i| args.get(i + 1).cloned());
+    let Args { quick, json } = Args::from_env();
     let rounds = if quick { 5 } else { 20 };
 
     let old = DiffInput::from_compiled(generate(0));
@@ -332,7 +317,7 @@ fn main() {
             .collect();
         let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
         if let Err(e) = std::fs::write(&path, text + "\n") {
-            eprintln!("writing {path}: {e}");
+            eprintln!("writing {}: {e}", path.display());
             std::process::exit(2);
         }
     }

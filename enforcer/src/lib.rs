@@ -14,3 +14,4 @@ pub mod dataplane;
 pub mod diff;
 pub mod eval;
 pub mod policy;
+pub mod rfc3339;

@@ -87,6 +87,23 @@ fn shop() -> Shop {
     }
 }
 
+/// The shop plus `db allow-in[1]`: office may reach db on 5432/tcp.
+fn shop_with_office_to_db() -> Shop {
+    let mut shop = shop();
+    let r = shop.b.rule("db", "allow-in", 1);
+    shop.b.ports(
+        shop.db,
+        IN,
+        PROTO_TCP,
+        shop.office,
+        5432,
+        5432,
+        ACTION_ALLOW,
+        r,
+    );
+    shop
+}
+
 #[test]
 fn identical_policies_give_an_empty_diff() {
     let d = run(shop().b, shop().b);
@@ -97,18 +114,7 @@ fn identical_policies_give_an_empty_diff() {
 #[test]
 fn adding_a_rule_widens() {
     let old = shop();
-    let mut new = shop();
-    let r = new.b.rule("db", "allow-in", 1);
-    new.b.ports(
-        new.db,
-        IN,
-        PROTO_TCP,
-        new.office,
-        5432,
-        5432,
-        ACTION_ALLOW,
-        r,
-    );
+    let new = shop_with_office_to_db();
     let d = run(old.b, new.b);
     assert_eq!(
         d.changes,
@@ -127,18 +133,7 @@ fn adding_a_rule_widens() {
 
 #[test]
 fn removing_a_rule_narrows_and_names_the_old_rule() {
-    let mut old = shop();
-    let r = old.b.rule("db", "allow-in", 1);
-    old.b.ports(
-        old.db,
-        IN,
-        PROTO_TCP,
-        old.office,
-        5432,
-        5432,
-        ACTION_ALLOW,
-        r,
-    );
+    let old = shop_with_office_to_db();
     let d = run(old.b, shop().b);
     assert_eq!(
         d.changes,
@@ -354,18 +349,7 @@ fn a_narrower_peer_carves_a_hole_out_of_a_wider_one() {
 
 #[test]
 fn shrinking_a_peer_hands_its_addresses_to_world() {
-    let mut old = shop();
-    let r = old.b.rule("db", "allow-in", 1);
-    old.b.ports(
-        old.db,
-        IN,
-        PROTO_TCP,
-        old.office,
-        5432,
-        5432,
-        ACTION_ALLOW,
-        r,
-    );
+    let old = shop_with_office_to_db();
     let mut new = PolicyBuilder::new();
     let api = new.workload("api");
     let db = new.workload("db");
@@ -698,18 +682,7 @@ fn expectations_and_untils_are_compared_as_sets() {
 #[test]
 fn json_has_the_contract_shape() {
     let old = shop();
-    let mut new = shop();
-    let r = new.b.rule("db", "allow-in", 1);
-    new.b.ports(
-        new.db,
-        IN,
-        PROTO_TCP,
-        new.office,
-        5432,
-        5432,
-        ACTION_ALLOW,
-        r,
-    );
+    let new = shop_with_office_to_db();
     let d = run(old.b, new.b);
     let v: serde_json::Value =
         serde_json::from_str(&render(&d, Format::Json, false)).expect("valid json");
@@ -736,18 +709,7 @@ fn text_and_markdown_show_signs_and_a_summary() {
         ACTION_ALLOW,
         r,
     );
-    let mut new = shop();
-    let r = new.b.rule("db", "allow-in", 1);
-    new.b.ports(
-        new.db,
-        IN,
-        PROTO_TCP,
-        new.office,
-        5432,
-        5432,
-        ACTION_ALLOW,
-        r,
-    );
+    let new = shop_with_office_to_db();
     let d = run(old.b, new.b);
     let text = render(&d, Format::Text, false);
     let lines: Vec<&str> = text.lines().collect();

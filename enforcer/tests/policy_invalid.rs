@@ -294,6 +294,14 @@ fn cases() -> Vec<Case> {
             )],
         ),
         rule(
+            "until without an offset",
+            "allow-in = [ { from = [\"any\"], until = 2026-12-31T18:00:00 } ]",
+            vec![(
+                "p.toml:7:40",
+                "`until` needs a full date, time and offset, e.g. \"2026-12-31T18:00:00Z\" (got `2026-12-31T18:00:00`)",
+            )],
+        ),
+        rule(
             "section not a list",
             "allow-in = { from = [\"any\"] }",
             vec![("p.toml:7:12", "`allow-in` must be a list of rules")],

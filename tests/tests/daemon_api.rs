@@ -4,18 +4,16 @@
 mod daemon_support;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use daemon_support::{Daemon, Scratch, enforcer_bin, web_policy, write_policy};
-use enforcer_tests::{CgroupGuard, ProbeOutcome, Server, privileged, tcp_connect};
-
-fn loopback() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
+use daemon_support::{
+    Daemon, Scratch, enforcer_bin, servers_and_web_policy, web_policy, write_policy,
+};
+use enforcer_tests::{CgroupGuard, ProbeOutcome, privileged, tcp_connect};
 
 /// `enforcer status` as another user.
 fn status_as(daemon: &Daemon, uid: u32, gid: u32) -> std::process::Output {
@@ -73,10 +71,7 @@ fn flows_follow_streams_new_events() {
     let _root = privileged!();
     let root = CgroupGuard::new().expect("cgroup");
     let web = root.child("web").expect("cgroup");
-    let allowed = Server::tcp(None, None, loopback()).expect("server");
-    let denied = Server::tcp(None, None, loopback()).expect("server");
-    let policies = Scratch::new("policies");
-    write_policy(&policies.0, &web_policy(allowed.addr().port()));
+    let (_allowed, denied, policies) = servers_and_web_policy();
     let daemon = Daemon::start(&root, &policies.0);
 
     let mut follower = Command::new(enforcer_bin())

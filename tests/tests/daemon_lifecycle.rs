@@ -4,26 +4,18 @@
 
 mod daemon_support;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use daemon_support::{Daemon, Scratch, web_policy, write_policy};
-use enforcer_tests::{CgroupGuard, ProbeOutcome, Server, privileged, tcp_connect};
-
-fn loopback() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
+use daemon_support::{Daemon, servers_and_web_policy, write_policy};
+use enforcer_tests::{CgroupGuard, ProbeOutcome, privileged, tcp_connect};
 
 #[test]
 fn ready_means_enforcing_and_status_and_flows_speak_the_contract() {
     let _root = privileged!();
     let root = CgroupGuard::new().expect("cgroup");
     let web = root.child("web").expect("web cgroup");
-    let allowed = Server::tcp(None, None, loopback()).expect("server");
-    let denied = Server::tcp(None, None, loopback()).expect("server");
-    let policies = Scratch::new("policies");
-    write_policy(&policies.0, &web_policy(allowed.addr().port()));
+    let (allowed, denied, policies) = servers_and_web_policy();
 
     let daemon = Daemon::start(&root, &policies.0);
     // READY=1 was received: enforcement must already be in place.
@@ -102,10 +94,7 @@ fn kill_9_keeps_enforcing_and_a_restart_adopts_without_a_gap() {
     let _root = privileged!();
     let root = CgroupGuard::new().expect("cgroup");
     let web = root.child("web").expect("web cgroup");
-    let allowed = Server::tcp(None, None, loopback()).expect("server");
-    let denied = Server::tcp(None, None, loopback()).expect("server");
-    let policies = Scratch::new("policies");
-    write_policy(&policies.0, &web_policy(allowed.addr().port()));
+    let (allowed, denied, policies) = servers_and_web_policy();
     let mut daemon = Daemon::start(&root, &policies.0);
     let generation_before = daemon.status().policy.expect("policy").generation;
 
@@ -158,10 +147,7 @@ fn sigterm_leaves_enforcement_in_place_and_uninstall_removes_it() {
     let _root = privileged!();
     let root = CgroupGuard::new().expect("cgroup");
     let web = root.child("web").expect("web cgroup");
-    let allowed = Server::tcp(None, None, loopback()).expect("server");
-    let denied = Server::tcp(None, None, loopback()).expect("server");
-    let policies = Scratch::new("policies");
-    write_policy(&policies.0, &web_policy(allowed.addr().port()));
+    let (allowed, denied, policies) = servers_and_web_policy();
     let mut daemon = Daemon::start(&root, &policies.0);
     daemon.terminate();
     assert!(!daemon.socket.exists(), "the socket is removed on SIGTERM");
@@ -192,10 +178,7 @@ fn sigterm_leaves_enforcement_in_place_and_uninstall_removes_it() {
 fn a_new_matching_cgroup_is_enforced_within_a_second() {
     let _root = privileged!();
     let root = CgroupGuard::new().expect("cgroup");
-    let allowed = Server::tcp(None, None, loopback()).expect("server");
-    let denied = Server::tcp(None, None, loopback()).expect("server");
-    let policies = Scratch::new("policies");
-    write_policy(&policies.0, &web_policy(allowed.addr().port()));
+    let (allowed, denied, policies) = servers_and_web_policy();
     let daemon = Daemon::start(&root, &policies.0);
     let status = daemon.status();
     assert!(
@@ -228,10 +211,7 @@ fn a_restart_with_a_broken_policy_keeps_the_adopted_one_and_says_so() {
     let _root = privileged!();
     let root = CgroupGuard::new().expect("cgroup");
     let web = root.child("web").expect("web cgroup");
-    let allowed = Server::tcp(None, None, loopback()).expect("server");
-    let denied = Server::tcp(None, None, loopback()).expect("server");
-    let policies = Scratch::new("policies");
-    write_policy(&policies.0, &web_policy(allowed.addr().port()));
+    let (allowed, denied, policies) = servers_and_web_policy();
     let mut daemon = Daemon::start(&root, &policies.0);
     daemon.kill9();
     write_policy(&policies.0, "[workload.web]\ncgroup = 7\n");

@@ -4,16 +4,11 @@
 
 mod daemon_support;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use daemon_support::{Daemon, Scratch, web_policy, write_policy};
+use daemon_support::{Daemon, Scratch, loopback, web_policy, write_policy};
 use enforcer::api::{Request, Response};
 use enforcer_tests::{CgroupGuard, ProbeOutcome, Server, privileged, tcp_connect};
-
-fn loopback() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
 
 /// Two servers and a policy directory allowing `web` to reach the first.
 struct Setup {
@@ -279,7 +274,7 @@ fn an_until_expiry_takes_effect_on_time_without_a_trigger() {
         .unwrap()
         .as_secs();
     let until =
-        enforcer::daemon::time::rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(now + 3));
+        enforcer::rfc3339::format_millis(std::time::UNIX_EPOCH + Duration::from_secs(now + 3));
     let until = until.replace(".000Z", "Z");
     let policy = format!(
         "{}\n[[policy]]\nname = \"temporary\"\nselect = {{ app = \"web\" }}\nallow-out = [ {{ to = [\"host\"], ports = [\"{}/tcp\"], until = \"{until}\" }} ]\n",

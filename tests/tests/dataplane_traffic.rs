@@ -8,6 +8,7 @@ mod dataplane_support;
 use std::{
     io::{Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
+    path::Path,
     time::{Duration, Instant},
 };
 
@@ -104,6 +105,16 @@ fn policy() -> CompiledPolicy {
     empty_policy(&[(A, "a"), (B, "b")], &[])
 }
 
+/// A TCP echo server on a free IPv4 loopback port, run by a child in
+/// `cgroup` and already listening; its address and the child's pid (for
+/// `kill_child`).
+fn tcp_echo_in(cgroup: &Path) -> (SocketAddr, i32) {
+    let server = SocketAddr::new(LO4, free_port(LO4, false));
+    let pid = spawn_in_cgroup(cgroup, || tcp_echo_forever(server));
+    wait_listening(server);
+    (server, pid)
+}
+
 #[test]
 fn tcp_and_udp_to_the_host_both_families() {
     let Some(_root) = require_root() else {
@@ -175,10 +186,8 @@ fn two_local_workloads_need_both_ends_to_allow() {
         return;
     };
     let mut s = Setup::new();
-    let port = free_port(LO4, false);
-    let server = SocketAddr::new(LO4, port);
-    let pid = spawn_in_cgroup(&s.b.path, || tcp_echo_forever(server));
-    wait_listening(server);
+    let (server, pid) = tcp_echo_in(&s.b.path);
+    let port = server.port();
     // Only A's allow-out: B's ingress refuses, so connect() fails at once.
     let mut p = policy();
     rule(
@@ -321,10 +330,8 @@ fn the_failsafe_port_stays_reachable() {
         return;
     };
     let mut s = Setup::new();
-    let port = free_port(LO4, false);
-    let server = SocketAddr::new(LO4, port);
-    let pid = spawn_in_cgroup(&s.b.path, || tcp_echo_forever(server));
-    wait_listening(server);
+    let (server, pid) = tcp_echo_in(&s.b.path);
+    let port = server.port();
     s.apply(&policy(), MODE_ENFORCE);
     // This process is not filtered, but B's ingress drops the SYN.
     assert_eq!(
@@ -441,10 +448,8 @@ fn an_ingress_drop_is_reported_and_counted() {
     };
     let mut s = Setup::new();
     let mut events = s.dp.take_events().expect("events");
-    let port = free_port(LO4, false);
-    let server = SocketAddr::new(LO4, port);
-    let pid = spawn_in_cgroup(&s.b.path, || tcp_echo_forever(server));
-    wait_listening(server);
+    let (server, pid) = tcp_echo_in(&s.b.path);
+    let port = server.port();
     s.apply(&policy(), MODE_ENFORCE);
     let before = s.dp.global_counters().expect("counters");
     assert_eq!(tcp_exchange(server, Duration::from_millis(300)), TIMEOUT);

@@ -153,18 +153,27 @@ async fn run(
         if let Err(e) = add_watches(&mut watches, &newer, &mut watched) {
             tracing::error!(error = %e, "cannot watch the cgroup root any more");
         }
-        current = newer.clone();
-        if tx
-            .send(TreeUpdate {
-                tree: newer,
-                changes,
-            })
-            .await
-            .is_err()
-        {
+        if !publish(&mut current, newer, changes, &tx).await {
             return;
         }
     }
+}
+
+/// Makes `newer` the current tree and sends it with its `changes`; false
+/// once the receiver is gone (the watch ends).
+async fn publish(
+    current: &mut CgroupTree,
+    newer: CgroupTree,
+    changes: Vec<CgroupChange>,
+    tx: &mpsc::Sender<TreeUpdate>,
+) -> bool {
+    *current = newer.clone();
+    tx.send(TreeUpdate {
+        tree: newer,
+        changes,
+    })
+    .await
+    .is_ok()
 }
 
 /// Swallow the rest of a burst of events.
@@ -194,15 +203,7 @@ async fn periodic_only(
         if changes.is_empty() {
             continue;
         }
-        current = newer.clone();
-        if tx
-            .send(TreeUpdate {
-                tree: newer,
-                changes,
-            })
-            .await
-            .is_err()
-        {
+        if !publish(&mut current, newer, changes, &tx).await {
             return;
         }
     }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
-use crate::api::{Client, ClientError, Request, Response};
+use crate::api::{Request, Response};
 use crate::config;
 use crate::policy::LoadError;
 
@@ -48,13 +48,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
-    let mut client = match Client::connect(&args.socket) {
-        Ok(c) => c,
-        Err(e @ ClientError::NoDaemon { .. }) => {
-            eprintln!("enforcer: {e}");
-            return Ok(ExitCode::from(3));
-        }
-        Err(e) => return Err(e.into()),
+    let Some(mut client) = super::connect_daemon(&args.socket)? else {
+        return Ok(ExitCode::from(super::EXIT_NO_DAEMON));
     };
     let request = Request::Apply {
         dir,

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::api::{Client, ClientError, Request, Response};
+use crate::api::{Request, Response};
 use crate::config;
 
 #[derive(Debug, clap::Args)]
@@ -15,13 +15,8 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let mut client = match Client::connect(&args.socket) {
-        Ok(c) => c,
-        Err(e @ ClientError::NoDaemon { .. }) => {
-            eprintln!("enforcer: {e}");
-            return Ok(ExitCode::from(3));
-        }
-        Err(e) => return Err(e.into()),
+    let Some(mut client) = super::connect_daemon(&args.socket)? else {
+        return Ok(ExitCode::from(super::EXIT_NO_DAEMON));
     };
     match client.call(&Request::Confirm)? {
         Response::Confirmed { generation } => {

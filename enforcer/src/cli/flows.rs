@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::api::{Client, ClientError, FlowRecord, Request, Response, Verdict};
+use crate::api::{FlowRecord, Request, Response, Verdict};
 use crate::config;
 
 #[derive(Debug, clap::Args)]
@@ -43,13 +43,8 @@ fn text(r: &FlowRecord) -> String {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let mut client = match Client::connect(&args.socket) {
-        Ok(c) => c,
-        Err(e @ ClientError::NoDaemon { .. }) => {
-            eprintln!("enforcer: {e}");
-            return Ok(ExitCode::from(3));
-        }
-        Err(e) => return Err(e.into()),
+    let Some(mut client) = super::connect_daemon(&args.socket)? else {
+        return Ok(ExitCode::from(super::EXIT_NO_DAEMON));
     };
     client.send(&Request::Flows {
         follow: args.follow,

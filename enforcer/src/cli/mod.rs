@@ -11,9 +11,12 @@ pub mod flows;
 pub mod run;
 pub mod status;
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+use crate::api::{Client, ClientError};
 
 /// The default policy directory.
 pub const DEFAULT_POLICY_DIR: &str = "/etc/enforcer/policies";
@@ -63,5 +66,21 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Flows(args) => flows::run(args),
         Command::GenerateAssets(args) => assets::run(args),
         Command::Diff(args) => diff::run(args),
+    }
+}
+
+/// The exit code of a client command when no daemon listens on the socket.
+pub const EXIT_NO_DAEMON: u8 = 3;
+
+/// Connects a client command to the daemon. `None` when no daemon listens
+/// (said on stderr; the command exits [`EXIT_NO_DAEMON`]).
+fn connect_daemon(socket: &Path) -> anyhow::Result<Option<Client>> {
+    match Client::connect(socket) {
+        Ok(client) => Ok(Some(client)),
+        Err(e @ ClientError::NoDaemon { .. }) => {
+            eprintln!("enforcer: {e}");
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
     }
 }

@@ -28,7 +28,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Ok(other) => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
         Err(e @ (ClientError::NoDaemon { .. } | ClientError::Io { .. })) => {
             eprintln!("enforcer: {e}");
-            return Ok(ExitCode::from(3));
+            return Ok(ExitCode::from(super::EXIT_NO_DAEMON));
         }
         Err(e) => return Err(e.into()),
     };

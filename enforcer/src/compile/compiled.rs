@@ -4,7 +4,10 @@
 
 use std::time::SystemTime;
 
-use enforcer_common::{AddrKey4, AddrKey6, Identity, VerdictKey, VerdictValue};
+use enforcer_common::{
+    AddrKey4, AddrKey6, IDENTITY_HOST, IDENTITY_WORLD, Identity, VerdictKey, VerdictValue,
+};
+use ipnet::{Ipv4Net, Ipv6Net};
 
 /// A compiled policy set.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,6 +52,42 @@ pub struct EntityInfo {
     pub name: String,
 }
 
+impl EntityInfo {
+    pub fn new(identity: Identity, kind: EntityKind, name: impl Into<String>) -> Self {
+        EntityInfo {
+            identity,
+            kind,
+            name: name.into(),
+        }
+    }
+
+    /// `world` and `host`, in identity order: the entities every compiled
+    /// policy starts with.
+    pub fn builtins() -> Vec<EntityInfo> {
+        vec![
+            EntityInfo::new(IDENTITY_WORLD, EntityKind::World, "world"),
+            EntityInfo::new(IDENTITY_HOST, EntityKind::Host, "host"),
+        ]
+    }
+}
+
+/// The prefix map key of an IPv4 prefix: its network address (host bits
+/// cleared, as the LPM trie and the evaluator's exact lookups expect).
+pub fn prefix_key4(net: Ipv4Net) -> AddrKey4 {
+    AddrKey4 {
+        prefix_len: u32::from(net.prefix_len()),
+        addr: net.network().octets(),
+    }
+}
+
+/// The prefix map key of an IPv6 prefix (see [`prefix_key4`]).
+pub fn prefix_key6(net: Ipv6Net) -> AddrKey6 {
+    AddrKey6 {
+        prefix_len: u32::from(net.prefix_len()),
+        addr: net.network().octets(),
+    }
+}
+
 /// How a workload finds its cgroups.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum CgroupSelector {
@@ -66,6 +105,13 @@ pub struct CompiledWorkload {
     pub selector: CgroupSelector,
     /// MODE_ENFORCE, MODE_AUDIT or MODE_OFF.
     pub mode: u8,
+}
+
+impl CompiledWorkload {
+    /// `enforce`, `audit` or `off` (`unknown` for a number no policy gives).
+    pub fn mode_name(&self) -> &'static str {
+        crate::policy::Mode::from_number(self.mode).map_or("unknown", crate::policy::Mode::as_str)
+    }
 }
 
 /// Where a rule comes from, for `explain`, flows and diffs:

@@ -13,15 +13,15 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use enforcer_common::{
-    ACTION_ALLOW, ACTION_DENY, AddrKey4, AddrKey6, DIRECTION_EGRESS, DIRECTION_INGRESS,
-    IDENTITY_ANY, IDENTITY_ANY_EXTERNAL, IDENTITY_FIRST_ALLOCATED, IDENTITY_HOST, IDENTITY_WORLD,
-    Identity, MAX_CGROUPS, MAX_PREFIXES_V4, MAX_PREFIXES_V6, MAX_VERDICTS, VerdictKey,
-    VerdictValue,
+    ACTION_ALLOW, ACTION_DENY, DIRECTION_EGRESS, DIRECTION_INGRESS, IDENTITY_ANY,
+    IDENTITY_ANY_EXTERNAL, IDENTITY_FIRST_ALLOCATED, IDENTITY_HOST, IDENTITY_WORLD, Identity,
+    MAX_CGROUPS, MAX_PREFIXES_V4, MAX_PREFIXES_V6, MAX_VERDICTS, VerdictKey, VerdictValue,
 };
 use ipnet::IpNet;
 
 pub use compiled::{
     CgroupSelector, CompiledPolicy, CompiledWorkload, EntityInfo, EntityKind, RuleRef, Section,
+    prefix_key4, prefix_key6,
 };
 
 use crate::policy::{
@@ -234,18 +234,7 @@ pub fn compile_with_limits(
     let mut peers: Vec<&crate::policy::Peer> = set.peers.iter().collect();
     peers.sort_by(|a, b| a.name.cmp(&b.name));
 
-    let mut entities = vec![
-        EntityInfo {
-            identity: IDENTITY_WORLD,
-            kind: EntityKind::World,
-            name: "world".into(),
-        },
-        EntityInfo {
-            identity: IDENTITY_HOST,
-            kind: EntityKind::Host,
-            name: "host".into(),
-        },
-    ];
+    let mut entities = EntityInfo::builtins();
     let mut index = Index {
         workload_ids: HashMap::new(),
         peer_ids: HashMap::new(),
@@ -262,11 +251,11 @@ pub fn compile_with_limits(
     for w in &workloads {
         let id = next;
         next += 1;
-        entities.push(EntityInfo {
-            identity: id,
-            kind: EntityKind::Workload,
-            name: w.name.to_string(),
-        });
+        entities.push(EntityInfo::new(
+            id,
+            EntityKind::Workload,
+            w.name.to_string(),
+        ));
         compiled_workloads.push(CompiledWorkload {
             identity: id,
             name: w.name.to_string(),
@@ -280,28 +269,12 @@ pub fn compile_with_limits(
     for p in &peers {
         let id = next;
         next += 1;
-        entities.push(EntityInfo {
-            identity: id,
-            kind: EntityKind::Peer,
-            name: p.name.to_string(),
-        });
+        entities.push(EntityInfo::new(id, EntityKind::Peer, p.name.to_string()));
         index.peer_ids.insert(p.name.as_str(), id);
         for (net, _) in &p.cidrs {
             match net {
-                IpNet::V4(n) => prefixes_v4.push((
-                    AddrKey4 {
-                        prefix_len: u32::from(n.prefix_len()),
-                        addr: n.network().octets(),
-                    },
-                    id,
-                )),
-                IpNet::V6(n) => prefixes_v6.push((
-                    AddrKey6 {
-                        prefix_len: u32::from(n.prefix_len()),
-                        addr: n.network().octets(),
-                    },
-                    id,
-                )),
+                IpNet::V4(n) => prefixes_v4.push((prefix_key4(*n), id)),
+                IpNet::V6(n) => prefixes_v6.push((prefix_key6(*n), id)),
             }
         }
     }

@@ -7,12 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use enforcer_common::{
-    ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, MODE_AUDIT, MODE_ENFORCE, MODE_OFF,
-};
+use enforcer_common::{ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY};
 
 use super::flows::FlowHistory;
-use super::time::rfc3339;
 use crate::api::proto::{PolicyStatus, Rejection, StatusReport, VerdictCounters, WorkloadStatus};
 use crate::cgroups::resolve::kernel_entries;
 use crate::cgroups::{CgroupTree, Matcher, Resolution, TreeUpdate, V1Conflict};
@@ -20,6 +17,7 @@ use crate::compile::compiled::{CgroupSelector, CompiledPolicy};
 use crate::config::Settings;
 use crate::dataplane::{Dataplane, HostAddrs, ResolvedCgroup};
 use crate::policy::{LoadError, Loaded};
+use crate::rfc3339::format_millis as rfc3339;
 
 /// What made the daemon load a policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,15 +95,6 @@ pub struct Engine {
     flows: Arc<Mutex<FlowHistory>>,
 }
 
-fn mode_name(mode: u8) -> &'static str {
-    match mode {
-        MODE_ENFORCE => "enforce",
-        MODE_AUDIT => "audit",
-        MODE_OFF => "off",
-        _ => "unknown",
-    }
-}
-
 fn selector_text(selector: &CgroupSelector) -> String {
     match selector {
         CgroupSelector::Unit(u) => format!("unit = {u:?}"),
@@ -131,6 +120,16 @@ fn to_resolved(resolution: &Resolution, tree: &CgroupTree) -> Vec<ResolvedCgroup
             mode,
         })
         .collect()
+}
+
+/// Hands the heap that compiling and the replaced policy freed back to the
+/// system, which glibc otherwise keeps for the life of the process.
+fn release_freed_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 fn instant_of(time: SystemTime) -> Instant {
@@ -292,6 +291,7 @@ impl Engine {
             generation,
             applied_at: SystemTime::now(),
         });
+        release_freed_heap();
         Ok((generation, false))
     }
 
@@ -642,7 +642,7 @@ impl Engine {
                     workloads.push(WorkloadStatus {
                         name: w.name.clone(),
                         identity: w.identity,
-                        mode: mode_name(w.mode).into(),
+                        mode: w.mode_name().into(),
                         selector: selector_text(&w.selector),
                         cgroups,
                         counters: VerdictCounters {

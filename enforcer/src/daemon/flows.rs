@@ -124,7 +124,7 @@ pub fn record_from_event(event: &VerdictEvent, policy: Option<&CompiledPolicy>) 
         None => format!("rule #{}", event.rule),
     };
     FlowRecord {
-        time: super::time::rfc3339(super::time::from_monotonic(event.time_ns)),
+        time: crate::rfc3339::format_millis(super::time::from_monotonic(event.time_ns)),
         workload: entity_name(policy, event.local),
         direction: if event.direction == DIRECTION_EGRESS {
             "egress"
@@ -158,28 +158,14 @@ mod tests {
 
     fn policy() -> CompiledPolicy {
         CompiledPolicy {
-            entities: vec![
-                EntityInfo {
-                    identity: IDENTITY_WORLD,
-                    kind: EntityKind::World,
-                    name: "world".into(),
-                },
-                EntityInfo {
-                    identity: IDENTITY_HOST,
-                    kind: EntityKind::Host,
-                    name: "host".into(),
-                },
-                EntityInfo {
-                    identity: 16,
-                    kind: EntityKind::Workload,
-                    name: "api".into(),
-                },
-                EntityInfo {
-                    identity: 17,
-                    kind: EntityKind::Peer,
-                    name: "vendor-support".into(),
-                },
-            ],
+            entities: [
+                EntityInfo::builtins(),
+                vec![
+                    EntityInfo::new(16, EntityKind::Workload, "api"),
+                    EntityInfo::new(17, EntityKind::Peer, "vendor-support"),
+                ],
+            ]
+            .concat(),
             workloads: Vec::new(),
             prefixes_v4: Vec::new(),
             prefixes_v6: Vec::new(),

@@ -6,7 +6,8 @@
 //! - [`engine`]: the state and every change to it;
 //! - [`flows`]: the verdict event history;
 //! - [`metrics`]: the Prometheus endpoint;
-//! - [`duration`], [`time`]: parsing and formatting helpers.
+//! - [`duration`], [`time`]: operator-written durations; kernel timestamps
+//!   to wall-clock time.
 
 pub mod duration;
 pub mod engine;
@@ -333,7 +334,7 @@ impl crate::api::Handler for ApiHandler {
                         generation: u64::from(o.generation),
                         content_hash: format!("{:016x}", o.content_hash),
                         unchanged: o.unchanged,
-                        rollback_at: o.rollback_at.map(time::rfc3339),
+                        rollback_at: o.rollback_at.map(crate::rfc3339::format_millis),
                         warnings: o.warnings,
                     },
                     Err(errors) => Response::Rejected { errors },

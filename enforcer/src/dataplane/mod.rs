@@ -21,9 +21,10 @@ use aya::{
     programs::links::{FdLink, PinnedLink},
 };
 use enforcer_common::{
-    BoundPort, Config, CounterKey, FlowKey, FlowValue, GLOBAL_COUNTER_DROPPED,
+    BoundPort, COUNTER_ACTIONS, Config, CounterKey, FlowKey, FlowValue, GLOBAL_COUNTER_DROPPED,
     GLOBAL_COUNTER_EVENTS_LOST, GLOBAL_COUNTER_NEW_FLOWS, GLOBAL_COUNTER_PACKETS, Identity,
-    LAYOUT_DIR, MAX_FAILSAFE_PORTS, MODE_ALLOW, MODE_AUDIT, MODE_ENFORCE, PortKey, maps,
+    LAYOUT_DIR, MAX_FAILSAFE_PORTS, MODE_ALLOW, MODE_AUDIT, MODE_ENFORCE, PortKey,
+    WORKLOAD_COUNTER_SLOTS, maps,
 };
 
 pub use self::{
@@ -182,7 +183,7 @@ fn is_bpffs(path: &Path) -> bool {
 }
 
 /// The names of every map, for pinning.
-const ALL_MAPS: [&str; 16] = [
+const ALL_MAPS: [&str; 17] = [
     maps::CONFIG,
     maps::CGROUPS[0],
     maps::CGROUPS[1],
@@ -198,6 +199,7 @@ const ALL_MAPS: [&str; 16] = [
     maps::FAILSAFE,
     maps::EVENTS,
     maps::COUNTERS,
+    maps::WORKLOAD_COUNTERS,
     maps::GLOBAL_COUNTERS,
 ];
 
@@ -506,6 +508,20 @@ impl Dataplane {
         for item in m.iter() {
             let (k, per_cpu) = item.map_err(read_err(name))?;
             out.insert((k.workload, k.action), per_cpu.iter().sum());
+        }
+        let name = maps::WORKLOAD_COUNTERS;
+        let a: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
+            self.ebpf
+                .map(name)
+                .ok_or(DataplaneError::MissingMap(name))?,
+        )
+        .map_err(type_err(name))?;
+        for index in 0..WORKLOAD_COUNTER_SLOTS {
+            let packets: u64 = a.get(&index, 0).map_err(read_err(name))?.iter().sum();
+            if packets != 0 {
+                *out.entry((index / COUNTER_ACTIONS, (index % COUNTER_ACTIONS) as u8))
+                    .or_default() += packets;
+            }
         }
         Ok(out)
     }

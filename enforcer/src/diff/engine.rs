@@ -9,8 +9,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use enforcer_common::{
-    DIRECTION_EGRESS, DIRECTION_INGRESS, IDENTITY_HOST, Identity, MODE_AUDIT, MODE_ENFORCE,
-    MODE_OFF, RULE_BUILTIN, RULE_DEFAULT_DENY, RULE_UNMANAGED,
+    DIRECTION_EGRESS, DIRECTION_INGRESS, IDENTITY_HOST, Identity, RULE_BUILTIN, RULE_DEFAULT_DENY,
+    RULE_UNMANAGED,
 };
 
 use super::model::{
@@ -221,15 +221,6 @@ fn label(policy: &CompiledPolicy, e: Effective) -> String {
     }
 }
 
-fn mode_name(mode: u8) -> &'static str {
-    match mode {
-        MODE_ENFORCE => "enforce",
-        MODE_AUDIT => "audit",
-        MODE_OFF => "off",
-        _ => "unknown",
-    }
-}
-
 fn selector_text(s: &CgroupSelector) -> String {
     match s {
         CgroupSelector::Unit(u) => format!("unit={u}"),
@@ -282,8 +273,8 @@ fn pair_workloads(old: &CompiledPolicy, new: &CompiledPolicy, out: &mut PolicyDi
             if ow.mode != nw.mode {
                 out.modes.push(ModeChange {
                     workload: nw.name.clone(),
-                    before: mode_name(ow.mode).into(),
-                    after: mode_name(nw.mode).into(),
+                    before: ow.mode_name().into(),
+                    after: nw.mode_name().into(),
                 });
             }
         } else {

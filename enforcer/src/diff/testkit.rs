@@ -8,16 +8,26 @@
 //! write the folded entries themselves.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 
 use enforcer_common::{
-    AddrKey4, AddrKey6, IDENTITY_FIRST_ALLOCATED, IDENTITY_HOST, IDENTITY_WORLD, Identity,
-    MODE_ENFORCE, VerdictKey, VerdictValue,
+    AddrKey4, AddrKey6, IDENTITY_FIRST_ALLOCATED, Identity, MODE_ENFORCE, VerdictKey, VerdictValue,
 };
+
+use ipnet::IpNet;
 
 use crate::compile::compiled::{
     CgroupSelector, CompiledPolicy, CompiledWorkload, EntityInfo, EntityKind, RuleRef, Section,
+    prefix_key4, prefix_key6,
 };
+use crate::policy::parse_cidr;
+
+fn verdict_value(action: u8, rule: u32) -> VerdictValue {
+    VerdictValue {
+        rule,
+        action,
+        _pad: [0; 3],
+    }
+}
 
 /// Assembles a [`CompiledPolicy`] entry by entry.
 #[derive(Clone, Debug)]
@@ -43,18 +53,7 @@ impl PolicyBuilder {
     pub fn new() -> Self {
         PolicyBuilder {
             next_identity: IDENTITY_FIRST_ALLOCATED,
-            entities: vec![
-                EntityInfo {
-                    identity: IDENTITY_WORLD,
-                    kind: EntityKind::World,
-                    name: "world".into(),
-                },
-                EntityInfo {
-                    identity: IDENTITY_HOST,
-                    kind: EntityKind::Host,
-                    name: "host".into(),
-                },
-            ],
+            entities: EntityInfo::builtins(),
             workloads: Vec::new(),
             prefixes_v4: Vec::new(),
             prefixes_v6: Vec::new(),
@@ -74,11 +73,7 @@ impl PolicyBuilder {
     fn entity(&mut self, name: &str, kind: EntityKind) -> Identity {
         let identity = self.next_identity;
         self.next_identity += 1;
-        self.entities.push(EntityInfo {
-            identity,
-            kind,
-            name: name.to_owned(),
-        });
+        self.entities.push(EntityInfo::new(identity, kind, name));
         identity
     }
 
@@ -113,32 +108,9 @@ impl PolicyBuilder {
     }
 
     fn prefix(&mut self, cidr: &str, identity: Identity) {
-        let (addr, len) = match cidr.split_once('/') {
-            Some((a, l)) => (a, Some(l)),
-            None => (cidr, None),
-        };
-        let addr: IpAddr = addr
-            .parse()
-            .unwrap_or_else(|e| panic!("bad address {cidr}: {e}"));
-        let len = len.map(|l| {
-            l.parse::<u32>()
-                .unwrap_or_else(|e| panic!("bad prefix {cidr}: {e}"))
-        });
-        match addr {
-            IpAddr::V4(a) => self.prefixes_v4.push((
-                AddrKey4 {
-                    prefix_len: len.unwrap_or(32),
-                    addr: a.octets(),
-                },
-                identity,
-            )),
-            IpAddr::V6(a) => self.prefixes_v6.push((
-                AddrKey6 {
-                    prefix_len: len.unwrap_or(128),
-                    addr: a.octets(),
-                },
-                identity,
-            )),
+        match parse_cidr(cidr).unwrap_or_else(|e| panic!("bad prefix {cidr}: {e}")) {
+            IpNet::V4(n) => self.prefixes_v4.push((prefix_key4(n), identity)),
+            IpNet::V6(n) => self.prefixes_v6.push((prefix_key6(n), identity)),
         }
     }
 
@@ -200,11 +172,7 @@ impl PolicyBuilder {
         rule: u32,
     ) {
         let key = VerdictKey::new(workload, direction, protocol, remote, port, port_bits);
-        let value = VerdictValue {
-            rule,
-            action,
-            _pad: [0; 3],
-        };
+        let value = verdict_value(action, rule);
         match self.verdicts.iter_mut().find(|(k, _)| *k == key) {
             Some(slot) => slot.1 = value,
             None => self.verdicts.push((key, value)),
@@ -226,14 +194,7 @@ impl PolicyBuilder {
         rule: u32,
     ) {
         let key = VerdictKey::new(workload, direction, protocol, remote, port, port_bits);
-        self.verdicts.push((
-            key,
-            VerdictValue {
-                rule,
-                action,
-                _pad: [0; 3],
-            },
-        ));
+        self.verdicts.push((key, verdict_value(action, rule)));
     }
 
     pub fn set_mode(&mut self, workload: Identity, mode: u8) {

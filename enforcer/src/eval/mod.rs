@@ -301,11 +301,6 @@ mod tests {
     /// Entries written by hand, so the lookup is checked against the
     /// kernel's rules and not against what the compiler happens to emit.
     fn policy() -> CompiledPolicy {
-        let entity = |identity, kind, name: &str| EntityInfo {
-            identity,
-            kind,
-            name: name.into(),
-        };
         let mut verdicts = vec![
             // 8000-8063 allowed by rule 0, but 8010 denied by rule 1.
             (
@@ -354,11 +349,11 @@ mod tests {
         prefixes_v4.sort();
         CompiledPolicy {
             entities: vec![
-                entity(IDENTITY_WORLD, EntityKind::World, "world"),
-                entity(IDENTITY_HOST, EntityKind::Host, "host"),
-                entity(W, EntityKind::Workload, "w"),
-                entity(PEER, EntityKind::Peer, "p"),
-                entity(18, EntityKind::Peer, "q"),
+                EntityInfo::new(IDENTITY_WORLD, EntityKind::World, "world"),
+                EntityInfo::new(IDENTITY_HOST, EntityKind::Host, "host"),
+                EntityInfo::new(W, EntityKind::Workload, "w"),
+                EntityInfo::new(PEER, EntityKind::Peer, "p"),
+                EntityInfo::new(18, EntityKind::Peer, "q"),
             ],
             workloads: vec![],
             prefixes_v4,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use ipnet::IpNet;
 use toml_edit::{ImDocument, Item, Key, TableLike, Value};
@@ -838,59 +838,20 @@ pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
 
 /// An RFC 3339 date-time with an offset.
 pub fn parse_rfc3339(s: &str) -> Result<SystemTime, String> {
-    let dt: toml_edit::Datetime = s.parse().map_err(|_| {
-        format!("invalid time `{s}`: write an RFC 3339 time with its offset, e.g. \"2026-12-31T18:00:00Z\"")
-    })?;
-    datetime_to_system(&dt).map_err(|_| {
-        format!("invalid time `{s}`: write an RFC 3339 time with its offset, e.g. \"2026-12-31T18:00:00Z\"")
-    })
+    s.parse::<toml_edit::Datetime>()
+        .ok()
+        .and_then(|dt| crate::rfc3339::from_toml(&dt))
+        .ok_or_else(|| {
+            format!("invalid time `{s}`: write an RFC 3339 time with its offset, e.g. \"2026-12-31T18:00:00Z\"")
+        })
 }
 
 fn datetime_to_system(dt: &toml_edit::Datetime) -> Result<SystemTime, String> {
-    let err = || {
+    crate::rfc3339::from_toml(dt).ok_or_else(|| {
         format!(
             "`until` needs a full date, time and offset, e.g. \"2026-12-31T18:00:00Z\" (got `{dt}`)"
         )
-    };
-    let (Some(date), Some(time), Some(offset)) = (dt.date, dt.time, dt.offset) else {
-        return Err(err());
-    };
-    let offset_minutes: i64 = match offset {
-        toml_edit::Offset::Z => 0,
-        toml_edit::Offset::Custom { minutes } => i64::from(minutes),
-    };
-    if time.hour > 23 || time.minute > 59 || time.second > 60 {
-        return Err(err());
-    }
-    let days = days_from_civil(
-        i64::from(date.year),
-        i64::from(date.month),
-        i64::from(date.day),
-    );
-    let secs = days * 86_400
-        + i64::from(time.hour) * 3600
-        + i64::from(time.minute) * 60
-        + i64::from(time.second)
-        - offset_minutes * 60;
-    let nanos = Duration::from_nanos(u64::from(time.nanosecond));
-    let t = if secs >= 0 {
-        SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs.unsigned_abs()))
-    } else {
-        SystemTime::UNIX_EPOCH.checked_sub(Duration::from_secs(secs.unsigned_abs()))
-    };
-    t.and_then(|t| t.checked_add(nanos)).ok_or_else(err)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
-/// algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    })
 }
 
 /// The candidate closest to `word`, if it is close enough to be a typo.

@@ -344,6 +344,13 @@ impl Mode {
         }
     }
 
+    /// The mode of a MODE_* constant; `None` for any other number.
+    pub fn from_number(number: u8) -> Option<Mode> {
+        [Mode::Enforce, Mode::Audit, Mode::Off]
+            .into_iter()
+            .find(|m| m.number() == number)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Mode::Enforce => "enforce",
@@ -393,6 +400,14 @@ impl fmt::Display for Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn modes_round_trip_through_their_numbers() {
+        for mode in [Mode::Enforce, Mode::Audit, Mode::Off] {
+            assert_eq!(Mode::from_number(mode.number()), Some(mode));
+        }
+        assert_eq!(Mode::from_number(u8::MAX), None);
+    }
 
     #[test]
     fn names_follow_the_charset_and_reserved_words() {

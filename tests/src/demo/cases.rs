@@ -11,9 +11,9 @@ use anyhow::{Result, bail};
 use enforcer::{
     api::{FlowRecord, Verdict},
     compile::{CompiledPolicy, RuleRef},
-    diff::load::rfc3339,
     eval::{Flow, judge_flow, resolve_addr},
     policy::ServicePort,
+    rfc3339,
 };
 use enforcer_common::{
     ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, Identity, MODE_AUDIT, MODE_OFF, PROTO_TCP,
@@ -248,7 +248,7 @@ pub fn expect(
                 .iter()
                 .filter_map(|e| policy.rules.get(e.decision.rule as usize))
                 .find_map(|r| untils.get(r))
-                .map(|t| format!("until {}", rfc3339(*t)));
+                .map(|t| format!("until {}", rfc3339::format(*t)));
             (Outcome::Connected, None, until)
         }
     };

@@ -20,7 +20,6 @@ use enforcer::{
     compile::{CompiledPolicy, EntityKind, RuleRef, compile_loaded},
     policy::{LoadError, Mode, load_dir},
 };
-use enforcer_common::{MODE_AUDIT, MODE_OFF};
 use enforcer_tests::privileged::{missing_requirement, require_root};
 
 use self::{
@@ -252,14 +251,6 @@ fn check_cleanup(root: &Path, netns: &[String], library: bool) -> Result<()> {
     Ok(())
 }
 
-fn mode_name(mode: u8) -> &'static str {
-    match mode {
-        MODE_AUDIT => Mode::Audit.as_str(),
-        MODE_OFF => Mode::Off.as_str(),
-        _ => Mode::Enforce.as_str(),
-    }
-}
-
 /// Everything between setup and cleanup; returns how many connections
 /// matched the policy, out of how many.
 fn show(
@@ -290,7 +281,9 @@ fn show(
                 "  {:<32} -> workload {} ({})",
                 r.path,
                 r.workload,
-                mode_name(r.cgroup.mode)
+                Mode::from_number(r.cgroup.mode)
+                    .unwrap_or_default()
+                    .as_str()
             ),
         );
     }

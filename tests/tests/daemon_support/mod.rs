@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use enforcer::api::{Client, Request, Response, StatusReport};
-use enforcer_tests::CgroupGuard;
+use enforcer_tests::{CgroupGuard, Server};
 
 static SERIAL: AtomicUsize = AtomicUsize::new(0);
 
@@ -353,4 +353,19 @@ impl Drop for Daemon {
         let _ = self.uninstall();
         let _ = std::fs::remove_dir_all(&self.bpffs);
     }
+}
+
+/// Port 0 on 127.0.0.1: a free loopback port for a test server.
+pub fn loopback() -> std::net::SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// Two loopback TCP servers and a policy directory in which workload `web`
+/// may reach only the first (`allowed`), not the second (`denied`).
+pub fn servers_and_web_policy() -> (Server, Server, Scratch) {
+    let allowed = Server::tcp(None, None, loopback()).expect("server");
+    let denied = Server::tcp(None, None, loopback()).expect("server");
+    let policies = Scratch::new("policies");
+    write_policy(&policies.0, &web_policy(allowed.addr().port()));
+    (allowed, denied, policies)
 }

@@ -14,7 +14,6 @@ use std::{
 };
 
 use enforcer::compile::compiled::{CompiledPolicy, EntityInfo, EntityKind, RuleRef, Section};
-use enforcer_common::{IDENTITY_HOST, IDENTITY_WORLD};
 
 /// The gate of every root test (enforcer-tests' `privileged`): root,
 /// cgroup v2, bpffs, and cgroup2 socket matching working; skips without
@@ -139,11 +138,12 @@ impl Drop for PinRoot {
     }
 }
 
-/// Programs attached to a cgroup (directly, not inherited), per bpftool.
-pub fn attached_programs(cgroup: &Path) -> usize {
+/// `bpftool -j ARGS`, parsed (`null` when it prints nothing); panics when
+/// bpftool fails.
+fn bpftool_json(args: &[&std::ffi::OsStr]) -> serde_json::Value {
     let out = std::process::Command::new("bpftool")
-        .args(["-j", "cgroup", "show"])
-        .arg(cgroup)
+        .arg("-j")
+        .args(args)
         .output()
         .expect("run bpftool");
     assert!(
@@ -151,8 +151,12 @@ pub fn attached_programs(cgroup: &Path) -> usize {
         "bpftool failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+/// Programs attached to a cgroup (directly, not inherited), per bpftool.
+pub fn attached_programs(cgroup: &Path) -> usize {
+    let v = bpftool_json(&["cgroup".as_ref(), "show".as_ref(), cgroup.as_os_str()]);
     v.as_array().map_or(0, |a| a.len())
 }
 
@@ -160,32 +164,14 @@ pub fn attached_programs(cgroup: &Path) -> usize {
 /// The child only makes system calls, so forking from the (multi-threaded)
 /// test harness is safe enough.
 pub fn in_cgroup(cgroup: &Path, f: impl FnOnce() -> i32) -> i32 {
-    let procs = std::ffi::CString::new(
-        cgroup
-            .join("cgroup.procs")
-            .into_os_string()
-            .into_encoded_bytes(),
-    )
-    .expect("path without NUL");
-    // SAFETY: the child only uses async-signal-safe calls before `f`, and
-    // `f` makes plain socket system calls, then `_exit`.
+    let pid = spawn_in_cgroup(cgroup, f);
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
     unsafe {
-        let pid = libc::fork();
-        assert!(pid >= 0, "fork failed");
-        if pid == 0 {
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
-            if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                libc::_exit(200);
-            }
-            libc::close(fd);
-            let code = f();
-            libc::_exit(code);
-        }
-        let mut status = 0;
         assert_eq!(libc::waitpid(pid, &mut status, 0), pid);
-        assert!(libc::WIFEXITED(status), "child did not exit normally");
-        libc::WEXITSTATUS(status)
     }
+    assert!(libc::WIFEXITED(status), "child did not exit normally");
+    libc::WEXITSTATUS(status)
 }
 
 /// Exit codes of the connection helpers.
@@ -272,31 +258,12 @@ pub fn udp_echo_server(addr: SocketAddr) -> SocketAddr {
 /// A policy skeleton with `world`, `host` and the given workloads/peers
 /// (entities only: tests add verdicts and prefixes).
 pub fn empty_policy(workloads: &[(u32, &str)], peers: &[(u32, &str)]) -> CompiledPolicy {
-    let mut entities = vec![
-        EntityInfo {
-            identity: IDENTITY_WORLD,
-            kind: EntityKind::World,
-            name: "world".into(),
-        },
-        EntityInfo {
-            identity: IDENTITY_HOST,
-            kind: EntityKind::Host,
-            name: "host".into(),
-        },
-    ];
+    let mut entities = EntityInfo::builtins();
     for (id, name) in workloads {
-        entities.push(EntityInfo {
-            identity: *id,
-            kind: EntityKind::Workload,
-            name: (*name).into(),
-        });
+        entities.push(EntityInfo::new(*id, EntityKind::Workload, *name));
     }
     for (id, name) in peers {
-        entities.push(EntityInfo {
-            identity: *id,
-            kind: EntityKind::Peer,
-            name: (*name).into(),
-        });
+        entities.push(EntityInfo::new(*id, EntityKind::Peer, *name));
     }
     entities.sort_by_key(|e| e.identity);
     CompiledPolicy {
@@ -424,7 +391,8 @@ pub fn spawn_in_cgroup(cgroup: &Path, f: impl FnOnce() -> i32) -> i32 {
             .into_encoded_bytes(),
     )
     .expect("path without NUL");
-    // SAFETY: as in `in_cgroup`.
+    // SAFETY: the child only uses async-signal-safe calls before `f`, and
+    // `f` makes plain socket system calls, then `_exit`.
     unsafe {
         let pid = libc::fork();
         assert!(pid >= 0, "fork failed");
@@ -495,17 +463,7 @@ pub fn wait_listening(addr: SocketAddr) {
 
 /// bpf links attached to the cgroup with this id, per `bpftool link show`.
 pub fn links_to_cgroup(cgroup_id: u64) -> usize {
-    let out = std::process::Command::new("bpftool")
-        .args(["-j", "link", "show"])
-        .output()
-        .expect("run bpftool");
-    assert!(
-        out.status.success(),
-        "bpftool failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    let v = bpftool_json(&["link".as_ref(), "show".as_ref()]);
     v.as_array().map_or(0, |links| {
         links
             .iter()

@@ -46,9 +46,8 @@ pub trait Arm {
     fn remove(&mut self, env: &ArmEnv) -> Result<()>;
 }
 
-/// The arms of a standard run: baseline, then iptables and nftables with
-/// allow lists of each size. The enforcer arm is pushed here once the data
-/// plane provides it.
+/// The arms of a standard run: baseline, then iptables, nftables and the
+/// enforcer with allow lists (policies) of each size.
 pub fn standard(sizes: &[usize]) -> Vec<Box<dyn Arm>> {
     let mut arms: Vec<Box<dyn Arm>> = vec![Box::new(Baseline)];
     arms.extend(
@@ -61,7 +60,49 @@ pub fn standard(sizes: &[usize]) -> Vec<Box<dyn Arm>> {
             .iter()
             .map(|&n| Box::new(Nftables { elements: n }) as Box<dyn Arm>),
     );
+    arms.extend(
+        sizes
+            .iter()
+            .map(|&n| Box::new(enforcer_arm(n)) as Box<dyn Arm>),
+    );
     arms
+}
+
+/// Where [`build_enforcer_arm`] puts the enforcer's arm program.
+fn enforcer_arm_path() -> std::path::PathBuf {
+    crate::cmd::target_dir().join("release/examples/bench_arm")
+}
+
+/// The enforcer's data plane on the client's cgroup with a compiled policy
+/// of `rules` rules (`enforcer/examples/bench_arm.rs`, a [`ProcessArm`]).
+fn enforcer_arm(rules: usize) -> ProcessArm {
+    ProcessArm {
+        name: format!("enforcer-{rules}"),
+        command: format!("'{}' --rules {rules}", enforcer_arm_path().display()),
+        running: None,
+    }
+}
+
+/// Builds the enforcer's arm program when a run includes an enforcer arm.
+pub fn build_enforcer_arm(arms: &[Box<dyn Arm>]) -> Result<()> {
+    if !arms.iter().any(|arm| arm.name().starts_with("enforcer-")) {
+        return Ok(());
+    }
+    cmd::run(cmd::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "enforcer",
+        "--example",
+        "bench_arm",
+    ]))?;
+    if !enforcer_arm_path().is_file() {
+        bail!(
+            "the enforcer arm was built but {} does not exist",
+            enforcer_arm_path().display()
+        );
+    }
+    Ok(())
 }
 
 /// No filtering at all.

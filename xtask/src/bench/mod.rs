@@ -121,6 +121,7 @@ pub fn run(args: Args) -> Result<()> {
             arms.retain(|arm| args.only.contains(&arm.name()));
         }
         let loadgen = workloads::build_loadgen()?;
+        arms::build_enforcer_arm(&arms)?;
         let topology = Topology::create()?;
         environment.client_cpu = topology.client_cpu;
         environment.server_cpu = topology.server_cpu;

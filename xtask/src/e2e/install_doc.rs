@@ -1,4 +1,4 @@
-//! The command blocks of `docs/install.md` that the test runs as written, so
+//! The command blocks of the README (its install section) that the test runs as written, so
 //! the documented install is exactly the tested one.
 
 use std::fs;

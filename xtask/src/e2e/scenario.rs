@@ -105,7 +105,7 @@ pub fn run(container: &Container, deb: &Path, repo: &Path) -> Report {
         },
     );
 
-    let installed = report.check("install as docs/install.md says", || {
+    let installed = report.check("install as the README says", || {
         install(container, deb, repo)
     });
     if !installed {
@@ -332,7 +332,7 @@ fn install(container: &Container, deb: &Path, repo: &Path) -> Result<()> {
         &repo.join("tests/e2e/policies/shop.toml"),
         "/root/shop.toml",
     )?;
-    for line in install_doc::block(&repo.join("docs/install.md"), "install")? {
+    for line in install_doc::block(&repo.join("README.md"), "install")? {
         container.run(&["sh", "-c", &format!("cd /root && {line}")])?;
     }
     let enabled = container.run(&["systemctl", "is-enabled", "enforcer"])?;
@@ -472,7 +472,7 @@ fn unit_analysis(container: &Container) -> Result<()> {
 
 fn purge(container: &Container, bpf: &Attachments, repo: &Path) -> Result<()> {
     let files = container.run(&["dpkg-query", "-L", "enforcer"])?;
-    for line in install_doc::block(&repo.join("docs/install.md"), "uninstall")? {
+    for line in install_doc::block(&repo.join("README.md"), "uninstall")? {
         container.run(&["sh", "-c", &format!("cd /root && {line}")])?;
     }
     // Checked inside the container, where the package's symlinks resolve;
