@@ -233,8 +233,9 @@ fn a_restart_with_a_broken_policy_keeps_the_adopted_one_and_says_so() {
     assert_eq!(tcp_connect(&web, None, allowed.addr()), ProbeOutcome::Ok);
 }
 
-/// `status` and the startup summary (systemd's STATUS=) say that the pinned policy is still in
-/// force and that the new one was rejected (never "no policy in force").
+/// `status` and the startup summary (systemd's STATUS=) say that the
+/// pinned policy is still in force and that the new one was rejected (never
+/// "no policy in force").
 fn assert_adopted_and_rejected(daemon: &Daemon, policies: &std::path::Path) {
     let status = daemon.status();
     assert!(status.policy.is_none());
@@ -269,10 +270,7 @@ fn a_stop_and_start_with_a_broken_policy_keeps_the_adopted_one_and_says_so() {
     let _root = privileged!();
     let root = CgroupGuard::new().expect("cgroup");
     let web = root.child("web").expect("web cgroup");
-    let allowed = Server::tcp(None, None, loopback()).expect("server");
-    let denied = Server::tcp(None, None, loopback()).expect("server");
-    let policies = Scratch::new("policies");
-    write_policy(&policies.0, &web_policy(allowed.addr().port()));
+    let (allowed, denied, policies) = servers_and_web_policy();
     let mut daemon = Daemon::start(&root, &policies.0);
     // `systemctl stop` (SIGTERM) leaves enforcement in place.
     daemon.terminate();

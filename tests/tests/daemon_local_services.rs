@@ -8,12 +8,8 @@ mod daemon_support;
 
 use std::net::SocketAddr;
 
-use daemon_support::{Daemon, Scratch, write_policy};
+use daemon_support::{Daemon, Scratch, loopback, write_policy};
 use enforcer_tests::{CgroupGuard, ProbeOutcome, Server, privileged, tcp_connect};
-
-fn loopback() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
 
 /// `db` (cgroup `db_selector`) accepts `port` from `app` only; `other` has
 /// no policy, so only the receiving side can refuse it.
