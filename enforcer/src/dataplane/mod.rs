@@ -417,12 +417,7 @@ impl Dataplane {
         }
         slots::clear_hash::<PortKey, u8>(&mut self.ebpf, maps::FAILSAFE)?;
         let name = maps::FAILSAFE;
-        let mut m: HashMap<&mut MapData, PortKey, u8> = HashMap::try_from(
-            self.ebpf
-                .map_mut(name)
-                .ok_or(DataplaneError::MissingMap(name))?,
-        )
-        .map_err(type_err(name))?;
+        let mut m: HashMap<&mut MapData, PortKey, u8> = self.hash_map_mut(name)?;
         for p in ports {
             let key = PortKey {
                 protocol: p.protocol,
@@ -441,12 +436,7 @@ impl Dataplane {
     fn read_active_cgroups(&self) -> Result<BTreeMap<u64, ResolvedCgroup>> {
         let slot = self.active_slot()?;
         let name = maps::CGROUPS[slot];
-        let m: HashMap<&MapData, u64, enforcer_common::CgroupEntry> = HashMap::try_from(
-            self.ebpf
-                .map(name)
-                .ok_or(DataplaneError::MissingMap(name))?,
-        )
-        .map_err(type_err(name))?;
+        let m: HashMap<&MapData, u64, enforcer_common::CgroupEntry> = self.hash_map(name)?;
         let mut out = BTreeMap::new();
         for item in m.iter() {
             let (id, e) = item.map_err(read_err(name))?;
@@ -545,27 +535,41 @@ impl Dataplane {
         })
     }
 
+    /// A hash map of the object, read-only.
+    fn hash_map<K: aya::Pod, V: aya::Pod>(
+        &self,
+        name: &'static str,
+    ) -> Result<HashMap<&MapData, K, V>> {
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or(DataplaneError::MissingMap(name))?;
+        HashMap::try_from(map).map_err(type_err(name))
+    }
+
+    /// A hash map of the object, writable.
+    fn hash_map_mut<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<HashMap<&mut MapData, K, V>> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DataplaneError::MissingMap(name))?;
+        HashMap::try_from(map).map_err(type_err(name))
+    }
+
     /// Every tracked connection.
     pub fn flows(&self) -> Result<Vec<(FlowKey, FlowValue)>> {
         let name = maps::FLOWS;
-        let m: HashMap<&MapData, FlowKey, FlowValue> = HashMap::try_from(
-            self.ebpf
-                .map(name)
-                .ok_or(DataplaneError::MissingMap(name))?,
-        )
-        .map_err(type_err(name))?;
+        let m: HashMap<&MapData, FlowKey, FlowValue> = self.hash_map(name)?;
         m.iter().collect::<Result<_, _>>().map_err(read_err(name))
     }
 
     /// The tracked connection with this key, if any.
     pub fn flow(&self, key: &FlowKey) -> Result<Option<FlowValue>> {
         let name = maps::FLOWS;
-        let m: HashMap<&MapData, FlowKey, FlowValue> = HashMap::try_from(
-            self.ebpf
-                .map(name)
-                .ok_or(DataplaneError::MissingMap(name))?,
-        )
-        .map_err(type_err(name))?;
+        let m: HashMap<&MapData, FlowKey, FlowValue> = self.hash_map(name)?;
         match m.get(key, 0) {
             Ok(v) => Ok(Some(v)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
@@ -581,12 +585,7 @@ impl Dataplane {
     /// The bound ports learned from `bind()`.
     pub fn bound_ports(&self) -> Result<Vec<(PortKey, BoundPort)>> {
         let name = maps::BOUND_PORTS;
-        let m: HashMap<&MapData, PortKey, BoundPort> = HashMap::try_from(
-            self.ebpf
-                .map(name)
-                .ok_or(DataplaneError::MissingMap(name))?,
-        )
-        .map_err(type_err(name))?;
+        let m: HashMap<&MapData, PortKey, BoundPort> = self.hash_map(name)?;
         m.iter().collect::<Result<_, _>>().map_err(read_err(name))
     }
 
@@ -599,12 +598,7 @@ impl Dataplane {
     /// entries were added.
     pub fn seed_bound_ports(&mut self, ports: &[(u8, u16, u64)]) -> Result<usize> {
         let name = maps::BOUND_PORTS;
-        let mut m: HashMap<&mut MapData, PortKey, BoundPort> = HashMap::try_from(
-            self.ebpf
-                .map_mut(name)
-                .ok_or(DataplaneError::MissingMap(name))?,
-        )
-        .map_err(type_err(name))?;
+        let mut m: HashMap<&mut MapData, PortKey, BoundPort> = self.hash_map_mut(name)?;
         let key = |protocol: u8, port: u16| PortKey {
             protocol,
             _pad: 0,
