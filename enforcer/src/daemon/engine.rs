@@ -122,16 +122,6 @@ fn to_resolved(resolution: &Resolution, tree: &CgroupTree) -> Vec<ResolvedCgroup
         .collect()
 }
 
-/// Hands the heap that compiling and the replaced policy freed back to the
-/// system, which glibc otherwise keeps for the life of the process.
-fn release_freed_heap() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only walks the allocator's own free lists.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 fn instant_of(time: SystemTime) -> Instant {
     let now = Instant::now();
     match time.duration_since(SystemTime::now()) {
@@ -291,7 +281,6 @@ impl Engine {
             generation,
             applied_at: SystemTime::now(),
         });
-        release_freed_heap();
         Ok((generation, false))
     }
 
