@@ -11,6 +11,13 @@
 //!   generation is in force);
 //! - at the largest size, a change of one rule, the same two ways.
 //!
+//! The data plane keeps two policy slots and writes a new policy into the
+//! inactive one after clearing it, so an apply also pays for removing the
+//! policy applied *two* applies before. Each measurement therefore starts
+//! from a known state: "from empty" means that both slots hold (almost)
+//! nothing; the one-rule change runs with both slots holding the largest
+//! size, as when an operator edits a large policy again and again.
+//!
 //! Compile times come from the compile micro-benchmark, which compiles the
 //! very same generated policies in-process.
 
@@ -69,7 +76,6 @@ impl Samples {
     }
 
     fn push_memory(&mut self, when: &str, what: &str, memory: Memory) {
-        let mib = |kib: u64| kib as f64 / 1024.0;
         self.push(
             format!("rss_{when}"),
             format!("daemon VmRSS {what}"),
@@ -108,8 +114,10 @@ struct Policies {
     /// The daemon's configured `policies` directory: empty, and never
     /// written during the run (the daemon reloads it on any change).
     watched: PathBuf,
-    /// An empty policy, applied before each measured apply.
+    /// An empty policy and one of size 1: applied one after the other
+    /// before each measured apply, they leave both slots (almost) empty.
     empty: PathBuf,
+    tiny: PathBuf,
     /// (N, directory) for every size, smallest first.
     sizes: Vec<(usize, PathBuf)>,
     /// The largest size with one rule changed.
@@ -117,6 +125,14 @@ struct Policies {
 }
 
 impl Policies {
+    /// Leaves the empty policy in force and a policy of size 1 in the
+    /// other slot, whatever was in force before.
+    fn reset(&self, socket: &Path) -> Result<()> {
+        request_apply(socket, &self.tiny)?;
+        request_apply(socket, &self.empty)?;
+        Ok(())
+    }
+
     fn write(root: &Path) -> Result<Self> {
         let dir = |name: &str| -> Result<PathBuf> {
             let path = root.join(name);
@@ -134,6 +150,7 @@ impl Policies {
         Ok(Self {
             watched: dir("policies")?,
             empty: dir("empty")?,
+            tiny: write("size-1", 1, Variant::Base)?,
             sizes: SIZES
                 .iter()
                 .map(|&n| Ok((n, write(&format!("size-{n}"), n, Variant::Base)?)))
@@ -180,6 +197,7 @@ pub fn run(
     }
     let mut rows = compile_rows(micro);
     rows.extend(samples.rows());
+    rows.sort_by_key(|row| table_order(&row.name));
     step(format!(
         "control plane measured in {:.0} s",
         started.elapsed().as_secs_f64()
@@ -197,35 +215,21 @@ fn measure_round(
     let daemon = Daemon::start(sandbox, &policies.watched)?;
     let socket = sandbox.socket();
     let result = (|| -> Result<()> {
-        std::thread::sleep(SETTLE);
-        let idle = daemon.memory()?;
-        samples.push_memory("idle", "idle (started, no policy)", idle);
-        for (n, dir) in &policies.sizes {
-            interrupt.check()?;
-            request_apply(&socket, &policies.empty)?;
-            let cli = cli_apply(enforcer, &socket, dir)?;
-            samples.push_ms(
-                format!("apply/{n}"),
-                format!("`enforcer apply` of size {n}, empty policy before"),
-                cli,
-            );
-            interrupt.check()?;
-            request_apply(&socket, &policies.empty)?;
-            let (request, _) = timed_request(&socket, dir)?;
-            samples.push_ms(
-                format!("apply_request/{n}"),
-                format!("apply request of size {n} until in force, empty policy before"),
-                request,
-            );
-            println!(
-                "    size {n:>6}: enforcer apply {:>8.1} ms, request {:>8.1} ms",
-                ms(cli),
-                ms(request)
-            );
-        }
         let Some((largest, base)) = policies.sizes.last() else {
             return Ok(());
         };
+        std::thread::sleep(SETTLE);
+        let idle = daemon.memory()?;
+        samples.push_memory("idle", "idle (started, no policy)", idle);
+        // The fresh daemon's first apply: memory after the largest policy
+        // without the history of other applies, and one sample of its
+        // apply from empty (both slots are).
+        let (request, _) = timed_request(&socket, base)?;
+        samples.push_ms(
+            format!("apply_request/{largest}"),
+            apply_request_description(*largest),
+            request,
+        );
         std::thread::sleep(SETTLE);
         let after = daemon.memory()?;
         samples.push_memory(
@@ -233,29 +237,64 @@ fn measure_round(
             &format!("after applying size {largest}"),
             after,
         );
+        println!(
+            "    RSS idle {:.1} MiB (peak {:.1}), after size {largest} {:.1} MiB (peak {:.1})",
+            mib(idle.rss_kib),
+            mib(idle.peak_kib),
+            mib(after.rss_kib),
+            mib(after.peak_kib)
+        );
         interrupt.check()?;
-        // Size `largest` is in force: change one rule, then change it back.
-        let cli = cli_apply(enforcer, &socket, &policies.changed)?;
+        // One more apply and both slots hold size `largest`; then change
+        // one rule back, and again.
+        request_apply(&socket, &policies.changed)?;
+        let cli = cli_apply(enforcer, &socket, base)?;
         samples.push_ms(
             format!("change_one_rule/{largest}"),
             format!("`enforcer apply` of size {largest} with one rule changed"),
             cli,
         );
-        let (request, _) = timed_request(&socket, base)?;
+        interrupt.check()?;
+        let (changed, _) = timed_request(&socket, &policies.changed)?;
         samples.push_ms(
             format!("change_one_rule_request/{largest}"),
             format!("apply request of size {largest} with one rule changed"),
-            request,
+            changed,
         );
         println!(
-            "    one rule of {largest} changed: enforcer apply {:>8.1} ms, request {:>8.1} ms; \
-             RSS idle {:.1} MiB, after {largest} {:.1} MiB (peak {:.1} MiB)",
+            "    one rule of {largest} changed: enforcer apply {:>8.1} ms, request {:>8.1} ms",
             ms(cli),
-            ms(request),
-            idle.rss_kib as f64 / 1024.0,
-            after.rss_kib as f64 / 1024.0,
-            after.peak_kib as f64 / 1024.0
+            ms(changed),
         );
+        for (n, dir) in &policies.sizes {
+            interrupt.check()?;
+            policies.reset(&socket)?;
+            let cli = cli_apply(enforcer, &socket, dir)?;
+            samples.push_ms(
+                format!("apply/{n}"),
+                format!("`enforcer apply` of size {n}, empty policy before"),
+                cli,
+            );
+            // The largest size's request was measured first thing.
+            let request = if n == largest {
+                request
+            } else {
+                interrupt.check()?;
+                policies.reset(&socket)?;
+                let (request, _) = timed_request(&socket, dir)?;
+                samples.push_ms(
+                    format!("apply_request/{n}"),
+                    apply_request_description(*n),
+                    request,
+                );
+                request
+            };
+            println!(
+                "    size {n:>6}: enforcer apply {:>8.1} ms, request {:>8.1} ms",
+                ms(cli),
+                ms(request)
+            );
+        }
         Ok(())
     })();
     match result {
@@ -267,6 +306,14 @@ fn measure_round(
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn apply_request_description(n: usize) -> String {
+    format!("apply request of size {n} until in force, empty policy before")
 }
 
 /// `enforcer apply DIR`, timed from start to exit; fails unless it applied
@@ -339,6 +386,27 @@ fn parse_reply(line: &str) -> Result<(u64, bool)> {
         Some("rejected") => bail!("the daemon rejected the policy: {}", reply["errors"]),
         Some("error") => bail!("the daemon failed: {}", reply["message"]),
         _ => bail!("unexpected answer from the daemon: {line:?}"),
+    }
+}
+
+/// Where a row goes in the table: compile, then apply by size (the CLI,
+/// then the request), the one-rule change, then memory.
+fn table_order(name: &str) -> (u8, usize, u8) {
+    let (kind, size) = match name.rsplit_once(['/', '_']) {
+        Some((kind, size)) if size.bytes().all(|b| b.is_ascii_digit()) => {
+            (kind, size.parse().unwrap_or(usize::MAX))
+        }
+        _ => (name, 0),
+    };
+    match kind {
+        "compile" => (0, size, 0),
+        "apply" => (1, size, 0),
+        "apply_request" => (1, size, 1),
+        "change_one_rule" => (2, size, 0),
+        "change_one_rule_request" => (2, size, 1),
+        "rss_idle" | "rss_after" => (3, size, 0),
+        "peak_rss_idle" | "peak_rss_after" => (3, size, 1),
+        _ => (4, size, 0),
     }
 }
 
@@ -422,6 +490,48 @@ mod tests {
         assert_eq!(apply.unit, "ms");
         assert_eq!((rows[1].median, rows[1].unit.as_str()), (2.0, "MiB"));
         assert_eq!(rows[2].median, 4.0);
+    }
+
+    #[test]
+    fn rows_are_ordered_by_kind_then_size() {
+        let mut names = vec![
+            "rss_idle",
+            "peak_rss_idle",
+            "apply_request/10000",
+            "rss_after_10000",
+            "peak_rss_after_10000",
+            "change_one_rule/10000",
+            "change_one_rule_request/10000",
+            "apply/100",
+            "apply_request/100",
+            "apply/1000",
+            "apply_request/1000",
+            "apply/10000",
+            "compile/100",
+            "compile/1000",
+            "compile/10000",
+        ];
+        names.sort_by_key(|n| table_order(n));
+        assert_eq!(
+            names,
+            [
+                "compile/100",
+                "compile/1000",
+                "compile/10000",
+                "apply/100",
+                "apply_request/100",
+                "apply/1000",
+                "apply_request/1000",
+                "apply/10000",
+                "apply_request/10000",
+                "change_one_rule/10000",
+                "change_one_rule_request/10000",
+                "rss_idle",
+                "peak_rss_idle",
+                "rss_after_10000",
+                "peak_rss_after_10000",
+            ]
+        );
     }
 
     #[test]
