@@ -299,7 +299,8 @@ fn measure_round(
     })();
     match result {
         Ok(()) => daemon.stop(),
-        Err(e) if interrupt.check().is_err() => Err(e.context("interrupted")),
+        // A Ctrl-C also stops the `enforcer apply` in flight: say why.
+        Err(_) if interrupt.check().is_err() => bail!("interrupted"),
         Err(e) => Err(e.context(format!("daemon log:\n{}", daemon.log_tail()))),
     }
 }
