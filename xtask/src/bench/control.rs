@@ -189,9 +189,14 @@ pub fn run(
     for round in 0..rounds {
         interrupt.check()?;
         step(format!("round {}/{rounds}", round + 1));
+        let round_started = Instant::now();
         let result = measure_round(&sandbox, enforcer, &policies, interrupt, &mut samples);
         // A fresh start for the next round's daemon, whatever happened.
         let removed = sandbox.uninstall();
+        println!(
+            "    round done in {:.1} s",
+            round_started.elapsed().as_secs_f64()
+        );
         result?;
         removed?;
     }
@@ -212,7 +217,13 @@ fn measure_round(
     interrupt: &Interrupt,
     samples: &mut Samples,
 ) -> Result<()> {
+    let starting = Instant::now();
     let daemon = Daemon::start(sandbox, &policies.watched)?;
+    println!(
+        "    daemon {} ready in {:.0} ms",
+        daemon.pid(),
+        ms(starting.elapsed())
+    );
     let socket = sandbox.socket();
     let result = (|| -> Result<()> {
         let Some((largest, base)) = policies.sizes.last() else {
