@@ -255,28 +255,6 @@ fn measure_round(
             mib(after.rss_kib),
             mib(after.peak_kib)
         );
-        interrupt.check()?;
-        // One more apply and both slots hold size `largest`; then change
-        // one rule back, and again.
-        request_apply(&socket, &policies.changed)?;
-        let cli = cli_apply(enforcer, &socket, base)?;
-        samples.push_ms(
-            format!("change_one_rule/{largest}"),
-            format!("`enforcer apply` of size {largest} with one rule changed"),
-            cli,
-        );
-        interrupt.check()?;
-        let (changed, _) = timed_request(&socket, &policies.changed)?;
-        samples.push_ms(
-            format!("change_one_rule_request/{largest}"),
-            format!("apply request of size {largest} with one rule changed"),
-            changed,
-        );
-        println!(
-            "    one rule of {largest} changed: enforcer apply {:>8.1} ms, request {:>8.1} ms",
-            ms(cli),
-            ms(changed),
-        );
         for (n, dir) in &policies.sizes {
             interrupt.check()?;
             policies.reset(&socket)?;
@@ -306,6 +284,28 @@ fn measure_round(
                 ms(request)
             );
         }
+        interrupt.check()?;
+        // Size `largest` is in force (the loop's last apply); one more apply
+        // and both slots hold it. Then change one rule back, and again.
+        request_apply(&socket, &policies.changed)?;
+        let cli = cli_apply(enforcer, &socket, base)?;
+        samples.push_ms(
+            format!("change_one_rule/{largest}"),
+            format!("`enforcer apply` of size {largest} with one rule changed"),
+            cli,
+        );
+        interrupt.check()?;
+        let (changed, _) = timed_request(&socket, &policies.changed)?;
+        samples.push_ms(
+            format!("change_one_rule_request/{largest}"),
+            format!("apply request of size {largest} with one rule changed"),
+            changed,
+        );
+        println!(
+            "    one rule of {largest} changed: enforcer apply {:>8.1} ms, request {:>8.1} ms",
+            ms(cli),
+            ms(changed),
+        );
         Ok(())
     })();
     match result {
