@@ -1,56 +1,58 @@
-//! Load + compile time of generated policies, up to 1,000 workloads,
-//! 10,000 peers and 20,000 rules.
+//! Load + compile time of generated policies: the control-plane sizes of
+//! `cargo xtask bench` (size N = N workloads, N peers, N rules, for N =
+//! 100, 1,000 and 10,000) and a larger one of 1,000 workloads, 10,000 peers
+//! and 20,000 rules. The policies come from `enforcer_bench::policy`, the
+//! generator that the daemon benchmark applies too.
 //!
 //! `cargo bench -p enforcer --bench compile -- [--quick] [--json PATH]`
 
 mod support;
 
-use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Instant, SystemTime};
 
 use enforcer::compile::compile_loaded;
 use enforcer::policy::load_dir;
+use enforcer_bench::policy::{self, Shape, Variant};
 use support::{Args, thread_cpu_ns};
 
 struct Size {
     name: &'static str,
-    workloads: usize,
-    peers: usize,
-    rules: usize,
+    shape: Shape,
     rounds: usize,
     quick_rounds: usize,
 }
 
-const SIZES: [Size; 3] = [
+const SIZES: [Size; 4] = [
     Size {
-        name: "compile_100_rules",
-        workloads: 10,
-        peers: 100,
-        rules: 100,
+        name: "compile_100",
+        shape: Shape::size(100),
         rounds: 50,
         quick_rounds: 5,
     },
     Size {
-        name: "compile_1000_rules",
-        workloads: 100,
-        peers: 1_000,
-        rules: 1_000,
+        name: "compile_1000",
+        shape: Shape::size(1_000),
         rounds: 20,
         quick_rounds: 3,
     },
     Size {
+        name: "compile_10000",
+        shape: Shape::size(10_000),
+        rounds: 7,
+        quick_rounds: 3,
+    },
+    Size {
         name: "compile_20000_rules",
-        workloads: 1_000,
-        peers: 10_000,
-        rules: 20_000,
+        shape: Shape {
+            workloads: 1_000,
+            peers: 10_000,
+            rules: 20_000,
+        },
         rounds: 7,
         quick_rounds: 2,
     },
 ];
-
-/// Rules per policy; each policy selects one app (5 workloads).
-const RULES_PER_POLICY: usize = 10;
 
 /// Removes the generated directory, even when a round panics.
 struct TempDir(PathBuf);
@@ -59,87 +61,6 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-/// A peer's address: documentation ranges only (2001:db8::/32, and the
-/// two IPv4 /24s for the first few hundred peers).
-fn peer_cidr(i: usize) -> String {
-    match i {
-        0..=249 => format!("198.51.100.{}", i + 1),
-        250..=499 => format!("203.0.113.{}", i - 249),
-        _ => format!("2001:db8:{:x}::/48", i),
-    }
-}
-
-fn generate(dir: &Path, size: &Size) -> std::io::Result<()> {
-    let apps = size.workloads.div_ceil(5).max(1);
-    let zones = size.peers.div_ceil(10).max(1);
-    let mut text = String::new();
-    for i in 0..size.workloads {
-        let _ = writeln!(
-            text,
-            "[workload.w{i}]\nunit = \"w{i}.service\"\nlabels = {{ app = \"a{}\", team = \"t{}\" }}",
-            i / 5,
-            i % 20
-        );
-    }
-    std::fs::write(dir.join("10-workloads.toml"), &text)?;
-    text.clear();
-    for i in 0..size.peers {
-        let _ = writeln!(
-            text,
-            "[peer.p{i}]\ncidrs = [\"{}\"]\nlabels = {{ zone = \"z{}\" }}",
-            peer_cidr(i),
-            i % zones
-        );
-    }
-    std::fs::write(dir.join("20-peers.toml"), &text)?;
-    text.clear();
-    let policies = size.rules.div_ceil(RULES_PER_POLICY);
-    let mut r = 0usize;
-    for p in 0..policies {
-        let _ = writeln!(
-            text,
-            "[[policy]]\nname = \"pol{p}\"\nselect = {{ app = \"a{}\" }}",
-            p % apps
-        );
-        let mut sections: [Vec<String>; 4] = Default::default();
-        for _ in 0..RULES_PER_POLICY {
-            if r == size.rules {
-                break;
-            }
-            let remote = match r % 5 {
-                0 => format!("\"peer:p{}\"", (r * 7) % size.peers),
-                1 => format!("{{ zone = \"z{}\" }}", r % zones),
-                2 => format!("{{ app = \"a{}\" }}", (r / 5) % apps),
-                3 => "\"world\"".to_string(),
-                _ => format!("\"host\", \"peer:p{}\"", (r * 13) % size.peers),
-            };
-            let ports = match r % 7 {
-                0 => "\"8000-8100/tcp\"".to_string(),
-                1 => "\"53/udp\", \"53/tcp\"".to_string(),
-                2 => "\"icmp\"".to_string(),
-                _ => format!("\"{}/tcp\"", 1000 + r % 5000),
-            };
-            let section = match r % 10 {
-                9 => 2,
-                8 => 3,
-                n => n % 2,
-            };
-            let key = if section % 2 == 0 { "from" } else { "to" };
-            sections[section].push(format!("  {{ {key} = [{remote}], ports = [{ports}] }},"));
-            r += 1;
-        }
-        for (name, rules) in ["allow-in", "allow-out", "deny-in", "deny-out"]
-            .iter()
-            .zip(&sections)
-        {
-            if !rules.is_empty() {
-                let _ = writeln!(text, "{name} = [\n{}\n]", rules.join("\n"));
-            }
-        }
-    }
-    std::fs::write(dir.join("30-policies.toml"), &text)
 }
 
 struct Result {
@@ -160,7 +81,9 @@ fn run(size: &Size, quick: bool) -> Result {
         std::process::id(),
         size.name
     )));
-    if let Err(e) = std::fs::create_dir_all(&dir.0).and_then(|()| generate(&dir.0, size)) {
+    if let Err(e) = std::fs::create_dir_all(&dir.0)
+        .and_then(|()| policy::write(&dir.0, size.shape, Variant::Base))
+    {
         panic!(
             "cannot write the generated policy to {}: {e}",
             dir.0.display()

@@ -1,9 +1,12 @@
-//! `cargo xtask bench`: the control-plane micro-benchmarks, then the
-//! end-to-end network benchmarks, with every arm measured in every round
-//! (interleaved, rotating the order), reported as median, min, max and
-//! ratio to the baseline of the same run in `target/bench/report.{json,md}`.
+//! `cargo xtask bench`: the control-plane micro-benchmarks, the real
+//! daemon's apply times and memory, then the end-to-end network benchmarks,
+//! with every arm measured in every round (interleaved, rotating the
+//! order), reported as median, min, max and ratio to the baseline of the
+//! same run in `target/bench/report.{json,md}`.
 
 mod arms;
+mod control;
+mod daemon;
 mod micro;
 mod report;
 mod stats;
@@ -51,6 +54,10 @@ pub struct Args {
     /// Skip the control-plane micro-benchmarks.
     #[arg(long)]
     skip_micro: bool,
+    /// Skip the control-plane benchmark of the real daemon (apply times,
+    /// memory).
+    #[arg(long)]
+    skip_control: bool,
     /// Skip the end-to-end network benchmarks.
     #[arg(long)]
     skip_e2e: bool,
@@ -90,6 +97,11 @@ pub fn run(args: Args) -> Result<()> {
             "the end-to-end benchmarks need root (network namespaces, cgroups, firewall rules); use --skip-e2e"
         );
     }
+    if !args.skip_control && !cmd::is_root() {
+        bail!(
+            "the control-plane benchmark needs root (it runs the daemon: eBPF, cgroups, bpffs); use --skip-control"
+        );
+    }
     let interrupt = Interrupt::install()?;
     let started = Instant::now();
     setup::run()?;
@@ -102,6 +114,15 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         banner("micro-benchmarks");
         micro::run(args.quick, &out_dir)?
+    };
+    interrupt.check()?;
+
+    let control_plane = if args.skip_control {
+        Vec::new()
+    } else {
+        banner("control plane (the real daemon)");
+        let enforcer = control::build()?;
+        control::run(&enforcer, rounds, &interrupt, &micro)?
     };
     interrupt.check()?;
 
@@ -142,6 +163,7 @@ pub fn run(args: Args) -> Result<()> {
         seconds_per_measurement: seconds,
         environment,
         micro,
+        control_plane,
         e2e,
     };
     let json_path = out_dir.join("report.json");

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use super::control::ControlRow;
 use super::micro::MicroRow;
 
 #[derive(Debug, Serialize)]
@@ -17,6 +18,9 @@ pub struct Report {
     pub seconds_per_measurement: u32,
     pub environment: Environment,
     pub micro: Vec<MicroRow>,
+    /// The real daemon: apply times and memory (`control.rs`); empty when
+    /// skipped.
+    pub control_plane: Vec<ControlRow>,
     pub e2e: Vec<E2eRow>,
 }
 
@@ -141,6 +145,27 @@ pub fn markdown(report: &Report) -> String {
             md.push('\n');
         }
     }
+    if !report.control_plane.is_empty() {
+        md.push_str("## Control plane: the release daemon (lower is better)\n\n");
+        md.push_str(
+            "Size N = N workloads, N peers and N rules. No baseline: the figures stand on their own.\n\n",
+        );
+        md.push_str("| measurement | what | median | min | max | samples |\n|---|---|---:|---:|---:|---:|\n");
+        for row in &report.control_plane {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} {unit} | {} {unit} | {} {unit} | {} |",
+                row.name,
+                row.description,
+                num(row.median),
+                num(row.min),
+                num(row.max),
+                row.rounds,
+                unit = row.unit
+            );
+        }
+        md.push('\n');
+    }
     if !report.micro.is_empty() {
         md.push_str("## Control-plane micro-benchmarks (time per operation, lower is better)\n\n");
         md.push_str("| bench | name | median | min | max | rounds | vs baseline |\n|---|---|---:|---:|---:|---:|---:|\n");
@@ -197,6 +222,7 @@ mod tests {
                 load_after: None,
             },
             micro: Vec::new(),
+            control_plane: Vec::new(),
             e2e: vec![
                 row("baseline", 40000.0, Some(1.0)),
                 row("iptables-10000", 11000.0, Some(0.276)),
@@ -211,8 +237,61 @@ mod tests {
         assert!(md.contains("| baseline | 40000 | 40000 | 40000 | 1.00x |"));
         assert!(md.contains("| iptables-10000 | 11000 | 11000 | 11000 | 0.28x |"));
         assert!(!md.contains("micro-benchmarks"));
+        assert!(!md.contains("Control plane"));
         assert!(md.contains("Load average (1 min): 0.50 at the start, ? at the end."));
         assert!(md.contains("1 rounds, interleaved, 2 s per measurement; client pinned to CPU 0"));
+    }
+
+    #[test]
+    fn control_plane_rows_form_one_table_with_their_units() {
+        let row = |name: &str, unit: &str, median: f64, min: f64, max: f64| ControlRow {
+            name: name.to_owned(),
+            description: format!("what {name} is"),
+            unit: unit.to_owned(),
+            median,
+            min,
+            max,
+            rounds: 3,
+        };
+        let report = Report {
+            schema: 1,
+            unix_time: 0,
+            quick: false,
+            rounds: 3,
+            seconds_per_measurement: 5,
+            environment: Environment {
+                kernel: "6.18".to_owned(),
+                cpus: 2,
+                client_cpu: None,
+                server_cpu: None,
+                iptables: String::new(),
+                nftables: String::new(),
+                iperf3: String::new(),
+                load_before: None,
+                load_after: None,
+            },
+            micro: Vec::new(),
+            control_plane: vec![
+                row("apply/10000", "ms", 812.4, 790.0, 1250.0),
+                row("rss_idle", "MiB", 11.84, 11.8, 12.0),
+            ],
+            e2e: Vec::new(),
+        };
+        let md = markdown(&report);
+        assert_eq!(md.matches("## Control plane").count(), 1);
+        assert!(md.contains("No baseline"));
+        assert!(
+            md.contains("| apply/10000 | what apply/10000 is | 812 ms | 790 ms | 1250 ms | 3 |")
+        );
+        assert!(
+            md.contains("| rss_idle | what rss_idle is | 11.8 MiB | 11.8 MiB | 12.0 MiB | 3 |")
+        );
+        assert!(!md.contains("End to end"));
+        let json = serde_json::to_value(&report).unwrap();
+        let first = &json["control_plane"][0];
+        for key in ["name", "unit", "median", "min", "max", "rounds"] {
+            assert!(!first[key].is_null(), "no {key} in {first}");
+        }
     }
 
     #[test]

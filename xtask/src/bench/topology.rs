@@ -185,7 +185,7 @@ impl Drop for Topology {
 
 /// Kills whatever is left in a cgroup, waits until it is empty and removes
 /// it.
-fn remove_cgroup(dir: &Path) -> Result<()> {
+pub(super) fn remove_cgroup(dir: &Path) -> Result<()> {
     let kill = dir.join("cgroup.kill");
     if kill.exists() {
         // Best effort: on kernels before 5.14 there is no cgroup.kill.

@@ -1,0 +1,381 @@
+//! The real `enforcer run` daemon of the control-plane benchmark, in a
+//! [`Sandbox`] of its own: a fresh cgroup v2 directory as its cgroup root
+//! (never the hierarchy's root), a private bpffs directory for its pins, and
+//! a temporary directory for its socket, log and policies. Everything is
+//! removed when the sandbox is dropped (after an error or Ctrl-C too), and
+//! the leftovers of a run killed with SIGKILL by the next run.
+
+use std::fs;
+use std::io::Read as _;
+use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::topology::remove_cgroup;
+use crate::cmd::{self, step};
+use crate::setup;
+
+/// Names of the sandbox's cgroup, bpffs and temporary directories, followed
+/// by the benchmark's process id. Not `enforcer-bench-`, so that the
+/// end-to-end topology's own stale cleanup never mistakes them for its own.
+const PREFIX: &str = "enforcer-cpbench-";
+const BPFFS: &str = "/sys/fs/bpf";
+/// How long the daemon may take to report READY=1, and to exit on SIGTERM.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The directories one benchmark run gives its daemons.
+pub struct Sandbox {
+    /// The release `enforcer` binary.
+    enforcer: PathBuf,
+    /// Socket, sd_notify socket, log and policy directories.
+    pub dir: PathBuf,
+    /// The daemon's `cgroup_root`: created empty by the sandbox.
+    pub cgroup: PathBuf,
+    /// The daemon's `bpffs` directory (created by the daemon).
+    pub bpffs: PathBuf,
+    created_dir: bool,
+    created_cgroup: bool,
+}
+
+impl Sandbox {
+    /// Removes what earlier runs left behind, then creates the directories
+    /// of this run.
+    pub fn create(enforcer: &Path) -> Result<Self> {
+        let cgroup_mount = setup::cgroup2_mount()?;
+        remove_stale(enforcer, &cgroup_mount)?;
+        let name = format!("{PREFIX}{}", std::process::id());
+        let mut sandbox = Self {
+            enforcer: enforcer.to_path_buf(),
+            dir: std::env::temp_dir().join(&name),
+            cgroup: cgroup_mount.join(&name),
+            bpffs: Path::new(BPFFS).join(&name),
+            created_dir: false,
+            created_cgroup: false,
+        };
+        // Recorded as soon as each exists, so that dropping a half-built
+        // sandbox removes exactly what was made.
+        fs::create_dir(&sandbox.dir)
+            .with_context(|| format!("cannot create {}", sandbox.dir.display()))?;
+        sandbox.created_dir = true;
+        fs::create_dir(&sandbox.cgroup)
+            .with_context(|| format!("cannot create cgroup {}", sandbox.cgroup.display()))?;
+        sandbox.created_cgroup = true;
+        step(format!(
+            "daemon sandbox: cgroup root {}, bpffs {}, files in {}",
+            sandbox.cgroup.display(),
+            sandbox.bpffs.display(),
+            sandbox.dir.display()
+        ));
+        Ok(sandbox)
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("enforcer.sock")
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.join("daemon.log")
+    }
+
+    /// Detaches the programs and removes the pins a daemon left under the
+    /// sandbox's bpffs directory (`enforcer run --uninstall`), so that the
+    /// next daemon starts from nothing rather than adopting them.
+    pub fn uninstall(&self) -> Result<()> {
+        uninstall(&self.enforcer, &self.bpffs)
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if let Err(e) = self.uninstall() {
+            eprintln!("warning: {e:#}");
+        }
+        if self.created_cgroup
+            && let Err(e) = remove_cgroup(&self.cgroup)
+        {
+            eprintln!("warning: {e:#}");
+        }
+        if self.created_dir
+            && let Err(e) = fs::remove_dir_all(&self.dir)
+        {
+            eprintln!("warning: cannot remove {}: {e}", self.dir.display());
+        }
+    }
+}
+
+/// `enforcer run --uninstall` on `bpffs`, then removes the directory
+/// itself (whatever the uninstall could not).
+fn uninstall(enforcer: &Path, bpffs: &Path) -> Result<()> {
+    if !bpffs.exists() {
+        return Ok(());
+    }
+    let result = cmd::capture(
+        Command::new(enforcer)
+            .args(["run", "--config", "/dev/null", "--uninstall", "--bpffs"])
+            .arg(bpffs),
+    );
+    // Unlinking a pin drops the kernel's reference too: whatever the
+    // uninstall left goes this way.
+    match fs::remove_dir_all(bpffs) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot remove {}", bpffs.display()));
+        }
+    }
+    result.map(drop)
+}
+
+/// Removes sandboxes of earlier runs whose process is gone. Their daemon
+/// died with them (it is started with a parent-death signal).
+fn remove_stale(enforcer: &Path, cgroup_mount: &Path) -> Result<()> {
+    let stale = |dir: &Path| -> Result<Vec<PathBuf>> {
+        let mut found = Vec::new();
+        let entries = match fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if stale_pid(&name).is_some_and(|pid| !Path::new("/proc").join(pid).exists()) {
+                found.push(entry.path());
+            }
+        }
+        Ok(found)
+    };
+    for bpffs in stale(Path::new(BPFFS))? {
+        step(format!(
+            "removing pins {} left by an earlier run",
+            bpffs.display()
+        ));
+        uninstall(enforcer, &bpffs)?;
+    }
+    for cgroup in stale(cgroup_mount)? {
+        step(format!(
+            "removing cgroup {} left by an earlier run",
+            cgroup.display()
+        ));
+        remove_cgroup(&cgroup)?;
+    }
+    for dir in stale(&std::env::temp_dir())? {
+        step(format!("removing {} left by an earlier run", dir.display()));
+        fs::remove_dir_all(&dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// The process id in a sandbox directory's name.
+fn stale_pid(name: &str) -> Option<&str> {
+    name.strip_prefix(PREFIX)
+        .filter(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Resident memory of a process, from `/proc/PID/status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Memory {
+    /// `VmRSS`: resident now.
+    pub rss_kib: u64,
+    /// `VmHWM`: the most it was ever resident.
+    pub peak_kib: u64,
+}
+
+/// Reads `VmRSS` and `VmHWM` (in kB) from the text of `/proc/PID/status`.
+pub fn parse_status(text: &str) -> Result<Memory> {
+    let field = |name: &str| -> Result<u64> {
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .with_context(|| format!("no {name} in /proc/PID/status"))?;
+        let value = line
+            .trim()
+            .strip_suffix("kB")
+            .with_context(|| format!("{name}:{line}: expected a size in kB"))?;
+        value
+            .trim()
+            .parse()
+            .with_context(|| format!("{name}:{line}: not a number"))
+    };
+    Ok(Memory {
+        rss_kib: field("VmRSS")?,
+        peak_kib: field("VmHWM")?,
+    })
+}
+
+/// A running `enforcer run`, killed and reaped when dropped.
+pub struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts the daemon on the sandbox with `policies` as its policy
+    /// directory, and waits until it reports READY=1 (sd_notify): the
+    /// programs are attached and the socket answers.
+    pub fn start(sandbox: &Sandbox, policies: &Path) -> Result<Self> {
+        let enforcer = &sandbox.enforcer;
+        let notify_path = sandbox.dir.join("notify.sock");
+        let _ = fs::remove_file(&notify_path);
+        let notify = UnixDatagram::bind(&notify_path)
+            .with_context(|| format!("cannot bind {}", notify_path.display()))?;
+        notify.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let log = sandbox.log();
+        let log_file =
+            fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+        let mut command = Command::new(enforcer);
+        command
+            .args(["run", "--config", "/dev/null", "--policies"])
+            .arg(policies)
+            .arg("--cgroup-root")
+            .arg(&sandbox.cgroup)
+            .arg("--bpffs")
+            .arg(&sandbox.bpffs)
+            .arg("--socket")
+            .arg(sandbox.socket())
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env("ENFORCER_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            // Its own process group: Ctrl-C reaches the benchmark, whose
+            // guards then stop the daemon in order.
+            .process_group(0);
+        // SAFETY: prctl only sets a flag of the child process; it allocates
+        // nothing and is async-signal-safe.
+        unsafe {
+            command.pre_exec(|| {
+                // A benchmark killed with SIGKILL takes its daemon along.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("could not start {} run", enforcer.display()))?;
+        let mut daemon = Self { child, log };
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Ok(n) = notify.recv(&mut buf)
+                && String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .any(|l| l == "READY=1")
+            {
+                return Ok(daemon);
+            }
+            if let Some(status) = daemon.child.try_wait()? {
+                bail!(
+                    "the daemon exited with {status} before READY=1:\n{}",
+                    daemon.log_tail()
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "the daemon did not report READY=1 within {START_TIMEOUT:?}:\n{}",
+                    daemon.log_tail()
+                );
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its resident memory now.
+    pub fn memory(&self) -> Result<Memory> {
+        let path = format!("/proc/{}/status", self.pid());
+        let text = fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+        parse_status(&text).with_context(|| format!("in {path}"))
+    }
+
+    /// The end of its log, for error messages.
+    pub fn log_tail(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut f) = fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut text);
+        }
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// SIGTERM, and waits for a clean exit (SIGKILL after a timeout).
+    pub fn stop(mut self) -> Result<()> {
+        // SAFETY: kill with the pid of our own child, not yet reaped (so
+        // the pid cannot have been reused).
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error()).context("cannot signal the daemon");
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                if !status.success() {
+                    bail!("the daemon exited with {status}:\n{}", self.log_tail());
+                }
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("the daemon did not exit within {STOP_TIMEOUT:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // A no-op once `stop` reaped it.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_gives_rss_and_peak_in_kib() {
+        let text = "Name:\tenforcer\nVmPeak:\t  123456 kB\nVmHWM:\t   24576 kB\nVmRSS:\t   12288 kB\nRssAnon:\t    8000 kB\n";
+        assert_eq!(
+            parse_status(text).unwrap(),
+            Memory {
+                rss_kib: 12_288,
+                peak_kib: 24_576
+            }
+        );
+    }
+
+    #[test]
+    fn status_without_the_fields_is_an_error() {
+        assert!(parse_status("Name:\tkthreadd\nState:\tS (sleeping)\n").is_err());
+        assert!(parse_status("VmHWM:\t1 kB\nVmRSS:\tlots kB\n").is_err());
+        assert!(parse_status("VmHWM:\t1 kB\nVmRSS:\t2 MB\n").is_err());
+        // `VmRSSx` is not `VmRSS`.
+        assert!(parse_status("VmHWM:\t1 kB\nVmRSSx:\t2 kB\n").is_err());
+    }
+
+    #[test]
+    fn the_status_of_this_process_parses() {
+        let text = fs::read_to_string("/proc/self/status").unwrap();
+        let memory = parse_status(&text).unwrap();
+        assert!(memory.rss_kib > 0 && memory.peak_kib >= memory.rss_kib);
+    }
+
+    #[test]
+    fn stale_names_end_with_a_pid() {
+        assert_eq!(stale_pid("enforcer-cpbench-4242"), Some("4242"));
+        assert_eq!(stale_pid("enforcer-cpbench-"), None);
+        assert_eq!(stale_pid("enforcer-cpbench-12-x"), None);
+        assert_eq!(stale_pid("enforcer-bench-4242"), None);
+    }
+}
