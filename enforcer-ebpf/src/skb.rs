@@ -17,7 +17,7 @@ use enforcer_common::{
 };
 
 use crate::{
-    judge::{self, coarse_now_ns, event_due, now_ns, send_event},
+    judge::{self, coarse_now_ns, event_due, now_ns, quiet, quiet_until, send_event},
     maps,
 };
 
@@ -134,6 +134,7 @@ fn judge_packet(
     direction: u8,
 ) -> i32 {
     let mut last_event_ns = 0;
+    let mut quiet_until_jiffies = 0;
     let mut opener_service = None;
     if let Some(flow) = maps::FLOWS.get_ptr_mut(key) {
         // SAFETY: a pointer into the map value; the LRU may recycle it
@@ -147,13 +148,20 @@ fn judge_packet(
             if current.action != ACTION_DENY {
                 return PASS;
             }
-            // The coarse clock (same base, a tick's resolution) is enough
-            // for a one-second rate limit and much cheaper than the precise
-            // one, which only the event itself pays for.
+            // Within the quiet period after an event (one inlined jiffies
+            // load), nothing else is due: the usual denied packet stops here.
+            if quiet(current.quiet_until) {
+                return DROP;
+            }
+            // Otherwise the coarse clock (same base, a tick's resolution)
+            // decides; the precise one is read only for the event itself.
             if event_due(current.action, current.last_event_ns, coarse_now_ns()) {
                 let now = now_ns();
                 // SAFETY: as above.
-                unsafe { (*flow).last_event_ns = now };
+                unsafe {
+                    (*flow).last_event_ns = now;
+                    (*flow).quiet_until = quiet_until(cfg);
+                }
                 send_event(cfg, key, &current, now, direction);
             }
             return DROP;
@@ -162,6 +170,7 @@ fn judge_packet(
         // the verdict, which is worth a new event at once.
         if current.generation == cfg.generation {
             last_event_ns = current.last_event_ns;
+            quiet_until_jiffies = current.quiet_until;
         }
         if !restart && p.class != CLASS_ICMP_ERROR {
             opener_service = Some((current.direction, current.service_port));
@@ -198,10 +207,11 @@ fn judge_packet(
         action: v.action,
         direction: opener,
         service_port,
-        _pad: [0; 4],
+        quiet_until: quiet_until_jiffies,
     };
     if event_due(v.action, last_event_ns, now) {
         flow.last_event_ns = now;
+        flow.quiet_until = quiet_until(cfg);
         send_event(cfg, key, &flow, now, direction);
     }
     // A full LRU map evicts; an error here only costs a re-judgement.
