@@ -328,10 +328,11 @@ pub struct FlowValue {
     /// The service port: the destination port of the first packet.
     pub service_port: u16,
     /// The low 32 bits of the jiffies count before which no event is due
-    /// for this flow (the last event plus [`Config::jiffies_per_second`]),
-    /// compared with wrapping arithmetic. 0 means unknown (no event sent
-    /// yet, tick rate unknown, or a flow written where this was padding):
-    /// the rate limit is then checked against `last_event_ns`.
+    /// for this flow (the last event plus [`Config::jiffies_per_second`]).
+    /// The flow is quiet while this is 1 to `jiffies_per_second` ticks
+    /// ahead (wrapping difference); otherwise, and when it is 0 (no event
+    /// sent yet, tick rate unknown, or a flow written where this was
+    /// padding), the rate limit is checked against `last_event_ns`.
     pub quiet_until: u32,
 }
 

@@ -280,10 +280,13 @@ pub fn jiffies() -> u32 {
 /// Whether `quiet_until` (see `FlowValue::quiet_until`) is known and not
 /// yet reached: no event can be due, whatever the precise clock says.
 #[inline(always)]
-pub fn quiet(quiet_until: u32) -> bool {
-    // Wrapping difference read as signed: right for any two jiffies counts
-    // less than 2^31 ticks (24 days at HZ=1000) apart.
-    quiet_until != 0 && (jiffies().wrapping_sub(quiet_until) as i32) < 0
+pub fn quiet(cfg: &Config, quiet_until: u32) -> bool {
+    // Ticks left until the end of the quiet period, which is at most one
+    // period away. More than that (a value from an earlier lap of the 32-bit
+    // count, or no tick rate) is not quiet: the clock check then decides,
+    // so a wrapped count costs a clock read, never a lost event.
+    let left = quiet_until.wrapping_sub(jiffies());
+    quiet_until != 0 && left != 0 && left <= u32::from(cfg.jiffies_per_second)
 }
 
 /// The `quiet_until` of a flow whose event is sent now: one rate-limit

@@ -232,7 +232,7 @@ fn judge_packet(
             }
             // Within the quiet period after an event (one inlined jiffies
             // load), nothing else is due: the usual denied packet stops here.
-            if quiet(current.quiet_until) {
+            if quiet(cfg, current.quiet_until) {
                 return DROP;
             }
             // Otherwise the coarse clock (same base, a tick's resolution)
