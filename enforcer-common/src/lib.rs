@@ -205,7 +205,12 @@ pub struct Config {
     /// Non-zero once the daemon has filled the maps; until then every
     /// program allows everything.
     pub enabled: u8,
-    pub _pad: [u8; 2],
+    /// The kernel's tick rate (`HZ`, jiffies per second): the event rate
+    /// limit in jiffies, which the denied fast path checks against
+    /// [`FlowValue::quiet_until`] with an inlined jiffies read instead of a
+    /// clock helper call. 0 (unknown, or a `CONFIG` written by an earlier
+    /// daemon, where this was padding) disables that shortcut.
+    pub jiffies_per_second: u16,
 }
 
 /// Key of the failsafe map: inbound (protocol, local port) pairs that stay
@@ -322,7 +327,13 @@ pub struct FlowValue {
     pub direction: u8,
     /// The service port: the destination port of the first packet.
     pub service_port: u16,
-    pub _pad: [u8; 4],
+    /// The low 32 bits of the jiffies count before which no event is due
+    /// for this flow (the last event plus [`Config::jiffies_per_second`]).
+    /// The flow is quiet while this is 1 to `jiffies_per_second` ticks
+    /// ahead (wrapping difference); otherwise, and when it is 0 (no event
+    /// sent yet, tick rate unknown, or a flow written where this was
+    /// padding), the rate limit is checked against `last_event_ns`.
+    pub quiet_until: u32,
 }
 
 /// A verdict event sent to userspace through the events ring buffer, for

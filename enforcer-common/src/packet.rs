@@ -10,16 +10,31 @@ use crate::{IPPROTO_ICMPV6, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 /// Fixed-size reads at an offset from the start of the IP header.
 pub trait PacketBytes {
     /// The `N` bytes at `offset`, or `None` when the packet is shorter.
-    fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]>;
+    fn read<const N: usize>(&self, offset: usize) -> Option<Bytes<N>>;
+}
+
+/// `N` bytes read from a packet. 8-byte aligned: in an `Option<[u8; N]>`
+/// the bytes would sit at offset 1, and the kernel programs would then
+/// reassemble every word of them byte by byte.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bytes<const N: usize>(pub [u8; N]);
+
+impl<const N: usize> core::ops::Deref for Bytes<N> {
+    type Target = [u8; N];
+    #[inline(always)]
+    fn deref(&self) -> &[u8; N] {
+        &self.0
+    }
 }
 
 impl PacketBytes for [u8] {
     #[inline(always)]
-    fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+    fn read<const N: usize>(&self, offset: usize) -> Option<Bytes<N>> {
         let end = offset.checked_add(N)?;
         let bytes = self.get(offset..end)?;
-        let mut out = [0u8; N];
-        out.copy_from_slice(bytes);
+        let mut out = Bytes([0u8; N]);
+        out.0.copy_from_slice(bytes);
         Some(out)
     }
 }
@@ -103,7 +118,7 @@ const fn ipv4_in_16(addr: [u8; 4]) -> [u8; 16] {
 /// [`CLASS_OTHER`].
 #[inline(always)]
 pub fn parse<B: PacketBytes + ?Sized>(bytes: &B) -> Option<Packet> {
-    let first: [u8; 1] = bytes.read(0)?;
+    let first = bytes.read::<1>(0)?;
     let mut p = Packet {
         family: 0,
         protocol: 0,
@@ -116,14 +131,17 @@ pub fn parse<B: PacketBytes + ?Sized>(bytes: &B) -> Option<Packet> {
     };
     let (wire_proto, l4) = match first[0] >> 4 {
         4 => {
-            let h: [u8; 20] = bytes.read(0)?;
+            let h = bytes.read::<20>(0)?;
             let ihl = usize::from(h[0] & 0x0f) * 4;
             if ihl < 20 {
                 return None;
             }
             p.family = 4;
-            p.src = ipv4_in_16([h[12], h[13], h[14], h[15]]);
-            p.dst = ipv4_in_16([h[16], h[17], h[18], h[19]]);
+            // The addresses as reads of their own, not bytes of `h`: the
+            // kernel programs then load each as one word instead of
+            // reassembling it from the words of `h` byte by byte.
+            p.src = ipv4_in_16(bytes.read::<4>(12)?.0);
+            p.dst = ipv4_in_16(bytes.read::<4>(16)?.0);
             p.protocol = h[9];
             let frag_offset = u16::from_be_bytes([h[6], h[7]]) & 0x1fff;
             if frag_offset != 0 {
@@ -132,7 +150,7 @@ pub fn parse<B: PacketBytes + ?Sized>(bytes: &B) -> Option<Packet> {
             (h[9], ihl)
         }
         6 => {
-            let h: [u8; 40] = bytes.read(0)?;
+            let h = bytes.read::<40>(0)?;
             p.family = 6;
             p.src.copy_from_slice(&h[8..24]);
             p.dst.copy_from_slice(&h[24..40]);
@@ -143,17 +161,17 @@ pub fn parse<B: PacketBytes + ?Sized>(bytes: &B) -> Option<Packet> {
                 i += 1;
                 match next {
                     IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS => {
-                        let e: [u8; 2] = bytes.read(off)?;
+                        let e = bytes.read::<2>(off)?;
                         next = e[0];
                         off += (usize::from(e[1]) + 1) * 8;
                     }
                     IPV6_AUTH => {
-                        let e: [u8; 2] = bytes.read(off)?;
+                        let e = bytes.read::<2>(off)?;
                         next = e[0];
                         off += (usize::from(e[1]) + 2) * 4;
                     }
                     IPV6_FRAGMENT => {
-                        let e: [u8; 4] = bytes.read(off)?;
+                        let e = bytes.read::<4>(off)?;
                         next = e[0];
                         off += 8;
                         if u16::from_be_bytes([e[2], e[3]]) & 0xfff8 != 0 {
@@ -171,20 +189,20 @@ pub fn parse<B: PacketBytes + ?Sized>(bytes: &B) -> Option<Packet> {
     };
     match wire_proto {
         PROTO_TCP => {
-            let t: [u8; 14] = bytes.read(l4)?;
+            let t = bytes.read::<14>(l4)?;
             p.sport = u16::from_be_bytes([t[0], t[1]]);
             p.dport = u16::from_be_bytes([t[2], t[3]]);
             p.tcp_flags = t[13];
             p.class = CLASS_TRANSPORT;
         }
         PROTO_UDP => {
-            let u: [u8; 4] = bytes.read(l4)?;
+            let u = bytes.read::<4>(l4)?;
             p.sport = u16::from_be_bytes([u[0], u[1]]);
             p.dport = u16::from_be_bytes([u[2], u[3]]);
             p.class = CLASS_TRANSPORT;
         }
         PROTO_ICMP if p.family == 4 => {
-            let m: [u8; 8] = bytes.read(l4)?;
+            let m = bytes.read::<8>(l4)?;
             p.protocol = PROTO_ICMP;
             match m[0] {
                 8 | 0 => {
@@ -200,7 +218,7 @@ pub fn parse<B: PacketBytes + ?Sized>(bytes: &B) -> Option<Packet> {
             }
         }
         IPPROTO_ICMPV6 if p.family == 6 => {
-            let m: [u8; 8] = bytes.read(l4)?;
+            let m = bytes.read::<8>(l4)?;
             p.protocol = PROTO_ICMP;
             match m[0] {
                 128 | 129 => {

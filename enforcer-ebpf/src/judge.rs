@@ -1,7 +1,7 @@
 //! The verdict of a new connection: identities, built-in exceptions,
 //! modes, and the verdict-trie lookup chain of `docs/dataplane.md`.
 
-use aya_ebpf::helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
+use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
 use enforcer_common::{
     ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, CgroupEntry, Config, DIRECTION_EGRESS,
     DIRECTION_INGRESS, FlowKey, FlowValue, GLOBAL_COUNTER_EVENTS_LOST, IDENTITY_ANY,
@@ -260,9 +260,45 @@ pub fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// `CLOCK_MONOTONIC` at tick resolution: the per-packet rate-limit check.
+/// `CLOCK_MONOTONIC` at tick resolution: the rate-limit check of a denied
+/// flow whose quiet period is unknown or over.
 #[inline(always)]
 pub fn coarse_now_ns() -> u64 {
     // SAFETY: no arguments, no memory access.
     unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// The low 32 bits of the kernel's jiffies count. The verifier inlines
+/// `bpf_jiffies64` into one load of `jiffies` (64-bit JIT), where the clock
+/// helpers are real calls: this is the per-packet rate-limit check.
+#[inline(always)]
+pub fn jiffies() -> u32 {
+    // SAFETY: no arguments, no memory access.
+    unsafe { bpf_jiffies64() as u32 }
+}
+
+/// Whether `quiet_until` (see `FlowValue::quiet_until`) is known and not
+/// yet reached: no event can be due, whatever the precise clock says.
+#[inline(always)]
+pub fn quiet(cfg: &Config, quiet_until: u32) -> bool {
+    // Ticks left until the end of the quiet period, which is at most one
+    // period away. More than that (a value from an earlier lap of the 32-bit
+    // count, or no tick rate) is not quiet: the clock check then decides,
+    // so a wrapped count costs a clock read, never a lost event.
+    let left = quiet_until.wrapping_sub(jiffies());
+    quiet_until != 0 && left != 0 && left <= u32::from(cfg.jiffies_per_second)
+}
+
+/// The `quiet_until` of a flow whose event is sent now: one rate-limit
+/// interval of jiffies from now, or 0 (unknown) when the daemon did not give
+/// the tick rate.
+#[inline(always)]
+pub fn quiet_until(cfg: &Config) -> u32 {
+    if cfg.jiffies_per_second == 0 {
+        return 0;
+    }
+    // The interval is one second: one second's worth of jiffies.
+    let until = jiffies().wrapping_add(u32::from(cfg.jiffies_per_second));
+    // 0 means unknown; one tick later is as good.
+    if until == 0 { 1 } else { until }
 }

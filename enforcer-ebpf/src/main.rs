@@ -1,6 +1,8 @@
 //! The enforcer's kernel programs. See `docs/dataplane.md`.
 #![no_std]
 #![no_main]
+// Inline assembly for unaligned packet loads (see `skb.rs`).
+#![feature(asm_experimental_arch)]
 
 mod judge;
 mod maps;

@@ -173,7 +173,8 @@ fn refused(cfg: &Config, key: &FlowKey, v: &Verdict, remote: u32, cgroup_id: u64
         } else {
             key.local_port
         },
-        _pad: [0; 4],
+        // A pseudo-flow: no packet takes the fast path through it.
+        quiet_until: 0,
     };
     let _ = maps::FLOWS.insert(key, flow, 0);
     send_event(cfg, key, &flow, now, direction);

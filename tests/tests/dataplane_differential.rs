@@ -411,3 +411,76 @@ fn modes_unmanaged_and_failsafe_follow_the_reference() {
     }
     println!("compared {compared} cases across modes, unmanaged settings and failsafe ports");
 }
+
+/// A denied flow reports once, its later packets take the fast path without
+/// events during the one-second quiet period (checked with jiffies, see
+/// `FlowValue::quiet_until`), and the first packet after it reports again.
+#[test]
+fn denied_flow_events_are_rate_limited_per_second() {
+    let Some(_root) = require_root() else {
+        return;
+    };
+    let mut dp = Dataplane::load(&DataplaneOptions::default()).expect("load");
+    let mut events = dp.take_events().expect("events");
+    let cgroups = [ResolvedCgroup {
+        cgroup_id: own_cgroup_id(),
+        workload: WORKLOADS[0].0,
+        mode: MODE_ENFORCE,
+    }];
+    // No verdicts: everything the workload sends is denied by default.
+    dp.apply(
+        &empty_policy(&WORKLOADS, &PEERS),
+        &cgroups,
+        &HostAddrs::default(),
+    )
+    .expect("apply");
+    let ends: [(IpAddr, IpAddr); 2] = [
+        (
+            Ipv4Addr::new(198, 51, 100, 1).into(),
+            Ipv4Addr::new(203, 0, 113, 9).into(),
+        ),
+        (
+            Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1).into(),
+            Ipv6Addr::new(0x2001, 0xdb8, 9, 0, 0, 0, 0, 9).into(),
+        ),
+    ];
+    for (src, dst) in ends {
+        let syn = ip_packet(Kind::TcpSyn, src, dst, 40_000, 8080);
+        let mut ack = syn.clone();
+        let flags = if src.is_ipv6() { 40 } else { 20 } + 13;
+        ack[flags] = packet::TCP_ACK;
+        let ours = |events: &mut enforcer::dataplane::EventReader| {
+            events
+                .drain()
+                .into_iter()
+                .filter(|e| e.local_port == 40_000 && e.remote_port == 8080)
+                .count()
+        };
+        ours(&mut events);
+
+        let first = dp.test_run_skb(DIRECTION_EGRESS, &syn).expect("test run");
+        assert!(!first.passed(), "{src}: the SYN is denied");
+        assert_eq!(ours(&mut events), 1, "{src}: the first packet reports");
+        let key = FlowKey::of_packet(&packet::parse(&syn[..]).expect("parse"), DIRECTION_EGRESS);
+        let flow = dp.flow(&key).expect("read flow").expect("flow stored");
+        assert_eq!(flow.action, ACTION_DENY);
+        assert_ne!(flow.quiet_until, 0, "{src}: the quiet period is known");
+
+        let burst = dp
+            .test_run_skb_repeat(DIRECTION_EGRESS, &ack, 1000)
+            .expect("test run");
+        assert!(!burst.passed(), "{src}: later packets are denied");
+        assert_eq!(ours(&mut events), 0, "{src}: no event within a second");
+
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let later = dp.test_run_skb(DIRECTION_EGRESS, &ack).expect("test run");
+        assert!(!later.passed(), "{src}: still denied");
+        assert_eq!(ours(&mut events), 1, "{src}: a second later, one event");
+        let again = dp.test_run_skb(DIRECTION_EGRESS, &ack).expect("test run");
+        assert!(!again.passed());
+        assert_eq!(ours(&mut events), 0, "{src}: then quiet again");
+        let renewed = dp.flow(&key).expect("read flow").expect("flow stored");
+        assert!(renewed.last_event_ns > flow.last_event_ns);
+        assert_ne!(renewed.quiet_until, flow.quiet_until);
+    }
+}

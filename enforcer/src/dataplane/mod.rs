@@ -8,6 +8,7 @@ mod host;
 mod programs;
 mod slots;
 mod test_run;
+mod ticks;
 
 use std::{
     collections::BTreeMap,
@@ -338,7 +339,13 @@ impl Dataplane {
         m.get(&0, 0).map_err(read_err(name))
     }
 
+    /// Writes `CONFIG`, always with this host's tick rate: a `CONFIG`
+    /// adopted from an earlier daemon may lack it.
     fn write_config(&mut self, cfg: Config) -> Result<()> {
+        let cfg = Config {
+            jiffies_per_second: ticks::jiffies_per_second(),
+            ..cfg
+        };
         let name = maps::CONFIG;
         let mut m: Array<&mut MapData, Config> = Array::try_from(
             self.ebpf
