@@ -8,7 +8,8 @@
 //! applies a generated policy of `--rules` rules over `--workloads`
 //! workloads and `--peers` peers (the shape of `benches/compile.rs`), then a
 //! second such policy with `--confirm` (the daemon then also keeps the
-//! first one to roll back to), then confirms and applies the first again.
+//! first one to roll back to), then confirms and applies the first again
+//! (and then `--repeat` more times, alternating the two).
 //! After each step and `--settle` seconds of rest it prints the daemon's
 //! `VmRSS`, `VmHWM`, `RssAnon`, threads (`/proc/PID/status`) and the
 //! resident size of its `[heap]` (`/proc/PID/smaps`; `--maps`: the largest
@@ -19,7 +20,7 @@
 //! cargo build --release -p enforcer --example daemon_rss --bin enforcer
 //! target/release/examples/daemon_rss [--rules 10000] [--workloads 1000] [--peers 10000]
 //!     [--settle 3] [--start-large] [--maps] [--bin PATH] [--wrap 'heaptrack -o FILE']
-//!     [--steps 1|2|3] [--kill]
+//!     [--steps 1|2|3] [--kill] [--repeat N]
 //! ```
 //!
 //! `--wrap` runs the daemon under a profiler (words split on spaces); the
@@ -52,6 +53,7 @@ struct Args {
     kill: bool,
     maps: bool,
     start_large: bool,
+    repeat: usize,
 }
 
 fn parse_args() -> Result<Args> {
@@ -71,6 +73,7 @@ fn parse_args() -> Result<Args> {
         kill: false,
         maps: false,
         start_large: false,
+        repeat: 0,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -88,6 +91,7 @@ fn parse_args() -> Result<Args> {
             "--kill" => parsed.kill = true,
             "--maps" => parsed.maps = true,
             "--start-large" => parsed.start_large = true,
+            "--repeat" => parsed.repeat = value()?.parse().context("--repeat")?,
             other => bail!("unknown argument {other:?}"),
         }
     }
@@ -494,5 +498,13 @@ fn measure(
     apply(socket, large, None)?;
     std::thread::sleep(args.settle);
     sample(pid, args.maps, "confirm, apply the first again")?;
+    // Fragmentation would show as growth over many loads.
+    for i in 0..args.repeat {
+        apply(socket, if i % 2 == 0 { large2 } else { large }, None)?;
+    }
+    if args.repeat > 0 {
+        std::thread::sleep(args.settle);
+        sample(pid, args.maps, &format!("{} more applies", args.repeat))?;
+    }
     Ok(())
 }
