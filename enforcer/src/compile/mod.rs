@@ -431,6 +431,14 @@ pub fn compile_with_limits(
         next_expiry,
         content_hash: 0,
     };
+    // The daemon keeps the compiled policy while it is in force: no spare
+    // capacity, which for vectors grown by doubling is up to as much again
+    // (the rule table also reuses the larger allocation of `active`).
+    compiled.entities.shrink_to_fit();
+    compiled.prefixes_v4.shrink_to_fit();
+    compiled.prefixes_v6.shrink_to_fit();
+    compiled.verdicts.shrink_to_fit();
+    compiled.rules.shrink_to_fit();
     compiled.content_hash = hash::content_hash(&compiled);
     Ok(compiled)
 }

@@ -10,13 +10,14 @@ use std::time::{Duration, Instant, SystemTime};
 use enforcer_common::{ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY};
 
 use super::flows::FlowHistory;
+use super::memory::release_freed_heap;
 use crate::api::proto::{PolicyStatus, Rejection, StatusReport, VerdictCounters, WorkloadStatus};
 use crate::cgroups::resolve::kernel_entries;
 use crate::cgroups::{CgroupTree, Matcher, Resolution, TreeUpdate, V1Conflict};
 use crate::compile::compiled::{CgroupSelector, CompiledPolicy};
 use crate::config::Settings;
 use crate::dataplane::{Dataplane, HostAddrs, ResolvedCgroup};
-use crate::policy::{LoadError, Loaded};
+use crate::policy::LoadError;
 use crate::rfc3339::format_millis as rfc3339;
 
 /// What made the daemon load a policy.
@@ -43,10 +44,17 @@ impl Trigger {
     }
 }
 
+/// The files of a policy directory (name, text) as they were read.
+type Sources = Arc<[(PathBuf, String)]>;
+
 /// A policy in force.
 #[derive(Clone)]
 struct Installed {
-    loaded: Loaded,
+    /// What it was compiled from, when one of its rules has an `until`: an
+    /// expiry compiles the same policy set again (even if the files changed
+    /// since). The text rather than the parsed model, which takes about
+    /// ten times the memory; without an `until` nothing is kept.
+    sources: Option<Sources>,
     compiled: Arc<CompiledPolicy>,
     source: PathBuf,
     generation: u32,
@@ -221,19 +229,21 @@ impl Engine {
     fn compile(
         dir: &Path,
         now: SystemTime,
-    ) -> Result<(Loaded, CompiledPolicy, Vec<String>), Vec<String>> {
-        let loaded = crate::policy::load_dir(dir).map_err(load_errors)?;
-        Self::compile_loaded(loaded, now)
+    ) -> Result<(Sources, CompiledPolicy, Vec<String>), Vec<String>> {
+        let sources = crate::policy::read_dir(dir).map_err(load_errors)?;
+        Self::compile_sources(sources.into(), now)
     }
 
-    fn compile_loaded(
-        loaded: Loaded,
+    /// Parse and compile the files of a policy directory at `now`.
+    fn compile_sources(
+        sources: Sources,
         now: SystemTime,
-    ) -> Result<(Loaded, CompiledPolicy, Vec<String>), Vec<String>> {
+    ) -> Result<(Sources, CompiledPolicy, Vec<String>), Vec<String>> {
+        let loaded = crate::policy::load_sources(&sources).map_err(load_errors)?;
         let (compiled, warnings) =
-            crate::compile::compile_loaded(loaded.clone(), now).map_err(load_errors)?;
+            crate::compile::compile_loaded(loaded, now).map_err(load_errors)?;
         Ok((
-            loaded,
+            sources,
             compiled,
             warnings.iter().map(ToString::to_string).collect(),
         ))
@@ -242,10 +252,11 @@ impl Engine {
     /// Put a compiled policy in force (or find it already is).
     fn install(
         &mut self,
-        loaded: Loaded,
+        sources: Option<Sources>,
         compiled: CompiledPolicy,
         source: PathBuf,
     ) -> Result<(u32, bool), Vec<String>> {
+        let sources = sources.filter(|_| compiled.next_expiry.is_some());
         let matcher = Matcher::new(&compiled.workloads);
         let resolution = matcher.resolve(&self.tree);
         if let Some(current) = &mut self.current
@@ -254,7 +265,7 @@ impl Engine {
             && resolution == self.resolution
         {
             current.source = source;
-            current.loaded = loaded;
+            current.sources = sources;
             return Ok((current.generation, true));
         }
         // The host's addresses can change between loads (DHCP, new links).
@@ -275,7 +286,7 @@ impl Engine {
         self.matcher = Some(matcher);
         self.resolution = resolution;
         self.current = Some(Installed {
-            loaded,
+            sources,
             compiled,
             source,
             generation,
@@ -285,6 +296,7 @@ impl Engine {
     }
 
     fn reject(&mut self, trigger: Trigger, source: &Path, errors: Vec<String>) -> Vec<String> {
+        release_freed_heap();
         self.reloads_failed += 1;
         for e in &errors {
             tracing::error!(trigger = trigger.as_str(), source = %source.display(), "policy rejected: {e}");
@@ -303,6 +315,7 @@ impl Engine {
     }
 
     fn accept(&mut self, trigger: Trigger, generation: u32, unchanged: bool, warnings: &[String]) {
+        release_freed_heap();
         self.reloads_ok += 1;
         self.last_rejection = None;
         for w in warnings {
@@ -322,9 +335,9 @@ impl Engine {
     /// Load `dir` and put it in force, or keep the running policy.
     pub fn load(&mut self, trigger: Trigger, dir: &Path) -> Result<Outcome, Vec<String>> {
         let result =
-            Self::compile(dir, SystemTime::now()).and_then(|(loaded, compiled, warnings)| {
+            Self::compile(dir, SystemTime::now()).and_then(|(sources, compiled, warnings)| {
                 let hash = compiled.content_hash;
-                self.install(loaded, compiled, dir.to_path_buf())
+                self.install(Some(sources), compiled, dir.to_path_buf())
                     .map(|(generation, unchanged)| (generation, unchanged, hash, warnings))
             });
         match result {
@@ -411,13 +424,13 @@ impl Engine {
         match pending.previous {
             Some(previous) => {
                 let Installed {
-                    loaded,
+                    sources,
                     compiled,
                     source,
                     ..
                 } = previous;
                 let compiled = Arc::unwrap_or_clone(compiled);
-                match self.install(loaded, compiled, source.clone()) {
+                match self.install(sources, compiled, source.clone()) {
                     Ok((generation, unchanged)) => {
                         tracing::warn!(generation, "unconfirmed policy rolled back");
                         self.accept(Trigger::Rollback, generation, unchanged, &[]);
@@ -445,11 +458,15 @@ impl Engine {
     /// expired rule stops matching even if the files changed since.
     fn expire(&mut self) {
         let Some(current) = &self.current else { return };
-        let loaded = current.loaded.clone();
         let source = current.source.clone();
-        let result = Self::compile_loaded(loaded, SystemTime::now()).and_then(
-            |(loaded, compiled, warnings)| {
-                self.install(loaded, compiled, source.clone())
+        // Kept whenever a rule has an `until`, which is what expires.
+        let Some(sources) = current.sources.clone() else {
+            tracing::error!("a rule expired but the policy's text was not kept");
+            return;
+        };
+        let result = Self::compile_sources(sources, SystemTime::now()).and_then(
+            |(sources, compiled, warnings)| {
+                self.install(Some(sources), compiled, source.clone())
                     .map(|r| (r, warnings))
             },
         );

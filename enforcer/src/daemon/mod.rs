@@ -6,12 +6,14 @@
 //! - [`engine`]: the state and every change to it;
 //! - [`flows`]: the verdict event history;
 //! - [`metrics`]: the Prometheus endpoint;
+//! - [`memory`]: the allocator set up for a daemon that loads policies;
 //! - [`duration`], [`time`]: operator-written durations; kernel timestamps
 //!   to wall-clock time.
 
 pub mod duration;
 pub mod engine;
 pub mod flows;
+pub mod memory;
 pub mod metrics;
 pub mod time;
 

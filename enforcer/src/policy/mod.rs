@@ -33,6 +33,12 @@ pub struct Loaded {
 /// them. Errors: [`LoadError::Io`] when the directory or a file cannot be
 /// read, [`LoadError::Invalid`] with every problem found otherwise.
 pub fn load_dir(dir: &Path) -> Result<Loaded, LoadError> {
+    load_sources(&read_dir(dir)?)
+}
+
+/// The `*.toml` files of `dir` (name, text), in name order: what
+/// [`load_dir`] loads.
+pub fn read_dir(dir: &Path) -> Result<Vec<(PathBuf, String)>, LoadError> {
     let io = |path: &Path, source| LoadError::Io {
         path: path.to_path_buf(),
         source,
@@ -50,7 +56,7 @@ pub fn load_dir(dir: &Path) -> Result<Loaded, LoadError> {
         let text = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;
         sources.push((path, text));
     }
-    load_sources(&sources)
+    Ok(sources)
 }
 
 /// Like [`load_dir`], over file contents already in memory (name, text),

@@ -1,0 +1,510 @@
+//! The resident memory of `enforcer run` with a small and a large policy
+//! (issue 7: under 30 MiB with 10,000 rules). Needs root. See "Memory" in
+//! `docs/daemon.md`.
+//!
+//! Starts the release daemon on a test cgroup of its own (one child cgroup
+//! per workload), a test bpffs directory and a socket in a temporary
+//! directory, with a 10-rule policy (`--start-large`: the large one); then
+//! applies a generated policy of `--rules` rules over `--workloads`
+//! workloads and `--peers` peers (the shape of `benches/compile.rs`), then a
+//! second such policy with `--confirm` (the daemon then also keeps the
+//! first one to roll back to), then confirms and applies the first again
+//! (and then `--repeat` more times, alternating the two).
+//! After each step and `--settle` seconds of rest it prints the daemon's
+//! `VmRSS`, `VmHWM`, `RssAnon`, threads (`/proc/PID/status`) and the
+//! resident size of its `[heap]` (`/proc/PID/smaps`; `--maps`: the largest
+//! mappings too). Everything it created is removed at the end, also on
+//! failure.
+//!
+//! ```text
+//! cargo build --release -p enforcer --example daemon_rss --bin enforcer
+//! target/release/examples/daemon_rss [--rules 10000] [--workloads 1000] [--peers 10000]
+//!     [--settle 3] [--start-large] [--maps] [--bin PATH] [--wrap 'heaptrack -o FILE']
+//!     [--steps 1|2|3] [--kill] [--repeat N]
+//! ```
+//!
+//! `--wrap` runs the daemon under a profiler (words split on spaces); the
+//! daemon's own process id comes from `status`, so a wrapper that forks is
+//! fine. `--steps 1` stops after the first large apply (2: after the
+//! `--confirm`), and `--kill` ends the daemon with SIGKILL rather than
+//! SIGTERM, so that what it held at that moment is what a heap profiler
+//! reports as leaked: `--steps 1 --kill --bin target/debug/enforcer --wrap
+//! 'heaptrack -o FILE'`, then `heaptrack_print -f FILE.zst -l 1` (the debug
+//! binary has the symbols).
+
+use std::fmt::Write as _;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use enforcer::api::{Client, Request, Response};
+use enforcer::dataplane::Dataplane;
+
+struct Args {
+    rules: usize,
+    workloads: usize,
+    peers: usize,
+    settle: Duration,
+    bin: PathBuf,
+    wrap: Vec<String>,
+    steps: usize,
+    kill: bool,
+    maps: bool,
+    start_large: bool,
+    repeat: usize,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut parsed = Args {
+        rules: 10_000,
+        workloads: 1_000,
+        peers: 10_000,
+        settle: Duration::from_secs(3),
+        // target/release/examples/daemon_rss -> target/release/enforcer
+        bin: std::env::current_exe()?
+            .parent()
+            .and_then(Path::parent)
+            .context("no target directory")?
+            .join("enforcer"),
+        wrap: Vec::new(),
+        steps: 3,
+        kill: false,
+        maps: false,
+        start_large: false,
+        repeat: 0,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--rules" => parsed.rules = value()?.parse().context("--rules")?,
+            "--workloads" => parsed.workloads = value()?.parse().context("--workloads")?,
+            "--peers" => parsed.peers = value()?.parse().context("--peers")?,
+            "--settle" => {
+                parsed.settle = Duration::from_secs_f64(value()?.parse().context("--settle")?)
+            }
+            "--bin" => parsed.bin = PathBuf::from(value()?),
+            "--wrap" => parsed.wrap = value()?.split_whitespace().map(String::from).collect(),
+            "--steps" => parsed.steps = value()?.parse().context("--steps")?,
+            "--kill" => parsed.kill = true,
+            "--maps" => parsed.maps = true,
+            "--start-large" => parsed.start_large = true,
+            "--repeat" => parsed.repeat = value()?.parse().context("--repeat")?,
+            other => bail!("unknown argument {other:?}"),
+        }
+    }
+    if parsed.workloads == 0 || parsed.peers == 0 {
+        bail!("--workloads and --peers must be at least 1");
+    }
+    Ok(parsed)
+}
+
+/// A peer's address: documentation ranges only.
+fn peer_cidr(i: usize) -> String {
+    match i {
+        0..=249 => format!("198.51.100.{}/32", i + 1),
+        250..=499 => format!("203.0.113.{}/32", i - 249),
+        _ => format!("2001:db8:{i:x}::/48"),
+    }
+}
+
+/// A policy of the shape of `benches/compile.rs`: workloads `w<i>` (unit
+/// `w<i>.service`) labelled by app (5 workloads each) and team, peers
+/// labelled by zone (10 each), and policies of 10 rules per app mixing
+/// peer names, label selectors, `world` and `host`, port ranges, several
+/// protocols and the four directions. `variant` shifts the ports, so that
+/// two variants compile differently.
+fn policy_text(workloads: usize, peers: usize, rules: usize, variant: usize) -> String {
+    let apps = workloads.div_ceil(5).max(1);
+    let zones = peers.div_ceil(10).max(1);
+    let mut t = String::new();
+    for i in 0..workloads {
+        let _ = writeln!(
+            t,
+            "[workload.w{i}]\nunit = \"w{i}.service\"\nlabels = {{ app = \"a{}\", team = \"t{}\" }}",
+            i / 5,
+            i % 20
+        );
+    }
+    for i in 0..peers {
+        let _ = writeln!(
+            t,
+            "[peer.p{i}]\ncidrs = [\"{}\"]\nlabels = {{ zone = \"z{}\" }}",
+            peer_cidr(i),
+            i % zones
+        );
+    }
+    let mut r = 0;
+    let mut p = 0;
+    while r < rules {
+        let _ = writeln!(
+            t,
+            "[[policy]]\nname = \"pol{p}\"\nselect = {{ app = \"a{}\" }}",
+            p % apps
+        );
+        let mut sections: [Vec<String>; 4] = Default::default();
+        for _ in 0..10.min(rules - r) {
+            let remote = match r % 5 {
+                0 => format!("\"peer:p{}\"", (r * 7) % peers),
+                1 => format!("{{ zone = \"z{}\" }}", r % zones),
+                2 => format!("{{ app = \"a{}\" }}", (r / 5) % apps),
+                3 => "\"world\"".to_string(),
+                _ => format!("\"host\", \"peer:p{}\"", (r * 13) % peers),
+            };
+            let ports = match r % 7 {
+                0 => "\"8000-8100/tcp\"".to_string(),
+                1 => "\"53/udp\", \"53/tcp\"".to_string(),
+                2 => "\"icmp\"".to_string(),
+                _ => format!("\"{}/tcp\"", 1000 + (r + variant) % 5000),
+            };
+            let section = match r % 10 {
+                9 => 2,
+                8 => 3,
+                n => n % 2,
+            };
+            let key = if section % 2 == 0 { "from" } else { "to" };
+            sections[section].push(format!("  {{ {key} = [{remote}], ports = [{ports}] }},"));
+            r += 1;
+        }
+        for (name, rules) in ["allow-in", "allow-out", "deny-in", "deny-out"]
+            .iter()
+            .zip(&sections)
+        {
+            if !rules.is_empty() {
+                let _ = writeln!(t, "{name} = [\n{}\n]", rules.join("\n"));
+            }
+        }
+        p += 1;
+    }
+    t
+}
+
+/// The cgroup v2 mount point, from `/proc/self/mountinfo`.
+fn cgroup2_mount() -> Result<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+    mountinfo
+        .lines()
+        .find_map(|l| {
+            let (head, tail) = l.split_once(" - ")?;
+            (tail.split_whitespace().next() == Some("cgroup2"))
+                .then(|| head.split_whitespace().nth(4).map(PathBuf::from))
+                .flatten()
+        })
+        .context("no cgroup2 mount")
+}
+
+/// A test cgroup and its children, removed (children first) on drop. No
+/// process is ever moved into them.
+struct Cgroups {
+    root: PathBuf,
+    children: Vec<PathBuf>,
+}
+
+impl Cgroups {
+    fn create(root: PathBuf, children: usize) -> Result<Cgroups> {
+        std::fs::create_dir(&root).with_context(|| format!("mkdir {}", root.display()))?;
+        let mut cgroups = Cgroups {
+            root,
+            children: Vec::new(),
+        };
+        for i in 0..children {
+            let child = cgroups.root.join(format!("w{i}.service"));
+            std::fs::create_dir(&child).with_context(|| format!("mkdir {}", child.display()))?;
+            cgroups.children.push(child);
+        }
+        Ok(cgroups)
+    }
+}
+
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        for dir in self.children.iter().rev().chain([&self.root]) {
+            if let Err(e) = std::fs::remove_dir(dir) {
+                eprintln!("daemon_rss: rmdir {}: {e}", dir.display());
+            }
+        }
+    }
+}
+
+/// The daemon's pins, removed on drop (after the daemon stopped).
+struct Pins(PathBuf);
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        if let Err(e) = Dataplane::uninstall(&self.0) {
+            eprintln!("daemon_rss: uninstall {}: {e}", self.0.display());
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The running daemon (possibly under a wrapper); stopped with SIGTERM (or
+/// SIGKILL, `--kill`) on drop, killed if it does not exit within 30 s.
+struct Daemon {
+    child: Child,
+    /// The daemon's own pid (not the wrapper's), once known.
+    pid: Option<i32>,
+    signal: i32,
+}
+
+impl Daemon {
+    fn stop(&mut self) {
+        let pid = self.pid.unwrap_or(self.child.id() as i32);
+        // SAFETY: plain signal to a process this program started.
+        unsafe { libc::kill(pid, self.signal) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+    }
+}
+
+/// A `/proc/PID/status` field in KiB.
+fn status_kib(status: &str, field: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The `Rss` of the `[heap]` mapping in `/proc/PID/smaps`, in KiB.
+fn heap_rss_kib(smaps: &str) -> u64 {
+    let mut in_heap = false;
+    for line in smaps.lines() {
+        if line.ends_with("[heap]") {
+            in_heap = true;
+        } else if in_heap && let Some(v) = line.strip_prefix("Rss:") {
+            return v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+        }
+    }
+    0
+}
+
+/// The mappings holding the most resident memory (`--maps`).
+fn largest_mappings(smaps: &str) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    let mut name = String::new();
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            // "START-END PERMS OFFSET DEV INODE [PATH]"
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            name = format!("{} {}", fields[0], fields.get(5).unwrap_or(&"(anon)"));
+        } else if let Some(v) = line.strip_prefix("Rss:") {
+            let kib = v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+            out.push((kib, name.clone()));
+        }
+    }
+    out.sort_unstable_by(|a, b| b.cmp(a));
+    out.truncate(8);
+    out
+}
+
+fn sample(pid: i32, maps: bool, step: &str) -> Result<()> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    println!(
+        "{step:<34} VmRSS {:6.1} MiB  VmHWM {:6.1} MiB  RssAnon {:6.1} MiB  [heap] {:6.1} MiB  threads {}",
+        mib(status_kib(&status, "VmRSS")),
+        mib(status_kib(&status, "VmHWM")),
+        mib(status_kib(&status, "RssAnon")),
+        mib(heap_rss_kib(&smaps)),
+        status_kib(&status, "Threads"),
+    );
+    if maps {
+        for (kib, name) in largest_mappings(&smaps) {
+            println!("    {:6.1} MiB  {name}", mib(kib));
+        }
+    }
+    Ok(())
+}
+
+fn call(socket: &Path, request: &Request) -> Result<Response> {
+    let mut client = Client::connect(socket)?;
+    Ok(client.call(request)?)
+}
+
+fn apply(socket: &Path, dir: &Path, confirm_ms: Option<u64>) -> Result<()> {
+    match call(
+        socket,
+        &Request::Apply {
+            dir: dir.to_path_buf(),
+            confirm_ms,
+        },
+    )? {
+        Response::Applied { .. } => Ok(()),
+        other => bail!("apply {}: {other:?}", dir.display()),
+    }
+}
+
+fn write_policy(dir: &Path, text: &str) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("policy.toml"), text)?;
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    if !args.bin.exists() {
+        bail!(
+            "{} not found: cargo build --release -p enforcer --bin enforcer",
+            args.bin.display()
+        );
+    }
+    let scratch = tempfile::tempdir()?;
+    let small = scratch.path().join("small");
+    let large = scratch.path().join("large");
+    let large2 = scratch.path().join("large2");
+    write_policy(&small, &policy_text(2, 5, 10, 0))?;
+    write_policy(
+        &large,
+        &policy_text(args.workloads, args.peers, args.rules, 0),
+    )?;
+    write_policy(
+        &large2,
+        &policy_text(args.workloads, args.peers, args.rules, 1),
+    )?;
+
+    let tag = format!("enforcer-rss-{}", std::process::id());
+    // Dropped last to first: the daemon, then its pins, then the cgroups.
+    let cgroups = Cgroups::create(cgroup2_mount()?.join(&tag), args.workloads)?;
+    let pins = Pins(PathBuf::from("/sys/fs/bpf").join(&tag));
+    let socket = scratch.path().join("enforcer.sock");
+    let notify_path = scratch.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path)?;
+    notify.set_read_timeout(Some(Duration::from_millis(200)))?;
+
+    let mut command = match args.wrap.split_first() {
+        Some((program, rest)) => {
+            let mut c = Command::new(program);
+            c.args(rest).arg(&args.bin);
+            c
+        }
+        None => Command::new(&args.bin),
+    };
+    let log = std::fs::File::create(scratch.path().join("daemon.log"))?;
+    let child = command
+        .arg("run")
+        .arg("--config=/dev/null")
+        .arg("--policies")
+        .arg(if args.start_large { &large } else { &small })
+        .arg("--cgroup-root")
+        .arg(&cgroups.root)
+        .arg("--bpffs")
+        .arg(&pins.0)
+        .arg("--socket")
+        .arg(&socket)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("ENFORCER_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", args.bin.display()))?;
+    let mut daemon = Daemon {
+        child,
+        pid: None,
+        signal: if args.kill {
+            libc::SIGKILL
+        } else {
+            libc::SIGTERM
+        },
+    };
+    let result = measure(&args, &mut daemon, &notify, &socket, &large, &large2);
+    drop(daemon);
+    if result.is_err() {
+        let log = std::fs::read_to_string(scratch.path().join("daemon.log")).unwrap_or_default();
+        eprintln!("daemon log:\n{log}");
+    }
+    drop(pins);
+    drop(cgroups);
+    result
+}
+
+fn measure(
+    args: &Args,
+    daemon: &mut Daemon,
+    notify: &UnixDatagram,
+    socket: &Path,
+    large: &Path,
+    large2: &Path,
+) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Ok(n) = notify.recv(&mut buf)
+            && String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .any(|l| l == "READY=1")
+        {
+            break;
+        }
+        if let Some(status) = daemon.child.try_wait()? {
+            bail!("the daemon exited with {status} before READY=1");
+        }
+        if Instant::now() > deadline {
+            bail!("no READY=1 within 60 s");
+        }
+    }
+    let pid = match call(socket, &Request::Status)? {
+        Response::Status(report) => report.pid as i32,
+        other => bail!("status: {other:?}"),
+    };
+    daemon.pid = Some(pid);
+    std::thread::sleep(args.settle);
+    let started_with = if args.start_large { args.rules } else { 10 };
+    sample(pid, args.maps, &format!("started, {started_with} rules"))?;
+
+    let started = Instant::now();
+    apply(socket, large, None)?;
+    let took = started.elapsed();
+    std::thread::sleep(args.settle);
+    sample(
+        pid,
+        args.maps,
+        &format!("apply {} rules ({took:.1?})", args.rules),
+    )?;
+    if args.steps < 2 {
+        return Ok(());
+    }
+
+    apply(socket, large2, Some(600_000))?;
+    std::thread::sleep(args.settle);
+    sample(pid, args.maps, "apply --confirm of another")?;
+    if args.steps < 3 {
+        return Ok(());
+    }
+    match call(socket, &Request::Confirm)? {
+        Response::Confirmed { .. } => {}
+        other => bail!("confirm: {other:?}"),
+    }
+    apply(socket, large, None)?;
+    std::thread::sleep(args.settle);
+    sample(pid, args.maps, "confirm, apply the first again")?;
+    // Fragmentation would show as growth over many loads.
+    for i in 0..args.repeat {
+        apply(socket, if i % 2 == 0 { large2 } else { large }, None)?;
+    }
+    if args.repeat > 0 {
+        std::thread::sleep(args.settle);
+        sample(pid, args.maps, &format!("{} more applies", args.repeat))?;
+    }
+    Ok(())
+}
