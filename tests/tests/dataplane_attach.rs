@@ -56,6 +56,7 @@ fn denied_connect_fails_at_once_and_allowed_one_succeeds() {
     let cgroups = [ResolvedCgroup {
         cgroup_id: cg.id(),
         workload: WEB,
+        class: WEB,
         mode: MODE_ENFORCE,
     }];
     dp.apply(&allow_port(allowed.port()), &cgroups, &HostAddrs::default())
@@ -97,6 +98,7 @@ fn pinned_enforcement_outlives_the_loader_is_adopted_and_uninstalls_cleanly() {
     let cgroups = [ResolvedCgroup {
         cgroup_id: cg.id(),
         workload: WEB,
+        class: WEB,
         mode: MODE_ENFORCE,
     }];
     {

@@ -66,6 +66,9 @@ pub struct ResolvedCgroup {
     /// The cgroup v2 id (inode number of its directory).
     pub cgroup_id: u64,
     pub workload: Identity,
+    /// The workload's verdict class (`CompiledWorkload::class`): the
+    /// identity the kernel looks its verdicts up under.
+    pub class: Identity,
     /// `MODE_ENFORCE`, `MODE_AUDIT` or `MODE_OFF`.
     pub mode: u8,
 }
@@ -150,7 +153,7 @@ pub struct GlobalCounters {
 /// The loaded kernel programs and their maps.
 pub struct Dataplane {
     ebpf: Ebpf,
-    /// `<pin_root>/v1`, when pinning.
+    /// `<pin_root>/v<LAYOUT_VERSION>`, when pinning.
     pin_dir: Option<PathBuf>,
     allow_root_cgroup: bool,
     /// Links owned by this process (not pinned): dropping them detaches.
@@ -445,6 +448,7 @@ impl Dataplane {
                 ResolvedCgroup {
                     cgroup_id: id,
                     workload: e.workload,
+                    class: e.class,
                     mode: e.mode,
                 },
             );
@@ -640,7 +644,7 @@ impl Dataplane {
         Ok(added)
     }
 
-    /// Removes everything pinned under `<pin_root>/v1`: links (which
+    /// Removes everything pinned under `<pin_root>/v<LAYOUT_VERSION>`: links (which
     /// detaches the programs from their cgroup once no process holds them)
     /// and maps. A no-op when nothing is pinned.
     pub fn uninstall(pin_root: &Path) -> Result<()> {

@@ -122,6 +122,7 @@ pub(crate) fn put_cgroup(ebpf: &mut aya::Ebpf, slot: usize, c: &ResolvedCgroup) 
         HashMap::try_from(map(ebpf, name)?).map_err(type_err(name))?;
     let entry = CgroupEntry {
         workload: c.workload,
+        class: c.class,
         mode: c.mode,
         _pad: [0; 3],
     };
