@@ -31,6 +31,7 @@ pub use self::{
     error::{DataplaneError, Result},
     events::{EventReader, decode_event},
     host::{HostAddrs, SocketMatching, check_cgroup_socket_matching},
+    slots::{Plan, SlotContent, plan},
     test_run::{TestRunOutcome, ethernet_frame},
 };
 use self::{
@@ -160,6 +161,10 @@ pub struct Dataplane {
     links: Vec<FdLink>,
     /// What the active slot's cgroup map holds, to rewrite it on `apply`.
     cgroups: BTreeMap<u64, ResolvedCgroup>,
+    /// What each slot holds, as written by this value; `None` when unknown
+    /// (maps adopted from pins, or a write that failed half-way), and then
+    /// the next `apply` into that slot empties it first.
+    written: [Option<Box<SlotContent>>; 2],
 }
 
 impl std::fmt::Debug for Dataplane {
@@ -168,6 +173,7 @@ impl std::fmt::Debug for Dataplane {
             .field("pin_dir", &self.pin_dir)
             .field("links", &self.links.len())
             .field("cgroups", &self.cgroups.len())
+            .field("known_slots", &self.written.each_ref().map(|w| w.is_some()))
             .finish()
     }
 }
@@ -251,6 +257,7 @@ impl Dataplane {
             allow_root_cgroup: options.allow_root_cgroup,
             links: Vec::new(),
             cgroups: BTreeMap::new(),
+            written: [None, None],
         };
         let cfg = dp.config()?;
         if cfg.generation == 0 && cfg.enabled == 0 {
@@ -362,24 +369,35 @@ impl Dataplane {
         Ok(cfg.generation)
     }
 
-    /// Puts a policy in force: checks it fits, writes it completely into
-    /// the inactive slot, then flips `CONFIG` in one update (new slot, new
+    /// Puts a policy in force: checks it fits, turns the inactive slot into
+    /// the policy, then flips `CONFIG` in one update (new slot, new
     /// generation, enabled). Returns the new generation. On error the
     /// running policy is untouched.
+    ///
+    /// The inactive slot holds the policy of two applies ago: when this
+    /// value wrote it, only the entries that differ are written (a small
+    /// change costs little, whatever the policy's size); otherwise the slot
+    /// is emptied and filled.
     pub fn apply(
         &mut self,
         policy: &CompiledPolicy,
         cgroups: &[ResolvedCgroup],
         host: &HostAddrs,
     ) -> Result<u32> {
-        slots::check_capacity(policy, cgroups, host)?;
+        let content = SlotContent::of(policy, cgroups, host);
+        slots::check_capacity(&content)?;
         let cfg = self.config()?;
         let inactive = if cfg.enabled != 0 && cfg.active_slot == 0 {
             1
         } else {
             0
         };
-        slots::write_slot(&mut self.ebpf, inactive, policy, cgroups, host)?;
+        // Unknown until the write succeeds: a failure leaves it unknown.
+        match self.written[inactive].take() {
+            Some(old) => slots::update_slot(&mut self.ebpf, inactive, &old, &content)?,
+            None => slots::replace_slot(&mut self.ebpf, inactive, &content)?,
+        }
+        self.written[inactive] = Some(Box::new(content));
         let generation = self.bump_generation(|c| {
             c.active_slot = inactive as u32;
             c.enabled = 1;
@@ -462,7 +480,12 @@ impl Dataplane {
     /// are judged again, since processes in the cgroup were `host` before.
     pub fn add_cgroup(&mut self, cgroup: ResolvedCgroup) -> Result<u32> {
         let slot = self.active_slot()?;
+        let known = self.written[slot].take();
         slots::put_cgroup(&mut self.ebpf, slot, &cgroup)?;
+        self.written[slot] = known.map(|mut content| {
+            content.put_cgroup(&cgroup);
+            content
+        });
         self.cgroups.insert(cgroup.cgroup_id, cgroup);
         self.bump_generation(|_| {})
     }
@@ -470,9 +493,31 @@ impl Dataplane {
     /// Removes one cgroup from the policy in force.
     pub fn remove_cgroup(&mut self, cgroup_id: u64) -> Result<u32> {
         let slot = self.active_slot()?;
+        let known = self.written[slot].take();
         slots::delete_cgroup(&mut self.ebpf, slot, cgroup_id)?;
+        self.written[slot] = known.map(|mut content| {
+            content.remove_cgroup(cgroup_id);
+            content
+        });
         self.cgroups.remove(&cgroup_id);
         self.bump_generation(|_| {})
+    }
+
+    /// What policy slot `slot` (0 or 1) holds in the kernel, read back
+    /// from the maps (tests and diagnostics; it reads every entry).
+    pub fn read_slot(&self, slot: usize) -> Result<SlotContent> {
+        slots::read_slot(&self.ebpf, slot & 1)
+    }
+
+    /// Which slot is in force (0 or 1).
+    pub fn active_slot_index(&self) -> Result<usize> {
+        self.active_slot()
+    }
+
+    /// Whether this value knows what `slot` holds, so that the next
+    /// `apply` into it writes only the differences.
+    pub fn knows_slot(&self, slot: usize) -> bool {
+        self.written[slot & 1].is_some()
     }
 
     /// The cgroups of the policy in force.
