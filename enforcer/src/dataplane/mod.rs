@@ -689,53 +689,89 @@ impl Dataplane {
         Ok(added)
     }
 
-    /// Removes everything pinned under `<pin_root>/v<LAYOUT_VERSION>`: links (which
-    /// detaches the programs from their cgroup once no process holds them)
-    /// and maps. A no-op when nothing is pinned.
+    /// Removes everything pinned under `<pin_root>/v<LAYOUT_VERSION>`, and
+    /// under the directories of earlier layouts: links (which detaches the
+    /// programs from their cgroup once no process holds them) and maps. A
+    /// no-op when nothing is pinned.
     pub fn uninstall(pin_root: &Path) -> Result<()> {
-        let dir = pin_root.join(LAYOUT_DIR);
-        let links = dir.join("links");
-        if let Ok(entries) = std::fs::read_dir(&links) {
-            for entry in entries.flatten() {
-                let path = entry.path();
-                let pinned =
-                    PinnedLink::from_pin(&path).map_err(|e| DataplaneError::UnableToAdoptLink {
-                        path: path.clone(),
-                        source: std::io::Error::other(e),
-                    })?;
-                // Unpinning gives back the link's fd; dropping it detaches.
-                drop(
-                    pinned
-                        .unpin()
-                        .map_err(|source| DataplaneError::UnableToUnpin {
-                            path: path.clone(),
-                            source,
-                        })?,
-                );
-            }
+        for dir in older_layout_dirs(pin_root) {
+            uninstall_dir(&dir)?;
         }
-        let remove = |path: &Path| -> Result<()> {
-            match std::fs::remove_file(path) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(source) => Err(DataplaneError::UnableToUnpin {
-                    path: path.to_owned(),
-                    source,
-                }),
-            }
-        };
-        for name in ALL_MAPS {
-            remove(&dir.join(name))?;
-        }
-        for d in [links, dir] {
-            match std::fs::remove_dir(&d) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => return Err(DataplaneError::UnableToUnpin { path: d, source }),
-            }
-        }
-        Ok(())
+        uninstall_dir(&pin_root.join(LAYOUT_DIR))
     }
+
+    /// Detaches and unpins what a binary of an earlier map layout left
+    /// under this value's pin root (`<pin_root>/v1/` ...): its programs
+    /// would otherwise keep enforcing its last policy beside this one's.
+    /// Call it once this value's programs are attached with a policy in
+    /// force, so that the host is never left without enforcement. Returns
+    /// the directories removed.
+    pub fn retire_older_layouts(&self) -> Result<Vec<PathBuf>> {
+        let Some(root) = self.pin_dir.as_deref().and_then(Path::parent) else {
+            return Ok(Vec::new());
+        };
+        let dirs = older_layout_dirs(root);
+        for dir in &dirs {
+            uninstall_dir(dir)?;
+        }
+        Ok(dirs)
+    }
+}
+
+/// The pin directories of earlier layouts present under `pin_root`.
+fn older_layout_dirs(pin_root: &Path) -> Vec<PathBuf> {
+    (1..enforcer_common::LAYOUT_VERSION)
+        .map(|v| pin_root.join(format!("v{v}")))
+        .filter(|d| d.is_dir())
+        .collect()
+}
+
+/// Unpins the links (detaching them) and the maps of one layout directory.
+/// Map names are those of this layout: an earlier layout pinned a subset
+/// of them, and names that are absent are skipped; anything else left makes
+/// the directory removal fail with its error.
+fn uninstall_dir(dir: &Path) -> Result<()> {
+    let links = dir.join("links");
+    if let Ok(entries) = std::fs::read_dir(&links) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let pinned =
+                PinnedLink::from_pin(&path).map_err(|e| DataplaneError::UnableToAdoptLink {
+                    path: path.clone(),
+                    source: std::io::Error::other(e),
+                })?;
+            // Unpinning gives back the link's fd; dropping it detaches.
+            drop(
+                pinned
+                    .unpin()
+                    .map_err(|source| DataplaneError::UnableToUnpin {
+                        path: path.clone(),
+                        source,
+                    })?,
+            );
+        }
+    }
+    let remove = |path: &Path| -> Result<()> {
+        match std::fs::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(DataplaneError::UnableToUnpin {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    };
+    for name in ALL_MAPS {
+        remove(&dir.join(name))?;
+    }
+    for d in [links, dir.to_path_buf()] {
+        match std::fs::remove_dir(&d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(DataplaneError::UnableToUnpin { path: d, source }),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
