@@ -8,7 +8,7 @@
 //! - every entity (workload, peer, `world`, `host`) has a numeric
 //!   [`Identity`];
 //! - the local side of a packet is the workload owning the socket's cgroup
-//!   ([`CgroupEntry`]);
+//!   ([`CgroupEntry`]), whose verdict class keys the verdict lookup;
 //! - the remote side is found by longest-prefix match over addresses
 //!   ([`AddrKey4`], [`AddrKey6`]) or, for traffic between two sockets on this
 //!   host, from the other socket's own flow or bound port;
@@ -26,11 +26,11 @@ pub mod packet;
 /// Bumped whenever a map's key or value layout changes. Pins live under a
 /// directory named after it, so a new binary never reuses an old map with a
 /// different layout.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// The name of the pin directory for this layout, under the bpffs
-/// directory given to the loader (`<bpffs>/v1/`).
-pub const LAYOUT_DIR: &str = "v1";
+/// directory given to the loader (`<bpffs>/v2/`).
+pub const LAYOUT_DIR: &str = "v2";
 
 /// A numeric identity for an entity. Identities are assigned by the compiler.
 pub type Identity = u32;
@@ -114,7 +114,8 @@ pub struct AddrKey6 {
 }
 
 /// Key of the verdict trie: a longest-prefix match whose fixed part (80
-/// bits: workload, direction, protocol, remote identity, all big-endian) is
+/// bits: workload class, direction, protocol, remote identity, all
+/// big-endian; see [`CgroupEntry::class`]) is
 /// always matched in full, and whose last 16 bits are the service port, so
 /// that a port range compiles to at most 30 prefix-aligned blocks instead of
 /// one entry per port. `prefix_len` is 80 + the number of port bits fixed.
@@ -185,6 +186,11 @@ pub struct VerdictValue {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CgroupEntry {
     pub workload: Identity,
+    /// The workload's verdict class: the identity its verdict keys are
+    /// stored under (workloads with identical verdict rows share one set).
+    /// Only the verdict lookup uses it; flows, events and counters name
+    /// the workload.
+    pub class: Identity,
     /// [`MODE_ENFORCE`], [`MODE_AUDIT`] or [`MODE_OFF`].
     pub mode: u8,
     pub _pad: [u8; 3],
@@ -454,7 +460,7 @@ mod tests {
         assert_eq!(size_of::<AddrKey6>(), 20);
         assert_eq!(size_of::<VerdictKey>(), 16);
         assert_eq!(size_of::<VerdictValue>(), 8);
-        assert_eq!(size_of::<CgroupEntry>(), 8);
+        assert_eq!(size_of::<CgroupEntry>(), 12);
         assert_eq!(size_of::<Config>(), 12);
         assert_eq!(size_of::<PortKey>(), 4);
         assert_eq!(size_of::<FlowKey>(), 40);

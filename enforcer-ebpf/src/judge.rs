@@ -104,35 +104,29 @@ pub fn resolve_remote(slot: u32, key: &FlowKey, opener: u8) -> Remote {
     remote
 }
 
-/// The verdict-trie chain: exact remote, every external address (only for
-/// peers and `world`), any remote; default deny.
+/// The verdict-trie chain for the local workload's verdict class: exact
+/// remote, every external address (only for peers and `world`), any
+/// remote; default deny.
 #[inline(always)]
 pub fn lookup(
     slot: u32,
-    workload: Identity,
+    class: Identity,
     direction: u8,
     protocol: u8,
     remote: &Remote,
     port: u16,
 ) -> (u8, u32) {
-    let key = VerdictKey::new(workload, direction, protocol, remote.identity, port, 16);
+    let key = VerdictKey::new(class, direction, protocol, remote.identity, port, 16);
     if let Some(v) = maps::verdict(slot, &key) {
         return (v.action, v.rule);
     }
     if remote.external {
-        let key = VerdictKey::new(
-            workload,
-            direction,
-            protocol,
-            IDENTITY_ANY_EXTERNAL,
-            port,
-            16,
-        );
+        let key = VerdictKey::new(class, direction, protocol, IDENTITY_ANY_EXTERNAL, port, 16);
         if let Some(v) = maps::verdict(slot, &key) {
             return (v.action, v.rule);
         }
     }
-    let key = VerdictKey::new(workload, direction, protocol, IDENTITY_ANY, port, 16);
+    let key = VerdictKey::new(class, direction, protocol, IDENTITY_ANY, port, 16);
     if let Some(v) = maps::verdict(slot, &key) {
         return (v.action, v.rule);
     }
@@ -150,9 +144,13 @@ pub fn judge(
     service_port: u16,
     remote_port: u16,
 ) -> Verdict {
-    let (workload, mode) = match local {
-        Some(e) => (e.workload, e.mode),
+    // The verdict keys are stored under the workload's class; everything
+    // else (flows, events, counters, the self-traffic exception) names the
+    // workload itself.
+    let (workload, class, mode) = match local {
+        Some(e) => (e.workload, e.class, e.mode),
         None => (
+            IDENTITY_HOST,
             IDENTITY_HOST,
             match cfg.unmanaged {
                 MODE_AUDIT => MODE_AUDIT,
@@ -192,7 +190,7 @@ pub fn judge(
     let (action, rule) = if local.is_some() {
         lookup(
             cfg.active_slot,
-            workload,
+            class,
             opener,
             protocol,
             remote,

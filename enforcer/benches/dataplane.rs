@@ -225,6 +225,7 @@ fn main() -> anyhow::Result<()> {
     let cgroups = [ResolvedCgroup {
         cgroup_id: own_cgroup_id()?,
         workload: WORKLOAD,
+        class: WORKLOAD,
         mode: MODE_ENFORCE,
     }];
     let mut rows = Vec::new();

@@ -181,6 +181,7 @@ fn main() -> Result<()> {
     let cgroups = [ResolvedCgroup {
         cgroup_id,
         workload: workload.identity,
+        class: workload.class,
         mode: workload.mode,
     }];
 

@@ -56,6 +56,7 @@ fn denied_connect_fails_at_once_and_allowed_one_succeeds() {
     let cgroups = [ResolvedCgroup {
         cgroup_id: cg.id(),
         workload: WEB,
+        class: WEB,
         mode: MODE_ENFORCE,
     }];
     dp.apply(&allow_port(allowed.port()), &cgroups, &HostAddrs::default())
@@ -97,6 +98,7 @@ fn pinned_enforcement_outlives_the_loader_is_adopted_and_uninstalls_cleanly() {
     let cgroups = [ResolvedCgroup {
         cgroup_id: cg.id(),
         workload: WEB,
+        class: WEB,
         mode: MODE_ENFORCE,
     }];
     {
@@ -192,4 +194,65 @@ fn removing_the_cgroup_leaves_no_link_behind() {
     Dataplane::uninstall(&pins.path).expect("uninstall");
     assert_eq!(links_to_cgroup(id), 0);
     assert!(!pins.path.join(LAYOUT_DIR).exists(), "no pins left");
+}
+
+#[test]
+fn programs_of_an_earlier_layout_are_retired_once_ours_enforce() {
+    let Some(_root) = require_root() else {
+        return;
+    };
+    let allowed = tcp_echo_server("127.0.0.1:0".parse().unwrap());
+    let denied = tcp_echo_server("127.0.0.1:0".parse().unwrap());
+    let cg = TestCgroup::new();
+    let pins = PinRoot::new();
+    let options = DataplaneOptions {
+        pin_root: Some(pins.path.clone()),
+        ..Default::default()
+    };
+    let cgroups = [ResolvedCgroup {
+        cgroup_id: cg.id(),
+        workload: WEB,
+        class: WEB,
+        mode: MODE_ENFORCE,
+    }];
+    // An "earlier binary": its pins moved to the directory of layout v1,
+    // still attached and enforcing a policy that denies `allowed`.
+    {
+        let mut dp = Dataplane::load(&options).expect("load");
+        dp.apply(&allow_port(denied.port()), &cgroups, &HostAddrs::default())
+            .expect("apply");
+        dp.attach(&cg.path).expect("attach");
+    }
+    let old = pins.path.join("v1");
+    std::fs::rename(pins.path.join(LAYOUT_DIR), &old).expect("rename the pins to v1");
+    assert_eq!(attached_programs(&cg.path), 9);
+
+    let mut dp = Dataplane::load(&options).expect("load the new layout");
+    dp.apply(&allow_port(allowed.port()), &cgroups, &HostAddrs::default())
+        .expect("apply");
+    dp.attach(&cg.path).expect("attach");
+    assert_eq!(attached_programs(&cg.path), 18, "both layouts attached");
+    // Both enforce: each denies what the other allows.
+    assert_eq!(connect_from(&cg, allowed).0, EPERM);
+    assert_eq!(connect_from(&cg, denied).0, EPERM);
+    assert_eq!(
+        dp.retire_older_layouts().expect("retire"),
+        vec![old.clone()]
+    );
+    assert_eq!(attached_programs(&cg.path), 9, "the old programs are gone");
+    assert!(!old.exists(), "the old pins are gone");
+    assert_eq!(connect_from(&cg, allowed).0, OK);
+    assert_eq!(connect_from(&cg, denied).0, EPERM);
+    assert!(dp.retire_older_layouts().expect("retire again").is_empty());
+    drop(dp);
+
+    // `uninstall` removes earlier layouts too.
+    {
+        let mut dp = Dataplane::load(&options).expect("load");
+        dp.attach(&cg.path).expect("attach");
+    }
+    std::fs::rename(pins.path.join(LAYOUT_DIR), &old).expect("rename the pins to v1");
+    Dataplane::uninstall(&pins.path).expect("uninstall");
+    assert_eq!(attached_programs(&cg.path), 0);
+    assert!(!old.exists());
 }

@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use dataplane_support::*;
 use enforcer::{
-    compile::compiled::{CompiledPolicy, RuleRef, Section},
+    compile::compiled::{CgroupSelector, CompiledPolicy, CompiledWorkload, RuleRef, Section},
     dataplane::{
         Dataplane, DataplaneOptions, FailsafePort, HostAddrs, ResolvedCgroup, UnmanagedMode,
     },
@@ -26,6 +26,12 @@ use enforcer_common::{
 };
 
 const WORKLOADS: [(u32, &str); 2] = [(16, "api"), (17, "web")];
+/// A workload with no verdict entries of its own: each policy makes it a
+/// member of the class of one of [`WORKLOADS`], so the kernel must look its
+/// verdicts up under the class while naming the workload itself.
+const MEMBER: (u32, &str) = (30, "batch");
+/// The local workloads a round may run as.
+const LOCALS: [u32; 3] = [WORKLOADS[0].0, WORKLOADS[1].0, MEMBER.0];
 const PEERS: [(u32, &str); 4] = [(18, "office"), (19, "vendor"), (20, "lab"), (21, "dc")];
 
 fn resolve(p: &CompiledPolicy, addr: IpAddr) -> Identity {
@@ -91,7 +97,22 @@ fn random_port(rng: &mut Rng) -> u16 {
 }
 
 fn random_policy(rng: &mut Rng) -> CompiledPolicy {
-    let mut p = empty_policy(&WORKLOADS, &PEERS);
+    let mut p = empty_policy(&[WORKLOADS[0], WORKLOADS[1], MEMBER], &PEERS);
+    let member_class = WORKLOADS[rng.below(2) as usize].0;
+    p.workloads = LOCALS
+        .iter()
+        .map(|&identity| CompiledWorkload {
+            identity,
+            class: if identity == MEMBER.0 {
+                member_class
+            } else {
+                identity
+            },
+            name: format!("w{identity}"),
+            selector: CgroupSelector::Unit(format!("w{identity}.service")),
+            mode: MODE_ENFORCE,
+        })
+        .collect();
     p.rules = (0..32)
         .map(|i| RuleRef {
             policy: "random".into(),
@@ -246,10 +267,11 @@ fn kernel_verdicts_equal_the_reference_evaluator() {
     let mut next_port: u16 = 1024;
     for round in 0..40 {
         let policy = random_policy(&mut rng);
-        let workload = WORKLOADS[round % 2].0;
+        let workload = LOCALS[round % LOCALS.len()];
         let cgroups = [ResolvedCgroup {
             cgroup_id: own,
             workload,
+            class: policy.class_of(workload),
             mode: MODE_ENFORCE,
         }];
         dp.apply(&policy, &cgroups, &HostAddrs::default())
@@ -339,7 +361,7 @@ fn modes_unmanaged_and_failsafe_follow_the_reference() {
     for round in 0..36 {
         let scenario = scenarios[round % scenarios.len()];
         let policy = random_policy(&mut rng);
-        let workload = WORKLOADS[rng.below(2) as usize].0;
+        let workload = LOCALS[rng.below(LOCALS.len() as u64) as usize];
         let failsafe = FailsafePort {
             protocol: if rng.chance(50) { PROTO_TCP } else { PROTO_UDP },
             port: random_port(&mut rng),
@@ -349,6 +371,7 @@ fn modes_unmanaged_and_failsafe_follow_the_reference() {
                 vec![ResolvedCgroup {
                     cgroup_id: own,
                     workload,
+                    class: policy.class_of(workload),
                     mode,
                 }],
                 UnmanagedMode::Allow,

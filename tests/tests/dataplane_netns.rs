@@ -178,6 +178,7 @@ fn egress_to_a_remote_peer_by_longest_prefix_ports_and_protocols() {
     let cgroups = [ResolvedCgroup {
         cgroup_id: a.id(),
         workload: A,
+        class: A,
         mode: MODE_ENFORCE,
     }];
     let addrs = HostAddrs::from_system().expect("host addresses");
@@ -282,11 +283,13 @@ fn inbound_from_a_peer_and_local_workloads_over_the_host_address() {
         ResolvedCgroup {
             cgroup_id: a.id(),
             workload: A,
+            class: A,
             mode: MODE_ENFORCE,
         },
         ResolvedCgroup {
             cgroup_id: b.id(),
             workload: B,
+            class: B,
             mode: MODE_ENFORCE,
         },
     ];
@@ -376,6 +379,7 @@ fn inbound_tcp_and_udp_from_a_peer_over_ipv4_and_ipv6() {
     let cgroups = [ResolvedCgroup {
         cgroup_id: b.id(),
         workload: B,
+        class: B,
         mode: MODE_ENFORCE,
     }];
     let addrs = HostAddrs::from_system().expect("host addresses");

@@ -75,11 +75,13 @@ impl Setup {
             ResolvedCgroup {
                 cgroup_id: self.a.id(),
                 workload: A,
+                class: A,
                 mode: mode_a,
             },
             ResolvedCgroup {
                 cgroup_id: self.b.id(),
                 workload: B,
+                class: B,
                 mode: MODE_ENFORCE,
             },
         ]
@@ -428,6 +430,7 @@ fn the_cgroup_watcher_adds_and_removes_cgroups() {
     s.dp.add_cgroup(ResolvedCgroup {
         cgroup_id: s.u.id(),
         workload: A,
+        class: A,
         mode: MODE_ENFORCE,
     })
     .expect("add cgroup");

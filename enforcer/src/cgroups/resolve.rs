@@ -159,6 +159,7 @@ mod tests {
     ) -> CompiledWorkload {
         CompiledWorkload {
             identity,
+            class: identity,
             name: name.to_owned(),
             selector,
             mode,

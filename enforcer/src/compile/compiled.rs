@@ -21,8 +21,10 @@ pub struct CompiledPolicy {
     pub prefixes_v4: Vec<(AddrKey4, Identity)>,
     /// Remote IPv6 prefixes to peer identities, sorted by key.
     pub prefixes_v6: Vec<(AddrKey6, Identity)>,
-    /// Verdict trie entries, sorted by key. See `docs/dataplane.md` for the
-    /// lookup order and how wildcard levels are folded in.
+    /// Verdict trie entries, sorted by key, keyed by workload class (see
+    /// [`CompiledWorkload::class`]): only a class's representative has
+    /// entries. See `docs/dataplane.md` for the lookup order and how
+    /// wildcard levels are folded in.
     pub verdicts: Vec<(VerdictKey, VerdictValue)>,
     /// The rule table: `VerdictValue::rule` indexes it.
     pub rules: Vec<RuleRef>,
@@ -101,6 +103,11 @@ pub enum CgroupSelector {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CompiledWorkload {
     pub identity: Identity,
+    /// The identity the workload's verdict entries are stored under: the
+    /// lowest identity among the workloads with identical verdict rows
+    /// (`identity` itself when its rows are its own). The data plane
+    /// passes it to the kernel in the workload's cgroup entries.
+    pub class: Identity,
     pub name: String,
     pub selector: CgroupSelector,
     /// MODE_ENFORCE, MODE_AUDIT or MODE_OFF.

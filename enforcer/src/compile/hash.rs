@@ -55,6 +55,7 @@ pub(crate) fn content_hash(p: &CompiledPolicy) -> u64 {
     h.u32(workloads.len() as u32);
     for w in workloads {
         h.u32(w.identity);
+        h.u32(w.class);
         h.str(&w.name);
         match &w.selector {
             CgroupSelector::Unit(u) => {

@@ -3,6 +3,7 @@
 //! ("Verdict lookup") for the layout this produces.
 
 mod cgroup;
+mod classes;
 pub mod compiled;
 mod hash;
 mod ports;
@@ -258,6 +259,8 @@ pub fn compile_with_limits(
         ));
         compiled_workloads.push(CompiledWorkload {
             identity: id,
+            // Set by `classes::assign` once the rows are known.
+            class: id,
             name: w.name.to_string(),
             selector: w.selector.clone(),
             mode: w.mode.number(),
@@ -401,7 +404,7 @@ pub fn compile_with_limits(
             }
         }
     }
-    verdicts.sort_unstable_by_key(|(k, _)| *k);
+    classes::assign(&mut compiled_workloads, &mut verdicts);
 
     let mut errors = Vec::new();
     let at = first_loc(set).unwrap_or_else(|| Loc::file(Path::new("<policy>")));
@@ -500,6 +503,12 @@ impl CompiledPolicy {
             .binary_search_by_key(&identity, |w| w.identity)
             .ok()
             .map(|i| &self.workloads[i])
+    }
+
+    /// The verdict class of a local identity: the workload's class, or the
+    /// identity itself when it is no workload of this policy.
+    pub fn class_of(&self, identity: Identity) -> Identity {
+        self.workload(identity).map_or(identity, |w| w.class)
     }
 
     /// The identity of the workload or peer with this name.

@@ -603,10 +603,10 @@ verdict = "allow"
 fn a_policy_larger_than_the_maps_is_rejected() {
     let set = load_files(&[("t.toml", &format!("{BASE}\n[[policy]]\nname = \"p\"\nselect = {{ env = \"prod\" }}\nallow-in = [ {{ from = [\"any\"], ports = [\"1-65534/tcp\"] }} ]\n"))]).set;
     let c = compile(&set, now()).unwrap();
-    // Two workloads, 30 aligned blocks each.
-    assert_eq!(c.verdicts.len(), 60);
+    // Two workloads with the same rows (one class), 30 aligned blocks.
+    assert_eq!(c.verdicts.len(), 30);
     let limits = Limits {
-        verdicts: 59,
+        verdicts: 29,
         prefixes_v4: 2,
         ..Limits::default()
     };
@@ -616,7 +616,7 @@ fn a_policy_larger_than_the_maps_is_rejected() {
         msgs,
         vec![
             "the policy needs 3 IPv4 prefixes, more than the kernel map holds (2): simplify the policy".to_string(),
-            "the policy needs 60 verdict entries, more than the kernel map holds (59): simplify the policy".to_string(),
+            "the policy needs 30 verdict entries, more than the kernel map holds (29): simplify the policy".to_string(),
         ]
     );
     assert!(
@@ -624,11 +624,66 @@ fn a_policy_larger_than_the_maps_is_rejected() {
             &set,
             now(),
             &Limits {
-                verdicts: 60,
+                verdicts: 30,
                 prefixes_v4: 3,
                 ..Limits::default()
             }
         )
         .is_ok()
     );
+}
+
+#[test]
+fn workloads_with_identical_rows_share_a_verdict_class() {
+    // web and db are both `env = prod`: one policy, identical rows.
+    let text = r#"
+[[policy]]
+name = "prod"
+select = { env = "prod" }
+allow-in = [ { from = [{ zone = "office" }], ports = ["443/tcp", "5432/tcp"] } ]
+deny-in = [ { from = ["peer:lab"], ports = ["1-1024/tcp"] } ]
+[[policy]]
+name = "api"
+select = { app = "api" }
+allow-out = [ { to = ["world"], ports = ["53/udp"] } ]
+"#;
+    let c = with_base(text);
+    let (api, db, web) = (16, 17, 18);
+    let class: Vec<(u32, u32)> = c.workloads.iter().map(|w| (w.identity, w.class)).collect();
+    assert_eq!(class, vec![(api, api), (db, db), (web, db)]);
+    assert_eq!(c.class_of(web), db);
+    assert_eq!(c.class_of(IDENTITY_HOST), IDENTITY_HOST);
+    // Only the representatives have entries.
+    assert!(c.verdicts.iter().all(|(k, _)| k.workload() != web));
+    assert!(c.verdicts.iter().any(|(k, _)| k.workload() == db));
+    // The member is judged by the class's rows.
+    for to in ["web", "db"] {
+        assert_eq!(
+            flow(&c, "office", to, "443/tcp"),
+            "allow by prod allow-in[0]"
+        );
+        assert_eq!(
+            flow(&c, "203.0.113.200", to, "443/tcp"),
+            "deny by prod deny-in[0]"
+        );
+        assert_eq!(flow(&c, "office", to, "22/tcp"), "deny by default deny");
+    }
+    assert_eq!(flow(&c, "office", "api", "443/tcp"), "deny by default deny");
+
+    // Classes and the content hash do not depend on the order of the
+    // files, policies or rules.
+    let (a, b) = text.split_at(text.find("[[policy]]\nname = \"api\"").unwrap());
+    let reordered = compile(
+        &load_files(&[("b.toml", &format!("{BASE}\n{b}")), ("a.toml", a)]).set,
+        now(),
+    )
+    .unwrap();
+    assert_eq!(reordered, c);
+    assert_eq!(reordered.content_hash, c.content_hash);
+    // Giving web rows of its own gives it its own class and another hash.
+    let apart = with_base(&format!(
+        "{text}\n[[policy]]\nname = \"web\"\nselect = {{ app = \"web\" }}\nallow-out = [ {{ to = [\"host\"], ports = [\"80/tcp\"] }} ]\n"
+    ));
+    assert_eq!(apart.class_of(web), web);
+    assert_ne!(apart.content_hash, c.content_hash);
 }

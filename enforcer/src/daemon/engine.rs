@@ -118,13 +118,19 @@ fn load_errors(e: LoadError) -> Vec<String> {
 }
 
 /// The kernel's cgroup map for a resolution: matched cgroups and all their
-/// descendants (see [`kernel_entries`]).
-fn to_resolved(resolution: &Resolution, tree: &CgroupTree) -> Vec<ResolvedCgroup> {
+/// descendants (see [`kernel_entries`]), with each workload's verdict class
+/// in `compiled`.
+fn to_resolved(
+    resolution: &Resolution,
+    tree: &CgroupTree,
+    compiled: &CompiledPolicy,
+) -> Vec<ResolvedCgroup> {
     kernel_entries(resolution, tree)
         .into_iter()
         .map(|(cgroup_id, workload, mode)| ResolvedCgroup {
             cgroup_id,
             workload,
+            class: compiled.class_of(workload),
             mode,
         })
         .collect()
@@ -273,7 +279,11 @@ impl Engine {
             .map_err(|e| vec![format!("cannot list this host's addresses: {e}")])?;
         let generation = self
             .dataplane
-            .apply(&compiled, &to_resolved(&resolution, &self.tree), &host)
+            .apply(
+                &compiled,
+                &to_resolved(&resolution, &self.tree, &compiled),
+                &host,
+            )
             .map_err(|e| vec![format!("the data plane refused the policy: {e}")])?;
         self.seed_bound_ports();
         for a in &resolution.ambiguities {
@@ -561,28 +571,28 @@ impl Engine {
     pub fn on_tree(&mut self, update: TreeUpdate) {
         self.tree = update.tree;
         self.seed_bound_ports();
-        let Some(matcher) = &self.matcher else { return };
+        let (Some(matcher), Some(current)) = (&self.matcher, &self.current) else {
+            return;
+        };
         let newer = matcher.resolve(&self.tree);
         // Compare with what the kernel holds: matched cgroups and their
         // descendants (the receiving side of a local connection is looked
         // up exactly).
-        let old: std::collections::BTreeMap<u64, (u32, u8)> = self
+        let old: std::collections::BTreeMap<u64, ResolvedCgroup> = self
             .dataplane
             .cgroups()
-            .map(|c| (c.cgroup_id, (c.workload, c.mode)))
+            .map(|c| (c.cgroup_id, *c))
             .collect();
-        let wanted = to_resolved(&newer, &self.tree);
-        let new: std::collections::BTreeMap<u64, (u32, u8)> = wanted
-            .iter()
-            .map(|c| (c.cgroup_id, (c.workload, c.mode)))
-            .collect();
+        let wanted = to_resolved(&newer, &self.tree, &current.compiled);
+        let new: std::collections::BTreeMap<u64, ResolvedCgroup> =
+            wanted.iter().map(|c| (c.cgroup_id, *c)).collect();
         for id in old.keys().filter(|id| !new.contains_key(id)) {
             if let Err(e) = self.dataplane.remove_cgroup(*id) {
                 tracing::error!(cgroup_id = id, error = %e, "cannot remove a cgroup from the policy");
             }
         }
         for resolved in wanted {
-            if old.get(&resolved.cgroup_id) == Some(&(resolved.workload, resolved.mode)) {
+            if old.get(&resolved.cgroup_id) == Some(&resolved) {
                 continue;
             }
             match self.dataplane.add_cgroup(resolved) {

@@ -135,6 +135,22 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .dataplane_mut()
         .attach(&root)
         .with_context(|| format!("attaching to {}", root.display()))?;
+    // A binary of an earlier map layout may have left its programs attached
+    // (an upgrade): they would keep enforcing its last policy beside ours.
+    // Retire them once ours enforce a policy; until then they are the only
+    // enforcement there is.
+    if engine.has_policy() {
+        match engine.dataplane_mut().retire_older_layouts() {
+            Ok(dirs) => {
+                for dir in dirs {
+                    tracing::info!(pins = %dir.display(), "removed the programs and maps of an earlier map layout");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot remove the pins of an earlier map layout; its programs still enforce its last policy (run `enforcer run --uninstall` with the older binary, or remove them by hand)")
+            }
+        }
+    }
     // Attached: from now on the kernel sees every bind(); the ports bound
     // before (services started before the daemon) come from a scan.
     engine.seed_bound_ports();

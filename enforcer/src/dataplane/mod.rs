@@ -32,6 +32,7 @@ pub use self::{
     error::{DataplaneError, Result},
     events::{EventReader, decode_event},
     host::{HostAddrs, SocketMatching, check_cgroup_socket_matching},
+    slots::{Plan, SlotContent, plan},
     test_run::{TestRunOutcome, ethernet_frame},
 };
 use self::{
@@ -67,6 +68,9 @@ pub struct ResolvedCgroup {
     /// The cgroup v2 id (inode number of its directory).
     pub cgroup_id: u64,
     pub workload: Identity,
+    /// The workload's verdict class (`CompiledWorkload::class`): the
+    /// identity the kernel looks its verdicts up under.
+    pub class: Identity,
     /// `MODE_ENFORCE`, `MODE_AUDIT` or `MODE_OFF`.
     pub mode: u8,
 }
@@ -151,13 +155,17 @@ pub struct GlobalCounters {
 /// The loaded kernel programs and their maps.
 pub struct Dataplane {
     ebpf: Ebpf,
-    /// `<pin_root>/v1`, when pinning.
+    /// `<pin_root>/v<LAYOUT_VERSION>`, when pinning.
     pin_dir: Option<PathBuf>,
     allow_root_cgroup: bool,
     /// Links owned by this process (not pinned): dropping them detaches.
     links: Vec<FdLink>,
     /// What the active slot's cgroup map holds, to rewrite it on `apply`.
     cgroups: BTreeMap<u64, ResolvedCgroup>,
+    /// What each slot holds, as written by this value; `None` when unknown
+    /// (maps adopted from pins, or a write that failed half-way), and then
+    /// the next `apply` into that slot empties it first.
+    written: [Option<Box<SlotContent>>; 2],
 }
 
 impl std::fmt::Debug for Dataplane {
@@ -166,6 +174,7 @@ impl std::fmt::Debug for Dataplane {
             .field("pin_dir", &self.pin_dir)
             .field("links", &self.links.len())
             .field("cgroups", &self.cgroups.len())
+            .field("known_slots", &self.written.each_ref().map(|w| w.is_some()))
             .finish()
     }
 }
@@ -249,6 +258,7 @@ impl Dataplane {
             allow_root_cgroup: options.allow_root_cgroup,
             links: Vec::new(),
             cgroups: BTreeMap::new(),
+            written: [None, None],
         };
         let cfg = dp.config()?;
         if cfg.generation == 0 && cfg.enabled == 0 {
@@ -366,24 +376,35 @@ impl Dataplane {
         Ok(cfg.generation)
     }
 
-    /// Puts a policy in force: checks it fits, writes it completely into
-    /// the inactive slot, then flips `CONFIG` in one update (new slot, new
+    /// Puts a policy in force: checks it fits, turns the inactive slot into
+    /// the policy, then flips `CONFIG` in one update (new slot, new
     /// generation, enabled). Returns the new generation. On error the
     /// running policy is untouched.
+    ///
+    /// The inactive slot holds the policy of two applies ago: when this
+    /// value wrote it, only the entries that differ are written (a small
+    /// change costs little, whatever the policy's size); otherwise the slot
+    /// is emptied and filled.
     pub fn apply(
         &mut self,
         policy: &CompiledPolicy,
         cgroups: &[ResolvedCgroup],
         host: &HostAddrs,
     ) -> Result<u32> {
-        slots::check_capacity(policy, cgroups, host)?;
+        let content = SlotContent::of(policy, cgroups, host);
+        slots::check_capacity(&content)?;
         let cfg = self.config()?;
         let inactive = if cfg.enabled != 0 && cfg.active_slot == 0 {
             1
         } else {
             0
         };
-        slots::write_slot(&mut self.ebpf, inactive, policy, cgroups, host)?;
+        // Unknown until the write succeeds: a failure leaves it unknown.
+        match self.written[inactive].take() {
+            Some(old) => slots::update_slot(&mut self.ebpf, inactive, &old, &content)?,
+            None => slots::replace_slot(&mut self.ebpf, inactive, &content)?,
+        }
+        self.written[inactive] = Some(Box::new(content));
         let generation = self.bump_generation(|c| {
             c.active_slot = inactive as u32;
             c.enabled = 1;
@@ -452,6 +473,7 @@ impl Dataplane {
                 ResolvedCgroup {
                     cgroup_id: id,
                     workload: e.workload,
+                    class: e.class,
                     mode: e.mode,
                 },
             );
@@ -465,7 +487,12 @@ impl Dataplane {
     /// are judged again, since processes in the cgroup were `host` before.
     pub fn add_cgroup(&mut self, cgroup: ResolvedCgroup) -> Result<u32> {
         let slot = self.active_slot()?;
+        let known = self.written[slot].take();
         slots::put_cgroup(&mut self.ebpf, slot, &cgroup)?;
+        self.written[slot] = known.map(|mut content| {
+            content.put_cgroup(&cgroup);
+            content
+        });
         self.cgroups.insert(cgroup.cgroup_id, cgroup);
         self.bump_generation(|_| {})
     }
@@ -473,9 +500,31 @@ impl Dataplane {
     /// Removes one cgroup from the policy in force.
     pub fn remove_cgroup(&mut self, cgroup_id: u64) -> Result<u32> {
         let slot = self.active_slot()?;
+        let known = self.written[slot].take();
         slots::delete_cgroup(&mut self.ebpf, slot, cgroup_id)?;
+        self.written[slot] = known.map(|mut content| {
+            content.remove_cgroup(cgroup_id);
+            content
+        });
         self.cgroups.remove(&cgroup_id);
         self.bump_generation(|_| {})
+    }
+
+    /// What policy slot `slot` (0 or 1) holds in the kernel, read back
+    /// from the maps (tests and diagnostics; it reads every entry).
+    pub fn read_slot(&self, slot: usize) -> Result<SlotContent> {
+        slots::read_slot(&self.ebpf, slot & 1)
+    }
+
+    /// Which slot is in force (0 or 1).
+    pub fn active_slot_index(&self) -> Result<usize> {
+        self.active_slot()
+    }
+
+    /// Whether this value knows what `slot` holds, so that the next
+    /// `apply` into it writes only the differences.
+    pub fn knows_slot(&self, slot: usize) -> bool {
+        self.written[slot & 1].is_some()
     }
 
     /// The cgroups of the policy in force.
@@ -647,53 +696,89 @@ impl Dataplane {
         Ok(added)
     }
 
-    /// Removes everything pinned under `<pin_root>/v1`: links (which
-    /// detaches the programs from their cgroup once no process holds them)
-    /// and maps. A no-op when nothing is pinned.
+    /// Removes everything pinned under `<pin_root>/v<LAYOUT_VERSION>`, and
+    /// under the directories of earlier layouts: links (which detaches the
+    /// programs from their cgroup once no process holds them) and maps. A
+    /// no-op when nothing is pinned.
     pub fn uninstall(pin_root: &Path) -> Result<()> {
-        let dir = pin_root.join(LAYOUT_DIR);
-        let links = dir.join("links");
-        if let Ok(entries) = std::fs::read_dir(&links) {
-            for entry in entries.flatten() {
-                let path = entry.path();
-                let pinned =
-                    PinnedLink::from_pin(&path).map_err(|e| DataplaneError::UnableToAdoptLink {
-                        path: path.clone(),
-                        source: std::io::Error::other(e),
-                    })?;
-                // Unpinning gives back the link's fd; dropping it detaches.
-                drop(
-                    pinned
-                        .unpin()
-                        .map_err(|source| DataplaneError::UnableToUnpin {
-                            path: path.clone(),
-                            source,
-                        })?,
-                );
-            }
+        for dir in older_layout_dirs(pin_root) {
+            uninstall_dir(&dir)?;
         }
-        let remove = |path: &Path| -> Result<()> {
-            match std::fs::remove_file(path) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(source) => Err(DataplaneError::UnableToUnpin {
-                    path: path.to_owned(),
-                    source,
-                }),
-            }
-        };
-        for name in ALL_MAPS {
-            remove(&dir.join(name))?;
-        }
-        for d in [links, dir] {
-            match std::fs::remove_dir(&d) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => return Err(DataplaneError::UnableToUnpin { path: d, source }),
-            }
-        }
-        Ok(())
+        uninstall_dir(&pin_root.join(LAYOUT_DIR))
     }
+
+    /// Detaches and unpins what a binary of an earlier map layout left
+    /// under this value's pin root (`<pin_root>/v1/` ...): its programs
+    /// would otherwise keep enforcing its last policy beside this one's.
+    /// Call it once this value's programs are attached with a policy in
+    /// force, so that the host is never left without enforcement. Returns
+    /// the directories removed.
+    pub fn retire_older_layouts(&self) -> Result<Vec<PathBuf>> {
+        let Some(root) = self.pin_dir.as_deref().and_then(Path::parent) else {
+            return Ok(Vec::new());
+        };
+        let dirs = older_layout_dirs(root);
+        for dir in &dirs {
+            uninstall_dir(dir)?;
+        }
+        Ok(dirs)
+    }
+}
+
+/// The pin directories of earlier layouts present under `pin_root`.
+fn older_layout_dirs(pin_root: &Path) -> Vec<PathBuf> {
+    (1..enforcer_common::LAYOUT_VERSION)
+        .map(|v| pin_root.join(format!("v{v}")))
+        .filter(|d| d.is_dir())
+        .collect()
+}
+
+/// Unpins the links (detaching them) and the maps of one layout directory.
+/// Map names are those of this layout: an earlier layout pinned a subset
+/// of them, and names that are absent are skipped; anything else left makes
+/// the directory removal fail with its error.
+fn uninstall_dir(dir: &Path) -> Result<()> {
+    let links = dir.join("links");
+    if let Ok(entries) = std::fs::read_dir(&links) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let pinned =
+                PinnedLink::from_pin(&path).map_err(|e| DataplaneError::UnableToAdoptLink {
+                    path: path.clone(),
+                    source: std::io::Error::other(e),
+                })?;
+            // Unpinning gives back the link's fd; dropping it detaches.
+            drop(
+                pinned
+                    .unpin()
+                    .map_err(|source| DataplaneError::UnableToUnpin {
+                        path: path.clone(),
+                        source,
+                    })?,
+            );
+        }
+    }
+    let remove = |path: &Path| -> Result<()> {
+        match std::fs::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(DataplaneError::UnableToUnpin {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    };
+    for name in ALL_MAPS {
+        remove(&dir.join(name))?;
+    }
+    for d in [links, dir.to_path_buf()] {
+        match std::fs::remove_dir(&d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(DataplaneError::UnableToUnpin { path: d, source }),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,12 +1,19 @@
 //! Writing a compiled policy into one policy slot, and the capacity check
 //! that runs before anything is written.
+//!
+//! A slot is rewritten in place: [`SlotContent`] is what a slot holds, as
+//! sorted vectors of the maps' keys and values; when the data plane knows
+//! what the slot holds, [`update_slot`] deletes the keys that are gone and
+//! writes only the entries that are new or changed (consecutive policies
+//! differ little, and each map update costs microseconds). When it does not
+//! know, [`replace_slot`] empties the maps and fills them.
 
 use std::net::IpAddr;
 
 use aya::maps::{HashMap, LpmTrie, MapData, lpm_trie::Key};
 use enforcer_common::{
-    CgroupEntry, IDENTITY_HOST, Identity, MAX_CGROUPS, MAX_PREFIXES_V4, MAX_PREFIXES_V6,
-    MAX_VERDICTS, VerdictValue, maps,
+    AddrKey4, AddrKey6, CgroupEntry, IDENTITY_HOST, Identity, MAX_CGROUPS, MAX_PREFIXES_V4,
+    MAX_PREFIXES_V6, MAX_VERDICTS, VerdictKey, VerdictValue, maps,
 };
 
 use super::{
@@ -15,51 +22,151 @@ use super::{
 };
 use crate::compile::compiled::CompiledPolicy;
 
-/// The address entries of a slot: the policy's peers plus this host's own
-/// addresses as `host` (host routes, so they win over any peer prefix).
-/// Address-trie entries of one family.
-pub(crate) type AddrEntries<const N: usize> = Vec<(Key<[u8; N]>, Identity)>;
+/// Everything one policy slot holds, each map's entries sorted by key
+/// (unique keys). About 24 bytes per verdict entry: 1.4 MiB for the 59,731
+/// entries of the benchmark's size 10,000.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SlotContent {
+    pub cgroups: Vec<(u64, CgroupEntry)>,
+    pub addr4: Vec<(AddrKey4, Identity)>,
+    pub addr6: Vec<(AddrKey6, Identity)>,
+    pub verdicts: Vec<(VerdictKey, VerdictValue)>,
+}
 
-pub(crate) fn address_entries(
-    policy: &CompiledPolicy,
-    host: &HostAddrs,
-) -> (AddrEntries<4>, AddrEntries<16>) {
-    let mut v4: Vec<_> = policy
-        .prefixes_v4
-        .iter()
-        .map(|(k, id)| (Key::new(k.prefix_len, k.addr), *id))
-        .collect();
-    let mut v6: Vec<_> = policy
-        .prefixes_v6
-        .iter()
-        .map(|(k, id)| (Key::new(k.prefix_len, k.addr), *id))
-        .collect();
-    let host_routes = host
-        .addrs
-        .iter()
-        .map(|a| (*a, if a.is_ipv4() { 32 } else { 128 }))
-        .chain(HostAddrs::always());
-    for (addr, len) in host_routes {
-        match addr {
-            IpAddr::V4(a) => v4.push((Key::new(u32::from(len), a.octets()), IDENTITY_HOST)),
-            IpAddr::V6(a) => v6.push((Key::new(u32::from(len), a.octets()), IDENTITY_HOST)),
+/// Sorts by key; of entries with the same key the last one stays, as when
+/// they are written into a map one after the other.
+fn canonical<K: Ord, V>(entries: &mut Vec<(K, V)>) {
+    if entries.windows(2).all(|w| w[0].0 < w[1].0) {
+        return;
+    }
+    entries.reverse();
+    // Stable: of equal keys, the last written now comes first and stays.
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    entries.dedup_by(|later, kept| later.0 == kept.0);
+}
+
+impl SlotContent {
+    /// What a slot holds once `policy` is written with these cgroups and
+    /// this host's addresses: the policy's peers plus this host's own
+    /// addresses as `host` (host routes, so they win over any peer prefix).
+    pub fn of(policy: &CompiledPolicy, cgroups: &[ResolvedCgroup], host: &HostAddrs) -> Self {
+        let mut addr4 = policy.prefixes_v4.clone();
+        let mut addr6 = policy.prefixes_v6.clone();
+        let host_routes = host
+            .addrs
+            .iter()
+            .map(|a| (*a, if a.is_ipv4() { 32 } else { 128 }))
+            .chain(HostAddrs::always());
+        for (addr, len) in host_routes {
+            let prefix_len = u32::from(len);
+            match addr {
+                IpAddr::V4(a) => addr4.push((
+                    AddrKey4 {
+                        prefix_len,
+                        addr: a.octets(),
+                    },
+                    IDENTITY_HOST,
+                )),
+                IpAddr::V6(a) => addr6.push((
+                    AddrKey6 {
+                        prefix_len,
+                        addr: a.octets(),
+                    },
+                    IDENTITY_HOST,
+                )),
+            }
+        }
+        let mut content = SlotContent {
+            cgroups: cgroups
+                .iter()
+                .map(|c| (c.cgroup_id, cgroup_entry(c)))
+                .collect(),
+            addr4,
+            addr6,
+            verdicts: policy.verdicts.clone(),
+        };
+        canonical(&mut content.cgroups);
+        canonical(&mut content.addr4);
+        canonical(&mut content.addr6);
+        canonical(&mut content.verdicts);
+        content
+    }
+
+    /// Sets (or adds) one cgroup's entry.
+    pub(crate) fn put_cgroup(&mut self, c: &ResolvedCgroup) {
+        let entry = (c.cgroup_id, cgroup_entry(c));
+        match self.cgroups.binary_search_by_key(&c.cgroup_id, |e| e.0) {
+            Ok(i) => self.cgroups[i] = entry,
+            Err(i) => self.cgroups.insert(i, entry),
         }
     }
-    (v4, v6)
+
+    /// Removes one cgroup's entry, if present.
+    pub(crate) fn remove_cgroup(&mut self, cgroup_id: u64) {
+        if let Ok(i) = self.cgroups.binary_search_by_key(&cgroup_id, |e| e.0) {
+            self.cgroups.remove(i);
+        }
+    }
+}
+
+fn cgroup_entry(c: &ResolvedCgroup) -> CgroupEntry {
+    CgroupEntry {
+        workload: c.workload,
+        class: c.class,
+        mode: c.mode,
+        _pad: [0; 3],
+    }
+}
+
+/// How to turn one map's content into another's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan<K, V> {
+    /// Keys to remove: present before, absent after.
+    pub delete: Vec<K>,
+    /// Entries to write: absent before, or with another value.
+    pub put: Vec<(K, V)>,
+}
+
+/// The changes from `old` to `new` (both sorted by unique keys), by one
+/// merge of the two.
+pub fn plan<K: Ord + Copy, V: PartialEq + Copy>(old: &[(K, V)], new: &[(K, V)]) -> Plan<K, V> {
+    use std::cmp::Ordering;
+    let mut plan = Plan {
+        delete: Vec::new(),
+        put: Vec::new(),
+    };
+    let (mut i, mut j) = (0, 0);
+    while i < old.len() && j < new.len() {
+        match old[i].0.cmp(&new[j].0) {
+            Ordering::Less => {
+                plan.delete.push(old[i].0);
+                i += 1;
+            }
+            Ordering::Greater => {
+                plan.put.push(new[j]);
+                j += 1;
+            }
+            Ordering::Equal => {
+                if old[i].1 != new[j].1 {
+                    plan.put.push(new[j]);
+                }
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    plan.delete.extend(old[i..].iter().map(|e| e.0));
+    plan.put.extend_from_slice(&new[j..]);
+    plan
 }
 
 /// Rejects a policy that does not fit, before anything is written.
-pub(crate) fn check_capacity(
-    policy: &CompiledPolicy,
-    cgroups: &[ResolvedCgroup],
-    host: &HostAddrs,
-) -> Result<()> {
-    let (v4, v6) = address_entries(policy, host);
+pub(crate) fn check_capacity(content: &SlotContent) -> Result<()> {
     let checks = [
-        (maps::CGROUPS[0], cgroups.len(), MAX_CGROUPS),
-        (maps::ADDR4[0], v4.len(), MAX_PREFIXES_V4),
-        (maps::ADDR6[0], v6.len(), MAX_PREFIXES_V6),
-        (maps::VERDICTS[0], policy.verdicts.len(), MAX_VERDICTS),
+        (maps::CGROUPS[0], content.cgroups.len(), MAX_CGROUPS),
+        (maps::ADDR4[0], content.addr4.len(), MAX_PREFIXES_V4),
+        (maps::ADDR6[0], content.addr6.len(), MAX_PREFIXES_V6),
+        (maps::VERDICTS[0], content.verdicts.len(), MAX_VERDICTS),
     ];
     for (map, needed, capacity) in checks {
         if needed > capacity as usize {
@@ -102,15 +209,85 @@ fn clear_trie<K: aya::Pod, V: aya::Pod>(ebpf: &mut aya::Ebpf, name: &'static str
     Ok(())
 }
 
-fn fill_trie<K: aya::Pod, V: aya::Pod>(
+/// The LPM-trie key of a stored key type: the same bytes.
+trait TrieKey: Copy {
+    type Data: aya::Pod;
+    fn trie_key(&self) -> Key<Self::Data>;
+    fn from_trie_key(key: &Key<Self::Data>) -> Self;
+}
+
+impl TrieKey for AddrKey4 {
+    type Data = [u8; 4];
+    fn trie_key(&self) -> Key<[u8; 4]> {
+        Key::new(self.prefix_len, self.addr)
+    }
+    fn from_trie_key(key: &Key<[u8; 4]>) -> Self {
+        AddrKey4 {
+            prefix_len: key.prefix_len(),
+            addr: key.data(),
+        }
+    }
+}
+
+impl TrieKey for AddrKey6 {
+    type Data = [u8; 16];
+    fn trie_key(&self) -> Key<[u8; 16]> {
+        Key::new(self.prefix_len, self.addr)
+    }
+    fn from_trie_key(key: &Key<[u8; 16]>) -> Self {
+        AddrKey6 {
+            prefix_len: key.prefix_len(),
+            addr: key.data(),
+        }
+    }
+}
+
+impl TrieKey for VerdictKey {
+    type Data = [u8; 12];
+    fn trie_key(&self) -> Key<[u8; 12]> {
+        Key::new(self.prefix_len, self.data)
+    }
+    fn from_trie_key(key: &Key<[u8; 12]>) -> Self {
+        VerdictKey {
+            prefix_len: key.prefix_len(),
+            data: key.data(),
+        }
+    }
+}
+
+/// Writes a trie's changes: removals first, then the new and changed
+/// entries. A key already gone is fine (the outcome is the same).
+fn update_trie<K: TrieKey, V: aya::Pod>(
     ebpf: &mut aya::Ebpf,
     name: &'static str,
-    entries: impl IntoIterator<Item = (Key<K>, V)>,
+    plan: &Plan<K, V>,
 ) -> Result<()> {
-    let mut m: LpmTrie<&mut MapData, K, V> =
+    let mut m: LpmTrie<&mut MapData, K::Data, V> =
         LpmTrie::try_from(map(ebpf, name)?).map_err(type_err(name))?;
-    for (k, v) in entries {
-        m.insert(&k, v, 0).map_err(write_err(name))?;
+    for k in &plan.delete {
+        match m.remove(&k.trie_key()) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(write_err(name)(e)),
+        }
+    }
+    for (k, v) in &plan.put {
+        m.insert(&k.trie_key(), *v, 0).map_err(write_err(name))?;
+    }
+    Ok(())
+}
+
+fn update_cgroups(ebpf: &mut aya::Ebpf, slot: usize, plan: &Plan<u64, CgroupEntry>) -> Result<()> {
+    let name = maps::CGROUPS[slot];
+    let mut m: HashMap<&mut MapData, u64, CgroupEntry> =
+        HashMap::try_from(map(ebpf, name)?).map_err(type_err(name))?;
+    for k in &plan.delete {
+        match m.remove(k) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(write_err(name)(e)),
+        }
+    }
+    for (k, v) in &plan.put {
+        m.insert(*k, *v, 0).map_err(write_err(name))?;
     }
     Ok(())
 }
@@ -120,12 +297,8 @@ pub(crate) fn put_cgroup(ebpf: &mut aya::Ebpf, slot: usize, c: &ResolvedCgroup) 
     let name = maps::CGROUPS[slot];
     let mut m: HashMap<&mut MapData, u64, CgroupEntry> =
         HashMap::try_from(map(ebpf, name)?).map_err(type_err(name))?;
-    let entry = CgroupEntry {
-        workload: c.workload,
-        mode: c.mode,
-        _pad: [0; 3],
-    };
-    m.insert(c.cgroup_id, entry, 0).map_err(write_err(name))
+    m.insert(c.cgroup_id, cgroup_entry(c), 0)
+        .map_err(write_err(name))
 }
 
 /// Removes one cgroup from a slot; absent is fine.
@@ -139,31 +312,177 @@ pub(crate) fn delete_cgroup(ebpf: &mut aya::Ebpf, slot: usize, cgroup_id: u64) -
     }
 }
 
-/// Replaces the whole content of `slot` with the policy.
-pub(crate) fn write_slot(
+/// Turns `slot`, known to hold `old`, into `new`: only the differences are
+/// written.
+pub(crate) fn update_slot(
     ebpf: &mut aya::Ebpf,
     slot: usize,
-    policy: &CompiledPolicy,
-    cgroups: &[ResolvedCgroup],
-    host: &HostAddrs,
+    old: &SlotContent,
+    new: &SlotContent,
 ) -> Result<()> {
+    update_cgroups(ebpf, slot, &plan(&old.cgroups, &new.cgroups))?;
+    update_trie(ebpf, maps::ADDR4[slot], &plan(&old.addr4, &new.addr4))?;
+    update_trie(ebpf, maps::ADDR6[slot], &plan(&old.addr6, &new.addr6))?;
+    update_trie(
+        ebpf,
+        maps::VERDICTS[slot],
+        &plan(&old.verdicts, &new.verdicts),
+    )
+}
+
+/// Replaces whatever `slot` holds with `new`: every map emptied, then
+/// filled.
+pub(crate) fn replace_slot(ebpf: &mut aya::Ebpf, slot: usize, new: &SlotContent) -> Result<()> {
     clear_hash::<u64, CgroupEntry>(ebpf, maps::CGROUPS[slot])?;
     clear_trie::<[u8; 4], Identity>(ebpf, maps::ADDR4[slot])?;
     clear_trie::<[u8; 16], Identity>(ebpf, maps::ADDR6[slot])?;
     clear_trie::<[u8; 12], VerdictValue>(ebpf, maps::VERDICTS[slot])?;
-    for c in cgroups {
-        put_cgroup(ebpf, slot, c)?;
+    update_slot(ebpf, slot, &SlotContent::default(), new)
+}
+
+fn read_trie<K: TrieKey + Ord, V: aya::Pod>(
+    ebpf: &aya::Ebpf,
+    name: &'static str,
+) -> Result<Vec<(K, V)>> {
+    let m: LpmTrie<&MapData, K::Data, V> =
+        LpmTrie::try_from(ebpf.map(name).ok_or(DataplaneError::MissingMap(name))?)
+            .map_err(type_err(name))?;
+    let mut out = Vec::new();
+    for item in m.iter() {
+        let (k, v) = item.map_err(read_err(name))?;
+        out.push((K::from_trie_key(&k), v));
     }
-    let (v4, v6) = address_entries(policy, host);
-    fill_trie(ebpf, maps::ADDR4[slot], v4)?;
-    fill_trie(ebpf, maps::ADDR6[slot], v6)?;
-    fill_trie(
-        ebpf,
-        maps::VERDICTS[slot],
-        policy
-            .verdicts
-            .iter()
-            .map(|(k, v)| (Key::new(k.prefix_len, k.data), *v)),
-    )?;
-    Ok(())
+    out.sort_unstable_by_key(|e| e.0);
+    Ok(out)
+}
+
+/// Reads back what `slot` holds in the kernel.
+pub(crate) fn read_slot(ebpf: &aya::Ebpf, slot: usize) -> Result<SlotContent> {
+    let name = maps::CGROUPS[slot];
+    let m: HashMap<&MapData, u64, CgroupEntry> =
+        HashMap::try_from(ebpf.map(name).ok_or(DataplaneError::MissingMap(name))?)
+            .map_err(type_err(name))?;
+    let mut cgroups: Vec<(u64, CgroupEntry)> =
+        m.iter().collect::<Result<_, _>>().map_err(read_err(name))?;
+    cgroups.sort_unstable_by_key(|e| e.0);
+    Ok(SlotContent {
+        cgroups,
+        addr4: read_trie(ebpf, maps::ADDR4[slot])?,
+        addr6: read_trie(ebpf, maps::ADDR6[slot])?,
+        verdicts: read_trie(ebpf, maps::VERDICTS[slot])?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_plan_deletes_what_is_gone_and_puts_what_is_new_or_changed() {
+        let old = [(1, 'a'), (2, 'b'), (4, 'd'), (6, 'f'), (9, 'i')];
+        let new = [(0, 'z'), (2, 'b'), (4, 'D'), (5, 'e'), (9, 'i'), (10, 'j')];
+        let p = plan(&old, &new);
+        assert_eq!(p.delete, vec![1, 6]);
+        assert_eq!(p.put, vec![(0, 'z'), (4, 'D'), (5, 'e'), (10, 'j')]);
+    }
+
+    #[test]
+    fn plans_from_and_to_nothing_are_fills_and_clears() {
+        let some = [(1, 'a'), (2, 'b')];
+        let fill = plan(&[], &some);
+        assert!(fill.delete.is_empty());
+        assert_eq!(fill.put, some.to_vec());
+        let clear = plan(&some, &[]);
+        assert_eq!(clear.delete, vec![1, 2]);
+        assert!(clear.put.is_empty());
+        let same = plan(&some, &some);
+        assert!(same.delete.is_empty() && same.put.is_empty());
+    }
+
+    #[test]
+    fn applying_a_plan_gives_the_new_content() {
+        // A small deterministic sweep of random contents.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..200 {
+            let mut content = |n: u64| -> Vec<(u8, u8)> {
+                let mut v: Vec<(u8, u8)> = (0..next() % n)
+                    .map(|_| ((next() % 40) as u8, (next() % 3) as u8))
+                    .collect();
+                canonical(&mut v);
+                v
+            };
+            let (old, new) = (content(30), content(30));
+            let p = plan(&old, &new);
+            let mut map: std::collections::BTreeMap<u8, u8> = old.iter().copied().collect();
+            for k in &p.delete {
+                assert!(map.remove(k).is_some(), "deletes only present keys");
+            }
+            for (k, v) in &p.put {
+                assert_ne!(map.insert(*k, *v), Some(*v), "writes only changes");
+            }
+            assert_eq!(map.into_iter().collect::<Vec<_>>(), new);
+        }
+    }
+
+    #[test]
+    fn canonical_order_keeps_the_last_of_equal_keys() {
+        let mut v = vec![(3, 'a'), (1, 'b'), (3, 'c'), (2, 'd'), (1, 'e')];
+        canonical(&mut v);
+        assert_eq!(v, vec![(1, 'e'), (2, 'd'), (3, 'c')]);
+    }
+
+    #[test]
+    fn content_of_a_policy_adds_host_routes_over_peers_and_tracks_cgroups() {
+        use std::net::Ipv4Addr;
+        let mut p = crate::diff::testkit::PolicyBuilder::new();
+        p.workload("web");
+        p.peer("lab", &["198.51.100.7/32", "2001:db8::/32"]);
+        let policy = p.build();
+        let host = HostAddrs {
+            addrs: vec![IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7))],
+        };
+        let c = ResolvedCgroup {
+            cgroup_id: 7,
+            workload: 16,
+            class: 16,
+            mode: 0,
+        };
+        let mut content = SlotContent::of(&policy, &[c], &host);
+        let seven = AddrKey4 {
+            prefix_len: 32,
+            addr: [198, 51, 100, 7],
+        };
+        let at = content.addr4.binary_search_by_key(&seven, |e| e.0).unwrap();
+        assert_eq!(content.addr4[at].1, IDENTITY_HOST, "the host route wins");
+        assert!(content.addr4.windows(2).all(|w| w[0].0 < w[1].0));
+        assert!(
+            content
+                .addr6
+                .iter()
+                .any(|(k, id)| k.prefix_len == 32 && *id == 17)
+        );
+        content.put_cgroup(&ResolvedCgroup {
+            cgroup_id: 3,
+            mode: 1,
+            ..c
+        });
+        content.put_cgroup(&ResolvedCgroup { mode: 2, ..c });
+        assert_eq!(
+            content
+                .cgroups
+                .iter()
+                .map(|(id, e)| (*id, e.mode))
+                .collect::<Vec<_>>(),
+            vec![(3, 1), (7, 2)]
+        );
+        content.remove_cgroup(3);
+        content.remove_cgroup(99);
+        assert_eq!(content.cgroups.len(), 1);
+    }
 }

@@ -72,9 +72,12 @@ struct Wildcards {
 /// One policy, indexed for reachability queries.
 pub struct Reach<'a> {
     policy: &'a CompiledPolicy,
-    /// Per (workload, direction, protocol, remote) the resolved port map.
+    /// Per (workload class, direction, protocol, remote) the resolved port
+    /// map: the entries are keyed by class (see `CompiledWorkload::class`).
     groups: FxHashMap<GroupKey, PortMap<Effective>>,
     wildcards: FxHashMap<(Identity, u8, u8), Wildcards>,
+    /// The workloads whose class is another workload's.
+    classes: FxHashMap<Identity, Identity>,
     kinds: FxHashMap<Identity, EntityKind>,
     empty: PortMap<Effective>,
 }
@@ -152,10 +155,17 @@ impl<'a> Reach<'a> {
             .iter()
             .map(|e| (e.identity, e.kind))
             .collect();
+        let classes = policy
+            .workloads
+            .iter()
+            .filter(|w| w.class != w.identity)
+            .map(|w| (w.identity, w.class))
+            .collect();
         Reach {
             policy,
             groups,
             wildcards,
+            classes,
             kinds,
             empty,
         }
@@ -194,7 +204,8 @@ impl<'a> Reach<'a> {
         remote: Identity,
         buf: &'s mut PortMap<Effective>,
     ) -> &'s PortMap<Effective> {
-        let Some(wild) = self.wildcards.get(&(workload, direction, protocol)) else {
+        let class = self.classes.get(&workload).copied().unwrap_or(workload);
+        let Some(wild) = self.wildcards.get(&(class, direction, protocol)) else {
             return &self.empty;
         };
         let external = matches!(
@@ -206,7 +217,7 @@ impl<'a> Reach<'a> {
         } else {
             &wild.internal
         };
-        match self.groups.get(&(workload, direction, protocol, remote)) {
+        match self.groups.get(&(class, direction, protocol, remote)) {
             None => base,
             Some(exact) if base.is_empty() => exact,
             Some(exact) => {
@@ -274,7 +285,7 @@ fn first_hit(a: Option<&Effective>, b: Option<&Effective>) -> Option<Effective> 
 mod tests {
     use super::*;
     use crate::diff::testkit::PolicyBuilder;
-    use enforcer_common::{ACTION_DENY, IDENTITY_WORLD};
+    use enforcer_common::{ACTION_DENY, IDENTITY_HOST, IDENTITY_WORLD};
 
     #[test]
     fn exact_level_shadows_wildcards_and_gaps_fall_through() {
@@ -321,6 +332,76 @@ mod tests {
             r.one_side(db, DIRECTION_INGRESS, PROTO_UDP, office)
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn class_members_are_judged_by_their_class_and_diff_like_their_own_rows() {
+        // The same policy twice: web and api with identical rows each, and
+        // api stored as a member of web's class.
+        let build = |shared: bool| {
+            let mut b = PolicyBuilder::new();
+            let web = b.workload("web");
+            let api = b.workload("api");
+            b.peer("office", &["203.0.113.0/24"]);
+            let allow = b.rule("front", "allow-in", 0);
+            let deny = b.rule("front", "deny-in", 0);
+            for w in [web, api] {
+                b.ports(
+                    w,
+                    DIRECTION_INGRESS,
+                    PROTO_TCP,
+                    IDENTITY_ANY,
+                    443,
+                    443,
+                    ACTION_ALLOW,
+                    allow,
+                );
+                b.ports(
+                    w,
+                    DIRECTION_INGRESS,
+                    PROTO_TCP,
+                    IDENTITY_WORLD,
+                    1,
+                    1023,
+                    ACTION_DENY,
+                    deny,
+                );
+            }
+            if shared {
+                b.set_class(api, web);
+            }
+            (b.build(), web, api)
+        };
+        let (own, web, api) = build(false);
+        let (shared, _, _) = build(true);
+        assert!(shared.verdicts.len() < own.verdicts.len());
+        let (r_own, r_shared) = (Reach::new(&own), Reach::new(&shared));
+        for remote in [IDENTITY_WORLD, IDENTITY_HOST, web] {
+            let member = r_shared.one_side(api, DIRECTION_INGRESS, PROTO_TCP, remote);
+            assert!(!member.is_empty());
+            assert_eq!(
+                member,
+                r_own.one_side(api, DIRECTION_INGRESS, PROTO_TCP, remote)
+            );
+            assert_eq!(
+                member,
+                r_shared.one_side(web, DIRECTION_INGRESS, PROTO_TCP, remote)
+            );
+        }
+        assert_eq!(
+            r_shared.between_workloads(web, api, PROTO_TCP),
+            r_own.between_workloads(web, api, PROTO_TCP)
+        );
+        let input = |p: &CompiledPolicy| crate::diff::DiffInput::from_compiled(p.clone());
+        assert!(crate::diff::diff(&input(&own), &input(&shared)).is_empty());
+        // A real change to the class is reported for the member too.
+        let (mut narrower, _, _) = build(true);
+        narrower
+            .verdicts
+            .retain(|(k, _)| k.remote() != IDENTITY_ANY);
+        let d = crate::diff::diff(&input(&shared), &input(&narrower));
+        let text = format!("{d:?}");
+        assert!(text.contains("api") && text.contains("web"), "{text}");
     }
 
     #[test]

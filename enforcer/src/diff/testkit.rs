@@ -90,6 +90,7 @@ impl PolicyBuilder {
         let identity = self.entity(name, EntityKind::Workload);
         self.workloads.push(CompiledWorkload {
             identity,
+            class: identity,
             name: name.to_owned(),
             selector,
             mode,
@@ -197,6 +198,14 @@ impl PolicyBuilder {
         self.verdicts.push((key, verdict_value(action, rule)));
     }
 
+    /// Makes `workload` a member of `class` (see `CompiledWorkload::class`):
+    /// its own entries, if any, are left out of the built policy.
+    pub fn set_class(&mut self, workload: Identity, class: Identity) {
+        if let Some(w) = self.workloads.iter_mut().find(|w| w.identity == workload) {
+            w.class = class;
+        }
+    }
+
     pub fn set_mode(&mut self, workload: Identity, mode: u8) {
         if let Some(w) = self.workloads.iter_mut().find(|w| w.identity == workload) {
             w.mode = mode;
@@ -209,6 +218,14 @@ impl PolicyBuilder {
         self.prefixes_v4.sort();
         self.prefixes_v6.sort();
         self.verdicts.sort();
+        let members: Vec<Identity> = self
+            .workloads
+            .iter()
+            .filter(|w| w.class != w.identity)
+            .map(|w| w.identity)
+            .collect();
+        self.verdicts
+            .retain(|(k, _)| !members.contains(&k.workload()));
         CompiledPolicy {
             entities: self.entities,
             workloads: self.workloads,

@@ -96,6 +96,9 @@ pub fn evaluate(policy: &CompiledPolicy, conn: &Connection) -> Decision {
         protocol,
         port,
     } = *conn;
+    // The entries are stored under the workload's class, as the kernel
+    // looks them up.
+    let local = policy.class_of(local);
     lpm_verdict(policy, local, direction, protocol, remote, port)
         .or_else(|| {
             is_external(policy, remote)

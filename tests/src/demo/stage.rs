@@ -178,6 +178,9 @@ impl Stage {
                     cgroup: ResolvedCgroup {
                         cgroup_id,
                         workload: w.identity,
+                        // The status does not report verdict classes, and
+                        // the demo only names workloads with these.
+                        class: w.identity,
                         mode,
                     },
                 });
@@ -306,6 +309,7 @@ pub fn resolve(policy: &CompiledPolicy, root: &Path) -> Result<Vec<Resolution>> 
                     cgroup: ResolvedCgroup {
                         cgroup_id: id,
                         workload: w.identity,
+                        class: w.class,
                         mode: w.mode,
                     },
                 });

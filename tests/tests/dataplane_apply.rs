@@ -1,0 +1,297 @@
+//! Incremental policy writes: `Dataplane::apply` turns the inactive slot
+//! into the new policy by writing only the differences from what it wrote
+//! there before. Whatever the sequence of policies, cgroup changes and
+//! adoptions of pinned maps, each slot must hold exactly what a fresh fill
+//! would (read back from the kernel maps).
+
+mod dataplane_support;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use dataplane_support::*;
+use enforcer::{
+    compile::compiled::{CgroupSelector, CompiledPolicy, CompiledWorkload},
+    dataplane::{Dataplane, DataplaneOptions, HostAddrs, ResolvedCgroup, SlotContent},
+};
+use enforcer_common::{
+    ACTION_ALLOW, ACTION_DENY, AddrKey4, AddrKey6, DIRECTION_EGRESS, DIRECTION_INGRESS,
+    IDENTITY_ANY, IDENTITY_WORLD, MODE_AUDIT, MODE_ENFORCE, PROTO_TCP, PROTO_UDP, VerdictKey,
+    VerdictValue,
+};
+
+const WORKLOADS: [(u32, &str); 4] = [(16, "api"), (17, "web"), (18, "db"), (19, "batch")];
+const PEERS: [(u32, &str); 3] = [(20, "office"), (21, "vendor"), (22, "lab")];
+
+/// A random policy with verdict classes: workload 19 shares 16's rows.
+fn random_policy(rng: &mut Rng) -> CompiledPolicy {
+    let mut p = empty_policy(&WORKLOADS, &PEERS);
+    p.workloads = WORKLOADS
+        .iter()
+        .map(|&(identity, name)| CompiledWorkload {
+            identity,
+            class: if identity == 19 { 16 } else { identity },
+            name: name.into(),
+            selector: CgroupSelector::Unit(format!("{name}.service")),
+            mode: MODE_ENFORCE,
+        })
+        .collect();
+    let mut v4 = std::collections::BTreeMap::new();
+    let mut v6 = std::collections::BTreeMap::new();
+    for _ in 0..rng.below(20) {
+        let len = [16u32, 24, 28, 32][rng.below(4) as usize];
+        let a =
+            u32::from(Ipv4Addr::new(203, 0, 113, rng.below(256) as u8)) & (u32::MAX << (32 - len));
+        v4.insert(
+            AddrKey4 {
+                prefix_len: len,
+                addr: a.to_be_bytes(),
+            },
+            PEERS[rng.below(3) as usize].0,
+        );
+        let a6 = u128::from(Ipv6Addr::new(
+            0x2001,
+            0xdb8,
+            rng.below(8) as u16,
+            0,
+            0,
+            0,
+            0,
+            0,
+        )) & (u128::MAX << 80);
+        v6.insert(
+            AddrKey6 {
+                prefix_len: 48,
+                addr: a6.to_be_bytes(),
+            },
+            PEERS[rng.below(3) as usize].0,
+        );
+    }
+    p.prefixes_v4 = v4.into_iter().collect();
+    p.prefixes_v6 = v6.into_iter().collect();
+    let mut verdicts = std::collections::BTreeMap::new();
+    for _ in 0..rng.below(300) {
+        // Only the classes' representatives have entries.
+        let w = [16, 17, 18][rng.below(3) as usize];
+        let d = if rng.chance(50) {
+            DIRECTION_EGRESS
+        } else {
+            DIRECTION_INGRESS
+        };
+        let proto = if rng.chance(50) { PROTO_TCP } else { PROTO_UDP };
+        let r = match rng.below(4) {
+            0 => IDENTITY_WORLD,
+            1 => IDENTITY_ANY,
+            _ => PEERS[rng.below(3) as usize].0,
+        };
+        let bits = [8u8, 12, 16][rng.below(3) as usize];
+        let port = (rng.below(64) as u16 * 1000) & (u16::MAX << (16 - bits));
+        verdicts.insert(
+            VerdictKey::new(w, d, proto, r, port, bits),
+            VerdictValue {
+                rule: rng.below(4) as u32,
+                action: if rng.chance(30) {
+                    ACTION_DENY
+                } else {
+                    ACTION_ALLOW
+                },
+                _pad: [0; 3],
+            },
+        );
+    }
+    p.verdicts = verdicts.into_iter().collect();
+    p
+}
+
+/// The same policy with one entry changed, one removed and one added: what
+/// a one-rule edit looks like to the data plane.
+fn edited(p: &CompiledPolicy, rng: &mut Rng) -> CompiledPolicy {
+    let mut q = p.clone();
+    if !q.verdicts.is_empty() {
+        let i = rng.below(q.verdicts.len() as u64) as usize;
+        q.verdicts[i].1.rule += 10;
+        let j = rng.below(q.verdicts.len() as u64) as usize;
+        q.verdicts.remove(j);
+    }
+    let key = VerdictKey::new(17, DIRECTION_INGRESS, PROTO_TCP, IDENTITY_ANY, 65000, 16);
+    if let Err(at) = q.verdicts.binary_search_by_key(&key, |e| e.0) {
+        q.verdicts.insert(
+            at,
+            (
+                key,
+                VerdictValue {
+                    rule: 3,
+                    action: ACTION_ALLOW,
+                    _pad: [0; 3],
+                },
+            ),
+        );
+    }
+    q
+}
+
+fn random_cgroups(rng: &mut Rng) -> Vec<ResolvedCgroup> {
+    (0..rng.below(6))
+        .map(|i| {
+            let (workload, _) = WORKLOADS[rng.below(4) as usize];
+            ResolvedCgroup {
+                cgroup_id: 1000 + i * 7 + rng.below(3),
+                workload,
+                class: if workload == 19 { 16 } else { workload },
+                mode: if rng.chance(20) {
+                    MODE_AUDIT
+                } else {
+                    MODE_ENFORCE
+                },
+            }
+        })
+        .collect()
+}
+
+fn random_host(rng: &mut Rng) -> HostAddrs {
+    HostAddrs {
+        addrs: (0..rng.below(3))
+            .map(|_| IpAddr::V4(Ipv4Addr::new(198, 51, 100, rng.below(4) as u8)))
+            .collect(),
+    }
+}
+
+/// What was applied last, to compare a slot with.
+#[derive(Clone)]
+struct Applied {
+    policy: CompiledPolicy,
+    cgroups: Vec<ResolvedCgroup>,
+    host: HostAddrs,
+}
+
+impl Applied {
+    fn content(&self) -> SlotContent {
+        SlotContent::of(&self.policy, &self.cgroups, &self.host)
+    }
+}
+
+/// Applies and checks both slots: the active one holds exactly `next`,
+/// the other one what was applied before (`previous`).
+fn apply_and_check(dp: &mut Dataplane, next: &Applied, previous: Option<&Applied>, context: &str) {
+    dp.apply(&next.policy, &next.cgroups, &next.host)
+        .unwrap_or_else(|e| panic!("{context}: apply: {e}"));
+    let active = dp.active_slot_index().expect("config");
+    assert_eq!(
+        dp.read_slot(active).expect("read active slot"),
+        next.content(),
+        "{context}: the active slot holds the new policy exactly"
+    );
+    assert!(dp.knows_slot(active), "{context}");
+    if let Some(previous) = previous {
+        assert_eq!(
+            dp.read_slot(1 - active).expect("read inactive slot"),
+            previous.content(),
+            "{context}: the other slot still holds the previous policy"
+        );
+    }
+}
+
+#[test]
+fn successive_applies_leave_exactly_each_policys_entries() {
+    let Some(_root) = require_root() else {
+        return;
+    };
+    let seed = seed();
+    println!("seed {seed} (replay with ENFORCER_TEST_SEED={seed})");
+    let mut rng = Rng::new(seed);
+    let mut dp = Dataplane::load(&DataplaneOptions::default()).expect("load");
+    assert!(!dp.knows_slot(0) && !dp.knows_slot(1));
+    // A pool of policies so that sequences like A, B, A, C occur, plus
+    // small edits of the last one.
+    let pool: Vec<Applied> = (0..4)
+        .map(|_| Applied {
+            policy: random_policy(&mut rng),
+            cgroups: random_cgroups(&mut rng),
+            host: random_host(&mut rng),
+        })
+        .collect();
+    let mut previous: Option<Applied> = None;
+    let mut sequence = vec![0usize, 1, 0, 2, 2, 3, 1];
+    sequence.extend((0..24).map(|_| rng.below(6) as usize));
+    for (round, pick) in sequence.into_iter().enumerate() {
+        let context = format!("seed {seed} round {round} (pick {pick})");
+        let next = match (pick, &previous) {
+            (0..=3, _) | (_, None) => pool[pick.min(3)].clone(),
+            (4, Some(last)) => Applied {
+                policy: edited(&last.policy, &mut rng),
+                ..last.clone()
+            },
+            (_, Some(last)) => Applied {
+                cgroups: random_cgroups(&mut rng),
+                host: random_host(&mut rng),
+                ..last.clone()
+            },
+        };
+        apply_and_check(&mut dp, &next, previous.as_ref(), &context);
+        // The cgroup watcher edits the active slot in place; later applies
+        // into this slot must account for it.
+        let mut current = next;
+        if rng.chance(50) {
+            let added = ResolvedCgroup {
+                cgroup_id: 5000 + round as u64,
+                workload: 19,
+                class: 16,
+                mode: MODE_ENFORCE,
+            };
+            dp.add_cgroup(added).expect("add cgroup");
+            current.cgroups.push(added);
+            if let Some(gone) = current.cgroups.first().copied()
+                && rng.chance(50)
+            {
+                dp.remove_cgroup(gone.cgroup_id).expect("remove cgroup");
+                current.cgroups.retain(|c| c.cgroup_id != gone.cgroup_id);
+            }
+            let active = dp.active_slot_index().expect("config");
+            assert_eq!(
+                dp.read_slot(active).expect("read active slot"),
+                current.content(),
+                "{context}: after cgroup changes"
+            );
+        }
+        previous = Some(current);
+    }
+}
+
+#[test]
+fn a_new_process_empties_the_slots_it_adopts_before_writing_them() {
+    let Some(_root) = require_root() else {
+        return;
+    };
+    let seed = seed();
+    println!("seed {seed} (replay with ENFORCER_TEST_SEED={seed})");
+    let mut rng = Rng::new(seed);
+    let pins = PinRoot::new();
+    let options = DataplaneOptions {
+        pin_root: Some(pins.path.clone()),
+        ..DataplaneOptions::default()
+    };
+    let applied: Vec<Applied> = (0..4)
+        .map(|_| Applied {
+            policy: random_policy(&mut rng),
+            cgroups: random_cgroups(&mut rng),
+            host: random_host(&mut rng),
+        })
+        .collect();
+    {
+        let mut dp = Dataplane::load(&options).expect("load");
+        apply_and_check(&mut dp, &applied[0], None, "first process, A");
+        apply_and_check(&mut dp, &applied[1], Some(&applied[0]), "first process, B");
+    }
+    // The pins hold A and B; the new process knows neither, so it must
+    // empty each slot before writing it (A's entries must not survive).
+    let mut dp = Dataplane::load(&options).expect("adopt");
+    assert!(!dp.knows_slot(0) && !dp.knows_slot(1));
+    let active = dp.active_slot_index().expect("config");
+    assert_eq!(dp.read_slot(active).expect("read"), applied[1].content());
+    apply_and_check(&mut dp, &applied[2], Some(&applied[1]), "adopted, C");
+    apply_and_check(&mut dp, &applied[3], Some(&applied[2]), "adopted, D");
+    // Both slots are known now: the next applies write differences only.
+    assert!(dp.knows_slot(0) && dp.knows_slot(1));
+    apply_and_check(&mut dp, &applied[0], Some(&applied[3]), "adopted, A again");
+    drop(dp);
+    Dataplane::uninstall(&pins.path).expect("uninstall");
+}
