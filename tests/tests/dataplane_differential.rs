@@ -448,6 +448,7 @@ fn denied_flow_events_are_rate_limited_per_second() {
     let cgroups = [ResolvedCgroup {
         cgroup_id: own_cgroup_id(),
         workload: WORKLOADS[0].0,
+        class: WORKLOADS[0].0,
         mode: MODE_ENFORCE,
     }];
     // No verdicts: everything the workload sends is denied by default.
