@@ -109,7 +109,8 @@ fn policy(rules: usize, prefixes: usize) -> CompiledPolicy {
     verdicts.sort_by_key(|(k, _)| *k);
     verdicts.dedup_by_key(|(k, _)| *k);
     // Peer 0 owns 198.51.100.0/24 and 2001:db8::/48; the rest are /32s in
-    // 10.0.0.0/8 and /64s in 2001:db8:1::/48 (only parsed, never routed).
+    // 10.0.0.0/8 and distinct /64s from 2001:db8:1::/64 up (map entries only,
+    // never routed).
     let mut v4 = vec![(
         AddrKey4 {
             prefix_len: 24,
@@ -136,7 +137,8 @@ fn policy(rules: usize, prefixes: usize) -> CompiledPolicy {
         v6.push((
             AddrKey6 {
                 prefix_len: 64,
-                addr: Ipv6Addr::new(0x2001, 0xdb8, 1, (i >> 16) as u16, i as u16, 0, 0, 0).octets(),
+                addr: Ipv6Addr::new(0x2001, 0xdb8, 1 + (i >> 16) as u16, i as u16, 0, 0, 0, 0)
+                    .octets(),
             },
             peer,
         ));

@@ -33,6 +33,14 @@ pub struct SlotContent {
     pub verdicts: Vec<(VerdictKey, VerdictValue)>,
 }
 
+/// Masks trie keys to their prefix (see [`masked`]), then [`canonical`].
+fn canonical_trie<K: TrieKey + Ord, V>(entries: &mut Vec<(K, V)>) {
+    for entry in entries.iter_mut() {
+        entry.0 = entry.0.masked();
+    }
+    canonical(entries);
+}
+
 /// Sorts by key; of entries with the same key the last one stays, as when
 /// they are written into a map one after the other.
 fn canonical<K: Ord, V>(entries: &mut Vec<(K, V)>) {
@@ -86,9 +94,9 @@ impl SlotContent {
             verdicts: policy.verdicts.clone(),
         };
         canonical(&mut content.cgroups);
-        canonical(&mut content.addr4);
-        canonical(&mut content.addr6);
-        canonical(&mut content.verdicts);
+        canonical_trie(&mut content.addr4);
+        canonical_trie(&mut content.addr6);
+        canonical_trie(&mut content.verdicts);
         content
     }
 
@@ -194,7 +202,11 @@ pub(crate) fn clear_hash<K: aya::Pod, V: aya::Pod>(
         HashMap::try_from(map(ebpf, name)?).map_err(type_err(name))?;
     let keys: Vec<K> = m.keys().collect::<Result<_, _>>().map_err(read_err(name))?;
     for k in keys {
-        m.remove(&k).map_err(write_err(name))?;
+        // Already gone is what emptying wants.
+        match m.remove(&k) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(write_err(name)(e)),
+        }
     }
     Ok(())
 }
@@ -204,7 +216,11 @@ fn clear_trie<K: aya::Pod, V: aya::Pod>(ebpf: &mut aya::Ebpf, name: &'static str
         LpmTrie::try_from(map(ebpf, name)?).map_err(type_err(name))?;
     let keys: Vec<Key<K>> = m.keys().collect::<Result<_, _>>().map_err(read_err(name))?;
     for k in keys {
-        m.remove(&k).map_err(write_err(name))?;
+        // Already gone is what emptying wants.
+        match m.remove(&k) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(write_err(name)(e)),
+        }
     }
     Ok(())
 }
@@ -214,6 +230,20 @@ trait TrieKey: Copy {
     type Data: aya::Pod;
     fn trie_key(&self) -> Key<Self::Data>;
     fn from_trie_key(key: &Key<Self::Data>) -> Self;
+    /// The same key with the bits past its prefix cleared.
+    fn masked(self) -> Self;
+}
+
+/// `data` with every bit past the first `prefix_len` cleared. The kernel's
+/// LPM trie compares only the prefix: keys that differ past it are one
+/// entry, so the record of a slot must not hold them as two.
+fn masked<const N: usize>(mut data: [u8; N], prefix_len: u32) -> [u8; N] {
+    let bits = prefix_len as usize;
+    for (i, byte) in data.iter_mut().enumerate() {
+        let kept = bits.saturating_sub(i * 8).min(8);
+        *byte &= !(0xffu16 >> kept) as u8;
+    }
+    data
 }
 
 impl TrieKey for AddrKey4 {
@@ -225,6 +255,12 @@ impl TrieKey for AddrKey4 {
         AddrKey4 {
             prefix_len: key.prefix_len(),
             addr: key.data(),
+        }
+    }
+    fn masked(self) -> Self {
+        AddrKey4 {
+            addr: masked(self.addr, self.prefix_len),
+            ..self
         }
     }
 }
@@ -240,6 +276,12 @@ impl TrieKey for AddrKey6 {
             addr: key.data(),
         }
     }
+    fn masked(self) -> Self {
+        AddrKey6 {
+            addr: masked(self.addr, self.prefix_len),
+            ..self
+        }
+    }
 }
 
 impl TrieKey for VerdictKey {
@@ -251,6 +293,12 @@ impl TrieKey for VerdictKey {
         VerdictKey {
             prefix_len: key.prefix_len(),
             data: key.data(),
+        }
+    }
+    fn masked(self) -> Self {
+        VerdictKey {
+            data: masked(self.data, self.prefix_len),
+            ..self
         }
     }
 }
@@ -350,7 +398,7 @@ fn read_trie<K: TrieKey + Ord, V: aya::Pod>(
     let mut out = Vec::new();
     for item in m.iter() {
         let (k, v) = item.map_err(read_err(name))?;
-        out.push((K::from_trie_key(&k), v));
+        out.push((K::from_trie_key(&k).masked(), v));
     }
     out.sort_unstable_by_key(|e| e.0);
     Ok(out)
@@ -376,6 +424,23 @@ pub(crate) fn read_slot(ebpf: &aya::Ebpf, slot: usize) -> Result<SlotContent> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_that_differ_past_their_prefix_are_one_entry() {
+        assert_eq!(masked([0xff; 4], 0), [0; 4]);
+        assert_eq!(masked([0xff; 4], 12), [0xff, 0xf0, 0, 0]);
+        assert_eq!(masked([0xff; 4], 32), [0xff; 4]);
+        // 2001:db8:1:0:5::/64 is 2001:db8:1::/64 to the trie.
+        let key = |last: u8| AddrKey6 {
+            prefix_len: 64,
+            addr: [
+                0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, last, 0, 0, 0, 0, 0, 0,
+            ],
+        };
+        let mut entries = vec![(key(5), 7), (key(0), 8)];
+        canonical_trie(&mut entries);
+        assert_eq!(entries, vec![(key(0), 8)]);
+    }
 
     #[test]
     fn the_plan_deletes_what_is_gone_and_puts_what_is_new_or_changed() {
