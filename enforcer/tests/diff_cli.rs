@@ -398,3 +398,57 @@ fn until_and_mode_changes_are_reported() {
         stderr(&o)
     );
 }
+
+/// A `*.toml` symbolic link is read from a revision as `load_dir` reads it
+/// from a working tree: followed (also from a subdirectory, and link to
+/// link); a link out of the repository is an error that says how to fix it.
+#[test]
+fn rev_dir_follows_symbolic_links_like_a_working_tree() {
+    use std::os::unix::fs::symlink;
+    let t = TempDir::new().expect("tempdir");
+    let repo = t.path();
+    git(repo, &["init", "-q", "-b", "main"]);
+    write(&repo.join("shared"), &[("shop.toml", SHOP)]);
+    std::fs::create_dir_all(repo.join("hosts/a")).expect("mkdir");
+    std::fs::create_dir_all(repo.join("hosts/b")).expect("mkdir");
+    // A link to a link to the file, and a dangling one (skipped, as in a
+    // working tree).
+    symlink("../../shared/shop.toml", repo.join("hosts/b/shop.toml")).expect("symlink");
+    symlink("../b/shop.toml", repo.join("hosts/a/shop.toml")).expect("symlink");
+    symlink("missing.toml", repo.join("hosts/a/gone.toml")).expect("symlink");
+    git(repo, &["add", "."]);
+    git(repo, &["commit", "-q", "-m", "v1"]);
+
+    // The same policy in the revision and in the working tree: no change,
+    // whether read from the root or a subdirectory.
+    let o = enforcer(
+        repo,
+        &["diff", "HEAD:hosts/a", "hosts/a", "--fail-on", "any"],
+    );
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    let o = enforcer(
+        &repo.join("hosts"),
+        &["diff", "HEAD:./a", "a", "--fail-on", "any"],
+    );
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+
+    // Skipping the links would leave an empty policy: a change.
+    let o = enforcer(
+        repo,
+        &["diff", "HEAD:shared", "HEAD:hosts/a", "--fail-on", "any"],
+    );
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+
+    // Out of the repository: an error naming the link.
+    symlink("/etc/enforcer/shop.toml", repo.join("hosts/a/abs.toml")).expect("symlink");
+    git(repo, &["add", "."]);
+    git(repo, &["commit", "-q", "-m", "absolute link"]);
+    let o = enforcer(repo, &["diff", "HEAD:hosts/a", "hosts/a"]);
+    assert_eq!(code(&o), 2, "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stderr(&o)
+            .contains("HEAD:hosts/a/abs.toml: a symbolic link to \"/etc/enforcer/shop.toml\""),
+        "{}",
+        stderr(&o)
+    );
+}

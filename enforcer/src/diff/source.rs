@@ -67,6 +67,16 @@ pub enum SourceError {
     GitFailed { args: String, stderr: String },
     #[error("git cat-file gave unexpected output for {object}")]
     GitProtocol { object: String },
+    #[error(
+        "{file}: a symbolic link to {target:?}, which is outside what git revision {rev} holds; point it at a file inside the repository with a relative path"
+    )]
+    LinkOutsideRevision {
+        file: String,
+        rev: String,
+        target: String,
+    },
+    #[error("{file}: more than {MAX_LINK_HOPS} symbolic links in a row")]
+    LinkLoop { file: String },
     #[error("writing {path}: {source}")]
     Write {
         path: PathBuf,
@@ -185,7 +195,9 @@ fn from_git(repo: &Path, rev: &str, dir: &str, spec: String) -> Result<Materiali
     }
 
     // The `*.toml` files directly in the directory, as `load_dir` reads them.
-    let listing = git(repo, &["ls-tree", "-z", &tree])?;
+    // `--full-tree`: from a subdirectory, ls-tree would otherwise filter
+    // the tree's entries by that directory's path.
+    let listing = git(repo, &["ls-tree", "-z", "--full-tree", &tree])?;
     let mut files: Vec<(String, PathBuf)> = Vec::new();
     for entry in listing.split(|b| *b == 0).filter(|e| !e.is_empty()) {
         let entry = String::from_utf8_lossy(entry);
@@ -194,12 +206,25 @@ fn from_git(repo: &Path, rev: &str, dir: &str, spec: String) -> Result<Materiali
         };
         let mut meta = meta.split(' ');
         let (mode, kind, object) = (meta.next(), meta.next(), meta.next());
-        if kind != Some("blob") || mode == Some("120000") || !path.ends_with(".toml") {
+        if kind != Some("blob") || !path.ends_with(".toml") {
             continue;
         }
-        if let Some(object) = object {
-            files.push((object.to_owned(), PathBuf::from(path)));
-        }
+        let Some(object) = object else { continue };
+        let object = if mode == Some(LINK_MODE) {
+            // Followed as `load_dir` follows a link in a working tree.
+            let link = LinkInRevision {
+                repo,
+                rev,
+                file: format!("{spec}/{path}"),
+            };
+            match link.resolve(&dir_in_repo(repo, dir)?, path, object)? {
+                Some(object) => object,
+                None => continue,
+            }
+        } else {
+            object.to_owned()
+        };
+        files.push((object, PathBuf::from(path)));
     }
 
     let temp = tempfile::Builder::new()
@@ -227,6 +252,90 @@ fn from_git(repo: &Path, rev: &str, dir: &str, spec: String) -> Result<Materiali
         spec,
         temp: Some(temp),
     })
+}
+
+/// The git tree mode of a symbolic link.
+const LINK_MODE: &str = "120000";
+/// Links followed in a row before giving up, as a loop guard.
+const MAX_LINK_HOPS: usize = 8;
+
+/// `dir` (as given after `REV:`) relative to the repository's root: git
+/// reads `./` and `../` from the current directory, anything else from the
+/// root.
+fn dir_in_repo(repo: &Path, dir: &str) -> Result<String, SourceError> {
+    if dir == "." || dir.starts_with("./") || dir == ".." || dir.starts_with("../") {
+        let prefix = git(repo, &["rev-parse", "--show-prefix"])?;
+        let prefix = String::from_utf8_lossy(&prefix).trim().to_owned();
+        Ok(format!("{prefix}{dir}"))
+    } else {
+        Ok(dir.to_owned())
+    }
+}
+
+/// `path` with `.` and `..` resolved; `None` if it climbs above the root.
+fn normalize(path: &str) -> Option<String> {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            part => parts.push(part),
+        }
+    }
+    Some(parts.join("/"))
+}
+
+/// A `*.toml` symbolic link found in a `REV:DIR` input.
+struct LinkInRevision<'a> {
+    repo: &'a Path,
+    rev: &'a str,
+    /// How errors name it: `REV:DIR/NAME`.
+    file: String,
+}
+
+impl LinkInRevision<'_> {
+    /// The blob the link named `name` in `dir` (root-relative) leads to,
+    /// following links in a row; `None` when it leads to no file (dangling,
+    /// or a directory), which `load_dir` skips too.
+    fn resolve(&self, dir: &str, name: &str, link: &str) -> Result<Option<String>, SourceError> {
+        let mut at = format!("{dir}/{name}");
+        let mut link = link.to_owned();
+        for _ in 0..MAX_LINK_HOPS {
+            let target = git(self.repo, &["cat-file", "blob", &link])?;
+            let target = String::from_utf8_lossy(&target).into_owned();
+            let parent = at.rsplit_once('/').map_or("", |(parent, _)| parent);
+            let outside = || SourceError::LinkOutsideRevision {
+                file: self.file.clone(),
+                rev: self.rev.to_owned(),
+                target: target.clone(),
+            };
+            if target.starts_with('/') {
+                return Err(outside());
+            }
+            at = normalize(&format!("{parent}/{target}")).ok_or_else(outside)?;
+            // Root-relative whatever the current directory, and no globbing.
+            let pathspec = format!(":(top,literal){at}");
+            let listing = git(
+                self.repo,
+                &["ls-tree", "-z", "--full-tree", self.rev, "--", &pathspec],
+            )?;
+            let entry = String::from_utf8_lossy(&listing);
+            let Some((meta, _)) = entry.trim_end_matches('\0').split_once('\t') else {
+                return Ok(None);
+            };
+            let mut meta = meta.split(' ');
+            match (meta.next(), meta.next(), meta.next()) {
+                (Some(LINK_MODE), _, Some(next)) => link = next.to_owned(),
+                (_, Some("blob"), Some(object)) => return Ok(Some(object.to_owned())),
+                _ => return Ok(None),
+            }
+        }
+        Err(SourceError::LinkLoop {
+            file: self.file.clone(),
+        })
+    }
 }
 
 /// The contents of `objects`, in order, from one `git cat-file --batch`.
@@ -306,6 +415,16 @@ fn cat_blobs<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn link_targets_are_normalized_within_the_repository() {
+        assert_eq!(
+            normalize("hosts/./a/../b/x.toml").as_deref(),
+            Some("hosts/b/x.toml")
+        );
+        assert_eq!(normalize("/a//b/").as_deref(), Some("a/b"));
+        assert_eq!(normalize("a/../../x.toml"), None);
+    }
 
     #[test]
     fn parse_prefers_existing_directories() {
