@@ -248,8 +248,10 @@ impl Oracle<'_> {
     }
     fn level(&self, w: Identity, d: u8, p: u8, r: Identity, port: u16) -> Option<(bool, u32)> {
         let mut best: Option<(u32, bool, u32)> = None;
+        // Workloads with identical rows share them under their class.
+        let class = self.0.class_of(w);
         for (k, v) in &self.0.verdicts {
-            if (k.workload(), k.direction(), k.protocol(), k.remote()) != (w, d, p, r) {
+            if (k.workload(), k.direction(), k.protocol(), k.remote()) != (class, d, p, r) {
                 continue;
             }
             let bits = k.port_bits();
