@@ -24,6 +24,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use enforcer::{
+    cgroups::cgroup2_mount,
     compile::compile_dir,
     dataplane::{Dataplane, DataplaneOptions, HostAddrs, ResolvedCgroup},
 };
@@ -71,20 +72,6 @@ fn parse_allow(text: &str) -> Result<Vec<(Ipv4Addr, u16)>> {
             ))
         })
         .collect()
-}
-
-/// The cgroup v2 mount point, from `/proc/self/mountinfo`.
-fn cgroup2_mount() -> Result<PathBuf> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
-    mountinfo
-        .lines()
-        .find_map(|l| {
-            let (head, tail) = l.split_once(" - ")?;
-            (tail.split_whitespace().next() == Some("cgroup2"))
-                .then(|| head.split_whitespace().nth(4).map(PathBuf::from))
-                .flatten()
-        })
-        .context("no cgroup2 mount")
 }
 
 /// The policy directory's one file: workload `client` (the benchmark

@@ -6,9 +6,10 @@
 //! per workload), a test bpffs directory and a socket in a temporary
 //! directory, with a 10-rule policy (`--start-large`: the large one); then
 //! applies a generated policy of `--rules` rules over `--workloads`
-//! workloads and `--peers` peers (the shape of `benches/compile.rs`), then a
-//! second such policy with `--confirm` (the daemon then also keeps the
-//! first one to roll back to), then confirms and applies the first again
+//! workloads and `--peers` peers (`enforcer_bench::policy`, the shape of the
+//! benchmarks), then the same policy with one rule changed, with
+//! `--confirm` (the daemon then also keeps the first one to roll back to),
+//! then confirms and applies the first again
 //! (and then `--repeat` more times, alternating the two).
 //! After each step and `--settle` seconds of rest it prints the daemon's
 //! `VmRSS`, `VmHWM`, `RssAnon`, threads (`/proc/PID/status`) and the
@@ -32,7 +33,6 @@
 //! 'heaptrack -o FILE'`, then `heaptrack_print -f FILE.zst -l 1` (the debug
 //! binary has the symbols).
 
-use std::fmt::Write as _;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -40,7 +40,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use enforcer::api::{Client, Request, Response};
+use enforcer::cgroups::cgroup2_mount;
 use enforcer::dataplane::Dataplane;
+use enforcer_bench::policy::{Shape, Variant};
 
 struct Args {
     rules: usize,
@@ -99,100 +101,6 @@ fn parse_args() -> Result<Args> {
         bail!("--workloads and --peers must be at least 1");
     }
     Ok(parsed)
-}
-
-/// A peer's address: documentation ranges only.
-fn peer_cidr(i: usize) -> String {
-    match i {
-        0..=249 => format!("198.51.100.{}/32", i + 1),
-        250..=499 => format!("203.0.113.{}/32", i - 249),
-        _ => format!("2001:db8:{i:x}::/48"),
-    }
-}
-
-/// A policy of the shape of `benches/compile.rs`: workloads `w<i>` (unit
-/// `w<i>.service`) labelled by app (5 workloads each) and team, peers
-/// labelled by zone (10 each), and policies of 10 rules per app mixing
-/// peer names, label selectors, `world` and `host`, port ranges, several
-/// protocols and the four directions. `variant` shifts the ports, so that
-/// two variants compile differently.
-fn policy_text(workloads: usize, peers: usize, rules: usize, variant: usize) -> String {
-    let apps = workloads.div_ceil(5).max(1);
-    let zones = peers.div_ceil(10).max(1);
-    let mut t = String::new();
-    for i in 0..workloads {
-        let _ = writeln!(
-            t,
-            "[workload.w{i}]\nunit = \"w{i}.service\"\nlabels = {{ app = \"a{}\", team = \"t{}\" }}",
-            i / 5,
-            i % 20
-        );
-    }
-    for i in 0..peers {
-        let _ = writeln!(
-            t,
-            "[peer.p{i}]\ncidrs = [\"{}\"]\nlabels = {{ zone = \"z{}\" }}",
-            peer_cidr(i),
-            i % zones
-        );
-    }
-    let mut r = 0;
-    let mut p = 0;
-    while r < rules {
-        let _ = writeln!(
-            t,
-            "[[policy]]\nname = \"pol{p}\"\nselect = {{ app = \"a{}\" }}",
-            p % apps
-        );
-        let mut sections: [Vec<String>; 4] = Default::default();
-        for _ in 0..10.min(rules - r) {
-            let remote = match r % 5 {
-                0 => format!("\"peer:p{}\"", (r * 7) % peers),
-                1 => format!("{{ zone = \"z{}\" }}", r % zones),
-                2 => format!("{{ app = \"a{}\" }}", (r / 5) % apps),
-                3 => "\"world\"".to_string(),
-                _ => format!("\"host\", \"peer:p{}\"", (r * 13) % peers),
-            };
-            let ports = match r % 7 {
-                0 => "\"8000-8100/tcp\"".to_string(),
-                1 => "\"53/udp\", \"53/tcp\"".to_string(),
-                2 => "\"icmp\"".to_string(),
-                _ => format!("\"{}/tcp\"", 1000 + (r + variant) % 5000),
-            };
-            let section = match r % 10 {
-                9 => 2,
-                8 => 3,
-                n => n % 2,
-            };
-            let key = if section % 2 == 0 { "from" } else { "to" };
-            sections[section].push(format!("  {{ {key} = [{remote}], ports = [{ports}] }},"));
-            r += 1;
-        }
-        for (name, rules) in ["allow-in", "allow-out", "deny-in", "deny-out"]
-            .iter()
-            .zip(&sections)
-        {
-            if !rules.is_empty() {
-                let _ = writeln!(t, "{name} = [\n{}\n]", rules.join("\n"));
-            }
-        }
-        p += 1;
-    }
-    t
-}
-
-/// The cgroup v2 mount point, from `/proc/self/mountinfo`.
-fn cgroup2_mount() -> Result<PathBuf> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
-    mountinfo
-        .lines()
-        .find_map(|l| {
-            let (head, tail) = l.split_once(" - ")?;
-            (tail.split_whitespace().next() == Some("cgroup2"))
-                .then(|| head.split_whitespace().nth(4).map(PathBuf::from))
-                .flatten()
-        })
-        .context("no cgroup2 mount")
 }
 
 /// A test cgroup and its children, removed (children first) on drop. No
@@ -354,9 +262,9 @@ fn apply(socket: &Path, dir: &Path, confirm_ms: Option<u64>) -> Result<()> {
     }
 }
 
-fn write_policy(dir: &Path, text: &str) -> Result<()> {
+fn write_policy(dir: &Path, shape: Shape, variant: Variant) -> Result<()> {
     std::fs::create_dir_all(dir)?;
-    std::fs::write(dir.join("policy.toml"), text)?;
+    enforcer_bench::policy::write(dir, shape, variant)?;
     Ok(())
 }
 
@@ -372,15 +280,19 @@ fn main() -> Result<()> {
     let small = scratch.path().join("small");
     let large = scratch.path().join("large");
     let large2 = scratch.path().join("large2");
-    write_policy(&small, &policy_text(2, 5, 10, 0))?;
-    write_policy(
-        &large,
-        &policy_text(args.workloads, args.peers, args.rules, 0),
-    )?;
-    write_policy(
-        &large2,
-        &policy_text(args.workloads, args.peers, args.rules, 1),
-    )?;
+    let shape = Shape {
+        workloads: args.workloads,
+        peers: args.peers,
+        rules: args.rules,
+    };
+    let small_shape = Shape {
+        workloads: 2,
+        peers: 5,
+        rules: 10,
+    };
+    write_policy(&small, small_shape, Variant::Base)?;
+    write_policy(&large, shape, Variant::Base)?;
+    write_policy(&large2, shape, Variant::OneRuleChanged)?;
 
     let tag = format!("enforcer-rss-{}", std::process::id());
     // Dropped last to first: the daemon, then its pins, then the cgroups.
