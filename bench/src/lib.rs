@@ -1,6 +1,8 @@
 //! Shared by the benchmarks: the generated policies that the compile
 //! micro-benchmark (`enforcer/benches/compile.rs`) and the control-plane
-//! section of `cargo xtask bench` both load. No dependencies, like the load
+//! section of `cargo xtask bench` both load, and the memory figures of
+//! `/proc/PID/status`. No dependencies, like the load
 //! generator binary of this crate.
 
 pub mod policy;
+pub mod proc_status;

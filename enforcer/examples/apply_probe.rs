@@ -21,17 +21,7 @@ use anyhow::{Context, Result};
 use enforcer::compile::CompiledPolicy;
 use enforcer::dataplane::{Dataplane, DataplaneOptions, HostAddrs, SlotContent, plan};
 use enforcer_bench::policy::{Shape, Variant, write};
-
-/// A field of /proc/self/status, in KiB.
-fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
+use enforcer_bench::proc_status::own_kib;
 
 fn compile(size: usize, variant: Variant) -> Result<(CompiledPolicy, Duration, Duration)> {
     let dir = tempfile::tempdir()?;
@@ -81,7 +71,7 @@ fn timed_apply(
     println!(
         "apply, {what}: {:?} ({writes}; rss {} KiB)",
         t.elapsed(),
-        status_kib("VmRSS")
+        own_kib("VmRSS").unwrap_or(0)
     );
     Ok(())
 }
@@ -101,8 +91,8 @@ fn main() -> Result<()> {
         base.verdicts.len(),
         base.prefixes_v4.len(),
         base.prefixes_v6.len(),
-        status_kib("VmRSS"),
-        status_kib("VmHWM"),
+        own_kib("VmRSS").unwrap_or(0),
+        own_kib("VmHWM").unwrap_or(0),
     );
     if std::env::var_os("NOAPPLY").is_some() {
         return Ok(());

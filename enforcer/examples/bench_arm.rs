@@ -28,6 +28,7 @@ use enforcer::{
     compile::compile_dir,
     dataplane::{Dataplane, DataplaneOptions, HostAddrs, ResolvedCgroup},
 };
+use enforcer_bench::proc_status::own_kib;
 
 /// Decoy peers the non-matching rules point at (203.0.113.0/24, which no
 /// benchmark address uses); each rule is a distinct (peer, port) pair.
@@ -124,15 +125,6 @@ fn policy_text(cgroup_rel: &str, allowed: &[(Ipv4Addr, u16)], rules: usize) -> R
     Ok(t)
 }
 
-/// A `/proc/self/status` memory field (`VmRSS`, `VmHWM`) in KiB.
-fn status_kib(field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
 fn main() -> Result<()> {
     let args = parse_args()?;
     let cgroup = PathBuf::from(
@@ -175,7 +167,7 @@ fn main() -> Result<()> {
     let mut dp = Dataplane::load(&DataplaneOptions::default())?;
     attach_and_apply(&mut dp, &cgroup, &policy, &cgroups)?;
     let total = started.elapsed();
-    let rss = status_kib("VmRSS").unwrap_or(0);
+    let rss = own_kib("VmRSS").unwrap_or(0);
     // What stays resident once the allocator returns the compiler's freed
     // memory (a long-running daemon holding this policy).
     // SAFETY: no pointers; only releases free heap memory.
@@ -187,8 +179,8 @@ fn main() -> Result<()> {
         compiled.as_secs_f64() * 1e3,
         total.as_secs_f64() * 1e3,
         rss,
-        status_kib("VmHWM").unwrap_or(0),
-        status_kib("VmRSS").unwrap_or(0),
+        own_kib("VmHWM").unwrap_or(0),
+        own_kib("VmRSS").unwrap_or(0),
     );
     let mut stdout = std::io::stdout();
     writeln!(stdout, "ready")?;

@@ -43,6 +43,7 @@ use enforcer::api::{Client, Request, Response};
 use enforcer::cgroups::cgroup2_mount;
 use enforcer::dataplane::Dataplane;
 use enforcer_bench::policy::{Shape, Variant};
+use enforcer_bench::proc_status::kib;
 
 struct Args {
     rules: usize,
@@ -182,15 +183,6 @@ impl Drop for Daemon {
     }
 }
 
-/// A `/proc/PID/status` field in KiB.
-fn status_kib(status: &str, field: &str) -> u64 {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// The `Rss` of the `[heap]` mapping in `/proc/PID/smaps`, in KiB.
 fn heap_rss_kib(smaps: &str) -> u64 {
     let mut in_heap = false;
@@ -230,11 +222,14 @@ fn sample(pid: i32, maps: bool, step: &str) -> Result<()> {
     let mib = |kib: u64| kib as f64 / 1024.0;
     println!(
         "{step:<34} VmRSS {:6.1} MiB  VmHWM {:6.1} MiB  RssAnon {:6.1} MiB  [heap] {:6.1} MiB  threads {}",
-        mib(status_kib(&status, "VmRSS")),
-        mib(status_kib(&status, "VmHWM")),
-        mib(status_kib(&status, "RssAnon")),
+        mib(kib(&status, "VmRSS").unwrap_or(0)),
+        mib(kib(&status, "VmHWM").unwrap_or(0)),
+        mib(kib(&status, "RssAnon").unwrap_or(0)),
         mib(heap_rss_kib(&smaps)),
-        status_kib(&status, "Threads"),
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:")?.trim().parse::<u64>().ok())
+            .unwrap_or(0),
     );
     if maps {
         for (kib, name) in largest_mappings(&smaps) {

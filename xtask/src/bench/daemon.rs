@@ -188,19 +188,9 @@ pub struct Memory {
 
 /// Reads `VmRSS` and `VmHWM` (in kB) from the text of `/proc/PID/status`.
 pub fn parse_status(text: &str) -> Result<Memory> {
-    let field = |name: &str| -> Result<u64> {
-        let line = text
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-            .with_context(|| format!("no {name} in /proc/PID/status"))?;
-        let value = line
-            .trim()
-            .strip_suffix("kB")
-            .with_context(|| format!("{name}:{line}: expected a size in kB"))?;
-        value
-            .trim()
-            .parse()
-            .with_context(|| format!("{name}:{line}: not a number"))
+    let field = |name: &str| {
+        enforcer_bench::proc_status::kib(text, name)
+            .with_context(|| format!("no {name} size in kB in /proc/PID/status"))
     };
     Ok(Memory {
         rss_kib: field("VmRSS")?,
