@@ -188,6 +188,14 @@ pub(crate) fn check_capacity(content: &SlotContent) -> Result<()> {
     Ok(())
 }
 
+/// A removal whose key may already be gone: the outcome is the same.
+fn removed(result: std::result::Result<(), aya::maps::MapError>, name: &'static str) -> Result<()> {
+    match result {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(e) => Err(write_err(name)(e)),
+    }
+}
+
 fn map<'a>(ebpf: &'a mut aya::Ebpf, name: &'static str) -> Result<&'a mut aya::maps::Map> {
     ebpf.map_mut(name).ok_or(DataplaneError::MissingMap(name))
 }
@@ -203,10 +211,7 @@ pub(crate) fn clear_hash<K: aya::Pod, V: aya::Pod>(
     let keys: Vec<K> = m.keys().collect::<Result<_, _>>().map_err(read_err(name))?;
     for k in keys {
         // Already gone is what emptying wants.
-        match m.remove(&k) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-            Err(e) => return Err(write_err(name)(e)),
-        }
+        removed(m.remove(&k), name)?;
     }
     Ok(())
 }
@@ -217,10 +222,7 @@ fn clear_trie<K: aya::Pod, V: aya::Pod>(ebpf: &mut aya::Ebpf, name: &'static str
     let keys: Vec<Key<K>> = m.keys().collect::<Result<_, _>>().map_err(read_err(name))?;
     for k in keys {
         // Already gone is what emptying wants.
-        match m.remove(&k) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-            Err(e) => return Err(write_err(name)(e)),
-        }
+        removed(m.remove(&k), name)?;
     }
     Ok(())
 }
@@ -313,10 +315,7 @@ fn update_trie<K: TrieKey, V: aya::Pod>(
     let mut m: LpmTrie<&mut MapData, K::Data, V> =
         LpmTrie::try_from(map(ebpf, name)?).map_err(type_err(name))?;
     for k in &plan.delete {
-        match m.remove(&k.trie_key()) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-            Err(e) => return Err(write_err(name)(e)),
-        }
+        removed(m.remove(&k.trie_key()), name)?;
     }
     for (k, v) in &plan.put {
         m.insert(&k.trie_key(), *v, 0).map_err(write_err(name))?;
@@ -329,10 +328,7 @@ fn update_cgroups(ebpf: &mut aya::Ebpf, slot: usize, plan: &Plan<u64, CgroupEntr
     let mut m: HashMap<&mut MapData, u64, CgroupEntry> =
         HashMap::try_from(map(ebpf, name)?).map_err(type_err(name))?;
     for k in &plan.delete {
-        match m.remove(k) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-            Err(e) => return Err(write_err(name)(e)),
-        }
+        removed(m.remove(k), name)?;
     }
     for (k, v) in &plan.put {
         m.insert(*k, *v, 0).map_err(write_err(name))?;
@@ -354,10 +350,7 @@ pub(crate) fn delete_cgroup(ebpf: &mut aya::Ebpf, slot: usize, cgroup_id: u64) -
     let name = maps::CGROUPS[slot];
     let mut m: HashMap<&mut MapData, u64, CgroupEntry> =
         HashMap::try_from(map(ebpf, name)?).map_err(type_err(name))?;
-    match m.remove(&cgroup_id) {
-        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-        Err(e) => Err(write_err(name)(e)),
-    }
+    removed(m.remove(&cgroup_id), name)
 }
 
 /// Turns `slot`, known to hold `old`, into `new`: only the differences are
