@@ -666,10 +666,7 @@ impl Dataplane {
             m.iter().collect::<Result<_, _>>().map_err(read_err(name))?;
         for (k, v) in &existing {
             if v.cookie == 0 && !wanted.contains(&(k.protocol, k.port)) {
-                match m.remove(k) {
-                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                    Err(e) => return Err(write_err(name)(e)),
-                }
+                slots::removed(m.remove(k), name)?;
             }
         }
         // `BPF_NOEXIST` from the kernel's uapi (not in the libc crate).

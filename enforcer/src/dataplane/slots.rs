@@ -189,7 +189,10 @@ pub(crate) fn check_capacity(content: &SlotContent) -> Result<()> {
 }
 
 /// A removal whose key may already be gone: the outcome is the same.
-fn removed(result: std::result::Result<(), aya::maps::MapError>, name: &'static str) -> Result<()> {
+pub(crate) fn removed(
+    result: std::result::Result<(), aya::maps::MapError>,
+    name: &'static str,
+) -> Result<()> {
     match result {
         Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
         Err(e) => Err(write_err(name)(e)),
