@@ -74,8 +74,6 @@ pub(super) fn assign(
         let w = k.workload();
         class_of.get(&w).is_none_or(|&c| c == w)
     });
-    // The policy is kept while in force: give back the members' rows.
-    verdicts.shrink_to_fit();
     verdicts.sort_unstable_by_key(|(k, _)| *k);
 }
 

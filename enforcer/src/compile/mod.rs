@@ -436,7 +436,8 @@ pub fn compile_with_limits(
     };
     // The daemon keeps the compiled policy while it is in force: no spare
     // capacity, which for vectors grown by doubling is up to as much again
-    // (the rule table also reuses the larger allocation of `active`).
+    // (the rule table also reuses the larger allocation of `active`, and the
+    // verdict table the room of the class members' rows).
     compiled.entities.shrink_to_fit();
     compiled.prefixes_v4.shrink_to_fit();
     compiled.prefixes_v6.shrink_to_fit();
