@@ -47,6 +47,9 @@ pub struct Args {
     /// Measure only these arms (by name, e.g. `baseline,nftables-10000`).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Measure only these workloads (`tcp_rr`, `tcp_crr`, `tcp_stream`).
+    #[arg(long, value_delimiter = ',')]
+    workloads: Vec<String>,
     /// An extra arm implemented by another program: `NAME=COMMAND` (see
     /// docs/benchmarks.md). Repeatable.
     #[arg(long = "arm", value_name = "NAME=COMMAND")]
@@ -142,13 +145,22 @@ pub fn run(args: Args) -> Result<()> {
             }
             arms.retain(|arm| args.only.contains(&arm.name()));
         }
+        for name in &args.workloads {
+            if !Workload::ALL.iter().any(|w| w.name() == name) {
+                bail!("--workloads {name}: no such workload (tcp_rr, tcp_crr, tcp_stream)");
+            }
+        }
+        let measured =
+            |w: Workload| args.workloads.is_empty() || args.workloads.iter().any(|n| n == w.name());
         let loadgen = workloads::build_loadgen()?;
         arms::build_enforcer_arm(&arms)?;
         let topology = Topology::create()?;
         environment.client_cpu = topology.client_cpu;
         environment.server_cpu = topology.server_cpu;
         let _servers = Servers::start(&topology, &loadgen)?;
-        let samples = run_rounds(&topology, &loadgen, &mut arms, rounds, seconds, &interrupt)?;
+        let samples = run_rounds(
+            &topology, &loadgen, &mut arms, rounds, seconds, measured, &interrupt,
+        )?;
         rows(&arms, &samples)
     };
 
@@ -193,6 +205,7 @@ fn run_rounds(
     arms: &mut [Box<dyn Arm>],
     rounds: u32,
     seconds: u32,
+    measured: impl Fn(Workload) -> bool,
     interrupt: &Interrupt,
 ) -> Result<Samples> {
     let env = ArmEnv {
@@ -217,6 +230,9 @@ fn run_rounds(
                 ));
                 check_filtering(topology, loadgen, arm.as_ref())?;
                 for (w, workload) in Workload::ALL.iter().enumerate() {
+                    if !measured(*workload) {
+                        continue;
+                    }
                     interrupt.check()?;
                     let value = workloads::measure(topology, loadgen, *workload, seconds)
                         .with_context(|| format!("{name}: {}", workload.name()))?;
