@@ -26,11 +26,11 @@ pub mod packet;
 /// Bumped whenever a map's key or value layout changes. Pins live under a
 /// directory named after it, so a new binary never reuses an old map with a
 /// different layout.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// The name of the pin directory for this layout, under the bpffs
-/// directory given to the loader (`<bpffs>/v2/`).
-pub const LAYOUT_DIR: &str = "v2";
+/// directory given to the loader (`<bpffs>/v3/`).
+pub const LAYOUT_DIR: &str = "v3";
 
 /// A numeric identity for an entity. Identities are assigned by the compiler.
 pub type Identity = u32;
@@ -342,6 +342,36 @@ pub struct FlowValue {
     pub quiet_until: u32,
 }
 
+/// The flow of a connected TCP socket, kept on the socket
+/// ([`maps::SOCKET_FLOWS`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SocketFlow {
+    pub flow: FlowValue,
+    /// The destination `connect4|6` judged and allowed for the connection
+    /// the socket is opening (`connect_family` 0: none). Its SYN, to exactly
+    /// this destination from the same cgroup under the same generation,
+    /// takes that verdict instead of judging the connection a second time.
+    pub connect_addr: [u8; 16],
+    pub connect_port: u16,
+    /// 4 or 6 while the SYN is still to come; 0 once it was sent.
+    pub connect_family: u8,
+    pub _pad: [u8; 5],
+}
+
+impl SocketFlow {
+    /// A flow judged from a packet: no `connect` verdict pending.
+    pub const fn judged(flow: FlowValue) -> SocketFlow {
+        SocketFlow {
+            flow,
+            connect_addr: [0; 16],
+            connect_port: 0,
+            connect_family: 0,
+            _pad: [0; 5],
+        }
+    }
+}
+
 /// A verdict event sent to userspace through the events ring buffer, for
 /// denied and audited connections (rate-limited per flow).
 #[repr(C)]
@@ -415,11 +445,14 @@ pub mod maps {
     pub const ADDR6: [&str; 2] = ["ADDR6_0", "ADDR6_1"];
     pub const VERDICTS: [&str; 2] = ["VERDICTS_0", "VERDICTS_1"];
     pub const FLOWS: &str = "FLOWS";
+    /// Socket-local storage (`BPF_MAP_TYPE_SK_STORAGE`) of
+    /// [`super::SocketFlow`]: the flow of each connected TCP socket.
+    pub const SOCKET_FLOWS: &str = "SOCKET_FLOWS";
     pub const BOUND_PORTS: &str = "BOUND_PORTS";
-    /// Socket cookie -> [`super::PortKey`]: which port a socket bound, so
-    /// that `sock_release` (which cannot read the socket's port) can forget
-    /// it.
-    pub const BOUND_SOCKETS: &str = "BOUND_SOCKETS";
+    /// Socket-local storage of [`super::PortKey`]: which port a socket
+    /// bound, so that `sock_release` (which cannot read the socket's port)
+    /// can forget it.
+    pub const SOCKET_BINDS: &str = "SOCKET_BINDS";
     pub const FAILSAFE: &str = "FAILSAFE";
     pub const EVENTS: &str = "EVENTS";
     pub const COUNTERS: &str = "COUNTERS";
@@ -445,6 +478,7 @@ mod user {
     unsafe impl aya::Pod for BoundPort {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
+    unsafe impl aya::Pod for SocketFlow {}
     unsafe impl aya::Pod for VerdictEvent {}
     unsafe impl aya::Pod for CounterKey {}
 }
@@ -465,6 +499,7 @@ mod tests {
         assert_eq!(size_of::<PortKey>(), 4);
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<FlowValue>(), 40);
+        assert_eq!(size_of::<SocketFlow>(), 64);
         assert_eq!(size_of::<VerdictEvent>(), 72);
         assert_eq!(size_of::<CounterKey>(), 8);
         assert_eq!(size_of::<BoundPort>(), 16);

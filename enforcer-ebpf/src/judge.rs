@@ -5,9 +5,9 @@ use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns
 use enforcer_common::{
     ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, CgroupEntry, Config, DIRECTION_EGRESS,
     DIRECTION_INGRESS, FlowKey, FlowValue, GLOBAL_COUNTER_EVENTS_LOST, IDENTITY_ANY,
-    IDENTITY_ANY_EXTERNAL, IDENTITY_HOST, Identity, MODE_ALLOW, MODE_AUDIT, MODE_ENFORCE, MODE_OFF,
-    PROTO_UDP, RULE_BUILTIN, RULE_DEFAULT_DENY, RULE_MODE_OFF, RULE_UNMANAGED, VerdictEvent,
-    VerdictKey,
+    IDENTITY_ANY_EXTERNAL, IDENTITY_HOST, IDENTITY_NONE, Identity, MODE_ALLOW, MODE_AUDIT,
+    MODE_ENFORCE, MODE_OFF, PROTO_UDP, RULE_BUILTIN, RULE_DEFAULT_DENY, RULE_MODE_OFF,
+    RULE_UNMANAGED, VerdictEvent, VerdictKey,
 };
 
 use crate::maps;
@@ -46,8 +46,22 @@ pub fn local_entry(
     cgroup_id: u64,
     ancestor: impl Fn(i32) -> u64,
 ) -> Option<CgroupEntry> {
+    let entry = find_local_entry(slot, cgroup_id, ancestor);
+    // Built from a value defined on every path: LLVM may otherwise carry an
+    // undefined payload of `None` in a register, which the verifier rejects
+    // as an uninitialised read.
+    if entry.workload == IDENTITY_NONE {
+        None
+    } else {
+        Some(entry)
+    }
+}
+
+/// [`local_entry`], with `workload` [`IDENTITY_NONE`] when none is found.
+#[inline(always)]
+fn find_local_entry(slot: u32, cgroup_id: u64, ancestor: impl Fn(i32) -> u64) -> CgroupEntry {
     if let Some(e) = maps::cgroup_entry(slot, cgroup_id) {
-        return Some(e);
+        return e;
     }
     let mut level = MAX_CGROUP_DEPTH;
     while level > 0 {
@@ -56,11 +70,16 @@ pub fn local_entry(
             && id != cgroup_id
             && let Some(e) = maps::cgroup_entry(slot, id)
         {
-            return Some(e);
+            return e;
         }
         level -= 1;
     }
-    None
+    CgroupEntry {
+        workload: IDENTITY_NONE,
+        class: IDENTITY_NONE,
+        mode: 0,
+        _pad: [0; 3],
+    }
 }
 
 /// Resolves the remote end of a flow from its key. For this host's own

@@ -1,7 +1,11 @@
 //! Every map the programs use, with accessors that pick the active policy
 //! slot. The names and types are the ABI in `enforcer-common`.
 
+use core::{ffi::c_void, ptr};
+
 use aya_ebpf::{
+    bindings::{BPF_F_NO_PREALLOC, BPF_SK_STORAGE_GET_F_CREATE, bpf_map_type, bpf_sock},
+    helpers::generated::bpf_sk_storage_get,
     macros::map,
     maps::{
         Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key,
@@ -11,7 +15,7 @@ use enforcer_common::{
     BoundPort, COUNTED_IDENTITIES, COUNTER_ACTIONS, CgroupEntry, Config, CounterKey,
     EVENTS_RING_BYTES, FlowKey, FlowValue, GLOBAL_COUNTERS as GLOBAL_COUNTER_SLOTS, IDENTITY_WORLD,
     Identity, MAX_BOUND_PORTS, MAX_CGROUPS, MAX_COUNTERS, MAX_FAILSAFE_PORTS, MAX_FLOWS,
-    MAX_PREFIXES_V4, MAX_PREFIXES_V6, MAX_VERDICTS, PortKey, VerdictKey, VerdictValue,
+    MAX_PREFIXES_V4, MAX_PREFIXES_V6, MAX_VERDICTS, PortKey, SocketFlow, VerdictKey, VerdictValue,
     WORKLOAD_COUNTER_SLOTS,
 };
 
@@ -40,11 +44,23 @@ static VERDICTS_1: LpmTrie<[u8; 12], VerdictValue> = LpmTrie::with_max_entries(M
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
 
+/// The flows of connected TCP sockets, stored on the socket itself: the
+/// kernel frees them with it, and a lookup follows the socket's own pointer
+/// instead of hashing a 4-tuple into a table shared by every connection.
+#[unsafe(link_section = ".maps")]
+#[unsafe(export_name = "SOCKET_FLOWS")]
+pub static SOCKET_FLOWS: SocketStorage<SocketFlow> = SocketStorage::new();
+
 #[map]
 pub static BOUND_PORTS: HashMap<PortKey, BoundPort> = HashMap::with_max_entries(MAX_BOUND_PORTS, 0);
 
-#[map]
-pub static BOUND_SOCKETS: HashMap<u64, PortKey> = HashMap::with_max_entries(MAX_BOUND_PORTS, 0);
+/// The port a socket bound, stored on the socket: `sock_release`, which
+/// cannot read a socket's port, finds it here, and a socket that never
+/// bound one (every client) costs it one pointer test instead of a hash
+/// lookup.
+#[unsafe(link_section = ".maps")]
+#[unsafe(export_name = "SOCKET_BINDS")]
+pub static SOCKET_BINDS: SocketStorage<PortKey> = SocketStorage::new();
 
 #[map]
 static FAILSAFE: HashMap<PortKey, u8> = HashMap::with_max_entries(MAX_FAILSAFE_PORTS, 0);
@@ -61,6 +77,85 @@ static WORKLOAD_COUNTERS: PerCpuArray<u64> =
 
 #[map]
 static GLOBAL_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(GLOBAL_COUNTER_SLOTS, 0);
+
+/// A `BPF_MAP_TYPE_SK_STORAGE` map definition, in the BTF form (`.maps`
+/// section) the loader reads: such a map needs the BTF ids of its key and
+/// value, which the legacy definitions cannot carry. aya-ebpf's own
+/// `SkStorage` only takes a `sock_addr` context; this one takes any socket
+/// pointer the verifier knows as a full socket.
+#[repr(C)]
+pub struct SocketStorage<T> {
+    // The field names and pointer types are the BTF map definition format;
+    // the pointers are never read.
+    r#type: *const [i32; bpf_map_type::BPF_MAP_TYPE_SK_STORAGE as usize],
+    key: *const i32,
+    value: *const T,
+    max_entries: *const [i32; 0],
+    map_flags: *const [i32; BPF_F_NO_PREALLOC as usize],
+}
+
+// SAFETY: a placeholder the loader replaces with a map reference; nothing
+// in it is ever dereferenced by the program.
+unsafe impl<T> Sync for SocketStorage<T> {}
+
+impl<T> SocketStorage<T> {
+    pub const fn new() -> Self {
+        Self {
+            r#type: ptr::null(),
+            key: ptr::null(),
+            value: ptr::null(),
+            max_entries: ptr::null(),
+            map_flags: ptr::null(),
+        }
+    }
+
+    #[inline(always)]
+    fn as_ptr(&self) -> *mut c_void {
+        ptr::from_ref(self).cast_mut().cast()
+    }
+
+    /// The value stored on `sk`, if any.
+    ///
+    /// # Safety
+    /// `sk` is a full socket pointer the verifier accepts (from
+    /// `bpf_sk_fullsock`, or a `sock_addr` context's socket).
+    #[inline(always)]
+    pub unsafe fn get(&self, sk: *mut bpf_sock) -> Option<*mut T> {
+        // SAFETY: per the caller.
+        let p = unsafe { bpf_sk_storage_get(self.as_ptr(), sk.cast(), ptr::null_mut(), 0) };
+        (!p.is_null()).then_some(p.cast())
+    }
+
+    /// Stores `value` on `sk`, replacing what was there. `None` when the
+    /// kernel could not allocate the storage.
+    ///
+    /// # Safety
+    /// As [`Self::get`].
+    #[inline(always)]
+    pub unsafe fn set(&self, sk: *mut bpf_sock, value: &T) -> Option<*mut T>
+    where
+        T: Copy,
+    {
+        let mut initial = *value;
+        // SAFETY: per the caller; `initial` is a value-sized stack buffer.
+        let p = unsafe {
+            bpf_sk_storage_get(
+                self.as_ptr(),
+                sk.cast(),
+                ptr::from_mut(&mut initial).cast(),
+                u64::from(BPF_SK_STORAGE_GET_F_CREATE),
+            )
+        };
+        if p.is_null() {
+            return None;
+        }
+        let p: *mut T = p.cast();
+        // An existing value is returned as it was: overwrite it.
+        // SAFETY: a value-sized pointer into the socket's storage.
+        unsafe { *p = *value };
+        Some(p)
+    }
+}
 
 /// The settings, copied once per program run so that one packet is judged
 /// wholly under one policy slot and generation.

@@ -1,15 +1,20 @@
-//! `cgroup_skb` ingress and egress: the per-packet path. One `FLOWS` lookup
-//! decides every packet of a known connection under the current policy
-//! generation; only the first packet of a connection (or the first after a
-//! policy change) runs the full judgement.
+//! `cgroup_skb` ingress and egress: the per-packet path. One flow lookup
+//! (on the TCP socket itself, else in `FLOWS`) decides every packet of a
+//! known connection under the current policy generation; only the first
+//! packet of a connection (or the first after a policy change) runs the full
+//! judgement.
+
+use core::ptr;
 
 use aya_ebpf::{
-    helpers::{bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id},
+    bindings::{BPF_TCP_LISTEN, bpf_sock},
+    helpers::{bpf_sk_fullsock, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id},
     programs::SkBuffContext,
 };
 use enforcer_common::{
-    ACTION_DENY, Config, DIRECTION_EGRESS, DIRECTION_INGRESS, FlowKey, FlowValue,
-    GLOBAL_COUNTER_DROPPED, GLOBAL_COUNTER_NEW_FLOWS, GLOBAL_COUNTER_PACKETS, PROTO_TCP,
+    ACTION_ALLOW, ACTION_DENY, Config, DIRECTION_EGRESS, DIRECTION_INGRESS, FlowKey, FlowValue,
+    GLOBAL_COUNTER_DROPPED, GLOBAL_COUNTER_NEW_FLOWS, GLOBAL_COUNTER_PACKETS, Identity, PROTO_TCP,
+    SocketFlow,
     packet::{
         self, Bytes, CLASS_ECHO_REPLY, CLASS_ICMP_ERROR, CLASS_NEIGHBOUR_DISCOVERY, Packet,
         PacketBytes, TCP_ACK, TCP_SYN,
@@ -17,7 +22,7 @@ use enforcer_common::{
 };
 
 use crate::{
-    judge::{self, coarse_now_ns, event_due, now_ns, quiet, quiet_until, send_event},
+    judge::{self, Remote, coarse_now_ns, event_due, now_ns, quiet, quiet_until, send_event},
     maps,
 };
 
@@ -207,6 +212,116 @@ pub fn handle(ctx: &SkBuffContext, direction: u8) -> i32 {
     verdict
 }
 
+/// Where a packet's flow is kept: on its connected TCP socket, or in the
+/// shared `FLOWS` table (other protocols, listening sockets, and packets the
+/// kernel gives no full socket, such as `BPF_PROG_TEST_RUN`'s).
+#[derive(Clone, Copy)]
+enum Store {
+    Socket(*mut bpf_sock),
+    Table,
+}
+
+#[inline(always)]
+fn store_of(ctx: &SkBuffContext, p: &Packet) -> Store {
+    if p.protocol != PROTO_TCP {
+        return Store::Table;
+    }
+    // SAFETY: reading the program's own context; the verifier types the
+    // field as a socket pointer that may be null.
+    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return Store::Table;
+    }
+    // SAFETY: a helper on the context's socket pointer.
+    let full = unsafe { bpf_sk_fullsock(sk) };
+    if full.is_null() {
+        return Store::Table;
+    }
+    // SAFETY: fields of a full socket, checked by the verifier.
+    let (protocol, state) = unsafe { ((*full).protocol, (*full).state) };
+    // A listener sees the first packets of every connection to its port.
+    if protocol != u32::from(PROTO_TCP) || state == BPF_TCP_LISTEN {
+        return Store::Table;
+    }
+    Store::Socket(full)
+}
+
+impl Store {
+    /// The packet's flow, if one is known. A socket without one yet may
+    /// inherit its listener's, which the first packets recorded in
+    /// `FLOWS`: it moves onto the socket, so later packets find it there.
+    #[inline(always)]
+    fn find(self, p: &Packet, key: &FlowKey) -> Option<*mut FlowValue> {
+        let Store::Socket(sk) = self else {
+            return maps::FLOWS.get_ptr_mut(key);
+        };
+        // SAFETY: `sk` is a full socket (see `store_of`).
+        if let Some(stored) = unsafe { maps::SOCKET_FLOWS.get(sk) } {
+            // SAFETY: a field of the socket's storage.
+            return Some(unsafe { ptr::addr_of_mut!((*stored).flow) });
+        }
+        // A connection this socket opens has no earlier record.
+        if p.is_tcp_syn() {
+            return None;
+        }
+        let inherited = maps::FLOWS.get_ptr_mut(key)?;
+        // SAFETY: a pointer into the map value (see `judge_packet`).
+        let flow = unsafe { *inherited };
+        // SAFETY: as above.
+        match unsafe { maps::SOCKET_FLOWS.set(sk, &SocketFlow::judged(flow)) } {
+            // SAFETY: a field of the socket's storage.
+            Some(stored) => Some(unsafe { ptr::addr_of_mut!((*stored).flow) }),
+            None => Some(inherited),
+        }
+    }
+
+    /// Records a judged flow. A flow with this host at the other end also
+    /// goes into `FLOWS`, where the other end's program looks for it
+    /// (`judge::resolve_remote`).
+    #[inline(always)]
+    fn record(self, key: &FlowKey, flow: &FlowValue, remote: &Remote) {
+        if let Store::Socket(sk) = self {
+            // SAFETY: `sk` is a full socket (see `store_of`).
+            let stored =
+                unsafe { maps::SOCKET_FLOWS.set(sk, &SocketFlow::judged(*flow)) }.is_some();
+            if stored && remote.external {
+                return;
+            }
+        }
+        // A full LRU map evicts; an error here only costs a re-judgement.
+        let _ = maps::FLOWS.insert(key, flow, 0);
+    }
+}
+
+/// When this SYN opens the connection that `connect4|6` judged and allowed
+/// on its socket (see `SocketFlow::connect_addr`), the local workload of
+/// that verdict, which the SYN takes. Only the first SYN does; a
+/// retransmission is judged.
+#[inline(always)]
+fn allowed_at_connect(
+    ctx: &SkBuffContext,
+    cfg: &Config,
+    sk: *mut bpf_sock,
+    key: &FlowKey,
+) -> Option<Identity> {
+    // SAFETY: `sk` is a full socket (see `store_of`).
+    let stored = unsafe { maps::SOCKET_FLOWS.get(sk) }?;
+    // SAFETY: the socket's storage, which lives as long as the socket.
+    let s = unsafe { &mut *stored };
+    if s.connect_family != key.family
+        || s.connect_port != key.remote_port
+        || s.connect_addr != key.remote_addr
+        || s.flow.generation != cfg.generation
+    {
+        return None;
+    }
+    s.connect_family = 0;
+    // SAFETY: a helper on the program's own context. The verdict was taken
+    // for the process's cgroup; the packet's is the socket's.
+    let same_cgroup = s.flow.cgroup_id == unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
+    same_cgroup.then_some(s.flow.local)
+}
+
 #[inline(always)]
 fn judge_packet(
     ctx: &SkBuffContext,
@@ -218,10 +333,19 @@ fn judge_packet(
     let mut last_event_ns = 0;
     let mut quiet_until_jiffies = 0;
     let mut opener_service = None;
-    if let Some(flow) = maps::FLOWS.get_ptr_mut(key) {
-        // SAFETY: a pointer into the map value; the LRU may recycle it
-        // concurrently, which at worst misjudges one packet of a flow that
-        // was being evicted anyway.
+    let store = store_of(ctx, p);
+    if let Store::Socket(sk) = store
+        && p.is_tcp_syn()
+        && let Some(local) = allowed_at_connect(ctx, cfg, sk, key)
+    {
+        maps::bump_counter(local, ACTION_ALLOW);
+        return PASS;
+    }
+    if let Some(flow) = store.find(p, key) {
+        // SAFETY: a pointer into a map value: the LRU may recycle a `FLOWS`
+        // entry concurrently, which at worst misjudges one packet of a flow
+        // that was being evicted anyway; a socket's storage lives as long as
+        // the socket, which the packet holds.
         let current = unsafe { *flow };
         // A SYN starts a new connection even if the 4-tuple was used before.
         let restart = p.is_tcp_syn();
@@ -296,8 +420,7 @@ fn judge_packet(
         flow.quiet_until = quiet_until(cfg);
         send_event(cfg, key, &flow, now, direction);
     }
-    // A full LRU map evicts; an error here only costs a re-judgement.
-    let _ = maps::FLOWS.insert(key, flow, 0);
+    store.record(key, &flow, &remote);
     maps::bump_counter(v.local, v.action);
     if v.action == ACTION_DENY { DROP } else { PASS }
 }

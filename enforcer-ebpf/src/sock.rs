@@ -44,19 +44,21 @@ pub fn bound(ctx: &SockContext) -> i32 {
         }
     };
     let _ = maps::BOUND_PORTS.insert(key, value, 0);
-    let _ = maps::BOUND_SOCKETS.insert(value.cookie, key, 0);
+    // SAFETY: the context is the socket (`cgroup_sock` programs pass it as
+    // the helper's socket argument).
+    let _ = unsafe { maps::SOCKET_BINDS.set(ctx.sock, &key) };
     CONTINUE
 }
 
 #[inline(always)]
 pub fn released(ctx: &SockContext) -> i32 {
-    // SAFETY: helper on the program's own context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // SAFETY: plain integers.
-    let Some(key) = (unsafe { maps::BOUND_SOCKETS.get(cookie) }).copied() else {
+    // SAFETY: as in `bound`; the value is plain integers. The kernel frees
+    // the storage with the socket.
+    let Some(key) = (unsafe { maps::SOCKET_BINDS.get(ctx.sock) }).map(|p| unsafe { *p }) else {
         return CONTINUE;
     };
-    let _ = maps::BOUND_SOCKETS.remove(cookie);
+    // SAFETY: helper on the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // Another socket may have bound the port since (SO_REUSEPORT, or after
     // this one stopped listening): forget the port only if it is ours.
     if maps::bound_port(key.protocol, key.port).is_some_and(|b| b.cookie == cookie) {

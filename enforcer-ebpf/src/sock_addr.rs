@@ -4,15 +4,12 @@
 //! is a socket on this host, the receiver's ingress is judged too.
 
 use aya_ebpf::{
-    EbpfContext as _,
-    helpers::{
-        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_socket_cookie,
-    },
+    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id},
     programs::SockAddrContext,
 };
 use enforcer_common::{
-    ACTION_DENY, Config, DIRECTION_EGRESS, DIRECTION_INGRESS, FlowKey, FlowValue, PROTO_TCP,
-    PROTO_UDP,
+    ACTION_ALLOW, ACTION_DENY, Config, DIRECTION_EGRESS, DIRECTION_INGRESS, FlowKey, FlowValue,
+    PROTO_TCP, PROTO_UDP, SocketFlow,
 };
 
 use crate::{
@@ -46,10 +43,9 @@ pub fn handle(ctx: &SockAddrContext, family: u8) -> i32 {
         // judged, which only the per-packet program can see. Leave them to
         // it; an egress drop of a datagram still fails `sendmsg()` with
         // EPERM.
-        // SAFETY: helper on the program's own context.
-        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-        // SAFETY: plain integers.
-        if unsafe { maps::BOUND_SOCKETS.get(cookie) }.is_some() {
+        // SAFETY: the context's socket, which the verifier types as a full
+        // socket.
+        if unsafe { maps::SOCKET_BINDS.get(sa.__bindgen_anon_1.sk) }.is_some() {
             return ALLOW;
         }
     }
@@ -141,6 +137,32 @@ pub fn handle(ctx: &SockAddrContext, family: u8) -> i32 {
                 return REFUSE;
             }
         }
+    }
+    if protocol == PROTO_TCP && sender.action == ACTION_ALLOW && remote.external {
+        // The connection's SYN takes this verdict (see `SocketFlow`). A
+        // connection to this host is judged again at its SYN, which records
+        // it where the receiving end looks for it.
+        let pending = SocketFlow {
+            flow: FlowValue {
+                generation: cfg.generation,
+                local: sender.local,
+                remote: remote.identity,
+                rule: sender.rule,
+                cgroup_id,
+                last_event_ns: 0,
+                action: ACTION_ALLOW,
+                direction: DIRECTION_EGRESS,
+                service_port: port,
+                quiet_until: 0,
+            },
+            connect_addr: addr,
+            connect_port: port,
+            connect_family: family,
+            _pad: [0; 5],
+        };
+        // SAFETY: the context's socket, which the verifier types as a full
+        // socket. Without storage the SYN is simply judged.
+        let _ = unsafe { maps::SOCKET_FLOWS.set(sa.__bindgen_anon_1.sk, &pending) };
     }
     ALLOW
 }

@@ -6,9 +6,14 @@
 
 mod dataplane_support;
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    os::fd::AsFd as _,
+    time::Duration,
+};
 
-use dataplane_support::{empty_policy, require_root};
+use dataplane_support::{empty_policy, require_root, spawn_in_cgroup};
 use enforcer::{
     compile::compiled::CompiledPolicy,
     dataplane::{Dataplane, DataplaneOptions, HostAddrs, ResolvedCgroup},
@@ -411,4 +416,124 @@ fn inbound_tcp_and_udp_from_a_peer_over_ipv4_and_ipv6() {
             "{local} udp dropped"
         );
     }
+}
+
+/// A connected TCP socket keeps its flow on itself (`SOCKET_FLOWS`), not in
+/// the shared `FLOWS` table, and a policy change still reaches it: its next
+/// packet is judged again and dropped.
+#[test]
+fn a_tcp_connection_keeps_its_flow_on_its_socket_and_is_revoked() {
+    let Some(_root) = require_root() else {
+        return;
+    };
+    let host = TestHost::new("198.51.100.0/24", "2001:db8:74::/64").expect("test host");
+    let parent = CgroupGuard::new().expect("cgroup");
+    let a = parent.child("a").expect("cgroup a");
+    let mut dp = Dataplane::load(&DataplaneOptions::default()).expect("load");
+    dp.attach(parent.path()).expect("attach");
+    let cgroups = [ResolvedCgroup {
+        cgroup_id: a.id(),
+        workload: A,
+        class: A,
+        mode: MODE_ENFORCE,
+    }];
+    let addrs = HostAddrs::from_system().expect("host addresses");
+    let mut allowed = peers(&host);
+    entry(
+        &mut allowed,
+        A,
+        DIRECTION_EGRESS,
+        PROTO_TCP,
+        VENDOR,
+        8001,
+        16,
+        ACTION_ALLOW,
+    );
+
+    for server_addr in [host.socket_v4(8001), host.socket_v6(8001)] {
+        dp.apply(&allowed, &cgroups, &addrs).expect("apply");
+        let server = Server::tcp(None, Some(&host), server_addr).expect("tcp server");
+        let to = server.addr();
+        let (go_rd, go_wr) = pipe();
+        let dp_ref = &dp;
+        // Exit codes: 0 revoked as expected; 10.. the step that failed.
+        let child = spawn_in_cgroup(a.path(), move || {
+            let Ok(mut c) = TcpStream::connect_timeout(&to, SHORT) else {
+                return 10;
+            };
+            let _ = c.set_read_timeout(Some(SHORT));
+            let mut b = [0u8; 1];
+            if c.write_all(b"x").is_err() || c.read_exact(&mut b).is_err() {
+                return 11;
+            }
+            match dp_ref.socket_flow(c.as_fd()) {
+                Ok(Some(s))
+                    if s.flow.local == A
+                        && s.flow.remote == VENDOR
+                        && s.flow.action == ACTION_ALLOW
+                        && s.flow.direction == DIRECTION_EGRESS
+                        && s.flow.service_port == 8001
+                        && s.connect_family == 0 => {}
+                Ok(Some(_)) => return 12,
+                Ok(None) => return 13,
+                Err(_) => return 14,
+            }
+            let Ok(local_port) = c.local_addr().map(|a| a.port()) else {
+                return 15;
+            };
+            match dp_ref.flows() {
+                Ok(flows)
+                    if !flows
+                        .iter()
+                        .any(|(k, _)| k.protocol == PROTO_TCP && k.local_port == local_port) => {}
+                Ok(_) => return 16,
+                Err(_) => return 17,
+            }
+            // Wait for the policy change.
+            // SAFETY: blocking read of one byte from our pipe.
+            if unsafe { libc::read(go_rd, b.as_mut_ptr().cast(), 1) } != 1 {
+                return 18;
+            }
+            let _ = c.write_all(b"y");
+            match c.read_exact(&mut b) {
+                Ok(()) => 19,
+                Err(_) => 0,
+            }
+        });
+        // The child connects and checks while the policy allows, then the
+        // policy stops allowing; the parent gives it a moment first.
+        std::thread::sleep(Duration::from_millis(300));
+        dp.apply(&peers(&host), &cgroups, &addrs).expect("apply");
+        // SAFETY: one byte to our own pipe.
+        assert_eq!(unsafe { libc::write(go_wr, b"g".as_ptr().cast(), 1) }, 1);
+        let code = wait_child(child);
+        close_pipe(go_rd, go_wr);
+        assert_eq!(
+            code, 0,
+            "{to}: step {code} failed (see the test's exit codes)"
+        );
+    }
+}
+
+fn pipe() -> (i32, i32) {
+    let mut fds = [0i32; 2];
+    // SAFETY: a pipe for this process and its children.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    (fds[0], fds[1])
+}
+
+fn close_pipe(rd: i32, wr: i32) {
+    // SAFETY: closing our own pipe ends.
+    unsafe {
+        libc::close(rd);
+        libc::close(wr);
+    }
+}
+
+fn wait_child(pid: i32) -> i32 {
+    let mut status = 0;
+    // SAFETY: our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFEXITED(status), "child did not exit normally");
+    libc::WEXITSTATUS(status)
 }

@@ -13,18 +13,19 @@ mod ticks;
 use std::{
     collections::BTreeMap,
     fs::File,
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},
     path::{Path, PathBuf},
 };
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap},
     programs::links::{FdLink, PinnedLink},
 };
 use enforcer_common::{
     BoundPort, COUNTER_ACTIONS, Config, CounterKey, FlowKey, FlowValue, GLOBAL_COUNTER_DROPPED,
     GLOBAL_COUNTER_EVENTS_LOST, GLOBAL_COUNTER_NEW_FLOWS, GLOBAL_COUNTER_PACKETS, Identity,
-    LAYOUT_DIR, MAX_FAILSAFE_PORTS, MODE_ALLOW, MODE_AUDIT, MODE_ENFORCE, PortKey,
+    LAYOUT_DIR, MAX_FAILSAFE_PORTS, MODE_ALLOW, MODE_AUDIT, MODE_ENFORCE, PortKey, SocketFlow,
     WORKLOAD_COUNTER_SLOTS, maps,
 };
 
@@ -192,8 +193,11 @@ fn is_bpffs(path: &Path) -> bool {
     st.f_type as i64 == BPF_FS_MAGIC
 }
 
+/// The `bpf(2)` command number (`enum bpf_cmd`), which libc does not name.
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+
 /// The names of every map, for pinning.
-const ALL_MAPS: [&str; 17] = [
+const ALL_MAPS: [&str; 18] = [
     maps::CONFIG,
     maps::CGROUPS[0],
     maps::CGROUPS[1],
@@ -204,8 +208,9 @@ const ALL_MAPS: [&str; 17] = [
     maps::VERDICTS[0],
     maps::VERDICTS[1],
     maps::FLOWS,
+    maps::SOCKET_FLOWS,
     maps::BOUND_PORTS,
-    maps::BOUND_SOCKETS,
+    maps::SOCKET_BINDS,
     maps::FAILSAFE,
     maps::EVENTS,
     maps::COUNTERS,
@@ -631,6 +636,49 @@ impl Dataplane {
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(read_err(name)(e)),
         }
+    }
+
+    /// The flow the kernel keeps on a connected TCP socket of this process
+    /// (`SOCKET_FLOWS`), if it has one yet.
+    pub fn socket_flow(&self, socket: BorrowedFd<'_>) -> Result<Option<SocketFlow>> {
+        let name = maps::SOCKET_FLOWS;
+        let Some(Map::SkStorage(map)) = self.ebpf.map(name) else {
+            return Err(DataplaneError::MissingMap(name));
+        };
+        // Socket storage is keyed by a socket file descriptor of the caller;
+        // aya has no typed wrapper for it, so this is the plain lookup.
+        let key: i32 = socket.as_raw_fd();
+        let mut value = std::mem::MaybeUninit::<SocketFlow>::zeroed();
+        let mut attr = [0u64; 4];
+        attr[0] = u64::from(map.fd().as_fd().as_raw_fd() as u32);
+        attr[1] = std::ptr::from_ref(&key) as u64;
+        attr[2] = value.as_mut_ptr() as u64;
+        // SAFETY: BPF_MAP_LOOKUP_ELEM reads the key and writes one value of
+        // the map's value size (`SocketFlow`: the map was created from the
+        // kernel object built with this crate) into `value`.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_ELEM,
+                attr.as_mut_ptr(),
+                std::mem::size_of_val(&attr),
+            )
+        };
+        if rc == 0 {
+            // SAFETY: the kernel wrote a whole value; any bit pattern is a
+            // valid `SocketFlow` (plain integers).
+            return Ok(Some(unsafe { value.assume_init() }));
+        }
+        let io_error = std::io::Error::last_os_error();
+        if io_error.raw_os_error() == Some(libc::ENOENT) {
+            return Ok(None);
+        }
+        Err(read_err(name)(aya::maps::MapError::SyscallError(
+            aya::sys::SyscallError {
+                call: "bpf_map_lookup_elem",
+                io_error,
+            },
+        )))
     }
 
     /// Forgets every tracked connection (tests and benchmarks).
