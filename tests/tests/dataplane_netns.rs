@@ -419,7 +419,8 @@ fn inbound_tcp_and_udp_from_a_peer_over_ipv4_and_ipv6() {
 }
 
 /// A connected TCP socket keeps its flow on itself (`SOCKET_FLOWS`), not in
-/// the shared `FLOWS` table, and a policy change still reaches it: its next
+/// the shared `FLOWS` table; its SYN takes the verdict `connect` took, so no
+/// packet is judged twice; and a policy change still reaches it: its next
 /// packet is judged again and dropped.
 #[test]
 fn a_tcp_connection_keeps_its_flow_on_its_socket_and_is_revoked() {
@@ -458,6 +459,8 @@ fn a_tcp_connection_keeps_its_flow_on_its_socket_and_is_revoked() {
         let dp_ref = &dp;
         // Exit codes: 0 revoked as expected; 10.. the step that failed.
         let child = spawn_in_cgroup(a.path(), move || {
+            let new_flows = || dp_ref.global_counters().map(|c| c.new_flows).ok();
+            let before = new_flows();
             let Ok(mut c) = TcpStream::connect_timeout(&to, SHORT) else {
                 return 10;
             };
@@ -465,6 +468,11 @@ fn a_tcp_connection_keeps_its_flow_on_its_socket_and_is_revoked() {
             let mut b = [0u8; 1];
             if c.write_all(b"x").is_err() || c.read_exact(&mut b).is_err() {
                 return 11;
+            }
+            // `connect` judged the connection; no packet of it was judged
+            // again (the SYN took that verdict).
+            if before.is_none() || new_flows() != before {
+                return 20;
             }
             match dp_ref.socket_flow(c.as_fd()) {
                 Ok(Some(s))

@@ -7,13 +7,14 @@
 mod arms;
 mod control;
 mod daemon;
+mod kernel_time;
 mod micro;
 mod report;
 mod stats;
 mod topology;
 mod workloads;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::Path;
 use std::sync::Arc;
@@ -64,6 +65,11 @@ pub struct Args {
     /// Skip the end-to-end network benchmarks.
     #[arg(long)]
     skip_e2e: bool,
+    /// Skip the pass that measures the time spent in the enforcer's kernel
+    /// programs per connection and per transaction (BPF run-time
+    /// statistics), after the end-to-end rounds.
+    #[arg(long)]
+    skip_kernel_time: bool,
 }
 
 /// Set by SIGINT/SIGTERM: the run stops after the current measurement, and
@@ -129,6 +135,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     interrupt.check()?;
 
+    let mut kernel_time = Vec::new();
     let e2e = if args.skip_e2e {
         Vec::new()
     } else {
@@ -159,8 +166,14 @@ pub fn run(args: Args) -> Result<()> {
         environment.server_cpu = topology.server_cpu;
         let _servers = Servers::start(&topology, &loadgen)?;
         let samples = run_rounds(
-            &topology, &loadgen, &mut arms, rounds, seconds, measured, &interrupt,
+            &topology, &loadgen, &mut arms, rounds, seconds, &measured, &interrupt,
         )?;
+        if !args.skip_kernel_time {
+            step("kernel time per operation of the enforcer arms (BPF run-time statistics)");
+            kernel_time = measure_kernel_time(
+                &topology, &loadgen, &mut arms, seconds, &measured, &interrupt,
+            )?;
+        }
         rows(&arms, &samples)
     };
 
@@ -177,6 +190,7 @@ pub fn run(args: Args) -> Result<()> {
         micro,
         control_plane,
         e2e,
+        kernel_time,
     };
     let json_path = out_dir.join("report.json");
     let md_path = out_dir.join("report.md");
@@ -205,7 +219,7 @@ fn run_rounds(
     arms: &mut [Box<dyn Arm>],
     rounds: u32,
     seconds: u32,
-    measured: impl Fn(Workload) -> bool,
+    measured: &impl Fn(Workload) -> bool,
     interrupt: &Interrupt,
 ) -> Result<Samples> {
     let env = ArmEnv {
@@ -254,6 +268,72 @@ fn run_rounds(
         }
     }
     Ok(samples)
+}
+
+/// One more measurement of each enforcer arm (by name: `enforcer-*`,
+/// `--arm` ones included) and workload with discrete operations, with the
+/// kernel's BPF statistics on: the time the arm's programs took per
+/// connection or transaction.
+fn measure_kernel_time(
+    topology: &Topology,
+    loadgen: &Path,
+    arms: &mut [Box<dyn Arm>],
+    seconds: u32,
+    measured: &impl Fn(Workload) -> bool,
+    interrupt: &Interrupt,
+) -> Result<Vec<kernel_time::KernelTimeRow>> {
+    let env = ArmEnv {
+        topology,
+        allowed: &ALLOWED,
+    };
+    let mut rows = Vec::new();
+    for arm in arms.iter_mut().filter(|a| a.name().starts_with("enforcer")) {
+        interrupt.check()?;
+        let name = arm.name();
+        // The arm's own programs: an enforcer already running on this
+        // machine has programs of the same names.
+        let before = kernel_time::enforcer_program_ids()?;
+        let result = arm.apply(&env).and_then(|()| {
+            let ids: BTreeSet<u32> = kernel_time::enforcer_program_ids()?
+                .difference(&before)
+                .copied()
+                .collect();
+            if ids.is_empty() {
+                bail!("{name}: no enforcer program was loaded");
+            }
+            let _stats = kernel_time::StatsEnabled::new()?;
+            let mut arm_rows = Vec::new();
+            for workload in Workload::ALL.into_iter().filter(|w| measured(*w)) {
+                interrupt.check()?;
+                let start = kernel_time::counters(&ids)?;
+                let Some(ops) = workloads::operations(topology, loadgen, workload, seconds)
+                    .with_context(|| format!("{name}: {}", workload.name()))?
+                else {
+                    continue;
+                };
+                let end = kernel_time::counters(&ids)?;
+                let per = if workload == Workload::Crr {
+                    "connection"
+                } else {
+                    "transaction"
+                };
+                let row = kernel_time::row(&name, workload.name(), per, ops, &start, &end)?;
+                println!(
+                    "    {:<11} {:>8.0} ns per {per} in the programs",
+                    workload.name(),
+                    row.ns_per_op
+                );
+                arm_rows.push(row);
+            }
+            Ok(arm_rows)
+        });
+        let removed = arm
+            .remove(&env)
+            .with_context(|| format!("removing arm {name}"));
+        rows.extend(result?);
+        removed?;
+    }
+    Ok(rows)
 }
 
 /// Proves the arm is in force: the client reaches a server port that no

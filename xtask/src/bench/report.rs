@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::control::ControlRow;
+use super::kernel_time::KernelTimeRow;
 use super::micro::MicroRow;
 
 #[derive(Debug, Serialize)]
@@ -22,6 +23,9 @@ pub struct Report {
     /// skipped.
     pub control_plane: Vec<ControlRow>,
     pub e2e: Vec<E2eRow>,
+    /// Time in the enforcer arms' kernel programs per operation
+    /// (`kernel_time.rs`); empty when skipped.
+    pub kernel_time: Vec<KernelTimeRow>,
 }
 
 #[derive(Debug, Serialize)]
@@ -145,6 +149,45 @@ pub fn markdown(report: &Report) -> String {
             md.push('\n');
         }
     }
+    if !report.kernel_time.is_empty() {
+        md.push_str(
+            "## Time in the enforcer's kernel programs per operation (lower is better)\n\n",
+        );
+        md.push_str(
+            "From the kernel's BPF run-time statistics, in one more measurement per arm after the rounds; \
+             each program run also counts the statistics' own two clock reads. \
+             Programs that ran for fewer than 1 in 100 operations are left out.\n\n",
+        );
+        md.push_str("| arm | workload | per | total | programs: time per operation (runs x time per run) |\n|---|---|---|---:|---|\n");
+        for row in &report.kernel_time {
+            // Programs that ran for fewer than one operation in a hundred
+            // (a connect of the load generator's setup) stay in the JSON.
+            let programs: Vec<String> = row
+                .programs
+                .iter()
+                .filter(|p| p.runs_per_op >= 0.01)
+                .map(|p| {
+                    format!(
+                        "{} {} ({} x {})",
+                        p.program,
+                        duration(p.ns_per_op),
+                        num(p.runs_per_op),
+                        duration(p.ns_per_run)
+                    )
+                })
+                .collect();
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} |",
+                row.arm,
+                row.workload,
+                row.per,
+                duration(row.ns_per_op),
+                programs.join(", ")
+            );
+        }
+        md.push('\n');
+    }
     if !report.control_plane.is_empty() {
         md.push_str("## Control plane: the release daemon (lower is better)\n\n");
         md.push_str(
@@ -223,6 +266,7 @@ mod tests {
             },
             micro: Vec::new(),
             control_plane: Vec::new(),
+            kernel_time: Vec::new(),
             e2e: vec![
                 row("baseline", 40000.0, Some(1.0)),
                 row("iptables-10000", 11000.0, Some(0.276)),
@@ -276,6 +320,7 @@ mod tests {
                 row("rss_idle", "MiB", 11.84, 11.8, 12.0),
             ],
             e2e: Vec::new(),
+            kernel_time: Vec::new(),
         };
         let md = markdown(&report);
         assert_eq!(md.matches("## Control plane").count(), 1);
@@ -301,5 +346,48 @@ mod tests {
         assert_eq!(duration(78_322_784.0), "78.3 ms");
         assert_eq!(duration(1_867_555_720.0), "1.87 s");
         assert_eq!(duration(1_500.0), "1.50 µs");
+    }
+
+    #[test]
+    fn markdown_lists_kernel_time_per_program() {
+        let report = Report {
+            schema: 1,
+            unix_time: 0,
+            quick: true,
+            rounds: 1,
+            seconds_per_measurement: 2,
+            environment: Environment {
+                kernel: "6.18".to_owned(),
+                cpus: 2,
+                client_cpu: None,
+                server_cpu: None,
+                iptables: String::new(),
+                nftables: String::new(),
+                iperf3: String::new(),
+                load_before: None,
+                load_after: None,
+            },
+            micro: Vec::new(),
+            control_plane: Vec::new(),
+            e2e: Vec::new(),
+            kernel_time: vec![KernelTimeRow {
+                arm: "enforcer-10".to_owned(),
+                workload: "tcp_crr".to_owned(),
+                per: "connection".to_owned(),
+                operations: 1000,
+                ns_per_op: 1500.0,
+                programs: vec![crate::bench::kernel_time::ProgramTime {
+                    program: "enforcer_egress".to_owned(),
+                    runs_per_op: 6.0,
+                    ns_per_run: 250.0,
+                    ns_per_op: 1500.0,
+                }],
+            }],
+        };
+        let md = markdown(&report);
+        assert!(
+            md.contains("| enforcer-10 | tcp_crr | connection | 1.50 µs | enforcer_egress 1.50 µs (6.00 x 250 ns) |"),
+            "{md}"
+        );
     }
 }

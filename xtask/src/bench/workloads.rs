@@ -130,7 +130,46 @@ impl Servers {
 
 #[derive(Deserialize)]
 struct LoadgenResult {
+    transactions: u64,
     per_second: f64,
+}
+
+/// Runs the load generator's `rr` or `crr` for `seconds` and returns how
+/// many transactions (connections for `crr`) it completed; `None` for a
+/// workload without discrete operations (bulk throughput).
+pub fn operations(
+    topology: &Topology,
+    loadgen: &Path,
+    workload: Workload,
+    seconds: u32,
+) -> Result<Option<u64>> {
+    if workload == Workload::Stream {
+        return Ok(None);
+    }
+    let timeout = Duration::from_secs(u64::from(seconds) + 20);
+    Ok(Some(
+        run_loadgen(topology, loadgen, workload, seconds, timeout)?.transactions,
+    ))
+}
+
+fn run_loadgen(
+    topology: &Topology,
+    loadgen: &Path,
+    workload: Workload,
+    seconds: u32,
+    timeout: Duration,
+) -> Result<LoadgenResult> {
+    let mode = if workload == Workload::Rr {
+        "rr"
+    } else {
+        "crr"
+    };
+    let mut cmd = topology.client(loadgen);
+    cmd.args([mode, "--connect", &format!("{SERVER_ADDR}:{LOADGEN_PORT}")])
+        .args(["--seconds", &seconds.to_string()]);
+    let stdout = checked(&mut cmd, timeout)?;
+    serde_json::from_str(stdout.trim())
+        .with_context(|| format!("unexpected load generator output: {stdout}"))
 }
 
 /// Runs one measurement of `seconds` and returns its rate in
@@ -144,18 +183,7 @@ pub fn measure(
     let timeout = Duration::from_secs(u64::from(seconds) + 20);
     match workload {
         Workload::Rr | Workload::Crr => {
-            let mode = if workload == Workload::Rr {
-                "rr"
-            } else {
-                "crr"
-            };
-            let mut cmd = topology.client(loadgen);
-            cmd.args([mode, "--connect", &format!("{SERVER_ADDR}:{LOADGEN_PORT}")])
-                .args(["--seconds", &seconds.to_string()]);
-            let stdout = checked(&mut cmd, timeout)?;
-            let result: LoadgenResult = serde_json::from_str(stdout.trim())
-                .with_context(|| format!("unexpected load generator output: {stdout}"))?;
-            Ok(result.per_second)
+            Ok(run_loadgen(topology, loadgen, workload, seconds, timeout)?.per_second)
         }
         Workload::Stream => {
             let mut cmd = topology.client(Path::new("iperf3"));
