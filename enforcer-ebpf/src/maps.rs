@@ -5,7 +5,7 @@ use core::{ffi::c_void, ptr};
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_SK_STORAGE_GET_F_CREATE, bpf_map_type, bpf_sock},
-    helpers::generated::bpf_sk_storage_get,
+    helpers::generated::{bpf_sk_storage_delete, bpf_sk_storage_get},
     macros::map,
     maps::{
         Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key,
@@ -154,6 +154,16 @@ impl<T> SocketStorage<T> {
         // SAFETY: a value-sized pointer into the socket's storage.
         unsafe { *p = *value };
         Some(p)
+    }
+
+    /// Forgets the value stored on `sk`, if any.
+    ///
+    /// # Safety
+    /// As [`Self::get`].
+    #[inline(always)]
+    pub unsafe fn delete(&self, sk: *mut bpf_sock) {
+        // SAFETY: per the caller. Nothing stored is not an error here.
+        let _ = unsafe { bpf_sk_storage_delete(self.as_ptr(), sk.cast()) };
     }
 }
 

@@ -197,6 +197,15 @@ pub fn handle(ctx: &SkBuffContext, direction: u8) -> i32 {
         return PASS;
     }
     maps::bump_global(GLOBAL_COUNTER_PACKETS);
+    // The usual packet: one of an allowed connection, on its socket. No
+    // parsing: the socket says it is TCP, and its storage holds the flow.
+    if let Some(sk) = connected_tcp_socket(ctx)
+        && let Some((local, action)) = current_socket_flow(&cfg, sk)
+        && action != ACTION_DENY
+    {
+        maps::bump_counter(local, action);
+        return PASS;
+    }
     let Some(p) = packet::parse(&Skb(ctx)) else {
         // Not IP or truncated: the stack drops what it cannot parse itself.
         return PASS;
@@ -226,24 +235,45 @@ fn store_of(ctx: &SkBuffContext, p: &Packet) -> Store {
     if p.protocol != PROTO_TCP {
         return Store::Table;
     }
+    match connected_tcp_socket(ctx) {
+        Some(sk) => Store::Socket(sk),
+        None => Store::Table,
+    }
+}
+
+/// The packet's socket when it is a full TCP socket that is not listening
+/// (a listener sees the first packets of every connection to its port).
+#[inline(always)]
+fn connected_tcp_socket(ctx: &SkBuffContext) -> Option<*mut bpf_sock> {
     // SAFETY: reading the program's own context; the verifier types the
     // field as a socket pointer that may be null.
     let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
     if sk.is_null() {
-        return Store::Table;
+        return None;
     }
     // SAFETY: a helper on the context's socket pointer.
     let full = unsafe { bpf_sk_fullsock(sk) };
     if full.is_null() {
-        return Store::Table;
+        return None;
     }
     // SAFETY: fields of a full socket, checked by the verifier.
     let (protocol, state) = unsafe { ((*full).protocol, (*full).state) };
-    // A listener sees the first packets of every connection to its port.
-    if protocol != u32::from(PROTO_TCP) || state == BPF_TCP_LISTEN {
-        return Store::Table;
-    }
-    Store::Socket(full)
+    (protocol == u32::from(PROTO_TCP) && state != BPF_TCP_LISTEN).then_some(full)
+}
+
+/// The local workload and action of the socket's flow when it was judged
+/// under the current generation and no `connect` verdict awaits its SYN.
+/// A SYN needs no check here: `connect4|6` replace the socket's flow before
+/// every connection it opens (see `sock_addr.rs`), so a flow found here is
+/// the connection's own.
+#[inline(always)]
+fn current_socket_flow(cfg: &Config, sk: *mut bpf_sock) -> Option<(Identity, u8)> {
+    // SAFETY: `sk` is a full socket (see `connected_tcp_socket`).
+    let stored = unsafe { maps::SOCKET_FLOWS.get(sk) }?;
+    // SAFETY: the socket's storage, which lives as long as the socket.
+    let s = unsafe { &*stored };
+    (s.flow.generation == cfg.generation && s.connect_family == 0)
+        .then_some((s.flow.local, s.flow.action))
 }
 
 impl Store {
@@ -295,8 +325,8 @@ impl Store {
 
 /// When this SYN opens the connection that `connect4|6` judged and allowed
 /// on its socket (see `SocketFlow::connect_addr`), the local workload of
-/// that verdict, which the SYN takes. Only the first SYN does; a
-/// retransmission is judged.
+/// that verdict, which the SYN takes; the flow is then the connection's
+/// own, which a retransmitted SYN finds like any later packet.
 #[inline(always)]
 fn allowed_at_connect(
     ctx: &SkBuffContext,

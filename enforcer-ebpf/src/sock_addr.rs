@@ -138,32 +138,42 @@ pub fn handle(ctx: &SockAddrContext, family: u8) -> i32 {
             }
         }
     }
-    if protocol == PROTO_TCP && sender.action == ACTION_ALLOW && remote.external {
-        // The connection's SYN takes this verdict (see `SocketFlow`). A
-        // connection to this host is judged again at its SYN, which records
-        // it where the receiving end looks for it.
-        let pending = SocketFlow {
-            flow: FlowValue {
-                generation: cfg.generation,
-                local: sender.local,
-                remote: remote.identity,
-                rule: sender.rule,
-                cgroup_id,
-                last_event_ns: 0,
-                action: ACTION_ALLOW,
-                direction: DIRECTION_EGRESS,
-                service_port: port,
-                quiet_until: 0,
-            },
-            connect_addr: addr,
-            connect_port: port,
-            connect_family: family,
-            _pad: [0; 5],
-        };
-        // SAFETY: the context's socket, which the verifier types as a full
-        // socket. Without storage the SYN is simply judged.
-        let _ = unsafe { maps::SOCKET_FLOWS.set(sa.__bindgen_anon_1.sk, &pending) };
+    if protocol != PROTO_TCP {
+        return ALLOW;
     }
+    // SAFETY: the context's socket field (a full socket for the verifier).
+    let sk = unsafe { sa.__bindgen_anon_1.sk };
+    if sender.action != ACTION_ALLOW || !remote.external {
+        // The socket may hold the flow of an earlier connection (a connect
+        // after `connect(AF_UNSPEC)`): its SYN must be judged afresh.
+        // SAFETY: a full socket, as above.
+        unsafe { maps::SOCKET_FLOWS.delete(sk) };
+        return ALLOW;
+    }
+    // The connection's SYN takes this verdict (see `SocketFlow`). A
+    // connection to this host is judged again at its SYN, which records
+    // it where the receiving end looks for it.
+    let pending = SocketFlow {
+        flow: FlowValue {
+            generation: cfg.generation,
+            local: sender.local,
+            remote: remote.identity,
+            rule: sender.rule,
+            cgroup_id,
+            last_event_ns: 0,
+            action: ACTION_ALLOW,
+            direction: DIRECTION_EGRESS,
+            service_port: port,
+            quiet_until: 0,
+        },
+        connect_addr: addr,
+        connect_port: port,
+        connect_family: family,
+        _pad: [0; 5],
+    };
+    // SAFETY: a full socket, as above. Without storage (no memory) it holds no
+    // flow, and the SYN is judged.
+    let _ = unsafe { maps::SOCKET_FLOWS.set(sk, &pending) };
     ALLOW
 }
 
