@@ -13,7 +13,9 @@ use std::{
     time::Duration,
 };
 
-use dataplane_support::{empty_policy, require_root, spawn_in_cgroup};
+use dataplane_support::{
+    close_pipe, empty_policy, pipe, require_root, spawn_in_cgroup, wait_child,
+};
 use enforcer::{
     compile::compiled::CompiledPolicy,
     dataplane::{Dataplane, DataplaneOptions, HostAddrs, ResolvedCgroup},
@@ -521,27 +523,4 @@ fn a_tcp_connection_keeps_its_flow_on_its_socket_and_is_revoked() {
             "{to}: step {code} failed (see the test's exit codes)"
         );
     }
-}
-
-fn pipe() -> (i32, i32) {
-    let mut fds = [0i32; 2];
-    // SAFETY: a pipe for this process and its children.
-    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-    (fds[0], fds[1])
-}
-
-fn close_pipe(rd: i32, wr: i32) {
-    // SAFETY: closing our own pipe ends.
-    unsafe {
-        libc::close(rd);
-        libc::close(wr);
-    }
-}
-
-fn wait_child(pid: i32) -> i32 {
-    let mut status = 0;
-    // SAFETY: our own child.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    assert!(libc::WIFEXITED(status), "child did not exit normally");
-    libc::WEXITSTATUS(status)
 }

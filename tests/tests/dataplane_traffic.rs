@@ -374,10 +374,8 @@ fn revocation_cuts_an_established_connection() {
         ACTION_ALLOW,
     );
     s.apply(&p, MODE_ENFORCE);
-    let mut fds = [0i32; 2];
-    // SAFETY: a pipe to tell the child when the policy changed.
-    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-    let (rd, wr) = (fds[0], fds[1]);
+    // Tells the child when the policy changed.
+    let (rd, wr) = pipe();
     let child = spawn_in_cgroup(&s.a.path, move || {
         let Ok(mut c) = TcpStream::connect_timeout(&server, T) else {
             return 10;
@@ -401,20 +399,9 @@ fn revocation_cuts_an_established_connection() {
     s.apply(&policy(), MODE_ENFORCE);
     // SAFETY: one byte to our own pipe.
     assert_eq!(unsafe { libc::write(wr, b"go".as_ptr().cast(), 1) }, 1);
-    let mut status = 0;
-    // SAFETY: our own child.
-    unsafe { libc::waitpid(child, &mut status, 0) };
-    assert!(libc::WIFEXITED(status));
-    assert_eq!(
-        libc::WEXITSTATUS(status),
-        0,
-        "the established connection must be cut"
-    );
-    // SAFETY: closing our pipe ends.
-    unsafe {
-        libc::close(rd);
-        libc::close(wr);
-    }
+    let code = wait_child(child);
+    close_pipe(rd, wr);
+    assert_eq!(code, 0, "the established connection must be cut");
 }
 
 #[test]

@@ -164,14 +164,7 @@ pub fn attached_programs(cgroup: &Path) -> usize {
 /// The child only makes system calls, so forking from the (multi-threaded)
 /// test harness is safe enough.
 pub fn in_cgroup(cgroup: &Path, f: impl FnOnce() -> i32) -> i32 {
-    let pid = spawn_in_cgroup(cgroup, f);
-    let mut status = 0;
-    // SAFETY: waiting for our own child.
-    unsafe {
-        assert_eq!(libc::waitpid(pid, &mut status, 0), pid);
-    }
-    assert!(libc::WIFEXITED(status), "child did not exit normally");
-    libc::WEXITSTATUS(status)
+    wait_child(spawn_in_cgroup(cgroup, f))
 }
 
 /// Exit codes of the connection helpers.
@@ -470,4 +463,30 @@ pub fn links_to_cgroup(cgroup_id: u64) -> usize {
             .filter(|l| l.get("cgroup_id").and_then(serde_json::Value::as_u64) == Some(cgroup_id))
             .count()
     })
+}
+
+/// A pipe `(read end, write end)`, to tell a forked child when to go on.
+pub fn pipe() -> (i32, i32) {
+    let mut fds = [0i32; 2];
+    // SAFETY: a pipe for this process and its children.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    (fds[0], fds[1])
+}
+
+/// Closes both ends of a [`pipe`].
+pub fn close_pipe(rd: i32, wr: i32) {
+    // SAFETY: closing our own pipe ends.
+    unsafe {
+        libc::close(rd);
+        libc::close(wr);
+    }
+}
+
+/// Waits for a child started by [`spawn_in_cgroup`]; its exit code.
+pub fn wait_child(pid: i32) -> i32 {
+    let mut status = 0;
+    // SAFETY: our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFEXITED(status), "child did not exit normally");
+    libc::WEXITSTATUS(status)
 }

@@ -286,18 +286,9 @@ mod tests {
         assert!(md.contains("1 rounds, interleaved, 2 s per measurement; client pinned to CPU 0"));
     }
 
-    #[test]
-    fn control_plane_rows_form_one_table_with_their_units() {
-        let row = |name: &str, unit: &str, median: f64, min: f64, max: f64| ControlRow {
-            name: name.to_owned(),
-            description: format!("what {name} is"),
-            unit: unit.to_owned(),
-            median,
-            min,
-            max,
-            rounds: 3,
-        };
-        let report = Report {
+    /// A report of nothing, on a machine without pinning or versions.
+    fn bare_report() -> Report {
+        Report {
             schema: 1,
             unix_time: 0,
             quick: false,
@@ -315,12 +306,29 @@ mod tests {
                 load_after: None,
             },
             micro: Vec::new(),
+            control_plane: Vec::new(),
+            e2e: Vec::new(),
+            kernel_time: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn control_plane_rows_form_one_table_with_their_units() {
+        let row = |name: &str, unit: &str, median: f64, min: f64, max: f64| ControlRow {
+            name: name.to_owned(),
+            description: format!("what {name} is"),
+            unit: unit.to_owned(),
+            median,
+            min,
+            max,
+            rounds: 3,
+        };
+        let report = Report {
             control_plane: vec![
                 row("apply/10000", "ms", 812.4, 790.0, 1250.0),
                 row("rss_idle", "MiB", 11.84, 11.8, 12.0),
             ],
-            e2e: Vec::new(),
-            kernel_time: Vec::new(),
+            ..bare_report()
         };
         let md = markdown(&report);
         assert_eq!(md.matches("## Control plane").count(), 1);
@@ -351,25 +359,6 @@ mod tests {
     #[test]
     fn markdown_lists_kernel_time_per_program() {
         let report = Report {
-            schema: 1,
-            unix_time: 0,
-            quick: true,
-            rounds: 1,
-            seconds_per_measurement: 2,
-            environment: Environment {
-                kernel: "6.18".to_owned(),
-                cpus: 2,
-                client_cpu: None,
-                server_cpu: None,
-                iptables: String::new(),
-                nftables: String::new(),
-                iperf3: String::new(),
-                load_before: None,
-                load_after: None,
-            },
-            micro: Vec::new(),
-            control_plane: Vec::new(),
-            e2e: Vec::new(),
             kernel_time: vec![KernelTimeRow {
                 arm: "enforcer-10".to_owned(),
                 workload: "tcp_crr".to_owned(),
@@ -383,6 +372,7 @@ mod tests {
                     ns_per_op: 1500.0,
                 }],
             }],
+            ..bare_report()
         };
         let md = markdown(&report);
         assert!(
