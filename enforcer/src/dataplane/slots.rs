@@ -251,62 +251,33 @@ fn masked<const N: usize>(mut data: [u8; N], prefix_len: u32) -> [u8; N] {
     data
 }
 
-impl TrieKey for AddrKey4 {
-    type Data = [u8; 4];
-    fn trie_key(&self) -> Key<[u8; 4]> {
-        Key::new(self.prefix_len, self.addr)
-    }
-    fn from_trie_key(key: &Key<[u8; 4]>) -> Self {
-        AddrKey4 {
-            prefix_len: key.prefix_len(),
-            addr: key.data(),
+/// The three trie keys differ only in the name and width of their data.
+macro_rules! trie_key {
+    ($key:ident, $data:ident, $bytes:literal) => {
+        impl TrieKey for $key {
+            type Data = [u8; $bytes];
+            fn trie_key(&self) -> Key<[u8; $bytes]> {
+                Key::new(self.prefix_len, self.$data)
+            }
+            fn from_trie_key(key: &Key<[u8; $bytes]>) -> Self {
+                $key {
+                    prefix_len: key.prefix_len(),
+                    $data: key.data(),
+                }
+            }
+            fn masked(self) -> Self {
+                $key {
+                    $data: masked(self.$data, self.prefix_len),
+                    ..self
+                }
+            }
         }
-    }
-    fn masked(self) -> Self {
-        AddrKey4 {
-            addr: masked(self.addr, self.prefix_len),
-            ..self
-        }
-    }
+    };
 }
 
-impl TrieKey for AddrKey6 {
-    type Data = [u8; 16];
-    fn trie_key(&self) -> Key<[u8; 16]> {
-        Key::new(self.prefix_len, self.addr)
-    }
-    fn from_trie_key(key: &Key<[u8; 16]>) -> Self {
-        AddrKey6 {
-            prefix_len: key.prefix_len(),
-            addr: key.data(),
-        }
-    }
-    fn masked(self) -> Self {
-        AddrKey6 {
-            addr: masked(self.addr, self.prefix_len),
-            ..self
-        }
-    }
-}
-
-impl TrieKey for VerdictKey {
-    type Data = [u8; 12];
-    fn trie_key(&self) -> Key<[u8; 12]> {
-        Key::new(self.prefix_len, self.data)
-    }
-    fn from_trie_key(key: &Key<[u8; 12]>) -> Self {
-        VerdictKey {
-            prefix_len: key.prefix_len(),
-            data: key.data(),
-        }
-    }
-    fn masked(self) -> Self {
-        VerdictKey {
-            data: masked(self.data, self.prefix_len),
-            ..self
-        }
-    }
-}
+trie_key!(AddrKey4, addr, 4);
+trie_key!(AddrKey6, addr, 16);
+trie_key!(VerdictKey, data, 12);
 
 /// Writes a trie's changes: removals first, then the new and changed
 /// entries. A key already gone is fine (the outcome is the same).
