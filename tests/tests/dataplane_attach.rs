@@ -82,25 +82,53 @@ fn denied_connect_fails_at_once_and_allowed_one_succeeds() {
     assert_eq!(connect_from(&cg, denied).0, OK);
 }
 
+/// Two local servers, a test cgroup of workload WEB, and a pin root.
+struct Pinned {
+    allowed: SocketAddr,
+    denied: SocketAddr,
+    cg: TestCgroup,
+    pins: PinRoot,
+    options: DataplaneOptions,
+    cgroups: [ResolvedCgroup; 1],
+}
+
+impl Pinned {
+    fn new() -> Pinned {
+        let cg = TestCgroup::new();
+        let pins = PinRoot::new();
+        Pinned {
+            allowed: tcp_echo_server("127.0.0.1:0".parse().unwrap()),
+            denied: tcp_echo_server("127.0.0.1:0".parse().unwrap()),
+            options: DataplaneOptions {
+                pin_root: Some(pins.path.clone()),
+                ..Default::default()
+            },
+            cgroups: [ResolvedCgroup {
+                cgroup_id: cg.id(),
+                workload: WEB,
+                class: WEB,
+                mode: MODE_ENFORCE,
+            }],
+            pins,
+            cg,
+        }
+    }
+}
+
 #[test]
 fn pinned_enforcement_outlives_the_loader_is_adopted_and_uninstalls_cleanly() {
     let Some(_root) = require_root() else {
         return;
     };
-    let allowed = tcp_echo_server("127.0.0.1:0".parse().unwrap());
-    let denied = tcp_echo_server("127.0.0.1:0".parse().unwrap());
-    let cg = TestCgroup::new();
-    let pins = PinRoot::new();
-    let options = DataplaneOptions {
-        pin_root: Some(pins.path.clone()),
-        ..Default::default()
-    };
-    let cgroups = [ResolvedCgroup {
-        cgroup_id: cg.id(),
-        workload: WEB,
-        class: WEB,
-        mode: MODE_ENFORCE,
-    }];
+    // Dropped in reverse: the pins go before the cgroup.
+    let Pinned {
+        allowed,
+        denied,
+        cg,
+        pins,
+        options,
+        cgroups,
+    } = Pinned::new();
     {
         let mut dp = Dataplane::load(&options).expect("load");
         dp.attach(&cg.path).expect("attach");
@@ -201,20 +229,15 @@ fn programs_of_an_earlier_layout_are_retired_once_ours_enforce() {
     let Some(_root) = require_root() else {
         return;
     };
-    let allowed = tcp_echo_server("127.0.0.1:0".parse().unwrap());
-    let denied = tcp_echo_server("127.0.0.1:0".parse().unwrap());
-    let cg = TestCgroup::new();
-    let pins = PinRoot::new();
-    let options = DataplaneOptions {
-        pin_root: Some(pins.path.clone()),
-        ..Default::default()
-    };
-    let cgroups = [ResolvedCgroup {
-        cgroup_id: cg.id(),
-        workload: WEB,
-        class: WEB,
-        mode: MODE_ENFORCE,
-    }];
+    // Dropped in reverse: the pins go before the cgroup.
+    let Pinned {
+        allowed,
+        denied,
+        cg,
+        pins,
+        options,
+        cgroups,
+    } = Pinned::new();
     // An "earlier binary": its pins moved to the directory of layout v1,
     // still attached and enforcing a policy that denies `allowed`.
     {
