@@ -26,11 +26,11 @@ pub mod packet;
 /// Bumped whenever a map's key or value layout changes. Pins live under a
 /// directory named after it, so a new binary never reuses an old map with a
 /// different layout.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// The name of the pin directory for this layout, under the bpffs
-/// directory given to the loader (`<bpffs>/v3/`).
-pub const LAYOUT_DIR: &str = "v3";
+/// directory given to the loader (`<bpffs>/v4/`).
+pub const LAYOUT_DIR: &str = "v4";
 
 /// A numeric identity for an entity. Identities are assigned by the compiler.
 pub type Identity = u32;
@@ -372,6 +372,115 @@ impl SocketFlow {
     }
 }
 
+/// A verdict that `connect4|6` or `sendmsg4|6` reached for a destination
+/// outside this host and allowed, kept in a small per-CPU cache
+/// ([`maps::CACHED_VERDICTS`]) so that the next connection (or datagram)
+/// from the same cgroup to the same destination, under the same policy
+/// generation, skips the judgement.
+///
+/// A program may be preempted between two of its stores, and another one
+/// on the same CPU may then write the same slot: [`CachedVerdict::seal`]
+/// covers every other field, so a slot mixed from two writes is a miss
+/// rather than another destination's verdict.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CachedVerdict {
+    pub cgroup_id: u64,
+    /// The destination address as four words in network byte order (an
+    /// IPv4 address in the first): word loads, where a byte array would
+    /// cost the BPF programs a load per byte.
+    pub addr: [u32; 4],
+    pub port: u16,
+    /// 4 or 6; 0 in a slot never written.
+    pub family: u8,
+    pub protocol: u8,
+    pub generation: u32,
+    /// The local workload (or [`IDENTITY_HOST`]) the verdict was for.
+    pub local: Identity,
+    /// The remote identity (a peer or [`IDENTITY_WORLD`]).
+    pub remote: Identity,
+    pub rule: u32,
+    pub _pad: u32,
+    /// A checksum of every field above ([`CachedVerdict::seal`]).
+    pub seal: u64,
+}
+
+/// Slots per CPU of [`maps::CACHED_VERDICTS`] (a power of two).
+pub const CACHED_VERDICT_SLOTS: u32 = 128;
+
+impl CachedVerdict {
+    /// The cache slot of a destination, from the fields that identify it.
+    #[inline(always)]
+    pub fn slot(cgroup_id: u64, addr: &[u32; 4], port: u16, protocol: u8) -> u32 {
+        let h = mix(
+            mix(cgroup_id, pair(addr[0], addr[1])),
+            pair(addr[2], addr[3]) ^ ((u64::from(port) << 8) | u64::from(protocol)),
+        );
+        (h >> 32) as u32 & (CACHED_VERDICT_SLOTS - 1)
+    }
+
+    /// Whether this slot holds the verdict for exactly this destination
+    /// from this cgroup under this generation, written whole.
+    #[inline(always)]
+    pub fn matches(
+        &self,
+        cgroup_id: u64,
+        family: u8,
+        protocol: u8,
+        addr: &[u32; 4],
+        port: u16,
+        generation: u32,
+    ) -> bool {
+        self.family == family
+            && self.cgroup_id == cgroup_id
+            && self.port == port
+            && self.protocol == protocol
+            && self.generation == generation
+            && self.addr == *addr
+            && self.seal == self.checksum()
+    }
+
+    /// Sets the seal, once every other field is written.
+    #[inline(always)]
+    pub fn seal(&mut self) {
+        self.seal = self.checksum();
+    }
+
+    #[inline(always)]
+    fn checksum(&self) -> u64 {
+        // Word by word, without an array: the BPF stack is small.
+        let mut h = mix(0x243f_6a88_85a3_08d3, self.cgroup_id);
+        h = mix(h, pair(self.addr[0], self.addr[1]));
+        h = mix(h, pair(self.addr[2], self.addr[3]));
+        h = mix(
+            h,
+            u64::from(self.port)
+                | (u64::from(self.family) << 16)
+                | (u64::from(self.protocol) << 24)
+                | (u64::from(self.generation) << 32),
+        );
+        h = mix(h, u64::from(self.local) | (u64::from(self.remote) << 32));
+        h = mix(h, u64::from(self.rule) | (u64::from(self._pad) << 32));
+        // Never 0, the seal of a slot never written.
+        h | 1
+    }
+}
+
+/// One round of a multiply-xorshift hash (the finaliser of SplitMix64).
+#[inline(always)]
+const fn mix(h: u64, word: u64) -> u64 {
+    let mut x = (h ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 27;
+    x
+}
+
+#[inline(always)]
+const fn pair(low: u32, high: u32) -> u64 {
+    low as u64 | ((high as u64) << 32)
+}
+
 /// A verdict event sent to userspace through the events ring buffer, for
 /// denied and audited connections (rate-limited per flow).
 #[repr(C)]
@@ -415,7 +524,10 @@ pub const GLOBAL_COUNTER_PACKETS: u32 = 1;
 pub const GLOBAL_COUNTER_NEW_FLOWS: u32 = 2;
 /// Number of packets dropped.
 pub const GLOBAL_COUNTER_DROPPED: u32 = 3;
-pub const GLOBAL_COUNTERS: u32 = 4;
+/// Number of connections and datagrams that `connect4|6` or `sendmsg4|6`
+/// allowed from [`maps::CACHED_VERDICTS`] without judging them.
+pub const GLOBAL_COUNTER_CACHED_VERDICTS: u32 = 4;
+pub const GLOBAL_COUNTERS: u32 = 5;
 
 /// Map capacities. The compiler rejects a policy whose entries exceed them,
 /// before anything is written.
@@ -460,6 +572,9 @@ pub mod maps {
     /// [`super::COUNTED_IDENTITIES`].
     pub const WORKLOAD_COUNTERS: &str = "WORKLOAD_COUNTERS";
     pub const GLOBAL_COUNTERS: &str = "GLOBAL_COUNTERS";
+    /// Per-CPU array of [`super::CachedVerdict`]: recent verdicts of
+    /// `connect4|6` and `sendmsg4|6` that allowed a remote destination.
+    pub const CACHED_VERDICTS: &str = "CACHED_VERDICTS";
 }
 
 #[cfg(feature = "user")]
@@ -479,6 +594,7 @@ mod user {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for SocketFlow {}
+    unsafe impl aya::Pod for CachedVerdict {}
     unsafe impl aya::Pod for VerdictEvent {}
     unsafe impl aya::Pod for CounterKey {}
 }
@@ -500,9 +616,86 @@ mod tests {
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<FlowValue>(), 40);
         assert_eq!(size_of::<SocketFlow>(), 64);
+        assert_eq!(size_of::<CachedVerdict>(), 56);
         assert_eq!(size_of::<VerdictEvent>(), 72);
         assert_eq!(size_of::<CounterKey>(), 8);
         assert_eq!(size_of::<BoundPort>(), 16);
+    }
+
+    fn cached(addr: u8, rule: u32) -> CachedVerdict {
+        let mut c = CachedVerdict {
+            cgroup_id: 4242,
+            addr: [u32::from(addr); 4],
+            port: 5432,
+            family: 6,
+            protocol: PROTO_TCP,
+            generation: 9,
+            local: 17,
+            remote: 18,
+            rule,
+            _pad: 0,
+            seal: 0,
+        };
+        c.seal();
+        c
+    }
+
+    #[test]
+    fn a_cached_verdict_matches_only_its_own_destination_and_generation() {
+        let c = cached(7, 3);
+        assert!(c.matches(4242, 6, PROTO_TCP, &[7; 4], 5432, 9));
+        assert!(!c.matches(4243, 6, PROTO_TCP, &[7; 4], 5432, 9), "cgroup");
+        assert!(!c.matches(4242, 4, PROTO_TCP, &[7; 4], 5432, 9), "family");
+        assert!(!c.matches(4242, 6, PROTO_UDP, &[7; 4], 5432, 9), "protocol");
+        assert!(!c.matches(4242, 6, PROTO_TCP, &[8; 4], 5432, 9), "address");
+        assert!(!c.matches(4242, 6, PROTO_TCP, &[7; 4], 5433, 9), "port");
+        assert!(
+            !c.matches(4242, 6, PROTO_TCP, &[7; 4], 5432, 10),
+            "generation"
+        );
+        let never_written = CachedVerdict {
+            seal: 0,
+            ..cached(0, 0)
+        };
+        assert!(!never_written.matches(4242, 6, PROTO_TCP, &[0; 4], 5432, 9));
+    }
+
+    #[test]
+    fn a_cached_verdict_mixed_from_two_writes_is_a_miss() {
+        // Another program overwrote part of the slot between two stores of
+        // the first one: the seal of either write no longer fits.
+        let first = cached(7, 3);
+        let second = cached(8, 4);
+        let torn_value = CachedVerdict {
+            rule: second.rule,
+            ..first
+        };
+        assert!(!torn_value.matches(4242, 6, PROTO_TCP, &[7; 4], 5432, 9));
+        let torn_key = CachedVerdict {
+            addr: second.addr,
+            ..first
+        };
+        assert!(!torn_key.matches(4242, 6, PROTO_TCP, &[8; 4], 5432, 9));
+        let late_seal = CachedVerdict {
+            seal: second.seal,
+            ..first
+        };
+        assert!(!late_seal.matches(4242, 6, PROTO_TCP, &[7; 4], 5432, 9));
+    }
+
+    #[test]
+    fn cached_verdict_slots_stay_in_range_and_spread() {
+        let mut seen = [false; CACHED_VERDICT_SLOTS as usize];
+        for port in 0..1024u16 {
+            let slot = CachedVerdict::slot(77, &[1; 4], port, PROTO_TCP);
+            assert!(slot < CACHED_VERDICT_SLOTS);
+            seen[slot as usize] = true;
+        }
+        let used = seen.iter().filter(|s| **s).count();
+        assert!(
+            used > CACHED_VERDICT_SLOTS as usize * 3 / 4,
+            "{used} slots used"
+        );
     }
 
     #[test]

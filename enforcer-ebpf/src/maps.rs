@@ -12,11 +12,11 @@ use aya_ebpf::{
     },
 };
 use enforcer_common::{
-    BoundPort, COUNTED_IDENTITIES, COUNTER_ACTIONS, CgroupEntry, Config, CounterKey,
-    EVENTS_RING_BYTES, FlowKey, FlowValue, GLOBAL_COUNTERS as GLOBAL_COUNTER_SLOTS, IDENTITY_WORLD,
-    Identity, MAX_BOUND_PORTS, MAX_CGROUPS, MAX_COUNTERS, MAX_FAILSAFE_PORTS, MAX_FLOWS,
-    MAX_PREFIXES_V4, MAX_PREFIXES_V6, MAX_VERDICTS, PortKey, SocketFlow, VerdictKey, VerdictValue,
-    WORKLOAD_COUNTER_SLOTS,
+    BoundPort, CACHED_VERDICT_SLOTS, COUNTED_IDENTITIES, COUNTER_ACTIONS, CachedVerdict,
+    CgroupEntry, Config, CounterKey, EVENTS_RING_BYTES, FlowKey, FlowValue,
+    GLOBAL_COUNTERS as GLOBAL_COUNTER_SLOTS, IDENTITY_WORLD, Identity, MAX_BOUND_PORTS,
+    MAX_CGROUPS, MAX_COUNTERS, MAX_FAILSAFE_PORTS, MAX_FLOWS, MAX_PREFIXES_V4, MAX_PREFIXES_V6,
+    MAX_VERDICTS, PortKey, SocketFlow, VerdictKey, VerdictValue, WORKLOAD_COUNTER_SLOTS,
 };
 
 #[map]
@@ -77,6 +77,13 @@ static WORKLOAD_COUNTERS: PerCpuArray<u64> =
 
 #[map]
 static GLOBAL_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(GLOBAL_COUNTER_SLOTS, 0);
+
+/// Recent verdicts of `connect4|6` and `sendmsg4|6` that allowed a remote
+/// destination, direct-mapped by [`CachedVerdict::slot`]. Per CPU: no
+/// locking, and a slot another CPU overwrites costs nothing here.
+#[map]
+static CACHED_VERDICTS: PerCpuArray<CachedVerdict> =
+    PerCpuArray::with_max_entries(CACHED_VERDICT_SLOTS, 0);
 
 /// A `BPF_MAP_TYPE_SK_STORAGE` map definition, in the BTF form (`.maps`
 /// section) the loader reads: such a map needs the BTF ids of its key and
@@ -239,6 +246,42 @@ pub fn bound_port(protocol: u8, port: u16) -> Option<BoundPort> {
     };
     // SAFETY: the value is plain integers.
     unsafe { BOUND_PORTS.get(key).copied() }
+}
+
+/// What this CPU's cache slot `index` holds, copied once: the caller
+/// checks the copy with [`CachedVerdict::matches`], whose seal tells a
+/// whole write from a mixed one. A missing slot reads as never written.
+#[inline(always)]
+pub fn cached_verdict(index: u32) -> CachedVerdict {
+    match CACHED_VERDICTS.get_ptr(index) {
+        // SAFETY: a per-CPU value of plain integers; one volatile copy, so
+        // that the fields checked are the fields used.
+        Some(p) => unsafe { ptr::read_volatile(p) },
+        None => CachedVerdict {
+            cgroup_id: 0,
+            addr: [0; 4],
+            port: 0,
+            family: 0,
+            protocol: 0,
+            generation: 0,
+            local: 0,
+            remote: 0,
+            rule: 0,
+            _pad: 0,
+            seal: 0,
+        },
+    }
+}
+
+/// Seals a verdict and stores it in its slot of this CPU's cache.
+#[inline(always)]
+pub fn cache_verdict(index: u32, verdict: &mut CachedVerdict) {
+    verdict.seal();
+    if let Some(p) = CACHED_VERDICTS.get_ptr_mut(index) {
+        // SAFETY: a per-CPU value of plain integers; a program preempted
+        // midway leaves a slot whose seal does not match (a miss).
+        unsafe { ptr::write_volatile(p, *verdict) };
+    }
 }
 
 /// Adds one to a global counter of this CPU.

@@ -4,12 +4,13 @@
 //! is a socket on this host, the receiver's ingress is judged too.
 
 use aya_ebpf::{
+    bindings::bpf_sock_addr,
     helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id},
     programs::SockAddrContext,
 };
 use enforcer_common::{
-    ACTION_ALLOW, ACTION_DENY, Config, DIRECTION_EGRESS, DIRECTION_INGRESS, FlowKey, FlowValue,
-    PROTO_TCP, PROTO_UDP, SocketFlow,
+    ACTION_ALLOW, ACTION_DENY, CachedVerdict, Config, DIRECTION_EGRESS, DIRECTION_INGRESS, FlowKey,
+    FlowValue, GLOBAL_COUNTER_CACHED_VERDICTS, Identity, PROTO_TCP, PROTO_UDP, SocketFlow,
 };
 
 use crate::{
@@ -49,30 +50,91 @@ pub fn handle(ctx: &SockAddrContext, family: u8) -> i32 {
             return ALLOW;
         }
     }
-    let mut addr = [0u8; 16];
+    // Network byte order, word by word (see `CachedVerdict::addr`).
     let mut family = family;
-    if family == 4 {
-        addr[..4].copy_from_slice(&sa.user_ip4.to_ne_bytes());
+    let mut addr = if family == 4 {
+        [sa.user_ip4, 0, 0, 0]
     } else {
-        let words = [
+        [
             sa.user_ip6[0],
             sa.user_ip6[1],
             sa.user_ip6[2],
             sa.user_ip6[3],
-        ];
-        addr[0..4].copy_from_slice(&words[0].to_ne_bytes());
-        addr[4..8].copy_from_slice(&words[1].to_ne_bytes());
-        addr[8..12].copy_from_slice(&words[2].to_ne_bytes());
-        addr[12..16].copy_from_slice(&words[3].to_ne_bytes());
-        // A dual-stack socket sending to ::ffff:a.b.c.d sends IPv4.
-        if words[0] == 0 && words[1] == 0 && words[2] == u32::from_be(0x0000_ffff).to_be() {
-            let v4 = words[3].to_ne_bytes();
-            addr = [0; 16];
-            addr[..4].copy_from_slice(&v4);
-            family = 4;
-        }
+        ]
+    };
+    // A dual-stack socket sending to ::ffff:a.b.c.d sends IPv4.
+    if family == 6 && addr[0] == 0 && addr[1] == 0 && addr[2] == u32::from_be(0x0000_ffff).to_be() {
+        addr = [addr[3], 0, 0, 0];
+        family = 4;
     }
     let port = u16::from_be(sa.user_port as u16);
+    // SAFETY: a helper without memory arguments.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    // A destination this cgroup was allowed to reach under this policy
+    // needs no judgement: the usual case of a client that connects again
+    // and again to the same service.
+    let cache_index = CachedVerdict::slot(cgroup_id, &addr, port, protocol);
+    let mut allowed = maps::cached_verdict(cache_index);
+    if allowed.matches(cgroup_id, family, protocol, &addr, port, cfg.generation) {
+        maps::bump_global(GLOBAL_COUNTER_CACHED_VERDICTS);
+    } else {
+        let attempt = Attempt {
+            cgroup_id,
+            addr,
+            port,
+            family,
+            protocol,
+        };
+        match judge_attempt(&cfg, &attempt, &mut allowed) {
+            Outcome::Refused => return REFUSE,
+            Outcome::AllowedRemote => maps::cache_verdict(cache_index, &mut allowed),
+            Outcome::AllowedHere => {
+                if protocol == PROTO_TCP {
+                    // The socket may hold the flow of an earlier connection
+                    // (a connect after `connect(AF_UNSPEC)`): its SYN must
+                    // be judged afresh. So is a connection to this host,
+                    // which its SYN records where the receiving end looks
+                    // for it.
+                    // SAFETY: the context's socket field (a full socket for
+                    // the verifier).
+                    unsafe { maps::SOCKET_FLOWS.delete(sa.__bindgen_anon_1.sk) };
+                }
+                return ALLOW;
+            }
+        }
+    }
+    allow_remote(sa, protocol, &allowed)
+}
+
+/// A connection or datagram about to be sent.
+struct Attempt {
+    cgroup_id: u64,
+    addr: [u32; 4],
+    port: u16,
+    family: u8,
+    protocol: u8,
+}
+
+enum Outcome {
+    Refused,
+    /// Allowed to a destination outside this host: the verdict is in
+    /// `allowed`.
+    AllowedRemote,
+    /// Allowed otherwise: to this host, in audit mode, or by an exception.
+    AllowedHere,
+}
+
+/// Judges an attempt for its sender and, when the destination is a socket
+/// on this host, for its receiver; reports what it refuses or audits.
+#[inline(always)]
+fn judge_attempt(cfg: &Config, attempt: &Attempt, allowed: &mut CachedVerdict) -> Outcome {
+    let Attempt {
+        cgroup_id,
+        addr,
+        port,
+        family,
+        protocol,
+    } = *attempt;
     let key = FlowKey {
         family,
         protocol,
@@ -82,27 +144,24 @@ pub fn handle(ctx: &SockAddrContext, family: u8) -> i32 {
         remote_port: port,
         _pad: 0,
         local_addr: [0; 16],
-        remote_addr: addr,
+        remote_addr: address_bytes(&addr),
     };
-    // SAFETY: helpers without memory arguments.
-    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     let slot = cfg.active_slot;
     let local = judge::local_entry(slot, cgroup_id, |level| unsafe {
         bpf_get_current_ancestor_cgroup_id(level)
     });
     let remote = judge::resolve_remote(slot, &key, DIRECTION_EGRESS);
-    let sender = judge::judge(&cfg, local, DIRECTION_EGRESS, protocol, &remote, port, port);
+    let sender = judge::judge(cfg, local, DIRECTION_EGRESS, protocol, &remote, port, port);
     if sender.action == ACTION_DENY || judge::event_due(sender.action, 0, 1) {
-        refused(
-            &cfg,
-            &key,
-            &sender,
-            remote.identity,
+        let refusal = Refusal {
+            verdict: sender,
+            remote: remote.identity,
             cgroup_id,
-            DIRECTION_EGRESS,
-        );
+            direction: DIRECTION_EGRESS,
+        };
+        refused(cfg, &key, &refusal);
         if sender.action == ACTION_DENY {
-            return REFUSE;
+            return Outcome::Refused;
         }
     }
     if remote.local_socket {
@@ -114,7 +173,7 @@ pub fn handle(ctx: &SockAddrContext, family: u8) -> i32 {
             local_socket: true,
         };
         let receiver = judge::judge(
-            &cfg,
+            cfg,
             remote.local_entry,
             DIRECTION_INGRESS,
             protocol,
@@ -123,64 +182,100 @@ pub fn handle(ctx: &SockAddrContext, family: u8) -> i32 {
             0,
         );
         if receiver.action == ACTION_DENY || judge::event_due(receiver.action, 0, 1) {
-            let mirrored = key.mirrored();
             let receiver_cgroup = maps::bound_port(protocol, port).map_or(0, |b| b.cgroup_id);
-            refused(
-                &cfg,
-                &mirrored,
-                &receiver,
-                sender.local,
-                receiver_cgroup,
-                DIRECTION_INGRESS,
-            );
+            let refusal = Refusal {
+                verdict: receiver,
+                remote: sender.local,
+                cgroup_id: receiver_cgroup,
+                direction: DIRECTION_INGRESS,
+            };
+            refused(cfg, &key.mirrored(), &refusal);
             if receiver.action == ACTION_DENY {
-                return REFUSE;
+                return Outcome::Refused;
             }
         }
     }
+    if sender.action != ACTION_ALLOW || !remote.external {
+        return Outcome::AllowedHere;
+    }
+    *allowed = CachedVerdict {
+        cgroup_id,
+        addr,
+        port,
+        family,
+        protocol,
+        generation: cfg.generation,
+        local: sender.local,
+        remote: remote.identity,
+        rule: sender.rule,
+        _pad: 0,
+        seal: 0,
+    };
+    Outcome::AllowedRemote
+}
+
+/// Allows a connection or datagram to a destination outside this host. A
+/// TCP connection's SYN takes the verdict instead of judging it again (see
+/// `SocketFlow`).
+///
+#[inline(always)]
+fn allow_remote(sa: &bpf_sock_addr, protocol: u8, allowed: &CachedVerdict) -> i32 {
     if protocol != PROTO_TCP {
         return ALLOW;
     }
-    // SAFETY: the context's socket field (a full socket for the verifier).
-    let sk = unsafe { sa.__bindgen_anon_1.sk };
-    if sender.action != ACTION_ALLOW || !remote.external {
-        // The socket may hold the flow of an earlier connection (a connect
-        // after `connect(AF_UNSPEC)`): its SYN must be judged afresh.
-        // SAFETY: a full socket, as above.
-        unsafe { maps::SOCKET_FLOWS.delete(sk) };
-        return ALLOW;
-    }
-    // The connection's SYN takes this verdict (see `SocketFlow`). A
-    // connection to this host is judged again at its SYN, which records
-    // it where the receiving end looks for it.
     let pending = SocketFlow {
         flow: FlowValue {
-            generation: cfg.generation,
-            local: sender.local,
-            remote: remote.identity,
-            rule: sender.rule,
-            cgroup_id,
+            generation: allowed.generation,
+            local: allowed.local,
+            remote: allowed.remote,
+            rule: allowed.rule,
+            cgroup_id: allowed.cgroup_id,
             last_event_ns: 0,
             action: ACTION_ALLOW,
             direction: DIRECTION_EGRESS,
-            service_port: port,
+            service_port: allowed.port,
             quiet_until: 0,
         },
-        connect_addr: addr,
-        connect_port: port,
-        connect_family: family,
+        connect_addr: address_bytes(&allowed.addr),
+        connect_port: allowed.port,
+        connect_family: allowed.family,
         _pad: [0; 5],
     };
-    // SAFETY: a full socket, as above. Without storage (no memory) it holds no
-    // flow, and the SYN is judged.
-    let _ = unsafe { maps::SOCKET_FLOWS.set(sk, &pending) };
+    // SAFETY: the context's socket field (a full socket for the verifier).
+    // Without storage (no memory) it holds no flow, and the SYN is judged.
+    let _ = unsafe { maps::SOCKET_FLOWS.set(sa.__bindgen_anon_1.sk, &pending) };
     ALLOW
+}
+
+/// An address as the bytes of its network-order words.
+#[inline(always)]
+fn address_bytes(words: &[u32; 4]) -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    bytes[0..4].copy_from_slice(&words[0].to_ne_bytes());
+    bytes[4..8].copy_from_slice(&words[1].to_ne_bytes());
+    bytes[8..12].copy_from_slice(&words[2].to_ne_bytes());
+    bytes[12..16].copy_from_slice(&words[3].to_ne_bytes());
+    bytes
+}
+
+/// A refused (or audited) attempt, seen from one end.
+struct Refusal {
+    verdict: Verdict,
+    remote: Identity,
+    cgroup_id: u64,
+    direction: u8,
 }
 
 /// Reports a refused (or audited) attempt, at most once a second per
 /// destination, through a pseudo-flow that no packet can match.
 #[inline(always)]
-fn refused(cfg: &Config, key: &FlowKey, v: &Verdict, remote: u32, cgroup_id: u64, direction: u8) {
+fn refused(cfg: &Config, key: &FlowKey, refusal: &Refusal) {
+    let Refusal {
+        verdict: v,
+        remote,
+        cgroup_id,
+        direction,
+    } = *refusal;
     let now = now_ns();
     // SAFETY: plain integers.
     let last = match maps::FLOWS.get_ptr(key).map(|p| unsafe { *p }) {

@@ -524,3 +524,114 @@ fn a_tcp_connection_keeps_its_flow_on_its_socket_and_is_revoked() {
         );
     }
 }
+
+/// Keeps the calling thread, and the processes it starts, on the CPU it
+/// runs on (the cache of connect verdicts is per CPU); the previous
+/// affinity comes back on drop.
+struct OnOneCpu(libc::cpu_set_t);
+
+impl OnOneCpu {
+    fn new() -> OnOneCpu {
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        // SAFETY: plain syscalls on the calling thread, with sets on our
+        // own stack.
+        unsafe {
+            let mut previous: libc::cpu_set_t = std::mem::zeroed();
+            assert_eq!(libc::sched_getaffinity(0, size, &mut previous), 0);
+            let cpu = libc::sched_getcpu();
+            assert!(cpu >= 0, "sched_getcpu");
+            let mut one: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu as usize, &mut one);
+            assert_eq!(libc::sched_setaffinity(0, size, &one), 0);
+            OnOneCpu(previous)
+        }
+    }
+}
+
+impl Drop for OnOneCpu {
+    fn drop(&mut self) {
+        // SAFETY: as in `new`.
+        unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &self.0) };
+    }
+}
+
+/// `connect` and `sendmsg` keep the verdicts that allowed a remote
+/// destination: the next connection (or datagram) from the same cgroup to
+/// the same address, port and protocol takes it without being judged, and
+/// a policy change ends it.
+#[test]
+fn a_destination_reached_again_takes_the_cached_verdict_until_the_policy_changes() {
+    let Some(_root) = require_root() else {
+        return;
+    };
+    let host = TestHost::new("198.51.100.0/24", "2001:db8:75::/64").expect("test host");
+    let parent = CgroupGuard::new().expect("cgroup");
+    let a = parent.child("a").expect("cgroup a");
+    let mut dp = Dataplane::load(&DataplaneOptions::default()).expect("load");
+    dp.attach(parent.path()).expect("attach");
+    let cgroups = [ResolvedCgroup {
+        cgroup_id: a.id(),
+        workload: A,
+        class: A,
+        mode: MODE_ENFORCE,
+    }];
+    let addrs = HostAddrs::from_system().expect("host addresses");
+    let mut allowed = peers(&host);
+    for proto in [PROTO_TCP, PROTO_UDP] {
+        entry(
+            &mut allowed,
+            A,
+            DIRECTION_EGRESS,
+            proto,
+            VENDOR,
+            8002,
+            16,
+            ACTION_ALLOW,
+        );
+    }
+    let _cpu = OnOneCpu::new();
+    let cached = |dp: &Dataplane| dp.global_counters().expect("counters").cached_verdicts;
+    let run = |p: Probe| probe(p.cgroup(&a).timeout(SHORT).run());
+
+    for (server_addr, denied_port) in [
+        (host.socket_v4(8002), host.socket_v4(8003)),
+        (host.socket_v6(8002), host.socket_v6(8003)),
+    ] {
+        dp.apply(&allowed, &cgroups, &addrs).expect("apply");
+        let tcp = Server::tcp(None, Some(&host), server_addr).expect("tcp server");
+        let udp = Server::udp(None, Some(&host), server_addr).expect("udp server");
+        for (what, attempt) in [
+            ("tcp", Probe::tcp_connect(tcp.addr())),
+            ("udp", Probe::udp_send(udp.addr())),
+        ] {
+            // The first is judged and its verdict kept; the second takes it.
+            assert_eq!(run(attempt.clone()), ProbeOutcome::Ok, "{what} first");
+            let before = cached(&dp);
+            assert_eq!(run(attempt.clone()), ProbeOutcome::Ok, "{what} again");
+            assert_eq!(cached(&dp), before + 1, "{what}: the cached verdict");
+        }
+        // Another port of the same address is judged, and refused.
+        let before = cached(&dp);
+        assert_eq!(
+            run(Probe::tcp_connect(denied_port)),
+            ProbeOutcome::Eperm,
+            "{denied_port}"
+        );
+        assert_eq!(cached(&dp), before, "{denied_port} judged");
+
+        // The policy changes: no cached verdict outlives it.
+        dp.apply(&peers(&host), &cgroups, &addrs).expect("apply");
+        let before = cached(&dp);
+        assert_eq!(
+            run(Probe::tcp_connect(tcp.addr())),
+            ProbeOutcome::Eperm,
+            "tcp after the change"
+        );
+        assert_eq!(
+            run(Probe::udp_send(udp.addr())),
+            ProbeOutcome::Eperm,
+            "udp after the change"
+        );
+        assert_eq!(cached(&dp), before, "judged after the change");
+    }
+}

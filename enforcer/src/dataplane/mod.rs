@@ -23,10 +23,10 @@ use aya::{
     programs::links::{FdLink, PinnedLink},
 };
 use enforcer_common::{
-    BoundPort, COUNTER_ACTIONS, Config, CounterKey, FlowKey, FlowValue, GLOBAL_COUNTER_DROPPED,
-    GLOBAL_COUNTER_EVENTS_LOST, GLOBAL_COUNTER_NEW_FLOWS, GLOBAL_COUNTER_PACKETS, Identity,
-    LAYOUT_DIR, MAX_FAILSAFE_PORTS, MODE_ALLOW, MODE_AUDIT, MODE_ENFORCE, PortKey, SocketFlow,
-    WORKLOAD_COUNTER_SLOTS, maps,
+    BoundPort, COUNTER_ACTIONS, Config, CounterKey, FlowKey, FlowValue,
+    GLOBAL_COUNTER_CACHED_VERDICTS, GLOBAL_COUNTER_DROPPED, GLOBAL_COUNTER_EVENTS_LOST,
+    GLOBAL_COUNTER_NEW_FLOWS, GLOBAL_COUNTER_PACKETS, Identity, LAYOUT_DIR, MAX_FAILSAFE_PORTS,
+    MODE_ALLOW, MODE_AUDIT, MODE_ENFORCE, PortKey, SocketFlow, WORKLOAD_COUNTER_SLOTS, maps,
 };
 
 pub use self::{
@@ -151,6 +151,9 @@ pub struct GlobalCounters {
     pub new_flows: u64,
     pub dropped: u64,
     pub events_lost: u64,
+    /// Connections and datagrams that `connect4|6` or `sendmsg4|6` allowed
+    /// from their per-CPU cache of recent verdicts, without judging them.
+    pub cached_verdicts: u64,
 }
 
 /// The loaded kernel programs and their maps.
@@ -197,7 +200,7 @@ fn is_bpffs(path: &Path) -> bool {
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 
 /// The names of every map, for pinning.
-const ALL_MAPS: [&str; 18] = [
+const ALL_MAPS: [&str; 19] = [
     maps::CONFIG,
     maps::CGROUPS[0],
     maps::CGROUPS[1],
@@ -216,6 +219,7 @@ const ALL_MAPS: [&str; 18] = [
     maps::COUNTERS,
     maps::WORKLOAD_COUNTERS,
     maps::GLOBAL_COUNTERS,
+    maps::CACHED_VERDICTS,
 ];
 
 impl Dataplane {
@@ -593,6 +597,7 @@ impl Dataplane {
             new_flows: sum(GLOBAL_COUNTER_NEW_FLOWS)?,
             dropped: sum(GLOBAL_COUNTER_DROPPED)?,
             events_lost: sum(GLOBAL_COUNTER_EVENTS_LOST)?,
+            cached_verdicts: sum(GLOBAL_COUNTER_CACHED_VERDICTS)?,
         })
     }
 

@@ -385,8 +385,9 @@ fn show(
             field(
                 "kernel",
                 format!(
-                    "{} packets judged, {} new flows, {} packets dropped, {} events lost",
-                    c.packets, c.new_flows, c.dropped, c.events_lost
+                    "{} packets judged, {} new flows, {} packets dropped, {} events lost, \
+                     {} connections and datagrams allowed from cached verdicts",
+                    c.packets, c.new_flows, c.dropped, c.events_lost, c.cached_verdicts
                 ),
             );
         }
