@@ -217,7 +217,6 @@ fn judge_attempt(cfg: &Config, attempt: &Attempt, allowed: &mut CachedVerdict) -
 /// Allows a connection or datagram to a destination outside this host. A
 /// TCP connection's SYN takes the verdict instead of judging it again (see
 /// `SocketFlow`).
-///
 #[inline(always)]
 fn allow_remote(sa: &bpf_sock_addr, protocol: u8, allowed: &CachedVerdict) -> i32 {
     if protocol != PROTO_TCP {
