@@ -9,6 +9,7 @@ mod control;
 mod daemon;
 mod kernel_time;
 mod micro;
+mod paired;
 mod report;
 mod stats;
 mod topology;
@@ -70,6 +71,12 @@ pub struct Args {
     /// statistics), after the end-to-end rounds.
     #[arg(long)]
     skip_kernel_time: bool,
+    /// Pairs of back-to-back measurements (no filtering, then the largest
+    /// enforcer arm, or the other way round) per workload in the paired
+    /// pass after the rounds: default 3 of 1 s each with --quick, else 8 of
+    /// 2 s each; 0 skips the pass.
+    #[arg(long)]
+    pairs: Option<u32>,
 }
 
 /// Set by SIGINT/SIGTERM: the run stops after the current measurement, and
@@ -98,6 +105,8 @@ impl Interrupt {
 pub fn run(args: Args) -> Result<()> {
     let rounds = args.rounds.unwrap_or(if args.quick { 3 } else { 5 });
     let seconds = args.seconds.unwrap_or(if args.quick { 2 } else { 5 });
+    let pairs = args.pairs.unwrap_or(if args.quick { 3 } else { 8 });
+    let pair_seconds = if args.quick { 1 } else { 2 };
     if rounds == 0 || seconds == 0 {
         bail!("--rounds and --seconds must be at least 1");
     }
@@ -136,6 +145,7 @@ pub fn run(args: Args) -> Result<()> {
     interrupt.check()?;
 
     let mut kernel_time = Vec::new();
+    let mut paired_rows = Vec::new();
     let e2e = if args.skip_e2e {
         Vec::new()
     } else {
@@ -168,6 +178,21 @@ pub fn run(args: Args) -> Result<()> {
         let samples = run_rounds(
             &topology, &loadgen, &mut arms, rounds, seconds, &measured, &interrupt,
         )?;
+        if let Some(index) = paired::chosen(&arms).filter(|_| pairs > 0) {
+            step(format!(
+                "paired pass: {} against no filtering, {pairs} pairs of {pair_seconds} s",
+                arms[index].name()
+            ));
+            paired_rows = paired::measure(
+                &topology,
+                &loadgen,
+                arms[index].as_mut(),
+                pairs,
+                pair_seconds,
+                &measured,
+                &interrupt,
+            )?;
+        }
         if !args.skip_kernel_time {
             step("kernel time per operation of the enforcer arms (BPF run-time statistics)");
             kernel_time = measure_kernel_time(
@@ -190,6 +215,7 @@ pub fn run(args: Args) -> Result<()> {
         micro,
         control_plane,
         e2e,
+        paired: paired_rows,
         kernel_time,
     };
     let json_path = out_dir.join("report.json");

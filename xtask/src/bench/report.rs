@@ -8,6 +8,7 @@ use serde::Serialize;
 use super::control::ControlRow;
 use super::kernel_time::KernelTimeRow;
 use super::micro::MicroRow;
+use super::paired::PairedRow;
 
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -23,6 +24,9 @@ pub struct Report {
     /// skipped.
     pub control_plane: Vec<ControlRow>,
     pub e2e: Vec<E2eRow>,
+    /// The largest enforcer arm against no filtering in back-to-back pairs
+    /// (`paired.rs`); empty when skipped.
+    pub paired: Vec<PairedRow>,
     /// Time in the enforcer arms' kernel programs per operation
     /// (`kernel_time.rs`); empty when skipped.
     pub kernel_time: Vec<KernelTimeRow>,
@@ -149,6 +153,33 @@ pub fn markdown(report: &Report) -> String {
             md.push('\n');
         }
     }
+    if !report.paired.is_empty() {
+        md.push_str(
+            "## Paired: the largest enforcer arm against no filtering
+
+",
+        );
+        md.push_str(
+            "After the rounds, back-to-back pairs of short measurements, one without filtering \
+             and one with the arm (alternating which comes first); the ratio of each pair, and \
+             their median. Both halves of a pair see nearly the same host, which the rounds, \
+             minutes apart, do not.\n\n",
+        );
+        md.push_str("| arm | workload | pairs | median ratio | min | max |\n|---|---|---:|---:|---:|---:|\n");
+        for row in &report.paired {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} |",
+                row.arm,
+                row.workload,
+                row.pairs.len(),
+                ratio(Some(row.median_ratio)),
+                ratio(Some(row.min_ratio)),
+                ratio(Some(row.max_ratio))
+            );
+        }
+        md.push('\n');
+    }
     if !report.kernel_time.is_empty() {
         md.push_str(
             "## Time in the enforcer's kernel programs per operation (lower is better)\n\n",
@@ -266,6 +297,7 @@ mod tests {
             },
             micro: Vec::new(),
             control_plane: Vec::new(),
+            paired: Vec::new(),
             kernel_time: Vec::new(),
             e2e: vec![
                 row("baseline", 40000.0, Some(1.0)),
@@ -308,6 +340,7 @@ mod tests {
             micro: Vec::new(),
             control_plane: Vec::new(),
             e2e: Vec::new(),
+            paired: Vec::new(),
             kernel_time: Vec::new(),
         }
     }
@@ -377,6 +410,25 @@ mod tests {
         let md = markdown(&report);
         assert!(
             md.contains("| enforcer-10 | tcp_crr | connection | 1.50 µs | enforcer_egress 1.50 µs (6.00 x 250 ns) |"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn markdown_lists_the_paired_ratios() {
+        let row = PairedRow::new(
+            "enforcer-10000",
+            crate::bench::workloads::Workload::Crr,
+            vec![(100.0, 96.0), (50.0, 49.0), (80.0, 76.0)],
+        )
+        .unwrap();
+        let report = Report {
+            paired: vec![row],
+            ..bare_report()
+        };
+        let md = markdown(&report);
+        assert!(
+            md.contains("| enforcer-10000 | tcp_crr | 3 | 0.96x | 0.95x | 0.98x |"),
             "{md}"
         );
     }
