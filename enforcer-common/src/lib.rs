@@ -409,6 +409,21 @@ pub struct CachedVerdict {
 pub const CACHED_VERDICT_SLOTS: u32 = 128;
 
 impl CachedVerdict {
+    /// A slot never written: it matches nothing (family 0, no seal).
+    pub const NEVER_WRITTEN: CachedVerdict = CachedVerdict {
+        cgroup_id: 0,
+        addr: [0; 4],
+        port: 0,
+        family: 0,
+        protocol: 0,
+        generation: 0,
+        local: 0,
+        remote: 0,
+        rule: 0,
+        _pad: 0,
+        seal: 0,
+    };
+
     /// The cache slot of a destination, from the fields that identify it.
     #[inline(always)]
     pub fn slot(cgroup_id: u64, addr: &[u32; 4], port: u16, protocol: u8) -> u32 {
@@ -658,6 +673,8 @@ mod tests {
             ..cached(0, 0)
         };
         assert!(!never_written.matches(4242, 6, PROTO_TCP, &[0; 4], 5432, 9));
+        // Not even a lookup of all zeros: no seal is 0.
+        assert!(!CachedVerdict::NEVER_WRITTEN.matches(0, 0, 0, &[0; 4], 0, 0));
     }
 
     #[test]

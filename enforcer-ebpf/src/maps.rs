@@ -257,19 +257,7 @@ pub fn cached_verdict(index: u32) -> CachedVerdict {
         // SAFETY: a per-CPU value of plain integers; one volatile copy, so
         // that the fields checked are the fields used.
         Some(p) => unsafe { ptr::read_volatile(p) },
-        None => CachedVerdict {
-            cgroup_id: 0,
-            addr: [0; 4],
-            port: 0,
-            family: 0,
-            protocol: 0,
-            generation: 0,
-            local: 0,
-            remote: 0,
-            rule: 0,
-            _pad: 0,
-            seal: 0,
-        },
+        None => CachedVerdict::NEVER_WRITTEN,
     }
 }
 

@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use enforcer_common::{
     ACTION_ALLOW, ACTION_DENY, CachedVerdict, Config, DIRECTION_EGRESS, DIRECTION_INGRESS, FlowKey,
-    FlowValue, GLOBAL_COUNTER_CACHED_VERDICTS, Identity, PROTO_TCP, PROTO_UDP, SocketFlow,
+    FlowValue, GLOBAL_COUNTER_CACHED_VERDICTS, PROTO_TCP, PROTO_UDP, SocketFlow,
 };
 
 use crate::{
@@ -153,13 +153,14 @@ fn judge_attempt(cfg: &Config, attempt: &Attempt, allowed: &mut CachedVerdict) -
     let remote = judge::resolve_remote(slot, &key, DIRECTION_EGRESS);
     let sender = judge::judge(cfg, local, DIRECTION_EGRESS, protocol, &remote, port, port);
     if sender.action == ACTION_DENY || judge::event_due(sender.action, 0, 1) {
-        let refusal = Refusal {
-            verdict: sender,
-            remote: remote.identity,
+        refused(
+            cfg,
+            &key,
+            &sender,
+            remote.identity,
             cgroup_id,
-            direction: DIRECTION_EGRESS,
-        };
-        refused(cfg, &key, &refusal);
+            DIRECTION_EGRESS,
+        );
         if sender.action == ACTION_DENY {
             return Outcome::Refused;
         }
@@ -183,13 +184,14 @@ fn judge_attempt(cfg: &Config, attempt: &Attempt, allowed: &mut CachedVerdict) -
         );
         if receiver.action == ACTION_DENY || judge::event_due(receiver.action, 0, 1) {
             let receiver_cgroup = maps::bound_port(protocol, port).map_or(0, |b| b.cgroup_id);
-            let refusal = Refusal {
-                verdict: receiver,
-                remote: sender.local,
-                cgroup_id: receiver_cgroup,
-                direction: DIRECTION_INGRESS,
-            };
-            refused(cfg, &key.mirrored(), &refusal);
+            refused(
+                cfg,
+                &key.mirrored(),
+                &receiver,
+                sender.local,
+                receiver_cgroup,
+                DIRECTION_INGRESS,
+            );
             if receiver.action == ACTION_DENY {
                 return Outcome::Refused;
             }
@@ -257,24 +259,10 @@ fn address_bytes(words: &[u32; 4]) -> [u8; 16] {
     bytes
 }
 
-/// A refused (or audited) attempt, seen from one end.
-struct Refusal {
-    verdict: Verdict,
-    remote: Identity,
-    cgroup_id: u64,
-    direction: u8,
-}
-
 /// Reports a refused (or audited) attempt, at most once a second per
 /// destination, through a pseudo-flow that no packet can match.
 #[inline(always)]
-fn refused(cfg: &Config, key: &FlowKey, refusal: &Refusal) {
-    let Refusal {
-        verdict: v,
-        remote,
-        cgroup_id,
-        direction,
-    } = *refusal;
+fn refused(cfg: &Config, key: &FlowKey, v: &Verdict, remote: u32, cgroup_id: u64, direction: u8) {
     let now = now_ns();
     // SAFETY: plain integers.
     let last = match maps::FLOWS.get_ptr(key).map(|p| unsafe { *p }) {
