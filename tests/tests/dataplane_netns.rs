@@ -420,6 +420,62 @@ fn inbound_tcp_and_udp_from_a_peer_over_ipv4_and_ipv6() {
     }
 }
 
+/// Workload `a` (identity [`A`], enforced) in a cgroup under an attached
+/// data plane, and a test host in `198.51.100.0/24` and `ipv6_subnet`.
+/// Its fields drop in order (do not destructure it: bindings drop in
+/// reverse): the programs before the cgroups, the child cgroup before its
+/// parent.
+struct WorkloadA {
+    dp: Dataplane,
+    a: CgroupGuard,
+    _parent: CgroupGuard,
+    host: TestHost,
+    cgroups: [ResolvedCgroup; 1],
+    addrs: HostAddrs,
+}
+
+impl WorkloadA {
+    fn new(ipv6_subnet: &str) -> WorkloadA {
+        let host = TestHost::new("198.51.100.0/24", ipv6_subnet).expect("test host");
+        let parent = CgroupGuard::new().expect("cgroup");
+        let a = parent.child("a").expect("cgroup a");
+        let mut dp = Dataplane::load(&DataplaneOptions::default()).expect("load");
+        dp.attach(parent.path()).expect("attach");
+        WorkloadA {
+            cgroups: [ResolvedCgroup {
+                cgroup_id: a.id(),
+                workload: A,
+                class: A,
+                mode: MODE_ENFORCE,
+            }],
+            addrs: HostAddrs::from_system().expect("host addresses"),
+            dp,
+            a,
+            _parent: parent,
+            host,
+        }
+    }
+}
+
+/// [`peers`], with `a` allowed out to the test host (`vendor`) on `port`
+/// over each of `protocols`.
+fn host_allows(host: &TestHost, protocols: &[u8], port: u16) -> CompiledPolicy {
+    let mut p = peers(host);
+    for &proto in protocols {
+        entry(
+            &mut p,
+            A,
+            DIRECTION_EGRESS,
+            proto,
+            VENDOR,
+            port,
+            16,
+            ACTION_ALLOW,
+        );
+    }
+    p
+}
+
 /// A connected TCP socket keeps its flow on itself (`SOCKET_FLOWS`), not in
 /// the shared `FLOWS` table; its SYN takes the verdict `connect` took, so no
 /// packet is judged twice; and a policy change still reaches it: its next
@@ -429,38 +485,17 @@ fn a_tcp_connection_keeps_its_flow_on_its_socket_and_is_revoked() {
     let Some(_root) = require_root() else {
         return;
     };
-    let host = TestHost::new("198.51.100.0/24", "2001:db8:74::/64").expect("test host");
-    let parent = CgroupGuard::new().expect("cgroup");
-    let a = parent.child("a").expect("cgroup a");
-    let mut dp = Dataplane::load(&DataplaneOptions::default()).expect("load");
-    dp.attach(parent.path()).expect("attach");
-    let cgroups = [ResolvedCgroup {
-        cgroup_id: a.id(),
-        workload: A,
-        class: A,
-        mode: MODE_ENFORCE,
-    }];
-    let addrs = HostAddrs::from_system().expect("host addresses");
-    let mut allowed = peers(&host);
-    entry(
-        &mut allowed,
-        A,
-        DIRECTION_EGRESS,
-        PROTO_TCP,
-        VENDOR,
-        8001,
-        16,
-        ACTION_ALLOW,
-    );
+    let mut w = WorkloadA::new("2001:db8:74::/64");
+    let allowed = host_allows(&w.host, &[PROTO_TCP], 8001);
 
-    for server_addr in [host.socket_v4(8001), host.socket_v6(8001)] {
-        dp.apply(&allowed, &cgroups, &addrs).expect("apply");
-        let server = Server::tcp(None, Some(&host), server_addr).expect("tcp server");
+    for server_addr in [w.host.socket_v4(8001), w.host.socket_v6(8001)] {
+        w.dp.apply(&allowed, &w.cgroups, &w.addrs).expect("apply");
+        let server = Server::tcp(None, Some(&w.host), server_addr).expect("tcp server");
         let to = server.addr();
         let (go_rd, go_wr) = pipe();
-        let dp_ref = &dp;
+        let dp_ref = &w.dp;
         // Exit codes: 0 revoked as expected; 10.. the step that failed.
-        let child = spawn_in_cgroup(a.path(), move || {
+        let child = spawn_in_cgroup(w.a.path(), move || {
             let new_flows = || dp_ref.global_counters().map(|c| c.new_flows).ok();
             let before = new_flows();
             let Ok(mut c) = TcpStream::connect_timeout(&to, SHORT) else {
@@ -513,7 +548,8 @@ fn a_tcp_connection_keeps_its_flow_on_its_socket_and_is_revoked() {
         // The child connects and checks while the policy allows, then the
         // policy stops allowing; the parent gives it a moment first.
         std::thread::sleep(Duration::from_millis(300));
-        dp.apply(&peers(&host), &cgroups, &addrs).expect("apply");
+        w.dp.apply(&peers(&w.host), &w.cgroups, &w.addrs)
+            .expect("apply");
         // SAFETY: one byte to our own pipe.
         assert_eq!(unsafe { libc::write(go_wr, b"g".as_ptr().cast(), 1) }, 1);
         let code = wait_child(child);
@@ -564,64 +600,42 @@ fn a_destination_reached_again_takes_the_cached_verdict_until_the_policy_changes
     let Some(_root) = require_root() else {
         return;
     };
-    let host = TestHost::new("198.51.100.0/24", "2001:db8:75::/64").expect("test host");
-    let parent = CgroupGuard::new().expect("cgroup");
-    let a = parent.child("a").expect("cgroup a");
-    let mut dp = Dataplane::load(&DataplaneOptions::default()).expect("load");
-    dp.attach(parent.path()).expect("attach");
-    let cgroups = [ResolvedCgroup {
-        cgroup_id: a.id(),
-        workload: A,
-        class: A,
-        mode: MODE_ENFORCE,
-    }];
-    let addrs = HostAddrs::from_system().expect("host addresses");
-    let mut allowed = peers(&host);
-    for proto in [PROTO_TCP, PROTO_UDP] {
-        entry(
-            &mut allowed,
-            A,
-            DIRECTION_EGRESS,
-            proto,
-            VENDOR,
-            8002,
-            16,
-            ACTION_ALLOW,
-        );
-    }
+    let mut w = WorkloadA::new("2001:db8:75::/64");
+    let allowed = host_allows(&w.host, &[PROTO_TCP, PROTO_UDP], 8002);
     let _cpu = OnOneCpu::new();
     let cached = |dp: &Dataplane| dp.global_counters().expect("counters").cached_verdicts;
-    let run = |p: Probe| probe(p.cgroup(&a).timeout(SHORT).run());
+    let run = |p: Probe| probe(p.cgroup(&w.a).timeout(SHORT).run());
 
     for (server_addr, denied_port) in [
-        (host.socket_v4(8002), host.socket_v4(8003)),
-        (host.socket_v6(8002), host.socket_v6(8003)),
+        (w.host.socket_v4(8002), w.host.socket_v4(8003)),
+        (w.host.socket_v6(8002), w.host.socket_v6(8003)),
     ] {
-        dp.apply(&allowed, &cgroups, &addrs).expect("apply");
-        let tcp = Server::tcp(None, Some(&host), server_addr).expect("tcp server");
-        let udp = Server::udp(None, Some(&host), server_addr).expect("udp server");
+        w.dp.apply(&allowed, &w.cgroups, &w.addrs).expect("apply");
+        let tcp = Server::tcp(None, Some(&w.host), server_addr).expect("tcp server");
+        let udp = Server::udp(None, Some(&w.host), server_addr).expect("udp server");
         for (what, attempt) in [
             ("tcp", Probe::tcp_connect(tcp.addr())),
             ("udp", Probe::udp_send(udp.addr())),
         ] {
             // The first is judged and its verdict kept; the second takes it.
             assert_eq!(run(attempt.clone()), ProbeOutcome::Ok, "{what} first");
-            let before = cached(&dp);
+            let before = cached(&w.dp);
             assert_eq!(run(attempt.clone()), ProbeOutcome::Ok, "{what} again");
-            assert_eq!(cached(&dp), before + 1, "{what}: the cached verdict");
+            assert_eq!(cached(&w.dp), before + 1, "{what}: the cached verdict");
         }
         // Another port of the same address is judged, and refused.
-        let before = cached(&dp);
+        let before = cached(&w.dp);
         assert_eq!(
             run(Probe::tcp_connect(denied_port)),
             ProbeOutcome::Eperm,
             "{denied_port}"
         );
-        assert_eq!(cached(&dp), before, "{denied_port} judged");
+        assert_eq!(cached(&w.dp), before, "{denied_port} judged");
 
         // The policy changes: no cached verdict outlives it.
-        dp.apply(&peers(&host), &cgroups, &addrs).expect("apply");
-        let before = cached(&dp);
+        w.dp.apply(&peers(&w.host), &w.cgroups, &w.addrs)
+            .expect("apply");
+        let before = cached(&w.dp);
         assert_eq!(
             run(Probe::tcp_connect(tcp.addr())),
             ProbeOutcome::Eperm,
@@ -632,6 +646,6 @@ fn a_destination_reached_again_takes_the_cached_verdict_until_the_policy_changes
             ProbeOutcome::Eperm,
             "udp after the change"
         );
-        assert_eq!(cached(&dp), before, "judged after the change");
+        assert_eq!(cached(&w.dp), before, "judged after the change");
     }
 }
