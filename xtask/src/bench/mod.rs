@@ -26,7 +26,7 @@ use anyhow::{Context as _, Result, bail};
 
 use self::arms::{Arm, ArmEnv, ProcessArm};
 use self::report::{E2eRow, Environment, Report};
-use self::topology::Topology;
+use self::topology::{ClientCgroup, Topology};
 use self::workloads::{ALLOWED, Servers, Workload};
 use crate::cmd::{self, banner, step};
 use crate::setup;
@@ -71,9 +71,10 @@ pub struct Args {
     /// statistics), after the end-to-end rounds.
     #[arg(long)]
     skip_kernel_time: bool,
-    /// Pairs of back-to-back measurements (no filtering, then the largest
-    /// enforcer arm, or the other way round) per workload in the paired
-    /// pass after the rounds, of 2 s each (1 s with --quick): default 8,
+    /// Pairs of back-to-back measurements (a client that nothing filters,
+    /// then one that the largest enforcer arm filters, or the other way
+    /// round) per workload in the paired pass after the rounds, of 2 s each
+    /// (1 s with --quick): default 12,
     /// none with --quick (which stays under 5 minutes); 0 skips the pass.
     #[arg(long)]
     pairs: Option<u32>,
@@ -105,7 +106,7 @@ impl Interrupt {
 pub fn run(args: Args) -> Result<()> {
     let rounds = args.rounds.unwrap_or(if args.quick { 3 } else { 5 });
     let seconds = args.seconds.unwrap_or(if args.quick { 2 } else { 5 });
-    let pairs = args.pairs.unwrap_or(if args.quick { 0 } else { 8 });
+    let pairs = args.pairs.unwrap_or(if args.quick { 0 } else { 12 });
     let pair_seconds = if args.quick { 1 } else { 2 };
     if rounds == 0 || seconds == 0 {
         bail!("--rounds and --seconds must be at least 1");
@@ -274,8 +275,14 @@ fn run_rounds(
                         continue;
                     }
                     interrupt.check()?;
-                    let value = workloads::measure(topology, loadgen, *workload, seconds)
-                        .with_context(|| format!("{name}: {}", workload.name()))?;
+                    let value = workloads::measure(
+                        topology,
+                        ClientCgroup::Filtered,
+                        loadgen,
+                        *workload,
+                        seconds,
+                    )
+                    .with_context(|| format!("{name}: {}", workload.name()))?;
                     println!(
                         "    {:<11} {value:>14.2} {}",
                         workload.name(),
@@ -365,7 +372,7 @@ fn measure_kernel_time(
 /// Proves the arm is in force: the client reaches a server port that no
 /// arm allows only when the arm does not filter.
 fn check_filtering(topology: &Topology, loadgen: &Path, arm: &dyn Arm) -> Result<()> {
-    let reached = workloads::reaches_denied_port(topology, loadgen)?;
+    let reached = workloads::reaches_denied_port(topology, ClientCgroup::Filtered, loadgen)?;
     match (arm.filters(), reached) {
         (true, true) => bail!("arm {} let through traffic it should refuse", arm.name()),
         (false, false) => bail!("arm {} blocked traffic it should let through", arm.name()),

@@ -7,15 +7,23 @@
 //! within a run, their ratio moves as much. A pair is a few seconds long,
 //! so both halves see nearly the same host. Each pair alternates which half
 //! comes first, so that a steady drift does not favour either side.
+//!
+//! The arm is applied once for the whole pass, and the halves differ only
+//! in where the client runs: in its cgroup, which the arm filters, or in a
+//! sibling cgroup that nothing filters (checked: only from there does the
+//! denied port answer). Applying and removing the arm around every other
+//! half put its start-up (a compile, maps created and filled, memory
+//! handed back) right next to its own measurements, and its removal next
+//! to the following baseline.
 
 use std::path::Path;
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 
 use super::arms::{Arm, ArmEnv};
 use super::stats::Summary;
-use super::topology::Topology;
+use super::topology::{ClientCgroup, Topology};
 use super::workloads::{ALLOWED, Workload};
 use super::{Interrupt, workloads};
 
@@ -63,7 +71,8 @@ pub fn chosen(arms: &[Box<dyn Arm>]) -> Option<usize> {
 }
 
 /// `pairs` pairs of `seconds`-second measurements of each workload with
-/// discrete operations, for the arm at `index`.
+/// discrete operations, for `arm` (an enforcer arm, which filters the
+/// client's cgroup only).
 pub fn measure(
     topology: &Topology,
     loadgen: &Path,
@@ -78,61 +87,81 @@ pub fn measure(
         allowed: &ALLOWED,
     };
     let name = arm.name();
-    let mut rows = Vec::new();
-    for workload in [Workload::Rr, Workload::Crr] {
-        if !measured(workload) {
-            continue;
+    let result = arm.apply(&env).and_then(|()| {
+        check_halves(topology, loadgen, &name)?;
+        let mut rows = Vec::new();
+        for workload in [Workload::Rr, Workload::Crr] {
+            if !measured(workload) {
+                continue;
+            }
+            let results = measure_pairs(
+                topology, loadgen, &name, workload, pairs, seconds, interrupt,
+            )?;
+            rows.extend(PairedRow::new(&name, workload, results));
         }
-        let mut results = Vec::new();
-        for pair in 0..pairs {
-            interrupt.check()?;
-            let without = || {
-                workloads::measure(topology, loadgen, workload, seconds)
-                    .with_context(|| format!("no filtering: {}", workload.name()))
-            };
-            let (base, filtered) = if pair % 2 == 0 {
-                let base = without()?;
-                (
-                    base,
-                    measure_with(topology, loadgen, arm, &env, workload, seconds)?,
-                )
-            } else {
-                let filtered = measure_with(topology, loadgen, arm, &env, workload, seconds)?;
-                (without()?, filtered)
-            };
-            println!(
-                "    {:<11} pair {}/{pairs}: {base:.0} without, {filtered:.0} with {name} ({:.2}x)",
-                workload.name(),
-                pair + 1,
-                filtered / base
-            );
-            results.push((base, filtered));
-        }
-        rows.extend(PairedRow::new(&name, workload, results));
-    }
+        Ok(rows)
+    });
+    // Removed whatever happened, before any error goes up.
+    let removed = arm
+        .remove(&env)
+        .with_context(|| format!("removing arm {name}"));
+    let rows = result?;
+    removed?;
     Ok(rows)
 }
 
-/// One measurement with the arm in force, removed again whatever happens.
-fn measure_with(
+/// The two halves differ in filtering: the denied port answers a client in
+/// the unfiltered cgroup and not one in the arm's.
+fn check_halves(topology: &Topology, loadgen: &Path, name: &str) -> Result<()> {
+    if workloads::reaches_denied_port(topology, ClientCgroup::Filtered, loadgen)? {
+        bail!("arm {name} let through traffic it should refuse");
+    }
+    if !workloads::reaches_denied_port(topology, ClientCgroup::Unfiltered, loadgen)? {
+        bail!(
+            "arm {name} filters more than the client's cgroup: the paired pass needs an arm that filters only that cgroup"
+        );
+    }
+    Ok(())
+}
+
+/// (no filtering, the arm) for each pair, alternating which comes first.
+fn measure_pairs(
     topology: &Topology,
     loadgen: &Path,
-    arm: &mut dyn Arm,
-    env: &ArmEnv,
+    name: &str,
     workload: Workload,
+    pairs: u32,
     seconds: u32,
-) -> Result<f64> {
-    let name = arm.name();
-    let result = arm.apply(env).and_then(|()| {
-        workloads::measure(topology, loadgen, workload, seconds)
-            .with_context(|| format!("{name}: {}", workload.name()))
-    });
-    let removed = arm
-        .remove(env)
-        .with_context(|| format!("removing arm {name}"));
-    let value = result?;
-    removed?;
-    Ok(value)
+    interrupt: &Interrupt,
+) -> Result<Vec<(f64, f64)>> {
+    let half = |cgroup| {
+        workloads::measure(topology, cgroup, loadgen, workload, seconds).with_context(|| {
+            let what = match cgroup {
+                ClientCgroup::Filtered => name,
+                ClientCgroup::Unfiltered => "no filtering",
+            };
+            format!("{what}: {}", workload.name())
+        })
+    };
+    let mut results = Vec::new();
+    for pair in 0..pairs {
+        interrupt.check()?;
+        let (base, filtered) = if pair % 2 == 0 {
+            let base = half(ClientCgroup::Unfiltered)?;
+            (base, half(ClientCgroup::Filtered)?)
+        } else {
+            let filtered = half(ClientCgroup::Filtered)?;
+            (half(ClientCgroup::Unfiltered)?, filtered)
+        };
+        println!(
+            "    {:<11} pair {}/{pairs}: {base:.0} without, {filtered:.0} with {name} ({:.2}x)",
+            workload.name(),
+            pair + 1,
+            filtered / base
+        );
+        results.push((base, filtered));
+    }
+    Ok(results)
 }
 
 #[cfg(test)]

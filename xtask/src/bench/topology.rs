@@ -22,14 +22,26 @@ const PREFIX_LEN: u8 = 24;
 const NS_PREFIX: &str = "enfb-";
 const CGROUP_PREFIX: &str = "enforcer-bench-";
 
+/// Which cgroup a client process runs in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientCgroup {
+    /// The client's cgroup, the one the arms filter.
+    Filtered,
+    /// A sibling of it that no arm attaches to, in the same network
+    /// namespace: the unfiltered half of the paired pass.
+    Unfiltered,
+}
+
 /// Client and server network namespaces, their veth pair, and the client's
-/// cgroup.
+/// cgroups.
 pub struct Topology {
     pub client_ns: String,
     pub server_ns: String,
     /// The cgroup v2 directory that every client process joins before it
     /// enters the client namespace (the enforcer arm attaches here).
     pub client_cgroup: PathBuf,
+    /// Its sibling, for a client that no enforcer arm filters.
+    unfiltered_cgroup: PathBuf,
     /// The server processes' cgroup: killing it stops every server, also
     /// those left by a run that was killed before it could clean up.
     server_cgroup: PathBuf,
@@ -52,6 +64,7 @@ impl Topology {
             client_ns: format!("{NS_PREFIX}{pid}-c"),
             server_ns: format!("{NS_PREFIX}{pid}-s"),
             client_cgroup: cgroup_parent.join("client"),
+            unfiltered_cgroup: cgroup_parent.join("client-unfiltered"),
             server_cgroup: cgroup_parent.join("server"),
             client_cpu: pinned.then_some(0),
             server_cpu: pinned.then_some(1),
@@ -103,6 +116,7 @@ impl Topology {
         for dir in [
             &cgroup_parent,
             &topology.client_cgroup,
+            &topology.unfiltered_cgroup,
             &topology.server_cgroup,
         ] {
             fs::create_dir(dir)
@@ -133,13 +147,12 @@ impl Topology {
     /// `program` as a client process: it joins the client cgroup *before*
     /// entering the namespace (`ip netns exec` remounts /sys, after which
     /// a write to cgroup.procs would silently miss), pinned to the client CPU.
-    pub fn client(&self, program: &Path) -> Command {
-        in_cgroup_and_ns(
-            &self.client_cgroup,
-            &self.client_ns,
-            self.client_cpu,
-            program,
-        )
+    pub fn client(&self, cgroup: ClientCgroup, program: &Path) -> Command {
+        let dir = match cgroup {
+            ClientCgroup::Filtered => &self.client_cgroup,
+            ClientCgroup::Unfiltered => &self.unfiltered_cgroup,
+        };
+        in_cgroup_and_ns(dir, &self.client_ns, self.client_cpu, program)
     }
 
     /// `program` as a server process: in the server cgroup and namespace,
@@ -252,7 +265,7 @@ fn remove_stale() -> Result<()> {
         };
         if !alive(pid) {
             step(format!("removing cgroup {name} left by an earlier run"));
-            for child in ["client", "server", ""] {
+            for child in ["client", "client-unfiltered", "server", ""] {
                 remove_cgroup(&entry.path().join(child))?;
             }
         }

@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result, bail};
 use serde::Deserialize;
 
 use super::arms::Service;
-use super::topology::{SERVER_ADDR, Topology};
+use super::topology::{ClientCgroup, SERVER_ADDR, Topology};
 use crate::cmd;
 
 /// The load generator's server port (RR and CRR).
@@ -148,12 +148,21 @@ pub fn operations(
     }
     let timeout = Duration::from_secs(u64::from(seconds) + 20);
     Ok(Some(
-        run_loadgen(topology, loadgen, workload, seconds, timeout)?.transactions,
+        run_loadgen(
+            topology,
+            ClientCgroup::Filtered,
+            loadgen,
+            workload,
+            seconds,
+            timeout,
+        )?
+        .transactions,
     ))
 }
 
 fn run_loadgen(
     topology: &Topology,
+    cgroup: ClientCgroup,
     loadgen: &Path,
     workload: Workload,
     seconds: u32,
@@ -164,7 +173,7 @@ fn run_loadgen(
     } else {
         "crr"
     };
-    let mut cmd = topology.client(loadgen);
+    let mut cmd = topology.client(cgroup, loadgen);
     cmd.args([mode, "--connect", &format!("{SERVER_ADDR}:{LOADGEN_PORT}")])
         .args(["--seconds", &seconds.to_string()]);
     let stdout = checked(&mut cmd, timeout)?;
@@ -172,10 +181,11 @@ fn run_loadgen(
         .with_context(|| format!("unexpected load generator output: {stdout}"))
 }
 
-/// Runs one measurement of `seconds` and returns its rate in
-/// [`Workload::unit`].
+/// Runs one measurement of `seconds` from a client in `cgroup` and returns
+/// its rate in [`Workload::unit`].
 pub fn measure(
     topology: &Topology,
+    cgroup: ClientCgroup,
     loadgen: &Path,
     workload: Workload,
     seconds: u32,
@@ -183,10 +193,10 @@ pub fn measure(
     let timeout = Duration::from_secs(u64::from(seconds) + 20);
     match workload {
         Workload::Rr | Workload::Crr => {
-            Ok(run_loadgen(topology, loadgen, workload, seconds, timeout)?.per_second)
+            Ok(run_loadgen(topology, cgroup, loadgen, workload, seconds, timeout)?.per_second)
         }
         Workload::Stream => {
-            let mut cmd = topology.client(Path::new("iperf3"));
+            let mut cmd = topology.client(cgroup, Path::new("iperf3"));
             cmd.args([
                 "--client",
                 &SERVER_ADDR.to_string(),
@@ -220,10 +230,15 @@ fn iperf3_gbits(json: &str) -> Result<f64> {
         .context("iperf3 JSON has no end.sum_received.bits_per_second")
 }
 
-/// Whether the client can complete a transaction with the denied-port
-/// server: true in the baseline, false under any arm that filters.
-pub fn reaches_denied_port(topology: &Topology, loadgen: &Path) -> Result<bool> {
-    let mut cmd = topology.client(loadgen);
+/// Whether a client in `cgroup` can complete a transaction with the
+/// denied-port server: true in the baseline, false under any arm that
+/// filters (true again from the unfiltered cgroup under an enforcer arm).
+pub fn reaches_denied_port(
+    topology: &Topology,
+    cgroup: ClientCgroup,
+    loadgen: &Path,
+) -> Result<bool> {
+    let mut cmd = topology.client(cgroup, loadgen);
     cmd.args(["rr", "--connect", &format!("{SERVER_ADDR}:{DENIED_PORT}")])
         .args(["--seconds", "0.1"]);
     let output = with_timeout(&mut cmd, Duration::from_secs(15))?;
