@@ -160,9 +160,10 @@ pub fn markdown(report: &Report) -> String {
 ",
         );
         md.push_str(
-            "After the rounds, back-to-back pairs of short measurements, one without filtering \
-             and one with the arm (alternating which comes first); the ratio of each pair, and \
-             their median. Both halves of a pair see nearly the same host, which the rounds, \
+            "After the rounds, with the arm applied once: back-to-back pairs of short \
+             measurements, one from a client in a cgroup that nothing filters and one from a \
+             client in the arm's cgroup (alternating which comes first); the ratio of each pair, \
+             and their median. Both halves of a pair see nearly the same host, which the rounds, \
              minutes apart, do not.\n\n",
         );
         md.push_str("| arm | workload | pairs | median ratio | min | max |\n|---|---|---:|---:|---:|---:|\n");
