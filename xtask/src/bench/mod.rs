@@ -74,8 +74,8 @@ pub struct Args {
     /// Pairs of back-to-back measurements (a client that nothing filters,
     /// then one that the largest enforcer arm filters, or the other way
     /// round) per workload in the paired pass after the rounds, of 2 s each
-    /// (1 s with --quick): default 12,
-    /// none with --quick (which stays under 5 minutes); 0 skips the pass.
+    /// (1 s with --quick): default 12, none with --quick (which stays under
+    /// 5 minutes); 0 skips the pass.
     #[arg(long)]
     pairs: Option<u32>,
 }

@@ -154,11 +154,7 @@ pub fn markdown(report: &Report) -> String {
         }
     }
     if !report.paired.is_empty() {
-        md.push_str(
-            "## Paired: the largest enforcer arm against no filtering
-
-",
-        );
+        md.push_str("## Paired: the largest enforcer arm against no filtering\n\n");
         md.push_str(
             "After the rounds, with the arm applied once: back-to-back pairs of short \
              measurements, one from a client in a cgroup that nothing filters and one from a \
