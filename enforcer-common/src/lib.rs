@@ -26,11 +26,11 @@ pub mod packet;
 /// Bumped whenever a map's key or value layout changes. Pins live under a
 /// directory named after it, so a new binary never reuses an old map with a
 /// different layout.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// The name of the pin directory for this layout, under the bpffs
-/// directory given to the loader (`<bpffs>/v4/`).
-pub const LAYOUT_DIR: &str = "v4";
+/// directory given to the loader (`<bpffs>/v5/`).
+pub const LAYOUT_DIR: &str = "v5";
 
 /// A numeric identity for an entity. Identities are assigned by the compiler.
 pub type Identity = u32;
@@ -342,46 +342,18 @@ pub struct FlowValue {
     pub quiet_until: u32,
 }
 
-/// The flow of a connected TCP socket, kept on the socket
-/// ([`maps::SOCKET_FLOWS`]).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct SocketFlow {
-    pub flow: FlowValue,
-    /// The destination `connect4|6` judged and allowed for the connection
-    /// the socket is opening (`connect_family` 0: none). Its SYN, to exactly
-    /// this destination from the same cgroup under the same generation,
-    /// takes that verdict instead of judging the connection a second time.
-    pub connect_addr: [u8; 16],
-    pub connect_port: u16,
-    /// 4 or 6 while the SYN is still to come; 0 once it was sent.
-    pub connect_family: u8,
-    pub _pad: [u8; 5],
-}
-
-impl SocketFlow {
-    /// A flow judged from a packet: no `connect` verdict pending.
-    pub const fn judged(flow: FlowValue) -> SocketFlow {
-        SocketFlow {
-            flow,
-            connect_addr: [0; 16],
-            connect_port: 0,
-            connect_family: 0,
-            _pad: [0; 5],
-        }
-    }
-}
-
 /// A verdict that `connect4|6` or `sendmsg4|6` reached for a destination
-/// outside this host and allowed, kept in a small per-CPU cache
-/// ([`maps::CACHED_VERDICTS`]) so that the next connection (or datagram)
-/// from the same cgroup to the same destination, under the same policy
-/// generation, skips the judgement.
+/// outside this host and allowed, kept in a cache shared by every CPU
+/// ([`maps::CACHED_VERDICTS`]). The next connection (or datagram) from the
+/// same cgroup to the same destination, under the same policy generation,
+/// skips the judgement; and every packet of a TCP connection that
+/// `connect()` opened is recognised by it, so that such a connection needs
+/// no state of its own (see `docs/dataplane.md`).
 ///
-/// A program may be preempted between two of its stores, and another one
-/// on the same CPU may then write the same slot: [`CachedVerdict::seal`]
-/// covers every other field, so a slot mixed from two writes is a miss
-/// rather than another destination's verdict.
+/// Two programs may write the same slot at once (on two CPUs, or one
+/// preempted between two of its stores): [`CachedVerdict::seal`] covers
+/// every other field, so a slot mixed from two writes is a miss rather
+/// than another destination's verdict.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CachedVerdict {
@@ -405,8 +377,10 @@ pub struct CachedVerdict {
     pub seal: u64,
 }
 
-/// Slots per CPU of [`maps::CACHED_VERDICTS`] (a power of two).
-pub const CACHED_VERDICT_SLOTS: u32 = 128;
+/// Slots of [`maps::CACHED_VERDICTS`] (a power of two): destinations
+/// (per cgroup) that keep their verdict at once, before two of them are
+/// likely to share a slot.
+pub const CACHED_VERDICT_SLOTS: u32 = 4096;
 
 impl CachedVerdict {
     /// A slot never written: it matches nothing (family 0, no seal).
@@ -552,6 +526,15 @@ pub const MAX_PREFIXES_V6: u32 = 262_144;
 pub const MAX_VERDICTS: u32 = 1_048_576;
 pub const MAX_FLOWS: u32 = 262_144;
 pub const MAX_BOUND_PORTS: u32 = 65_536;
+/// Words of [`maps::TCP_BOUND_PORT_BITS`]: one bit per TCP port.
+pub const TCP_BOUND_PORT_WORDS: u32 = 65_536 / 64;
+
+/// The word of [`maps::TCP_BOUND_PORT_BITS`] holding a port's bit, and the
+/// bit.
+#[inline(always)]
+pub const fn tcp_bound_port_bit(port: u16) -> (u32, u64) {
+    ((port >> 6) as u32, 1 << (port & 63))
+}
 pub const MAX_FAILSAFE_PORTS: u32 = 64;
 pub const MAX_COUNTERS: u32 = 16_384;
 /// Local identities (`host` and the first workloads) below this are counted
@@ -573,9 +556,15 @@ pub mod maps {
     pub const VERDICTS: [&str; 2] = ["VERDICTS_0", "VERDICTS_1"];
     pub const FLOWS: &str = "FLOWS";
     /// Socket-local storage (`BPF_MAP_TYPE_SK_STORAGE`) of
-    /// [`super::SocketFlow`]: the flow of each connected TCP socket.
+    /// [`super::FlowValue`]: the flow of a connected TCP socket whose
+    /// packets were judged (not one that the verdict cache recognises).
     pub const SOCKET_FLOWS: &str = "SOCKET_FLOWS";
     pub const BOUND_PORTS: &str = "BOUND_PORTS";
+    /// Array of [`super::TCP_BOUND_PORT_WORDS`] words, memory-mappable: a
+    /// bit per TCP port, set while `BOUND_PORTS` holds the port. The
+    /// per-packet path's test for a listener's port: a hash lookup of each
+    /// new connection's port would be a cache miss per packet.
+    pub const TCP_BOUND_PORT_BITS: &str = "TCP_BOUND_PORT_BITS";
     /// Socket-local storage of [`super::PortKey`]: which port a socket
     /// bound, so that `sock_release` (which cannot read the socket's port)
     /// can forget it.
@@ -587,8 +576,9 @@ pub mod maps {
     /// [`super::COUNTED_IDENTITIES`].
     pub const WORKLOAD_COUNTERS: &str = "WORKLOAD_COUNTERS";
     pub const GLOBAL_COUNTERS: &str = "GLOBAL_COUNTERS";
-    /// Per-CPU array of [`super::CachedVerdict`]: recent verdicts of
-    /// `connect4|6` and `sendmsg4|6` that allowed a remote destination.
+    /// Array of [`super::CachedVerdict`], shared by every CPU: recent
+    /// verdicts of `connect4|6` and `sendmsg4|6` that allowed a remote
+    /// destination.
     pub const CACHED_VERDICTS: &str = "CACHED_VERDICTS";
 }
 
@@ -608,7 +598,6 @@ mod user {
     unsafe impl aya::Pod for BoundPort {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
-    unsafe impl aya::Pod for SocketFlow {}
     unsafe impl aya::Pod for CachedVerdict {}
     unsafe impl aya::Pod for VerdictEvent {}
     unsafe impl aya::Pod for CounterKey {}
@@ -630,7 +619,6 @@ mod tests {
         assert_eq!(size_of::<PortKey>(), 4);
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<FlowValue>(), 40);
-        assert_eq!(size_of::<SocketFlow>(), 64);
         assert_eq!(size_of::<CachedVerdict>(), 56);
         assert_eq!(size_of::<VerdictEvent>(), 72);
         assert_eq!(size_of::<CounterKey>(), 8);
@@ -703,7 +691,7 @@ mod tests {
     #[test]
     fn cached_verdict_slots_stay_in_range_and_spread() {
         let mut seen = [false; CACHED_VERDICT_SLOTS as usize];
-        for port in 0..1024u16 {
+        for port in 0..(CACHED_VERDICT_SLOTS * 4) as u16 {
             let slot = CachedVerdict::slot(77, &[1; 4], port, PROTO_TCP);
             assert!(slot < CACHED_VERDICT_SLOTS);
             seen[slot as usize] = true;

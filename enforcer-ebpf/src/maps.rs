@@ -4,7 +4,9 @@
 use core::{ffi::c_void, ptr};
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, BPF_SK_STORAGE_GET_F_CREATE, bpf_map_type, bpf_sock},
+    bindings::{
+        BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_SK_STORAGE_GET_F_CREATE, bpf_map_type, bpf_sock,
+    },
     helpers::generated::{bpf_sk_storage_delete, bpf_sk_storage_get},
     macros::map,
     maps::{
@@ -16,7 +18,8 @@ use enforcer_common::{
     CgroupEntry, Config, CounterKey, EVENTS_RING_BYTES, FlowKey, FlowValue,
     GLOBAL_COUNTERS as GLOBAL_COUNTER_SLOTS, IDENTITY_WORLD, Identity, MAX_BOUND_PORTS,
     MAX_CGROUPS, MAX_COUNTERS, MAX_FAILSAFE_PORTS, MAX_FLOWS, MAX_PREFIXES_V4, MAX_PREFIXES_V6,
-    MAX_VERDICTS, PortKey, SocketFlow, VerdictKey, VerdictValue, WORKLOAD_COUNTER_SLOTS,
+    MAX_VERDICTS, PortKey, TCP_BOUND_PORT_WORDS, VerdictKey, VerdictValue, WORKLOAD_COUNTER_SLOTS,
+    tcp_bound_port_bit,
 };
 
 #[map]
@@ -44,15 +47,26 @@ static VERDICTS_1: LpmTrie<[u8; 12], VerdictValue> = LpmTrie::with_max_entries(M
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
 
-/// The flows of connected TCP sockets, stored on the socket itself: the
-/// kernel frees them with it, and a lookup follows the socket's own pointer
-/// instead of hashing a 4-tuple into a table shared by every connection.
+/// The flows of connected TCP sockets whose packets were judged, stored on
+/// the socket itself: the kernel frees them with it, and a lookup follows
+/// the socket's own pointer instead of hashing a 4-tuple into a table
+/// shared by every connection. A connection that `connect()` opened to an
+/// allowed remote destination usually has none: the verdict cache
+/// recognises its packets (see `skb.rs`), which spares each connection an
+/// allocation.
 #[unsafe(link_section = ".maps")]
 #[unsafe(export_name = "SOCKET_FLOWS")]
-pub static SOCKET_FLOWS: SocketStorage<SocketFlow> = SocketStorage::new();
+pub static SOCKET_FLOWS: SocketStorage<FlowValue> = SocketStorage::new();
 
 #[map]
 pub static BOUND_PORTS: HashMap<PortKey, BoundPort> = HashMap::with_max_entries(MAX_BOUND_PORTS, 0);
+
+/// A bit per TCP port, set while `BOUND_PORTS` holds it (see
+/// [`tcp_port_bound`]). Memory-mappable, so that the daemon's seeding sets
+/// and clears bits atomically beside the programs.
+#[map]
+static TCP_BOUND_PORT_BITS: Array<u64> =
+    Array::with_max_entries(TCP_BOUND_PORT_WORDS, BPF_F_MMAPABLE);
 
 /// The port a socket bound, stored on the socket: `sock_release`, which
 /// cannot read a socket's port, finds it here, and a socket that never
@@ -79,11 +93,13 @@ static WORKLOAD_COUNTERS: PerCpuArray<u64> =
 static GLOBAL_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(GLOBAL_COUNTER_SLOTS, 0);
 
 /// Recent verdicts of `connect4|6` and `sendmsg4|6` that allowed a remote
-/// destination, direct-mapped by [`CachedVerdict::slot`]. Per CPU: no
-/// locking, and a slot another CPU overwrites costs nothing here.
+/// destination, direct-mapped by [`CachedVerdict::slot`]. Shared by every
+/// CPU: a connection's replies are often judged on another CPU than the
+/// one that connected. Written only on a miss, so the usual slot is read
+/// by every CPU and written by none; the seal makes a slot written by two
+/// CPUs at once a miss.
 #[map]
-static CACHED_VERDICTS: PerCpuArray<CachedVerdict> =
-    PerCpuArray::with_max_entries(CACHED_VERDICT_SLOTS, 0);
+static CACHED_VERDICTS: Array<CachedVerdict> = Array::with_max_entries(CACHED_VERDICT_SLOTS, 0);
 
 /// A `BPF_MAP_TYPE_SK_STORAGE` map definition, in the BTF form (`.maps`
 /// section) the loader reads: such a map needs the BTF ids of its key and
@@ -248,26 +264,66 @@ pub fn bound_port(protocol: u8, port: u16) -> Option<BoundPort> {
     unsafe { BOUND_PORTS.get(key).copied() }
 }
 
-/// What this CPU's cache slot `index` holds, copied once: the caller
+/// Whether a socket of this host bound this TCP port (a listener's port, or
+/// one a client bound itself): 8 KiB of bits that stay in the CPU cache,
+/// where a hash lookup of each new connection's port would not.
+#[inline(always)]
+pub fn tcp_port_bound(port: u16) -> bool {
+    let (word, bit) = tcp_bound_port_bit(port);
+    TCP_BOUND_PORT_BITS.get(word).is_some_and(|w| w & bit != 0)
+}
+
+/// Sets or clears a TCP port's bit, atomically: other ports share the word.
+#[inline(always)]
+pub fn mark_tcp_port(port: u16, bound: bool) {
+    let (word, bit) = tcp_bound_port_bit(port);
+    let Some(p) = TCP_BOUND_PORT_BITS.get_ptr_mut(word) else {
+        return;
+    };
+    // The BPF target has no atomic read-modify-write in `core`; the
+    // instruction set has (`BPF_ATOMIC` with `BPF_OR` / `BPF_AND`).
+    // SAFETY: an aligned word of the map's value, which outlives the
+    // program run; every writer changes it atomically.
+    unsafe {
+        if bound {
+            core::arch::asm!(
+                "lock *(u64 *)({p} + 0) |= {v}",
+                p = in(reg) p,
+                v = in(reg) bit,
+                options(nostack, preserves_flags),
+            );
+        } else {
+            core::arch::asm!(
+                "lock *(u64 *)({p} + 0) &= {v}",
+                p = in(reg) p,
+                v = in(reg) !bit,
+                options(nostack, preserves_flags),
+            );
+        }
+    }
+}
+
+/// What cache slot `index` holds, copied once: the caller
 /// checks the copy with [`CachedVerdict::matches`], whose seal tells a
 /// whole write from a mixed one. A missing slot reads as never written.
 #[inline(always)]
 pub fn cached_verdict(index: u32) -> CachedVerdict {
     match CACHED_VERDICTS.get_ptr(index) {
-        // SAFETY: a per-CPU value of plain integers; one volatile copy, so
-        // that the fields checked are the fields used.
+        // SAFETY: plain integers; one volatile copy, so that the fields
+        // checked are the fields used (another CPU may be writing them).
         Some(p) => unsafe { ptr::read_volatile(p) },
         None => CachedVerdict::NEVER_WRITTEN,
     }
 }
 
-/// Seals a verdict and stores it in its slot of this CPU's cache.
+/// Seals a verdict and stores it in its cache slot.
 #[inline(always)]
 pub fn cache_verdict(index: u32, verdict: &mut CachedVerdict) {
     verdict.seal();
     if let Some(p) = CACHED_VERDICTS.get_ptr_mut(index) {
-        // SAFETY: a per-CPU value of plain integers; a program preempted
-        // midway leaves a slot whose seal does not match (a miss).
+        // SAFETY: plain integers; a write that races another one (on another
+        // CPU, or by a program that preempted this one) leaves a slot whose
+        // seal does not match: a miss.
         unsafe { ptr::write_volatile(p, *verdict) };
     }
 }

@@ -2,19 +2,22 @@
 //! (on the TCP socket itself, else in `FLOWS`) decides every packet of a
 //! known connection under the current policy generation; only the first
 //! packet of a connection (or the first after a policy change) runs the full
-//! judgement.
-
-use core::ptr;
+//! judgement. A TCP connection that `connect()` opened to an allowed remote
+//! destination is known without a flow of its own: the verdict cache that
+//! `connect4|6` filled holds its destination.
 
 use aya_ebpf::{
+    EbpfContext as _,
     bindings::{BPF_TCP_LISTEN, bpf_sock},
-    helpers::{bpf_sk_fullsock, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id},
+    helpers::{
+        bpf_get_socket_cookie, bpf_sk_fullsock, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id,
+    },
     programs::SkBuffContext,
 };
 use enforcer_common::{
-    ACTION_ALLOW, ACTION_DENY, Config, DIRECTION_EGRESS, DIRECTION_INGRESS, FlowKey, FlowValue,
-    GLOBAL_COUNTER_DROPPED, GLOBAL_COUNTER_NEW_FLOWS, GLOBAL_COUNTER_PACKETS, Identity, PROTO_TCP,
-    SocketFlow,
+    ACTION_ALLOW, ACTION_DENY, CachedVerdict, Config, DIRECTION_EGRESS, DIRECTION_INGRESS, FlowKey,
+    FlowValue, GLOBAL_COUNTER_DROPPED, GLOBAL_COUNTER_NEW_FLOWS, GLOBAL_COUNTER_PACKETS, Identity,
+    PROTO_TCP,
     packet::{
         self, Bytes, CLASS_ECHO_REPLY, CLASS_ICMP_ERROR, CLASS_NEIGHBOUR_DISCOVERY, Packet,
         PacketBytes, TCP_ACK, TCP_SYN,
@@ -198,9 +201,10 @@ pub fn handle(ctx: &SkBuffContext, direction: u8) -> i32 {
     }
     maps::bump_global(GLOBAL_COUNTER_PACKETS);
     // The usual packet: one of an allowed connection, on its socket. No
-    // parsing: the socket says it is TCP, and its storage holds the flow.
+    // parsing: the socket says it is TCP and where it is connected, and its
+    // storage or the verdict cache holds the verdict.
     if let Some(sk) = connected_tcp_socket(ctx)
-        && let Some((local, action)) = current_socket_flow(&cfg, sk)
+        && let Some((local, action)) = known_connection(ctx, &cfg, sk)
         && action != ACTION_DENY
     {
         maps::bump_counter(local, action);
@@ -261,19 +265,86 @@ fn connected_tcp_socket(ctx: &SkBuffContext) -> Option<*mut bpf_sock> {
     (protocol == u32::from(PROTO_TCP) && state != BPF_TCP_LISTEN).then_some(full)
 }
 
-/// The local workload and action of the socket's flow when it was judged
-/// under the current generation and no `connect` verdict awaits its SYN.
-/// A SYN needs no check here: `connect4|6` replace the socket's flow before
-/// every connection it opens (see `sock_addr.rs`), so a flow found here is
-/// the connection's own.
+/// The local workload and action of the socket's connection when they are
+/// known under the current generation: from the flow on the socket, or,
+/// for a connection without one, from the verdict cache. A SYN needs no
+/// check here: `connect4|6` remove the socket's flow before every
+/// connection it opens (see `sock_addr.rs`), so a flow found here is the
+/// connection's own.
 #[inline(always)]
-fn current_socket_flow(cfg: &Config, sk: *mut bpf_sock) -> Option<(Identity, u8)> {
+fn known_connection(
+    ctx: &SkBuffContext,
+    cfg: &Config,
+    sk: *mut bpf_sock,
+) -> Option<(Identity, u8)> {
     // SAFETY: `sk` is a full socket (see `connected_tcp_socket`).
-    let stored = unsafe { maps::SOCKET_FLOWS.get(sk) }?;
+    let Some(stored) = (unsafe { maps::SOCKET_FLOWS.get(sk) }) else {
+        return cached_connection(ctx, cfg, sk).map(|local| (local, ACTION_ALLOW));
+    };
     // SAFETY: the socket's storage, which lives as long as the socket.
-    let s = unsafe { &*stored };
-    (s.flow.generation == cfg.generation && s.connect_family == 0)
-        .then_some((s.flow.local, s.flow.action))
+    let flow = unsafe { &*stored };
+    (flow.generation == cfg.generation).then_some((flow.local, flow.action))
+}
+
+/// The local workload of a connection that `connect()` opened, when the
+/// verdict cache holds its destination (allowed for the socket's cgroup
+/// under the current generation). Such a connection's verdict is that of
+/// its destination, which is why it needs no flow of its own. A connection
+/// a listener accepted is never taken for one: the cache holds what a
+/// workload may open, not what it may accept.
+#[inline(always)]
+fn cached_connection(ctx: &SkBuffContext, cfg: &Config, sk: *mut bpf_sock) -> Option<Identity> {
+    let (family, addr, port) = destination(sk)?;
+    // SAFETY: a helper on the program's own context: the socket's cgroup,
+    // which `connect4|6` keyed the verdict by (the process's, unless the
+    // socket moved between processes: then a miss).
+    let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
+    let cached = maps::cached_verdict(CachedVerdict::slot(cgroup_id, &addr, port, PROTO_TCP));
+    (cached.matches(cgroup_id, family, PROTO_TCP, &addr, port, cfg.generation)
+        && opened_by_connect(ctx, sk))
+    .then_some(cached.local)
+}
+
+/// Where a connected socket is connected to: family, address (network
+/// order words, an IPv4 address in the first) and port, as `connect4|6`
+/// key the verdict cache (an IPv4-mapped IPv6 address as IPv4).
+#[inline(always)]
+fn destination(sk: *mut bpf_sock) -> Option<(u8, [u32; 4], u16)> {
+    // SAFETY: fields of a full socket, checked by the verifier.
+    let s = unsafe { &*sk };
+    let port = u16::from_be(s.dst_port);
+    if s.family == AF_INET {
+        return Some((4, [s.dst_ip4, 0, 0, 0], port));
+    }
+    if s.family != AF_INET6 {
+        return None;
+    }
+    let a = [s.dst_ip6[0], s.dst_ip6[1], s.dst_ip6[2], s.dst_ip6[3]];
+    if a[0] == 0 && a[1] == 0 && a[2] == u32::from_be(0x0000_ffff).to_be() {
+        return Some((4, [a[3], 0, 0, 0], port));
+    }
+    Some((6, a, port))
+}
+
+const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
+
+/// Whether a connected TCP socket opened its connection with `connect()`
+/// rather than being accepted by a listener: an accepted socket has its
+/// listener's port, which a socket of this host bound (`BOUND_PORTS`);
+/// a client usually has a port nobody bound, or one it bound itself (under
+/// its own cookie). A bound port without a known owner counts as a
+/// listener's.
+#[inline(always)]
+fn opened_by_connect(ctx: &SkBuffContext, sk: *mut bpf_sock) -> bool {
+    // SAFETY: a field of a full socket (host byte order).
+    let local_port = unsafe { (*sk).src_port } as u16;
+    if !maps::tcp_port_bound(local_port) {
+        return true;
+    }
+    // SAFETY: a helper on the program's own context, whose socket is `sk`.
+    maps::bound_port(PROTO_TCP, local_port)
+        .is_some_and(|bound| bound.cookie == unsafe { bpf_get_socket_cookie(ctx.as_ptr()) })
 }
 
 impl Store {
@@ -287,8 +358,7 @@ impl Store {
         };
         // SAFETY: `sk` is a full socket (see `store_of`).
         if let Some(stored) = unsafe { maps::SOCKET_FLOWS.get(sk) } {
-            // SAFETY: a field of the socket's storage.
-            return Some(unsafe { ptr::addr_of_mut!((*stored).flow) });
+            return Some(stored);
         }
         // A connection this socket opens has no earlier record.
         if p.is_tcp_syn() {
@@ -298,9 +368,8 @@ impl Store {
         // SAFETY: a pointer into the map value (see `judge_packet`).
         let flow = unsafe { *inherited };
         // SAFETY: as above.
-        match unsafe { maps::SOCKET_FLOWS.set(sk, &SocketFlow::judged(flow)) } {
-            // SAFETY: a field of the socket's storage.
-            Some(stored) => Some(unsafe { ptr::addr_of_mut!((*stored).flow) }),
+        match unsafe { maps::SOCKET_FLOWS.set(sk, &flow) } {
+            Some(stored) => Some(stored),
             None => Some(inherited),
         }
     }
@@ -312,8 +381,7 @@ impl Store {
     fn record(self, key: &FlowKey, flow: &FlowValue, remote: &Remote) {
         if let Store::Socket(sk) = self {
             // SAFETY: `sk` is a full socket (see `store_of`).
-            let stored =
-                unsafe { maps::SOCKET_FLOWS.set(sk, &SocketFlow::judged(*flow)) }.is_some();
+            let stored = unsafe { maps::SOCKET_FLOWS.set(sk, flow) }.is_some();
             if stored && remote.external {
                 return;
             }
@@ -321,35 +389,6 @@ impl Store {
         // A full LRU map evicts; an error here only costs a re-judgement.
         let _ = maps::FLOWS.insert(key, flow, 0);
     }
-}
-
-/// When this SYN opens the connection that `connect4|6` judged and allowed
-/// on its socket (see `SocketFlow::connect_addr`), the local workload of
-/// that verdict, which the SYN takes; the flow is then the connection's
-/// own, which a retransmitted SYN finds like any later packet.
-#[inline(always)]
-fn allowed_at_connect(
-    ctx: &SkBuffContext,
-    cfg: &Config,
-    sk: *mut bpf_sock,
-    key: &FlowKey,
-) -> Option<Identity> {
-    // SAFETY: `sk` is a full socket (see `store_of`).
-    let stored = unsafe { maps::SOCKET_FLOWS.get(sk) }?;
-    // SAFETY: the socket's storage, which lives as long as the socket.
-    let s = unsafe { &mut *stored };
-    if s.connect_family != key.family
-        || s.connect_port != key.remote_port
-        || s.connect_addr != key.remote_addr
-        || s.flow.generation != cfg.generation
-    {
-        return None;
-    }
-    s.connect_family = 0;
-    // SAFETY: a helper on the program's own context. The verdict was taken
-    // for the process's cgroup; the packet's is the socket's.
-    let same_cgroup = s.flow.cgroup_id == unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
-    same_cgroup.then_some(s.flow.local)
 }
 
 #[inline(always)]
@@ -364,13 +403,6 @@ fn judge_packet(
     let mut quiet_until_jiffies = 0;
     let mut opener_service = None;
     let store = store_of(ctx, p);
-    if let Store::Socket(sk) = store
-        && p.is_tcp_syn()
-        && let Some(local) = allowed_at_connect(ctx, cfg, sk, key)
-    {
-        maps::bump_counter(local, ACTION_ALLOW);
-        return PASS;
-    }
     if let Some(flow) = store.find(p, key) {
         // SAFETY: a pointer into a map value: the LRU may recycle a `FLOWS`
         // entry concurrently, which at worst misjudges one packet of a flow
@@ -413,8 +445,17 @@ fn judge_packet(
         }
     }
     maps::bump_global(GLOBAL_COUNTER_NEW_FLOWS);
-    let (opener, service_port) =
-        opener_service.unwrap_or_else(|| opener_and_service(p, key, direction));
+    let (opener, service_port) = match (opener_service, store) {
+        (Some(known), _) => known,
+        // A connection that `connect()` opened, whose flow is not stored
+        // (the verdict cache knew it, until a policy change or another
+        // destination took its slot): it is judged as what it is, whatever
+        // its ports, rather than guessed from them.
+        (None, Store::Socket(sk)) if opened_by_connect(ctx, sk) => {
+            (DIRECTION_EGRESS, key.remote_port)
+        }
+        (None, _) => opener_and_service(p, key, direction),
+    };
 
     let skb = ctx.skb.skb;
     // SAFETY: helpers on the program's own context.

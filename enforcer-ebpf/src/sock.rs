@@ -44,6 +44,11 @@ pub fn bound(ctx: &SockContext) -> i32 {
         }
     };
     let _ = maps::BOUND_PORTS.insert(key, value, 0);
+    if key.protocol == PROTO_TCP {
+        // Even when the table is full: a port marked without an entry is
+        // only a slower path for clients that happen to use it.
+        maps::mark_tcp_port(key.port, true);
+    }
     // SAFETY: the context is the socket (`cgroup_sock` programs pass it as
     // the helper's socket argument).
     let _ = unsafe { maps::SOCKET_BINDS.set(ctx.sock, &key) };
@@ -61,8 +66,11 @@ pub fn released(ctx: &SockContext) -> i32 {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // Another socket may have bound the port since (SO_REUSEPORT, or after
     // this one stopped listening): forget the port only if it is ours.
-    if maps::bound_port(key.protocol, key.port).is_some_and(|b| b.cookie == cookie) {
-        let _ = maps::BOUND_PORTS.remove(key);
+    if maps::bound_port(key.protocol, key.port).is_some_and(|b| b.cookie == cookie)
+        && maps::BOUND_PORTS.remove(key).is_ok()
+        && key.protocol == PROTO_TCP
+    {
+        maps::mark_tcp_port(key.port, false);
     }
     CONTINUE
 }

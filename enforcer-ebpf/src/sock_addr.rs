@@ -1,16 +1,17 @@
 //! `cgroup/connect4|6` and `cgroup/sendmsg4|6`: judge an outgoing TCP
 //! connection or UDP datagram before any packet exists, so that a denied
 //! one fails at once with EPERM instead of timing out. When the destination
-//! is a socket on this host, the receiver's ingress is judged too.
+//! is a socket on this host, the receiver's ingress is judged too. An
+//! allowed remote destination goes into the verdict cache, where the
+//! packets of the TCP connection find it (see `skb.rs`).
 
 use aya_ebpf::{
-    bindings::bpf_sock_addr,
     helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id},
     programs::SockAddrContext,
 };
 use enforcer_common::{
     ACTION_ALLOW, ACTION_DENY, CachedVerdict, Config, DIRECTION_EGRESS, DIRECTION_INGRESS, FlowKey,
-    FlowValue, GLOBAL_COUNTER_CACHED_VERDICTS, PROTO_TCP, PROTO_UDP, SocketFlow,
+    FlowValue, GLOBAL_COUNTER_CACHED_VERDICTS, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
@@ -88,22 +89,21 @@ pub fn handle(ctx: &SockAddrContext, family: u8) -> i32 {
         match judge_attempt(&cfg, &attempt, &mut allowed) {
             Outcome::Refused => return REFUSE,
             Outcome::AllowedRemote => maps::cache_verdict(cache_index, &mut allowed),
-            Outcome::AllowedHere => {
-                if protocol == PROTO_TCP {
-                    // The socket may hold the flow of an earlier connection
-                    // (a connect after `connect(AF_UNSPEC)`): its SYN must
-                    // be judged afresh. So is a connection to this host,
-                    // which its SYN records where the receiving end looks
-                    // for it.
-                    // SAFETY: the context's socket field (a full socket for
-                    // the verifier).
-                    unsafe { maps::SOCKET_FLOWS.delete(sa.__bindgen_anon_1.sk) };
-                }
-                return ALLOW;
-            }
+            // Judged again at its SYN: a connection to this host records its
+            // flow there, where the receiving end looks for it.
+            Outcome::AllowedHere => {}
         }
     }
-    allow_remote(sa, protocol, &allowed)
+    if protocol == PROTO_TCP {
+        // The socket may hold the flow of an earlier connection (a connect
+        // after `connect(AF_UNSPEC)`), which would decide this one's
+        // packets: they must find the verdict cache or be judged afresh.
+        // Nothing stored is the usual case, and costs one pointer test.
+        // SAFETY: the context's socket field (a full socket for the
+        // verifier).
+        unsafe { maps::SOCKET_FLOWS.delete(sa.__bindgen_anon_1.sk) };
+    }
+    ALLOW
 }
 
 /// A connection or datagram about to be sent.
@@ -214,38 +214,6 @@ fn judge_attempt(cfg: &Config, attempt: &Attempt, allowed: &mut CachedVerdict) -
         seal: 0,
     };
     Outcome::AllowedRemote
-}
-
-/// Allows a connection or datagram to a destination outside this host. A
-/// TCP connection's SYN takes the verdict instead of judging it again (see
-/// `SocketFlow`).
-#[inline(always)]
-fn allow_remote(sa: &bpf_sock_addr, protocol: u8, allowed: &CachedVerdict) -> i32 {
-    if protocol != PROTO_TCP {
-        return ALLOW;
-    }
-    let pending = SocketFlow {
-        flow: FlowValue {
-            generation: allowed.generation,
-            local: allowed.local,
-            remote: allowed.remote,
-            rule: allowed.rule,
-            cgroup_id: allowed.cgroup_id,
-            last_event_ns: 0,
-            action: ACTION_ALLOW,
-            direction: DIRECTION_EGRESS,
-            service_port: allowed.port,
-            quiet_until: 0,
-        },
-        connect_addr: address_bytes(&allowed.addr),
-        connect_port: allowed.port,
-        connect_family: allowed.family,
-        _pad: [0; 5],
-    };
-    // SAFETY: the context's socket field (a full socket for the verifier).
-    // Without storage (no memory) it holds no flow, and the SYN is judged.
-    let _ = unsafe { maps::SOCKET_FLOWS.set(sa.__bindgen_anon_1.sk, &pending) };
-    ALLOW
 }
 
 /// An address as the bytes of its network-order words.

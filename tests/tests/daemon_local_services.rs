@@ -189,7 +189,8 @@ fn a_server_of_another_user_is_found_by_a_daemon_with_the_packaged_capabilities(
 
 /// `Dataplane::seed_bound_ports` adds what the kernel does not know, never
 /// replaces an entry the kernel wrote, and forgets seeded entries whose
-/// port is no longer bound.
+/// port is no longer bound; the per-packet path's bit of each TCP port
+/// follows the table, whether the kernel or the seeding changed it.
 #[test]
 fn seeded_ports_never_replace_the_kernels_and_are_pruned() {
     use enforcer::dataplane::{Dataplane, DataplaneOptions};
@@ -214,9 +215,12 @@ fn seeded_ports_never_replace_the_kernels_and_are_pruned() {
             .find(|(k, _)| k.protocol == PROTO_TCP && k.port == port)
             .map(|(_, v)| v)
     };
+    let marked = |dp: &Dataplane, port: u16| dp.tcp_port_marked_bound(port).expect("port bits");
     let kernel = entry(&dp, bound).expect("the kernel recorded the bind");
     assert_eq!(kernel.cgroup_id, svc.id());
     assert_ne!(kernel.cookie, 0);
+    assert!(marked(&dp, bound), "the kernel marked its port");
+    assert!(!marked(&dp, unknown));
 
     let added = dp
         .seed_bound_ports(&[(PROTO_TCP, bound, 4242), (PROTO_TCP, unknown, 4343)])
@@ -225,10 +229,22 @@ fn seeded_ports_never_replace_the_kernels_and_are_pruned() {
     assert_eq!(entry(&dp, bound), Some(kernel), "the kernel's entry stays");
     let seeded = entry(&dp, unknown).expect("seeded");
     assert_eq!((seeded.cgroup_id, seeded.cookie), (4343, 0));
+    assert!(marked(&dp, unknown), "seeded, marked");
 
     // The next scan no longer sees `unknown` bound: its seeded entry goes,
     // the kernel's stays.
     assert_eq!(dp.seed_bound_ports(&[]).expect("seed"), 0);
     assert_eq!(entry(&dp, unknown), None);
     assert_eq!(entry(&dp, bound), Some(kernel));
+    assert!(!marked(&dp, unknown), "pruned, unmarked");
+    assert!(marked(&dp, bound));
+
+    // The server closes its socket: the kernel forgets the port and its bit.
+    drop(server);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while marked(&dp, bound) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(entry(&dp, bound), None, "released");
+    assert!(!marked(&dp, bound), "released, unmarked");
 }

@@ -8,7 +8,7 @@ mod dataplane_support;
 
 use std::{
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpStream},
+    net::{SocketAddr, TcpListener, TcpStream},
     os::fd::AsFd as _,
     time::Duration,
 };
@@ -476,118 +476,336 @@ fn host_allows(host: &TestHost, protocols: &[u8], port: u16) -> CompiledPolicy {
     p
 }
 
-/// A connected TCP socket keeps its flow on itself (`SOCKET_FLOWS`), not in
-/// the shared `FLOWS` table; its SYN takes the verdict `connect` took, so no
-/// packet is judged twice; and a policy change still reaches it: its next
-/// packet is judged again and dropped.
+/// What happens to a TCP connection that `connect()` opened to a remote
+/// destination, while the policy allows it, and once a change in the
+/// cgroup's verdict cache or in the policy reaches it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum AfterConnect {
+    /// The policy stops allowing it: its next packet is judged and dropped.
+    Revoked,
+    /// The verdict cache forgets it (as when another destination takes its
+    /// slot): its next packet is judged, as the connection `connect()`
+    /// opened, and allowed.
+    Forgotten,
+}
+
+/// Connects from workload `a` to `to`, checks the connection while the
+/// policy allows it, lets `change` happen, and checks the connection
+/// after it. A connection `connect()` opened to an allowed remote
+/// destination keeps no state: its packets find their verdict in the cache
+/// that `connect` filled (no packet judged, no flow on the socket, none in
+/// `FLOWS`). Once the cache no longer holds it, its next packet is judged
+/// as the connection it is (opened by `a`, to `to`'s port) and the flow is
+/// kept on its socket. `bind_first`: the client binds its own port before
+/// connecting (`BOUND_PORTS` then holds it, as it holds a listener's).
+fn connect_then(w: &mut WorkloadA, to: SocketAddr, bind_first: bool, change: AfterConnect) {
+    let (go_rd, go_wr) = pipe();
+    let dp_ref = &w.dp;
+    // Exit codes: 0 as expected; 10.. the step that failed.
+    let child = spawn_in_cgroup(w.a.path(), move || {
+        let new_flows = || dp_ref.global_counters().map(|c| c.new_flows).ok();
+        let before = new_flows();
+        let connected = if bind_first {
+            connect_from_bound_port(to)
+        } else {
+            TcpStream::connect_timeout(&to, SHORT)
+        };
+        let Ok(mut c) = connected else {
+            return 10;
+        };
+        let _ = c.set_read_timeout(Some(SHORT));
+        let mut b = [0u8; 1];
+        if c.write_all(b"x").is_err() || c.read_exact(&mut b).is_err() {
+            return 11;
+        }
+        // `connect` judged the connection; no packet of it was judged.
+        if before.is_none() || new_flows() != before {
+            return 12;
+        }
+        match dp_ref.socket_flow(c.as_fd()) {
+            Ok(None) => {}
+            Ok(Some(_)) => return 13,
+            Err(_) => return 14,
+        }
+        let Ok(local_port) = c.local_addr().map(|a| a.port()) else {
+            return 15;
+        };
+        match dp_ref.flows() {
+            Ok(flows)
+                if !flows
+                    .iter()
+                    .any(|(k, _)| k.protocol == PROTO_TCP && k.local_port == local_port) => {}
+            Ok(_) => return 16,
+            Err(_) => return 17,
+        }
+        // Wait for the change.
+        // SAFETY: blocking read of one byte from our pipe.
+        if unsafe { libc::read(go_rd, b.as_mut_ptr().cast(), 1) } != 1 {
+            return 18;
+        }
+        let _ = c.write_all(b"y");
+        let answered = c.read_exact(&mut b).is_ok();
+        let expected_action = match change {
+            AfterConnect::Revoked if answered => return 19,
+            AfterConnect::Forgotten if !answered => return 20,
+            AfterConnect::Revoked => ACTION_DENY,
+            AfterConnect::Forgotten => ACTION_ALLOW,
+        };
+        // Judged as what it is, and kept on the socket.
+        match dp_ref.socket_flow(c.as_fd()) {
+            Ok(Some(f))
+                if f.local == A
+                    && f.remote == VENDOR
+                    && f.action == expected_action
+                    && f.direction == DIRECTION_EGRESS
+                    && f.service_port == to.port() =>
+            {
+                0
+            }
+            Ok(Some(_)) => 21,
+            Ok(None) => 22,
+            Err(_) => 23,
+        }
+    });
+    // The child connects and checks first; the parent gives it a moment.
+    std::thread::sleep(Duration::from_millis(300));
+    match change {
+        AfterConnect::Revoked => {
+            w.dp.apply(&peers(&w.host), &w.cgroups, &w.addrs)
+                .expect("apply");
+        }
+        AfterConnect::Forgotten => w.dp.clear_cached_verdicts().expect("clear the cache"),
+    }
+    // SAFETY: one byte to our own pipe.
+    assert_eq!(unsafe { libc::write(go_wr, b"g".as_ptr().cast(), 1) }, 1);
+    let code = wait_child(child);
+    close_pipe(go_rd, go_wr);
+    assert_eq!(
+        code, 0,
+        "{to} ({change:?}, bind first {bind_first}): step {code} failed (see `connect_then`'s exit codes)"
+    );
+}
+
+/// A TCP client socket that binds a port of its own (chosen by the kernel)
+/// before connecting.
+fn connect_from_bound_port(to: SocketAddr) -> std::io::Result<TcpStream> {
+    let family = if to.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain socket syscalls on a descriptor this function owns; the
+    // addresses are built on the stack with their true lengths.
+    unsafe {
+        let fd = libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let stream = <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd);
+        let (any, any_len) = sockaddr(&SocketAddr::new(
+            if to.is_ipv4() {
+                std::net::Ipv4Addr::UNSPECIFIED.into()
+            } else {
+                std::net::Ipv6Addr::UNSPECIFIED.into()
+            },
+            0,
+        ));
+        if libc::bind(fd, (&raw const any).cast(), any_len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let (dest, dest_len) = sockaddr(&to);
+        if libc::connect(fd, (&raw const dest).cast(), dest_len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(stream)
+    }
+}
+
+/// A socket address in the kernel's form, and its length.
+fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all zeros is a valid sockaddr_storage; each arm writes the
+    // struct of its family, which fits in it.
+    unsafe {
+        let mut storage: libc::sockaddr_storage = std::mem::zeroed();
+        let len = match addr {
+            SocketAddr::V4(a) => {
+                let sin = (&raw mut storage).cast::<libc::sockaddr_in>();
+                (*sin).sin_family = libc::AF_INET as libc::sa_family_t;
+                (*sin).sin_port = a.port().to_be();
+                (*sin).sin_addr.s_addr = u32::from(*a.ip()).to_be();
+                std::mem::size_of::<libc::sockaddr_in>()
+            }
+            SocketAddr::V6(a) => {
+                let sin6 = (&raw mut storage).cast::<libc::sockaddr_in6>();
+                (*sin6).sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                (*sin6).sin6_port = a.port().to_be();
+                (*sin6).sin6_addr.s6_addr = a.ip().octets();
+                std::mem::size_of::<libc::sockaddr_in6>()
+            }
+        };
+        (storage, len as libc::socklen_t)
+    }
+}
+
+/// A TCP connection to a remote destination keeps no state of its own while
+/// the verdict cache holds its destination, and a policy change still
+/// reaches it: its next packet is judged again and dropped.
 #[test]
-fn a_tcp_connection_keeps_its_flow_on_its_socket_and_is_revoked() {
+fn a_tcp_connection_takes_its_verdict_from_the_cache_and_is_revoked() {
     let Some(_root) = require_root() else {
         return;
     };
     let mut w = WorkloadA::new("2001:db8:74::/64");
     let allowed = host_allows(&w.host, &[PROTO_TCP], 8001);
-
     for server_addr in [w.host.socket_v4(8001), w.host.socket_v6(8001)] {
-        w.dp.apply(&allowed, &w.cgroups, &w.addrs).expect("apply");
-        let server = Server::tcp(None, Some(&w.host), server_addr).expect("tcp server");
-        let to = server.addr();
-        let (go_rd, go_wr) = pipe();
-        let dp_ref = &w.dp;
-        // Exit codes: 0 revoked as expected; 10.. the step that failed.
-        let child = spawn_in_cgroup(w.a.path(), move || {
-            let new_flows = || dp_ref.global_counters().map(|c| c.new_flows).ok();
-            let before = new_flows();
-            let Ok(mut c) = TcpStream::connect_timeout(&to, SHORT) else {
-                return 10;
-            };
-            let _ = c.set_read_timeout(Some(SHORT));
-            let mut b = [0u8; 1];
-            if c.write_all(b"x").is_err() || c.read_exact(&mut b).is_err() {
-                return 11;
-            }
-            // `connect` judged the connection; no packet of it was judged
-            // again (the SYN took that verdict).
-            if before.is_none() || new_flows() != before {
-                return 20;
-            }
-            match dp_ref.socket_flow(c.as_fd()) {
-                Ok(Some(s))
-                    if s.flow.local == A
-                        && s.flow.remote == VENDOR
-                        && s.flow.action == ACTION_ALLOW
-                        && s.flow.direction == DIRECTION_EGRESS
-                        && s.flow.service_port == 8001
-                        && s.connect_family == 0 => {}
-                Ok(Some(_)) => return 12,
-                Ok(None) => return 13,
-                Err(_) => return 14,
-            }
-            let Ok(local_port) = c.local_addr().map(|a| a.port()) else {
-                return 15;
-            };
-            match dp_ref.flows() {
-                Ok(flows)
-                    if !flows
-                        .iter()
-                        .any(|(k, _)| k.protocol == PROTO_TCP && k.local_port == local_port) => {}
-                Ok(_) => return 16,
-                Err(_) => return 17,
-            }
-            // Wait for the policy change.
-            // SAFETY: blocking read of one byte from our pipe.
-            if unsafe { libc::read(go_rd, b.as_mut_ptr().cast(), 1) } != 1 {
-                return 18;
-            }
-            let _ = c.write_all(b"y");
-            match c.read_exact(&mut b) {
-                Ok(()) => 19,
-                Err(_) => 0,
-            }
-        });
-        // The child connects and checks while the policy allows, then the
-        // policy stops allowing; the parent gives it a moment first.
-        std::thread::sleep(Duration::from_millis(300));
-        w.dp.apply(&peers(&w.host), &w.cgroups, &w.addrs)
-            .expect("apply");
-        // SAFETY: one byte to our own pipe.
-        assert_eq!(unsafe { libc::write(go_wr, b"g".as_ptr().cast(), 1) }, 1);
-        let code = wait_child(child);
-        close_pipe(go_rd, go_wr);
-        assert_eq!(
-            code, 0,
-            "{to}: step {code} failed (see the test's exit codes)"
-        );
-    }
-}
-
-/// Keeps the calling thread, and the processes it starts, on the CPU it
-/// runs on (the cache of connect verdicts is per CPU); the previous
-/// affinity comes back on drop.
-struct OnOneCpu(libc::cpu_set_t);
-
-impl OnOneCpu {
-    fn new() -> OnOneCpu {
-        let size = std::mem::size_of::<libc::cpu_set_t>();
-        // SAFETY: plain syscalls on the calling thread, with sets on our
-        // own stack.
-        unsafe {
-            let mut previous: libc::cpu_set_t = std::mem::zeroed();
-            assert_eq!(libc::sched_getaffinity(0, size, &mut previous), 0);
-            let cpu = libc::sched_getcpu();
-            assert!(cpu >= 0, "sched_getcpu");
-            let mut one: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu as usize, &mut one);
-            assert_eq!(libc::sched_setaffinity(0, size, &one), 0);
-            OnOneCpu(previous)
+        for bind_first in [false, true] {
+            w.dp.apply(&allowed, &w.cgroups, &w.addrs).expect("apply");
+            let server = Server::tcp(None, Some(&w.host), server_addr).expect("tcp server");
+            connect_then(&mut w, server.addr(), bind_first, AfterConnect::Revoked);
         }
     }
 }
 
-impl Drop for OnOneCpu {
-    fn drop(&mut self) {
-        // SAFETY: as in `new`.
-        unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &self.0) };
+/// A connection whose destination the verdict cache no longer holds is
+/// judged as the connection `connect()` opened, from its socket: even
+/// with a service port above the client's own port, where a connection
+/// first seen mid-stream would be taken for one the other end opened (and
+/// here refused, since nothing may reach `a`).
+#[test]
+fn a_connection_the_verdict_cache_forgot_is_judged_as_the_one_connect_opened() {
+    let Some(_root) = require_root() else {
+        return;
+    };
+    // Above every port this host hands out to clients.
+    const PORT: u16 = 65_001;
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .expect("ip_local_port_range");
+    let highest: u16 = range
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("ip_local_port_range");
+    assert!(highest < PORT, "clients may get ports up to {highest}");
+    let mut w = WorkloadA::new("2001:db8:76::/64");
+    let allowed = host_allows(&w.host, &[PROTO_TCP], PORT);
+    w.dp.apply(&allowed, &w.cgroups, &w.addrs).expect("apply");
+    for server_addr in [w.host.socket_v4(PORT), w.host.socket_v6(PORT)] {
+        let server = Server::tcp(None, Some(&w.host), server_addr).expect("tcp server");
+        for bind_first in [false, true] {
+            connect_then(&mut w, server.addr(), bind_first, AfterConnect::Forgotten);
+        }
+    }
+}
+
+/// A connection that a listener of `a` accepted is never taken for one `a`
+/// opened, even when the verdict cache holds `a`'s verdict for the other
+/// end's very address and port: it is judged (inbound, to the listener's
+/// port) and keeps its flow on its socket, where a policy change finds it.
+#[test]
+fn an_accepted_connection_is_judged_even_when_the_cache_holds_its_peer() {
+    let Some(_root) = require_root() else {
+        return;
+    };
+    const LISTENER: u16 = 7300;
+    const PEER_PORT: u16 = 7301;
+    let mut w = WorkloadA::new("2001:db8:77::/64");
+    let mut p = host_allows(&w.host, &[PROTO_TCP], PEER_PORT);
+    entry(
+        &mut p,
+        A,
+        DIRECTION_INGRESS,
+        PROTO_TCP,
+        VENDOR,
+        LISTENER,
+        16,
+        ACTION_ALLOW,
+    );
+    w.dp.apply(&p, &w.cgroups, &w.addrs).expect("apply");
+    for (local, remote) in [
+        (w.host.local_ipv4(), w.host.ipv4()),
+        (w.host.local_ipv6(), w.host.ipv6()),
+    ] {
+        let (ready_rd, ready_wr) = pipe();
+        let dp_ref = &w.dp;
+        // Exit codes: 0 as expected; 10.. the step that failed.
+        let child = spawn_in_cgroup(w.a.path(), move || {
+            let Ok(listener) = TcpListener::bind(SocketAddr::new(local, LISTENER)) else {
+                return 10;
+            };
+            // `a` may open connections to the test host's port PEER_PORT:
+            // `connect` keeps that verdict, though nothing listens there.
+            match TcpStream::connect_timeout(&SocketAddr::new(remote, PEER_PORT), SHORT) {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+                _ => return 11,
+            }
+            // SAFETY: one byte to our own pipe.
+            if unsafe { libc::write(ready_wr, b"r".as_ptr().cast(), 1) } != 1 {
+                return 12;
+            }
+            if listener.set_nonblocking(true).is_err() {
+                return 13;
+            }
+            let deadline = std::time::Instant::now() + Duration::from_secs(3);
+            let mut accepted = loop {
+                match listener.accept() {
+                    Ok((stream, _)) => break stream,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        if std::time::Instant::now() > deadline {
+                            return 14;
+                        }
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Err(_) => return 15,
+                }
+            };
+            let _ = accepted.set_nonblocking(false);
+            let _ = accepted.set_read_timeout(Some(SHORT));
+            // Echo what the probe sends.
+            let mut buf = [0u8; 256];
+            let Ok(n @ 1..) = accepted.read(&mut buf) else {
+                return 16;
+            };
+            if accepted.write_all(&buf[..n]).is_err() {
+                return 17;
+            }
+            match dp_ref.socket_flow(accepted.as_fd()) {
+                Ok(Some(f))
+                    if f.local == A
+                        && f.remote == VENDOR
+                        && f.action == ACTION_ALLOW
+                        && f.direction == DIRECTION_INGRESS
+                        && f.service_port == LISTENER =>
+                {
+                    0
+                }
+                Ok(Some(_)) => 18,
+                Ok(None) => 19,
+                Err(_) => 20,
+            }
+        });
+        // The child's end only: a child that fails early closes the pipe.
+        // SAFETY: our copy of the write end, not used again.
+        unsafe { libc::close(ready_wr) };
+        let mut b = [0u8; 1];
+        // SAFETY: blocking read of one byte from our pipe.
+        let ready = unsafe { libc::read(ready_rd, b.as_mut_ptr().cast(), 1) } == 1;
+        let outcome = ready.then(|| {
+            probe(
+                Probe::tcp_connect(SocketAddr::new(local, LISTENER))
+                    .netns(&w.host)
+                    .bind(SocketAddr::new(remote, PEER_PORT))
+                    .timeout(SHORT)
+                    .run(),
+            )
+        });
+        let code = wait_child(child);
+        // SAFETY: our read end, not used again.
+        unsafe { libc::close(ready_rd) };
+        assert_eq!(
+            code, 0,
+            "{local}: step {code} failed (see the test's exit codes)"
+        );
+        assert_eq!(outcome, Some(ProbeOutcome::Ok), "{local}: the probe");
     }
 }
 
@@ -602,7 +820,6 @@ fn a_destination_reached_again_takes_the_cached_verdict_until_the_policy_changes
     };
     let mut w = WorkloadA::new("2001:db8:75::/64");
     let allowed = host_allows(&w.host, &[PROTO_TCP, PROTO_UDP], 8002);
-    let _cpu = OnOneCpu::new();
     let cached = |dp: &Dataplane| dp.global_counters().expect("counters").cached_verdicts;
     let run = |p: Probe| probe(p.cgroup(&w.a).timeout(SHORT).run());
 

@@ -5,6 +5,7 @@
 mod error;
 mod events;
 mod host;
+mod port_bits;
 mod programs;
 mod slots;
 mod test_run;
@@ -23,10 +24,10 @@ use aya::{
     programs::links::{FdLink, PinnedLink},
 };
 use enforcer_common::{
-    BoundPort, COUNTER_ACTIONS, Config, CounterKey, FlowKey, FlowValue,
-    GLOBAL_COUNTER_CACHED_VERDICTS, GLOBAL_COUNTER_DROPPED, GLOBAL_COUNTER_EVENTS_LOST,
+    BoundPort, CACHED_VERDICT_SLOTS, COUNTER_ACTIONS, CachedVerdict, Config, CounterKey, FlowKey,
+    FlowValue, GLOBAL_COUNTER_CACHED_VERDICTS, GLOBAL_COUNTER_DROPPED, GLOBAL_COUNTER_EVENTS_LOST,
     GLOBAL_COUNTER_NEW_FLOWS, GLOBAL_COUNTER_PACKETS, Identity, LAYOUT_DIR, MAX_FAILSAFE_PORTS,
-    MODE_ALLOW, MODE_AUDIT, MODE_ENFORCE, PortKey, SocketFlow, WORKLOAD_COUNTER_SLOTS, maps,
+    MODE_ALLOW, MODE_AUDIT, MODE_ENFORCE, PROTO_TCP, PortKey, WORKLOAD_COUNTER_SLOTS, maps,
 };
 
 pub use self::{
@@ -200,7 +201,7 @@ fn is_bpffs(path: &Path) -> bool {
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 
 /// The names of every map, for pinning.
-const ALL_MAPS: [&str; 19] = [
+const ALL_MAPS: [&str; 20] = [
     maps::CONFIG,
     maps::CGROUPS[0],
     maps::CGROUPS[1],
@@ -213,6 +214,7 @@ const ALL_MAPS: [&str; 19] = [
     maps::FLOWS,
     maps::SOCKET_FLOWS,
     maps::BOUND_PORTS,
+    maps::TCP_BOUND_PORT_BITS,
     maps::SOCKET_BINDS,
     maps::FAILSAFE,
     maps::EVENTS,
@@ -644,8 +646,10 @@ impl Dataplane {
     }
 
     /// The flow the kernel keeps on a connected TCP socket of this process
-    /// (`SOCKET_FLOWS`), if it has one yet.
-    pub fn socket_flow(&self, socket: BorrowedFd<'_>) -> Result<Option<SocketFlow>> {
+    /// (`SOCKET_FLOWS`), if it has one: a connection that `connect()`
+    /// opened to an allowed remote destination usually has none (the
+    /// verdict cache recognises its packets).
+    pub fn socket_flow(&self, socket: BorrowedFd<'_>) -> Result<Option<FlowValue>> {
         let name = maps::SOCKET_FLOWS;
         let Some(Map::SkStorage(map)) = self.ebpf.map(name) else {
             return Err(DataplaneError::MissingMap(name));
@@ -653,13 +657,13 @@ impl Dataplane {
         // Socket storage is keyed by a socket file descriptor of the caller;
         // aya has no typed wrapper for it, so this is the plain lookup.
         let key: i32 = socket.as_raw_fd();
-        let mut value = std::mem::MaybeUninit::<SocketFlow>::zeroed();
+        let mut value = std::mem::MaybeUninit::<FlowValue>::zeroed();
         let mut attr = [0u64; 4];
         attr[0] = u64::from(map.fd().as_fd().as_raw_fd() as u32);
         attr[1] = std::ptr::from_ref(&key) as u64;
         attr[2] = value.as_mut_ptr() as u64;
         // SAFETY: BPF_MAP_LOOKUP_ELEM reads the key and writes one value of
-        // the map's value size (`SocketFlow`: the map was created from the
+        // the map's value size (`FlowValue`: the map was created from the
         // kernel object built with this crate) into `value`.
         let rc = unsafe {
             libc::syscall(
@@ -671,7 +675,7 @@ impl Dataplane {
         };
         if rc == 0 {
             // SAFETY: the kernel wrote a whole value; any bit pattern is a
-            // valid `SocketFlow` (plain integers).
+            // valid `FlowValue` (plain integers).
             return Ok(Some(unsafe { value.assume_init() }));
         }
         let io_error = std::io::Error::last_os_error();
@@ -689,6 +693,23 @@ impl Dataplane {
     /// Forgets every tracked connection (tests and benchmarks).
     pub fn clear_flows(&mut self) -> Result<()> {
         slots::clear_hash::<FlowKey, FlowValue>(&mut self.ebpf, maps::FLOWS)
+    }
+
+    /// Empties the verdict cache (tests): each connection it recognised is
+    /// judged again at its next packet, and keeps its flow on its socket.
+    pub fn clear_cached_verdicts(&mut self) -> Result<()> {
+        let name = maps::CACHED_VERDICTS;
+        let mut m: Array<&mut MapData, CachedVerdict> = Array::try_from(
+            self.ebpf
+                .map_mut(name)
+                .ok_or(DataplaneError::MissingMap(name))?,
+        )
+        .map_err(type_err(name))?;
+        for index in 0..CACHED_VERDICT_SLOTS {
+            m.set(index, CachedVerdict::NEVER_WRITTEN, 0)
+                .map_err(write_err(name))?;
+        }
+        Ok(())
     }
 
     /// The bound ports learned from `bind()`.
@@ -717,9 +738,14 @@ impl Dataplane {
             ports.iter().map(|&(p, port, _)| (p, port)).collect();
         let existing: Vec<(PortKey, BoundPort)> =
             m.iter().collect::<Result<_, _>>().map_err(read_err(name))?;
+        // The per-packet path tests TCP ports in a bitmap beside the table.
+        let mut tcp_bits = Vec::new();
         for (k, v) in &existing {
             if v.cookie == 0 && !wanted.contains(&(k.protocol, k.port)) {
                 slots::removed(m.remove(k), name)?;
+                if k.protocol == PROTO_TCP {
+                    tcp_bits.push((k.port, false));
+                }
             }
         }
         // `BPF_NOEXIST` from the kernel's uapi (not in the libc crate).
@@ -742,8 +768,27 @@ impl Dataplane {
                     if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
                 Err(e) => return Err(write_err(name)(e)),
             }
+            if protocol == PROTO_TCP {
+                tcp_bits.push((port, true));
+            }
         }
+        port_bits::mark(self.array_map_data(maps::TCP_BOUND_PORT_BITS)?, &tcp_bits)?;
         Ok(added)
+    }
+
+    /// Whether the per-packet path takes this TCP port for one that a
+    /// socket of this host bound (`TCP_BOUND_PORT_BITS`).
+    pub fn tcp_port_marked_bound(&self, port: u16) -> Result<bool> {
+        port_bits::is_marked(self.array_map_data(maps::TCP_BOUND_PORT_BITS)?, port)
+    }
+
+    /// An array map's handle, for what aya has no typed access to.
+    fn array_map_data(&self, name: &'static str) -> Result<&MapData> {
+        match self.ebpf.map(name) {
+            Some(Map::Array(data)) => Ok(data),
+            // The object defines it as an array: another type is not it.
+            _ => Err(DataplaneError::MissingMap(name)),
+        }
     }
 
     /// Removes everything pinned under `<pin_root>/v<LAYOUT_VERSION>`, and
