@@ -11,6 +11,7 @@ use aya_ebpf::{
     bindings::{BPF_TCP_LISTEN, bpf_sock},
     helpers::{
         bpf_get_socket_cookie, bpf_sk_fullsock, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id,
+        bpf_tcp_sock,
     },
     programs::SkBuffContext,
 };
@@ -279,21 +280,48 @@ fn known_connection(
 ) -> Option<(Identity, u8)> {
     // SAFETY: `sk` is a full socket (see `connected_tcp_socket`).
     let Some(stored) = (unsafe { maps::SOCKET_FLOWS.get(sk) }) else {
-        return cached_connection(ctx, cfg, sk).map(|local| (local, ACTION_ALLOW));
+        let flow = cached_connection(ctx, cfg, sk)?;
+        if long_lived(sk) {
+            // From here on the flow on the socket is cheaper to find.
+            // SAFETY: as above. Without memory for it, the cache serves.
+            let _ = unsafe { maps::SOCKET_FLOWS.set(sk, &flow) };
+        }
+        return Some((flow.local, ACTION_ALLOW));
     };
     // SAFETY: the socket's storage, which lives as long as the socket.
     let flow = unsafe { &*stored };
     (flow.generation == cfg.generation).then_some((flow.local, flow.action))
 }
 
-/// The local workload of a connection that `connect()` opened, when the
-/// verdict cache holds its destination (allowed for the socket's cgroup
-/// under the current generation). Such a connection's verdict is that of
-/// its destination, which is why it needs no flow of its own. A connection
-/// a listener accepted is never taken for one: the cache holds what a
+/// Segments a connection sends and receives before its flow goes onto its
+/// socket. A short connection (a request and its answer) stays below and
+/// never pays for the storage; a longer one pays once, and its packets
+/// then find their flow on the socket, which touches fewer cache lines
+/// than the verdict cache (a packet after an idle wait finds them cold).
+const SEGMENTS_BEFORE_STORAGE: u32 = 16;
+
+/// Whether a connection has carried enough segments to keep its flow.
+#[inline(always)]
+fn long_lived(sk: *mut bpf_sock) -> bool {
+    // SAFETY: a helper on a full socket; it returns null for another
+    // protocol than TCP.
+    let tcp = unsafe { bpf_tcp_sock(sk) };
+    if tcp.is_null() {
+        return false;
+    }
+    // SAFETY: fields of the TCP socket, checked by the verifier.
+    let (sent, received) = unsafe { ((*tcp).segs_out, (*tcp).segs_in) };
+    sent.saturating_add(received) >= SEGMENTS_BEFORE_STORAGE
+}
+
+/// The flow of a connection that `connect()` opened, when the verdict cache
+/// holds its destination (allowed for the socket's cgroup under the
+/// current generation). Such a connection's verdict is that of its
+/// destination, which is why it needs no flow of its own. A connection a
+/// listener accepted is never taken for one: the cache holds what a
 /// workload may open, not what it may accept.
 #[inline(always)]
-fn cached_connection(ctx: &SkBuffContext, cfg: &Config, sk: *mut bpf_sock) -> Option<Identity> {
+fn cached_connection(ctx: &SkBuffContext, cfg: &Config, sk: *mut bpf_sock) -> Option<FlowValue> {
     let (family, addr, port) = destination(sk)?;
     // SAFETY: a helper on the program's own context: the socket's cgroup,
     // which `connect4|6` keyed the verdict by (the process's, unless the
@@ -302,7 +330,18 @@ fn cached_connection(ctx: &SkBuffContext, cfg: &Config, sk: *mut bpf_sock) -> Op
     let cached = maps::cached_verdict(CachedVerdict::slot(cgroup_id, &addr, port, PROTO_TCP));
     (cached.matches(cgroup_id, family, PROTO_TCP, &addr, port, cfg.generation)
         && opened_by_connect(ctx, sk))
-    .then_some(cached.local)
+    .then_some(FlowValue {
+        generation: cached.generation,
+        local: cached.local,
+        remote: cached.remote,
+        rule: cached.rule,
+        cgroup_id,
+        last_event_ns: 0,
+        action: ACTION_ALLOW,
+        direction: DIRECTION_EGRESS,
+        service_port: port,
+        quiet_until: 0,
+    })
 }
 
 /// Where a connected socket is connected to: family, address (network

@@ -476,9 +476,9 @@ fn host_allows(host: &TestHost, protocols: &[u8], port: u16) -> CompiledPolicy {
     p
 }
 
-/// What happens to a TCP connection that `connect()` opened to a remote
-/// destination, while the policy allows it, and once a change in the
-/// cgroup's verdict cache or in the policy reaches it.
+/// What happens to a short TCP connection that `connect()` opened to a
+/// remote destination, while the policy allows it, once a change in the
+/// verdict cache or in the policy reaches it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum AfterConnect {
     /// The policy stops allowing it: its next packet is judged and dropped.
@@ -663,6 +663,69 @@ fn a_tcp_connection_takes_its_verdict_from_the_cache_and_is_revoked() {
             let server = Server::tcp(None, Some(&w.host), server_addr).expect("tcp server");
             connect_then(&mut w, server.addr(), bind_first, AfterConnect::Revoked);
         }
+    }
+}
+
+/// A connection that carries more than a request and its answer moves its
+/// verdict from the cache onto its socket, without being judged: from then
+/// on its packets find it there.
+#[test]
+fn a_long_connection_moves_its_cached_verdict_onto_its_socket() {
+    let Some(_root) = require_root() else {
+        return;
+    };
+    let mut w = WorkloadA::new("2001:db8:78::/64");
+    let allowed = host_allows(&w.host, &[PROTO_TCP], 8004);
+    w.dp.apply(&allowed, &w.cgroups, &w.addrs).expect("apply");
+    for server_addr in [w.host.socket_v4(8004), w.host.socket_v6(8004)] {
+        let server = Server::tcp(None, Some(&w.host), server_addr).expect("tcp server");
+        let to = server.addr();
+        let dp_ref = &w.dp;
+        // Exit codes: 0 as expected; 10.. the step that failed.
+        let child = spawn_in_cgroup(w.a.path(), move || {
+            let new_flows = || dp_ref.global_counters().map(|c| c.new_flows).ok();
+            let before = new_flows();
+            let Ok(mut c) = TcpStream::connect_timeout(&to, SHORT) else {
+                return 10;
+            };
+            let _ = c.set_read_timeout(Some(SHORT));
+            let mut b = [0u8; 1];
+            if c.write_all(b"x").is_err() || c.read_exact(&mut b).is_err() {
+                return 11;
+            }
+            // A request and its answer: still nothing on the socket.
+            if !matches!(dp_ref.socket_flow(c.as_fd()), Ok(None)) {
+                return 12;
+            }
+            // Each round trip is at least a segment each way.
+            for _ in 0..20 {
+                if c.write_all(b"x").is_err() || c.read_exact(&mut b).is_err() {
+                    return 13;
+                }
+            }
+            if before.is_none() || new_flows() != before {
+                return 14;
+            }
+            match dp_ref.socket_flow(c.as_fd()) {
+                Ok(Some(f))
+                    if f.local == A
+                        && f.remote == VENDOR
+                        && f.action == ACTION_ALLOW
+                        && f.direction == DIRECTION_EGRESS
+                        && f.service_port == to.port() =>
+                {
+                    0
+                }
+                Ok(Some(_)) => 15,
+                Ok(None) => 16,
+                Err(_) => 17,
+            }
+        });
+        let code = wait_child(child);
+        assert_eq!(
+            code, 0,
+            "{to}: step {code} failed (see the test's exit codes)"
+        );
     }
 }
 
