@@ -21,8 +21,8 @@ use enforcer::{
     dataplane::{Dataplane, DataplaneOptions, HostAddrs, ResolvedCgroup},
 };
 use enforcer_common::{
-    ACTION_ALLOW, ACTION_DENY, AddrKey4, AddrKey6, DIRECTION_EGRESS, DIRECTION_INGRESS, Identity,
-    MODE_ENFORCE, PROTO_ICMP, PROTO_TCP, PROTO_UDP, VerdictKey, VerdictValue,
+    ACTION_ALLOW, ACTION_DENY, AddrKey4, AddrKey6, DIRECTION_EGRESS, DIRECTION_INGRESS, FlowValue,
+    Identity, MODE_ENFORCE, PROTO_ICMP, PROTO_TCP, PROTO_UDP, VerdictKey, VerdictValue,
 };
 use enforcer_tests::{CgroupGuard, Probe, ProbeOutcome, Server, TestHost};
 
@@ -476,6 +476,16 @@ fn host_allows(host: &TestHost, protocols: &[u8], port: u16) -> CompiledPolicy {
     p
 }
 
+/// Whether a socket's flow is workload `a`'s with the test host (`vendor`),
+/// with this action, opener and service port.
+fn is_flow_of_a(flow: &FlowValue, action: u8, opener: u8, service_port: u16) -> bool {
+    flow.local == A
+        && flow.remote == VENDOR
+        && flow.action == action
+        && flow.direction == opener
+        && flow.service_port == service_port
+}
+
 /// What happens to a short TCP connection that `connect()` opened to a
 /// remote destination, while the policy allows it, once a change in the
 /// verdict cache or in the policy reaches it.
@@ -553,15 +563,7 @@ fn connect_then(w: &mut WorkloadA, to: SocketAddr, bind_first: bool, change: Aft
         };
         // Judged as what it is, and kept on the socket.
         match dp_ref.socket_flow(c.as_fd()) {
-            Ok(Some(f))
-                if f.local == A
-                    && f.remote == VENDOR
-                    && f.action == expected_action
-                    && f.direction == DIRECTION_EGRESS
-                    && f.service_port == to.port() =>
-            {
-                0
-            }
+            Ok(Some(f)) if is_flow_of_a(&f, expected_action, DIRECTION_EGRESS, to.port()) => 0,
             Ok(Some(_)) => 21,
             Ok(None) => 22,
             Err(_) => 23,
@@ -707,15 +709,7 @@ fn a_long_connection_moves_its_cached_verdict_onto_its_socket() {
                 return 14;
             }
             match dp_ref.socket_flow(c.as_fd()) {
-                Ok(Some(f))
-                    if f.local == A
-                        && f.remote == VENDOR
-                        && f.action == ACTION_ALLOW
-                        && f.direction == DIRECTION_EGRESS
-                        && f.service_port == to.port() =>
-                {
-                    0
-                }
+                Ok(Some(f)) if is_flow_of_a(&f, ACTION_ALLOW, DIRECTION_EGRESS, to.port()) => 0,
                 Ok(Some(_)) => 15,
                 Ok(None) => 16,
                 Err(_) => 17,
@@ -832,15 +826,7 @@ fn an_accepted_connection_is_judged_even_when_the_cache_holds_its_peer() {
                 return 17;
             }
             match dp_ref.socket_flow(accepted.as_fd()) {
-                Ok(Some(f))
-                    if f.local == A
-                        && f.remote == VENDOR
-                        && f.action == ACTION_ALLOW
-                        && f.direction == DIRECTION_INGRESS
-                        && f.service_port == LISTENER =>
-                {
-                    0
-                }
+                Ok(Some(f)) if is_flow_of_a(&f, ACTION_ALLOW, DIRECTION_INGRESS, LISTENER) => 0,
                 Ok(Some(_)) => 18,
                 Ok(None) => 19,
                 Err(_) => 20,
