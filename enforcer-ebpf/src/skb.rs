@@ -368,6 +368,35 @@ fn destination(sk: *mut bpf_sock) -> Option<(u8, [u32; 4], u16)> {
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
 
+/// Marks the port of the listener a SYN reached, when `post_bind4|6` did
+/// not: a socket that listens without `bind()` gets its port from the
+/// kernel without passing them, and the sockets it accepts must not take
+/// the verdict cache either (see [`opened_by_connect`]). The bit is only
+/// written when unset; it stays after the listener closes, which costs
+/// a client that later gets this port only the slower path.
+#[inline(always)]
+fn mark_listener_port(ctx: &SkBuffContext, port: u16) {
+    if maps::tcp_port_bound(port) {
+        return;
+    }
+    // SAFETY: reading the program's own context (a socket pointer that
+    // may be null), then a helper on it.
+    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return;
+    }
+    // SAFETY: as above.
+    let full = unsafe { bpf_sk_fullsock(sk) };
+    if full.is_null() {
+        return;
+    }
+    // SAFETY: fields of a full socket, checked by the verifier.
+    let (protocol, state) = unsafe { ((*full).protocol, (*full).state) };
+    if protocol == u32::from(PROTO_TCP) && state == BPF_TCP_LISTEN {
+        maps::mark_tcp_port(port, true);
+    }
+}
+
 /// Whether a connected TCP socket opened its connection with `connect()`
 /// rather than being accepted by a listener: an accepted socket has its
 /// listener's port, which a socket of this host bound (`BOUND_PORTS`);
@@ -441,6 +470,9 @@ fn judge_packet(
     let mut last_event_ns = 0;
     let mut quiet_until_jiffies = 0;
     let mut opener_service = None;
+    if direction == DIRECTION_INGRESS && p.is_tcp_syn() {
+        mark_listener_port(ctx, key.local_port);
+    }
     let store = store_of(ctx, p);
     if let Some(flow) = store.find(p, key) {
         // SAFETY: a pointer into a map value: the LRU may recycle a `FLOWS`

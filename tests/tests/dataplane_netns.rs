@@ -758,6 +758,8 @@ fn a_connection_the_verdict_cache_forgot_is_judged_as_the_one_connect_opened() {
 /// opened, even when the verdict cache holds `a`'s verdict for the other
 /// end's very address and port: it is judged (inbound, to the listener's
 /// port) and keeps its flow on its socket, where a policy change finds it.
+/// Also when the listener never called `bind()` (the kernel chose its port
+/// at `listen()`, where `post_bind4|6` do not run).
 #[test]
 fn an_accepted_connection_is_judged_even_when_the_cache_holds_its_peer() {
     let Some(_root) = require_root() else {
@@ -767,14 +769,16 @@ fn an_accepted_connection_is_judged_even_when_the_cache_holds_its_peer() {
     const PEER_PORT: u16 = 7301;
     let mut w = WorkloadA::new("2001:db8:77::/64");
     let mut p = host_allows(&w.host, &[PROTO_TCP], PEER_PORT);
+    // Inbound from the test host to every port: an unbound listener's port
+    // is the kernel's choice.
     entry(
         &mut p,
         A,
         DIRECTION_INGRESS,
         PROTO_TCP,
         VENDOR,
-        LISTENER,
-        16,
+        0,
+        0,
         ACTION_ALLOW,
     );
     w.dp.apply(&p, &w.cgroups, &w.addrs).expect("apply");
@@ -782,79 +786,127 @@ fn an_accepted_connection_is_judged_even_when_the_cache_holds_its_peer() {
         (w.host.local_ipv4(), w.host.ipv4()),
         (w.host.local_ipv6(), w.host.ipv6()),
     ] {
-        let (ready_rd, ready_wr) = pipe();
-        let dp_ref = &w.dp;
-        // Exit codes: 0 as expected; 10.. the step that failed.
-        let child = spawn_in_cgroup(w.a.path(), move || {
-            let Ok(listener) = TcpListener::bind(SocketAddr::new(local, LISTENER)) else {
-                return 10;
-            };
-            // `a` may open connections to the test host's port PEER_PORT:
-            // `connect` keeps that verdict, though nothing listens there.
-            match TcpStream::connect_timeout(&SocketAddr::new(remote, PEER_PORT), SHORT) {
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
-                _ => return 11,
-            }
-            // SAFETY: one byte to our own pipe.
-            if unsafe { libc::write(ready_wr, b"r".as_ptr().cast(), 1) } != 1 {
-                return 12;
-            }
-            if listener.set_nonblocking(true).is_err() {
-                return 13;
-            }
-            let deadline = std::time::Instant::now() + Duration::from_secs(3);
-            let mut accepted = loop {
-                match listener.accept() {
-                    Ok((stream, _)) => break stream,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        if std::time::Instant::now() > deadline {
-                            return 14;
-                        }
-                        std::thread::sleep(Duration::from_millis(10));
+        for bound in [true, false] {
+            accept_with_the_peer_cached(&w, local, remote, bound, LISTENER, PEER_PORT);
+        }
+    }
+}
+
+/// One case of [`an_accepted_connection_is_judged_even_when_the_cache_holds_its_peer`]:
+/// a listener of `a` on `local` (port `listener_port`, or the kernel's
+/// choice when not `bound`), `a`'s verdict for `remote:peer_port` in the
+/// cache, and a probe from `remote:peer_port` to the listener.
+fn accept_with_the_peer_cached(
+    w: &WorkloadA,
+    local: std::net::IpAddr,
+    remote: std::net::IpAddr,
+    bound: bool,
+    listener_port: u16,
+    peer_port: u16,
+) {
+    let (ready_rd, ready_wr) = pipe();
+    let dp_ref = &w.dp;
+    // Exit codes: 0 as expected; 10.. the step that failed.
+    let child = spawn_in_cgroup(w.a.path(), move || {
+        let listening = if bound {
+            TcpListener::bind(SocketAddr::new(local, listener_port))
+        } else {
+            listen_unbound(local.is_ipv4())
+        };
+        let Ok(listener) = listening else {
+            return 10;
+        };
+        let Ok(port) = listener.local_addr().map(|a| a.port()) else {
+            return 10;
+        };
+        // `a` may open connections to the test host's port PEER_PORT:
+        // `connect` keeps that verdict, though nothing listens there.
+        match TcpStream::connect_timeout(&SocketAddr::new(remote, peer_port), SHORT) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+            _ => return 11,
+        }
+        // The listener's port, to our own pipe.
+        // SAFETY: two bytes from our stack to our own pipe.
+        if unsafe { libc::write(ready_wr, port.to_ne_bytes().as_ptr().cast(), 2) } != 2 {
+            return 12;
+        }
+        if listener.set_nonblocking(true).is_err() {
+            return 13;
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        let mut accepted = loop {
+            match listener.accept() {
+                Ok((stream, _)) => break stream,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if std::time::Instant::now() > deadline {
+                        return 14;
                     }
-                    Err(_) => return 15,
+                    std::thread::sleep(Duration::from_millis(10));
                 }
-            };
-            let _ = accepted.set_nonblocking(false);
-            let _ = accepted.set_read_timeout(Some(SHORT));
-            // Echo what the probe sends.
-            let mut buf = [0u8; 256];
-            let Ok(n @ 1..) = accepted.read(&mut buf) else {
-                return 16;
-            };
-            if accepted.write_all(&buf[..n]).is_err() {
-                return 17;
+                Err(_) => return 15,
             }
-            match dp_ref.socket_flow(accepted.as_fd()) {
-                Ok(Some(f)) if is_flow_of_a(&f, ACTION_ALLOW, DIRECTION_INGRESS, LISTENER) => 0,
-                Ok(Some(_)) => 18,
-                Ok(None) => 19,
-                Err(_) => 20,
-            }
-        });
-        // The child's end only: a child that fails early closes the pipe.
-        // SAFETY: our copy of the write end, not used again.
-        unsafe { libc::close(ready_wr) };
-        let mut b = [0u8; 1];
-        // SAFETY: blocking read of one byte from our pipe.
-        let ready = unsafe { libc::read(ready_rd, b.as_mut_ptr().cast(), 1) } == 1;
-        let outcome = ready.then(|| {
-            probe(
-                Probe::tcp_connect(SocketAddr::new(local, LISTENER))
-                    .netns(&w.host)
-                    .bind(SocketAddr::new(remote, PEER_PORT))
-                    .timeout(SHORT)
-                    .run(),
-            )
-        });
-        let code = wait_child(child);
-        // SAFETY: our read end, not used again.
-        unsafe { libc::close(ready_rd) };
-        assert_eq!(
-            code, 0,
-            "{local}: step {code} failed (see the test's exit codes)"
-        );
-        assert_eq!(outcome, Some(ProbeOutcome::Ok), "{local}: the probe");
+        };
+        let _ = accepted.set_nonblocking(false);
+        let _ = accepted.set_read_timeout(Some(SHORT));
+        // Echo what the probe sends.
+        let mut buf = [0u8; 256];
+        let Ok(n @ 1..) = accepted.read(&mut buf) else {
+            return 16;
+        };
+        if accepted.write_all(&buf[..n]).is_err() {
+            return 17;
+        }
+        match dp_ref.socket_flow(accepted.as_fd()) {
+            Ok(Some(f)) if is_flow_of_a(&f, ACTION_ALLOW, DIRECTION_INGRESS, port) => 0,
+            Ok(Some(_)) => 18,
+            Ok(None) => 19,
+            Err(_) => 20,
+        }
+    });
+    // The child's end only: a child that fails early closes the pipe.
+    // SAFETY: our copy of the write end, not used again.
+    unsafe { libc::close(ready_wr) };
+    let mut b = [0u8; 2];
+    // SAFETY: blocking read of two bytes from our pipe.
+    let ready = unsafe { libc::read(ready_rd, b.as_mut_ptr().cast(), 2) } == 2;
+    let outcome = ready.then(|| {
+        probe(
+            Probe::tcp_connect(SocketAddr::new(local, u16::from_ne_bytes(b)))
+                .netns(&w.host)
+                .bind(SocketAddr::new(remote, peer_port))
+                .timeout(SHORT)
+                .run(),
+        )
+    });
+    let code = wait_child(child);
+    // SAFETY: our read end, not used again.
+    unsafe { libc::close(ready_rd) };
+    assert_eq!(
+        code, 0,
+        "{local} (bound {bound}): step {code} failed (see the test's exit codes)"
+    );
+    assert_eq!(
+        outcome,
+        Some(ProbeOutcome::Ok),
+        "{local} (bound {bound}): the probe"
+    );
+}
+
+/// A TCP socket that listens without binding: the kernel picks its port
+/// (on every address of the family) at `listen()`.
+fn listen_unbound(ipv4: bool) -> std::io::Result<TcpListener> {
+    let family = if ipv4 { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: plain socket syscalls on a descriptor this function owns.
+    unsafe {
+        let fd = libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let listener = <TcpListener as std::os::fd::FromRawFd>::from_raw_fd(fd);
+        if libc::listen(fd, 16) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(listener)
     }
 }
 
