@@ -250,6 +250,14 @@ fn store_of(ctx: &SkBuffContext, p: &Packet) -> Store {
 /// (a listener sees the first packets of every connection to its port).
 #[inline(always)]
 fn connected_tcp_socket(ctx: &SkBuffContext) -> Option<*mut bpf_sock> {
+    tcp_socket(ctx)
+        .filter(|&(_, state)| state != BPF_TCP_LISTEN)
+        .map(|(sk, _)| sk)
+}
+
+/// The packet's socket when it is a full TCP socket, and its state.
+#[inline(always)]
+fn tcp_socket(ctx: &SkBuffContext) -> Option<(*mut bpf_sock, u32)> {
     // SAFETY: reading the program's own context; the verifier types the
     // field as a socket pointer that may be null.
     let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
@@ -263,7 +271,7 @@ fn connected_tcp_socket(ctx: &SkBuffContext) -> Option<*mut bpf_sock> {
     }
     // SAFETY: fields of a full socket, checked by the verifier.
     let (protocol, state) = unsafe { ((*full).protocol, (*full).state) };
-    (protocol == u32::from(PROTO_TCP) && state != BPF_TCP_LISTEN).then_some(full)
+    (protocol == u32::from(PROTO_TCP)).then_some((full, state))
 }
 
 /// The local workload and action of the socket's connection when they are
@@ -376,23 +384,9 @@ const AF_INET6: u32 = 10;
 /// a client that later gets this port only the slower path.
 #[inline(always)]
 fn mark_listener_port(ctx: &SkBuffContext, port: u16) {
-    if maps::tcp_port_bound(port) {
-        return;
-    }
-    // SAFETY: reading the program's own context (a socket pointer that
-    // may be null), then a helper on it.
-    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
-    if sk.is_null() {
-        return;
-    }
-    // SAFETY: as above.
-    let full = unsafe { bpf_sk_fullsock(sk) };
-    if full.is_null() {
-        return;
-    }
-    // SAFETY: fields of a full socket, checked by the verifier.
-    let (protocol, state) = unsafe { ((*full).protocol, (*full).state) };
-    if protocol == u32::from(PROTO_TCP) && state == BPF_TCP_LISTEN {
+    if !maps::tcp_port_bound(port)
+        && tcp_socket(ctx).is_some_and(|(_, state)| state == BPF_TCP_LISTEN)
+    {
         maps::mark_tcp_port(port, true);
     }
 }
