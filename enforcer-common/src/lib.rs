@@ -377,6 +377,20 @@ pub struct CachedVerdict {
     pub seal: u64,
 }
 
+/// A destination as the verdict cache and the judgement take it: an
+/// IPv4-mapped IPv6 address (`::ffff:a.b.c.d`), which a dual-stack socket
+/// sends as IPv4, becomes that IPv4 address. `addr` is four network-order
+/// words (see [`CachedVerdict::addr`]), an IPv4 address in the first.
+#[inline(always)]
+pub fn ipv4_unmapped(family: u8, addr: [u32; 4]) -> (u8, [u32; 4]) {
+    // The third word holds the bytes 00 00 ff ff in memory order.
+    if family == 6 && addr[0] == 0 && addr[1] == 0 && addr[2] == 0x0000_ffff_u32.to_be() {
+        (4, [addr[3], 0, 0, 0])
+    } else {
+        (family, addr)
+    }
+}
+
 /// Slots of [`maps::CACHED_VERDICTS`] (a power of two): destinations
 /// (per cgroup) that keep their verdict at once, before two of them are
 /// likely to share a slot.
@@ -686,6 +700,26 @@ mod tests {
             ..first
         };
         assert!(!late_seal.matches(4242, 6, PROTO_TCP, &[7; 4], 5432, 9));
+    }
+
+    #[test]
+    fn an_ipv4_mapped_address_becomes_ipv4_and_others_stay() {
+        let words = |b: [u8; 16]| {
+            [0, 4, 8, 12].map(|i| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]))
+        };
+        let v4 = u32::from_ne_bytes([198, 51, 100, 2]);
+        let mapped = words(
+            core::net::Ipv4Addr::new(198, 51, 100, 2)
+                .to_ipv6_mapped()
+                .octets(),
+        );
+        assert_eq!(ipv4_unmapped(6, mapped), (4, [v4, 0, 0, 0]));
+        let v6 = words(core::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0xffff, 2).octets());
+        assert_eq!(ipv4_unmapped(6, v6), (6, v6));
+        // `::ffff:0:a.b.c.d` (IPv4-translated) is not mapped.
+        let translated = words([0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 198, 51, 100, 2]);
+        assert_eq!(ipv4_unmapped(6, translated), (6, translated));
+        assert_eq!(ipv4_unmapped(4, [v4, 0, 0, 0]), (4, [v4, 0, 0, 0]));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use aya_ebpf::{
 use enforcer_common::{
     ACTION_ALLOW, ACTION_DENY, CachedVerdict, Config, DIRECTION_EGRESS, DIRECTION_INGRESS, FlowKey,
     FlowValue, GLOBAL_COUNTER_DROPPED, GLOBAL_COUNTER_NEW_FLOWS, GLOBAL_COUNTER_PACKETS, Identity,
-    PROTO_TCP,
+    PROTO_TCP, ipv4_unmapped,
     packet::{
         self, Bytes, CLASS_ECHO_REPLY, CLASS_ICMP_ERROR, CLASS_NEIGHBOUR_DISCOVERY, Packet,
         PacketBytes, TCP_ACK, TCP_SYN,
@@ -366,11 +366,9 @@ fn destination(sk: *mut bpf_sock) -> Option<(u8, [u32; 4], u16)> {
     if s.family != AF_INET6 {
         return None;
     }
-    let a = [s.dst_ip6[0], s.dst_ip6[1], s.dst_ip6[2], s.dst_ip6[3]];
-    if a[0] == 0 && a[1] == 0 && a[2] == u32::from_be(0x0000_ffff).to_be() {
-        return Some((4, [a[3], 0, 0, 0], port));
-    }
-    Some((6, a, port))
+    let words = [s.dst_ip6[0], s.dst_ip6[1], s.dst_ip6[2], s.dst_ip6[3]];
+    let (family, addr) = ipv4_unmapped(6, words);
+    Some((family, addr, port))
 }
 
 const AF_INET: u32 = 2;

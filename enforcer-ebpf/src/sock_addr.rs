@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use enforcer_common::{
     ACTION_ALLOW, ACTION_DENY, CachedVerdict, Config, DIRECTION_EGRESS, DIRECTION_INGRESS, FlowKey,
-    FlowValue, GLOBAL_COUNTER_CACHED_VERDICTS, PROTO_TCP, PROTO_UDP,
+    FlowValue, GLOBAL_COUNTER_CACHED_VERDICTS, PROTO_TCP, PROTO_UDP, ipv4_unmapped,
 };
 
 use crate::{
@@ -52,8 +52,7 @@ pub fn handle(ctx: &SockAddrContext, family: u8) -> i32 {
         }
     }
     // Network byte order, word by word (see `CachedVerdict::addr`).
-    let mut family = family;
-    let mut addr = if family == 4 {
+    let words = if family == 4 {
         [sa.user_ip4, 0, 0, 0]
     } else {
         [
@@ -63,11 +62,7 @@ pub fn handle(ctx: &SockAddrContext, family: u8) -> i32 {
             sa.user_ip6[3],
         ]
     };
-    // A dual-stack socket sending to ::ffff:a.b.c.d sends IPv4.
-    if family == 6 && addr[0] == 0 && addr[1] == 0 && addr[2] == u32::from_be(0x0000_ffff).to_be() {
-        addr = [addr[3], 0, 0, 0];
-        family = 4;
-    }
+    let (family, addr) = ipv4_unmapped(family, words);
     let port = u16::from_be(sa.user_port as u16);
     // SAFETY: a helper without memory arguments.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };

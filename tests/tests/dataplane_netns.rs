@@ -910,6 +910,42 @@ fn listen_unbound(ipv4: bool) -> std::io::Result<TcpListener> {
     }
 }
 
+/// A dual-stack socket connecting to an IPv4-mapped IPv6 address
+/// (`::ffff:a.b.c.d`) sends IPv4, and is judged as IPv4: allowed where the
+/// IPv4 address is, refused where it is not, and its packets recognised by
+/// the verdict cache that `connect6` filled (none of them judged).
+#[test]
+fn an_ipv4_mapped_destination_is_judged_as_ipv4() {
+    let Some(_root) = require_root() else {
+        return;
+    };
+    let mut w = WorkloadA::new("2001:db8:79::/64");
+    let allowed = host_allows(&w.host, &[PROTO_TCP], 8005);
+    w.dp.apply(&allowed, &w.cgroups, &w.addrs).expect("apply");
+    let server = Server::tcp(None, Some(&w.host), w.host.socket_v4(8005)).expect("tcp server");
+    let mapped = |port: u16| {
+        let std::net::IpAddr::V4(v4) = w.host.ipv4() else {
+            panic!("the test host's IPv4 address");
+        };
+        SocketAddr::new(v4.to_ipv6_mapped().into(), port)
+    };
+    let run = |p: Probe| probe(p.cgroup(&w.a).timeout(SHORT).run());
+    let new_flows = |dp: &Dataplane| dp.global_counters().expect("counters").new_flows;
+
+    let before = new_flows(&w.dp);
+    assert_eq!(
+        run(Probe::tcp_connect(mapped(server.addr().port()))),
+        ProbeOutcome::Ok,
+        "allowed"
+    );
+    assert_eq!(new_flows(&w.dp), before, "no packet judged");
+    assert_eq!(
+        run(Probe::tcp_connect(mapped(8006))),
+        ProbeOutcome::Eperm,
+        "refused"
+    );
+}
+
 /// `connect` and `sendmsg` keep the verdicts that allowed a remote
 /// destination: the next connection (or datagram) from the same cgroup to
 /// the same address, port and protocol takes it without being judged, and
