@@ -540,15 +540,6 @@ pub const MAX_PREFIXES_V6: u32 = 262_144;
 pub const MAX_VERDICTS: u32 = 1_048_576;
 pub const MAX_FLOWS: u32 = 262_144;
 pub const MAX_BOUND_PORTS: u32 = 65_536;
-/// Words of [`maps::TCP_BOUND_PORT_BITS`]: one bit per TCP port.
-pub const TCP_BOUND_PORT_WORDS: u32 = 65_536 / 64;
-
-/// The word of [`maps::TCP_BOUND_PORT_BITS`] holding a port's bit, and the
-/// bit.
-#[inline(always)]
-pub const fn tcp_bound_port_bit(port: u16) -> (u32, u64) {
-    ((port >> 6) as u32, 1 << (port & 63))
-}
 pub const MAX_FAILSAFE_PORTS: u32 = 64;
 pub const MAX_COUNTERS: u32 = 16_384;
 /// Local identities (`host` and the first workloads) below this are counted
@@ -560,6 +551,16 @@ pub const COUNTED_IDENTITIES: u32 = 1024;
 pub const COUNTER_ACTIONS: u32 = 4;
 pub const WORKLOAD_COUNTER_SLOTS: u32 = COUNTED_IDENTITIES * COUNTER_ACTIONS;
 pub const EVENTS_RING_BYTES: u32 = 1 << 20;
+
+/// Words of [`maps::TCP_BOUND_PORT_BITS`]: one bit per TCP port.
+pub const TCP_BOUND_PORT_WORDS: u32 = 65_536 / 64;
+
+/// The word of [`maps::TCP_BOUND_PORT_BITS`] holding a port's bit, and the
+/// bit.
+#[inline(always)]
+pub const fn tcp_bound_port_bit(port: u16) -> (u32, u64) {
+    ((port >> 6) as u32, 1 << (port & 63))
+}
 
 /// Map names, as the kernel program declares them and the loader pins them.
 pub mod maps {

@@ -368,13 +368,9 @@ impl Dataplane {
             ..cfg
         };
         let name = maps::CONFIG;
-        let mut m: Array<&mut MapData, Config> = Array::try_from(
-            self.ebpf
-                .map_mut(name)
-                .ok_or(DataplaneError::MissingMap(name))?,
-        )
-        .map_err(type_err(name))?;
-        m.set(0, cfg, 0).map_err(write_err(name))
+        self.array_mut::<Config>(name)?
+            .set(0, cfg, 0)
+            .map_err(write_err(name))
     }
 
     /// Bumps the generation so that every flow is judged again at its next
@@ -627,6 +623,14 @@ impl Dataplane {
         HashMap::try_from(map).map_err(type_err(name))
     }
 
+    fn array_mut<V: aya::Pod>(&mut self, name: &'static str) -> Result<Array<&mut MapData, V>> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DataplaneError::MissingMap(name))?;
+        Array::try_from(map).map_err(type_err(name))
+    }
+
     /// Every tracked connection.
     pub fn flows(&self) -> Result<Vec<(FlowKey, FlowValue)>> {
         let name = maps::FLOWS;
@@ -699,12 +703,7 @@ impl Dataplane {
     /// judged again at its next packet, and keeps its flow on its socket.
     pub fn clear_cached_verdicts(&mut self) -> Result<()> {
         let name = maps::CACHED_VERDICTS;
-        let mut m: Array<&mut MapData, CachedVerdict> = Array::try_from(
-            self.ebpf
-                .map_mut(name)
-                .ok_or(DataplaneError::MissingMap(name))?,
-        )
-        .map_err(type_err(name))?;
+        let mut m = self.array_mut::<CachedVerdict>(name)?;
         for index in 0..CACHED_VERDICT_SLOTS {
             m.set(index, CachedVerdict::NEVER_WRITTEN, 0)
                 .map_err(write_err(name))?;
