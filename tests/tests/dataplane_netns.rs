@@ -25,6 +25,7 @@ use enforcer_common::{
     Identity, MODE_ENFORCE, PROTO_ICMP, PROTO_TCP, PROTO_UDP, VerdictKey, VerdictValue,
 };
 use enforcer_tests::{CgroupGuard, Probe, ProbeOutcome, Server, TestHost};
+use socket2::{Domain, Socket, Type};
 
 const A: Identity = 16;
 const B: Identity = 17;
@@ -591,62 +592,15 @@ fn connect_then(w: &mut WorkloadA, to: SocketAddr, bind_first: bool, change: Aft
 /// A TCP client socket that binds a port of its own (chosen by the kernel)
 /// before connecting.
 fn connect_from_bound_port(to: SocketAddr) -> std::io::Result<TcpStream> {
-    let family = if to.is_ipv4() {
-        libc::AF_INET
+    let socket = Socket::new(Domain::for_address(to), Type::STREAM, None)?;
+    let any: std::net::IpAddr = if to.is_ipv4() {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
     } else {
-        libc::AF_INET6
+        std::net::Ipv6Addr::UNSPECIFIED.into()
     };
-    // SAFETY: plain socket syscalls on a descriptor this function owns; the
-    // addresses are built on the stack with their true lengths.
-    unsafe {
-        let fd = libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let stream = <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd);
-        let (any, any_len) = sockaddr(&SocketAddr::new(
-            if to.is_ipv4() {
-                std::net::Ipv4Addr::UNSPECIFIED.into()
-            } else {
-                std::net::Ipv6Addr::UNSPECIFIED.into()
-            },
-            0,
-        ));
-        if libc::bind(fd, (&raw const any).cast(), any_len) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let (dest, dest_len) = sockaddr(&to);
-        if libc::connect(fd, (&raw const dest).cast(), dest_len) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(stream)
-    }
-}
-
-/// A socket address in the kernel's form, and its length.
-fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: all zeros is a valid sockaddr_storage; each arm writes the
-    // struct of its family, which fits in it.
-    unsafe {
-        let mut storage: libc::sockaddr_storage = std::mem::zeroed();
-        let len = match addr {
-            SocketAddr::V4(a) => {
-                let sin = (&raw mut storage).cast::<libc::sockaddr_in>();
-                (*sin).sin_family = libc::AF_INET as libc::sa_family_t;
-                (*sin).sin_port = a.port().to_be();
-                (*sin).sin_addr.s_addr = u32::from(*a.ip()).to_be();
-                std::mem::size_of::<libc::sockaddr_in>()
-            }
-            SocketAddr::V6(a) => {
-                let sin6 = (&raw mut storage).cast::<libc::sockaddr_in6>();
-                (*sin6).sin6_family = libc::AF_INET6 as libc::sa_family_t;
-                (*sin6).sin6_port = a.port().to_be();
-                (*sin6).sin6_addr.s6_addr = a.ip().octets();
-                std::mem::size_of::<libc::sockaddr_in6>()
-            }
-        };
-        (storage, len as libc::socklen_t)
-    }
+    socket.bind(&SocketAddr::new(any, 0).into())?;
+    socket.connect_timeout(&to.into(), SHORT)?;
+    Ok(socket.into())
 }
 
 /// A TCP connection to a remote destination keeps no state of its own while
@@ -895,19 +849,10 @@ fn accept_with_the_peer_cached(
 /// A TCP socket that listens without binding: the kernel picks its port
 /// (on every address of the family) at `listen()`.
 fn listen_unbound(ipv4: bool) -> std::io::Result<TcpListener> {
-    let family = if ipv4 { libc::AF_INET } else { libc::AF_INET6 };
-    // SAFETY: plain socket syscalls on a descriptor this function owns.
-    unsafe {
-        let fd = libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let listener = <TcpListener as std::os::fd::FromRawFd>::from_raw_fd(fd);
-        if libc::listen(fd, 16) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(listener)
-    }
+    let domain = if ipv4 { Domain::IPV4 } else { Domain::IPV6 };
+    let socket = Socket::new(domain, Type::STREAM, None)?;
+    socket.listen(16)?;
+    Ok(socket.into())
 }
 
 /// A dual-stack socket connecting to an IPv4-mapped IPv6 address
