@@ -21,16 +21,17 @@
 //!   its next packet.
 #![no_std]
 
+pub mod cgroup_match;
 pub mod packet;
 
 /// Bumped whenever a map's key or value layout changes. Pins live under a
 /// directory named after it, so a new binary never reuses an old map with a
 /// different layout.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// The name of the pin directory for this layout, under the bpffs
-/// directory given to the loader (`<bpffs>/v5/`).
-pub const LAYOUT_DIR: &str = "v5";
+/// directory given to the loader (`<bpffs>/v6/`).
+pub const LAYOUT_DIR: &str = "v6";
 
 /// A numeric identity for an entity. Identities are assigned by the compiler.
 pub type Identity = u32;
@@ -530,7 +531,16 @@ pub const GLOBAL_COUNTER_DROPPED: u32 = 3;
 /// Number of connections and datagrams that `connect4|6` or `sendmsg4|6`
 /// allowed from [`maps::CACHED_VERDICTS`] without judging them.
 pub const GLOBAL_COUNTER_CACHED_VERDICTS: u32 = 4;
-pub const GLOBAL_COUNTERS: u32 = 5;
+/// Number of cgroups the tracer registered in a policy slot at their
+/// creation (a cgroup registered in both slots counts twice).
+pub const GLOBAL_COUNTER_CGROUPS_REGISTERED: u32 = 5;
+/// Number of cgroups the tracer did not register because their workload
+/// had reached its quota ([`cgroup_match::Registration::max_cgroups_per_workload`]).
+pub const GLOBAL_COUNTER_REGISTRATIONS_REFUSED: u32 = 6;
+/// Number of cgroups whose automaton states, or whose match entry, did not
+/// fit: their descendants are left to the daemon.
+pub const GLOBAL_COUNTER_MATCH_OVERFLOWS: u32 = 7;
+pub const GLOBAL_COUNTERS: u32 = 8;
 
 /// Map capacities. The compiler rejects a policy whose entries exceed them,
 /// before anything is written.
@@ -595,6 +605,25 @@ pub mod maps {
     /// verdicts of `connect4|6` and `sendmsg4|6` that allowed a remote
     /// destination.
     pub const CACHED_VERDICTS: &str = "CACHED_VERDICTS";
+    /// The cgroup tracer's settings ([`super::cgroup_match::Registration`]).
+    pub const REGISTRATION: &str = "REGISTRATION";
+    /// Cgroup id -> [`super::cgroup_match::CgroupMatch`]: the automaton
+    /// states of each cgroup that can lead its children to a workload.
+    pub const CGROUP_MATCH: &str = "CGROUP_MATCH";
+    /// `slot * MAX_MATCH_STATES + state id` ->
+    /// [`super::cgroup_match::MatchState`].
+    pub const MATCH_STATES: &str = "MATCH_STATES";
+    /// [`super::cgroup_match::ExactKey`] -> next state.
+    pub const MATCH_EXACT: &str = "MATCH_EXACT";
+    /// `slot * MAX_MATCH_GLOBS + index` -> [`super::cgroup_match::GlobRule`].
+    pub const MATCH_GLOBS: &str = "MATCH_GLOBS";
+    /// Per slot: workload identity -> how many `CGROUPS` entries it has
+    /// (the tracer's quota).
+    pub const REGISTERED_CGROUPS: [&str; 2] = ["REGISTERED_CGROUPS_0", "REGISTERED_CGROUPS_1"];
+    /// How many `CGROUP_MATCH` entries are of delegated cgroups.
+    pub const DELEGATED_MATCHES: &str = "DELEGATED_MATCHES";
+    /// The tracer's per-CPU scratch space (a cgroup name, a loop's state).
+    pub const MATCH_SCRATCH: &str = "MATCH_SCRATCH";
 }
 
 #[cfg(feature = "user")]
@@ -616,6 +645,11 @@ mod user {
     unsafe impl aya::Pod for CachedVerdict {}
     unsafe impl aya::Pod for VerdictEvent {}
     unsafe impl aya::Pod for CounterKey {}
+    unsafe impl aya::Pod for cgroup_match::Registration {}
+    unsafe impl aya::Pod for cgroup_match::MatchState {}
+    unsafe impl aya::Pod for cgroup_match::ExactKey {}
+    unsafe impl aya::Pod for cgroup_match::GlobRule {}
+    unsafe impl aya::Pod for cgroup_match::CgroupMatch {}
 }
 
 #[cfg(test)]
@@ -638,6 +672,11 @@ mod tests {
         assert_eq!(size_of::<VerdictEvent>(), 72);
         assert_eq!(size_of::<CounterKey>(), 8);
         assert_eq!(size_of::<BoundPort>(), 16);
+        assert_eq!(size_of::<cgroup_match::Registration>(), 56);
+        assert_eq!(size_of::<cgroup_match::MatchState>(), 20);
+        assert_eq!(size_of::<cgroup_match::ExactKey>(), 16);
+        assert_eq!(size_of::<cgroup_match::GlobRule>(), 80);
+        assert_eq!(size_of::<cgroup_match::CgroupMatch>(), 40);
     }
 
     fn cached(addr: u8, rule: u32) -> CachedVerdict {

@@ -6,13 +6,14 @@
 
 mod judge;
 mod maps;
+mod registration;
 mod skb;
 mod sock;
 mod sock_addr;
 
 use aya_ebpf::{
-    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr},
-    programs::{SkBuffContext, SockAddrContext, SockContext},
+    macros::{btf_tracepoint, cgroup_skb, cgroup_sock, cgroup_sock_addr},
+    programs::{BtfTracePointContext, SkBuffContext, SockAddrContext, SockContext},
 };
 use enforcer_common::{DIRECTION_EGRESS, DIRECTION_INGRESS};
 
@@ -59,6 +60,18 @@ pub fn enforcer_post_bind6(ctx: SockContext) -> i32 {
 #[cgroup_sock(sock_release)]
 pub fn enforcer_sock_release(ctx: SockContext) -> i32 {
     sock::released(&ctx)
+}
+
+#[btf_tracepoint(function = "cgroup_mkdir")]
+pub fn enforcer_cgroup_mkdir(ctx: BtfTracePointContext) -> i32 {
+    registration::created(&ctx);
+    0
+}
+
+#[btf_tracepoint(function = "cgroup_rmdir")]
+pub fn enforcer_cgroup_rmdir(ctx: BtfTracePointContext) -> i32 {
+    registration::removed(&ctx);
+    0
 }
 
 #[cfg(not(test))]

@@ -19,6 +19,11 @@ use enforcer_common::{
     GLOBAL_COUNTERS as GLOBAL_COUNTER_SLOTS, IDENTITY_WORLD, Identity, MAX_BOUND_PORTS,
     MAX_CGROUPS, MAX_COUNTERS, MAX_FAILSAFE_PORTS, MAX_FLOWS, MAX_PREFIXES_V4, MAX_PREFIXES_V6,
     MAX_VERDICTS, PortKey, TCP_BOUND_PORT_WORDS, VerdictKey, VerdictValue, WORKLOAD_COUNTER_SLOTS,
+    cgroup_match::{
+        CgroupMatch, ExactKey, GlobRule, MAX_COUNTED_WORKLOADS, MAX_MATCH_EXACT, MAX_MATCH_GLOBS,
+        MAX_MATCH_STATES, MatchState, NAME_WORDS, REACHED_PER_STEP, Registration,
+        STATES_PER_CGROUP,
+    },
     tcp_bound_port_bit,
 };
 
@@ -100,6 +105,74 @@ static GLOBAL_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(GLOBAL_
 /// CPUs at once a miss.
 #[map]
 static CACHED_VERDICTS: Array<CachedVerdict> = Array::with_max_entries(CACHED_VERDICT_SLOTS, 0);
+
+// The cgroup tracer's maps (see `registration.rs`). The `CGROUPS_*` maps
+// are preallocated hash maps, which tracing programs may write.
+
+#[map]
+pub static REGISTRATION: Array<Registration> = Array::with_max_entries(1, 0);
+#[map]
+pub static CGROUP_MATCH: HashMap<u64, CgroupMatch> = HashMap::with_max_entries(MAX_CGROUPS, 0);
+#[map]
+static MATCH_STATES: Array<MatchState> = Array::with_max_entries(2 * MAX_MATCH_STATES, 0);
+#[map]
+static MATCH_EXACT: HashMap<ExactKey, u32> = HashMap::with_max_entries(2 * MAX_MATCH_EXACT, 0);
+#[map]
+static MATCH_GLOBS: Array<GlobRule> = Array::with_max_entries(2 * MAX_MATCH_GLOBS, 0);
+// Memory-mappable: the daemon sets the counts it knows without a system
+// call per workload.
+#[map]
+static REGISTERED_CGROUPS_0: Array<u32> =
+    Array::with_max_entries(MAX_COUNTED_WORKLOADS, BPF_F_MMAPABLE);
+#[map]
+static REGISTERED_CGROUPS_1: Array<u32> =
+    Array::with_max_entries(MAX_COUNTED_WORKLOADS, BPF_F_MMAPABLE);
+#[map]
+pub static DELEGATED_MATCHES: Array<u32> = Array::with_max_entries(1, 0);
+#[map]
+pub static MATCH_SCRATCH: PerCpuArray<MatchScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// The tracer's per-CPU scratch space: the new cgroup's name and the state
+/// of its loops. In a map value rather than on the stack: the verifier does
+/// not track a map value's contents, so each loop callback is checked once
+/// instead of once per combination of values found so far.
+#[repr(C)]
+pub struct MatchScratch {
+    /// The new cgroup's name, little-endian words.
+    pub name: [u64; NAME_WORDS],
+    pub walk: Walk,
+}
+
+/// One slot's step from a parent's states to its new child's.
+#[repr(C)]
+pub struct Walk {
+    /// The child's states found so far.
+    pub states: [u16; STATES_PER_CGROUP],
+    pub count: u8,
+    /// Non-zero when more states were found than fit.
+    pub overflow: u8,
+    /// Whether the child is delegated.
+    pub delegated: u8,
+    pub parent_delegated: u8,
+    pub slot: u8,
+    /// The accepting workload with the lowest identity (`IDENTITY_NONE`
+    /// for none).
+    pub accept: CgroupEntry,
+    pub parent_states: [u16; STATES_PER_CGROUP],
+    pub hash: u64,
+    /// The name's length in bytes.
+    pub len: u32,
+    /// The first glob rule of the parent state being followed.
+    pub glob_first: u32,
+    /// The glob rule being matched.
+    pub glob_rule: u32,
+    /// The states the child's name leads to, in the order found, before
+    /// they are sorted into `states` and `accept`.
+    pub reached: [u16; REACHED_PER_STEP],
+    pub reached_count: u32,
+    /// The glob positions reached so far by the name's bytes.
+    pub positions: u64,
+}
 
 /// A `BPF_MAP_TYPE_SK_STORAGE` map definition, in the BTF form (`.maps`
 /// section) the loader reads: such a map needs the BTF ids of its key and
@@ -365,4 +438,74 @@ pub fn bump_counter(workload: Identity, action: u8) {
             let _ = COUNTERS.insert(key, 1, 0);
         }
     }
+}
+
+/// A slot's automaton state `id`.
+#[inline(always)]
+pub fn match_state(slot: u32, id: u16) -> Option<MatchState> {
+    MATCH_STATES
+        .get((slot & 1) * MAX_MATCH_STATES + u32::from(id))
+        .copied()
+}
+
+/// An exact-name transition (the key names its slot).
+#[inline(always)]
+pub fn match_exact(key: &ExactKey) -> Option<u32> {
+    // SAFETY: the value is a plain integer.
+    unsafe { MATCH_EXACT.get(key).copied() }
+}
+
+/// A slot's glob rule `index`.
+#[inline(always)]
+pub fn match_glob(slot: u32, index: u32) -> Option<&'static GlobRule> {
+    MATCH_GLOBS.get((slot & 1) * MAX_MATCH_GLOBS + index)
+}
+
+/// Where a slot counts a workload's registered cgroups.
+#[inline(always)]
+pub fn registered_count(slot: usize, workload: Identity) -> Option<*mut u32> {
+    if slot == 0 {
+        REGISTERED_CGROUPS_0.get_ptr_mut(workload)
+    } else {
+        REGISTERED_CGROUPS_1.get_ptr_mut(workload)
+    }
+}
+
+/// Adds `delta` (wrapping) to a counter other CPUs change too.
+#[inline(always)]
+pub fn atomic_add(counter: *mut u32, delta: u32) {
+    // SAFETY: an aligned word of a map value, which outlives the program
+    // run; every writer changes it atomically.
+    unsafe {
+        core::arch::asm!(
+            "lock *(u32 *)({p} + 0) += {v}",
+            p = in(reg) counter,
+            v = in(reg) u64::from(delta),
+            options(nostack, preserves_flags),
+        );
+    }
+}
+
+/// Adds a cgroup to a slot's cgroup map unless it is there already.
+#[inline(always)]
+pub fn insert_cgroup(slot: usize, cgroup_id: u64, entry: &CgroupEntry) -> bool {
+    // `BPF_NOEXIST`: the daemon's entry, if it wrote one first, stands.
+    const NOEXIST: u64 = 1;
+    if slot == 0 {
+        CGROUPS_0.insert(cgroup_id, *entry, NOEXIST).is_ok()
+    } else {
+        CGROUPS_1.insert(cgroup_id, *entry, NOEXIST).is_ok()
+    }
+}
+
+/// Removes a cgroup from a slot's cgroup map; what it held, if anything.
+#[inline(always)]
+pub fn remove_cgroup(slot: usize, cgroup_id: u64) -> Option<CgroupEntry> {
+    let entry = cgroup_entry(slot as u32, cgroup_id)?;
+    let removed = if slot == 0 {
+        CGROUPS_0.remove(cgroup_id)
+    } else {
+        CGROUPS_1.remove(cgroup_id)
+    };
+    removed.is_ok().then_some(entry)
 }

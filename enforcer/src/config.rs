@@ -12,6 +12,7 @@
 //! metrics = "127.0.0.1:9617"            # Prometheus endpoint, off by default
 //! log_format = "text"                   # text | json
 //! flow_history = 10000                  # verdict events kept for `flows`
+//! max_cgroups_per_workload = 8192       # cgroups one workload may register
 //! ```
 //!
 //! Unknown keys are errors, reported as `FILE:LINE:COL: message` like policy
@@ -213,6 +214,7 @@ pub struct FileConfig {
     pub metrics: Option<SocketAddr>,
     pub log_format: Option<LogFormat>,
     pub flow_history: Option<usize>,
+    pub max_cgroups_per_workload: Option<u32>,
 }
 
 /// Why the configuration cannot be used.
@@ -308,7 +310,14 @@ pub struct Settings {
     pub metrics: Option<SocketAddr>,
     pub log_format: LogFormat,
     pub flow_history: usize,
+    /// The most cgroups one workload may have in the kernel's cgroup map
+    /// (its own and their descendants): whoever can create cgroups under a
+    /// workload cannot fill the map that the others need.
+    pub max_cgroups_per_workload: u32,
 }
+
+/// Default of `max_cgroups_per_workload`: an eighth of the cgroup map.
+pub const DEFAULT_MAX_CGROUPS_PER_WORKLOAD: u32 = enforcer_common::MAX_CGROUPS / 8;
 
 impl Settings {
     /// Merge: command line over file over defaults. Relative paths are made
@@ -321,6 +330,16 @@ impl Settings {
             return Err(ConfigError::Invalid(
                 "flow_history must be at least 1".into(),
             ));
+        }
+        let max_cgroups_per_workload = file
+            .max_cgroups_per_workload
+            .unwrap_or(DEFAULT_MAX_CGROUPS_PER_WORKLOAD);
+        if max_cgroups_per_workload == 0 || max_cgroups_per_workload > enforcer_common::MAX_CGROUPS
+        {
+            return Err(ConfigError::Invalid(format!(
+                "max_cgroups_per_workload must be 1 to {}",
+                enforcer_common::MAX_CGROUPS
+            )));
         }
         Ok(Settings {
             policies: absolute(
@@ -345,6 +364,7 @@ impl Settings {
             metrics: cli.metrics.or(file.metrics),
             log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
             flow_history,
+            max_cgroups_per_workload,
         })
     }
 }

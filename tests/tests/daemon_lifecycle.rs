@@ -201,8 +201,12 @@ fn a_new_matching_cgroup_is_enforced_within_a_second() {
     assert!(enforced, "web2 not enforced within 1 s:\n{}", daemon.log());
     assert!(started.elapsed() < Duration::from_secs(1));
     assert_eq!(tcp_connect(&web2, None, allowed.addr()), ProbeOutcome::Ok);
+    // The kernel registered it at its creation; the daemon's view follows.
+    let listed = Daemon::eventually(Duration::from_secs(1), || {
+        daemon.status().workloads[0].cgroups == ["web2"]
+    });
     let status = daemon.status();
-    assert_eq!(status.workloads[0].cgroups, ["web2"]);
+    assert!(listed, "{:?}", status.workloads);
     assert!(status.not_enforced.is_empty(), "{:?}", status.not_enforced);
 }
 

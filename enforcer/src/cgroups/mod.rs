@@ -11,6 +11,7 @@
 //! - [`watch`]: inotify + periodic rescans, reporting changes in
 //!   milliseconds.
 
+pub mod automaton;
 pub mod mount;
 pub mod resolve;
 pub mod sockets;
@@ -21,8 +22,9 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+pub use automaton::{Automaton, AutomatonError, StateSet, uid_of_user};
 pub use mount::V1Conflict;
-pub use resolve::{Ambiguity, MatchedCgroup, Matcher, Resolution};
+pub use resolve::{Ambiguity, CgroupStates, MatchedCgroup, Matcher, Resolution};
 pub use tree::{CgroupChange, CgroupTree};
 pub use watch::{CgroupWatcher, TreeUpdate, WatchOptions};
 

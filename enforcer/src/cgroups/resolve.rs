@@ -1,5 +1,7 @@
 //! Workload selectors to cgroups: which cgroup directories each workload's
-//! `unit` / `cgroup` selector matches in a [`CgroupTree`].
+//! selector matches in a [`CgroupTree`], by running the selector
+//! [`Automaton`] from the root down, as the kernel's cgroup tracer does at
+//! each cgroup's creation.
 //!
 //! A [`Resolution`] lists only directly matched cgroups (what `status`
 //! shows). Their descendants belong to them: the kernel program looks a
@@ -13,8 +15,9 @@ use std::collections::BTreeMap;
 
 use enforcer_common::Identity;
 
+use super::automaton::{Automaton, AutomatonError, StateSet};
 use super::tree::CgroupTree;
-use crate::compile::compiled::CompiledWorkload;
+use crate::compile::compiled::{CompiledWorkload, UnitUser};
 
 /// One cgroup matched by a workload selector.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -38,12 +41,24 @@ pub struct Ambiguity {
     pub workloads: Vec<String>,
 }
 
+/// What the kernel keeps about one cgroup to match its children
+/// (`CgroupMatch`, one slot of it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CgroupStates {
+    pub states: StateSet,
+    /// It or an ancestor belongs to a user other than root.
+    pub delegated: bool,
+}
+
 /// The result of matching every workload against a tree.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Resolution {
     /// Sorted by path.
     pub cgroups: Vec<MatchedCgroup>,
     pub ambiguities: Vec<Ambiguity>,
+    /// The automaton states of every cgroup that has some, by cgroup id:
+    /// what the kernel needs to match the children created later.
+    pub states: BTreeMap<u64, CgroupStates>,
 }
 
 impl Resolution {
@@ -70,66 +85,146 @@ impl Resolution {
     }
 }
 
-/// What the kernel's cgroup map must hold for a resolution: every cgroup
-/// of `tree` at or below a matched one, with its owner's workload and mode
-/// (the deepest match wins), as `(cgroup id, workload, mode)` in path order.
-/// The kernel finds the local side of a socket by walking ancestors, but it
-/// looks a *receiving* socket's cgroup (from `BOUND_PORTS`) up exactly, so a
-/// server in a child of a matched cgroup must be listed itself.
-pub fn kernel_entries(resolution: &Resolution, tree: &CgroupTree) -> Vec<(u64, Identity, u8)> {
-    tree.iter()
-        .filter_map(|(path, id)| {
-            resolution
-                .owner_of(path)
-                .map(|owner| (id, owner.workload, owner.mode))
-        })
-        .collect()
+/// What the kernel's cgroup map holds for a resolution.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelEntries {
+    /// `(cgroup id, workload, mode)` in path order.
+    pub entries: Vec<(u64, Identity, u8)>,
+    /// Cgroups left out past their workload's quota, per workload.
+    pub refused: BTreeMap<Identity, usize>,
 }
 
-/// Workload selectors, ready to match cgroup paths. Matching itself is the
-/// compiler's [`CgroupSelector::matches`](crate::compile::compiled::CgroupSelector::matches),
-/// the same code that validated the patterns.
+/// What the kernel's cgroup map must hold for a resolution: every cgroup
+/// of `tree` at or below a matched one, with its owner's workload and mode
+/// (the deepest match wins), at most `quota` per workload. The kernel finds the local side of a socket by walking
+/// ancestors, but it looks a *receiving* socket's cgroup (from
+/// `BOUND_PORTS`) up exactly, so a server in a child of a matched cgroup
+/// must be listed itself.
+pub fn kernel_entries(resolution: &Resolution, tree: &CgroupTree, quota: usize) -> KernelEntries {
+    let mut taken: BTreeMap<Identity, usize> = BTreeMap::new();
+    let mut out = KernelEntries::default();
+    for (path, id) in tree.iter() {
+        let Some(owner) = resolution.owner_of(path) else {
+            continue;
+        };
+        let count = taken.entry(owner.workload).or_default();
+        if *count >= quota {
+            *out.refused.entry(owner.workload).or_default() += 1;
+            continue;
+        }
+        *count += 1;
+        out.entries.push((id, owner.workload, owner.mode));
+    }
+    out
+}
+
+/// Workload selectors, ready to match cgroup paths with the same automaton
+/// the kernel runs.
+#[derive(Clone, Debug)]
 pub struct Matcher {
-    /// In identity order, which ambiguity resolution relies on.
-    workloads: Vec<CompiledWorkload>,
+    automaton: Automaton,
+    /// Workload names by identity, for the ambiguity report.
+    names: BTreeMap<Identity, String>,
 }
 
 impl Matcher {
-    pub fn new(workloads: &[CompiledWorkload]) -> Matcher {
-        let mut workloads = workloads.to_vec();
-        workloads.sort_by_key(|w| w.identity);
-        Matcher { workloads }
+    /// The matcher of `workloads` on this host (`uid_of` resolves `user =
+    /// ...`). Fails when the selectors do not fit the kernel's tables.
+    pub fn new(
+        workloads: &[CompiledWorkload],
+        uid_of: impl Fn(&UnitUser) -> Option<u32>,
+    ) -> Result<Matcher, AutomatonError> {
+        Ok(Matcher {
+            automaton: Automaton::build(workloads, uid_of)?,
+            names: workloads
+                .iter()
+                .map(|w| (w.identity, w.name.clone()))
+                .collect(),
+        })
     }
 
-    /// Match every cgroup of `tree`.
+    pub fn automaton(&self) -> &Automaton {
+        &self.automaton
+    }
+
+    /// Match every cgroup of `tree`, parents before children.
     pub fn resolve(&self, tree: &CgroupTree) -> Resolution {
-        let mut cgroups = Vec::new();
-        let mut ambiguities = Vec::new();
+        self.resolve_owned(tree, |path| tree.owner_of(path))
+    }
+
+    /// [`Matcher::resolve`] with the directories' owners from `owner_of`.
+    fn resolve_owned(
+        &self,
+        tree: &CgroupTree,
+        owner_of: impl Fn(&str) -> Option<u32>,
+    ) -> Resolution {
+        let mut resolution = Resolution::default();
+        // The states of the cgroups walked so far, by path.
+        let mut known: BTreeMap<&str, CgroupStates> = BTreeMap::new();
         for (path, id) in tree.iter() {
-            let mut hits = self.workloads.iter().filter(|w| w.selector.matches(path));
-            let Some(winner) = hits.next() else { continue };
-            let losers: Vec<String> = hits.map(|w| w.name.clone()).collect();
-            if !losers.is_empty() {
-                let mut names = vec![winner.name.clone()];
-                names.extend(losers);
-                ambiguities.push(Ambiguity {
-                    path: path.to_owned(),
-                    workloads: names,
-                });
+            // An owner that cannot be read counts as another user's: such
+            // a cgroup matches only what delegated cgroups may.
+            let owned_by_others = owner_of(path) != Some(0);
+            let here = if path.is_empty() {
+                CgroupStates {
+                    states: self.automaton.initial(),
+                    delegated: owned_by_others,
+                }
+            } else {
+                let (parent_path, name) = path.rsplit_once('/').unwrap_or(("", path));
+                // A parent the walk could not read: nothing below it is
+                // known either.
+                let Some(parent) = known.get(parent_path).copied() else {
+                    continue;
+                };
+                let delegated = parent.delegated || owned_by_others;
+                let step = self.automaton.step(
+                    &parent.states,
+                    parent.delegated,
+                    name.as_bytes(),
+                    delegated,
+                );
+                if let Some(winner) = step.winner() {
+                    if step.accepts.len() > 1 {
+                        let mut names = vec![self.name(winner.workload)];
+                        names.extend(
+                            step.accepts
+                                .iter()
+                                .filter(|a| a.workload != winner.workload)
+                                .map(|a| self.name(a.workload)),
+                        );
+                        resolution.ambiguities.push(Ambiguity {
+                            path: path.to_owned(),
+                            workloads: names,
+                        });
+                    }
+                    resolution.cgroups.push(MatchedCgroup {
+                        path: path.to_owned(),
+                        id,
+                        workload: winner.workload,
+                        mode: winner.mode,
+                    });
+                }
+                CgroupStates {
+                    states: step.states,
+                    delegated,
+                }
+            };
+            if !here.states.is_empty() {
+                resolution.states.insert(id, here);
             }
-            cgroups.push(MatchedCgroup {
-                path: path.to_owned(),
-                id,
-                workload: winner.identity,
-                mode: winner.mode,
-            });
+            known.insert(path, here);
         }
         // `tree.iter()` is in path order already; keep the invariant explicit.
-        cgroups.sort_by(|a, b| a.path.cmp(&b.path));
-        Resolution {
-            cgroups,
-            ambiguities,
-        }
+        resolution.cgroups.sort_by(|a, b| a.path.cmp(&b.path));
+        resolution
+    }
+
+    fn name(&self, workload: Identity) -> String {
+        self.names
+            .get(&workload)
+            .cloned()
+            .unwrap_or_else(|| workload.to_string())
     }
 }
 
@@ -177,6 +272,9 @@ mod tests {
             "system.slice/db.service",
             "user.slice/nginx.service",
             "kubepods/pod1/ctr.scope",
+            "kubepods",
+            "kubepods/pod1",
+            "user.slice",
         ];
         CgroupTree::from_nodes(
             PathBuf::from("/sys/fs/cgroup"),
@@ -187,15 +285,24 @@ mod tests {
         )
     }
 
+    fn matcher(workloads: &[CompiledWorkload]) -> Matcher {
+        Matcher::new(workloads, |_| None).unwrap()
+    }
+
+    /// Every directory belongs to root.
+    fn resolve(m: &Matcher, t: &CgroupTree) -> Resolution {
+        m.resolve_owned(t, |_| Some(0))
+    }
+
     #[test]
-    fn unit_matches_a_directory_name_anywhere() {
-        let m = Matcher::new(&[workload(
+    fn a_unit_matches_the_system_managers_unit_with_its_descendants() {
+        let m = matcher(&[workload(
             16,
             "web",
             CgroupSelector::Unit("nginx.service".into()),
             MODE_ENFORCE,
         )]);
-        let r = m.resolve(&tree());
+        let r = resolve(&m, &tree());
         let paths: Vec<&str> = r.cgroups.iter().map(|c| c.path.as_str()).collect();
         assert_eq!(
             paths,
@@ -211,11 +318,27 @@ mod tests {
         );
         assert!(r.owner_of("system.slice/db.service").is_none());
         assert!(r.owner_of("").is_none());
+        // The root and the slices keep the chain's state for their children.
+        assert!(r.states.contains_key(&100) && r.states.contains_key(&101));
     }
 
     #[test]
-    fn kernel_entries_list_descendants_with_the_deepest_owner() {
-        let m = Matcher::new(&[
+    fn a_cgroup_whose_owner_is_unknown_counts_as_another_users() {
+        let m = matcher(&[workload(
+            16,
+            "api",
+            CgroupSelector::Glob("system.slice/api-*.service".into()),
+            MODE_ENFORCE,
+        )]);
+        let t = tree();
+        let r = m.resolve_owned(&t, |p| (p != "system.slice/api-2.service").then_some(0));
+        let paths: Vec<&str> = r.cgroups.iter().map(|c| c.path.as_str()).collect();
+        assert_eq!(paths, ["system.slice/api-1.service"]);
+    }
+
+    #[test]
+    fn kernel_entries_list_descendants_with_the_deepest_owner_within_the_quota() {
+        let m = matcher(&[
             workload(
                 16,
                 "system",
@@ -230,7 +353,8 @@ mod tests {
             ),
         ]);
         let t = tree();
-        let entries = kernel_entries(&m.resolve(&t), &t);
+        let r = resolve(&m, &t);
+        let KernelEntries { entries, refused } = kernel_entries(&r, &t, usize::MAX);
         assert_eq!(
             entries,
             vec![
@@ -243,11 +367,15 @@ mod tests {
                 (107, 17, MODE_ENFORCE), // user.slice/nginx.service
             ]
         );
+        assert!(refused.is_empty());
+        let KernelEntries { entries, refused } = kernel_entries(&r, &t, 2);
+        assert_eq!(entries.len(), 4);
+        assert_eq!(refused, BTreeMap::from([(16, 2), (17, 1)]));
     }
 
     #[test]
     fn globs_match_relative_paths_and_the_deepest_match_wins() {
-        let m = Matcher::new(&[
+        let m = matcher(&[
             workload(
                 16,
                 "api",
@@ -267,7 +395,7 @@ mod tests {
                 MODE_ENFORCE,
             ),
         ]);
-        let r = m.resolve(&tree());
+        let r = resolve(&m, &tree());
         assert_eq!(r.of_workload(16).count(), 2);
         assert_eq!(r.of_workload(16).next().unwrap().mode, MODE_AUDIT);
         assert_eq!(
@@ -282,7 +410,7 @@ mod tests {
 
     #[test]
     fn two_selectors_on_one_cgroup_are_reported_and_decided_by_identity() {
-        let m = Matcher::new(&[
+        let m = matcher(&[
             workload(
                 17,
                 "late",
@@ -296,7 +424,7 @@ mod tests {
                 MODE_ENFORCE,
             ),
         ]);
-        let r = m.resolve(&tree());
+        let r = resolve(&m, &tree());
         assert_eq!(r.cgroups.len(), 1);
         assert_eq!(r.cgroups[0].workload, 16);
         assert_eq!(

@@ -99,6 +99,13 @@ impl CgroupTree {
         self.nodes.get(rel).copied()
     }
 
+    /// The uid owning a cgroup's directory, if known.
+    pub fn owner_of(&self, rel: &str) -> Option<u32> {
+        std::fs::symlink_metadata(self.dir_of(rel))
+            .ok()
+            .map(|m| m.uid())
+    }
+
     /// The absolute directory of a relative cgroup path.
     pub fn dir_of(&self, rel: &str) -> PathBuf {
         if rel.is_empty() {

@@ -90,13 +90,52 @@ pub fn prefix_key6(net: Ipv6Net) -> AddrKey6 {
     }
 }
 
-/// How a workload finds its cgroups.
+/// How a workload finds its cgroups (see `cgroups::automaton` for how
+/// they match).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum CgroupSelector {
-    /// `unit = "X"`: every cgroup directory named X, anywhere.
+    /// `unit = "X"`: the system service manager's unit X, a cgroup whose
+    /// path from the cgroup root is a chain of `.slice` directories ending
+    /// in X.
     Unit(String),
-    /// `cgroup = "PATTERN"`: glob over paths relative to the cgroup root.
+    /// `unit = "X"` with `user = ...`: unit X of that user's service
+    /// manager (`user.slice/user-UID.slice/user@UID.service/...`).
+    UserUnit { unit: String, user: UnitUser },
+    /// `cgroup = "PATTERN"`: glob over paths relative to the cgroup root,
+    /// matching only cgroups that belong to root.
     Glob(String),
+    /// `cgroup = "PATTERN"` with `delegated = true`: also cgroups in a
+    /// subtree delegated to another user.
+    DelegatedGlob(String),
+}
+
+/// The user of `user = ...`: a name, resolved on the host that enforces,
+/// or a uid.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum UnitUser {
+    Name(String),
+    Uid(u32),
+}
+
+impl std::fmt::Display for CgroupSelector {
+    /// As the policy writes it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CgroupSelector::Unit(unit) => write!(f, "unit = {unit:?}"),
+            CgroupSelector::UserUnit {
+                unit,
+                user: UnitUser::Name(name),
+            } => write!(f, "unit = {unit:?}, user = {name:?}"),
+            CgroupSelector::UserUnit {
+                unit,
+                user: UnitUser::Uid(uid),
+            } => write!(f, "unit = {unit:?}, user = {uid}"),
+            CgroupSelector::Glob(pattern) => write!(f, "cgroup = {pattern:?}"),
+            CgroupSelector::DelegatedGlob(pattern) => {
+                write!(f, "cgroup = {pattern:?}, delegated = true")
+            }
+        }
+    }
 }
 
 /// A workload, ready for the data plane to resolve into cgroup ids.

@@ -3,7 +3,7 @@
 
 use std::time::SystemTime;
 
-use super::compiled::{CgroupSelector, CompiledPolicy, EntityKind};
+use super::compiled::{CgroupSelector, CompiledPolicy, EntityKind, UnitUser};
 
 const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const PRIME: u64 = 0x0000_0100_0000_01b3;
@@ -64,6 +64,24 @@ pub(crate) fn content_hash(p: &CompiledPolicy) -> u64 {
             }
             CgroupSelector::Glob(g) => {
                 h.bytes(&[1]);
+                h.str(g);
+            }
+            CgroupSelector::UserUnit { unit, user } => {
+                h.bytes(&[2]);
+                h.str(unit);
+                match user {
+                    UnitUser::Name(name) => {
+                        h.bytes(&[0]);
+                        h.str(name);
+                    }
+                    UnitUser::Uid(uid) => {
+                        h.bytes(&[1]);
+                        h.u32(*uid);
+                    }
+                }
+            }
+            CgroupSelector::DelegatedGlob(g) => {
+                h.bytes(&[3]);
                 h.str(g);
             }
         }

@@ -22,7 +22,7 @@ use ipnet::IpNet;
 
 pub use compiled::{
     CgroupSelector, CompiledPolicy, CompiledWorkload, EntityInfo, EntityKind, RuleRef, Section,
-    prefix_key4, prefix_key6,
+    UnitUser, prefix_key4, prefix_key6,
 };
 
 use crate::policy::{

@@ -3,17 +3,18 @@
 //! expiry), following cgroups as they come and go, and reporting status.
 //! Everything here runs under one lock, so changes are serialized.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use enforcer_common::{ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY};
+use enforcer_common::{ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, Identity};
 
 use super::flows::FlowHistory;
 use super::memory::release_freed_heap;
 use crate::api::proto::{PolicyStatus, Rejection, StatusReport, VerdictCounters, WorkloadStatus};
-use crate::cgroups::resolve::kernel_entries;
-use crate::cgroups::{CgroupTree, Matcher, Resolution, TreeUpdate, V1Conflict};
+use crate::cgroups::resolve::{KernelEntries, kernel_entries};
+use crate::cgroups::{CgroupTree, Matcher, Resolution, TreeUpdate, V1Conflict, uid_of_user};
 use crate::compile::compiled::{CgroupSelector, CompiledPolicy};
 use crate::config::Settings;
 use crate::dataplane::{Dataplane, HostAddrs, ResolvedCgroup};
@@ -94,6 +95,12 @@ pub struct Engine {
     reloads_ok: u64,
     reloads_failed: u64,
     v1_conflicts: Vec<V1Conflict>,
+    /// Cgroups past their workload's quota, not in the kernel's map, by
+    /// workload.
+    refused: BTreeMap<Identity, usize>,
+    /// Why cgroups are not registered in the kernel at their creation, if
+    /// they are not.
+    registration_error: Option<String>,
     started_at: SystemTime,
     /// The generation found enforcing in the adopted pins at start, if any:
     /// the kernel keeps enforcing it while no policy could be loaded.
@@ -104,10 +111,7 @@ pub struct Engine {
 }
 
 fn selector_text(selector: &CgroupSelector) -> String {
-    match selector {
-        CgroupSelector::Unit(u) => format!("unit = {u:?}"),
-        CgroupSelector::Glob(g) => format!("cgroup = {g:?}"),
-    }
+    selector.to_string()
 }
 
 fn load_errors(e: LoadError) -> Vec<String> {
@@ -118,14 +122,17 @@ fn load_errors(e: LoadError) -> Vec<String> {
 }
 
 /// The kernel's cgroup map for a resolution: matched cgroups and all their
-/// descendants (see [`kernel_entries`]), with each workload's verdict class
-/// in `compiled`.
+/// descendants (see [`kernel_entries`]), at most `quota` per workload, with
+/// each workload's verdict class in `compiled`; and how many cgroups each
+/// workload had past its quota.
 fn to_resolved(
     resolution: &Resolution,
     tree: &CgroupTree,
     compiled: &CompiledPolicy,
-) -> Vec<ResolvedCgroup> {
-    kernel_entries(resolution, tree)
+    quota: usize,
+) -> (Vec<ResolvedCgroup>, BTreeMap<Identity, usize>) {
+    let KernelEntries { entries, refused } = kernel_entries(resolution, tree, quota);
+    let resolved = entries
         .into_iter()
         .map(|(cgroup_id, workload, mode)| ResolvedCgroup {
             cgroup_id,
@@ -133,8 +140,14 @@ fn to_resolved(
             class: compiled.class_of(workload),
             mode,
         })
-        .collect()
+        .collect();
+    (resolved, refused)
 }
+
+/// Passes over the cgroup tree while a policy is staged, at most: a pass
+/// finds the cgroups created since the one before, which the tracer may
+/// have matched with states not yet written.
+const STAGING_PASSES: usize = 4;
 
 fn instant_of(time: SystemTime) -> Instant {
     let now = Instant::now();
@@ -173,10 +186,18 @@ impl Engine {
             reloads_ok: 0,
             reloads_failed: 0,
             v1_conflicts,
+            refused: BTreeMap::new(),
+            registration_error: None,
             started_at: SystemTime::now(),
             event_policy: Arc::new(RwLock::new(None)),
             flows,
         }
+    }
+
+    /// Records that the cgroup tracer could not be set up (see
+    /// `Dataplane::enable_registration`), for `status`.
+    pub fn set_registration_error(&mut self, error: Option<String>) {
+        self.registration_error = error;
     }
 
     pub fn settings(&self) -> &Settings {
@@ -263,7 +284,8 @@ impl Engine {
         source: PathBuf,
     ) -> Result<(u32, bool), Vec<String>> {
         let sources = sources.filter(|_| compiled.next_expiry.is_some());
-        let matcher = Matcher::new(&compiled.workloads);
+        let matcher = Matcher::new(&compiled.workloads, uid_of_user)
+            .map_err(|e| vec![format!("the data plane refused the policy: {e}")])?;
         let resolution = matcher.resolve(&self.tree);
         if let Some(current) = &mut self.current
             && current.compiled.content_hash == compiled.content_hash
@@ -277,13 +299,8 @@ impl Engine {
         // The host's addresses can change between loads (DHCP, new links).
         let host = HostAddrs::from_system()
             .map_err(|e| vec![format!("cannot list this host's addresses: {e}")])?;
-        let generation = self
-            .dataplane
-            .apply(
-                &compiled,
-                &to_resolved(&resolution, &self.tree, &compiled),
-                &host,
-            )
+        let (generation, resolution) = self
+            .put_in_force(&compiled, &matcher, resolution, &host)
             .map_err(|e| vec![format!("the data plane refused the policy: {e}")])?;
         self.seed_bound_ports();
         for a in &resolution.ambiguities {
@@ -303,6 +320,49 @@ impl Engine {
             applied_at: SystemTime::now(),
         });
         Ok((generation, false))
+    }
+
+    /// Writes a policy into the inactive slot with its cgroups, passing
+    /// over the tree again until no cgroup appeared meanwhile (the tracer
+    /// matched those with the slot's states as they were), then flips.
+    fn put_in_force(
+        &mut self,
+        compiled: &CompiledPolicy,
+        matcher: &Matcher,
+        mut resolution: Resolution,
+        host: &HostAddrs,
+    ) -> Result<(u32, Resolution), crate::dataplane::DataplaneError> {
+        let tables = self
+            .dataplane
+            .name_key()
+            .map(|key| matcher.automaton().kernel_tables(key));
+        self.dataplane.stage(compiled, host, tables.as_ref())?;
+        let quota = self.settings.max_cgroups_per_workload as usize;
+        for pass in 1..=STAGING_PASSES {
+            let (cgroups, refused) = to_resolved(&resolution, &self.tree, compiled, quota);
+            let states = tables.as_ref().map(|_| &resolution.states);
+            self.dataplane.stage_cgroups(&cgroups, states)?;
+            self.refused = refused;
+            if tables.is_none() || pass == STAGING_PASSES {
+                break;
+            }
+            let newer = match CgroupTree::scan(&self.root) {
+                Ok(tree) => tree,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot rescan cgroups while staging a policy");
+                    break;
+                }
+            };
+            let appeared = newer
+                .iter()
+                .any(|(path, id)| self.tree.id_of(path) != Some(id));
+            self.tree = newer;
+            resolution = matcher.resolve(&self.tree);
+            if !appeared {
+                break;
+            }
+        }
+        Ok((self.dataplane.commit()?, resolution))
     }
 
     fn reject(&mut self, trigger: Trigger, source: &Path, errors: Vec<String>) -> Vec<String> {
@@ -567,7 +627,11 @@ impl Engine {
         }
     }
 
-    /// Cgroups came or went: update the policy in force in place.
+    /// Cgroups came or went: update the policy in force in place. The
+    /// tracer registered the new ones at their creation already; this
+    /// corrects what it could not know (a directory handed to another user
+    /// after its creation, a cgroup past a quota or past the kernel's
+    /// state capacity) and writes the states of cgroups it did not follow.
     pub fn on_tree(&mut self, update: TreeUpdate) {
         self.tree = update.tree;
         self.seed_bound_ports();
@@ -575,39 +639,18 @@ impl Engine {
             return;
         };
         let newer = matcher.resolve(&self.tree);
-        // Compare with what the kernel holds: matched cgroups and their
-        // descendants (the receiving side of a local connection is looked
-        // up exactly).
-        let old: std::collections::BTreeMap<u64, ResolvedCgroup> = self
-            .dataplane
-            .cgroups()
-            .map(|c| (c.cgroup_id, *c))
-            .collect();
-        let wanted = to_resolved(&newer, &self.tree, &current.compiled);
-        let new: std::collections::BTreeMap<u64, ResolvedCgroup> =
-            wanted.iter().map(|c| (c.cgroup_id, *c)).collect();
-        for id in old.keys().filter(|id| !new.contains_key(id)) {
-            if let Err(e) = self.dataplane.remove_cgroup(*id) {
-                tracing::error!(cgroup_id = id, error = %e, "cannot remove a cgroup from the policy");
-            }
+        let quota = self.settings.max_cgroups_per_workload as usize;
+        let (wanted, refused) = to_resolved(&newer, &self.tree, &current.compiled, quota);
+        let states = self.dataplane.name_key().map(|_| &newer.states);
+        match self.dataplane.sync_cgroups(&wanted, states) {
+            Ok(true) => tracing::info!(
+                cgroups = wanted.len(),
+                "cgroups of the policy in force updated"
+            ),
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "cannot update the cgroups of the policy"),
         }
-        for resolved in wanted {
-            if old.get(&resolved.cgroup_id) == Some(&resolved) {
-                continue;
-            }
-            match self.dataplane.add_cgroup(resolved) {
-                Ok(_) => {
-                    tracing::info!(
-                        cgroup_id = resolved.cgroup_id,
-                        workload = resolved.workload,
-                        "cgroup joined a workload"
-                    )
-                }
-                Err(e) => {
-                    tracing::error!(cgroup_id = resolved.cgroup_id, error = %e, "cannot add a cgroup to the policy")
-                }
-            }
-        }
+        self.refused = refused;
         self.resolution = newer;
     }
 
@@ -621,6 +664,7 @@ impl Engine {
             .unwrap_or(0);
         let mut not_enforced: Vec<String> =
             self.v1_conflicts.iter().map(ToString::to_string).collect();
+        not_enforced.extend(self.registration_error.clone());
         let mut workloads = Vec::new();
         match &self.current {
             None => not_enforced.push(match self.adopted_generation {
@@ -668,6 +712,25 @@ impl Engine {
                         },
                     });
                 }
+            }
+        }
+        if let Some(current) = &self.current {
+            for (&workload, &count) in &self.refused {
+                not_enforced.push(format!(
+                    "workload {}: {count} cgroups past its quota of {} are not registered (max_cgroups_per_workload)",
+                    current
+                        .compiled
+                        .workload(workload)
+                        .map_or("?", |w| w.name.as_str()),
+                    self.settings.max_cgroups_per_workload
+                ));
+            }
+        }
+        if let Some(matcher) = &self.matcher {
+            for (workload, user) in matcher.automaton().unknown_users() {
+                not_enforced.push(format!(
+                    "workload {workload}: user {user} does not exist on this host; its unit matches nothing"
+                ));
             }
         }
         for a in &self.resolution.ambiguities {

@@ -33,7 +33,9 @@ use crate::api::{Access, Reply, Request, Response, Server};
 use crate::cgroups::{self, CgroupTree, CgroupWatcher, WatchOptions};
 use crate::compile::compiled::CompiledPolicy;
 use crate::config::Settings;
-use crate::dataplane::{Dataplane, DataplaneOptions, EventReader, FailsafePort, UnmanagedMode};
+use crate::dataplane::{
+    Dataplane, DataplaneOptions, EventReader, FailsafePort, RegistrationLimits, UnmanagedMode,
+};
 use engine::{Engine, Trigger};
 use flows::{FlowFilter, FlowHistory};
 
@@ -106,6 +108,25 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         })
         .collect();
     dataplane.set_failsafe(&failsafe)?;
+    // Cgroups are registered in the kernel at their creation from now on,
+    // whether this process runs or not. Without it (no kernel BTF, a
+    // kernel older than 5.17) enforcement still works, with a window
+    // between a cgroup's creation and its registration by this process:
+    // said loudly and in status.
+    let registration_error = match dataplane.enable_registration(RegistrationLimits {
+        max_cgroups_per_workload: settings.max_cgroups_per_workload,
+        ..RegistrationLimits::default()
+    }) {
+        Ok(()) => None,
+        Err(e) => {
+            let message = format!(
+                "cgroups are not registered at their creation ({:#}): a cgroup created while this daemon is not running, or before it sees it, is not its workload until it does",
+                anyhow::Error::from(e)
+            );
+            tracing::error!("NOT ENFORCED FROM CREATION: {message}");
+            Some(message)
+        }
+    };
     let events = dataplane.take_events()?;
 
     let tree = CgroupTree::scan(&root)
@@ -122,6 +143,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         v1_conflicts,
         flows,
     );
+    engine.set_registration_error(registration_error);
     // The policy goes into the maps before the programs are (re)attached,
     // so a fresh attach never enforces an empty policy and an adopted one
     // switches straight from the old policy to the new.

@@ -88,6 +88,16 @@ pub enum DataplaneError {
         needed: usize,
         capacity: u32,
     },
+    #[error("the kernel's BTF is not usable ({0}): cgroups cannot be registered at their creation")]
+    NoKernelBtf(String),
+    #[error("cannot attach the cgroup tracer {program}")]
+    UnableToAttachTracer {
+        program: &'static str,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    #[error("cannot draw a random key")]
+    NoRandomness(#[source] std::io::Error),
     #[error("invalid setting: {0}")]
     InvalidSetting(String),
     #[error("the events ring buffer was already taken")]

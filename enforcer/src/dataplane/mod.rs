@@ -5,8 +5,11 @@
 mod error;
 mod events;
 mod host;
+mod kernel_btf;
 mod port_bits;
 mod programs;
+mod registration;
+mod shared_array;
 mod slots;
 mod test_run;
 mod ticks;
@@ -34,6 +37,7 @@ pub use self::{
     error::{DataplaneError, Result},
     events::{EventReader, decode_event},
     host::{HostAddrs, SocketMatching, check_cgroup_socket_matching},
+    registration::RegistrationLimits,
     slots::{Plan, SlotContent, plan},
     test_run::{TestRunOutcome, ethernet_frame},
 };
@@ -75,6 +79,26 @@ pub struct ResolvedCgroup {
     pub class: Identity,
     /// `MODE_ENFORCE`, `MODE_AUDIT` or `MODE_OFF`.
     pub mode: u8,
+}
+
+impl ResolvedCgroup {
+    /// Its value in a slot's cgroup map.
+    pub fn entry(&self) -> enforcer_common::CgroupEntry {
+        enforcer_common::CgroupEntry {
+            workload: self.workload,
+            class: self.class,
+            mode: self.mode,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// What the cgroup tracer needs for the slot being staged: the automaton
+/// tables and the automaton states of the cgroups that exist.
+#[derive(Clone, Copy, Debug)]
+pub struct SlotMatching<'a> {
+    pub tables: &'a crate::cgroups::automaton::KernelTables,
+    pub states: &'a BTreeMap<u64, crate::cgroups::CgroupStates>,
 }
 
 /// The `--unmanaged` setting: what happens to processes in no workload.
@@ -155,6 +179,12 @@ pub struct GlobalCounters {
     /// Connections and datagrams that `connect4|6` or `sendmsg4|6` allowed
     /// from their per-CPU cache of recent verdicts, without judging them.
     pub cached_verdicts: u64,
+    /// Cgroups the tracer registered at their creation (per slot).
+    pub cgroups_registered: u64,
+    /// Cgroups the tracer left out: their workload was at its quota.
+    pub registrations_refused: u64,
+    /// Cgroups whose automaton states did not fit the kernel's tables.
+    pub match_overflows: u64,
 }
 
 /// The loaded kernel programs and their maps.
@@ -169,8 +199,16 @@ pub struct Dataplane {
     cgroups: BTreeMap<u64, ResolvedCgroup>,
     /// What each slot holds, as written by this value; `None` when unknown
     /// (maps adopted from pins, or a write that failed half-way), and then
-    /// the next `apply` into that slot empties it first.
+    /// the next `apply` into that slot empties it first. The cgroup maps
+    /// are always compared with what they really hold: the cgroup tracer
+    /// writes them too.
     written: [Option<Box<SlotContent>>; 2],
+    /// The key of the tracer's name hash, once [`Dataplane::enable_registration`]
+    /// set it up.
+    name_key: Option<[u64; 2]>,
+    /// The slot an apply is writing, between [`Dataplane::stage`] and
+    /// [`Dataplane::commit`], with its content.
+    staged: Option<(usize, Box<SlotContent>)>,
 }
 
 impl std::fmt::Debug for Dataplane {
@@ -180,6 +218,7 @@ impl std::fmt::Debug for Dataplane {
             .field("links", &self.links.len())
             .field("cgroups", &self.cgroups.len())
             .field("known_slots", &self.written.each_ref().map(|w| w.is_some()))
+            .field("registration", &self.name_key.is_some())
             .finish()
     }
 }
@@ -201,7 +240,7 @@ fn is_bpffs(path: &Path) -> bool {
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 
 /// The names of every map, for pinning.
-const ALL_MAPS: [&str; 20] = [
+const ALL_MAPS: [&str; 29] = [
     maps::CONFIG,
     maps::CGROUPS[0],
     maps::CGROUPS[1],
@@ -222,6 +261,15 @@ const ALL_MAPS: [&str; 20] = [
     maps::WORKLOAD_COUNTERS,
     maps::GLOBAL_COUNTERS,
     maps::CACHED_VERDICTS,
+    maps::REGISTRATION,
+    maps::CGROUP_MATCH,
+    maps::MATCH_STATES,
+    maps::MATCH_EXACT,
+    maps::MATCH_GLOBS,
+    maps::REGISTERED_CGROUPS[0],
+    maps::REGISTERED_CGROUPS[1],
+    maps::DELEGATED_MATCHES,
+    maps::MATCH_SCRATCH,
 ];
 
 impl Dataplane {
@@ -270,6 +318,8 @@ impl Dataplane {
             links: Vec::new(),
             cgroups: BTreeMap::new(),
             written: [None, None],
+            name_key: None,
+            staged: None,
         };
         let cfg = dp.config()?;
         if cfg.generation == 0 && cfg.enabled == 0 {
@@ -307,39 +357,69 @@ impl Dataplane {
             })?;
         for (name, kind) in PROGRAMS {
             let link = programs::attach_one(&mut self.ebpf, name, kind, &cgroup, cgroup_dir)?;
-            match &self.pin_dir {
-                Some(dir) => {
-                    let path = dir.join("links").join(name);
-                    // Take the old link out of the pin but keep it attached
-                    // until the new one is pinned.
-                    let old = if path.exists() {
-                        let pinned = PinnedLink::from_pin(&path).map_err(|e| {
-                            DataplaneError::UnableToAdoptLink {
-                                path: path.clone(),
-                                source: std::io::Error::other(e),
-                            }
-                        })?;
-                        Some(pinned.unpin().map_err(|source| {
-                            DataplaneError::UnableToAdoptLink {
-                                path: path.clone(),
-                                source,
-                            }
-                        })?)
-                    } else {
-                        None
-                    };
-                    link.pin(&path)
-                        .map_err(|source| DataplaneError::UnableToPinLink {
-                            program: name,
-                            path: path.clone(),
-                            source,
-                        })?;
-                    drop(old);
-                }
-                None => self.links.push(link),
-            }
+            self.keep_link(name, link)?;
         }
         Ok(())
+    }
+
+    /// Keeps a new link alive: pinned (replacing, and then detaching, the
+    /// link an earlier process pinned for the same program, so there is no
+    /// gap) or owned by this value.
+    fn keep_link(&mut self, name: &'static str, link: FdLink) -> Result<()> {
+        let Some(dir) = &self.pin_dir else {
+            self.links.push(link);
+            return Ok(());
+        };
+        let path = dir.join("links").join(name);
+        // Take the old link out of the pin but keep it attached until the
+        // new one is pinned.
+        let old = if path.exists() {
+            let pinned =
+                PinnedLink::from_pin(&path).map_err(|e| DataplaneError::UnableToAdoptLink {
+                    path: path.clone(),
+                    source: std::io::Error::other(e),
+                })?;
+            Some(
+                pinned
+                    .unpin()
+                    .map_err(|source| DataplaneError::UnableToAdoptLink {
+                        path: path.clone(),
+                        source,
+                    })?,
+            )
+        } else {
+            None
+        };
+        link.pin(&path)
+            .map_err(|source| DataplaneError::UnableToPinLink {
+                program: name,
+                path: path.clone(),
+                source,
+            })?;
+        drop(old);
+        Ok(())
+    }
+
+    /// Registers cgroups in the kernel at their creation from now on, in
+    /// every slot whose automaton [`Dataplane::stage`] writes: loads the
+    /// cgroup tracer against this kernel's BTF, writes its settings (the
+    /// name hash key of an adopted tracer is kept: its tables are hashed
+    /// with it) and attaches it, pinned like the other programs.
+    pub fn enable_registration(&mut self, limits: RegistrationLimits) -> Result<()> {
+        registration::load_tracers(&mut self.ebpf)?;
+        let key = registration::configure(&mut self.ebpf, limits)?;
+        for (name, _) in registration::TRACERS {
+            let link = registration::attach_tracer(&mut self.ebpf, name)?;
+            self.keep_link(name, link)?;
+        }
+        self.name_key = Some(key);
+        Ok(())
+    }
+
+    /// The key of the tracer's name hash, once registration is enabled:
+    /// what [`crate::cgroups::Automaton::kernel_tables`] hashes names with.
+    pub fn name_key(&self) -> Option<[u64; 2]> {
+        self.name_key
     }
 
     /// Detaches the links this process owns (pinned links stay; see
@@ -398,26 +478,116 @@ impl Dataplane {
         cgroups: &[ResolvedCgroup],
         host: &HostAddrs,
     ) -> Result<u32> {
-        let content = SlotContent::of(policy, cgroups, host);
+        self.stage(policy, host, None)?;
+        self.stage_cgroups(cgroups, None)?;
+        self.commit()
+    }
+
+    /// The first step of an apply in steps (what [`Dataplane::apply`] does
+    /// at once): checks the policy fits, then writes its addresses,
+    /// verdicts and (with `tables`, when registration is enabled) the
+    /// cgroup tracer's automaton into the inactive slot. Nothing is in
+    /// force until [`Dataplane::commit`]; on error the running policy is
+    /// untouched. Returns the slot being written.
+    pub fn stage(
+        &mut self,
+        policy: &CompiledPolicy,
+        host: &HostAddrs,
+        tables: Option<&crate::cgroups::automaton::KernelTables>,
+    ) -> Result<usize> {
+        let content = SlotContent::of(policy, &[], host);
         slots::check_capacity(&content)?;
+        if let Some(tables) = tables {
+            registration::check_capacity(tables)?;
+        }
         let cfg = self.config()?;
         let inactive = if cfg.enabled != 0 && cfg.active_slot == 0 {
             1
         } else {
             0
         };
+        self.staged = None;
         // Unknown until the write succeeds: a failure leaves it unknown.
         match self.written[inactive].take() {
             Some(old) => slots::update_slot(&mut self.ebpf, inactive, &old, &content)?,
             None => slots::replace_slot(&mut self.ebpf, inactive, &content)?,
         }
-        self.written[inactive] = Some(Box::new(content));
+        // Empty tables for a slot without matching: the tracer registers
+        // nothing there.
+        let empty = crate::cgroups::automaton::KernelTables::default();
+        registration::write_tables(&mut self.ebpf, inactive, tables.unwrap_or(&empty))?;
+        self.staged = Some((inactive, Box::new(content)));
+        Ok(inactive)
+    }
+
+    /// Writes the cgroups of the staged slot: exactly `cgroups` in its
+    /// cgroup map (whatever the tracer added meanwhile), their counts for
+    /// the tracer's quota, and, with `states`, every cgroup's automaton
+    /// states for the tracer. May run several times between
+    /// [`Dataplane::stage`] and [`Dataplane::commit`]: a cgroup created
+    /// while the states were written may have been matched with stale ones,
+    /// and a pass over a newer tree corrects it.
+    pub fn stage_cgroups(
+        &mut self,
+        cgroups: &[ResolvedCgroup],
+        states: Option<&BTreeMap<u64, crate::cgroups::CgroupStates>>,
+    ) -> Result<()> {
+        let Some((slot, content)) = self.staged.as_mut() else {
+            return Err(DataplaneError::InvalidSetting(
+                "stage_cgroups without a staged policy".into(),
+            ));
+        };
+        let slot = *slot;
+        if cgroups.len() > enforcer_common::MAX_CGROUPS as usize {
+            return Err(DataplaneError::CapacityExceeded {
+                map: maps::CGROUPS[slot],
+                needed: cgroups.len(),
+                capacity: enforcer_common::MAX_CGROUPS,
+            });
+        }
+        let mut entries: Vec<(u64, enforcer_common::CgroupEntry)> =
+            cgroups.iter().map(|c| (c.cgroup_id, c.entry())).collect();
+        entries.sort_unstable_by_key(|e| e.0);
+        entries.dedup_by_key(|e| e.0);
+        content.cgroups = entries;
+        registration::write_cgroups(&mut self.ebpf, slot, cgroups)?;
+        registration::write_counts(&self.ebpf, slot, cgroups)?;
+        if let Some(states) = states {
+            registration::write_states(&mut self.ebpf, slot, states)?;
+        }
+        Ok(())
+    }
+
+    /// Puts the staged slot in force: flips `CONFIG` in one update (new
+    /// slot, new generation, enabled). Returns the new generation.
+    pub fn commit(&mut self) -> Result<u32> {
+        let Some((slot, content)) = self.staged.take() else {
+            return Err(DataplaneError::InvalidSetting(
+                "commit without a staged policy".into(),
+            ));
+        };
+        let cgroups = content
+            .cgroups
+            .iter()
+            .map(|&(cgroup_id, e)| {
+                (
+                    cgroup_id,
+                    ResolvedCgroup {
+                        cgroup_id,
+                        workload: e.workload,
+                        class: e.class,
+                        mode: e.mode,
+                    },
+                )
+            })
+            .collect();
+        self.written[slot] = Some(content);
         let generation = self.bump_generation(|c| {
-            c.active_slot = inactive as u32;
+            c.active_slot = slot as u32;
             c.enabled = 1;
         })?;
-        self.cgroups = cgroups.iter().map(|c| (c.cgroup_id, *c)).collect();
-        tracing::debug!(generation, slot = inactive, "policy applied");
+        self.cgroups = cgroups;
+        tracing::debug!(generation, slot, "policy applied");
         Ok(generation)
     }
 
@@ -486,6 +656,38 @@ impl Dataplane {
             );
         }
         Ok(out)
+    }
+
+    /// Makes the policy in force hold exactly these cgroups (whatever the
+    /// tracer added or removed meanwhile), their counts and, with
+    /// `states`, their automaton states: the daemon's reconciliation after
+    /// a change of the cgroup tree. Flows are judged again when a cgroup
+    /// entry changed. Returns whether one did.
+    pub fn sync_cgroups(
+        &mut self,
+        cgroups: &[ResolvedCgroup],
+        states: Option<&BTreeMap<u64, crate::cgroups::CgroupStates>>,
+    ) -> Result<bool> {
+        let slot = self.active_slot()?;
+        let changed = registration::write_cgroups(&mut self.ebpf, slot, cgroups)?;
+        registration::write_counts(&self.ebpf, slot, cgroups)?;
+        if let Some(states) = states {
+            registration::write_states(&mut self.ebpf, slot, states)?;
+        }
+        let entries: Vec<(u64, enforcer_common::CgroupEntry)> = {
+            let mut e: Vec<_> = cgroups.iter().map(|c| (c.cgroup_id, c.entry())).collect();
+            e.sort_unstable_by_key(|e| e.0);
+            e.dedup_by_key(|e| e.0);
+            e
+        };
+        if let Some(content) = self.written[slot].as_mut() {
+            content.cgroups = entries;
+        }
+        self.cgroups = cgroups.iter().map(|c| (c.cgroup_id, *c)).collect();
+        if changed {
+            self.bump_generation(|_| {})?;
+        }
+        Ok(changed)
     }
 
     /// Adds (or updates) one cgroup in the policy in force, for the
@@ -596,6 +798,9 @@ impl Dataplane {
             dropped: sum(GLOBAL_COUNTER_DROPPED)?,
             events_lost: sum(GLOBAL_COUNTER_EVENTS_LOST)?,
             cached_verdicts: sum(GLOBAL_COUNTER_CACHED_VERDICTS)?,
+            cgroups_registered: sum(enforcer_common::GLOBAL_COUNTER_CGROUPS_REGISTERED)?,
+            registrations_refused: sum(enforcer_common::GLOBAL_COUNTER_REGISTRATIONS_REFUSED)?,
+            match_overflows: sum(enforcer_common::GLOBAL_COUNTER_MATCH_OVERFLOWS)?,
         })
     }
 

@@ -118,12 +118,7 @@ impl SlotContent {
 }
 
 fn cgroup_entry(c: &ResolvedCgroup) -> CgroupEntry {
-    CgroupEntry {
-        workload: c.workload,
-        class: c.class,
-        mode: c.mode,
-        _pad: [0; 3],
-    }
+    c.entry()
 }
 
 /// How to turn one map's content into another's.
@@ -297,19 +292,6 @@ fn update_trie<K: TrieKey, V: aya::Pod>(
     Ok(())
 }
 
-fn update_cgroups(ebpf: &mut aya::Ebpf, slot: usize, plan: &Plan<u64, CgroupEntry>) -> Result<()> {
-    let name = maps::CGROUPS[slot];
-    let mut m: HashMap<&mut MapData, u64, CgroupEntry> =
-        HashMap::try_from(map(ebpf, name)?).map_err(type_err(name))?;
-    for k in &plan.delete {
-        removed(m.remove(k), name)?;
-    }
-    for (k, v) in &plan.put {
-        m.insert(*k, *v, 0).map_err(write_err(name))?;
-    }
-    Ok(())
-}
-
 /// Writes the cgroup entry of one cgroup into a slot.
 pub(crate) fn put_cgroup(ebpf: &mut aya::Ebpf, slot: usize, c: &ResolvedCgroup) -> Result<()> {
     let name = maps::CGROUPS[slot];
@@ -327,15 +309,16 @@ pub(crate) fn delete_cgroup(ebpf: &mut aya::Ebpf, slot: usize, cgroup_id: u64) -
     removed(m.remove(&cgroup_id), name)
 }
 
-/// Turns `slot`, known to hold `old`, into `new`: only the differences are
-/// written.
+/// Turns the address and verdict tries of `slot`, known to hold `old`,
+/// into `new`: only the differences are written. The cgroup map is written
+/// apart (`registration::write_cgroups`), against what it really holds:
+/// the cgroup tracer adds to it.
 pub(crate) fn update_slot(
     ebpf: &mut aya::Ebpf,
     slot: usize,
     old: &SlotContent,
     new: &SlotContent,
 ) -> Result<()> {
-    update_cgroups(ebpf, slot, &plan(&old.cgroups, &new.cgroups))?;
     update_trie(ebpf, maps::ADDR4[slot], &plan(&old.addr4, &new.addr4))?;
     update_trie(ebpf, maps::ADDR6[slot], &plan(&old.addr6, &new.addr6))?;
     update_trie(
@@ -345,10 +328,9 @@ pub(crate) fn update_slot(
     )
 }
 
-/// Replaces whatever `slot` holds with `new`: every map emptied, then
-/// filled.
+/// Replaces whatever the tries of `slot` hold with `new`: each emptied,
+/// then filled (the cgroup map as in [`update_slot`]).
 pub(crate) fn replace_slot(ebpf: &mut aya::Ebpf, slot: usize, new: &SlotContent) -> Result<()> {
-    clear_hash::<u64, CgroupEntry>(ebpf, maps::CGROUPS[slot])?;
     clear_trie::<[u8; 4], Identity>(ebpf, maps::ADDR4[slot])?;
     clear_trie::<[u8; 16], Identity>(ebpf, maps::ADDR6[slot])?;
     clear_trie::<[u8; 12], VerdictValue>(ebpf, maps::VERDICTS[slot])?;

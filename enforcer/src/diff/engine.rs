@@ -224,7 +224,9 @@ fn label(policy: &CompiledPolicy, e: Effective) -> String {
 fn selector_text(s: &CgroupSelector) -> String {
     match s {
         CgroupSelector::Unit(u) => format!("unit={u}"),
+        CgroupSelector::UserUnit { unit, user } => format!("unit={unit} user={user}"),
         CgroupSelector::Glob(g) => format!("cgroup={g}"),
+        CgroupSelector::DelegatedGlob(g) => format!("cgroup={g} delegated"),
     }
 }
 

@@ -14,7 +14,7 @@ use toml_edit::{ImDocument, Item, Key, TableLike, Value};
 use super::diag::{Diagnostic, LineIndex, Loc};
 use super::model::{Labels, Located, Peer, Policy, PolicySet, Rule, Selector, Workload};
 use super::types::{LabelKey, LabelValue, Mode, Name, PortSpec, ServicePort, Verdict};
-use crate::compile::{CgroupSelector, Section};
+use crate::compile::{CgroupSelector, Section, UnitUser};
 
 /// An expectation whose names are not resolved yet (that needs every file).
 #[derive(Clone, Debug)]
@@ -27,7 +27,7 @@ pub(crate) struct RawExpectation {
 }
 
 const TOP_FIELDS: &[&str] = &["workload", "peer", "policy", "expect"];
-const WORKLOAD_FIELDS: &[&str] = &["unit", "cgroup", "labels", "mode"];
+const WORKLOAD_FIELDS: &[&str] = &["unit", "user", "cgroup", "delegated", "labels", "mode"];
 const PEER_FIELDS: &[&str] = &["cidrs", "labels"];
 const POLICY_FIELDS: &[&str] = &[
     "name",
@@ -330,6 +330,7 @@ impl FileParser<'_> {
                 }
             },
         };
+        let selector = self.selector_owner(selector, t, at, &what);
         let labels = self.labels(t, at);
         let mode = match self.string(t, "mode", at) {
             None => Mode::Enforce,
@@ -345,6 +346,73 @@ impl FileParser<'_> {
             labels,
             mode,
         })
+    }
+
+    /// Applies `user = ...` (to a `unit`) and `delegated = true` (to a
+    /// `cgroup` pattern): who the selected cgroups may belong to.
+    fn selector_owner(
+        &mut self,
+        selector: CgroupSelector,
+        t: &dyn TableLike,
+        at: &Loc,
+        what: &str,
+    ) -> CgroupSelector {
+        let user = t
+            .get("user")
+            .map(|item| (item, self.item_loc(t, "user", item, at)));
+        let delegated = self.boolean(t, "delegated", at);
+        let delegated_loc = t
+            .get("delegated")
+            .map(|item| self.item_loc(t, "delegated", item, at));
+        match selector {
+            CgroupSelector::Unit(unit) => {
+                if let Some(loc) = delegated_loc.filter(|_| delegated) {
+                    self.error(
+                        &loc,
+                        format!(
+                            "{what}: `delegated` applies to `cgroup` patterns; a user's unit is selected with `user = \"NAME\"`"
+                        ),
+                    );
+                }
+                let Some((item, loc)) = user else {
+                    return CgroupSelector::Unit(unit);
+                };
+                let user = if let Some(name) = item.as_str() {
+                    if name.is_empty() || name.contains(['/', ':', '\0']) {
+                        self.error(
+                            &loc,
+                            format!("{what}: `user = {name:?}` is not a user name"),
+                        );
+                    }
+                    UnitUser::Name(name.to_owned())
+                } else if let Some(uid) = item.as_integer().and_then(|n| u32::try_from(n).ok()) {
+                    UnitUser::Uid(uid)
+                } else {
+                    self.error(
+                        &loc,
+                        format!("{what}: `user` must be a user name (`user = \"alice\"`) or a uid (`user = 1000`)"),
+                    );
+                    UnitUser::Uid(0)
+                };
+                CgroupSelector::UserUnit { unit, user }
+            }
+            CgroupSelector::Glob(pattern) => {
+                if let Some((_, loc)) = user {
+                    self.error(
+                        &loc,
+                        format!(
+                            "{what}: `user` applies to `unit`; a pattern selects cgroups of other users with `delegated = true`"
+                        ),
+                    );
+                }
+                if delegated {
+                    CgroupSelector::DelegatedGlob(pattern)
+                } else {
+                    CgroupSelector::Glob(pattern)
+                }
+            }
+            other => other,
+        }
     }
 
     fn peer(&mut self, name: Name, t: &dyn TableLike, at: &Loc) -> Option<Peer> {

@@ -78,21 +78,26 @@ fn unique_names(set: &mut PolicySet, diags: &mut Vec<Diagnostic>) {
 fn unique_selectors(set: &PolicySet, diags: &mut Vec<Diagnostic>) {
     let mut seen = HashMap::new();
     for w in &set.workloads {
-        let key = &w.selector;
-        let empty = match key {
-            crate::compile::CgroupSelector::Unit(u) => u.is_empty(),
-            crate::compile::CgroupSelector::Glob(g) => g.is_empty(),
+        use crate::compile::CgroupSelector;
+        // One pattern is one set of cgroups, delegated or not.
+        let key = match &w.selector {
+            CgroupSelector::DelegatedGlob(g) => CgroupSelector::Glob(g.clone()),
+            other => other.clone(),
+        };
+        let empty = match &key {
+            CgroupSelector::Unit(u) | CgroupSelector::UserUnit { unit: u, .. } => u.is_empty(),
+            CgroupSelector::Glob(g) | CgroupSelector::DelegatedGlob(g) => g.is_empty(),
         };
         if empty {
             continue; // already reported as invalid
         }
-        if let Some((name, loc)) = seen.get(key) {
+        if let Some((name, loc)) = seen.get(&key) {
             diags.push(Diagnostic::error(
                 &w.loc,
                 format!("workload `{}` has the same cgroup selector as workload `{name}` ({loc}): a cgroup belongs to one workload", w.name),
             ));
         } else {
-            seen.insert(key.clone(), (w.name.clone(), w.loc.clone()));
+            seen.insert(key, (w.name.clone(), w.loc.clone()));
         }
     }
 }

@@ -8,11 +8,12 @@ use std::{
     fs,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     os::unix::fs::MetadataExt as _,
-    path::{Path, PathBuf},
+    path::Path,
 };
 
 use anyhow::{Context as _, Result, bail};
 use enforcer::{
+    cgroups::{CgroupTree, Matcher, uid_of_user},
     compile::CompiledPolicy,
     dataplane::{Dataplane, DataplaneOptions, EventReader, HostAddrs, ResolvedCgroup},
 };
@@ -60,7 +61,7 @@ pub struct Resolution {
 pub enum Enforcement {
     /// The demo drives the data plane itself (`--library`).
     Library {
-        dataplane: Dataplane,
+        dataplane: Box<Dataplane>,
         events: EventReader,
         generation: u32,
     },
@@ -212,7 +213,7 @@ impl Stage {
         let events = dataplane.take_events()?;
         self.resolved = resolved;
         self.enforcement = Some(Enforcement::Library {
-            dataplane,
+            dataplane: Box::new(dataplane),
             events,
             generation,
         });
@@ -262,69 +263,40 @@ impl Stage {
     }
 }
 
-/// Every directory of the subtree at `root`, relative to it, parents first.
-fn subtree(root: &Path) -> Result<Vec<(String, PathBuf)>> {
-    let mut out = Vec::new();
-    let mut queue = vec![root.to_path_buf()];
-    while let Some(dir) = queue.pop() {
-        let entries = fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?;
-        for entry in entries {
-            let entry = entry?;
-            if entry.file_type()?.is_dir() {
-                let path = entry.path();
-                let rel = path
-                    .strip_prefix(root)
-                    .unwrap_or(&path)
-                    .to_string_lossy()
-                    .into_owned();
-                out.push((rel, path.clone()));
-                queue.push(path);
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
 /// Resolves the cgroups under `root` (standing in for the cgroup root) to
-/// the policy's workloads with their `unit` / `cgroup` selectors. A
-/// cgroup's descendants need no entry: the kernel looks up ancestors.
+/// the policy's workloads, as the daemon does (`enforcer::cgroups::Matcher`).
+/// A cgroup's descendants need no entry: the kernel looks up ancestors.
 pub fn resolve(policy: &CompiledPolicy, root: &Path) -> Result<Vec<Resolution>> {
-    let mut out = Vec::new();
-    for (rel, path) in subtree(root)? {
-        let matching: Vec<_> = policy
-            .workloads
-            .iter()
-            .filter(|w| w.selector.matches(&rel))
-            .collect();
-        match matching.as_slice() {
-            [] => {}
-            [w] => {
-                let id = fs::metadata(&path)
-                    .with_context(|| format!("stat {}", path.display()))?
-                    .ino();
-                out.push(Resolution {
-                    path: rel,
-                    workload: w.name.clone(),
-                    cgroup: ResolvedCgroup {
-                        cgroup_id: id,
-                        workload: w.identity,
-                        class: w.class,
-                        mode: w.mode,
-                    },
-                });
-            }
-            several => bail!(
-                "cgroup {rel} matches several workloads ({})",
-                several
-                    .iter()
-                    .map(|w| w.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        }
+    let tree = CgroupTree::scan(root).with_context(|| format!("scanning {}", root.display()))?;
+    let matcher = Matcher::new(&policy.workloads, uid_of_user)
+        .context("the policy's selectors do not fit the kernel's tables")?;
+    let resolution = matcher.resolve(&tree);
+    if let Some(ambiguity) = resolution.ambiguities.first() {
+        bail!(
+            "cgroup {} matches several workloads ({})",
+            ambiguity.path,
+            ambiguity.workloads.join(", ")
+        );
     }
-    Ok(out)
+    resolution
+        .cgroups
+        .iter()
+        .map(|c| {
+            let w = policy
+                .workload(c.workload)
+                .context("a resolved workload is in the policy")?;
+            Ok(Resolution {
+                path: c.path.clone(),
+                workload: w.name.clone(),
+                cgroup: ResolvedCgroup {
+                    cgroup_id: c.id,
+                    workload: w.identity,
+                    class: w.class,
+                    mode: w.mode,
+                },
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -334,9 +306,12 @@ mod tests {
     use super::*;
 
     /// A plain directory tree stands in for the cgroup tree: resolution
-    /// only reads directory names and inode numbers.
+    /// only reads directory names, owners and inode numbers. (Run as root,
+    /// as every test of this crate: the directories must belong to root.)
     #[test]
     fn resolves_the_example_policy_selectors_under_a_root() {
+        // Root-owned directories, as cgroups the system manager made.
+        let _root = enforcer_tests::privileged!();
         let dir =
             std::env::temp_dir().join(format!("enforcer-demo-resolve-{}", std::process::id()));
         for sub in [
