@@ -6,7 +6,7 @@ mod daemon_support;
 
 use std::time::Duration;
 
-use daemon_support::{Daemon, Scratch, loopback, web_policy, write_policy};
+use daemon_support::{Daemon, Scratch, apply_request, loopback, web_policy, write_policy};
 use enforcer::api::{Request, Response};
 use enforcer_tests::{CgroupGuard, ProbeOutcome, Server, privileged, tcp_connect};
 
@@ -67,16 +67,13 @@ fn two_hundred_reloads_under_traffic_without_a_failure() {
         });
         let mut client = daemon.client();
         let mut last_generation = 0;
+        let requests = [
+            apply_request(&dirs[0].0, false),
+            apply_request(&dirs[1].0, false),
+        ];
         for i in 0..200 {
             // Alternate, starting with the one that differs from the running policy.
-            let dir = dirs[(i + 1) % 2].0.clone();
-            match client
-                .call(&Request::Apply {
-                    dir,
-                    confirm_ms: None,
-                })
-                .expect("apply")
-            {
+            match client.call(&requests[(i + 1) % 2]).expect("apply") {
                 Response::Applied {
                     generation,
                     unchanged,
@@ -174,10 +171,7 @@ fn invalid_policies_are_rejected_and_the_running_one_stays() {
         >= 2));
     assert_rejected_with_position(&daemon, "sighup", &file);
     // 3. apply (the daemon's own validation: the request bypasses the CLI).
-    match daemon.call(&Request::Apply {
-        dir: s.policies.0.clone(),
-        confirm_ms: None,
-    }) {
+    match daemon.call(&apply_request(&s.policies.0, false)) {
         Response::Rejected { errors } => {
             assert!(errors[0].starts_with(&format!("{file}:")), "{errors:?}")
         }
@@ -189,12 +183,18 @@ fn invalid_policies_are_rejected_and_the_running_one_stays() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("{file}:")));
 
-    // The daemon reads the directory itself: a relative path is refused.
+    // The source only names the files in messages, but it must be an
+    // absolute path.
+    let Request::Apply { files, .. } = apply_request(&s.policies.0, false) else {
+        unreachable!()
+    };
     match daemon.call(&Request::Apply {
-        dir: "policies".into(),
+        source: "policies".into(),
+        files,
         confirm_ms: None,
+        allow_empty: false,
     }) {
-        Response::Rejected { errors } => assert!(errors[0].contains("absolute"), "{errors:?}"),
+        Response::Error { message } => assert!(message.contains("absolute"), "{message}"),
         other => panic!("{other:?}"),
     }
 

@@ -7,11 +7,11 @@
 use std::collections::BTreeMap;
 use std::os::fd::AsFd as _;
 
-use aya::maps::{Map, MapData, PerCpuArray, PerCpuHashMap};
+use aya::maps::{Map, MapData, MapError, PerCpuArray, PerCpuHashMap};
 use enforcer_common::{
-    COUNTER_ACTIONS, CounterKey, GLOBAL_COUNTER_CACHED_VERDICTS, GLOBAL_COUNTER_DROPPED,
-    GLOBAL_COUNTER_EVENTS_LOST, GLOBAL_COUNTER_NEW_FLOWS, GLOBAL_COUNTER_PACKETS, Identity,
-    WORKLOAD_COUNTER_SLOTS, maps,
+    COUNTED_IDENTITIES, COUNTER_ACTIONS, CounterKey, GLOBAL_COUNTER_CACHED_VERDICTS,
+    GLOBAL_COUNTER_DROPPED, GLOBAL_COUNTER_EVENTS_LOST, GLOBAL_COUNTER_NEW_FLOWS,
+    GLOBAL_COUNTER_PACKETS, Identity, WORKLOAD_COUNTER_SLOTS, maps,
 };
 
 use super::error::{DataplaneError, Result, read_err, type_err};
@@ -99,9 +99,32 @@ impl CounterReader {
         })
     }
 
-    /// Packets per (workload, action), summed over CPUs.
-    pub fn counters(&self) -> Result<BTreeMap<(Identity, u8), u64>> {
-        read_counters(&self.hashed, &self.indexed)
+    /// Packets of one (workload, action), summed over CPUs, read where
+    /// the kernel counts them (`bump_counter`): an array slot for the
+    /// first [`COUNTED_IDENTITIES`] identities, the hash map above. One
+    /// lookup, where [`Dataplane::counters`](super::Dataplane::counters)
+    /// reads every slot.
+    pub fn counter(&self, workload: Identity, action: u8) -> Result<u64> {
+        if workload < COUNTED_IDENTITIES && u32::from(action) < COUNTER_ACTIONS {
+            let name = maps::WORKLOAD_COUNTERS;
+            let a: PerCpuArray<&MapData, u64> =
+                PerCpuArray::try_from(&self.indexed).map_err(type_err(name))?;
+            let index = workload * COUNTER_ACTIONS + u32::from(action);
+            return Ok(a.get(&index, 0).map_err(read_err(name))?.iter().sum());
+        }
+        let name = maps::COUNTERS;
+        let m: PerCpuHashMap<&MapData, CounterKey, u64> =
+            PerCpuHashMap::try_from(&self.hashed).map_err(type_err(name))?;
+        let key = CounterKey {
+            workload,
+            action,
+            _pad: [0; 3],
+        };
+        match m.get(&key, 0) {
+            Ok(per_cpu) => Ok(per_cpu.iter().sum()),
+            Err(MapError::KeyNotFound) => Ok(0),
+            Err(e) => Err(read_err(name)(e)),
+        }
     }
 
     /// The global counters, summed over CPUs.
