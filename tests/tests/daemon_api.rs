@@ -154,6 +154,22 @@ fn the_read_group_reads_and_the_admin_group_applies() {
     // Anyone else cannot even connect: the socket's ACL names the groups.
     let stranger = daemon.cli_as(STRANGER, STRANGER, &[], &["status"]);
     assert_eq!(stranger.status.code(), Some(3), "{stranger:?}");
+
+    // A reader never gets to send megabytes: its request lines are short.
+    let socket = daemon.socket.clone();
+    let answer = as_user(READER, READER, &[readers.gid], || {
+        let mut stream = UnixStream::connect(&socket).expect("connect");
+        stream
+            .set_write_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let _ = stream.write_all(&vec![b' '; 1 << 20]);
+        line_within(&stream, Duration::from_secs(5))
+    });
+    let answer = answer.expect("an answer");
+    assert!(
+        answer.contains("request too long: this client may send at most 16384 bytes"),
+        "{answer}"
+    );
 }
 
 /// Reads one line, or what the daemon said before closing; `None` when
@@ -230,6 +246,52 @@ fn a_flood_of_idle_connections_leaves_the_daemon_serving() {
     });
     assert!(enforced, "a new cgroup was not enforced:\n{}", daemon.log());
     drop(flood);
+}
+
+#[test]
+fn the_daemon_survives_running_out_of_descriptors() {
+    let _root = privileged!();
+    let root = CgroupGuard::new().expect("cgroup");
+    let policies = Scratch::new("policies");
+    write_policy(&policies.0, &web_policy(9));
+    // About fifty descriptors are the daemon's own: 96 leave room for a
+    // few dozen clients only.
+    let daemon = Daemon::start_wrapped(
+        &root,
+        &policies.0,
+        &["--idle-timeout", "2s"],
+        &["prlimit", "--nofile=96:96", "--"],
+    );
+    // More connections than descriptors: accept fails (EMFILE) and the
+    // rest wait in the backlog.
+    let held: Vec<UnixStream> = (0..120)
+        .map(|_| UnixStream::connect(&daemon.socket).expect("connect"))
+        .collect();
+    let failing = Daemon::eventually(Duration::from_secs(5), || {
+        daemon.log().contains("accept on the API socket failed")
+    });
+    assert!(
+        failing,
+        "accept never ran out of descriptors:\n{}",
+        daemon.log()
+    );
+    drop(held);
+    // Descriptors come back (the clients hung up, or the idle timeout
+    // closed them): the daemon answers again.
+    let answered = Daemon::eventually(Duration::from_secs(10), || {
+        enforcer::api::Client::connect(&daemon.socket)
+            .ok()
+            .and_then(|mut c| {
+                c.set_timeout(Some(Duration::from_secs(1))).ok()?;
+                c.call(&Request::Status).ok()
+            })
+            .is_some_and(|r| matches!(r, Response::Status(_)))
+    });
+    assert!(
+        answered,
+        "no status after running out of descriptors:\n{}",
+        daemon.log()
+    );
 }
 
 #[test]
