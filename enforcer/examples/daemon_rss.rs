@@ -39,7 +39,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
-use enforcer::api::{Client, Request, Response};
+use enforcer::api::{Client, PolicyFile, Request, Response};
 use enforcer::cgroups::cgroup2_mount;
 use enforcer::dataplane::Dataplane;
 use enforcer_bench::policy::{Shape, Variant};
@@ -245,11 +245,15 @@ fn call(socket: &Path, request: &Request) -> Result<Response> {
 }
 
 fn apply(socket: &Path, dir: &Path, confirm_ms: Option<u64>) -> Result<()> {
+    // As `enforcer apply` does: read the files here, send their text.
+    let files = PolicyFile::from_sources(enforcer::policy::read_dir(dir)?)?;
     match call(
         socket,
         &Request::Apply {
-            dir: dir.to_path_buf(),
+            source: dir.display().to_string(),
+            files,
             confirm_ms,
+            allow_empty: false,
         },
     )? {
         Response::Applied { .. } => Ok(()),

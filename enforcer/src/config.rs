@@ -6,7 +6,12 @@
 //! cgroup_root = "/sys/fs/cgroup"        # default: the cgroup v2 mount
 //! bpffs = "/sys/fs/bpf/enforcer"
 //! socket = "/run/enforcer/enforcer.sock"
-//! socket_group = "enforcer"             # may use apply/status/flows
+//! read_group = "enforcer"               # may use status/flows
+//! admin_group = "enforcer-admin"        # may also use apply/confirm
+//! max_connections = 256                 # API connections at once
+//! max_connections_per_user = 16         # ... per uid other than root
+//! idle_timeout = "60s"                  # no request begun: closed
+//! request_timeout = "10s"               # to send a request, to take an answer
 //! unmanaged = "allow"                   # allow | audit | deny
 //! failsafe = ["22/tcp"]                 # or "22/tcp,2222/tcp", or "none"
 //! metrics = "127.0.0.1:9617"            # Prometheus endpoint, off by default
@@ -26,6 +31,8 @@ use std::str::FromStr;
 use enforcer_common::{MODE_ALLOW, MODE_AUDIT, MODE_ENFORCE, PROTO_TCP, PROTO_UDP};
 use serde::{Deserialize, Deserializer};
 use thiserror::Error;
+
+use crate::api::Limits;
 
 pub const DEFAULT_CONFIG: &str = "/etc/enforcer/enforcer.toml";
 pub const DEFAULT_POLICIES: &str = "/etc/enforcer/policies";
@@ -200,6 +207,28 @@ impl FromStr for LogFormat {
     }
 }
 
+/// A duration in the configuration file: `"90s"`, `"500ms"`, `"2m"`, or a
+/// number of seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConfigDuration(pub std::time::Duration);
+
+impl<'de> Deserialize<'de> for ConfigDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Seconds(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Seconds(s) => Ok(ConfigDuration(std::time::Duration::from_secs(s))),
+            Raw::Text(t) => crate::daemon::duration::parse_duration(&t)
+                .map(ConfigDuration)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 /// The configuration file as written: every key optional.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -208,7 +237,14 @@ pub struct FileConfig {
     pub cgroup_root: Option<PathBuf>,
     pub bpffs: Option<PathBuf>,
     pub socket: Option<PathBuf>,
+    /// The earlier name of `admin_group`.
     pub socket_group: Option<String>,
+    pub read_group: Option<String>,
+    pub admin_group: Option<String>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_user: Option<usize>,
+    pub idle_timeout: Option<ConfigDuration>,
+    pub request_timeout: Option<ConfigDuration>,
     pub unmanaged: Option<Unmanaged>,
     pub failsafe: Option<Failsafe>,
     pub metrics: Option<SocketAddr>,
@@ -286,7 +322,14 @@ pub struct Overrides {
     pub cgroup_root: Option<PathBuf>,
     pub bpffs: Option<PathBuf>,
     pub socket: Option<PathBuf>,
+    /// The earlier name of `admin_group`.
     pub socket_group: Option<String>,
+    pub read_group: Option<String>,
+    pub admin_group: Option<String>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_user: Option<usize>,
+    pub idle_timeout: Option<std::time::Duration>,
+    pub request_timeout: Option<std::time::Duration>,
     pub unmanaged: Option<Unmanaged>,
     pub failsafe: Option<Failsafe>,
     pub metrics: Option<SocketAddr>,
@@ -302,9 +345,14 @@ pub struct Settings {
     pub cgroup_root: Option<PathBuf>,
     pub bpffs: PathBuf,
     pub socket: PathBuf,
-    /// The group (name or numeric gid) allowed to use the socket besides
-    /// root; `None`: root only.
-    pub socket_group: Option<String>,
+    /// The group (name or numeric gid) whose members may use `status` and
+    /// `flows`; `None`: nobody but the admins.
+    pub read_group: Option<String>,
+    /// The group whose members may also `apply` and `confirm`; `None`: root
+    /// (and the daemon's own user) only.
+    pub admin_group: Option<String>,
+    /// Connection caps and timeouts of the API.
+    pub limits: Limits,
     pub unmanaged: Unmanaged,
     pub failsafe: Failsafe,
     pub metrics: Option<SocketAddr>,
@@ -341,6 +389,30 @@ impl Settings {
                 enforcer_common::MAX_CGROUPS
             )));
         }
+        let admin_group = admin_group(
+            (cli.admin_group, cli.socket_group),
+            (file.admin_group, file.socket_group),
+        )?;
+        let defaults = Limits::default();
+        let limits = Limits {
+            max_connections: cli
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(defaults.max_connections),
+            max_connections_per_user: cli
+                .max_connections_per_user
+                .or(file.max_connections_per_user)
+                .unwrap_or(defaults.max_connections_per_user),
+            idle_timeout: cli
+                .idle_timeout
+                .or(file.idle_timeout.map(|d| d.0))
+                .unwrap_or(defaults.idle_timeout),
+            request_timeout: cli
+                .request_timeout
+                .or(file.request_timeout.map(|d| d.0))
+                .unwrap_or(defaults.request_timeout),
+        };
+        limits.validate().map_err(ConfigError::Invalid)?;
         Ok(Settings {
             policies: absolute(
                 cli.policies
@@ -358,7 +430,9 @@ impl Settings {
                     .or(file.socket)
                     .unwrap_or_else(|| DEFAULT_SOCKET.into()),
             ),
-            socket_group: cli.socket_group.or(file.socket_group),
+            read_group: cli.read_group.or(file.read_group),
+            admin_group,
+            limits,
             unmanaged: cli.unmanaged.or(file.unmanaged).unwrap_or_default(),
             failsafe: cli.failsafe.or(file.failsafe).unwrap_or_default(),
             metrics: cli.metrics.or(file.metrics),
@@ -367,6 +441,24 @@ impl Settings {
             max_cgroups_per_workload,
         })
     }
+}
+
+/// The admin group from (admin_group, socket_group) of the command line,
+/// then of the file. `socket_group`, the name of earlier versions, keeps
+/// its meaning (its members could apply); naming both in one place is an
+/// error, since they would disagree.
+fn admin_group(
+    cli: (Option<String>, Option<String>),
+    file: (Option<String>, Option<String>),
+) -> Result<Option<String>, ConfigError> {
+    let one = |(admin, socket): (Option<String>, Option<String>), place: &str| match (admin, socket)
+    {
+        (Some(_), Some(_)) => Err(ConfigError::Invalid(format!(
+            "{place}: set admin_group only: socket_group is its earlier name"
+        ))),
+        (admin, socket) => Ok(admin.or(socket)),
+    };
+    Ok(one(cli, "the command line")?.or(one(file, "the configuration file")?))
 }
 
 #[cfg(test)]
@@ -393,7 +485,12 @@ policies = "/srv/policies"
 cgroup_root = "system.slice"
 bpffs = "/sys/fs/bpf/other"
 socket = "/run/other.sock"
-socket_group = "enforcer"
+read_group = "enforcer"
+admin_group = "enforcer-admin"
+max_connections = 64
+max_connections_per_user = 4
+idle_timeout = "2m"
+request_timeout = 5
 unmanaged = "audit"
 failsafe = ["22/tcp", "53/udp"]
 metrics = "127.0.0.1:9617"
@@ -414,7 +511,48 @@ flow_history = 50
         assert_eq!(s.metrics, Some("127.0.0.1:9617".parse().unwrap()));
         assert_eq!(s.log_format, LogFormat::Json);
         assert_eq!(s.flow_history, 50);
-        assert_eq!(s.socket_group.as_deref(), Some("enforcer"));
+        assert_eq!(s.read_group.as_deref(), Some("enforcer"));
+        assert_eq!(s.admin_group.as_deref(), Some("enforcer-admin"));
+        assert_eq!(
+            s.limits,
+            Limits {
+                max_connections: 64,
+                max_connections_per_user: 4,
+                idle_timeout: std::time::Duration::from_secs(120),
+                request_timeout: std::time::Duration::from_secs(5),
+            }
+        );
+    }
+
+    #[test]
+    fn socket_group_is_the_earlier_name_of_admin_group() {
+        let file = FileConfig::parse("socket_group = \"ops\"", Path::new("c")).unwrap();
+        let s = Settings::resolve(file.clone(), Overrides::default(), Path::new("/")).unwrap();
+        assert_eq!(s.admin_group.as_deref(), Some("ops"));
+        assert_eq!(s.read_group, None);
+        // The command line wins, under either name.
+        let cli = Overrides {
+            socket_group: Some("sre".into()),
+            ..Overrides::default()
+        };
+        let s = Settings::resolve(file, cli, Path::new("/")).unwrap();
+        assert_eq!(s.admin_group.as_deref(), Some("sre"));
+        // Both names in one place disagree: an error.
+        let both =
+            FileConfig::parse("socket_group = \"a\"\nadmin_group = \"b\"", Path::new("c")).unwrap();
+        let err = Settings::resolve(both, Overrides::default(), Path::new("/")).unwrap_err();
+        assert!(err.to_string().contains("socket_group"), "{err}");
+    }
+
+    #[test]
+    fn connection_limits_are_checked() {
+        let file = FileConfig::parse(
+            "max_connections = 8\nmax_connections_per_user = 4",
+            Path::new("c"),
+        )
+        .unwrap();
+        assert!(Settings::resolve(file, Overrides::default(), Path::new("/")).is_err());
+        assert!(FileConfig::parse("idle_timeout = \"soon\"", Path::new("c")).is_err());
     }
 
     #[test]

@@ -401,7 +401,8 @@ fn until_and_mode_changes_are_reported() {
 
 /// A `*.toml` symbolic link is read from a revision as `load_dir` reads it
 /// from a working tree: followed (also from a subdirectory, and link to
-/// link); a link out of the repository is an error that says how to fix it.
+/// link); a dangling link is an error naming it in both; a link out of the
+/// repository is an error that says how to fix it.
 #[test]
 fn rev_dir_follows_symbolic_links_like_a_working_tree() {
     use std::os::unix::fs::symlink;
@@ -411,11 +412,9 @@ fn rev_dir_follows_symbolic_links_like_a_working_tree() {
     write(&repo.join("shared"), &[("shop.toml", SHOP)]);
     std::fs::create_dir_all(repo.join("hosts/a")).expect("mkdir");
     std::fs::create_dir_all(repo.join("hosts/b")).expect("mkdir");
-    // A link to a link to the file, and a dangling one (skipped, as in a
-    // working tree).
+    // A link to a link to the file.
     symlink("../../shared/shop.toml", repo.join("hosts/b/shop.toml")).expect("symlink");
     symlink("../b/shop.toml", repo.join("hosts/a/shop.toml")).expect("symlink");
-    symlink("missing.toml", repo.join("hosts/a/gone.toml")).expect("symlink");
     git(repo, &["add", "."]);
     git(repo, &["commit", "-q", "-m", "v1"]);
 
@@ -438,6 +437,22 @@ fn rev_dir_follows_symbolic_links_like_a_working_tree() {
         &["diff", "HEAD:shared", "HEAD:hosts/a", "--fail-on", "any"],
     );
     assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+
+    // A dangling link: an error naming it, in a revision as in a working
+    // tree (skipping it would silently drop a policy file).
+    symlink("missing.toml", repo.join("hosts/a/gone.toml")).expect("symlink");
+    git(repo, &["add", "."]);
+    git(repo, &["commit", "-q", "-m", "dangling link"]);
+    for args in [
+        ["diff", "HEAD:hosts/b", "HEAD:hosts/a"],
+        ["diff", "HEAD:hosts/b", "hosts/a"],
+    ] {
+        let o = enforcer(repo, &args);
+        assert_eq!(code(&o), 2, "{}{}", stdout(&o), stderr(&o));
+        assert!(stderr(&o).contains("hosts/a/gone.toml"), "{}", stderr(&o));
+    }
+    git(repo, &["rm", "-q", "hosts/a/gone.toml"]);
+    git(repo, &["commit", "-q", "-m", "no dangling link"]);
 
     // Out of the repository: an error naming the link.
     symlink("/etc/enforcer/shop.toml", repo.join("hosts/a/abs.toml")).expect("symlink");

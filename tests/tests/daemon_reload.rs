@@ -6,7 +6,7 @@ mod daemon_support;
 
 use std::time::Duration;
 
-use daemon_support::{Daemon, Scratch, loopback, web_policy, write_policy};
+use daemon_support::{Daemon, Scratch, apply_request, loopback, mkfifo, web_policy, write_policy};
 use enforcer::api::{Request, Response};
 use enforcer_tests::{CgroupGuard, ProbeOutcome, Server, privileged, tcp_connect};
 
@@ -67,16 +67,13 @@ fn two_hundred_reloads_under_traffic_without_a_failure() {
         });
         let mut client = daemon.client();
         let mut last_generation = 0;
+        let requests = [
+            apply_request(&dirs[0].0, false),
+            apply_request(&dirs[1].0, false),
+        ];
         for i in 0..200 {
             // Alternate, starting with the one that differs from the running policy.
-            let dir = dirs[(i + 1) % 2].0.clone();
-            match client
-                .call(&Request::Apply {
-                    dir,
-                    confirm_ms: None,
-                })
-                .expect("apply")
-            {
+            match client.call(&requests[(i + 1) % 2]).expect("apply") {
                 Response::Applied {
                     generation,
                     unchanged,
@@ -174,10 +171,7 @@ fn invalid_policies_are_rejected_and_the_running_one_stays() {
         >= 2));
     assert_rejected_with_position(&daemon, "sighup", &file);
     // 3. apply (the daemon's own validation: the request bypasses the CLI).
-    match daemon.call(&Request::Apply {
-        dir: s.policies.0.clone(),
-        confirm_ms: None,
-    }) {
+    match daemon.call(&apply_request(&s.policies.0, false)) {
         Response::Rejected { errors } => {
             assert!(errors[0].starts_with(&format!("{file}:")), "{errors:?}")
         }
@@ -189,12 +183,18 @@ fn invalid_policies_are_rejected_and_the_running_one_stays() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("{file}:")));
 
-    // The daemon reads the directory itself: a relative path is refused.
+    // The source only names the files in messages, but it must be an
+    // absolute path.
+    let Request::Apply { files, .. } = apply_request(&s.policies.0, false) else {
+        unreachable!()
+    };
     match daemon.call(&Request::Apply {
-        dir: "policies".into(),
+        source: "policies".into(),
+        files,
         confirm_ms: None,
+        allow_empty: false,
     }) {
-        Response::Rejected { errors } => assert!(errors[0].contains("absolute"), "{errors:?}"),
+        Response::Error { message } => assert!(message.contains("absolute"), "{message}"),
         other => panic!("{other:?}"),
     }
 
@@ -307,4 +307,221 @@ fn an_until_expiry_takes_effect_on_time_without_a_trigger() {
     let status = daemon.status();
     assert!(status.policy.unwrap().next_expiry.is_none());
     assert_eq!(status.reloads_failed, 0);
+}
+
+/// `status` answered, quickly: the daemon is not stuck.
+fn assert_responsive(daemon: &Daemon) -> enforcer::api::StatusReport {
+    let started = std::time::Instant::now();
+    let status = daemon.status();
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "status took {:?}",
+        started.elapsed()
+    );
+    status
+}
+
+#[test]
+fn apply_refuses_fifos_and_endless_files_naming_them() {
+    let _root = privileged!();
+    let s = setup();
+    let daemon = Daemon::start(&s.root, &s.policies.0);
+    let before = daemon.status().policy.unwrap();
+
+    // A valid policy beside a FIFO nobody writes to, then beside a symlink
+    // to an endless device.
+    let dir = Scratch::new("odd");
+    write_policy(&dir.0, &web_policy(s.b.addr().port()));
+    let odd = dir.0.join("zz.toml");
+    for (make, kind) in [
+        (
+            &(|p: &std::path::Path| mkfifo(p)) as &dyn Fn(&std::path::Path),
+            "a FIFO",
+        ),
+        (
+            &|p: &std::path::Path| std::os::unix::fs::symlink("/dev/zero", p).unwrap(),
+            "a character device",
+        ),
+    ] {
+        make(&odd);
+        let out = daemon.cli(&["apply", dir.0.to_str().unwrap(), "--allow-empty"]);
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!(
+                "{}: it is {kind}, not a regular file",
+                odd.display()
+            )),
+            "{stderr}"
+        );
+        let status = assert_responsive(&daemon);
+        let policy = status.policy.unwrap();
+        assert_eq!(
+            (policy.generation, &policy.content_hash),
+            (before.generation, &before.content_hash)
+        );
+        std::fs::remove_file(&odd).unwrap();
+    }
+    assert_eq!(tcp_connect(&s.web, None, s.b.addr()), ProbeOutcome::Eperm);
+
+    // The daemon checks what it receives: file names are plain `*.toml`
+    // names, never paths.
+    let Request::Apply { mut files, .. } = apply_request(&dir.0, false) else {
+        unreachable!()
+    };
+    files[0].name = "../../etc/passwd.toml".into();
+    match daemon.call(&Request::Apply {
+        source: dir.0.display().to_string(),
+        files,
+        confirm_ms: None,
+        allow_empty: false,
+    }) {
+        Response::Rejected { errors } => {
+            assert!(errors[0].contains("without a directory"), "{errors:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        daemon.status().policy.unwrap().generation,
+        before.generation
+    );
+}
+
+#[test]
+fn a_fifo_in_the_policy_directory_is_rejected_on_reload() {
+    let _root = privileged!();
+    let s = setup();
+    let daemon = Daemon::start(&s.root, &s.policies.0);
+    let before = daemon.status().policy.unwrap();
+    let fifo = s.policies.0.join("zz.toml");
+    let named = format!("{}: it is a FIFO", fifo.display());
+
+    // Its creation is a file change: rejected, naming it.
+    mkfifo(&fifo);
+    let mut status = daemon.status();
+    let rejected = Daemon::eventually(Duration::from_secs(3), || {
+        status = daemon.status();
+        status
+            .last_rejection
+            .as_ref()
+            .is_some_and(|r| r.trigger == "file change")
+    });
+    assert!(rejected, "{status:?}\n{}", daemon.log());
+    let errors = &status.last_rejection.as_ref().unwrap().errors;
+    assert!(errors[0].contains(&named), "{errors:?}");
+
+    // SIGHUP reads the same directory: rejected again, at once.
+    daemon.signal(libc::SIGHUP);
+    daemon
+        .wait_notify("READY=1", Duration::from_secs(3))
+        .expect("no READY=1 after SIGHUP: the reload hangs");
+    assert!(Daemon::eventually(Duration::from_secs(3), || daemon
+        .status()
+        .last_rejection
+        .is_some_and(
+            |r| r.trigger == "sighup" && r.errors[0].contains(&named)
+        )));
+    let status = assert_responsive(&daemon);
+    assert_eq!(status.policy.unwrap().content_hash, before.content_hash);
+    assert_eq!(tcp_connect(&s.web, None, s.a.addr()), ProbeOutcome::Ok);
+    assert_eq!(tcp_connect(&s.web, None, s.b.addr()), ProbeOutcome::Eperm);
+}
+
+#[test]
+fn an_empty_policy_set_replaces_workloads_only_when_asked() {
+    let _root = privileged!();
+    let s = setup();
+    let daemon = Daemon::start(&s.root, &s.policies.0);
+    let before = daemon.status().policy.unwrap();
+    let intact = || {
+        let policy = daemon.status().policy.unwrap();
+        assert_eq!(
+            (policy.generation, &policy.content_hash),
+            (before.generation, &before.content_hash)
+        );
+        assert_eq!(tcp_connect(&s.web, None, s.b.addr()), ProbeOutcome::Eperm);
+    };
+
+    // A directory with no policy file (a typo, an unmounted volume).
+    let empty = Scratch::new("empty");
+    let out = daemon.cli(&["apply", empty.0.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("has no workload") && stdout.contains("--allow-empty"),
+        "{stdout}"
+    );
+    intact();
+    // A directory whose only policy file is a FIFO: not even read.
+    let fifo_only = Scratch::new("fifo");
+    mkfifo(&fifo_only.0.join("a.toml"));
+    for extra in [None, Some("--allow-empty")] {
+        let mut args = vec!["apply", fifo_only.0.to_str().unwrap()];
+        args.extend(extra);
+        let out = daemon.cli(&args);
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("a.toml: it is a FIFO"));
+        intact();
+    }
+    // Emptying the configured directory: the file change is refused too,
+    // saying how to do it on purpose.
+    std::fs::remove_file(s.policies.0.join("policy.toml")).unwrap();
+    let mut status = daemon.status();
+    let refused = Daemon::eventually(Duration::from_secs(3), || {
+        status = daemon.status();
+        status
+            .last_rejection
+            .as_ref()
+            .is_some_and(|r| r.trigger == "file change")
+    });
+    assert!(refused, "{status:?}");
+    let errors = &status.last_rejection.as_ref().unwrap().errors;
+    assert!(
+        errors[0].contains(&format!(
+            "run `enforcer apply --allow-empty {}`",
+            s.policies.0.display()
+        )),
+        "{errors:?}"
+    );
+    intact();
+
+    // Asked for: nothing is enforced any more.
+    let out = daemon.cli(&["apply", empty.0.to_str().unwrap(), "--allow-empty"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let status = daemon.status();
+    assert!(status.workloads.is_empty());
+    assert_ne!(status.policy.unwrap().generation, before.generation);
+    assert_eq!(tcp_connect(&s.web, None, s.b.addr()), ProbeOutcome::Ok);
+}
+
+#[test]
+fn an_adopted_policy_is_not_replaced_by_an_empty_directory() {
+    let _root = privileged!();
+    let s = setup();
+    let mut daemon = Daemon::start(&s.root, &s.policies.0);
+    // The daemon dies; its policy stays pinned. It comes back to an empty
+    // directory (a volume not mounted yet, say).
+    daemon.kill9();
+    std::fs::remove_file(s.policies.0.join("policy.toml")).unwrap();
+    daemon.restart();
+    let status = daemon.status();
+    assert!(status.policy.is_none(), "{status:?}");
+    let rejection = status
+        .last_rejection
+        .expect("the empty directory was refused");
+    assert_eq!(rejection.trigger, "startup");
+    assert!(
+        rejection.errors[0].contains("the policy adopted from an earlier daemon"),
+        "{rejection:?}"
+    );
+    assert_eq!(tcp_connect(&s.web, None, s.b.addr()), ProbeOutcome::Eperm);
+    assert_eq!(tcp_connect(&s.web, None, s.a.addr()), ProbeOutcome::Ok);
+    // The same through apply, unless asked for.
+    let empty = Scratch::new("empty");
+    let out = daemon.cli(&["apply", empty.0.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(tcp_connect(&s.web, None, s.b.addr()), ProbeOutcome::Eperm);
+    let out = daemon.cli(&["apply", empty.0.to_str().unwrap(), "--allow-empty"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(tcp_connect(&s.web, None, s.b.addr()), ProbeOutcome::Ok);
 }

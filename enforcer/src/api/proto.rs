@@ -3,9 +3,9 @@
 //! `flows`, which gets any number of `flow` lines and then `end` (or, with
 //! `follow`, keeps sending until the client hangs up).
 
-use std::path::PathBuf;
-
 use serde::{Deserialize, Serialize};
+
+use super::access::Role;
 
 /// A verdict as shown by `flows`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -44,13 +44,21 @@ impl std::str::FromStr for Verdict {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "request", rename_all = "snake_case")]
 pub enum Request {
-    /// Load the policy directory `dir` (absolute: the daemon reads it
-    /// itself). With `confirm_ms`, roll back to the running policy unless a
-    /// `confirm` arrives within that many milliseconds.
+    /// Put the policy set `files` in force. The client read the files; the
+    /// daemon never opens a path a client names. With `confirm_ms`, roll
+    /// back to the running policy unless a `confirm` arrives within that
+    /// many milliseconds.
     Apply {
-        dir: PathBuf,
+        /// The absolute directory the files were read from: only a label,
+        /// for diagnostics (`SOURCE/NAME:LINE:COL`) and `status`.
+        source: String,
+        files: Vec<PolicyFile>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         confirm_ms: Option<u64>,
+        /// Put a set with no workload in force even while a policy with
+        /// workloads is enforced (`apply --allow-empty`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        allow_empty: bool,
     },
     /// Keep the policy applied with a pending confirmation.
     Confirm,
@@ -63,6 +71,78 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         verdict: Option<Verdict>,
     },
+}
+
+/// One policy file of an `apply`: its plain file name (`*.toml`, no
+/// directory part) and its text.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyFile {
+    pub name: String,
+    pub text: String,
+}
+
+impl PolicyFile {
+    /// The files of a policy directory as `apply` sends them, from what
+    /// [`crate::policy::read_dir`] read. A file name that is not UTF-8
+    /// cannot be sent: an error naming the file.
+    pub fn from_sources(
+        sources: Vec<(std::path::PathBuf, String)>,
+    ) -> Result<Vec<PolicyFile>, crate::policy::LoadError> {
+        sources
+            .into_iter()
+            .map(
+                |(path, text)| match path.file_name().and_then(|n| n.to_str()) {
+                    Some(name) => Ok(PolicyFile {
+                        name: name.to_owned(),
+                        text,
+                    }),
+                    None => Err(crate::policy::LoadError::Io {
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            "the file name is not UTF-8",
+                        ),
+                        path,
+                    }),
+                },
+            )
+            .collect()
+    }
+}
+
+impl Request {
+    /// Parses one request line. The `apply` of earlier versions, which
+    /// named a directory for the daemon to read, gets its own answer.
+    pub fn from_line(line: &str) -> Result<Request, String> {
+        serde_json::from_str(line).map_err(|e| {
+            let legacy = serde_json::from_str::<serde_json::Value>(line)
+                .is_ok_and(|v| v["request"] == "apply" && v.get("dir").is_some());
+            if legacy {
+                "apply with `dir` is no longer served: the daemon does not open paths that a \
+                 client names; send the files' text (`enforcer apply` of this version does)"
+                    .to_owned()
+            } else {
+                format!("malformed request: {e}")
+            }
+        })
+    }
+
+    /// The least role that may make this request.
+    pub fn needs(&self) -> Role {
+        match self {
+            Request::Apply { .. } | Request::Confirm => Role::Admin,
+            Request::Status | Request::Flows { .. } => Role::Read,
+        }
+    }
+
+    /// The request's name on the wire.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Apply { .. } => "apply",
+            Request::Confirm => "confirm",
+            Request::Status => "status",
+            Request::Flows { .. } => "flows",
+        }
+    }
 }
 
 /// What the daemon answers.

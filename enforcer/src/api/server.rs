@@ -1,22 +1,22 @@
 //! The daemon side of the local API: a unix socket server speaking
-//! newline-delimited JSON.
+//! newline-delimited JSON, with the access rule of [`super::access`] and the
+//! limits of [`super::limits`] applied to every connection.
 
 use std::future::Future;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
-use super::access::{Access, Peer, supplementary_groups};
+use super::access::{Access, Peer, Role, SocketGate, gate_socket, peer_groups};
+use super::limits::{Claimant, Limits, Slot, Slots, max_request_bytes};
 use super::proto::{Request, Response};
-
-/// The longest request line accepted; a policy path is far shorter.
-const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 /// What a handler answers: one response, or a stream of them (for `flows`)
 /// that ends when the sender is dropped.
@@ -25,7 +25,8 @@ pub enum Reply {
     Stream(mpsc::Receiver<Response>),
 }
 
-/// Serves requests. Implemented by the daemon (and by test doubles).
+/// Serves requests. Implemented by the daemon (and by test doubles). The
+/// server has checked the client's role before a request gets here.
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, request: Request) -> impl Future<Output = Reply> + Send;
 }
@@ -46,7 +47,7 @@ pub enum ServerError {
         #[source]
         source: io::Error,
     },
-    #[error("cannot set owner and mode of {path}")]
+    #[error("cannot set the permissions of {path}")]
     Permissions {
         path: PathBuf,
         #[source]
@@ -54,17 +55,25 @@ pub enum ServerError {
     },
 }
 
+/// How often a refusal or an accept failure is logged at most: a flood
+/// must not flood the journal too.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// A bound socket; the file is removed when the server is dropped.
 pub struct Server {
     listener: UnixListener,
     path: PathBuf,
     access: Access,
+    limits: Limits,
+    slots: Arc<Slots>,
+    gate: SocketGate,
 }
 
 impl Server {
-    /// Bind `path` (mode 0660, group `access.group`). A stale socket left by
-    /// a killed daemon is replaced; a live one is an error.
-    pub async fn bind(path: &Path, access: Access) -> Result<Server, ServerError> {
+    /// Bind `path` and open it to the configured groups (see
+    /// [`gate_socket`]). A stale socket left by a killed daemon is
+    /// replaced; a live one is an error.
+    pub async fn bind(path: &Path, access: Access, limits: Limits) -> Result<Server, ServerError> {
         if let Some(parent) = path.parent()
             && !parent.exists()
         {
@@ -83,18 +92,23 @@ impl Server {
             path: path.to_path_buf(),
             source,
         })?;
-        let perms = |source| ServerError::Permissions {
-            path: path.to_path_buf(),
-            source,
-        };
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(perms)?;
-        if let Some(gid) = access.group {
-            std::os::unix::fs::chown(path, None, Some(gid)).map_err(perms)?;
+        let gate = gate_socket(path, &access.socket_gids()).map_err(|source| {
+            let _ = std::fs::remove_file(path);
+            ServerError::Permissions {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
+        if gate == SocketGate::Open {
+            tracing::warn!(socket = %path.display(), "the socket's filesystem has no POSIX ACLs: the socket is mode 0666 and the peer credential check alone admits clients");
         }
         Ok(Server {
             listener,
             path: path.to_path_buf(),
             access,
+            limits,
+            slots: Slots::new(limits),
+            gate,
         })
     }
 
@@ -102,14 +116,26 @@ impl Server {
         &self.path
     }
 
+    /// How the socket file admits the groups.
+    pub fn gate(&self) -> SocketGate {
+        self.gate
+    }
+
     /// Accept connections forever, each served by its own task.
     pub async fn serve<H: Handler>(&self, handler: Arc<H>) {
+        let mut accept_failures = Throttle::default();
+        let mut refusals = Throttle::default();
         loop {
             let stream = match self.listener.accept().await {
                 Ok((stream, _)) => stream,
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept on the API socket failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    // Out of descriptors (EMFILE, ENFILE) or memory: the
+                    // connection waits in the backlog. Pause rather than
+                    // spin; idle timeouts give descriptors back.
+                    accept_failures.log(|skipped| {
+                        tracing::warn!(error = %e, skipped, "accept on the API socket failed; retrying")
+                    });
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             };
@@ -121,17 +147,42 @@ impl Server {
                 gid: cred.gid(),
                 pid: cred.pid(),
             };
-            let admitted = self.access.admits(peer, || {
-                peer.pid.map(supplementary_groups).unwrap_or_default()
+            let role = self.access.role_of(peer, || {
+                peer_groups(stream.as_fd()).unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "cannot read an API client's groups; refusing it");
+                    Vec::new()
+                })
             });
-            if !admitted {
-                tracing::warn!(uid = peer.uid, gid = peer.gid, pid = ?peer.pid, "refused an API client");
-                tokio::spawn(refuse(stream));
+            let Some(role) = role else {
+                refusals.log(|skipped| tracing::warn!(uid = peer.uid, gid = peer.gid, pid = ?peer.pid, skipped, "refused an API client"));
+                refuse(&stream, &self.access.refusal(peer));
                 continue;
-            }
+            };
+            let claimant = if self.access.is_privileged(peer.uid) {
+                Claimant::Privileged
+            } else {
+                Claimant::User {
+                    uid: peer.uid,
+                    role,
+                }
+            };
+            let slot = match self.slots.take(claimant) {
+                Ok(slot) => slot,
+                Err(full) => {
+                    refusals.log(|skipped| tracing::warn!(uid = peer.uid, pid = ?peer.pid, skipped, "refused an API client: {full}"));
+                    refuse(&stream, &full.to_string());
+                    continue;
+                }
+            };
             let handler = Arc::clone(&handler);
+            let connection = Connection {
+                role,
+                limits: self.limits,
+                access: self.access.clone(),
+                _slot: slot,
+            };
             tokio::spawn(async move {
-                if let Err(e) = serve_connection(stream, handler).await {
+                if let Err(e) = connection.serve(stream, handler).await {
                     tracing::debug!(error = %e, "API connection ended");
                 }
             });
@@ -145,78 +196,173 @@ impl Drop for Server {
     }
 }
 
-async fn refuse(mut stream: UnixStream) {
-    let _ = write_response(
-        &mut stream,
-        &Response::Error {
-            message: "permission denied: not root and not in the socket group".into(),
-        },
-    )
-    .await;
+/// Logs the first of a burst of events at once, then at most one line per
+/// [`LOG_EVERY`] with the number skipped.
+#[derive(Default)]
+struct Throttle {
+    last: Option<Instant>,
+    skipped: u64,
 }
 
+impl Throttle {
+    fn log(&mut self, emit: impl FnOnce(u64)) {
+        if self.last.is_some_and(|at| at.elapsed() < LOG_EVERY) {
+            self.skipped += 1;
+            return;
+        }
+        emit(self.skipped);
+        self.last = Some(Instant::now());
+        self.skipped = 0;
+    }
+}
+
+/// Tells a client it is not served, without waiting for it: one short line
+/// fits the socket's buffer, and a client that does not read loses it.
+fn refuse(stream: &UnixStream, message: &str) {
+    let Ok(mut line) = serde_json::to_vec(&Response::Error {
+        message: message.to_owned(),
+    }) else {
+        return;
+    };
+    line.push(b'\n');
+    let _ = stream.try_write(&line);
+}
+
+/// Writes one response, giving up after `within` (a client that does not
+/// read its answers).
 async fn write_response<W: AsyncWriteExt + Unpin>(
     w: &mut W,
     response: &Response,
+    within: Duration,
 ) -> io::Result<()> {
     let mut line = serde_json::to_vec(response).map_err(io::Error::other)?;
     line.push(b'\n');
-    w.write_all(&line).await?;
-    w.flush().await
+    let write = async {
+        w.write_all(&line).await?;
+        w.flush().await
+    };
+    match tokio::time::timeout(within, write).await {
+        Ok(result) => result,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client did not take its answer",
+        )),
+    }
 }
 
-async fn serve_connection<H: Handler>(stream: UnixStream, handler: Arc<H>) -> io::Result<()> {
-    let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read);
-    let mut line = String::new();
-    loop {
+/// One admitted connection.
+struct Connection {
+    role: Role,
+    limits: Limits,
+    access: Access,
+    /// Given back when the connection ends.
+    _slot: Slot,
+}
+
+/// How a request line arrived.
+enum Line {
+    Complete,
+    /// The client closed the connection.
+    Closed,
+    Idle,
+    TooSlow,
+    TooLong,
+}
+
+impl Connection {
+    /// Reads the next request line into `line`, within the limits.
+    async fn read_line<R: tokio::io::AsyncRead + Unpin>(
+        &self,
+        reader: &mut BufReader<R>,
+        line: &mut Vec<u8>,
+    ) -> io::Result<Line> {
         line.clear();
-        let n = (&mut lines)
-            .take(MAX_REQUEST_BYTES as u64)
-            .read_line(&mut line)
-            .await?;
-        if n == 0 {
-            return Ok(());
+        // Idle until the first byte of a request.
+        match tokio::time::timeout(self.limits.idle_timeout, reader.fill_buf()).await {
+            Err(_) => return Ok(Line::Idle),
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok([])) => return Ok(Line::Closed),
+            Ok(Ok(_)) => {}
         }
-        if !line.ends_with('\n') && n >= MAX_REQUEST_BYTES {
-            write_response(
-                &mut write,
-                &Response::Error {
-                    message: "request too long".into(),
-                },
-            )
-            .await?;
-            return Ok(());
+        let max = max_request_bytes(self.role);
+        let mut bounded = (&mut *reader).take(max as u64);
+        let read = bounded.read_until(b'\n', line);
+        match tokio::time::timeout(self.limits.request_timeout, read).await {
+            Err(_) => Ok(Line::TooSlow),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(_)) if !line.ends_with(b"\n") && line.len() >= max => Ok(Line::TooLong),
+            // A last line without its newline is still a request.
+            Ok(Ok(_)) => Ok(Line::Complete),
         }
-        if line.trim().is_empty() {
-            continue;
-        }
-        let request: Request = match serde_json::from_str(line.trim()) {
-            Ok(r) => r,
-            Err(e) => {
-                write_response(
-                    &mut write,
-                    &Response::Error {
-                        message: format!("malformed request: {e}"),
-                    },
-                )
-                .await?;
-                continue;
+    }
+
+    async fn serve<H: Handler>(self, stream: UnixStream, handler: Arc<H>) -> io::Result<()> {
+        let (read, mut write) = stream.into_split();
+        let mut reader = BufReader::new(read);
+        let within = self.limits.request_timeout;
+        let mut line = Vec::new();
+        loop {
+            let last_words = match self.read_line(&mut reader, &mut line).await? {
+                Line::Complete => None,
+                Line::Closed => return Ok(()),
+                Line::Idle => Some(format!(
+                    "closing the connection: no request for {} s",
+                    self.limits.idle_timeout.as_secs_f64()
+                )),
+                Line::TooSlow => Some(format!(
+                    "closing the connection: the request was not complete {} s after it began",
+                    within.as_secs_f64()
+                )),
+                Line::TooLong => Some(match self.role {
+                    Role::Read => format!(
+                        "request too long: this client may send at most {} bytes (role read: \
+                         status, flows); apply and confirm need root or the admin group",
+                        max_request_bytes(self.role)
+                    ),
+                    Role::Admin => format!(
+                        "request too long: at most {} bytes",
+                        max_request_bytes(self.role)
+                    ),
+                }),
+            };
+            if let Some(message) = last_words {
+                let _ = write_response(&mut write, &Response::Error { message }, within).await;
+                return Ok(());
             }
-        };
-        match handler.handle(request).await {
-            Reply::One(response) => write_response(&mut write, &response).await?,
-            Reply::Stream(mut rx) => loop {
-                // Stop streaming as soon as the client hangs up, even when
-                // no event comes (`flows --follow` on a quiet host).
-                tokio::select! {
-                    item = rx.recv() => match item {
-                        Some(response) => write_response(&mut write, &response).await?,
-                        None => break,
-                    },
-                    _ = peer_closed(&mut lines) => return Ok(()),
+            let request = match std::str::from_utf8(&line) {
+                Ok(text) if text.trim().is_empty() => continue,
+                Ok(text) => Request::from_line(text.trim()),
+                Err(_) => Err("malformed request: not UTF-8".to_owned()),
+            };
+            // A large apply's buffer is not kept for the next request.
+            line = Vec::new();
+            let request = match request {
+                Ok(request) if request.needs() > self.role => {
+                    Err(self.access.not_allowed(request.name(), self.role))
                 }
-            },
+                other => other,
+            };
+            let request = match request {
+                Ok(request) => request,
+                Err(message) => {
+                    write_response(&mut write, &Response::Error { message }, within).await?;
+                    continue;
+                }
+            };
+            match handler.handle(request).await {
+                Reply::One(response) => write_response(&mut write, &response, within).await?,
+                Reply::Stream(mut rx) => loop {
+                    // Stop streaming as soon as the client hangs up, even
+                    // when no event comes (`flows --follow` on a quiet host).
+                    tokio::select! {
+                        item = rx.recv() => match item {
+                            Some(response) => write_response(&mut write, &response, within).await?,
+                            None => break,
+                        },
+                        _ = peer_closed(&mut reader) => return Ok(()),
+                    }
+                },
+            }
         }
     }
 }

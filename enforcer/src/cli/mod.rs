@@ -37,7 +37,7 @@ pub enum Command {
     /// Show the verdict for one flow and the rule that decides it.
     Explain(explain::Args),
     /// The daemon: enforce the policy, follow cgroups, serve the local API.
-    Run(run::Args),
+    Run(Box<run::Args>),
     /// Validate a policy directory and hand it to the running daemon.
     Apply(apply::Args),
     /// Keep a policy applied with `apply --confirm`.
@@ -59,7 +59,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check(args) => check::run(args),
         Command::Explain(args) => explain::run(args),
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => run::run(*args),
         Command::Apply(args) => apply::run(args),
         Command::Confirm(args) => confirm::run(args),
         Command::Status(args) => status::run(args),

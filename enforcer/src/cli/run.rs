@@ -26,9 +26,27 @@ pub struct Args {
     /// The local API socket [default: /run/enforcer/enforcer.sock].
     #[arg(long, value_name = "PATH", env = config::SOCKET_ENV)]
     pub socket: Option<PathBuf>,
-    /// The group (name or gid) allowed to use the socket besides root.
+    /// The group (name or gid) whose members may use `status` and `flows`.
     #[arg(long, value_name = "GROUP")]
+    pub read_group: Option<String>,
+    /// The group (name or gid) whose members may also `apply` and `confirm`.
+    #[arg(long, value_name = "GROUP")]
+    pub admin_group: Option<String>,
+    /// The earlier name of --admin-group.
+    #[arg(long, value_name = "GROUP", hide = true)]
     pub socket_group: Option<String>,
+    /// API connections open at once [default: 256].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// API connections open at once per uid other than root [default: 16].
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_user: Option<usize>,
+    /// Close an API connection with no request for this long [default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = crate::daemon::duration::parse_duration)]
+    pub idle_timeout: Option<std::time::Duration>,
+    /// Time to send a request once begun, and to take each answer [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = crate::daemon::duration::parse_duration)]
+    pub request_timeout: Option<std::time::Duration>,
     /// Processes in no workload: allow, audit or deny [default: allow].
     #[arg(long, value_name = "MODE")]
     pub unmanaged: Option<Unmanaged>,
@@ -46,23 +64,38 @@ pub struct Args {
     pub uninstall: bool,
 }
 
-/// Command line over file over defaults.
-pub fn settings(args: &Args) -> anyhow::Result<Settings> {
+/// Command line over file over defaults, and what to warn about once
+/// logging is set up.
+pub fn settings(args: &Args) -> anyhow::Result<(Settings, Vec<String>)> {
     let named = args.config.as_os_str() != config::DEFAULT_CONFIG;
     let file = FileConfig::load(&args.config, named)?;
+    let mut notes = Vec::new();
+    if file.socket_group.is_some() || args.socket_group.is_some() {
+        notes.push(
+            "socket_group (--socket-group) is the earlier name of admin_group: its members may \
+             apply and confirm; set read_group for members that only read"
+                .to_owned(),
+        );
+    }
     let cli = Overrides {
         policies: args.policies.clone(),
         cgroup_root: args.cgroup_root.clone(),
         bpffs: args.bpffs.clone(),
         socket: args.socket.clone(),
         socket_group: args.socket_group.clone(),
+        read_group: args.read_group.clone(),
+        admin_group: args.admin_group.clone(),
+        max_connections: args.max_connections,
+        max_connections_per_user: args.max_connections_per_user,
+        idle_timeout: args.idle_timeout,
+        request_timeout: args.request_timeout,
         unmanaged: args.unmanaged,
         failsafe: args.failsafe.clone(),
         metrics: args.metrics,
         log_format: args.log_format,
     };
     let cwd = std::env::current_dir().context("current directory")?;
-    Ok(Settings::resolve(file, cli, &cwd)?)
+    Ok((Settings::resolve(file, cli, &cwd)?, notes))
 }
 
 fn init_logging(format: LogFormat) {
@@ -81,8 +114,11 @@ fn init_logging(format: LogFormat) {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let settings = settings(&args)?;
+    let (settings, notes) = settings(&args)?;
     init_logging(settings.log_format);
+    for note in notes {
+        tracing::warn!("{note}");
+    }
     if args.uninstall {
         crate::daemon::uninstall(&settings)?;
         println!(

@@ -1,14 +1,17 @@
 //! The daemon's state and every change to it: loading and swapping
 //! policies (with rejection, confirmation and rollback, and `until`
 //! expiry), following cgroups as they come and go, and reporting status.
-//! Everything here runs under one lock, so changes are serialized.
+//! Changes run under one lock, so they are serialized; reading and
+//! compiling a policy ([`Candidate`]) needs no engine and happens before
+//! the lock is taken, and status counters are read outside it (see
+//! `status.rs`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use enforcer_common::{ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, Identity};
+use enforcer_common::Identity;
 
 use super::flows::FlowHistory;
 use super::memory::release_freed_heap;
@@ -17,7 +20,7 @@ use crate::cgroups::resolve::{KernelEntries, kernel_entries};
 use crate::cgroups::{CgroupTree, Matcher, Resolution, TreeUpdate, V1Conflict, uid_of_user};
 use crate::compile::compiled::{CgroupSelector, CompiledPolicy};
 use crate::config::Settings;
-use crate::dataplane::{Dataplane, HostAddrs, ResolvedCgroup};
+use crate::dataplane::{CounterReader, Dataplane, HostAddrs, ResolvedCgroup};
 use crate::policy::LoadError;
 use crate::rfc3339::format_millis as rfc3339;
 
@@ -79,6 +82,63 @@ pub struct Outcome {
     pub unchanged: bool,
     pub warnings: Vec<String>,
     pub rollback_at: Option<SystemTime>,
+}
+
+/// A policy read and compiled, not yet in force. Made without the engine
+/// (so without its lock): [`Candidate::from_dir`], [`Candidate::from_files`].
+pub struct Candidate {
+    sources: Sources,
+    compiled: CompiledPolicy,
+    warnings: Vec<String>,
+}
+
+impl Candidate {
+    /// Read (see [`crate::policy::files`]) and compile the directory `dir`
+    /// at `now`.
+    pub fn from_dir(dir: &Path, now: SystemTime) -> Result<Candidate, Vec<String>> {
+        let sources = crate::policy::read_dir(dir).map_err(load_errors)?;
+        Candidate::compile(sources.into(), now)
+    }
+
+    /// Compile files received over the API (name, text) at `now`, named
+    /// `source/NAME` in diagnostics. The names and sizes are checked first
+    /// ([`crate::policy::files::check_received`]).
+    pub fn from_files(
+        source: &Path,
+        files: Vec<(String, String)>,
+        now: SystemTime,
+    ) -> Result<Candidate, Vec<String>> {
+        crate::policy::files::check_received(files.iter().map(|(n, t)| (n.as_str(), t.as_str())))?;
+        let mut sources: Vec<(PathBuf, String)> = files
+            .into_iter()
+            .map(|(name, text)| (source.join(name), text))
+            .collect();
+        // The order a directory is read in, whatever order they came in.
+        sources.sort_by(|a, b| a.0.cmp(&b.0));
+        Candidate::compile(sources.into(), now)
+    }
+
+    /// Parse and compile the files of a policy set at `now`.
+    fn compile(sources: Sources, now: SystemTime) -> Result<Candidate, Vec<String>> {
+        let loaded = crate::policy::load_sources(&sources).map_err(load_errors)?;
+        let (compiled, warnings) =
+            crate::compile::compile_loaded(loaded, now).map_err(load_errors)?;
+        Ok(Candidate {
+            sources,
+            compiled,
+            warnings: warnings.iter().map(ToString::to_string).collect(),
+        })
+    }
+}
+
+/// Whether a policy set with no workload may replace one that has some.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EmptyPolicy {
+    /// Refused while workloads are enforced: an empty or mistyped directory
+    /// must not open every workload by accident.
+    Refuse,
+    /// `apply --allow-empty`: the operator said so.
+    Allow,
 }
 
 /// The daemon's state.
@@ -252,30 +312,6 @@ impl Engine {
         line
     }
 
-    /// Load and compile `dir` at `now`.
-    fn compile(
-        dir: &Path,
-        now: SystemTime,
-    ) -> Result<(Sources, CompiledPolicy, Vec<String>), Vec<String>> {
-        let sources = crate::policy::read_dir(dir).map_err(load_errors)?;
-        Self::compile_sources(sources.into(), now)
-    }
-
-    /// Parse and compile the files of a policy directory at `now`.
-    fn compile_sources(
-        sources: Sources,
-        now: SystemTime,
-    ) -> Result<(Sources, CompiledPolicy, Vec<String>), Vec<String>> {
-        let loaded = crate::policy::load_sources(&sources).map_err(load_errors)?;
-        let (compiled, warnings) =
-            crate::compile::compile_loaded(loaded, now).map_err(load_errors)?;
-        Ok((
-            sources,
-            compiled,
-            warnings.iter().map(ToString::to_string).collect(),
-        ))
-    }
-
     /// Put a compiled policy in force (or find it already is).
     fn install(
         &mut self,
@@ -300,7 +336,7 @@ impl Engine {
         let host = HostAddrs::from_system()
             .map_err(|e| vec![format!("cannot list this host's addresses: {e}")])?;
         let (generation, resolution) = self
-            .put_in_force(&compiled, &matcher, resolution, &host)
+            .swap_in(&compiled, &matcher, resolution, &host)
             .map_err(|e| vec![format!("the data plane refused the policy: {e}")])?;
         self.seed_bound_ports();
         for a in &resolution.ambiguities {
@@ -325,7 +361,7 @@ impl Engine {
     /// Writes a policy into the inactive slot with its cgroups, passing
     /// over the tree again until no cgroup appeared meanwhile (the tracer
     /// matched those with the slot's states as they were), then flips.
-    fn put_in_force(
+    fn swap_in(
         &mut self,
         compiled: &CompiledPolicy,
         matcher: &Matcher,
@@ -402,14 +438,67 @@ impl Engine {
         );
     }
 
-    /// Load `dir` and put it in force, or keep the running policy.
-    pub fn load(&mut self, trigger: Trigger, dir: &Path) -> Result<Outcome, Vec<String>> {
-        let result =
-            Self::compile(dir, SystemTime::now()).and_then(|(sources, compiled, warnings)| {
-                let hash = compiled.content_hash;
-                self.install(Some(sources), compiled, dir.to_path_buf())
-                    .map(|(generation, unchanged)| (generation, unchanged, hash, warnings))
-            });
+    /// How many workloads the policy in force enforces, when a policy set
+    /// with none would drop them: the policy this daemon put in force, or
+    /// (none loaded yet) one adopted from the pins whose cgroup map is not
+    /// empty. `None`: nothing would be opened.
+    fn enforced_workloads(&self) -> Option<String> {
+        match &self.current {
+            Some(c) if !c.compiled.workloads.is_empty() => Some(format!(
+                "the policy in force (generation {}) enforces {} workload(s)",
+                c.generation,
+                c.compiled.workloads.len()
+            )),
+            Some(_) => None,
+            None => {
+                let cgroups = self.dataplane.cgroups().count();
+                match self.adopted_generation {
+                    Some(generation) if cgroups > 0 => Some(format!(
+                        "the policy adopted from an earlier daemon (generation {generation}) \
+                         enforces workloads on {cgroups} cgroup(s)"
+                    )),
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    /// Put a candidate in force, or keep the running policy (and record
+    /// why). `source` names it in `status` and errors.
+    pub fn put_in_force(
+        &mut self,
+        trigger: Trigger,
+        source: &Path,
+        candidate: Result<Candidate, Vec<String>>,
+        empty: EmptyPolicy,
+    ) -> Result<Outcome, Vec<String>> {
+        let result = candidate.and_then(|c| {
+            if c.compiled.workloads.is_empty()
+                && empty == EmptyPolicy::Refuse
+                && let Some(enforced) = self.enforced_workloads()
+            {
+                let how = match trigger {
+                    Trigger::Apply => "run `enforcer apply --allow-empty` to do that".to_owned(),
+                    _ => format!(
+                        "to enforce nothing, run `enforcer apply --allow-empty {}`",
+                        source.display()
+                    ),
+                };
+                return Err(vec![format!(
+                    "{}: the policy set has no workload, while {enforced}: putting it in force \
+                     would stop enforcing all of them; {how}",
+                    source.display()
+                )]);
+            }
+            let Candidate {
+                sources,
+                compiled,
+                warnings,
+            } = c;
+            let hash = compiled.content_hash;
+            self.install(Some(sources), compiled, source.to_path_buf())
+                .map(|(generation, unchanged)| (generation, unchanged, hash, warnings))
+        });
         match result {
             Ok((generation, unchanged, content_hash, warnings)) => {
                 self.accept(trigger, generation, unchanged, &warnings);
@@ -421,34 +510,29 @@ impl Engine {
                     rollback_at: self.pending.as_ref().map(|p| p.rollback_at),
                 })
             }
-            Err(errors) => Err(self.reject(trigger, dir, errors)),
+            Err(errors) => Err(self.reject(trigger, source, errors)),
         }
     }
 
-    /// SIGHUP: read the source of the policy in force again (the
-    /// configured directory when none is).
-    pub fn reload(&mut self, trigger: Trigger) -> Result<Outcome, Vec<String>> {
-        let dir = self
-            .current
-            .as_ref()
-            .map_or_else(|| self.settings.policies.clone(), |c| c.source.clone());
-        self.load(trigger, &dir)
+    /// Read, compile and put in force the directory `dir` (start, SIGHUP,
+    /// file changes: always the configured directory, which only the
+    /// operator can write).
+    pub fn load(&mut self, trigger: Trigger, dir: &Path) -> Result<Outcome, Vec<String>> {
+        let candidate = Candidate::from_dir(dir, SystemTime::now());
+        self.put_in_force(trigger, dir, candidate, EmptyPolicy::Refuse)
     }
 
-    /// `apply DIR [--confirm D]`.
-    pub fn apply(&mut self, dir: &Path, confirm: Option<Duration>) -> Result<Outcome, Vec<String>> {
-        if !dir.is_absolute() {
-            return Err(self.reject(
-                Trigger::Apply,
-                dir,
-                vec![format!(
-                    "{}: the policy directory must be an absolute path",
-                    dir.display()
-                )],
-            ));
-        }
+    /// `apply [--confirm D] [--allow-empty]` of a candidate compiled from
+    /// what the client sent.
+    pub fn apply(
+        &mut self,
+        source: &Path,
+        candidate: Result<Candidate, Vec<String>>,
+        confirm: Option<Duration>,
+        empty: EmptyPolicy,
+    ) -> Result<Outcome, Vec<String>> {
         let before = self.current.clone();
-        let mut outcome = self.load(Trigger::Apply, dir)?;
+        let mut outcome = self.put_in_force(Trigger::Apply, source, candidate, empty)?;
         match confirm {
             Some(window) => {
                 // A confirmation already pending keeps its rollback target:
@@ -534,8 +618,12 @@ impl Engine {
             tracing::error!("a rule expired but the policy's text was not kept");
             return;
         };
-        let result = Self::compile_sources(sources, SystemTime::now()).and_then(
-            |(sources, compiled, warnings)| {
+        let result = Candidate::compile(sources, SystemTime::now()).and_then(
+            |Candidate {
+                 sources,
+                 compiled,
+                 warnings,
+             }| {
                 self.install(Some(sources), compiled, source.clone())
                     .map(|r| (r, warnings))
             },
@@ -654,14 +742,16 @@ impl Engine {
         self.resolution = newer;
     }
 
-    /// The answer to `status`.
+    /// Handles of the counter maps for [`super::status`], which reads
+    /// them without the engine.
+    pub fn counter_reader(&self) -> crate::dataplane::Result<CounterReader> {
+        self.dataplane.counter_reader()
+    }
+
+    /// The answer to `status`, from memory only: its counters (per
+    /// workload, `lost_events`) are zero here and filled in by
+    /// [`super::status`] from the maps, outside the engine's lock.
     pub fn status(&self) -> StatusReport {
-        let counters = self.dataplane.counters().unwrap_or_default();
-        let lost_events = self
-            .dataplane
-            .global_counters()
-            .map(|g| g.events_lost)
-            .unwrap_or(0);
         let mut not_enforced: Vec<String> =
             self.v1_conflicts.iter().map(ToString::to_string).collect();
         not_enforced.extend(self.registration_error.clone());
@@ -698,18 +788,13 @@ impl Engine {
                             selector_text(&w.selector)
                         ));
                     }
-                    let count = |action| counters.get(&(w.identity, action)).copied().unwrap_or(0);
                     workloads.push(WorkloadStatus {
                         name: w.name.clone(),
                         identity: w.identity,
                         mode: w.mode_name().into(),
                         selector: selector_text(&w.selector),
                         cgroups,
-                        counters: VerdictCounters {
-                            allow: count(ACTION_ALLOW),
-                            deny: count(ACTION_DENY),
-                            audit: count(ACTION_AUDIT),
-                        },
+                        counters: VerdictCounters::default(),
                     });
                 }
             }
@@ -758,7 +843,7 @@ impl Engine {
             unmanaged: self.settings.unmanaged.as_str().into(),
             failsafe: self.settings.failsafe.to_string(),
             workloads,
-            lost_events,
+            lost_events: 0,
             reloads_ok: self.reloads_ok,
             reloads_failed: self.reloads_failed,
             not_enforced,

@@ -1,5 +1,10 @@
 //! The Prometheus endpoint (off unless `metrics = "ADDR:PORT"`): a minimal
 //! HTTP/1.0 responder for `GET /metrics` in the text exposition format.
+//! The body comes from the status board (`status.rs`), never from the
+//! engine, so a scrape never waits for nor holds up a policy load. At most
+//! [`MAX_SCRAPES`] connections are served at once, each for at most
+//! [`SCRAPE_TIMEOUT`] per read and write: anyone who can reach the address
+//! can connect.
 
 use std::fmt::Write;
 use std::net::SocketAddr;
@@ -8,6 +13,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::api::StatusReport;
+
+/// Connections served at once; more are closed at once.
+pub const MAX_SCRAPES: usize = 16;
+/// How long a scraper may take to send its request and to take the answer.
+pub const SCRAPE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Escape a label value.
 fn label(value: &str) -> String {
@@ -88,27 +98,33 @@ pub fn render(status: &StatusReport) -> String {
     out
 }
 
-/// Serve `GET /metrics` on `addr`, with the body from `scrape`.
+/// Serve `GET /metrics` on `addr`, with the body from `scrape` (`None`:
+/// 503).
 pub async fn serve<F, Fut>(addr: SocketAddr, scrape: F) -> std::io::Result<()>
 where
     F: Fn() -> Fut + Send + Sync + Clone + 'static,
-    Fut: std::future::Future<Output = String> + Send,
+    Fut: std::future::Future<Output = Option<String>> + Send,
 {
     let listener = TcpListener::bind(addr).await?;
     tracing::info!(%addr, "metrics endpoint listening");
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
+            // Out of descriptors, say: do not spin.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            continue;
+        };
+        let Ok(slot) = std::sync::Arc::clone(&slots).try_acquire_owned() else {
             continue;
         };
         let scrape = scrape.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let mut request = Vec::with_capacity(512);
             let mut buf = [0u8; 512];
             // Read the request head (bounded); the body of a GET is empty.
             while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
-                match tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf))
-                    .await
-                {
+                match tokio::time::timeout(SCRAPE_TIMEOUT, stream.read(&mut buf)).await {
                     Ok(Ok(n)) if n > 0 => request.extend_from_slice(&buf[..n]),
                     _ => break,
                 }
@@ -118,16 +134,20 @@ where
             let response = if head.starts_with("GET ")
                 && (path == "/metrics" || path.starts_with("/metrics?"))
             {
-                let body = scrape().await;
-                format!(
-                    "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                )
+                match scrape().await {
+                    Some(body) => format!(
+                        "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    ),
+                    None => "HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        .to_owned(),
+                }
             } else {
                 "HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
                     .to_owned()
             };
-            let _ = stream.write_all(response.as_bytes()).await;
+            let _ =
+                tokio::time::timeout(SCRAPE_TIMEOUT, stream.write_all(response.as_bytes())).await;
         });
     }
 }
@@ -188,7 +208,7 @@ mod tests {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = probe.local_addr().unwrap();
         drop(probe);
-        let task = tokio::spawn(serve(addr, || async { render(&status()) }));
+        let task = tokio::spawn(serve(addr, || async { Some(render(&status())) }));
         let mut answer = String::new();
         for _ in 0..50 {
             if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {

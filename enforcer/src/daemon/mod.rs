@@ -5,6 +5,7 @@
 //!
 //! - [`engine`]: the state and every change to it;
 //! - [`flows`]: the verdict event history;
+//! - [`status`]: what `status` and metrics show, read without the engine;
 //! - [`metrics`]: the Prometheus endpoint;
 //! - [`memory`]: the allocator set up for a daemon that loads policies;
 //! - [`duration`], [`time`]: operator-written durations; kernel timestamps
@@ -15,11 +16,12 @@ pub mod engine;
 pub mod flows;
 pub mod memory;
 pub mod metrics;
+pub mod status;
 pub mod time;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use futures_util::StreamExt;
@@ -29,15 +31,16 @@ use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Notify, mpsc};
 
-use crate::api::{Access, Reply, Request, Response, Server};
+use crate::api::{Access, Group, Reply, Request, Response, Server};
 use crate::cgroups::{self, CgroupTree, CgroupWatcher, WatchOptions};
 use crate::compile::compiled::CompiledPolicy;
 use crate::config::Settings;
 use crate::dataplane::{
     Dataplane, DataplaneOptions, EventReader, FailsafePort, RegistrationLimits, UnmanagedMode,
 };
-use engine::{Engine, Trigger};
+use engine::{Candidate, EmptyPolicy, Engine, Trigger};
 use flows::{FlowFilter, FlowHistory};
+use status::StatusBoard;
 
 /// How long policy file events must be quiet before a reload: editors
 /// write files in several steps.
@@ -77,12 +80,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     for conflict in &v1_conflicts {
         tracing::error!("NOT ENFORCED: {conflict}");
     }
-    let group = settings
-        .socket_group
-        .as_deref()
-        .map(crate::api::resolve_group)
-        .transpose()?;
-    let server = Arc::new(Server::bind(&settings.socket, Access::new(group)).await?);
+    let group = |name: &Option<String>| name.as_deref().map(Group::resolve).transpose();
+    let access = Access::new(group(&settings.read_group)?, group(&settings.admin_group)?);
+    let server = Arc::new(Server::bind(&settings.socket, access, settings.limits).await?);
 
     let mut dataplane = Dataplane::load(&DataplaneOptions {
         pin_root: Some(settings.bpffs.clone()),
@@ -179,11 +179,21 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let event_policy = engine.event_policy();
     let flow_history = engine.flows();
     let summary = engine.summary();
-    let engine = Arc::new(tokio::sync::Mutex::new(engine));
+    let board = Arc::new(StatusBoard::new(
+        engine.status(),
+        engine
+            .counter_reader()
+            .context("opening the counter maps for status")?,
+    ));
+    let shared = Arc::new(Shared {
+        engine: tokio::sync::Mutex::new(engine),
+        board: Arc::clone(&board),
+        loads: tokio::sync::Mutex::new(()),
+    });
 
     let wake = Arc::new(Notify::new());
     let handler = Arc::new(ApiHandler {
-        engine: Arc::clone(&engine),
+        shared: Arc::clone(&shared),
         flows: Arc::clone(&flow_history),
         wake: Arc::clone(&wake),
     });
@@ -191,11 +201,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     tokio::spawn(async move { serving.serve(handler).await });
     tokio::spawn(read_events(events, event_policy, flow_history));
     if let Some(addr) = settings.metrics {
-        let engine = Arc::clone(&engine);
+        let board = Arc::clone(&board);
         tokio::spawn(async move {
             let scrape = move || {
-                let engine = Arc::clone(&engine);
-                async move { metrics::render(&engine.lock().await.status()) }
+                let board = Arc::clone(&board);
+                async move { current_status(board).await.map(|s| metrics::render(&s)) }
             };
             if let Err(e) = metrics::serve(addr, scrape).await {
                 tracing::error!(%addr, error = %e, "metrics endpoint failed");
@@ -219,8 +229,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let mut bound_rescan = tokio::time::interval(BOUND_PORTS_RESCAN);
     bound_rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     bound_rescan.tick().await; // the first tick is immediate; seeded above
+    let policies = settings.policies.clone();
     loop {
-        let deadline = engine.lock().await.next_deadline();
+        let deadline = shared.read(Engine::next_deadline).await;
         let sleep = async {
             match deadline {
                 Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -237,25 +248,23 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 let mut reloading = vec![sd_notify::NotifyState::Reloading];
                 reloading.extend(sd_notify::NotifyState::monotonic_usec_now().ok());
                 notify(&reloading);
-                let _ = engine.lock().await.reload(Trigger::Sighup);
+                let _ = shared.load_dir(Trigger::Sighup, &policies).await;
                 notify(&[sd_notify::NotifyState::Ready]);
             }
             Some(()) = recv(&mut policy_changes) => {
-                let mut engine = engine.lock().await;
-                let dir = engine.settings().policies.clone();
-                let _ = engine.load(Trigger::FileChange, &dir);
+                let _ = shared.load_dir(Trigger::FileChange, &policies).await;
             }
-            Some(update) = cgroup_watcher.next() => engine.lock().await.on_tree(update),
+            Some(update) = cgroup_watcher.next() => shared.change(|e| e.on_tree(update)).await,
             _ = bound_rescan.tick() => {
-                engine.lock().await.seed_bound_ports();
+                shared.change(Engine::seed_bound_ports).await;
                 status_changed = false;
             }
-            _ = sleep => engine.lock().await.on_deadline(),
+            _ = sleep => shared.change(Engine::on_deadline).await,
             _ = wake.notified() => {}
             else => status_changed = false,
         }
         if status_changed {
-            let summary = engine.lock().await.summary();
+            let summary = shared.read(Engine::summary).await;
             notify(&[sd_notify::NotifyState::Status(&summary)]);
         }
     }
@@ -351,9 +360,93 @@ async fn read_events(
     }
 }
 
+/// The engine, shared by the main loop and the API, with the status board
+/// it publishes to.
+struct Shared {
+    engine: tokio::sync::Mutex<Engine>,
+    board: Arc<StatusBoard>,
+    /// Serializes policy loads (read, compile, put in force) in the order
+    /// they come. Held while compiling; the engine's lock is not.
+    loads: tokio::sync::Mutex<()>,
+}
+
+impl Shared {
+    /// Change the engine, then publish its status. A change makes system
+    /// calls (map writes, a cgroup scan) for up to a second on a large
+    /// policy: the runtime moves this worker's other tasks (API clients,
+    /// metrics) to another thread meanwhile.
+    async fn change<R>(&self, change: impl FnOnce(&mut Engine) -> R) -> R {
+        let mut engine = self.engine.lock().await;
+        tokio::task::block_in_place(|| {
+            let result = change(&mut engine);
+            self.board.publish(engine.status());
+            result
+        })
+    }
+
+    async fn read<R>(&self, read: impl FnOnce(&Engine) -> R) -> R {
+        read(&*self.engine.lock().await)
+    }
+
+    /// A policy load: `compile` on a blocking thread without the engine's
+    /// lock (reading and compiling a large policy takes seconds), then
+    /// `install` under it.
+    async fn load<R>(
+        &self,
+        compile: impl FnOnce() -> Result<Candidate, Vec<String>> + Send + 'static,
+        install: impl FnOnce(&mut Engine, Result<Candidate, Vec<String>>) -> R,
+    ) -> R {
+        let _in_order = self.loads.lock().await;
+        let candidate = tokio::task::spawn_blocking(compile)
+            .await
+            .unwrap_or_else(|e| Err(vec![format!("compiling the policy failed: {e}")]));
+        self.change(|engine| install(engine, candidate)).await
+    }
+
+    /// Load the configured policy directory (SIGHUP, file changes).
+    async fn load_dir(&self, trigger: Trigger, dir: &Path) -> Result<engine::Outcome, Vec<String>> {
+        let read = dir.to_path_buf();
+        self.load(
+            move || Candidate::from_dir(&read, SystemTime::now()),
+            |engine, candidate| engine.put_in_force(trigger, dir, candidate, EmptyPolicy::Refuse),
+        )
+        .await
+    }
+}
+
+/// The status with its counters, read on a blocking thread (thousands of
+/// map lookups), never under the engine's lock.
+async fn current_status(board: Arc<StatusBoard>) -> Option<crate::api::StatusReport> {
+    match tokio::task::spawn_blocking(move || board.current()).await {
+        Ok(status) => Some(status),
+        Err(e) => {
+            tracing::error!(error = %e, "reading the status failed");
+            None
+        }
+    }
+}
+
+/// The `source` of an `apply`: shown in `status`, logs and diagnostics,
+/// never opened. An absolute path of printable characters.
+fn apply_source(source: &str) -> Result<PathBuf, String> {
+    const MAX: usize = 4096;
+    if source.len() > MAX || source.chars().any(char::is_control) {
+        return Err(format!(
+            "apply: `source` must be at most {MAX} bytes of printable characters"
+        ));
+    }
+    let path = PathBuf::from(source);
+    if !path.is_absolute() {
+        return Err(format!(
+            "apply: `source` must be the absolute path of the policy directory, not {source:?}"
+        ));
+    }
+    Ok(path)
+}
+
 /// Serves the local API from the engine.
 struct ApiHandler {
-    engine: Arc<tokio::sync::Mutex<Engine>>,
+    shared: Arc<Shared>,
     flows: Arc<Mutex<FlowHistory>>,
     /// Wakes the main loop, whose deadlines may have changed.
     wake: Arc<Notify>,
@@ -362,12 +455,32 @@ struct ApiHandler {
 impl crate::api::Handler for ApiHandler {
     async fn handle(&self, request: Request) -> Reply {
         match request {
-            Request::Apply { dir, confirm_ms } => {
+            Request::Apply {
+                source,
+                files,
+                confirm_ms,
+                allow_empty,
+            } => {
+                let source = match apply_source(&source) {
+                    Ok(source) => source,
+                    Err(message) => return Reply::One(Response::Error { message }),
+                };
+                let files: Vec<(String, String)> =
+                    files.into_iter().map(|f| (f.name, f.text)).collect();
+                let empty = if allow_empty {
+                    EmptyPolicy::Allow
+                } else {
+                    EmptyPolicy::Refuse
+                };
+                let confirm = confirm_ms.map(Duration::from_millis);
+                let shown = source.clone();
                 let result = self
-                    .engine
-                    .lock()
-                    .await
-                    .apply(&dir, confirm_ms.map(Duration::from_millis));
+                    .shared
+                    .load(
+                        move || Candidate::from_files(&source, files, SystemTime::now()),
+                        |engine, candidate| engine.apply(&shown, candidate, confirm, empty),
+                    )
+                    .await;
                 self.wake.notify_one();
                 Reply::One(match result {
                     Ok(o) => Response::Applied {
@@ -381,7 +494,7 @@ impl crate::api::Handler for ApiHandler {
                 })
             }
             Request::Confirm => {
-                let result = self.engine.lock().await.confirm();
+                let result = self.shared.change(Engine::confirm).await;
                 self.wake.notify_one();
                 Reply::One(match result {
                     Ok(generation) => Response::Confirmed {
@@ -390,9 +503,14 @@ impl crate::api::Handler for ApiHandler {
                     Err(message) => Response::Error { message },
                 })
             }
-            Request::Status => Reply::One(Response::Status(Box::new(
-                self.engine.lock().await.status(),
-            ))),
+            Request::Status => {
+                Reply::One(match current_status(Arc::clone(&self.shared.board)).await {
+                    Some(status) => Response::Status(Box::new(status)),
+                    None => Response::Error {
+                        message: "the status could not be read; see the daemon's log".into(),
+                    },
+                })
+            }
             Request::Flows {
                 follow,
                 workload,

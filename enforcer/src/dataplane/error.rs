@@ -76,6 +76,12 @@ pub enum DataplaneError {
         #[source]
         source: Box<MapError>,
     },
+    #[error("cannot duplicate the descriptor of map {name}")]
+    UnableToDuplicateMap {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot read map {map}")]
     UnableToReadMap {
         map: &'static str,

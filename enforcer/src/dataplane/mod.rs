@@ -2,6 +2,7 @@
 //! write compiled policies into the maps (two slots, flipped atomically),
 //! and read events and counters back. See `docs/dataplane.md`.
 
+mod counters;
 mod error;
 mod events;
 mod host;
@@ -23,17 +24,16 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, Map, MapData},
     programs::links::{FdLink, PinnedLink},
 };
 use enforcer_common::{
-    BoundPort, CACHED_VERDICT_SLOTS, COUNTER_ACTIONS, CachedVerdict, Config, CounterKey, FlowKey,
-    FlowValue, GLOBAL_COUNTER_CACHED_VERDICTS, GLOBAL_COUNTER_DROPPED, GLOBAL_COUNTER_EVENTS_LOST,
-    GLOBAL_COUNTER_NEW_FLOWS, GLOBAL_COUNTER_PACKETS, Identity, LAYOUT_DIR, MAX_FAILSAFE_PORTS,
-    MODE_ALLOW, MODE_AUDIT, MODE_ENFORCE, PROTO_TCP, PortKey, WORKLOAD_COUNTER_SLOTS, maps,
+    BoundPort, CACHED_VERDICT_SLOTS, CachedVerdict, Config, FlowKey, FlowValue, Identity,
+    LAYOUT_DIR, MAX_FAILSAFE_PORTS, MODE_ALLOW, MODE_AUDIT, MODE_ENFORCE, PROTO_TCP, PortKey, maps,
 };
 
 pub use self::{
+    counters::{CounterReader, GlobalCounters},
     error::{DataplaneError, Result},
     events::{EventReader, decode_event},
     host::{HostAddrs, SocketMatching, check_cgroup_socket_matching},
@@ -167,24 +167,6 @@ impl std::str::FromStr for FailsafePort {
         }
         Ok(FailsafePort { protocol, port })
     }
-}
-
-/// Totals over every CPU of the global counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct GlobalCounters {
-    pub packets: u64,
-    pub new_flows: u64,
-    pub dropped: u64,
-    pub events_lost: u64,
-    /// Connections and datagrams that `connect4|6` or `sendmsg4|6` allowed
-    /// from their per-CPU cache of recent verdicts, without judging them.
-    pub cached_verdicts: u64,
-    /// Cgroups the tracer registered at their creation (per slot).
-    pub cgroups_registered: u64,
-    /// Cgroups the tracer left out: their workload was at its quota.
-    pub registrations_refused: u64,
-    /// Cgroups whose automaton states did not fit the kernel's tables.
-    pub match_overflows: u64,
 }
 
 /// The loaded kernel programs and their maps.
@@ -752,56 +734,30 @@ impl Dataplane {
 
     /// Packets per (workload, action), summed over CPUs.
     pub fn counters(&self) -> Result<BTreeMap<(Identity, u8), u64>> {
-        let name = maps::COUNTERS;
-        let m: PerCpuHashMap<&MapData, CounterKey, u64> = PerCpuHashMap::try_from(
-            self.ebpf
-                .map(name)
-                .ok_or(DataplaneError::MissingMap(name))?,
+        counters::read_counters(
+            self.map(maps::COUNTERS)?,
+            self.map(maps::WORKLOAD_COUNTERS)?,
         )
-        .map_err(type_err(name))?;
-        let mut out = BTreeMap::new();
-        for item in m.iter() {
-            let (k, per_cpu) = item.map_err(read_err(name))?;
-            out.insert((k.workload, k.action), per_cpu.iter().sum());
-        }
-        let name = maps::WORKLOAD_COUNTERS;
-        let a: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
-            self.ebpf
-                .map(name)
-                .ok_or(DataplaneError::MissingMap(name))?,
-        )
-        .map_err(type_err(name))?;
-        for index in 0..WORKLOAD_COUNTER_SLOTS {
-            let packets: u64 = a.get(&index, 0).map_err(read_err(name))?.iter().sum();
-            if packets != 0 {
-                *out.entry((index / COUNTER_ACTIONS, (index % COUNTER_ACTIONS) as u8))
-                    .or_default() += packets;
-            }
-        }
-        Ok(out)
     }
 
     /// The global counters, summed over CPUs.
     pub fn global_counters(&self) -> Result<GlobalCounters> {
-        let name = maps::GLOBAL_COUNTERS;
-        let m: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
-            self.ebpf
-                .map(name)
-                .ok_or(DataplaneError::MissingMap(name))?,
+        counters::read_global_counters(self.map(maps::GLOBAL_COUNTERS)?)
+    }
+
+    /// Handles of the counter maps of their own, to read counters without
+    /// this value (and without the lock a daemon holds on it).
+    pub fn counter_reader(&self) -> Result<CounterReader> {
+        CounterReader::duplicate(
+            self.map(maps::COUNTERS)?,
+            self.map(maps::WORKLOAD_COUNTERS)?,
+            self.map(maps::GLOBAL_COUNTERS)?,
         )
-        .map_err(type_err(name))?;
-        let sum =
-            |i: u32| -> Result<u64> { Ok(m.get(&i, 0).map_err(read_err(name))?.iter().sum()) };
-        Ok(GlobalCounters {
-            packets: sum(GLOBAL_COUNTER_PACKETS)?,
-            new_flows: sum(GLOBAL_COUNTER_NEW_FLOWS)?,
-            dropped: sum(GLOBAL_COUNTER_DROPPED)?,
-            events_lost: sum(GLOBAL_COUNTER_EVENTS_LOST)?,
-            cached_verdicts: sum(GLOBAL_COUNTER_CACHED_VERDICTS)?,
-            cgroups_registered: sum(enforcer_common::GLOBAL_COUNTER_CGROUPS_REGISTERED)?,
-            registrations_refused: sum(enforcer_common::GLOBAL_COUNTER_REGISTRATIONS_REFUSED)?,
-            match_overflows: sum(enforcer_common::GLOBAL_COUNTER_MATCH_OVERFLOWS)?,
-        })
+    }
+
+    /// A map of the object.
+    fn map(&self, name: &'static str) -> Result<&Map> {
+        self.ebpf.map(name).ok_or(DataplaneError::MissingMap(name))
     }
 
     /// A hash map of the object, read-only.

@@ -77,6 +77,14 @@ pub enum SourceError {
     },
     #[error("{file}: more than {MAX_LINK_HOPS} symbolic links in a row")]
     LinkLoop { file: String },
+    #[error(
+        "{file}: {what} in git revision {rev}, not a file: policy files must be regular files (or symbolic links to them), as in a working tree"
+    )]
+    NotAFile {
+        file: String,
+        rev: String,
+        what: &'static str,
+    },
     #[error("writing {path}: {source}")]
     Write {
         path: PathBuf,
@@ -206,8 +214,18 @@ fn from_git(repo: &Path, rev: &str, dir: &str, spec: String) -> Result<Materiali
         };
         let mut meta = meta.split(' ');
         let (mode, kind, object) = (meta.next(), meta.next(), meta.next());
-        if kind != Some("blob") || !path.ends_with(".toml") {
+        if !path.ends_with(".toml") {
             continue;
+        }
+        let not_a_file = |what| SourceError::NotAFile {
+            file: format!("{spec}/{path}"),
+            rev: rev.to_owned(),
+            what,
+        };
+        match kind {
+            Some("blob") => {}
+            Some("tree") => return Err(not_a_file("a directory")),
+            _ => return Err(not_a_file("a submodule")),
         }
         let Some(object) = object else { continue };
         let object = if mode == Some(LINK_MODE) {
@@ -219,7 +237,7 @@ fn from_git(repo: &Path, rev: &str, dir: &str, spec: String) -> Result<Materiali
             };
             match link.resolve(&dir_in_repo(repo, dir)?, path, object)? {
                 Some(object) => object,
-                None => continue,
+                None => return Err(not_a_file("a symbolic link that leads to no file")),
             }
         } else {
             object.to_owned()
@@ -298,7 +316,7 @@ struct LinkInRevision<'a> {
 impl LinkInRevision<'_> {
     /// The blob the link named `name` in `dir` (root-relative) leads to,
     /// following links in a row; `None` when it leads to no file (dangling,
-    /// or a directory), which `load_dir` skips too.
+    /// or a directory), which is an error for `load_dir` too.
     fn resolve(&self, dir: &str, name: &str, link: &str) -> Result<Option<String>, SourceError> {
         let mut at = format!("{dir}/{name}");
         let mut link = link.to_owned();

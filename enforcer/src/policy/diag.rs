@@ -88,8 +88,10 @@ impl fmt::Display for Diagnostic {
 /// Why a policy directory could not be loaded or compiled.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    /// The directory (or a file in it) could not be read: a usage or IO
-    /// problem, not a policy problem.
+    /// The directory (or a file in it) could not be read, or was refused
+    /// before parsing (its `source` is then a [`super::files::FileProblem`]:
+    /// not a regular file, too large): a usage or IO problem, not a policy
+    /// problem.
     #[error("cannot read {path}: {source}")]
     Io {
         path: PathBuf,

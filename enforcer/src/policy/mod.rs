@@ -3,6 +3,7 @@
 //! `FILE:LINE:COL`. See `docs/policy.md`.
 
 mod diag;
+pub mod files;
 mod model;
 mod parse;
 mod types;
@@ -37,26 +38,10 @@ pub fn load_dir(dir: &Path) -> Result<Loaded, LoadError> {
 }
 
 /// The `*.toml` files of `dir` (name, text), in name order: what
-/// [`load_dir`] loads.
+/// [`load_dir`] loads. Only regular files (symlinks followed), each and all
+/// bounded in size; see [`files`].
 pub fn read_dir(dir: &Path) -> Result<Vec<(PathBuf, String)>, LoadError> {
-    let io = |path: &Path, source| LoadError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut files: Vec<PathBuf> = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
-        let path = entry.map_err(|e| io(dir, e))?.path();
-        if path.extension().is_some_and(|e| e == "toml") && path.is_file() {
-            files.push(path);
-        }
-    }
-    files.sort();
-    let mut sources = Vec::with_capacity(files.len());
-    for path in files {
-        let text = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;
-        sources.push((path, text));
-    }
-    Ok(sources)
+    files::read_dir(dir)
 }
 
 /// Like [`load_dir`], over file contents already in memory (name, text),

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use enforcer::api::{Client, Request, Response, StatusReport};
+use enforcer::api::{Client, PolicyFile, Request, Response, StatusReport};
 use enforcer_tests::{CgroupGuard, Server};
 
 static SERIAL: AtomicUsize = AtomicUsize::new(0);
@@ -66,6 +66,26 @@ pub fn write_policy(dir: &Path, text: &str) {
     let tmp = dir.join(".policy.toml.tmp");
     std::fs::write(&tmp, text).expect("write policy");
     std::fs::rename(&tmp, dir.join("policy.toml")).expect("rename policy");
+}
+
+/// The `apply` request `enforcer apply DIR` sends: the files' text, read
+/// here (the daemon never opens a client's path).
+pub fn apply_request(dir: &Path, allow_empty: bool) -> Request {
+    let sources = enforcer::policy::read_dir(dir).expect("read the policy directory");
+    Request::Apply {
+        source: dir.display().to_string(),
+        files: PolicyFile::from_sources(sources).expect("policy files"),
+        confirm_ms: None,
+        allow_empty,
+    }
+}
+
+/// A FIFO at `path` (nobody ever writes to it).
+pub fn mkfifo(path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0, "mkfifo");
 }
 
 /// A policy where workload `web` (cgroups `web*` under the root) may
@@ -313,14 +333,33 @@ impl Daemon {
         self.client().call(request).expect("request")
     }
 
-    /// Run an `enforcer` client command against this daemon.
+    /// Run an `enforcer` client command against this daemon (killed, and
+    /// the test failed, if it takes more than 60 s).
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(enforcer_bin())
+        let mut command = Command::new(enforcer_bin());
+        command.args(args).arg("--socket").arg(&self.socket);
+        run_bounded(&mut command, Duration::from_secs(60))
+    }
+
+    /// [`Daemon::cli`] as another user: `setpriv` with `uid`, `gid` and
+    /// the supplementary `groups` (none when empty).
+    pub fn cli_as(&self, uid: u32, gid: u32, groups: &[u32], args: &[&str]) -> Output {
+        let groups: Vec<String> = groups.iter().map(u32::to_string).collect();
+        let mut command = Command::new("setpriv");
+        command
+            .arg(format!("--reuid={uid}"))
+            .arg(format!("--regid={gid}"))
+            .arg(if groups.is_empty() {
+                "--clear-groups".to_owned()
+            } else {
+                format!("--groups={}", groups.join(","))
+            })
+            .arg("--")
+            .arg(enforcer_bin())
             .args(args)
             .arg("--socket")
-            .arg(&self.socket)
-            .output()
-            .expect("run enforcer")
+            .arg(&self.socket);
+        run_bounded(&mut command, Duration::from_secs(60))
     }
 
     /// Poll `check` every 20 ms for up to `within`; true once it holds.
@@ -353,6 +392,114 @@ impl Drop for Daemon {
         let _ = self.uninstall();
         let _ = std::fs::remove_dir_all(&self.bpffs);
     }
+}
+
+/// Runs `command` to completion with its output captured; kills it and
+/// fails the test if it runs longer than `within` (a hang is a failure).
+pub fn run_bounded(command: &mut Command, within: Duration) -> Output {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let out = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = stdout.read_to_end(&mut text);
+        text
+    });
+    let err = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = stderr.read_to_end(&mut text);
+        text
+    });
+    let deadline = Instant::now() + within;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{command:?} did not finish within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: out.join().expect("stdout reader"),
+        stderr: err.join().expect("stderr reader"),
+    }
+}
+
+/// A group made for a test (`groupadd`), removed on drop.
+pub struct TestGroup {
+    pub name: String,
+    pub gid: u32,
+}
+
+impl TestGroup {
+    pub fn new(tag: &str) -> TestGroup {
+        let name = format!(
+            "enft{}{tag}{}",
+            std::process::id(),
+            SERIAL.fetch_add(1, Ordering::Relaxed)
+        );
+        let out = Command::new("groupadd")
+            .arg(&name)
+            .output()
+            .expect("run groupadd");
+        assert!(
+            out.status.success(),
+            "groupadd {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let gid = enforcer::api::resolve_group(&name).expect("the new group");
+        TestGroup { name, gid }
+    }
+}
+
+impl Drop for TestGroup {
+    fn drop(&mut self) {
+        let _ = Command::new("groupdel").arg(&self.name).output();
+    }
+}
+
+/// Runs `work` on a thread of its own whose real, effective and saved uid
+/// and gid are `uid` and `gid`, with the supplementary `groups`. The raw
+/// system calls change that thread's credentials only (glibc's wrappers
+/// would change every thread of the test): the kernel sees a real
+/// unprivileged client, whose sockets stay open after the thread ends.
+pub fn as_user<T: Send>(uid: u32, gid: u32, groups: &[u32], work: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: raw credential system calls on this thread; the
+                // pointer and length describe `groups`.
+                unsafe {
+                    assert_eq!(
+                        libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()),
+                        0,
+                        "setgroups"
+                    );
+                    assert_eq!(
+                        libc::syscall(libc::SYS_setresgid, gid, gid, gid),
+                        0,
+                        "setresgid"
+                    );
+                    assert_eq!(
+                        libc::syscall(libc::SYS_setresuid, uid, uid, uid),
+                        0,
+                        "setresuid"
+                    );
+                }
+                work()
+            })
+            .join()
+            .expect("the thread of another user")
+    })
 }
 
 /// Port 0 on 127.0.0.1: a free loopback port for a test server.

@@ -128,8 +128,9 @@ impl Policies {
     /// Leaves the empty policy in force and a policy of size 1 in the
     /// other slot, whatever was in force before.
     fn reset(&self, socket: &Path) -> Result<()> {
-        request_apply(socket, &self.tiny)?;
-        request_apply(socket, &self.empty)?;
+        request_apply(socket, &self.tiny, false)?;
+        // Replacing a policy with workloads by none needs saying so.
+        request_apply(socket, &self.empty, true)?;
         Ok(())
     }
 
@@ -287,7 +288,7 @@ fn measure_round(
         interrupt.check()?;
         // Size `largest` is in force (the loop's last apply); one more apply
         // and both slots hold it. Then change one rule back, and again.
-        request_apply(&socket, &policies.changed)?;
+        request_apply(&socket, &policies.changed, false)?;
         let cli = cli_apply(enforcer, &socket, base)?;
         samples.push_ms(
             format!("change_one_rule/{largest}"),
@@ -353,7 +354,7 @@ fn cli_apply(enforcer: &Path, socket: &Path, dir: &Path) -> Result<Duration> {
 /// reply; fails unless it applied a new generation.
 fn timed_request(socket: &Path, dir: &Path) -> Result<(Duration, u64)> {
     let started = Instant::now();
-    let (generation, unchanged) = request_apply(socket, dir)?;
+    let (generation, unchanged) = request_apply(socket, dir, false)?;
     let elapsed = started.elapsed();
     if unchanged {
         bail!(
@@ -364,16 +365,30 @@ fn timed_request(socket: &Path, dir: &Path) -> Result<(Duration, u64)> {
     Ok((elapsed, generation))
 }
 
-/// Asks the daemon to apply `dir` (one JSON line each way, as
-/// `enforcer apply` does; `docs/daemon.md`) and returns (generation,
-/// unchanged).
-fn request_apply(socket: &Path, dir: &Path) -> Result<(u64, bool)> {
+/// Asks the daemon to apply the policy files of `dir` (one JSON line each
+/// way, as `enforcer apply` does; `docs/daemon.md`) and returns
+/// (generation, unchanged). `allow_empty` as `enforcer apply --allow-empty`.
+fn request_apply(socket: &Path, dir: &Path, allow_empty: bool) -> Result<(u64, bool)> {
     let mut stream = UnixStream::connect(socket)
         .with_context(|| format!("cannot connect to the daemon on {}", socket.display()))?;
     stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
+    // As `enforcer apply` does: the client reads the files and sends their
+    // text (the daemon never opens a path a client names).
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            files.push(serde_json::json!({ "name": name, "text": text }));
+        }
+    }
     let mut line = serde_json::to_string(&serde_json::json!({
         "request": "apply",
-        "dir": dir,
+        "source": dir,
+        "files": files,
+        "allow_empty": allow_empty,
     }))?;
     line.push('\n');
     stream.write_all(line.as_bytes())?;

@@ -221,6 +221,11 @@ pub fn run(container: &Container, deb: &Path, repo: &Path) -> Report {
         Ok(())
     });
 
+    report.check(
+        "the package's groups: `enforcer` reads, only `enforcer-admin` applies",
+        || package_groups(container),
+    );
+
     report.check("systemctl reload enforcer applies a policy change", || {
         container.copy_in(
             &repo.join("tests/e2e/changes/web-for-intruder.toml"),
@@ -300,6 +305,54 @@ pub fn run(container: &Container, deb: &Path, repo: &Path) -> Report {
         purge(container, &bpf, repo)
     });
     report
+}
+
+/// A user with no account (uid 4301) in each group the package creates
+/// (`packaging/sysusers.d/enforcer.conf`, named by the shipped
+/// `enforcer.toml`): the read group gets `status` but not `apply`, the
+/// admin group may apply. Through the socket's ACL and the daemon's peer
+/// check, as an operator's colleague would.
+fn package_groups(container: &Container) -> Result<()> {
+    let gid = |name: &str| -> Result<String> {
+        let entry = container.run(&["getent", "group", name])?;
+        entry
+            .trim()
+            .split(':')
+            .nth(2)
+            .map(str::to_owned)
+            .with_context(|| format!("no gid in `getent group {name}`: {entry}"))
+    };
+    let as_member = |gid: &str, command: &[&str]| -> Result<std::process::Output> {
+        let regid = format!("--regid={gid}");
+        let mut argv = vec!["setpriv", "--reuid=4301", regid.as_str(), "--clear-groups"];
+        argv.extend(command);
+        println!("[container]# {}", super::container::shell_line(&argv));
+        container.exec(&argv)
+    };
+    let (reader, admin) = (gid("enforcer")?, gid("enforcer-admin")?);
+    let status = as_member(&reader, &["enforcer", "status"])?;
+    if !status.status.success() {
+        bail!(
+            "a member of `enforcer` got no status: {}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+    }
+    let apply = ["enforcer", "apply", "/etc/enforcer/policies"];
+    let refused = as_member(&reader, &apply)?;
+    let said = String::from_utf8_lossy(&refused.stderr);
+    print_indented(&said);
+    if refused.status.code() != Some(2) || !said.contains("permission denied") {
+        bail!("a member of `enforcer` was not refused `apply`: {said}");
+    }
+    let applied = as_member(&admin, &apply)?;
+    if !applied.status.success() {
+        bail!(
+            "a member of `enforcer-admin` could not apply: {}{}",
+            String::from_utf8_lossy(&applied.stdout),
+            String::from_utf8_lossy(&applied.stderr)
+        );
+    }
+    Ok(())
 }
 
 /// The daemon's side of a failure, for the log: its status and journal.

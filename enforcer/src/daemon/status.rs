@@ -1,0 +1,80 @@
+//! What `status` and the metrics endpoint show, without the engine's lock.
+//! The engine's state is published after every change (a copy made from
+//! memory while the change still holds the lock); a reader takes the last
+//! copy and adds the counters, read through map handles of its own. A
+//! scrape or a `status` therefore never waits for a policy load, and a
+//! policy load never waits for thousands of counter lookups.
+
+use std::sync::{Arc, RwLock};
+
+use enforcer_common::{ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY};
+
+use crate::api::StatusReport;
+use crate::api::proto::VerdictCounters;
+use crate::dataplane::CounterReader;
+
+/// The last published status, and the counters' handles.
+pub struct StatusBoard {
+    published: RwLock<Arc<StatusReport>>,
+    counters: CounterReader,
+}
+
+impl StatusBoard {
+    pub fn new(initial: StatusReport, counters: CounterReader) -> StatusBoard {
+        StatusBoard {
+            published: RwLock::new(Arc::new(initial)),
+            counters,
+        }
+    }
+
+    /// Replace the published state (the engine's status, counters zero).
+    pub fn publish(&self, report: StatusReport) {
+        let report = Arc::new(report);
+        match self.published.write() {
+            Ok(mut slot) => *slot = report,
+            Err(poisoned) => *poisoned.into_inner() = report,
+        }
+    }
+
+    /// The last published state, as it was published.
+    pub fn published(&self) -> Arc<StatusReport> {
+        match self.published.read() {
+            Ok(slot) => Arc::clone(&slot),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// The last published state with the counters as they are now: three
+    /// map lookups per workload, so call it where blocking is fine.
+    pub fn current(&self) -> StatusReport {
+        let mut report = (*self.published()).clone();
+        with_counters(&mut report, &self.counters);
+        report
+    }
+}
+
+/// Fill in the per-workload counters and `lost_events` of `report`: three
+/// lookups per workload, and one for the global counters.
+fn with_counters(report: &mut StatusReport, reader: &CounterReader) {
+    let mut failed = None;
+    for w in &mut report.workloads {
+        let mut count = |action| {
+            reader.counter(w.identity, action).unwrap_or_else(|e| {
+                failed = Some(e);
+                0
+            })
+        };
+        w.counters = VerdictCounters {
+            allow: count(ACTION_ALLOW),
+            deny: count(ACTION_DENY),
+            audit: count(ACTION_AUDIT),
+        };
+    }
+    if let Some(e) = failed {
+        tracing::warn!(error = %e, "cannot read the verdict counters");
+    }
+    match reader.global_counters() {
+        Ok(global) => report.lost_events = global.events_lost,
+        Err(e) => tracing::warn!(error = %e, "cannot read the global counters"),
+    }
+}
