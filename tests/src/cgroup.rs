@@ -125,9 +125,54 @@ impl CgroupGuard {
         Self::create(self.path.join(name))
     }
 
+    /// Like [`CgroupGuard::child`], but the directory is made by `uid` (a
+    /// user who may write this one, e.g. after [`CgroupGuard::chown`]), as
+    /// a user manager or a delegated service makes its cgroups: the kernel
+    /// sees who made it.
+    pub fn child_as(&self, name: &str, uid: u32) -> Result<Self> {
+        let path = self.path.join(name);
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            return Err(Error::io(
+                "mkdir",
+                path,
+                io::Error::new(io::ErrorKind::InvalidInput, "not a single path component"),
+            ));
+        }
+        let status = std::process::Command::new("setpriv")
+            .args([
+                format!("--reuid={uid}"),
+                format!("--regid={uid}"),
+                "--clear-groups".into(),
+                "mkdir".into(),
+            ])
+            .arg(&path)
+            .status()
+            .map_err(|e| Error::io("setpriv mkdir", &path, e))?;
+        if !status.success() {
+            return Err(Error::io(
+                "mkdir",
+                &path,
+                io::Error::other(format!("as uid {uid}: {status}")),
+            ));
+        }
+        Self::adopt(path)
+    }
+
+    /// Hands the directory to `uid`, as systemd does for `Delegate=` units
+    /// and user managers.
+    pub fn chown(&self, uid: u32) -> Result<()> {
+        std::os::unix::fs::chown(&self.path, Some(uid), Some(uid))
+            .map_err(|e| Error::io("chown", &self.path, e))
+    }
+
     fn create(path: PathBuf) -> Result<Self> {
-        let mount = cgroup2_mount()?;
         fs::create_dir(&path).map_err(|e| Error::io("mkdir", &path, e))?;
+        Self::adopt(path)
+    }
+
+    /// The guard of a cgroup directory that exists.
+    fn adopt(path: PathBuf) -> Result<Self> {
+        let mount = cgroup2_mount()?;
         let id = fs::metadata(&path)
             .map_err(|e| Error::io("stat", &path, e))?
             .ino();

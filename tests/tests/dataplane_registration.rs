@@ -271,7 +271,12 @@ fn a_workload_past_its_quota_registers_no_more_and_others_still_do() {
         .filter(|e| e.workload == jobs)
         .count();
     assert_eq!(registered, 5);
-    assert!(dp.global_counters().expect("counters").registrations_refused >= 45);
+    assert!(
+        dp.global_counters()
+            .expect("counters")
+            .registrations_refused
+            >= 45
+    );
     // Another workload's new cgroup is still registered.
     std::fs::create_dir(root.path().join("system.slice")).expect("mkdir");
     let api = root.path().join("system.slice/api-1.service");

@@ -67,9 +67,25 @@ pub struct Accept {
     pub workload: Identity,
     pub class: Identity,
     pub mode: u8,
-    /// Whether a delegated cgroup (owned by a user other than root, or
-    /// below one) is accepted too.
-    pub delegated: bool,
+    /// Which cgroups it takes, by who controls them.
+    pub takes: Takes,
+}
+
+/// Which cgroups an accepting state takes, by who controls them. A cgroup
+/// is *delegated* when it or an ancestor is controlled by a user other
+/// than root: owned by one, or writable by group or others.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Takes {
+    /// Only cgroups that are not delegated (`cgroup = "PATTERN"`).
+    Root,
+    /// A cgroup whose parent is not delegated, whatever its own owner: the
+    /// system manager's unit, whose own directory systemd may hand to the
+    /// unit's user afterwards (`Delegate=`). The kernel, which sees the
+    /// creator instead, requires root to have made it (a user can only make
+    /// a directory in one it controls).
+    SystemUnit,
+    /// Any cgroup (`delegated = true`, a user manager's unit).
+    Anyone,
 }
 
 /// How a state is left.
@@ -177,16 +193,16 @@ impl Automaton {
         let mut ordered: Vec<&CompiledWorkload> = workloads.iter().collect();
         ordered.sort_by_key(|w| w.identity);
         for w in ordered {
-            let accept = |delegated| Accept {
+            let accept = |takes| Accept {
                 workload: w.identity,
                 class: w.class,
                 mode: w.mode,
-                delegated,
+                takes,
             };
             match &w.selector {
                 CgroupSelector::Unit(unit) => {
                     let to = builder.edge(system_chain, Segment::Exact(unit.clone().into()), false);
-                    builder.accept(to, accept(true));
+                    builder.accept(to, accept(Takes::SystemUnit));
                 }
                 CgroupSelector::UserUnit { unit, user } => {
                     let Some(uid) = uid_of(user) else {
@@ -195,15 +211,15 @@ impl Automaton {
                     };
                     let user_chain = builder.user_chain(user_root, uid);
                     let to = builder.edge(user_chain, Segment::Exact(unit.clone().into()), true);
-                    builder.accept(to, accept(true));
+                    builder.accept(to, accept(Takes::Anyone));
                 }
                 CgroupSelector::Glob(pattern) => {
                     let to = builder.pattern(pattern_root, pattern, false, &w.name)?;
-                    builder.accept(to, accept(false));
+                    builder.accept(to, accept(Takes::Root));
                 }
                 CgroupSelector::DelegatedGlob(pattern) => {
                     let to = builder.pattern(pattern_root, pattern, true, &w.name)?;
-                    builder.accept(to, accept(true));
+                    builder.accept(to, accept(Takes::Anyone));
                 }
             }
         }
@@ -213,7 +229,7 @@ impl Automaton {
             unknown_users,
         };
         automaton.check_capacity()?;
-        let mut walk = Walk::new(false);
+        let mut walk = Walk::new(false, false);
         for root in [pattern_root, system_chain, user_root] {
             walk.reach(root);
         }
@@ -279,7 +295,7 @@ impl Automaton {
         name: &[u8],
         delegated: bool,
     ) -> Step {
-        let mut walk = Walk::new(delegated);
+        let mut walk = Walk::new(parent_delegated, delegated);
         for id in parent.ids() {
             let Some(node) = self.nodes.get(usize::from(id)) else {
                 continue;
@@ -322,9 +338,11 @@ impl Automaton {
                 workload: 0,
                 class: 0,
                 mode: 0,
-                delegated: false,
+                takes: Takes::Root,
             });
-            if accept.delegated {
+            // The kernel's `delegated` is the creator's: a system unit is
+            // a non-delegated cgroup to it (see `Takes::SystemUnit`).
+            if accept.takes == Takes::Anyone {
                 flags |= STATE_ACCEPT_DELEGATED;
             }
             tables.states.push(MatchState {
@@ -372,17 +390,27 @@ struct Walk {
     states: StateSet,
     count: usize,
     accepts: Vec<Accept>,
+    parent_delegated: bool,
     delegated: bool,
 }
 
 impl Walk {
-    fn new(delegated: bool) -> Walk {
+    fn new(parent_delegated: bool, delegated: bool) -> Walk {
         Walk {
             reached: Vec::with_capacity(REACHED_PER_STEP),
             states: StateSet::default(),
             count: 0,
             accepts: Vec::new(),
+            parent_delegated,
             delegated,
+        }
+    }
+
+    fn takes(&self, accept: &Accept) -> bool {
+        match accept.takes {
+            Takes::Root => !self.delegated,
+            Takes::SystemUnit => !self.parent_delegated,
+            Takes::Anyone => true,
         }
     }
 
@@ -411,7 +439,7 @@ impl Walk {
 
     fn arrive(&mut self, id: u16, node: &Node) {
         if let Some(accept) = node.accept
-            && (!self.delegated || accept.delegated)
+            && self.takes(&accept)
             && !self.accepts.contains(&accept)
         {
             self.accepts.push(accept);

@@ -149,22 +149,17 @@ impl Matcher {
 
     /// Match every cgroup of `tree`, parents before children.
     pub fn resolve(&self, tree: &CgroupTree) -> Resolution {
-        self.resolve_owned(tree, |path| tree.owner_of(path))
+        self.resolve_owned(tree, |path| tree.controlled_by_others(path))
     }
 
-    /// [`Matcher::resolve`] with the directories' owners from `owner_of`.
-    fn resolve_owned(
-        &self,
-        tree: &CgroupTree,
-        owner_of: impl Fn(&str) -> Option<u32>,
-    ) -> Resolution {
+    /// [`Matcher::resolve`], with `foreign` telling which directories a
+    /// user other than root controls.
+    fn resolve_owned(&self, tree: &CgroupTree, foreign: impl Fn(&str) -> bool) -> Resolution {
         let mut resolution = Resolution::default();
         // The states of the cgroups walked so far, by path.
         let mut known: BTreeMap<&str, CgroupStates> = BTreeMap::new();
         for (path, id) in tree.iter() {
-            // An owner that cannot be read counts as another user's: such
-            // a cgroup matches only what delegated cgroups may.
-            let owned_by_others = owner_of(path) != Some(0);
+            let owned_by_others = foreign(path);
             let here = if path.is_empty() {
                 CgroupStates {
                     states: self.automaton.initial(),
@@ -291,7 +286,7 @@ mod tests {
 
     /// Every directory belongs to root.
     fn resolve(m: &Matcher, t: &CgroupTree) -> Resolution {
-        m.resolve_owned(t, |_| Some(0))
+        m.resolve_owned(t, |_| false)
     }
 
     #[test]
@@ -323,7 +318,7 @@ mod tests {
     }
 
     #[test]
-    fn a_cgroup_whose_owner_is_unknown_counts_as_another_users() {
+    fn a_cgroup_another_user_controls_matches_no_pattern() {
         let m = matcher(&[workload(
             16,
             "api",
@@ -331,7 +326,7 @@ mod tests {
             MODE_ENFORCE,
         )]);
         let t = tree();
-        let r = m.resolve_owned(&t, |p| (p != "system.slice/api-2.service").then_some(0));
+        let r = m.resolve_owned(&t, |p| p == "system.slice/api-2.service");
         let paths: Vec<&str> = r.cgroups.iter().map(|c| c.path.as_str()).collect();
         assert_eq!(paths, ["system.slice/api-1.service"]);
     }

@@ -99,11 +99,12 @@ impl CgroupTree {
         self.nodes.get(rel).copied()
     }
 
-    /// The uid owning a cgroup's directory, if known.
-    pub fn owner_of(&self, rel: &str) -> Option<u32> {
+    /// Whether a user other than root controls a cgroup's directory: owns
+    /// it, or may write it through its group or others bits (and so make
+    /// cgroups in it). An unreadable one counts as controlled by others.
+    pub fn controlled_by_others(&self, rel: &str) -> bool {
         std::fs::symlink_metadata(self.dir_of(rel))
-            .ok()
-            .map(|m| m.uid())
+            .map_or(true, |m| m.uid() != 0 || m.mode() & 0o022 != 0)
     }
 
     /// The absolute directory of a relative cgroup path.
