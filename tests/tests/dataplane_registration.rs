@@ -205,7 +205,7 @@ fn the_kernel_registers_what_the_daemon_resolves_in_random_trees() {
         // Whoever owns the parent makes the child; a user manager's own
         // cgroup is made by root and then handed to its user, as systemd
         // does.
-        let owner = std::fs::metadata(&parent).expect("stat").uid();
+        let owner = std::fs::metadata(parent).expect("stat").uid();
         mkdir_as(owner, &dir);
         if name == "user@4242.service" && owner == 0 {
             std::os::unix::fs::chown(&dir, Some(USER), Some(USER)).expect("chown");
