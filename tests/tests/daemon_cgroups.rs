@@ -4,7 +4,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use enforcer::cgroups::{self, CgroupChange, CgroupTree, CgroupWatcher, WatchOptions};
+use enforcer::cgroups::{self, CgroupChange, CgroupTree, CgroupWatcher, Discovery, WatchOptions};
 use enforcer_tests::{CgroupGuard, privileged};
 
 #[test]
@@ -34,15 +34,18 @@ fn new_and_removed_cgroups_are_reported_within_a_second() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let initial = CgroupTree::scan(test.path()).unwrap();
-        let mut watcher = CgroupWatcher::start(
-            initial,
+        let (mut watcher, initial) = CgroupWatcher::start(
+            test.path(),
             WatchOptions {
                 rescan_interval: Duration::from_secs(3600),
                 settle: Duration::from_millis(20),
+                ..WatchOptions::default()
             },
+            Discovery::default(),
         )
         .unwrap();
+        assert_eq!(initial, CgroupTree::scan(test.path()).unwrap());
+        assert_eq!(initial.owner_of(""), Some(0));
 
         let started = Instant::now();
         let child = test.child("svc.service").expect("child cgroup");

@@ -149,6 +149,7 @@ mod tests {
     use enforcer_common::{MODE_AUDIT, MODE_ENFORCE};
 
     use super::*;
+    use crate::cgroups::tree::CgroupNode;
     use crate::compile::compiled::CgroupSelector;
 
     fn workload(
@@ -180,10 +181,13 @@ mod tests {
         ];
         CgroupTree::from_nodes(
             PathBuf::from("/sys/fs/cgroup"),
-            paths
-                .iter()
-                .enumerate()
-                .map(|(i, p)| (p.to_string(), 100 + i as u64)),
+            paths.iter().enumerate().map(|(i, p)| {
+                let node = CgroupNode {
+                    id: 100 + i as u64,
+                    owner_uid: 0,
+                };
+                (p.to_string(), node)
+            }),
         )
     }
 
