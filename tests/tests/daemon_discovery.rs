@@ -126,18 +126,23 @@ fn unreadable_and_overlong_cgroups_are_skipped_and_enforcement_goes_on() {
         "{reasons:?}"
     );
 
-    // While it runs: another cgroup of mode 000, and a chain past PATH_MAX
-    // (within the depth bound), then one more cgroup at its bottom. Each
-    // must be seen through inotify, long before the 30 s periodic rescan.
-    let locked_during = root.child("locked-during").expect("cgroup");
+    // While it runs, in a subtree delegated to another user (walked in
+    // the second pass, after what root owns): another cgroup of mode 000,
+    // and a chain past PATH_MAX (within the depth bound), then one more
+    // cgroup at its bottom. Each must be seen through inotify, long before
+    // the 30 s periodic rescan.
+    let delegated = root.child("delegated").expect("cgroup");
+    std::os::unix::fs::chown(delegated.path(), Some(65534), Some(65534)).expect("chown");
+    let locked_during = delegated.child("locked").expect("cgroup");
     let _hidden_during = locked_during.child("inside").expect("cgroup");
     chmod(locked_during.path(), 0o000);
-    let deep_during = root.child("deep-during").expect("cgroup");
+    let deep_during = delegated.child("deep").expect("cgroup");
     let bottom = deep_during.nest(&long_name('d'), 30).expect("deep chain");
     assert!(30 * 201 > libc::PATH_MAX as usize);
+    let during = 1 + 1 + 1 + 30;
     let seen = Daemon::eventually(Duration::from_secs(5), || {
         let d = daemon.status().cgroup_discovery;
-        d.cgroups == expected + 1 + 31 && d.skipped.unreadable == 2
+        d.cgroups == expected + during && d.skipped.unreadable == 2
     });
     assert!(
         seen,
@@ -148,7 +153,7 @@ fn unreadable_and_overlong_cgroups_are_skipped_and_enforcement_goes_on() {
     rustix::fs::mkdirat(&bottom, "one-more", rustix::fs::Mode::from_raw_mode(0o755))
         .expect("mkdirat past PATH_MAX");
     let seen = Daemon::eventually(Duration::from_secs(5), || {
-        daemon.status().cgroup_discovery.cgroups == expected + 1 + 31 + 1
+        daemon.status().cgroup_discovery.cgroups == expected + during + 1
     });
     assert!(seen, "{:?}", daemon.status().cgroup_discovery);
     drop(bottom);
@@ -163,7 +168,7 @@ fn unreadable_and_overlong_cgroups_are_skipped_and_enforcement_goes_on() {
         "{body}"
     );
     assert!(
-        body.contains(&format!("enforcer_cgroups {}\n", expected + 33)),
+        body.contains(&format!("enforcer_cgroups {}\n", expected + during + 1)),
         "{body}"
     );
     assert!(

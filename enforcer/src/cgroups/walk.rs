@@ -13,10 +13,12 @@
 //! relative paths in all, so a hostile tree cannot make a rescan take
 //! unbounded time, memory or file descriptors (one per level is open at a
 //! time). Children are walked in byte order of their names, depth first, so
-//! a bound cuts the same part of an unchanged tree at every rescan: with
-//! systemd's layout, `init.scope`, `kubepods*`, `machine.slice` and
-//! `system.slice` come before `user.slice`, where users' delegated subtrees
-//! live.
+//! a bound cuts the same part of an unchanged tree at every rescan. And
+//! delegated subtrees (directories of another user, or that others may
+//! write to) are walked last, in a second pass: a cgroup directory belongs
+//! to whoever made it, so a user can add cgroups only below a directory
+//! root handed over, and filling the bounds there hides no cgroup root
+//! made.
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -42,6 +44,10 @@ pub const MAX_CGROUPS: usize = enforcer_common::MAX_CGROUPS as usize;
 /// grow with the square of its depth). A host's tree takes a few hundred
 /// kilobytes.
 pub const MAX_PATH_BYTES: usize = 16 << 20;
+
+/// A directory listing reads at most this many times
+/// [`ScanLimits::max_cgroups`] entries, keeping the first in byte order.
+pub const LISTING_FACTOR: usize = 4;
 
 /// How many skipped directories a [`ScanReport`] names (all are counted).
 pub const MAX_NAMED_SKIPS: usize = 16;
@@ -212,8 +218,25 @@ struct Frame {
     children: Vec<CString>,
 }
 
+/// Which directories a pass descends into.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// Only those of the daemon's own user that nobody else may write to;
+    /// the others are recorded and left for the second pass.
+    Trusted,
+    /// Every one.
+    All,
+}
+
 /// Walk the tree under `root` within `limits`, calling `visit` for every
 /// directory opened. See the module documentation.
+///
+/// Two passes: first what the daemon's own user (root) owns and nobody
+/// else may write to, then the subtrees delegated to other users, with what
+/// is left of the bounds. A cgroup directory is owned by whoever made it,
+/// mode 0755, so a user can only add cgroups below a directory root handed
+/// over (systemd `Delegate=`): a user filling the bounds hides delegated
+/// subtrees (their own, and other users'), never a cgroup root made.
 pub fn scan(
     root: &Path,
     limits: ScanLimits,
@@ -224,94 +247,46 @@ pub fn scan(
         action,
         source: errno.into(),
     };
-    let root_fd =
-        rustix::fs::open(root, dir_flags(), Mode::empty()).map_err(|e| root_error("open", e))?;
+    let open_root =
+        || rustix::fs::open(root, dir_flags(), Mode::empty()).map_err(|e| root_error("open", e));
+    let root_fd = open_root()?;
     let root_node = rustix::fs::fstat(&root_fd)
         .map(|stat| node_of(&stat))
         .map_err(|e| root_error("stat", e))?;
-    let mut nodes = BTreeMap::new();
-    nodes.insert(String::new(), root_node);
+    let mut walk = Walk {
+        limits,
+        trusted_uid: rustix::process::geteuid().as_raw(),
+        budget: limits.max_cgroups,
+        path_bytes: limits.max_path_bytes,
+        limit_hit: false,
+        nodes: BTreeMap::from([(String::new(), root_node)]),
+        delegated: Vec::new(),
+        report: ScanReport::default(),
+    };
     visit(Visit {
         path: "",
         node: root_node,
         fd: root_fd.as_fd(),
     });
-    let mut walk = Walk {
-        budget: limits.max_cgroups,
-        path_bytes: limits.max_path_bytes,
-        limit_hit: false,
-        nodes,
-        report: ScanReport::default(),
-    };
     let children = walk.list(&root_fd, "").map_err(|e| root_error("list", e))?;
-    let mut stack = vec![Frame {
+    let frame = Frame {
         fd: root_fd,
         path: String::new(),
         depth: 0,
         children,
-    }];
-    while let Some(frame) = stack.last_mut() {
-        let Some(name) = frame.children.pop() else {
-            stack.pop();
-            continue;
-        };
-        if walk.budget == 0 {
-            walk.size_limit(&frame.path);
-            break;
-        }
-        walk.budget -= 1;
-        let Ok(utf8) = name.to_str() else {
-            let lossy = join(&frame.path, &name.to_string_lossy());
-            walk.report.record(lossy, SkipReason::NotUtf8, None);
-            continue;
-        };
-        let path = join(&frame.path, utf8);
-        let Some(left) = walk.path_bytes.checked_sub(path.len()) else {
-            walk.size_limit(&frame.path);
-            break;
-        };
-        walk.path_bytes = left;
-        let Some(fd) = walk.open(&frame.fd, &name, &path) else {
-            continue;
-        };
-        let node = match rustix::fs::fstat(&fd) {
-            Ok(stat) => node_of(&stat),
-            Err(errno) => {
-                walk.report.record(path, SkipReason::Error, Some(errno));
-                continue;
+    };
+    walk.below(frame, Pass::Trusted, &mut visit);
+    let delegated = std::mem::take(&mut walk.delegated);
+    if !delegated.is_empty() && !walk.limit_hit {
+        let root_fd = open_root()?;
+        for (path, depth) in delegated {
+            if walk.limit_hit {
+                break;
             }
-        };
-        walk.nodes.insert(path.clone(), node);
-        visit(Visit {
-            path: &path,
-            node,
-            fd: fd.as_fd(),
-        });
-        let depth = frame.depth + 1;
-        if depth >= limits.max_depth {
-            match subdirectories(&fd).and_then(|mut names| names.next().transpose()) {
-                Ok(None) => {}
-                Ok(Some(_)) => walk.report.record(path, SkipReason::DepthLimit, None),
-                Err(errno) => walk.report.record(path, SkipReason::of(errno), Some(errno)),
+            if let Some(frame) = walk.reopen(&root_fd, path, depth, &mut visit) {
+                walk.below(frame, Pass::All, &mut visit);
             }
-            continue;
         }
-        let children = match walk.list(&fd, &path) {
-            Ok(children) => children,
-            Err(errno) => {
-                walk.report.record(path, SkipReason::of(errno), Some(errno));
-                continue;
-            }
-        };
-        if children.is_empty() {
-            continue;
-        }
-        stack.push(Frame {
-            fd,
-            path,
-            depth,
-            children,
-        });
     }
     let Walk { nodes, report, .. } = walk;
     Ok(Scan {
@@ -349,17 +324,151 @@ fn node_of(stat: &Stat) -> CgroupNode {
 
 /// The state of one walk.
 struct Walk {
+    limits: ScanLimits,
+    /// The daemon's own user: its directories are walked first.
+    trusted_uid: u32,
     /// Subdirectories that may still be considered.
     budget: usize,
     /// Bytes of paths that may still be recorded.
     path_bytes: usize,
-    /// The size limit was recorded (once per walk).
+    /// The size limit was hit (and recorded, once per walk).
     limit_hit: bool,
     nodes: BTreeMap<String, CgroupNode>,
+    /// Delegated directories (path, depth) left for the second pass.
+    delegated: Vec<(String, usize)>,
     report: ScanReport,
 }
 
 impl Walk {
+    /// Depth first below `top`, in byte order, within the bounds.
+    fn below(&mut self, top: Frame, pass: Pass, visit: &mut impl FnMut(Visit<'_>)) {
+        let mut stack = vec![top];
+        while let Some(frame) = stack.last_mut() {
+            let Some(name) = frame.children.pop() else {
+                stack.pop();
+                continue;
+            };
+            if self.budget == 0 {
+                self.size_limit(&frame.path);
+                return;
+            }
+            self.budget -= 1;
+            let Ok(utf8) = name.to_str() else {
+                let lossy = join(&frame.path, &name.to_string_lossy());
+                self.report.record(lossy, SkipReason::NotUtf8, None);
+                continue;
+            };
+            let path = join(&frame.path, utf8);
+            let Some(left) = self.path_bytes.checked_sub(path.len()) else {
+                self.size_limit(&frame.path);
+                return;
+            };
+            self.path_bytes = left;
+            let depth = frame.depth + 1;
+            let Some(fd) = self.open(&frame.fd, &name, &path) else {
+                continue;
+            };
+            let Some(stat) = self.stat(&fd, &path) else {
+                continue;
+            };
+            visit(Visit {
+                path: &path,
+                node: node_of(&stat),
+                fd: fd.as_fd(),
+            });
+            let others_may_write = stat.st_mode & 0o022 != 0;
+            if pass == Pass::Trusted && (stat.st_uid != self.trusted_uid || others_may_write) {
+                self.delegated.push((path, depth));
+                continue;
+            }
+            if let Some(frame) = self.enter(fd, path, depth) {
+                stack.push(frame);
+            }
+        }
+    }
+
+    /// Record the directory open at `fd` (`path` in the tree).
+    fn stat(&mut self, fd: &OwnedFd, path: &str) -> Option<Stat> {
+        match rustix::fs::fstat(fd) {
+            Ok(stat) => {
+                self.nodes.insert(path.to_owned(), node_of(&stat));
+                Some(stat)
+            }
+            Err(errno) => {
+                self.report
+                    .record(path.to_owned(), SkipReason::Error, Some(errno));
+                None
+            }
+        }
+    }
+
+    /// The directory open at `fd`, ready to walk below, unless it is at
+    /// the depth bound or has no subdirectories.
+    fn enter(&mut self, fd: OwnedFd, path: String, depth: usize) -> Option<Frame> {
+        if depth >= self.limits.max_depth {
+            match subdirectories(&fd).and_then(|mut names| names.next().transpose()) {
+                Ok(None) => {}
+                Ok(Some(_)) => self.report.record(path, SkipReason::DepthLimit, None),
+                Err(errno) => self.report.record(path, SkipReason::of(errno), Some(errno)),
+            }
+            return None;
+        }
+        match self.list(&fd, &path) {
+            Ok(children) if children.is_empty() => None,
+            Ok(children) => Some(Frame {
+                fd,
+                path,
+                depth,
+                children,
+            }),
+            Err(errno) => {
+                self.report.record(path, SkipReason::of(errno), Some(errno));
+                None
+            }
+        }
+    }
+
+    /// Open a delegated directory the first pass recorded again, one
+    /// component at a time from the root (its path may be longer than
+    /// `PATH_MAX`), ready to walk below.
+    fn reopen(
+        &mut self,
+        root: &OwnedFd,
+        path: String,
+        depth: usize,
+        visit: &mut impl FnMut(Visit<'_>),
+    ) -> Option<Frame> {
+        let mut fd = None;
+        for component in path.split('/') {
+            let parent = fd.as_ref().unwrap_or(root);
+            let flags = dir_flags() | OFlags::NOFOLLOW;
+            match rustix::fs::openat(parent, component, flags, Mode::empty()) {
+                Ok(next) => fd = Some(next),
+                Err(errno) => {
+                    // Changed between the passes.
+                    let reason = SkipReason::of(errno);
+                    if reason == SkipReason::Vanished {
+                        self.nodes.remove(&path);
+                    }
+                    self.report.record(path, reason, Some(errno));
+                    return None;
+                }
+            }
+        }
+        let fd = fd?;
+        let seen = self.nodes.get(&path).copied();
+        let stat = self.stat(&fd, &path)?;
+        if seen != Some(node_of(&stat)) {
+            // Replaced between the passes: visited in neither yet.
+            visit(Visit {
+                path: &path,
+                node: node_of(&stat),
+                fd: fd.as_fd(),
+            });
+        }
+        self.enter(fd, path, depth)
+    }
+
     fn size_limit(&mut self, path: &str) {
         if !self.limit_hit {
             self.limit_hit = true;
@@ -400,16 +509,28 @@ impl Walk {
 
     /// The subdirectory names of `fd` (`path` in the tree), in reverse
     /// byte order so that popping yields byte order. No more than the
-    /// budget: a directory with more records the size limit.
+    /// budget: a directory with more keeps the first in byte order (the
+    /// same at every rescan) and records the size limit. At most
+    /// [`LISTING_FACTOR`] times the cgroup bound are read.
     fn list(&mut self, fd: &OwnedFd, path: &str) -> Result<Vec<CString>, Errno> {
-        let mut names = Vec::new();
-        for name in subdirectories(fd)? {
-            if names.len() == self.budget {
-                self.size_limit(path);
+        let mut kept = std::collections::BinaryHeap::new();
+        let mut truncated = false;
+        let most = self.limits.max_cgroups.saturating_mul(LISTING_FACTOR);
+        for (read, name) in subdirectories(fd)?.enumerate() {
+            if read == most {
+                truncated = true;
                 break;
             }
-            names.push(name?);
+            kept.push(name?);
+            if kept.len() > self.budget {
+                kept.pop(); // the greatest so far
+                truncated = true;
+            }
         }
+        if truncated {
+            self.size_limit(path);
+        }
+        let mut names = kept.into_vec();
         names.sort_unstable_by(|a, b| b.cmp(a));
         Ok(names)
     }
@@ -622,6 +743,52 @@ mod tests {
         assert_eq!(scan.tree.len(), 4, "{:?}", paths(&scan.tree));
         assert_eq!(scan.report.count(SkipReason::SizeLimit), 1);
         assert_eq!(scan.tree.id_of("z"), None, "the walk stopped");
+    }
+
+    /// A directory others may write to (or owned by another user) is a
+    /// delegated subtree: walked after everything else, so filling the
+    /// bounds there hides nothing outside it.
+    #[test]
+    fn delegated_subtrees_are_walked_last() {
+        let t = TempTree::new();
+        for name in [
+            "a-delegated/1",
+            "a-delegated/2",
+            "a-delegated/3",
+            "a-delegated/4",
+        ] {
+            t.mkdir(name);
+        }
+        t.mkdir("b/x");
+        t.mkdir("c");
+        t.chmod("a-delegated", 0o777);
+        let limits = ScanLimits {
+            max_cgroups: 5,
+            ..ScanLimits::default()
+        };
+        let mut visited = Vec::new();
+        let scan = scan(t.path(), limits, |v| visited.push(v.path.to_owned())).unwrap();
+        assert_eq!(
+            paths(&scan.tree),
+            ["", "a-delegated", "a-delegated/1", "b", "b/x", "c"]
+        );
+        assert_eq!(
+            visited,
+            ["", "a-delegated", "b", "b/x", "c", "a-delegated/1"],
+            "each directory once, the delegated one's subtree last"
+        );
+        assert_eq!(
+            scan.report.named(),
+            [Skipped {
+                path: "a-delegated".into(),
+                reason: SkipReason::SizeLimit,
+                errno: None,
+            }]
+        );
+        // Within the bounds, the delegated subtree is walked whole.
+        let whole = super::scan(t.path(), ScanLimits::default(), no_visit).unwrap();
+        assert_eq!(whole.tree.len(), 9);
+        assert_eq!(whole.report.total(), 0);
     }
 
     #[test]
