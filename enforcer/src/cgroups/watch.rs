@@ -453,45 +453,41 @@ mod tests {
     /// stopped (or dropped, when a test fails).
     struct Churner {
         stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-        thread: Option<std::thread::JoinHandle<usize>>,
+        rounds: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        thread: Option<std::thread::JoinHandle<()>>,
     }
 
     impl Churner {
         fn start(dir: PathBuf) -> Churner {
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let flag = std::sync::Arc::clone(&stop);
+            let rounds = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let (flag, count) = (std::sync::Arc::clone(&stop), std::sync::Arc::clone(&rounds));
             let thread = std::thread::spawn(move || {
-                let mut rounds = 0;
                 while !flag.load(std::sync::atomic::Ordering::Relaxed) {
                     let _ = std::fs::create_dir(&dir);
                     let _ = std::fs::remove_dir(&dir);
-                    rounds += 1;
+                    count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     std::thread::sleep(Duration::from_millis(2));
                 }
-                rounds
             });
             Churner {
                 stop,
+                rounds,
                 thread: Some(thread),
             }
         }
 
-        /// Stop; how many rounds ran.
-        fn stop(mut self) -> usize {
-            self.halt()
-        }
-
-        fn halt(&mut self) -> usize {
-            self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            self.thread
-                .take()
-                .map_or(0, |t| t.join().unwrap_or_default())
+        fn rounds(&self) -> usize {
+            self.rounds.load(std::sync::atomic::Ordering::Relaxed)
         }
     }
 
     impl Drop for Churner {
         fn drop(&mut self) {
-            self.halt();
+            self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            if let Some(thread) = self.thread.take() {
+                let _ = thread.join();
+            }
         }
     }
 
@@ -510,6 +506,7 @@ mod tests {
         let churner = Churner::start(t.join("churn/x"));
         tokio::time::sleep(Duration::from_millis(50)).await;
         let started = Instant::now();
+        let rounds_before = churner.rounds();
         t.mkdir("target");
         until(&mut watcher, Duration::from_secs(2), |u| {
             created(u, "target")
@@ -520,6 +517,6 @@ mod tests {
             "took {:?}",
             started.elapsed()
         );
-        assert!(churner.stop() > 10, "events kept coming");
+        assert!(churner.rounds() > rounds_before, "events kept coming");
     }
 }
