@@ -41,8 +41,8 @@ pub const MAX_DEPTH: usize = 64;
 pub const MAX_CGROUPS: usize = enforcer_common::MAX_CGROUPS as usize;
 
 /// Most bytes of relative paths a snapshot holds (the paths of a deep tree
-/// grow with the square of its depth). A host's tree takes a few hundred
-/// kilobytes.
+/// grow with the square of its depth). A host's few thousand cgroups take
+/// well under a megabyte.
 pub const MAX_PATH_BYTES: usize = 16 << 20;
 
 /// A directory listing reads at most this many times
