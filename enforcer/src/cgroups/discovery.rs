@@ -78,13 +78,15 @@ impl Discovery {
             .map(|r| (r, report.count(r)))
             .filter(|&(_, n)| n > 0)
             .collect();
-        if let Some(previous) = state.skips_log.should_log(now, &problems) {
+        if state.skips_log.should_log(now, &problems) {
+            // Debug-formatted below: control characters in names come out
+            // escaped.
             let named: Vec<String> = report
                 .named()
                 .iter()
                 .filter(|s| s.reason != SkipReason::Vanished)
                 .take(4)
-                .map(|s| format!("{:?} ({})", shorten(&s.path), s.reason))
+                .map(|s| format!("{} ({})", shorten(&s.path), s.reason))
                 .collect();
             if problems.is_empty() {
                 tracing::info!("cgroup discovery sees the whole tree again");
@@ -92,7 +94,6 @@ impl Discovery {
                 tracing::warn!(
                     skipped = ?problems.iter().map(|(r, n)| format!("{r}={n}")).collect::<Vec<_>>(),
                     examples = ?named,
-                    before = ?previous.iter().map(|(r, n)| format!("{r}={n}")).collect::<Vec<_>>(),
                     "cgroup discovery cannot walk parts of the tree; cgroups there are not matched (see `enforcer status`)"
                 );
             }
@@ -103,7 +104,7 @@ impl Discovery {
                 "cgroups removed during the walk"
             );
         }
-        if state.unwatched_log.should_log(now, &unwatched).is_some() {
+        if state.unwatched_log.should_log(now, &unwatched) {
             if unwatched == 0 {
                 tracing::info!("every cgroup is watched again");
             } else {
@@ -128,11 +129,7 @@ impl Discovery {
         let mut state = self.lock();
         state.rescans_failed += 1;
         let message = format!("{error}: {}", error.source);
-        if state
-            .failure_log
-            .should_log(now, &Some(message.clone()))
-            .is_some()
-        {
+        if state.failure_log.should_log(now, &Some(message.clone())) {
             tracing::error!(
                 failed = state.rescans_failed,
                 "cannot rescan cgroups, keeping the last snapshot: {message}"
@@ -196,19 +193,17 @@ impl<T: Default> Default for LogGate<T> {
 }
 
 impl<T: Clone + PartialEq> LogGate<T> {
-    /// `Some(previously logged value)` when `current` is to be logged now.
-    fn should_log(&mut self, now: Instant, current: &T) -> Option<T> {
-        if *current == self.logged {
-            return None;
-        }
-        if self
+    /// Whether `current` is to be logged now (it is then taken as logged).
+    fn should_log(&mut self, now: Instant, current: &T) -> bool {
+        let too_soon = self
             .at
-            .is_some_and(|at| now.saturating_duration_since(at) < LOG_INTERVAL)
-        {
-            return None;
+            .is_some_and(|at| now.saturating_duration_since(at) < LOG_INTERVAL);
+        if *current == self.logged || too_soon {
+            return false;
         }
         self.at = Some(now);
-        Some(std::mem::replace(&mut self.logged, current.clone()))
+        self.logged = current.clone();
+        true
     }
 
     /// Take `value` as logged without a line (another line said it).
@@ -243,17 +238,18 @@ mod tests {
     fn a_gate_logs_changes_at_most_once_per_interval() {
         let start = Instant::now();
         let mut gate = LogGate::<u64>::default();
-        assert_eq!(gate.should_log(start, &0), None, "nothing to say");
-        assert_eq!(gate.should_log(start, &3), Some(0));
-        assert_eq!(gate.should_log(start, &3), None, "unchanged");
+        assert!(!gate.should_log(start, &0), "nothing to say");
+        assert!(gate.should_log(start, &3));
+        assert!(!gate.should_log(start, &3), "unchanged");
         // Changing again within the interval: not logged yet...
-        assert_eq!(gate.should_log(start + Duration::from_secs(1), &5), None);
-        assert_eq!(gate.should_log(start + Duration::from_secs(2), &6), None);
+        assert!(!gate.should_log(start + Duration::from_secs(1), &5));
+        assert!(!gate.should_log(start + Duration::from_secs(2), &6));
         // ...but once it has passed, as it stands then.
-        assert_eq!(gate.should_log(start + LOG_INTERVAL, &6), Some(3));
-        // Back to the logged value: nothing to say.
-        assert_eq!(gate.should_log(start + LOG_INTERVAL * 3, &6), None);
-        assert_eq!(gate.should_log(start + LOG_INTERVAL * 3, &0), Some(6));
+        assert!(gate.should_log(start + LOG_INTERVAL, &6));
+        assert_eq!(gate.logged, 6);
+        // Still the logged value: nothing to say.
+        assert!(!gate.should_log(start + LOG_INTERVAL * 3, &6));
+        assert!(gate.should_log(start + LOG_INTERVAL * 3, &0));
     }
 
     #[test]
