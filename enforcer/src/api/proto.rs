@@ -240,6 +240,28 @@ pub struct SkippedCgroups {
     pub error: u64,
 }
 
+impl SkippedCgroups {
+    /// (reason as in the JSON keys, count), every reason, in field order.
+    pub fn by_reason(&self) -> [(&'static str, u64); 6] {
+        let SkippedCgroups {
+            unreadable,
+            vanished,
+            depth_limit,
+            size_limit,
+            not_utf8,
+            error,
+        } = *self;
+        [
+            ("unreadable", unreadable),
+            ("vanished", vanished),
+            ("depth_limit", depth_limit),
+            ("size_limit", size_limit),
+            ("not_utf8", not_utf8),
+            ("error", error),
+        ]
+    }
+}
+
 /// One skipped directory.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SkippedCgroup {

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::api::proto::{CgroupDiscovery, SkippedCgroups};
+use crate::api::proto::CgroupDiscovery;
 use crate::api::{Client, ClientError, Request, Response, StatusReport};
 use crate::config;
 
@@ -119,25 +119,13 @@ fn write_discovery_problems(out: &mut impl Write, d: &CgroupDiscovery) -> std::i
             d.rescans_failed
         )?;
     }
-    let SkippedCgroups {
-        unreadable,
-        vanished: _,
-        depth_limit,
-        size_limit,
-        not_utf8,
-        error,
-    } = d.skipped;
-    let counts: Vec<String> = [
-        ("unreadable", unreadable),
-        ("depth_limit", depth_limit),
-        ("size_limit", size_limit),
-        ("not_utf8", not_utf8),
-        ("error", error),
-    ]
-    .iter()
-    .filter(|(_, n)| *n > 0)
-    .map(|(reason, n)| format!("{reason} {n}"))
-    .collect();
+    let counts: Vec<String> = d
+        .skipped
+        .by_reason()
+        .iter()
+        .filter(|&&(reason, n)| n > 0 && reason != "vanished")
+        .map(|(reason, n)| format!("{reason} {n}"))
+        .collect();
     if counts.is_empty() {
         return Ok(());
     }
@@ -155,7 +143,7 @@ fn write_discovery_problems(out: &mut impl Write, d: &CgroupDiscovery) -> std::i
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::proto::SkippedCgroup;
+    use crate::api::proto::{SkippedCgroup, SkippedCgroups};
 
     fn report(discovery: CgroupDiscovery) -> StatusReport {
         StatusReport {

@@ -744,3 +744,28 @@ impl Engine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reasons discovery counts and the keys `status --json` and the
+    /// metrics show are the same names.
+    #[test]
+    fn every_skip_reason_reaches_status_under_its_own_name() {
+        for (i, reason) in SkipReason::ALL.into_iter().enumerate() {
+            let count = 10 + i as u64;
+            let report = discovery_report(DiscoveryStatus {
+                skipped: vec![(reason, count)],
+                ..DiscoveryStatus::default()
+            });
+            let shown: Vec<_> = report
+                .skipped
+                .by_reason()
+                .into_iter()
+                .filter(|&(_, n)| n > 0)
+                .collect();
+            assert_eq!(shown, [(reason.as_str(), count)]);
+        }
+    }
+}

@@ -8,7 +8,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::api::StatusReport;
-use crate::api::proto::SkippedCgroups;
 
 /// Escape a label value.
 fn label(value: &str) -> String {
@@ -67,22 +66,7 @@ pub fn render(status: &StatusReport) -> String {
         "# HELP enforcer_cgroups_skipped Directories under the cgroup root the last scan could not walk, by reason."
     );
     let _ = writeln!(out, "# TYPE enforcer_cgroups_skipped gauge");
-    let SkippedCgroups {
-        unreadable,
-        vanished,
-        depth_limit,
-        size_limit,
-        not_utf8,
-        error,
-    } = discovery.skipped;
-    for (reason, n) in [
-        ("unreadable", unreadable),
-        ("vanished", vanished),
-        ("depth_limit", depth_limit),
-        ("size_limit", size_limit),
-        ("not_utf8", not_utf8),
-        ("error", error),
-    ] {
+    for (reason, n) in discovery.skipped.by_reason() {
         let _ = writeln!(out, "enforcer_cgroups_skipped{{reason=\"{reason}\"}} {n}");
     }
     let _ = writeln!(
@@ -182,7 +166,9 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::proto::{CgroupDiscovery, PolicyStatus, VerdictCounters, WorkloadStatus};
+    use crate::api::proto::{
+        CgroupDiscovery, PolicyStatus, SkippedCgroups, VerdictCounters, WorkloadStatus,
+    };
 
     fn status() -> StatusReport {
         StatusReport {
