@@ -1,13 +1,17 @@
 //! Test cgroups on the cgroup v2 hierarchy, removed with everything in them.
 
 use std::{
+    ffi::CString,
     fs,
     io::{self, Write},
-    os::unix::fs::MetadataExt,
+    os::{fd::OwnedFd, unix::fs::MetadataExt},
     path::{Path, PathBuf},
     sync::OnceLock,
     time::Duration,
 };
+
+use rustix::fs::{AtFlags, CWD, Dir, FileType, Mode, OFlags};
+use rustix::io::Errno;
 
 use crate::{
     error::{Error, Result},
@@ -189,6 +193,23 @@ impl CgroupGuard {
         })
     }
 
+    /// Nests `levels` cgroups named `name` below this one, each made
+    /// relative to its parent's descriptor (`mkdirat`), so that the chain
+    /// may reach past `PATH_MAX`, where paths cannot go; returns the
+    /// deepest one, open (for `mkdirat` below it). They go with this
+    /// guard: teardown removes relative to descriptors too.
+    pub fn nest(&self, name: &str, levels: usize) -> Result<OwnedFd> {
+        let mut fd =
+            open_dir(CWD, &self.path).map_err(|e| Error::io("open", &self.path, e.into()))?;
+        for level in 1..=levels {
+            let shown = || self.path.join(format!("{name}/ (level {level})"));
+            rustix::fs::mkdirat(&fd, name, Mode::from_raw_mode(0o755))
+                .map_err(|e| Error::io("mkdirat", shown(), e.into()))?;
+            fd = open_dir(&fd, name).map_err(|e| Error::io("openat", shown(), e.into()))?;
+        }
+        Ok(fd)
+    }
+
     /// The directory of the cgroup (under the cgroup2 mount).
     pub fn path(&self) -> &Path {
         &self.path
@@ -326,24 +347,81 @@ pub(crate) fn teardown(dir: &Path, runner_home: Option<&str>) -> Result<()> {
         )));
     }
 
-    for sub in subtree(dir).iter().rev() {
-        // rmdir can briefly fail with EBUSY while exiting tasks are still
-        // being released; retry within the bound.
-        let mut last = None;
-        let done = poll_until(DRAIN_TIMEOUT, || match fs::remove_dir(sub) {
-            Ok(()) => Some(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Some(()),
-            Err(e) => {
-                last = Some(e);
-                None
-            }
-        });
-        if done.is_none() {
-            let source = last.unwrap_or_else(|| io::Error::other("rmdir did not succeed"));
-            return Err(Error::io("rmdir", sub, source));
+    remove_subtree(dir)
+}
+
+fn open_dir(
+    parent: impl std::os::fd::AsFd,
+    path: impl rustix::path::Arg,
+) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat(
+        parent,
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+/// Removes the directories of the subtree at `dir`, deepest first, each
+/// relative to its parent's descriptor: a subtree may nest past
+/// `PATH_MAX`, where paths cannot reach.
+fn remove_subtree(dir: &Path) -> Result<()> {
+    let fd = match open_dir(CWD, dir) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(()),
+        Err(e) => return Err(Error::io("open", dir, e.into())),
+    };
+    remove_below(&fd, dir)?;
+    drop(fd);
+    rmdir_at(CWD, dir, dir)
+}
+
+/// Removes every directory below `parent` (shown as `shown` in errors).
+fn remove_below(parent: &OwnedFd, shown: &Path) -> Result<()> {
+    let names: Vec<CString> = Dir::read_from(parent)
+        .map_err(|e| Error::io("opendir", shown, e.into()))?
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| entry.file_type() == FileType::Directory)
+        .map(|entry| entry.file_name().to_owned())
+        .filter(|name| name.to_bytes() != b"." && name.to_bytes() != b"..")
+        .collect();
+    for name in names {
+        let shown = shown.join(name.to_string_lossy().as_ref());
+        match open_dir(parent, &name) {
+            Ok(child) => remove_below(&child, &shown)?,
+            Err(Errno::NOENT) => continue,
+            Err(e) => return Err(Error::io("openat", shown, e.into())),
         }
+        rmdir_at(parent, &name, &shown)?;
     }
     Ok(())
+}
+
+/// `rmdir`, relative to `parent`. It can briefly fail with EBUSY while
+/// exiting tasks are still being released; retry within the bound.
+fn rmdir_at(
+    parent: impl std::os::fd::AsFd,
+    name: impl rustix::path::Arg + Copy,
+    shown: &Path,
+) -> Result<()> {
+    let mut last = None;
+    let done = poll_until(DRAIN_TIMEOUT, || {
+        match rustix::fs::unlinkat(&parent, name, AtFlags::REMOVEDIR) {
+            Ok(()) | Err(Errno::NOENT) => Some(()),
+            Err(e) => {
+                last = Some(io::Error::from(e));
+                None
+            }
+        }
+    });
+    match done {
+        Some(()) => Ok(()),
+        None => Err(Error::io(
+            "rmdir",
+            shown,
+            last.unwrap_or_else(|| io::Error::other("rmdir did not succeed")),
+        )),
+    }
 }
 
 /// Sends SIGKILL to every process in the subtree: one write to

@@ -4,7 +4,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use enforcer::cgroups::{self, CgroupChange, CgroupTree, CgroupWatcher, WatchOptions};
+use enforcer::cgroups::{self, CgroupChange, CgroupTree, CgroupWatcher, Discovery, WatchOptions};
 use enforcer_tests::{CgroupGuard, privileged};
 
 #[test]
@@ -34,15 +34,18 @@ fn new_and_removed_cgroups_are_reported_within_a_second() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let initial = CgroupTree::scan(test.path()).unwrap();
-        let mut watcher = CgroupWatcher::start(
-            initial,
+        let (mut watcher, initial) = CgroupWatcher::start(
+            test.path(),
             WatchOptions {
                 rescan_interval: Duration::from_secs(3600),
                 settle: Duration::from_millis(20),
+                ..WatchOptions::default()
             },
+            Discovery::default(),
         )
         .unwrap();
+        assert_eq!(initial, CgroupTree::scan(test.path()).unwrap());
+        assert_eq!(initial.owner_of(""), Some(0));
 
         let started = Instant::now();
         let child = test.child("svc.service").expect("child cgroup");
@@ -82,5 +85,45 @@ fn new_and_removed_cgroups_are_reported_within_a_second() {
                 id: ino
             }]
         );
+    });
+}
+
+/// systemd makes a delegated cgroup as root, then hands it over with
+/// `chown`: the new owner is a change, reported through `IN_ATTRIB`
+/// without waiting for the periodic rescan.
+#[test]
+fn a_cgroup_handed_to_another_user_is_reported_at_once() {
+    let _root = privileged!();
+    let test = CgroupGuard::new().expect("cgroup");
+    let child = test.child("user@1000.service").expect("child cgroup");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (mut watcher, initial) = CgroupWatcher::start(
+            test.path(),
+            WatchOptions {
+                rescan_interval: Duration::from_secs(3600),
+                ..WatchOptions::default()
+            },
+            Discovery::default(),
+        )
+        .unwrap();
+        assert_eq!(initial.owner_of("user@1000.service"), Some(0));
+        std::os::unix::fs::chown(child.path(), Some(65534), Some(65534)).expect("chown");
+        let update = tokio::time::timeout(Duration::from_secs(1), watcher.next())
+            .await
+            .expect("no update within 1 s")
+            .expect("watcher stopped");
+        assert_eq!(
+            update.changes,
+            [CgroupChange::OwnerChanged {
+                path: "user@1000.service".into(),
+                id: child.id(),
+                owner_uid: 65534,
+            }]
+        );
+        assert_eq!(update.tree.owner_of("user@1000.service"), Some(65534));
     });
 }

@@ -273,4 +273,80 @@ pub struct StatusReport {
     /// Everything that means a policy is NOT being enforced as written:
     /// shown loudly by `status` and logged as errors.
     pub not_enforced: Vec<String>,
+    /// How complete cgroup discovery is. Absent from the answers of older
+    /// daemons (then all zero).
+    #[serde(default)]
+    pub cgroup_discovery: CgroupDiscovery,
+}
+
+/// What the cgroup walks could not see (see `docs/daemon.md`, "Cgroups").
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupDiscovery {
+    /// RFC 3339: the last successful scan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scanned_at: Option<String>,
+    /// Cgroups found under the root by that scan, the root included.
+    pub cgroups: u64,
+    /// Directories that scan skipped, by reason.
+    pub skipped: SkippedCgroups,
+    /// Some of them (at most 16; paths past 240 bytes shortened).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped_paths: Vec<SkippedCgroup>,
+    /// Cgroups without an inotify watch: changes below them are seen by
+    /// the periodic rescan only.
+    pub unwatched: u64,
+    /// Rescans that failed since the daemon started (the root unusable).
+    pub rescans_failed: u64,
+    /// Why the last rescan failed, while rescans fail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// Skipped directories per reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SkippedCgroups {
+    /// Its mode denies the daemon: recorded, not walked into.
+    pub unreadable: u64,
+    /// Removed during the walk (normal churn).
+    pub vanished: u64,
+    /// At the depth bound with subdirectories below.
+    pub depth_limit: u64,
+    /// Where the walk stopped at its bound on cgroups.
+    pub size_limit: u64,
+    /// A name that is not UTF-8 (skipped with its subtree).
+    pub not_utf8: u64,
+    /// Any other error.
+    pub error: u64,
+}
+
+impl SkippedCgroups {
+    /// (reason as in the JSON keys, count), every reason, in field order.
+    pub fn by_reason(&self) -> [(&'static str, u64); 6] {
+        let SkippedCgroups {
+            unreadable,
+            vanished,
+            depth_limit,
+            size_limit,
+            not_utf8,
+            error,
+        } = *self;
+        [
+            ("unreadable", unreadable),
+            ("vanished", vanished),
+            ("depth_limit", depth_limit),
+            ("size_limit", size_limit),
+            ("not_utf8", not_utf8),
+            ("error", error),
+        ]
+    }
+}
+
+/// One skipped directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedCgroup {
+    /// Relative to the cgroup root.
+    pub path: String,
+    /// A key of [`SkippedCgroups`]: `unreadable`, `vanished`, ...
+    pub reason: String,
 }

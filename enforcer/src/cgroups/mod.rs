@@ -4,7 +4,12 @@
 //! - [`mount`]: the cgroup v2 mount from `/proc/self/mountinfo`, and the
 //!   cgroup v1 `net_cls` / `net_prio` hierarchies that silently break cgroup
 //!   socket matching;
-//! - [`tree`]: a snapshot of the cgroups under a root, with their ids;
+//! - [`tree`]: a snapshot of the cgroups under a root, with their ids and
+//!   owners;
+//! - [`walk`]: how the snapshot is taken: through directory descriptors,
+//!   bounded, skipping (and reporting) what it cannot walk;
+//! - [`discovery`]: what the walks could not see and whether rescans
+//!   fail, for `status`, the metrics and rate-limited logs;
 //! - [`resolve`]: workload selectors to matched cgroups;
 //! - [`sockets`]: ports bound before the daemon started, with their
 //!   owners' cgroups;
@@ -12,21 +17,28 @@
 //!   milliseconds.
 
 pub mod automaton;
+pub mod discovery;
 pub mod mount;
 pub mod resolve;
 pub mod sockets;
 pub mod tree;
+pub mod walk;
 pub mod watch;
+
+#[cfg(test)]
+mod test_trees;
 
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
 pub use automaton::{Automaton, AutomatonError, StateSet, uid_of_user};
+pub use discovery::{Discovery, DiscoveryStatus};
 pub use mount::V1Conflict;
 pub use resolve::{Ambiguity, CgroupStates, MatchedCgroup, Matcher, Resolution};
-pub use tree::{CgroupChange, CgroupTree};
-pub use watch::{CgroupWatcher, TreeUpdate, WatchOptions};
+pub use tree::{CgroupChange, CgroupNode, CgroupTree};
+pub use walk::{ScanError, ScanLimits, SkipReason};
+pub use watch::{CgroupWatcher, TreeUpdate, WatchError, WatchOptions};
 
 /// Why the cgroup root cannot be determined.
 #[derive(Debug, Error)]

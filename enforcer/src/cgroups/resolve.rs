@@ -149,17 +149,11 @@ impl Matcher {
 
     /// Match every cgroup of `tree`, parents before children.
     pub fn resolve(&self, tree: &CgroupTree) -> Resolution {
-        self.resolve_owned(tree, |path| tree.controlled_by_others(path))
-    }
-
-    /// [`Matcher::resolve`], with `foreign` telling which directories a
-    /// user other than root controls.
-    fn resolve_owned(&self, tree: &CgroupTree, foreign: impl Fn(&str) -> bool) -> Resolution {
         let mut resolution = Resolution::default();
         // The states of the cgroups walked so far, by path.
         let mut known: BTreeMap<&str, CgroupStates> = BTreeMap::new();
         for (path, id) in tree.iter() {
-            let owned_by_others = foreign(path);
+            let owned_by_others = tree.controlled_by_others(path);
             let here = if path.is_empty() {
                 CgroupStates {
                     states: self.automaton.initial(),
@@ -239,6 +233,7 @@ mod tests {
     use enforcer_common::{MODE_AUDIT, MODE_ENFORCE};
 
     use super::*;
+    use crate::cgroups::tree::CgroupNode;
     use crate::compile::compiled::CgroupSelector;
 
     fn workload(
@@ -257,6 +252,10 @@ mod tests {
     }
 
     fn tree() -> CgroupTree {
+        tree_owned_by(|_| 0)
+    }
+
+    fn tree_owned_by(owner: impl Fn(&str) -> u32) -> CgroupTree {
         let paths = [
             "",
             "system.slice",
@@ -273,10 +272,14 @@ mod tests {
         ];
         CgroupTree::from_nodes(
             PathBuf::from("/sys/fs/cgroup"),
-            paths
-                .iter()
-                .enumerate()
-                .map(|(i, p)| (p.to_string(), 100 + i as u64)),
+            paths.iter().enumerate().map(|(i, p)| {
+                let node = CgroupNode {
+                    id: 100 + i as u64,
+                    owner_uid: owner(p),
+                    others_may_write: false,
+                };
+                (p.to_string(), node)
+            }),
         )
     }
 
@@ -284,9 +287,8 @@ mod tests {
         Matcher::new(workloads, |_| None).unwrap()
     }
 
-    /// Every directory belongs to root.
     fn resolve(m: &Matcher, t: &CgroupTree) -> Resolution {
-        m.resolve_owned(t, |_| false)
+        m.resolve(t)
     }
 
     #[test]
@@ -325,8 +327,14 @@ mod tests {
             CgroupSelector::Glob("system.slice/api-*.service".into()),
             MODE_ENFORCE,
         )]);
-        let t = tree();
-        let r = m.resolve_owned(&t, |p| p == "system.slice/api-2.service");
+        let t = tree_owned_by(|p| {
+            if p == "system.slice/api-2.service" {
+                1000
+            } else {
+                0
+            }
+        });
+        let r = m.resolve(&t);
         let paths: Vec<&str> = r.cgroups.iter().map(|c| c.path.as_str()).collect();
         assert_eq!(paths, ["system.slice/api-1.service"]);
     }

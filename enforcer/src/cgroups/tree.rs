@@ -1,77 +1,73 @@
 //! A snapshot of a cgroup v2 subtree: every cgroup directory under the
 //! root, by path relative to it, with its cgroup id (the inode number of the
-//! directory, which is what `bpf_get_current_cgroup_id` returns).
+//! directory, which is what `bpf_get_current_cgroup_id` returns) and its
+//! owner. [`walk`](super::walk) takes it.
 
 use std::collections::BTreeMap;
-use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-/// A cgroup that appeared or disappeared between two snapshots.
+use super::walk::{self, ScanError, ScanLimits};
+
+/// One cgroup directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CgroupNode {
+    /// The cgroup id: the directory's inode number.
+    pub id: u64,
+    /// The directory's owner (`st_uid`): root, or the user a subtree was
+    /// delegated to (systemd `Delegate=`, user managers), who may create
+    /// cgroups below it.
+    pub owner_uid: u32,
+    /// Whether its group or others bits let other users write it (make
+    /// cgroups in it): a directory so opened is delegated to them.
+    pub others_may_write: bool,
+}
+
+/// A cgroup that appeared, disappeared or changed owner between two
+/// snapshots.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CgroupChange {
-    Created { path: String, id: u64 },
-    Removed { path: String, id: u64 },
+    Created {
+        path: String,
+        id: u64,
+    },
+    Removed {
+        path: String,
+        id: u64,
+    },
+    /// The same directory (same id) has another owner, or other users may
+    /// now (or no longer) write it: systemd creates a delegated cgroup as
+    /// root and hands it over with `chown`.
+    OwnerChanged {
+        path: String,
+        id: u64,
+        owner_uid: u32,
+    },
 }
 
 /// Every cgroup under a root directory.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CgroupTree {
     root: PathBuf,
-    /// Relative path (`""` for the root itself) to cgroup id.
-    nodes: BTreeMap<String, u64>,
+    /// Relative path (`""` for the root itself) to its node. A path may be
+    /// longer than `PATH_MAX`: the walk opens each directory relative to
+    /// its parent, and nothing turns these paths back into file names.
+    nodes: BTreeMap<String, CgroupNode>,
 }
 
 impl CgroupTree {
-    /// Walk the tree under `root`. Cgroups that vanish while being walked
-    /// are skipped (systemd creates and removes scopes all the time); an
-    /// unreadable root is an error.
-    pub fn scan(root: &Path) -> io::Result<CgroupTree> {
-        let root_meta = std::fs::metadata(root)?;
-        if !root_meta.is_dir() {
-            return Err(io::Error::new(
-                io::ErrorKind::NotADirectory,
-                format!("{} is not a directory", root.display()),
-            ));
-        }
-        let mut nodes = BTreeMap::new();
-        nodes.insert(String::new(), root_meta.ino());
-        let mut pending = vec![(root.to_path_buf(), String::new())];
-        while let Some((dir, rel)) = pending.pop() {
-            let entries = match std::fs::read_dir(&dir) {
-                Ok(entries) => entries,
-                Err(e) if e.kind() == io::ErrorKind::NotFound && !rel.is_empty() => continue,
-                Err(e) => return Err(e),
-            };
-            for entry in entries {
-                let Ok(entry) = entry else { continue };
-                // `file_type` does not follow symlinks: a cgroup fs has
-                // none, but a narrowed root on another fs might.
-                let Ok(kind) = entry.file_type() else {
-                    continue;
-                };
-                if !kind.is_dir() {
-                    continue;
-                }
-                let Ok(meta) = entry.metadata() else { continue };
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let child_rel = if rel.is_empty() {
-                    name
-                } else {
-                    format!("{rel}/{name}")
-                };
-                nodes.insert(child_rel.clone(), meta.ino());
-                pending.push((entry.path(), child_rel));
-            }
-        }
-        Ok(CgroupTree {
-            root: root.to_path_buf(),
-            nodes,
-        })
+    /// Walk the tree under `root` within the default [`ScanLimits`]. What
+    /// cannot be walked is left out (see [`walk::scan`] for what is
+    /// reported about it); only an unusable root is an error.
+    pub fn scan(root: &Path) -> Result<CgroupTree, ScanError> {
+        walk::scan(root, ScanLimits::default(), |_| {}).map(|scan| scan.tree)
     }
 
-    /// A tree from explicit nodes, for tests of code that consumes trees.
-    pub fn from_nodes(root: PathBuf, nodes: impl IntoIterator<Item = (String, u64)>) -> Self {
+    /// A tree from explicit nodes, for tests of code that consumes trees
+    /// (and for the walk).
+    pub fn from_nodes(
+        root: PathBuf,
+        nodes: impl IntoIterator<Item = (String, CgroupNode)>,
+    ) -> Self {
         CgroupTree {
             root,
             nodes: nodes.into_iter().collect(),
@@ -84,7 +80,12 @@ impl CgroupTree {
 
     /// Every cgroup as (relative path, id), in path order; the root is `""`.
     pub fn iter(&self) -> impl Iterator<Item = (&str, u64)> {
-        self.nodes.iter().map(|(p, id)| (p.as_str(), *id))
+        self.nodes.iter().map(|(p, node)| (p.as_str(), node.id))
+    }
+
+    /// Every cgroup as (relative path, node), in path order.
+    pub fn nodes(&self) -> impl Iterator<Item = (&str, &CgroupNode)> {
+        self.nodes.iter().map(|(p, node)| (p.as_str(), node))
     }
 
     pub fn len(&self) -> usize {
@@ -95,45 +96,58 @@ impl CgroupTree {
         self.nodes.is_empty()
     }
 
+    pub fn node(&self, rel: &str) -> Option<&CgroupNode> {
+        self.nodes.get(rel)
+    }
+
     pub fn id_of(&self, rel: &str) -> Option<u64> {
-        self.nodes.get(rel).copied()
+        self.nodes.get(rel).map(|node| node.id)
+    }
+
+    /// The uid owning the cgroup directory at `rel`.
+    pub fn owner_of(&self, rel: &str) -> Option<u32> {
+        self.nodes.get(rel).map(|node| node.owner_uid)
     }
 
     /// Whether a user other than root controls a cgroup's directory: owns
     /// it, or may write it through its group or others bits (and so make
-    /// cgroups in it). An unreadable one counts as controlled by others.
+    /// cgroups in it). One the walk did not record counts as controlled by
+    /// others.
     pub fn controlled_by_others(&self, rel: &str) -> bool {
-        std::fs::symlink_metadata(self.dir_of(rel))
-            .map_or(true, |m| m.uid() != 0 || m.mode() & 0o022 != 0)
-    }
-
-    /// The absolute directory of a relative cgroup path.
-    pub fn dir_of(&self, rel: &str) -> PathBuf {
-        if rel.is_empty() {
-            self.root.clone()
-        } else {
-            self.root.join(rel)
-        }
+        self.nodes
+            .get(rel)
+            .is_none_or(|node| node.owner_uid != 0 || node.others_may_write)
     }
 
     /// What changed from `self` to `newer`. A path whose id changed (removed
     /// and created again between two scans) is reported as both.
     pub fn changes_to(&self, newer: &CgroupTree) -> Vec<CgroupChange> {
         let mut changes = Vec::new();
-        for (path, &id) in &self.nodes {
-            if newer.nodes.get(path) != Some(&id) {
+        for (path, node) in &self.nodes {
+            if newer.id_of(path) != Some(node.id) {
                 changes.push(CgroupChange::Removed {
                     path: path.clone(),
-                    id,
+                    id: node.id,
                 });
             }
         }
-        for (path, &id) in &newer.nodes {
-            if self.nodes.get(path) != Some(&id) {
-                changes.push(CgroupChange::Created {
+        for (path, node) in &newer.nodes {
+            match self.nodes.get(path) {
+                Some(old) if old.id == node.id => {
+                    if (old.owner_uid, old.others_may_write)
+                        != (node.owner_uid, node.others_may_write)
+                    {
+                        changes.push(CgroupChange::OwnerChanged {
+                            path: path.clone(),
+                            id: node.id,
+                            owner_uid: node.owner_uid,
+                        });
+                    }
+                }
+                _ => changes.push(CgroupChange::Created {
                     path: path.clone(),
-                    id,
-                });
+                    id: node.id,
+                }),
             }
         }
         changes
@@ -143,29 +157,71 @@ impl CgroupTree {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cgroups::test_trees::TempTree;
+
+    fn node(id: u64, owner_uid: u32) -> CgroupNode {
+        CgroupNode {
+            id,
+            owner_uid,
+            others_may_write: false,
+        }
+    }
 
     #[test]
-    fn scans_nested_directories_with_their_inodes() {
-        let dir = std::env::temp_dir().join(format!("enforcer-tree-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("a/b")).unwrap();
-        std::fs::create_dir_all(dir.join("c")).unwrap();
-        std::fs::write(dir.join("a/cgroup.procs"), "").unwrap();
-        let tree = CgroupTree::scan(&dir).unwrap();
-        let paths: Vec<&str> = tree.iter().map(|(p, _)| p).collect();
-        assert_eq!(paths, ["", "a", "a/b", "c"]);
-        let ino = std::fs::metadata(dir.join("a/b")).unwrap().ino();
-        assert_eq!(tree.id_of("a/b"), Some(ino));
-        assert_eq!(tree.dir_of("a/b"), dir.join("a/b"));
-
-        std::fs::remove_dir(dir.join("c")).unwrap();
-        std::fs::create_dir(dir.join("d")).unwrap();
-        let newer = CgroupTree::scan(&dir).unwrap();
+    fn changes_between_two_scans() {
+        let t = TempTree::new();
+        t.mkdir("a/b");
+        t.mkdir("c");
+        let tree = CgroupTree::scan(t.path()).unwrap();
+        std::fs::remove_dir(t.join("c")).unwrap();
+        t.mkdir("d");
+        let newer = CgroupTree::scan(t.path()).unwrap();
         let changes = tree.changes_to(&newer);
         assert_eq!(changes.len(), 2);
         assert!(matches!(&changes[0], CgroupChange::Removed { path, .. } if path == "c"));
         assert!(matches!(&changes[1], CgroupChange::Created { path, .. } if path == "d"));
-        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_new_owner_is_a_change_and_a_new_id_is_two() {
+        let root = PathBuf::from("/sys/fs/cgroup");
+        let old = CgroupTree::from_nodes(
+            root.clone(),
+            [
+                (String::new(), node(1, 0)),
+                ("user.slice".into(), node(2, 0)),
+                ("web".into(), node(3, 0)),
+            ],
+        );
+        let new = CgroupTree::from_nodes(
+            root,
+            [
+                (String::new(), node(1, 0)),
+                ("user.slice".into(), node(2, 1000)),
+                ("web".into(), node(4, 0)),
+            ],
+        );
+        assert_eq!(
+            old.changes_to(&new),
+            [
+                CgroupChange::Removed {
+                    path: "web".into(),
+                    id: 3
+                },
+                CgroupChange::OwnerChanged {
+                    path: "user.slice".into(),
+                    id: 2,
+                    owner_uid: 1000
+                },
+                CgroupChange::Created {
+                    path: "web".into(),
+                    id: 4
+                },
+            ]
+        );
+        assert_eq!(new.owner_of("user.slice"), Some(1000));
+        assert_eq!(new.id_of("web"), Some(4));
+        assert_eq!(new.node("nope"), None);
     }
 
     #[test]

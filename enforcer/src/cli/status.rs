@@ -5,6 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::api::proto::CgroupDiscovery;
 use crate::api::{Client, ClientError, Request, Response, StatusReport};
 use crate::config;
 
@@ -48,6 +49,7 @@ pub fn write_text(out: &mut impl Write, r: &StatusReport) -> std::io::Result<()>
     for problem in &r.not_enforced {
         writeln!(out, "NOT ENFORCED: {problem}")?;
     }
+    write_discovery_problems(out, &r.cgroup_discovery)?;
     if let Some(rej) = &r.last_rejection {
         writeln!(
             out,
@@ -87,6 +89,12 @@ pub fn write_text(out: &mut impl Write, r: &StatusReport) -> std::io::Result<()>
         "cgroup root: {}; unmanaged: {}; failsafe: {}; reloads: {} ok, {} failed; lost events: {}",
         r.cgroup_root, r.unmanaged, r.failsafe, r.reloads_ok, r.reloads_failed, r.lost_events
     )?;
+    let d = &r.cgroup_discovery;
+    writeln!(
+        out,
+        "cgroups: {} found; {} unwatched; {} failed rescans",
+        d.cgroups, d.unwatched, d.rescans_failed
+    )?;
     for w in &r.workloads {
         writeln!(
             out,
@@ -98,4 +106,123 @@ pub fn write_text(out: &mut impl Write, r: &StatusReport) -> std::io::Result<()>
         }
     }
     Ok(())
+}
+
+/// The parts of the cgroup tree discovery cannot see, as problems: cgroups
+/// there are matched by no workload. Paths are quoted and escaped (any
+/// user with a delegated subtree names directories).
+fn write_discovery_problems(out: &mut impl Write, d: &CgroupDiscovery) -> std::io::Result<()> {
+    if let Some(error) = &d.last_error {
+        writeln!(
+            out,
+            "CGROUP RESCANS FAIL ({} so far), the last snapshot stays: {error}",
+            d.rescans_failed
+        )?;
+    }
+    let counts: Vec<String> = d
+        .skipped
+        .by_reason()
+        .iter()
+        .filter(|&&(reason, n)| n > 0 && reason != "vanished")
+        .map(|(reason, n)| format!("{reason} {n}"))
+        .collect();
+    if counts.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "CGROUPS NOT WALKED ({}): no workload matches what lies below:",
+        counts.join(", ")
+    )?;
+    for skipped in d.skipped_paths.iter().filter(|s| s.reason != "vanished") {
+        writeln!(out, "  {:?} ({})", skipped.path, skipped.reason)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::proto::{SkippedCgroup, SkippedCgroups};
+
+    fn report(discovery: CgroupDiscovery) -> StatusReport {
+        StatusReport {
+            pid: 1,
+            version: "0".into(),
+            started_at: "2026-01-01T00:00:00Z".into(),
+            policy: None,
+            last_rejection: None,
+            cgroup_root: "/sys/fs/cgroup".into(),
+            unmanaged: "allow".into(),
+            failsafe: "22/tcp".into(),
+            workloads: Vec::new(),
+            lost_events: 0,
+            reloads_ok: 0,
+            reloads_failed: 0,
+            not_enforced: Vec::new(),
+            cgroup_discovery: discovery,
+        }
+    }
+
+    fn text(r: &StatusReport) -> String {
+        let mut out = Vec::new();
+        write_text(&mut out, r).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn skipped_cgroups_come_first_with_escaped_paths() {
+        let shown = text(&report(CgroupDiscovery {
+            cgroups: 9,
+            skipped: SkippedCgroups {
+                unreadable: 1,
+                vanished: 3,
+                ..SkippedCgroups::default()
+            },
+            skipped_paths: vec![
+                SkippedCgroup {
+                    path: "user.slice/x\u{1b}[2J".into(),
+                    reason: "unreadable".into(),
+                },
+                SkippedCgroup {
+                    path: "system.slice/run-1.scope".into(),
+                    reason: "vanished".into(),
+                },
+            ],
+            ..CgroupDiscovery::default()
+        }));
+        let mut lines = shown.lines();
+        assert_eq!(
+            lines.next(),
+            Some("CGROUPS NOT WALKED (unreadable 1): no workload matches what lies below:")
+        );
+        assert_eq!(
+            lines.next(),
+            Some(r#"  "user.slice/x\u{1b}[2J" (unreadable)"#)
+        );
+        assert!(!shown.contains("run-1.scope"), "vanished is churn: {shown}");
+        assert!(shown.contains("cgroups: 9 found; 0 unwatched; 0 failed rescans"));
+    }
+
+    #[test]
+    fn a_whole_tree_and_working_rescans_are_no_problem() {
+        let shown = text(&report(CgroupDiscovery {
+            cgroups: 3,
+            skipped: SkippedCgroups {
+                vanished: 1,
+                ..SkippedCgroups::default()
+            },
+            ..CgroupDiscovery::default()
+        }));
+        assert!(shown.starts_with("daemon: pid 1"), "{shown}");
+        let failing = text(&report(CgroupDiscovery {
+            rescans_failed: 4,
+            last_error: Some("cannot open the cgroup root /x: gone".into()),
+            ..CgroupDiscovery::default()
+        }));
+        assert!(
+            failing.starts_with("CGROUP RESCANS FAIL (4 so far)"),
+            "{failing}"
+        );
+    }
 }

@@ -15,9 +15,15 @@ use enforcer_common::Identity;
 
 use super::flows::FlowHistory;
 use super::memory::release_freed_heap;
-use crate::api::proto::{PolicyStatus, Rejection, StatusReport, VerdictCounters, WorkloadStatus};
+use crate::api::proto::{
+    CgroupDiscovery, PolicyStatus, Rejection, SkippedCgroup, SkippedCgroups, StatusReport,
+    VerdictCounters, WorkloadStatus,
+};
 use crate::cgroups::resolve::{KernelEntries, kernel_entries};
-use crate::cgroups::{CgroupTree, Matcher, Resolution, TreeUpdate, V1Conflict, uid_of_user};
+use crate::cgroups::{
+    CgroupTree, Discovery, DiscoveryStatus, Matcher, Resolution, SkipReason, TreeUpdate,
+    V1Conflict, uid_of_user,
+};
 use crate::compile::compiled::{CgroupSelector, CompiledPolicy};
 use crate::config::Settings;
 use crate::dataplane::{CounterReader, Dataplane, HostAddrs, ResolvedCgroup};
@@ -147,6 +153,8 @@ pub struct Engine {
     root: PathBuf,
     dataplane: Dataplane,
     tree: CgroupTree,
+    /// What the cgroup walks could not see (the watcher records it).
+    discovery: Discovery,
     matcher: Option<Matcher>,
     resolution: Resolution,
     current: Option<Installed>,
@@ -209,6 +217,38 @@ fn to_resolved(
 /// have matched with states not yet written.
 const STAGING_PASSES: usize = 4;
 
+/// `status`'s view of discovery.
+fn discovery_report(status: DiscoveryStatus) -> CgroupDiscovery {
+    let mut skipped = SkippedCgroups::default();
+    for (reason, n) in status.skipped {
+        let field = match reason {
+            SkipReason::Unreadable => &mut skipped.unreadable,
+            SkipReason::Vanished => &mut skipped.vanished,
+            SkipReason::DepthLimit => &mut skipped.depth_limit,
+            SkipReason::SizeLimit => &mut skipped.size_limit,
+            SkipReason::NotUtf8 => &mut skipped.not_utf8,
+            SkipReason::Error => &mut skipped.error,
+        };
+        *field = n;
+    }
+    CgroupDiscovery {
+        scanned_at: status.scanned_at.map(rfc3339),
+        cgroups: status.cgroups as u64,
+        skipped,
+        skipped_paths: status
+            .named
+            .into_iter()
+            .map(|s| SkippedCgroup {
+                path: s.path,
+                reason: s.reason.as_str().into(),
+            })
+            .collect(),
+        unwatched: status.unwatched as u64,
+        rescans_failed: status.rescans_failed,
+        last_error: status.last_error,
+    }
+}
+
 fn instant_of(time: SystemTime) -> Instant {
     let now = Instant::now();
     match time.duration_since(SystemTime::now()) {
@@ -224,6 +264,7 @@ impl Engine {
         root: PathBuf,
         dataplane: Dataplane,
         tree: CgroupTree,
+        discovery: Discovery,
         v1_conflicts: Vec<V1Conflict>,
         flows: Arc<Mutex<FlowHistory>>,
     ) -> Engine {
@@ -238,6 +279,7 @@ impl Engine {
             root,
             dataplane,
             tree,
+            discovery,
             matcher: None,
             resolution: Resolution::default(),
             current: None,
@@ -847,6 +889,32 @@ impl Engine {
             reloads_ok: self.reloads_ok,
             reloads_failed: self.reloads_failed,
             not_enforced,
+            cgroup_discovery: discovery_report(self.discovery.status()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reasons discovery counts and the keys `status --json` and the
+    /// metrics show are the same names.
+    #[test]
+    fn every_skip_reason_reaches_status_under_its_own_name() {
+        for (i, reason) in SkipReason::ALL.into_iter().enumerate() {
+            let count = 10 + i as u64;
+            let report = discovery_report(DiscoveryStatus {
+                skipped: vec![(reason, count)],
+                ..DiscoveryStatus::default()
+            });
+            let shown: Vec<_> = report
+                .skipped
+                .by_reason()
+                .into_iter()
+                .filter(|&(_, n)| n > 0)
+                .collect();
+            assert_eq!(shown, [(reason.as_str(), count)]);
         }
     }
 }

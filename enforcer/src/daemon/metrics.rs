@@ -64,6 +64,37 @@ pub fn render(status: &StatusReport) -> String {
     );
     let _ = writeln!(out, "# TYPE enforcer_not_enforced gauge");
     let _ = writeln!(out, "enforcer_not_enforced {}", status.not_enforced.len());
+    let discovery = &status.cgroup_discovery;
+    let _ = writeln!(
+        out,
+        "# HELP enforcer_cgroups Cgroups found under the cgroup root by the last scan."
+    );
+    let _ = writeln!(out, "# TYPE enforcer_cgroups gauge");
+    let _ = writeln!(out, "enforcer_cgroups {}", discovery.cgroups);
+    let _ = writeln!(
+        out,
+        "# HELP enforcer_cgroups_skipped Directories under the cgroup root the last scan could not walk, by reason."
+    );
+    let _ = writeln!(out, "# TYPE enforcer_cgroups_skipped gauge");
+    for (reason, n) in discovery.skipped.by_reason() {
+        let _ = writeln!(out, "enforcer_cgroups_skipped{{reason=\"{reason}\"}} {n}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP enforcer_cgroups_unwatched Cgroups without an inotify watch (seen by periodic rescans only)."
+    );
+    let _ = writeln!(out, "# TYPE enforcer_cgroups_unwatched gauge");
+    let _ = writeln!(out, "enforcer_cgroups_unwatched {}", discovery.unwatched);
+    let _ = writeln!(
+        out,
+        "# HELP enforcer_cgroup_rescans_failed_total Cgroup rescans that failed (the root unusable)."
+    );
+    let _ = writeln!(out, "# TYPE enforcer_cgroup_rescans_failed_total counter");
+    let _ = writeln!(
+        out,
+        "enforcer_cgroup_rescans_failed_total {}",
+        discovery.rescans_failed
+    );
     let _ = writeln!(
         out,
         "# HELP enforcer_workload_cgroups Cgroups matched by each workload."
@@ -155,7 +186,9 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::proto::{PolicyStatus, VerdictCounters, WorkloadStatus};
+    use crate::api::proto::{
+        CgroupDiscovery, PolicyStatus, SkippedCgroups, VerdictCounters, WorkloadStatus,
+    };
 
     fn status() -> StatusReport {
         StatusReport {
@@ -190,6 +223,16 @@ mod tests {
             reloads_ok: 7,
             reloads_failed: 1,
             not_enforced: Vec::new(),
+            cgroup_discovery: CgroupDiscovery {
+                cgroups: 12,
+                skipped: SkippedCgroups {
+                    unreadable: 2,
+                    depth_limit: 1,
+                    ..SkippedCgroups::default()
+                },
+                rescans_failed: 5,
+                ..CgroupDiscovery::default()
+            },
         }
     }
 
@@ -200,6 +243,12 @@ mod tests {
         assert!(text.contains("enforcer_reloads_total{result=\"failure\"} 1\n"));
         assert!(text.contains("enforcer_packets_total{workload=\"web\",verdict=\"deny\"} 2\n"));
         assert!(text.contains("enforcer_events_lost_total 3\n"));
+        assert!(text.contains("enforcer_cgroups 12\n"));
+        assert!(text.contains("enforcer_cgroups_skipped{reason=\"unreadable\"} 2\n"));
+        assert!(text.contains("enforcer_cgroups_skipped{reason=\"depth_limit\"} 1\n"));
+        assert!(text.contains("enforcer_cgroups_skipped{reason=\"vanished\"} 0\n"));
+        assert!(text.contains("enforcer_cgroups_unwatched 0\n"));
+        assert!(text.contains("enforcer_cgroup_rescans_failed_total 5\n"));
         assert_eq!(label("a\"b"), "a\\\"b");
     }
 

@@ -32,7 +32,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Notify, mpsc};
 
 use crate::api::{Access, Group, Reply, Request, Response, Server};
-use crate::cgroups::{self, CgroupTree, CgroupWatcher, WatchOptions};
+use crate::cgroups::{self, CgroupWatcher, Discovery, WatchOptions};
 use crate::compile::compiled::CompiledPolicy;
 use crate::config::Settings;
 use crate::dataplane::{
@@ -129,17 +129,21 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     };
     let events = dataplane.take_events()?;
 
-    let tree = CgroupTree::scan(&root)
-        .with_context(|| format!("scanning cgroups under {}", root.display()))?;
-    // Watch from the snapshot on, so that a cgroup created while the policy
-    // loads is reported (queued) rather than left to the periodic rescan.
-    let mut cgroup_watcher = CgroupWatcher::start(tree.clone(), WatchOptions::default())?;
+    // The first snapshot is taken with the watches in place, so that a
+    // cgroup created while the policy loads is reported (queued) rather
+    // than left to the periodic rescan. Only an unusable root stops the
+    // daemon: whatever else cannot be walked is skipped and reported.
+    let discovery = Discovery::default();
+    let (mut cgroup_watcher, tree) =
+        CgroupWatcher::start(&root, WatchOptions::default(), discovery.clone())
+            .with_context(|| format!("watching cgroups under {}", root.display()))?;
     let flows = Arc::new(Mutex::new(FlowHistory::new(settings.flow_history)));
     let mut engine = Engine::new(
         settings.clone(),
         root.clone(),
         dataplane,
         tree,
+        discovery,
         v1_conflicts,
         flows,
     );
