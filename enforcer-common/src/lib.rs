@@ -219,6 +219,24 @@ pub struct Config {
     pub jiffies_per_second: u16,
 }
 
+/// Which policy a policy slot holds, one per slot in [`maps::SLOT_POLICIES`]
+/// (index = slot). Written by the daemon with each policy it writes into a
+/// slot, never read by the programs: it tells a restarted daemon what the
+/// kernel enforces, which the pins keep across a restart (not a reboot).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SlotPolicy {
+    /// The compiled policy's content hash.
+    pub content_hash: u64,
+    /// When the policy was written, in milliseconds since the Unix epoch;
+    /// 0: unknown (never written, or a write that did not finish), and then
+    /// `content_hash` means nothing.
+    pub applied_unix_ms: u64,
+}
+
+/// How many entries [`maps::SLOT_POLICIES`] has: one per policy slot.
+pub const POLICY_SLOTS: u32 = 2;
+
 /// Key of the failsafe map: inbound (protocol, local port) pairs that stay
 /// reachable whatever the policy says.
 #[repr(C)]
@@ -595,6 +613,9 @@ pub mod maps {
     /// verdicts of `connect4|6` and `sendmsg4|6` that allowed a remote
     /// destination.
     pub const CACHED_VERDICTS: &str = "CACHED_VERDICTS";
+    /// Array of [`super::SlotPolicy`], one per policy slot: the content
+    /// hash of the policy each slot holds.
+    pub const SLOT_POLICIES: &str = "SLOT_POLICIES";
 }
 
 #[cfg(feature = "user")]
@@ -616,6 +637,7 @@ mod user {
     unsafe impl aya::Pod for CachedVerdict {}
     unsafe impl aya::Pod for VerdictEvent {}
     unsafe impl aya::Pod for CounterKey {}
+    unsafe impl aya::Pod for SlotPolicy {}
 }
 
 #[cfg(test)]
@@ -638,6 +660,7 @@ mod tests {
         assert_eq!(size_of::<VerdictEvent>(), 72);
         assert_eq!(size_of::<CounterKey>(), 8);
         assert_eq!(size_of::<BoundPort>(), 16);
+        assert_eq!(size_of::<SlotPolicy>(), 16);
     }
 
     fn cached(addr: u8, rule: u32) -> CachedVerdict {

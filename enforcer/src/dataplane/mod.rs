@@ -27,7 +27,8 @@ use enforcer_common::{
     BoundPort, CACHED_VERDICT_SLOTS, COUNTER_ACTIONS, CachedVerdict, Config, CounterKey, FlowKey,
     FlowValue, GLOBAL_COUNTER_CACHED_VERDICTS, GLOBAL_COUNTER_DROPPED, GLOBAL_COUNTER_EVENTS_LOST,
     GLOBAL_COUNTER_NEW_FLOWS, GLOBAL_COUNTER_PACKETS, Identity, LAYOUT_DIR, MAX_FAILSAFE_PORTS,
-    MODE_ALLOW, MODE_AUDIT, MODE_ENFORCE, PROTO_TCP, PortKey, WORKLOAD_COUNTER_SLOTS, maps,
+    MODE_ALLOW, MODE_AUDIT, MODE_ENFORCE, PROTO_TCP, PortKey, SlotPolicy, WORKLOAD_COUNTER_SLOTS,
+    maps,
 };
 
 pub use self::{
@@ -201,7 +202,7 @@ fn is_bpffs(path: &Path) -> bool {
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 
 /// The names of every map, for pinning.
-const ALL_MAPS: [&str; 20] = [
+const ALL_MAPS: [&str; 21] = [
     maps::CONFIG,
     maps::CGROUPS[0],
     maps::CGROUPS[1],
@@ -222,6 +223,7 @@ const ALL_MAPS: [&str; 20] = [
     maps::WORKLOAD_COUNTERS,
     maps::GLOBAL_COUNTERS,
     maps::CACHED_VERDICTS,
+    maps::SLOT_POLICIES,
 ];
 
 impl Dataplane {
@@ -398,7 +400,18 @@ impl Dataplane {
         cgroups: &[ResolvedCgroup],
         host: &HostAddrs,
     ) -> Result<u32> {
-        let content = SlotContent::of(policy, cgroups, host);
+        let stamp = SlotPolicy {
+            content_hash: policy.content_hash,
+            applied_unix_ms: unix_ms(std::time::SystemTime::now()),
+        };
+        self.apply_content(SlotContent::of(policy, cgroups, host), stamp)
+    }
+
+    /// [`Dataplane::apply`] of a slot's content as it is, recorded in
+    /// `SLOT_POLICIES` as `stamp`: how a policy known only from the kernel
+    /// (adopted from the pins and read back with [`Dataplane::read_slot`])
+    /// is put in force again.
+    pub fn apply_content(&mut self, content: SlotContent, stamp: SlotPolicy) -> Result<u32> {
         slots::check_capacity(&content)?;
         let cfg = self.config()?;
         let inactive = if cfg.enabled != 0 && cfg.active_slot == 0 {
@@ -406,19 +419,69 @@ impl Dataplane {
         } else {
             0
         };
-        // Unknown until the write succeeds: a failure leaves it unknown.
+        // Unknown until the write succeeds: a failure leaves it unknown,
+        // in this value and in the kernel's record.
+        self.write_slot_policy(inactive, SlotPolicy::default())?;
         match self.written[inactive].take() {
             Some(old) => slots::update_slot(&mut self.ebpf, inactive, &old, &content)?,
             None => slots::replace_slot(&mut self.ebpf, inactive, &content)?,
         }
+        self.write_slot_policy(inactive, stamp)?;
+        let cgroups = content
+            .cgroups
+            .iter()
+            .map(|(id, e)| {
+                (
+                    *id,
+                    ResolvedCgroup {
+                        cgroup_id: *id,
+                        workload: e.workload,
+                        class: e.class,
+                        mode: e.mode,
+                    },
+                )
+            })
+            .collect();
         self.written[inactive] = Some(Box::new(content));
         let generation = self.bump_generation(|c| {
             c.active_slot = inactive as u32;
             c.enabled = 1;
         })?;
-        self.cgroups = cgroups.iter().map(|c| (c.cgroup_id, *c)).collect();
+        self.cgroups = cgroups;
         tracing::debug!(generation, slot = inactive, "policy applied");
         Ok(generation)
+    }
+
+    /// Which policy slot `slot` holds, as recorded by the daemon that wrote
+    /// it; `None` when unknown (never recorded, or a write that did not
+    /// finish).
+    pub fn slot_policy(&self, slot: usize) -> Result<Option<SlotPolicy>> {
+        let name = maps::SLOT_POLICIES;
+        let m: Array<&MapData, SlotPolicy> = Array::try_from(
+            self.ebpf
+                .map(name)
+                .ok_or(DataplaneError::MissingMap(name))?,
+        )
+        .map_err(type_err(name))?;
+        let stamp = m.get(&((slot & 1) as u32), 0).map_err(read_err(name))?;
+        Ok((stamp.applied_unix_ms != 0).then_some(stamp))
+    }
+
+    /// The recorded policy of the slot in force; `None` when nothing is
+    /// enforced or the record is unknown.
+    pub fn policy_in_force(&self) -> Result<Option<SlotPolicy>> {
+        let cfg = self.config()?;
+        if cfg.enabled == 0 {
+            return Ok(None);
+        }
+        self.slot_policy(cfg.active_slot as usize)
+    }
+
+    fn write_slot_policy(&mut self, slot: usize, stamp: SlotPolicy) -> Result<()> {
+        let name = maps::SLOT_POLICIES;
+        self.array_mut::<SlotPolicy>(name)?
+            .set((slot & 1) as u32, stamp, 0)
+            .map_err(write_err(name))
     }
 
     /// Stops enforcing (every program allows everything) without detaching.
@@ -817,6 +880,12 @@ impl Dataplane {
         }
         Ok(dirs)
     }
+}
+
+/// Milliseconds since the Unix epoch (0 before it, which no clock shows).
+fn unix_ms(time: std::time::SystemTime) -> u64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The pin directories of earlier layouts present under `pin_root`.
