@@ -6,6 +6,7 @@
 //! cgroup_root = "/sys/fs/cgroup"        # default: the cgroup v2 mount
 //! bpffs = "/sys/fs/bpf/enforcer"
 //! socket = "/run/enforcer/enforcer.sock"
+//! state_dir = "/var/lib/enforcer"       # the last good policy, for restarts and reboots
 //! socket_group = "enforcer"             # may use apply/status/flows
 //! unmanaged = "allow"                   # allow | audit | deny
 //! failsafe = ["22/tcp"]                 # or "22/tcp,2222/tcp", or "none"
@@ -32,6 +33,7 @@ pub const DEFAULT_SOCKET: &str = "/run/enforcer/enforcer.sock";
 /// Environment variable naming the socket, for every client command.
 pub const SOCKET_ENV: &str = "ENFORCER_SOCKET";
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/enforcer";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/enforcer";
 pub const DEFAULT_FLOW_HISTORY: usize = 10_000;
 
 /// What to do with processes that belong to no workload (`--unmanaged`).
@@ -213,6 +215,7 @@ pub struct FileConfig {
     pub metrics: Option<SocketAddr>,
     pub log_format: Option<LogFormat>,
     pub flow_history: Option<usize>,
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Why the configuration cannot be used.
@@ -289,6 +292,7 @@ pub struct Overrides {
     pub failsafe: Option<Failsafe>,
     pub metrics: Option<SocketAddr>,
     pub log_format: Option<LogFormat>,
+    pub state_dir: Option<PathBuf>,
 }
 
 /// The settings the daemon runs with.
@@ -308,6 +312,8 @@ pub struct Settings {
     pub metrics: Option<SocketAddr>,
     pub log_format: LogFormat,
     pub flow_history: usize,
+    /// Absolute: where the last good policy is kept (see `daemon/state.rs`).
+    pub state_dir: PathBuf,
 }
 
 impl Settings {
@@ -345,6 +351,11 @@ impl Settings {
             metrics: cli.metrics.or(file.metrics),
             log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
             flow_history,
+            state_dir: absolute(
+                cli.state_dir
+                    .or(file.state_dir)
+                    .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            ),
         })
     }
 }
@@ -364,6 +375,7 @@ mod tests {
         assert_eq!(s.failsafe.to_string(), "22/tcp");
         assert_eq!(s.metrics, None);
         assert_eq!(s.cgroup_root, None);
+        assert_eq!(s.state_dir, Path::new(DEFAULT_STATE_DIR));
     }
 
     #[test]
@@ -379,6 +391,7 @@ failsafe = ["22/tcp", "53/udp"]
 metrics = "127.0.0.1:9617"
 log_format = "json"
 flow_history = 50
+state_dir = "state"
 "#;
         let file = FileConfig::parse(text, Path::new("e.toml")).unwrap();
         let cli = Overrides {
@@ -394,6 +407,7 @@ flow_history = 50
         assert_eq!(s.metrics, Some("127.0.0.1:9617".parse().unwrap()));
         assert_eq!(s.log_format, LogFormat::Json);
         assert_eq!(s.flow_history, 50);
+        assert_eq!(s.state_dir, Path::new("/work/state"));
         assert_eq!(s.socket_group.as_deref(), Some("enforcer"));
     }
 
