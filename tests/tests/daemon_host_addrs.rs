@@ -80,12 +80,21 @@ fn time_until(
     Daemon::eventually(within, || tcp_connect(web, None, to) == want).then(|| started.elapsed())
 }
 
-#[test]
-fn an_address_added_to_this_host_is_host_within_a_second_and_stops_being_when_removed() {
-    let _root = privileged!();
+/// A workload `web` that may reach this host, not the world, on the ports
+/// of two servers listening on every address; and an interface of this
+/// machine (its end of a test host's veth pair) to add addresses to.
+struct Setup {
+    root: CgroupGuard,
+    web: CgroupGuard,
+    link: TestHost,
+    server4: Server,
+    server6: Server,
+    policies: Scratch,
+}
+
+fn setup() -> Setup {
     let root = CgroupGuard::new().expect("cgroup");
     let web = root.child("web").expect("web cgroup");
-    // An interface made for the test (the machine's end of a veth pair).
     let link = TestHost::builder()
         .ipv4("203.0.113.248/30")
         .ipv6("2001:db8:7c::/64")
@@ -94,7 +103,6 @@ fn an_address_added_to_this_host_is_host_within_a_second_and_stops_being_when_re
     // Listening on every address, so that an address added later reaches it.
     let server4 = Server::tcp(None, None, "0.0.0.0:0".parse().unwrap()).expect("server");
     let server6 = Server::tcp(None, None, "[::]:0".parse().unwrap()).expect("server");
-    // `web` may reach this host on the servers' ports, not the world.
     let policies = Scratch::new("policies");
     write_policy(
         &policies.0,
@@ -112,27 +120,40 @@ allow-out = [ {{ to = ["host"], ports = ["{}/tcp", "{}/tcp"] }} ]
             server6.addr().port()
         ),
     );
-    let daemon = Daemon::start(&root, &policies.0);
+    Setup {
+        root,
+        web,
+        link,
+        server4,
+        server6,
+        policies,
+    }
+}
+
+/// Adds an IPv4 and an IPv6 address to the test interface: each is `host`
+/// (the connection allowed) within 1 s, and `world` (refused) again within
+/// 1 s of its removal.
+fn assert_added_addresses_followed(s: &Setup, daemon: &Daemon) {
     let added: [IpAddr; 2] = [
         "198.51.100.201".parse().unwrap(),
         "2001:db8:7d::1".parse().unwrap(),
     ];
     let targets = [
-        SocketAddr::new(added[0], server4.addr().port()),
-        SocketAddr::new(added[1], server6.addr().port()),
+        SocketAddr::new(added[0], s.server4.addr().port()),
+        SocketAddr::new(added[1], s.server6.addr().port()),
     ];
     for to in targets {
         // Not this host's yet: `world`, refused at once.
-        assert_eq!(tcp_connect(&web, None, to), ProbeOutcome::Eperm, "{to}");
+        assert_eq!(tcp_connect(&s.web, None, to), ProbeOutcome::Eperm, "{to}");
     }
 
     let mut addresses: Vec<HostAddress> = added
         .iter()
-        .map(|a| HostAddress::add(link.outer_ifname(), *a))
+        .map(|a| HostAddress::add(s.link.outer_ifname(), *a))
         .collect();
     let added_at = Instant::now();
     for to in targets {
-        let took = time_until(&web, to, ProbeOutcome::Ok, Duration::from_secs(1));
+        let took = time_until(&s.web, to, ProbeOutcome::Ok, Duration::from_secs(1));
         assert!(
             took.is_some() && added_at.elapsed() < Duration::from_secs(1),
             "{to} not judged as host within 1 s of its addition\n{}",
@@ -152,11 +173,43 @@ allow-out = [ {{ to = ["host"], ports = ["{}/tcp", "{}/tcp"] }} ]
     }
     let removed_at = Instant::now();
     for to in targets {
-        let took = time_until(&web, to, ProbeOutcome::Eperm, Duration::from_secs(1));
+        let took = time_until(&s.web, to, ProbeOutcome::Eperm, Duration::from_secs(1));
         assert!(
             took.is_some() && removed_at.elapsed() < Duration::from_secs(1),
             "{to} still judged as host 1 s after its removal\n{}",
             daemon.log()
         );
     }
+}
+
+#[test]
+fn an_address_added_to_this_host_is_host_within_a_second_and_stops_being_when_removed() {
+    let _root = privileged!();
+    let s = setup();
+    let daemon = Daemon::start(&s.root, &s.policies.0);
+    assert_added_addresses_followed(&s, &daemon);
+}
+
+/// The same for a policy known only from the kernel: adopted after a
+/// restart with an invalid policy and no usable saved copy.
+#[test]
+fn the_kernels_policy_adopted_without_its_text_follows_this_hosts_addresses_too() {
+    let _root = privileged!();
+    let s = setup();
+    let mut daemon = Daemon::start(&s.root, &s.policies.0);
+    daemon.kill9();
+    std::fs::remove_file(daemon.state_dir.join("last-good.json")).expect("saved policy");
+    write_policy(&s.policies.0, "[workload.web]\ncgroup = 7\n");
+    daemon.restart();
+    let status = daemon.status();
+    assert!(status.policy.is_none(), "{:?}", status.policy);
+    assert!(
+        status
+            .not_enforced
+            .iter()
+            .any(|p| p.contains("pinned by an earlier daemon")),
+        "{:?}",
+        status.not_enforced
+    );
+    assert_added_addresses_followed(&s, &daemon);
 }

@@ -236,7 +236,8 @@ fn set_open_files_limit(pid: u32, soft: Option<libc::rlimit>) -> libc::rlimit {
 fn a_failed_rollback_is_reported_and_retried_until_it_succeeds() {
     let _root = privileged!();
     let s = adopted(|_| {});
-    let _candidate = s.apply_b_on_probation("1s");
+    // Long enough to lower the limit before the rollback is due.
+    let _candidate = s.apply_b_on_probation("2s");
     // Connected before the limit: status must still be answerable.
     let mut client = s.daemon.client();
     let pid = s.daemon.pid();
@@ -260,7 +261,7 @@ fn a_failed_rollback_is_reported_and_retried_until_it_succeeds() {
             other => panic!("unexpected answer {other:?}"),
         };
     let mut failing = None;
-    let reported = Daemon::eventually(Duration::from_secs(5), || {
+    let reported = Daemon::eventually(Duration::from_secs(6), || {
         let report = status(&mut client);
         failing = report
             .not_enforced
