@@ -220,6 +220,24 @@ pub struct Config {
     pub jiffies_per_second: u16,
 }
 
+/// Which policy a policy slot holds, one per slot in [`maps::SLOT_POLICIES`]
+/// (index = slot). Written by the daemon with each policy it writes into a
+/// slot, never read by the programs: it tells a restarted daemon what the
+/// kernel enforces, which the pins keep across a restart (not a reboot).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SlotPolicy {
+    /// The compiled policy's content hash.
+    pub content_hash: u64,
+    /// When the policy was written, in milliseconds since the Unix epoch;
+    /// 0: unknown (never written, or a write that did not finish), and then
+    /// `content_hash` means nothing.
+    pub applied_unix_ms: u64,
+}
+
+/// How many entries [`maps::SLOT_POLICIES`] has: one per policy slot.
+pub const POLICY_SLOTS: u32 = 2;
+
 /// Key of the failsafe map: inbound (protocol, local port) pairs that stay
 /// reachable whatever the policy says.
 #[repr(C)]
@@ -624,6 +642,9 @@ pub mod maps {
     pub const DELEGATED_MATCHES: &str = "DELEGATED_MATCHES";
     /// The tracer's per-CPU scratch space (a cgroup name, a loop's state).
     pub const MATCH_SCRATCH: &str = "MATCH_SCRATCH";
+    /// Array of [`super::SlotPolicy`], one per policy slot: the content
+    /// hash of the policy each slot holds.
+    pub const SLOT_POLICIES: &str = "SLOT_POLICIES";
 }
 
 #[cfg(feature = "user")]
@@ -650,6 +671,7 @@ mod user {
     unsafe impl aya::Pod for cgroup_match::ExactKey {}
     unsafe impl aya::Pod for cgroup_match::GlobRule {}
     unsafe impl aya::Pod for cgroup_match::CgroupMatch {}
+    unsafe impl aya::Pod for SlotPolicy {}
 }
 
 #[cfg(test)]
@@ -677,6 +699,7 @@ mod tests {
         assert_eq!(size_of::<cgroup_match::ExactKey>(), 16);
         assert_eq!(size_of::<cgroup_match::GlobRule>(), 80);
         assert_eq!(size_of::<cgroup_match::CgroupMatch>(), 40);
+        assert_eq!(size_of::<SlotPolicy>(), 16);
     }
 
     fn cached(addr: u8, rule: u32) -> CachedVerdict {

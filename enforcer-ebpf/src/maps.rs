@@ -18,7 +18,8 @@ use enforcer_common::{
     CgroupEntry, Config, CounterKey, EVENTS_RING_BYTES, FlowKey, FlowValue,
     GLOBAL_COUNTERS as GLOBAL_COUNTER_SLOTS, IDENTITY_WORLD, Identity, MAX_BOUND_PORTS,
     MAX_CGROUPS, MAX_COUNTERS, MAX_FAILSAFE_PORTS, MAX_FLOWS, MAX_PREFIXES_V4, MAX_PREFIXES_V6,
-    MAX_VERDICTS, PortKey, TCP_BOUND_PORT_WORDS, VerdictKey, VerdictValue, WORKLOAD_COUNTER_SLOTS,
+    MAX_VERDICTS, POLICY_SLOTS, PortKey, SlotPolicy, TCP_BOUND_PORT_WORDS, VerdictKey,
+    VerdictValue, WORKLOAD_COUNTER_SLOTS,
     cgroup_match::{
         CgroupMatch, ExactKey, GlobRule, MAX_COUNTED_WORKLOADS, MAX_MATCH_EXACT, MAX_MATCH_GLOBS,
         MAX_MATCH_STATES, MatchState, NAME_WORDS, REACHED_PER_STEP, Registration,
@@ -48,6 +49,11 @@ static ADDR6_1: LpmTrie<[u8; 16], Identity> = LpmTrie::with_max_entries(MAX_PREF
 static VERDICTS_0: LpmTrie<[u8; 12], VerdictValue> = LpmTrie::with_max_entries(MAX_VERDICTS, 0);
 #[map]
 static VERDICTS_1: LpmTrie<[u8; 12], VerdictValue> = LpmTrie::with_max_entries(MAX_VERDICTS, 0);
+
+/// Which policy each slot holds (see `SlotPolicy`): written by the daemon,
+/// read by the next one after a restart; no program reads it.
+#[map]
+static SLOT_POLICIES: Array<SlotPolicy> = Array::with_max_entries(POLICY_SLOTS, 0);
 
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(MAX_FLOWS, 0);

@@ -322,6 +322,8 @@ fn main() -> Result<()> {
         .arg(&pins.0)
         .arg("--socket")
         .arg(&socket)
+        .arg("--state-dir")
+        .arg(scratch.path().join("state"))
         .env("NOTIFY_SOCKET", &notify_path)
         .env("ENFORCER_LOG", "warn")
         .stdin(Stdio::null())

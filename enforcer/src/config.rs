@@ -12,6 +12,7 @@
 //! max_connections_per_user = 16         # ... per uid other than root
 //! idle_timeout = "60s"                  # no request begun: closed
 //! request_timeout = "10s"               # to send a request, to take an answer
+//! state_dir = "/var/lib/enforcer"       # the last good policy, for restarts and reboots
 //! unmanaged = "allow"                   # allow | audit | deny
 //! failsafe = ["22/tcp"]                 # or "22/tcp,2222/tcp", or "none"
 //! metrics = "127.0.0.1:9617"            # Prometheus endpoint, off by default
@@ -40,6 +41,7 @@ pub const DEFAULT_SOCKET: &str = "/run/enforcer/enforcer.sock";
 /// Environment variable naming the socket, for every client command.
 pub const SOCKET_ENV: &str = "ENFORCER_SOCKET";
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/enforcer";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/enforcer";
 pub const DEFAULT_FLOW_HISTORY: usize = 10_000;
 
 /// What to do with processes that belong to no workload (`--unmanaged`).
@@ -251,6 +253,7 @@ pub struct FileConfig {
     pub log_format: Option<LogFormat>,
     pub flow_history: Option<usize>,
     pub max_cgroups_per_workload: Option<u32>,
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Why the configuration cannot be used.
@@ -334,6 +337,7 @@ pub struct Overrides {
     pub failsafe: Option<Failsafe>,
     pub metrics: Option<SocketAddr>,
     pub log_format: Option<LogFormat>,
+    pub state_dir: Option<PathBuf>,
 }
 
 /// The settings the daemon runs with.
@@ -362,6 +366,8 @@ pub struct Settings {
     /// (its own and their descendants): whoever can create cgroups under a
     /// workload cannot fill the map that the others need.
     pub max_cgroups_per_workload: u32,
+    /// Absolute: where the last good policy is kept (see `daemon/state.rs`).
+    pub state_dir: PathBuf,
 }
 
 /// Default of `max_cgroups_per_workload`: an eighth of the cgroup map.
@@ -439,6 +445,11 @@ impl Settings {
             log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
             flow_history,
             max_cgroups_per_workload,
+            state_dir: absolute(
+                cli.state_dir
+                    .or(file.state_dir)
+                    .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            ),
         })
     }
 }
@@ -476,6 +487,7 @@ mod tests {
         assert_eq!(s.failsafe.to_string(), "22/tcp");
         assert_eq!(s.metrics, None);
         assert_eq!(s.cgroup_root, None);
+        assert_eq!(s.state_dir, Path::new(DEFAULT_STATE_DIR));
     }
 
     #[test]
@@ -496,6 +508,7 @@ failsafe = ["22/tcp", "53/udp"]
 metrics = "127.0.0.1:9617"
 log_format = "json"
 flow_history = 50
+state_dir = "state"
 "#;
         let file = FileConfig::parse(text, Path::new("e.toml")).unwrap();
         let cli = Overrides {
@@ -511,6 +524,7 @@ flow_history = 50
         assert_eq!(s.metrics, Some("127.0.0.1:9617".parse().unwrap()));
         assert_eq!(s.log_format, LogFormat::Json);
         assert_eq!(s.flow_history, 50);
+        assert_eq!(s.state_dir, Path::new("/work/state"));
         assert_eq!(s.read_group.as_deref(), Some("enforcer"));
         assert_eq!(s.admin_group.as_deref(), Some("enforcer-admin"));
         assert_eq!(

@@ -217,12 +217,12 @@ fn a_restart_with_a_broken_policy_keeps_the_adopted_one_and_says_so() {
     let web = root.child("web").expect("web cgroup");
     let (allowed, denied, policies) = servers_and_web_policy();
     let mut daemon = Daemon::start(&root, &policies.0);
+    let hash = daemon.status().policy.expect("policy").content_hash;
     daemon.kill9();
     write_policy(&policies.0, "[workload.web]\ncgroup = 7\n");
     daemon.restart();
 
     let status = daemon.status();
-    assert!(status.policy.is_none());
     let rejection = status.last_rejection.expect("the startup rejection");
     assert_eq!(rejection.trigger, "startup");
     assert!(
@@ -231,23 +231,28 @@ fn a_restart_with_a_broken_policy_keeps_the_adopted_one_and_says_so() {
         "{:?}",
         rejection.errors
     );
-    assert_adopted_and_rejected(&daemon, &policies.0);
+    assert_adopted_and_rejected(&daemon, &policies.0, &hash);
     // The kernel still enforces the adopted policy.
     assert_eq!(tcp_connect(&web, None, denied.addr()), ProbeOutcome::Eperm);
     assert_eq!(tcp_connect(&web, None, allowed.addr()), ProbeOutcome::Ok);
 }
 
-/// `status` and the startup summary (systemd's STATUS=) say that the
-/// pinned policy is still in force and that the new one was rejected (never
-/// "no policy in force").
-fn assert_adopted_and_rejected(daemon: &Daemon, policies: &std::path::Path) {
+/// `status` and systemd's STATUS= (sent with READY=1) show the policy in
+/// force, the last good one that the state directory saved and the kernel
+/// still enforced, labelled as adopted, and say that the configured one was
+/// rejected (never "no policy in force").
+fn assert_adopted_and_rejected(daemon: &Daemon, policies: &std::path::Path, hash: &str) {
     let status = daemon.status();
-    assert!(status.policy.is_none());
+    let policy = status.policy.expect("the adopted policy is shown");
+    assert_eq!(policy.content_hash, hash);
+    assert_eq!(policy.origin.as_deref(), Some("adopted"));
+    assert_eq!(policy.source, policies.display().to_string());
     assert!(
         status.not_enforced.iter().any(|p| p.contains("rejected")
             && p.contains(&policies.display().to_string())
-            && p.contains("pinned by an earlier daemon")
-            && p.contains("is still in force (adopted)")),
+            && p.contains("last good policy")
+            && p.contains(hash)
+            && p.contains("adopted")),
         "{:?}",
         status.not_enforced
     );
@@ -259,13 +264,12 @@ fn assert_adopted_and_rejected(daemon: &Daemon, policies: &std::path::Path) {
         "{:?}",
         status.not_enforced
     );
-    // The startup summary (the READY=1 notification's STATUS=, which the
-    // test harness consumed, is also logged).
-    let log = daemon.log();
+    let ready = daemon.ready_status().expect("STATUS= with READY=1");
     assert!(
-        log.contains("enforcing the adopted policy of an earlier daemon")
-            && log.contains("REJECTED (startup)"),
-        "{log}"
+        ready.contains(&format!("({hash}) of the last good policy"))
+            && ready.contains("adopted")
+            && ready.contains("REJECTED (startup)"),
+        "{ready}"
     );
 }
 
@@ -276,11 +280,12 @@ fn a_stop_and_start_with_a_broken_policy_keeps_the_adopted_one_and_says_so() {
     let web = root.child("web").expect("web cgroup");
     let (allowed, denied, policies) = servers_and_web_policy();
     let mut daemon = Daemon::start(&root, &policies.0);
+    let hash = daemon.status().policy.expect("policy").content_hash;
     // `systemctl stop` (SIGTERM) leaves enforcement in place.
     daemon.terminate();
     write_policy(&policies.0, "[workload.web]\ncgroup = 7\n");
     daemon.restart();
-    assert_adopted_and_rejected(&daemon, &policies.0);
+    assert_adopted_and_rejected(&daemon, &policies.0, &hash);
     assert_eq!(tcp_connect(&web, None, denied.addr()), ProbeOutcome::Eperm);
     assert_eq!(tcp_connect(&web, None, allowed.addr()), ProbeOutcome::Ok);
 }

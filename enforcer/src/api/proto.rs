@@ -240,6 +240,11 @@ pub struct PolicyStatus {
     /// RFC 3339: when an unconfirmed `apply --confirm` rolls back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback_at: Option<String>,
+    /// Set when the configured policy was rejected at start and the state
+    /// directory's last good policy is in force instead: `adopted` (the
+    /// kernel already enforced it) or `restored` (put back in force).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 /// The last policy refused since the running one was applied.

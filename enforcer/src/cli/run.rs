@@ -59,6 +59,10 @@ pub struct Args {
     /// Log format: text or json.
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Where the last good policy is kept, to put it back in force after a
+    /// restart or a reboot with an invalid policy [default: /var/lib/enforcer].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Remove every pinned program, link and map under --bpffs, then exit.
     #[arg(long)]
     pub uninstall: bool,
@@ -93,6 +97,7 @@ pub fn settings(args: &Args) -> anyhow::Result<(Settings, Vec<String>)> {
         failsafe: args.failsafe.clone(),
         metrics: args.metrics,
         log_format: args.log_format,
+        state_dir: args.state_dir.clone(),
     };
     let cwd = std::env::current_dir().context("current directory")?;
     Ok((Settings::resolve(file, cli, &cwd)?, notes))

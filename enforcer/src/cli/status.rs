@@ -72,6 +72,12 @@ pub fn write_text(out: &mut impl Write, r: &StatusReport) -> std::io::Result<()>
                 "policy: generation {}, hash {}, applied {}, from {}",
                 p.generation, p.content_hash, p.applied_at, p.source
             )?;
+            if let Some(origin) = &p.origin {
+                writeln!(
+                    out,
+                    "  the last good policy, {origin} from the state directory: the configured one was rejected"
+                )?;
+            }
             if let Some(at) = &p.rollback_at {
                 writeln!(
                     out,

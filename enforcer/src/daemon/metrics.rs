@@ -202,6 +202,7 @@ mod tests {
                 source: String::new(),
                 next_expiry: None,
                 rollback_at: None,
+                origin: None,
             }),
             last_rejection: None,
             cgroup_root: String::new(),

@@ -4,6 +4,8 @@
 //! requests. SIGTERM leaves enforcement in place; `--uninstall` removes it.
 //!
 //! - [`engine`]: the state and every change to it;
+//! - [`state`]: the state directory, where the last good policy is saved;
+//! - [`addr_watch`]: notifications of this host's address changes;
 //! - [`flows`]: the verdict event history;
 //! - [`status`]: what `status` and metrics show, read without the engine;
 //! - [`metrics`]: the Prometheus endpoint;
@@ -11,11 +13,13 @@
 //! - [`duration`], [`time`]: operator-written durations; kernel timestamps
 //!   to wall-clock time.
 
+mod addr_watch;
 pub mod duration;
 pub mod engine;
 pub mod flows;
 pub mod memory;
 pub mod metrics;
+pub mod state;
 pub mod status;
 pub mod time;
 
@@ -72,6 +76,12 @@ fn notify(states: &[sd_notify::NotifyState]) {
 
 /// How often the ports bound on this host are scanned again.
 const BOUND_PORTS_RESCAN: Duration = Duration::from_secs(30);
+
+/// How often this host's addresses are read again besides the netlink
+/// notifications (a safety net), and without them (when the socket cannot
+/// be opened): an address change must be in force within a second.
+const HOST_ADDRS_RECHECK: Duration = Duration::from_secs(30);
+const HOST_ADDRS_POLL: Duration = Duration::from_secs(1);
 
 /// Run the daemon until SIGTERM or SIGINT.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
@@ -150,13 +160,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     engine.set_registration_error(registration_error);
     // The policy goes into the maps before the programs are (re)attached,
     // so a fresh attach never enforces an empty policy and an adopted one
-    // switches straight from the old policy to the new.
-    if let Err(errors) = engine.load(Trigger::Startup, &settings.policies) {
-        tracing::error!(
-            count = errors.len(),
-            "the policy at startup is invalid; fix it and send SIGHUP"
-        );
-    }
+    // switches straight from the old policy to the new. An invalid policy
+    // with nothing else to put in force ends the daemon here, before
+    // READY=1: systemd then reports the unit failed.
+    engine.start()?;
     engine
         .dataplane_mut()
         .attach(&root)
@@ -180,6 +187,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     // Attached: from now on the kernel sees every bind(); the ports bound
     // before (services started before the daemon) come from a scan.
     engine.seed_bound_ports();
+    // An adopted kernel policy holds the addresses of when it was written.
+    let mut host_changes = addr_watch::watch_host_addrs();
+    engine.refresh_host_addrs();
     let event_policy = engine.event_policy();
     let flow_history = engine.flows();
     let summary = engine.summary();
@@ -234,6 +244,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     bound_rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     bound_rescan.tick().await; // the first tick is immediate; seeded above
     let policies = settings.policies.clone();
+    let mut host_recheck = tokio::time::interval(if host_changes.is_some() {
+        HOST_ADDRS_RECHECK
+    } else {
+        HOST_ADDRS_POLL
+    });
+    host_recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    host_recheck.tick().await; // read above
     loop {
         let deadline = shared.read(Engine::next_deadline).await;
         let sleep = async {
@@ -259,6 +276,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 let _ = shared.load_dir(Trigger::FileChange, &policies).await;
             }
             Some(update) = cgroup_watcher.next() => shared.change(|e| e.on_tree(update)).await,
+            Some(()) = recv(&mut host_changes) => {
+                status_changed = shared.change(|e| e.refresh_host_addrs()).await;
+            }
+            _ = host_recheck.tick() => {
+                status_changed = shared.change(|e| e.refresh_host_addrs()).await;
+            }
             _ = bound_rescan.tick() => {
                 shared.change(Engine::seed_bound_ports).await;
                 status_changed = false;

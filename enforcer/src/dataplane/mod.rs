@@ -29,7 +29,8 @@ use aya::{
 };
 use enforcer_common::{
     BoundPort, CACHED_VERDICT_SLOTS, CachedVerdict, Config, FlowKey, FlowValue, Identity,
-    LAYOUT_DIR, MAX_FAILSAFE_PORTS, MODE_ALLOW, MODE_AUDIT, MODE_ENFORCE, PROTO_TCP, PortKey, maps,
+    LAYOUT_DIR, MAX_FAILSAFE_PORTS, MODE_ALLOW, MODE_AUDIT, MODE_ENFORCE, PROTO_TCP, PortKey,
+    SlotPolicy, maps,
 };
 
 pub use self::{
@@ -99,6 +100,15 @@ impl ResolvedCgroup {
 pub struct SlotMatching<'a> {
     pub tables: &'a crate::cgroups::automaton::KernelTables,
     pub states: &'a BTreeMap<u64, crate::cgroups::CgroupStates>,
+}
+
+/// A slot being written: its content, and what `SLOT_POLICIES` records
+/// once it is complete.
+#[derive(Debug)]
+struct Staged {
+    slot: usize,
+    content: Box<SlotContent>,
+    stamp: SlotPolicy,
 }
 
 /// The `--unmanaged` setting: what happens to processes in no workload.
@@ -189,8 +199,8 @@ pub struct Dataplane {
     /// set it up.
     name_key: Option<[u64; 2]>,
     /// The slot an apply is writing, between [`Dataplane::stage`] and
-    /// [`Dataplane::commit`], with its content.
-    staged: Option<(usize, Box<SlotContent>)>,
+    /// [`Dataplane::commit`].
+    staged: Option<Staged>,
 }
 
 impl std::fmt::Debug for Dataplane {
@@ -222,7 +232,7 @@ fn is_bpffs(path: &Path) -> bool {
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 
 /// The names of every map, for pinning.
-const ALL_MAPS: [&str; 29] = [
+const ALL_MAPS: [&str; 30] = [
     maps::CONFIG,
     maps::CGROUPS[0],
     maps::CGROUPS[1],
@@ -252,6 +262,7 @@ const ALL_MAPS: [&str; 29] = [
     maps::REGISTERED_CGROUPS[1],
     maps::DELEGATED_MATCHES,
     maps::MATCH_SCRATCH,
+    maps::SLOT_POLICIES,
 ];
 
 impl Dataplane {
@@ -460,8 +471,26 @@ impl Dataplane {
         cgroups: &[ResolvedCgroup],
         host: &HostAddrs,
     ) -> Result<u32> {
-        self.stage(policy, host, None)?;
-        self.stage_cgroups(cgroups, None)?;
+        self.apply_content(SlotContent::of(policy, cgroups, host), stamp_of(policy))
+    }
+
+    /// [`Dataplane::apply`] of a slot's content as it is, recorded in
+    /// `SLOT_POLICIES` as `stamp`: how a policy known only from the kernel
+    /// (adopted from the pins and read back with [`Dataplane::read_slot`])
+    /// is put in force again.
+    pub fn apply_content(&mut self, content: SlotContent, stamp: SlotPolicy) -> Result<u32> {
+        let cgroups: Vec<ResolvedCgroup> = content
+            .cgroups
+            .iter()
+            .map(|&(cgroup_id, e)| ResolvedCgroup {
+                cgroup_id,
+                workload: e.workload,
+                class: e.class,
+                mode: e.mode,
+            })
+            .collect();
+        self.stage_content(content, stamp, None)?;
+        self.stage_cgroups(&cgroups, None)?;
         self.commit()
     }
 
@@ -477,7 +506,17 @@ impl Dataplane {
         host: &HostAddrs,
         tables: Option<&crate::cgroups::automaton::KernelTables>,
     ) -> Result<usize> {
-        let content = SlotContent::of(policy, &[], host);
+        self.stage_content(SlotContent::of(policy, &[], host), stamp_of(policy), tables)
+    }
+
+    /// [`Dataplane::stage`] of a slot's tries as they are (its cgroups
+    /// follow in [`Dataplane::stage_cgroups`]).
+    fn stage_content(
+        &mut self,
+        content: SlotContent,
+        stamp: SlotPolicy,
+        tables: Option<&crate::cgroups::automaton::KernelTables>,
+    ) -> Result<usize> {
         slots::check_capacity(&content)?;
         if let Some(tables) = tables {
             registration::check_capacity(tables)?;
@@ -489,7 +528,9 @@ impl Dataplane {
             0
         };
         self.staged = None;
-        // Unknown until the write succeeds: a failure leaves it unknown.
+        // Unknown until the write succeeds: a failure leaves it unknown,
+        // in this value and in the kernel's record.
+        self.write_slot_policy(inactive, SlotPolicy::default())?;
         match self.written[inactive].take() {
             Some(old) => slots::update_slot(&mut self.ebpf, inactive, &old, &content)?,
             None => slots::replace_slot(&mut self.ebpf, inactive, &content)?,
@@ -498,7 +539,11 @@ impl Dataplane {
         // nothing there.
         let empty = crate::cgroups::automaton::KernelTables::default();
         registration::write_tables(&mut self.ebpf, inactive, tables.unwrap_or(&empty))?;
-        self.staged = Some((inactive, Box::new(content)));
+        self.staged = Some(Staged {
+            slot: inactive,
+            content: Box::new(content),
+            stamp,
+        });
         Ok(inactive)
     }
 
@@ -514,12 +559,12 @@ impl Dataplane {
         cgroups: &[ResolvedCgroup],
         states: Option<&BTreeMap<u64, crate::cgroups::CgroupStates>>,
     ) -> Result<()> {
-        let Some((slot, content)) = self.staged.as_mut() else {
+        let Some(staged) = self.staged.as_mut() else {
             return Err(DataplaneError::InvalidSetting(
                 "stage_cgroups without a staged policy".into(),
             ));
         };
-        let slot = *slot;
+        let slot = staged.slot;
         if cgroups.len() > enforcer_common::MAX_CGROUPS as usize {
             return Err(DataplaneError::CapacityExceeded {
                 map: maps::CGROUPS[slot],
@@ -531,7 +576,7 @@ impl Dataplane {
             cgroups.iter().map(|c| (c.cgroup_id, c.entry())).collect();
         entries.sort_unstable_by_key(|e| e.0);
         entries.dedup_by_key(|e| e.0);
-        content.cgroups = entries;
+        staged.content.cgroups = entries;
         registration::write_cgroups(&mut self.ebpf, slot, cgroups)?;
         registration::write_counts(&self.ebpf, slot, cgroups)?;
         if let Some(states) = states {
@@ -540,14 +585,21 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Puts the staged slot in force: flips `CONFIG` in one update (new
-    /// slot, new generation, enabled). Returns the new generation.
+    /// Puts the staged slot in force: records it in `SLOT_POLICIES`, then
+    /// flips `CONFIG` in one update (new slot, new generation, enabled).
+    /// Returns the new generation.
     pub fn commit(&mut self) -> Result<u32> {
-        let Some((slot, content)) = self.staged.take() else {
+        let Some(Staged {
+            slot,
+            content,
+            stamp,
+        }) = self.staged.take()
+        else {
             return Err(DataplaneError::InvalidSetting(
                 "commit without a staged policy".into(),
             ));
         };
+        self.write_slot_policy(slot, stamp)?;
         let cgroups = content
             .cgroups
             .iter()
@@ -571,6 +623,38 @@ impl Dataplane {
         self.cgroups = cgroups;
         tracing::debug!(generation, slot, "policy applied");
         Ok(generation)
+    }
+
+    /// Which policy slot `slot` holds, as recorded by the daemon that wrote
+    /// it; `None` when unknown (never recorded, or a write that did not
+    /// finish).
+    pub fn slot_policy(&self, slot: usize) -> Result<Option<SlotPolicy>> {
+        let name = maps::SLOT_POLICIES;
+        let m: Array<&MapData, SlotPolicy> = Array::try_from(
+            self.ebpf
+                .map(name)
+                .ok_or(DataplaneError::MissingMap(name))?,
+        )
+        .map_err(type_err(name))?;
+        let stamp = m.get(&((slot & 1) as u32), 0).map_err(read_err(name))?;
+        Ok((stamp.applied_unix_ms != 0).then_some(stamp))
+    }
+
+    /// The recorded policy of the slot in force; `None` when nothing is
+    /// enforced or the record is unknown.
+    pub fn policy_in_force(&self) -> Result<Option<SlotPolicy>> {
+        let cfg = self.config()?;
+        if cfg.enabled == 0 {
+            return Ok(None);
+        }
+        self.slot_policy(cfg.active_slot as usize)
+    }
+
+    fn write_slot_policy(&mut self, slot: usize, stamp: SlotPolicy) -> Result<()> {
+        let name = maps::SLOT_POLICIES;
+        self.array_mut::<SlotPolicy>(name)?
+            .set((slot & 1) as u32, stamp, 0)
+            .map_err(write_err(name))
     }
 
     /// Stops enforcing (every program allows everything) without detaching.
@@ -978,6 +1062,20 @@ impl Dataplane {
         }
         Ok(dirs)
     }
+}
+
+/// What `SLOT_POLICIES` records for a policy put in force now.
+fn stamp_of(policy: &CompiledPolicy) -> SlotPolicy {
+    SlotPolicy {
+        content_hash: policy.content_hash,
+        applied_unix_ms: unix_ms(std::time::SystemTime::now()),
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 before it, which no clock shows).
+fn unix_ms(time: std::time::SystemTime) -> u64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The pin directories of earlier layouts present under `pin_root`.

@@ -60,30 +60,7 @@ impl SlotContent {
     pub fn of(policy: &CompiledPolicy, cgroups: &[ResolvedCgroup], host: &HostAddrs) -> Self {
         let mut addr4 = policy.prefixes_v4.clone();
         let mut addr6 = policy.prefixes_v6.clone();
-        let host_routes = host
-            .addrs
-            .iter()
-            .map(|a| (*a, if a.is_ipv4() { 32 } else { 128 }))
-            .chain(HostAddrs::always());
-        for (addr, len) in host_routes {
-            let prefix_len = u32::from(len);
-            match addr {
-                IpAddr::V4(a) => addr4.push((
-                    AddrKey4 {
-                        prefix_len,
-                        addr: a.octets(),
-                    },
-                    IDENTITY_HOST,
-                )),
-                IpAddr::V6(a) => addr6.push((
-                    AddrKey6 {
-                        prefix_len,
-                        addr: a.octets(),
-                    },
-                    IDENTITY_HOST,
-                )),
-            }
-        }
+        push_host_routes(&mut addr4, &mut addr6, host);
         let mut content = SlotContent {
             cgroups: cgroups
                 .iter()
@@ -100,6 +77,58 @@ impl SlotContent {
         content
     }
 
+    /// The same content without this host's addresses: every `host`
+    /// entry of the address tries (only host routes carry that identity).
+    /// A peer prefix that a host route replaced at the same key is not in
+    /// the slot, and so not in the result either.
+    pub fn without_host_routes(&self) -> SlotContent {
+        SlotContent {
+            cgroups: self.cgroups.clone(),
+            addr4: self
+                .addr4
+                .iter()
+                .filter(|e| e.1 != IDENTITY_HOST)
+                .copied()
+                .collect(),
+            addr6: self
+                .addr6
+                .iter()
+                .filter(|e| e.1 != IDENTITY_HOST)
+                .copied()
+                .collect(),
+            verdicts: self.verdicts.clone(),
+        }
+    }
+
+    /// The host addresses written into the address tries as host routes:
+    /// the full-length `host` entries but the unspecified addresses (the
+    /// other routes of [`HostAddrs::always`] are also addresses of `lo`,
+    /// which [`HostAddrs::from_system`] lists).
+    pub fn host_addrs(&self) -> HostAddrs {
+        let v4 = self
+            .addr4
+            .iter()
+            .filter(|(k, id)| *id == IDENTITY_HOST && k.prefix_len == 32)
+            .map(|(k, _)| IpAddr::from(k.addr));
+        let v6 = self
+            .addr6
+            .iter()
+            .filter(|(k, id)| *id == IDENTITY_HOST && k.prefix_len == 128)
+            .map(|(k, _)| IpAddr::from(k.addr));
+        let mut addrs: Vec<IpAddr> = v4.chain(v6).filter(|a| !a.is_unspecified()).collect();
+        addrs.sort();
+        HostAddrs { addrs }
+    }
+
+    /// This content with `host`'s addresses (and [`HostAddrs::always`])
+    /// as host routes, which win over a peer prefix at the same key.
+    pub fn with_host_routes(mut self, host: &HostAddrs) -> SlotContent {
+        push_host_routes(&mut self.addr4, &mut self.addr6, host);
+        canonical_trie(&mut self.addr4);
+        canonical_trie(&mut self.addr6);
+        self
+    }
+
     /// Sets (or adds) one cgroup's entry.
     pub(crate) fn put_cgroup(&mut self, c: &ResolvedCgroup) {
         let entry = (c.cgroup_id, cgroup_entry(c));
@@ -113,6 +142,40 @@ impl SlotContent {
     pub(crate) fn remove_cgroup(&mut self, cgroup_id: u64) {
         if let Ok(i) = self.cgroups.binary_search_by_key(&cgroup_id, |e| e.0) {
             self.cgroups.remove(i);
+        }
+    }
+}
+
+/// Appends this host's addresses and [`HostAddrs::always`] as `host`
+/// routes; the caller puts the entries in canonical order, where these,
+/// written last, win over a peer prefix at the same key.
+fn push_host_routes(
+    addr4: &mut Vec<(AddrKey4, Identity)>,
+    addr6: &mut Vec<(AddrKey6, Identity)>,
+    host: &HostAddrs,
+) {
+    let host_routes = host
+        .addrs
+        .iter()
+        .map(|a| (*a, if a.is_ipv4() { 32 } else { 128 }))
+        .chain(HostAddrs::always());
+    for (addr, len) in host_routes {
+        let prefix_len = u32::from(len);
+        match addr {
+            IpAddr::V4(a) => addr4.push((
+                AddrKey4 {
+                    prefix_len,
+                    addr: a.octets(),
+                },
+                IDENTITY_HOST,
+            )),
+            IpAddr::V6(a) => addr6.push((
+                AddrKey6 {
+                    prefix_len,
+                    addr: a.octets(),
+                },
+                IDENTITY_HOST,
+            )),
         }
     }
 }
@@ -449,6 +512,40 @@ mod tests {
         let mut v = vec![(3, 'a'), (1, 'b'), (3, 'c'), (2, 'd'), (1, 'e')];
         canonical(&mut v);
         assert_eq!(v, vec![(1, 'e'), (2, 'd'), (3, 'c')]);
+    }
+
+    #[test]
+    fn host_routes_come_off_a_slot_and_go_back_with_other_addresses() {
+        let mut p = crate::diff::testkit::PolicyBuilder::new();
+        p.workload("web");
+        p.peer("lab", &["198.51.100.0/24", "2001:db8::/32"]);
+        let policy = p.build();
+        let host = |addrs: &[&str]| {
+            let mut addrs: Vec<IpAddr> = addrs.iter().map(|a| a.parse().unwrap()).collect();
+            addrs.sort();
+            HostAddrs { addrs }
+        };
+        let before = host(&["127.0.0.1", "::1", "198.51.100.7", "2001:db8::5"]);
+        let c = ResolvedCgroup {
+            cgroup_id: 7,
+            workload: 16,
+            class: 16,
+            mode: 0,
+        };
+        let content = SlotContent::of(&policy, &[c], &before);
+        assert_eq!(content.host_addrs(), before);
+        let base = content.without_host_routes();
+        assert!(base.addr4.iter().all(|e| e.1 != IDENTITY_HOST));
+        assert!(base.addr6.iter().all(|e| e.1 != IDENTITY_HOST));
+        assert_eq!(base.cgroups, content.cgroups);
+        assert_eq!(base.verdicts, content.verdicts);
+        assert_eq!(base.clone().with_host_routes(&before), content);
+        // An address gone, another new: what a fresh write would hold.
+        let after = host(&["127.0.0.1", "::1", "198.51.100.9"]);
+        assert_eq!(
+            base.with_host_routes(&after),
+            SlotContent::of(&policy, &[c], &after)
+        );
     }
 
     #[test]

@@ -28,6 +28,9 @@ pub struct Daemon {
     enforcer: PathBuf,
     socket: PathBuf,
     bpffs: PathBuf,
+    /// `--state-dir`: the demo's own (never the machine's
+    /// `/var/lib/enforcer`), removed when it stops.
+    state_dir: PathBuf,
     /// Flow records already handed out.
     seen: usize,
 }
@@ -77,6 +80,8 @@ impl Daemon {
         let mut daemon = Daemon {
             child: None,
             enforcer: enforcer.to_path_buf(),
+            // Checked by the demo's cleanup check under the same name.
+            state_dir: socket.with_extension("state"),
             socket,
             bpffs,
             seen: 0,
@@ -96,6 +101,8 @@ impl Daemon {
             daemon.bpffs.clone().into(),
             "--socket".into(),
             daemon.socket.clone().into(),
+            "--state-dir".into(),
+            daemon.state_dir.clone().into(),
             // The example denies SSH from the office on purpose; the
             // default failsafe (22/tcp) would keep it open.
             "--failsafe".into(),
@@ -242,6 +249,11 @@ impl Daemon {
             drop(child);
         }
         let mut problems = Vec::new();
+        if let Err(e) = std::fs::remove_dir_all(&self.state_dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            problems.push(format!("removing {}: {e}", self.state_dir.display()));
+        }
         if self.bpffs.exists() {
             let out = self
                 .base()

@@ -220,7 +220,8 @@ fn run(args: &Args) -> Result<bool> {
 fn check_cleanup(root: &Path, netns: &[String], library: bool) -> Result<()> {
     let mut left = Vec::new();
     let (socket, bpffs) = daemon::paths();
-    for path in [root, &bpffs, &socket] {
+    let state_dir = socket.with_extension("state");
+    for path in [root, &bpffs, &socket, &state_dir] {
         if path.exists() {
             left.push(path.display().to_string());
         }

@@ -115,8 +115,12 @@ pub struct Daemon {
     pub extra: Vec<String>,
     /// A command the daemon runs under (`setpriv ... --`), empty for none.
     pub wrapper: Vec<String>,
+    /// `--state-dir`: in the scratch directory, kept across restarts.
+    pub state_dir: PathBuf,
     /// The NOTIFY_SOCKET the daemon reports to (sd_notify).
     notify: Option<UnixDatagram>,
+    /// The notification that carried READY=1 (with its STATUS=).
+    ready: Option<String>,
     scratch: Scratch,
 }
 
@@ -140,13 +144,26 @@ impl Daemon {
         extra: &[&str],
         wrapper: &[&str],
     ) -> Daemon {
+        let mut daemon = Daemon::prepare(root, policies, extra, wrapper);
+        daemon.restart();
+        daemon
+    }
+
+    /// A daemon with these settings, not started yet: [`Daemon::restart`]
+    /// or [`Daemon::try_restart`] starts it.
+    pub fn prepare(
+        root: &CgroupGuard,
+        policies: &Path,
+        extra: &[&str],
+        wrapper: &[&str],
+    ) -> Daemon {
         let scratch = Scratch::new("daemon");
         let bpffs = PathBuf::from(format!(
             "/sys/fs/bpf/enforcer-test-{}-{}",
             std::process::id(),
             SERIAL.fetch_add(1, Ordering::Relaxed)
         ));
-        let mut daemon = Daemon {
+        Daemon {
             child: None,
             socket: scratch.0.join("enforcer.sock"),
             bpffs,
@@ -154,15 +171,26 @@ impl Daemon {
             cgroup_root: root.path().to_path_buf(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             wrapper: wrapper.iter().map(|s| s.to_string()).collect(),
+            state_dir: scratch.0.join("state"),
             notify: None,
+            ready: None,
             scratch,
-        };
-        daemon.restart();
-        daemon
+        }
     }
 
     /// (Re)start the process with the same settings; waits for READY=1.
     pub fn restart(&mut self) {
+        if let Err(status) = self.try_restart() {
+            panic!(
+                "daemon exited with {status} before READY=1:\n{}",
+                self.log()
+            );
+        }
+    }
+
+    /// [`Daemon::restart`], but a daemon that exits before READY=1 is an
+    /// answer (its exit status), not a failure.
+    pub fn try_restart(&mut self) -> Result<(), std::process::ExitStatus> {
         assert!(self.child.is_none(), "daemon still running");
         let notify_path = self.scratch.0.join("notify.sock");
         let _ = std::fs::remove_file(&notify_path);
@@ -191,6 +219,8 @@ impl Daemon {
             .arg(&self.bpffs)
             .arg("--socket")
             .arg(&self.socket)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
             .args(&self.extra)
             .env("NOTIFY_SOCKET", &notify_path)
             .env("ENFORCER_LOG", "info")
@@ -206,6 +236,7 @@ impl Daemon {
             if let Ok(n) = notify.recv(&mut buf) {
                 let message = String::from_utf8_lossy(&buf[..n]);
                 if message.lines().any(|l| l == "READY=1") {
+                    self.ready = Some(message.into_owned());
                     break;
                 }
             }
@@ -214,10 +245,18 @@ impl Daemon {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!(
-                    "daemon exited with {status} before READY=1:\n{}",
-                    self.log()
-                );
+                self.child = None;
+                // Anything it sent after all, READY=1 included, is a failure
+                // of the caller's expectation to see.
+                while let Ok(n) = notify.recv(&mut buf) {
+                    let message = String::from_utf8_lossy(&buf[..n]);
+                    assert!(
+                        !message.lines().any(|l| l == "READY=1"),
+                        "the daemon sent READY=1, then exited with {status}:\n{}",
+                        self.log()
+                    );
+                }
+                return Err(status);
             }
             assert!(
                 Instant::now() < deadline,
@@ -226,6 +265,15 @@ impl Daemon {
             );
         }
         self.notify = Some(notify);
+        Ok(())
+    }
+
+    /// The STATUS= line sent with READY=1.
+    pub fn ready_status(&self) -> Option<&str> {
+        self.ready
+            .as_deref()?
+            .lines()
+            .find_map(|l| l.strip_prefix("STATUS="))
     }
 
     /// The first sd_notify line starting with `prefix` received from now

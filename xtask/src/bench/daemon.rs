@@ -228,6 +228,9 @@ impl Daemon {
             .arg(&sandbox.bpffs)
             .arg("--socket")
             .arg(sandbox.socket())
+            // Never the machine's /var/lib/enforcer.
+            .arg("--state-dir")
+            .arg(sandbox.dir.join("state"))
             .env("NOTIFY_SOCKET", &notify_path)
             .env("ENFORCER_LOG", "info")
             .stdin(Stdio::null())

@@ -540,7 +540,12 @@ fn purge(container: &Container, bpf: &Attachments, repo: &Path) -> Result<()> {
         .map(str::to_string)
         .collect();
     // Purge means everything: the configuration and the policies too.
-    for path in ["/etc/enforcer", "/sys/fs/bpf/enforcer", "/run/enforcer"] {
+    for path in [
+        "/etc/enforcer",
+        "/sys/fs/bpf/enforcer",
+        "/run/enforcer",
+        "/var/lib/enforcer",
+    ] {
         let output = container.exec(&["test", "-e", path])?;
         if output.status.success() {
             left.push(path.to_string());
