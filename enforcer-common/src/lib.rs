@@ -248,9 +248,25 @@ pub struct PortKey {
     pub port: u16,
 }
 
-/// Value of the bound-port map (key: [`PortKey`]): which local socket owns a
-/// port on this host, learned at `bind()`, so that a workload connecting to
-/// a local address is matched against the receiving workload.
+/// Key of the bound-port map: a (protocol, port) in one network namespace.
+/// A socket bound in another namespace (a container, a test host, a user's
+/// `unshare -rn`) is another machine's: it never stands for this host's
+/// port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BoundPortKey {
+    /// The namespace's cookie (`bpf_get_netns_cookie`, `SO_NETNS_COOKIE`).
+    pub netns: u64,
+    pub protocol: u8,
+    pub _pad: u8,
+    pub port: u16,
+    pub _pad2: u32,
+}
+
+/// Value of the bound-port map (key: [`BoundPortKey`]): which local socket
+/// owns a port of a network namespace, learned at `bind()`, so that a
+/// workload connecting to a local address is matched against the receiving
+/// workload.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct BoundPort {
@@ -608,9 +624,10 @@ pub mod maps {
     /// per-packet path's test for a listener's port: a hash lookup of each
     /// new connection's port would be a cache miss per packet.
     pub const TCP_BOUND_PORT_BITS: &str = "TCP_BOUND_PORT_BITS";
-    /// Socket-local storage of [`super::PortKey`]: which port a socket
-    /// bound, so that `sock_release` (which cannot read the socket's port)
-    /// can forget it.
+    /// Socket-local storage of [`super::BoundPortKey`]: which port a
+    /// socket bound, so that `sock_release` (which cannot read the socket's
+    /// port) can forget it, and the per-packet path can tell a socket that
+    /// bound its own port from one a listener accepted.
     pub const SOCKET_BINDS: &str = "SOCKET_BINDS";
     pub const FAILSAFE: &str = "FAILSAFE";
     pub const EVENTS: &str = "EVENTS";
@@ -660,6 +677,7 @@ mod user {
     unsafe impl aya::Pod for CgroupEntry {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for PortKey {}
+    unsafe impl aya::Pod for BoundPortKey {}
     unsafe impl aya::Pod for BoundPort {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
@@ -688,6 +706,7 @@ mod tests {
         assert_eq!(size_of::<CgroupEntry>(), 12);
         assert_eq!(size_of::<Config>(), 12);
         assert_eq!(size_of::<PortKey>(), 4);
+        assert_eq!(size_of::<BoundPortKey>(), 16);
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<FlowValue>(), 40);
         assert_eq!(size_of::<CachedVerdict>(), 56);

@@ -3,11 +3,10 @@
 
 use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
 use enforcer_common::{
-    ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, CgroupEntry, Config, DIRECTION_EGRESS,
-    DIRECTION_INGRESS, FlowKey, FlowValue, GLOBAL_COUNTER_EVENTS_LOST, IDENTITY_ANY,
-    IDENTITY_ANY_EXTERNAL, IDENTITY_HOST, IDENTITY_NONE, Identity, MODE_ALLOW, MODE_AUDIT,
-    MODE_ENFORCE, MODE_OFF, PROTO_UDP, RULE_BUILTIN, RULE_DEFAULT_DENY, RULE_MODE_OFF,
-    RULE_UNMANAGED, VerdictEvent, VerdictKey,
+    ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, CgroupEntry, Config, DIRECTION_INGRESS, FlowKey,
+    FlowValue, GLOBAL_COUNTER_EVENTS_LOST, IDENTITY_ANY, IDENTITY_ANY_EXTERNAL, IDENTITY_HOST,
+    IDENTITY_NONE, Identity, MODE_ALLOW, MODE_AUDIT, MODE_ENFORCE, MODE_OFF, PROTO_UDP,
+    RULE_BUILTIN, RULE_DEFAULT_DENY, RULE_MODE_OFF, RULE_UNMANAGED, VerdictEvent, VerdictKey,
 };
 
 use crate::maps;
@@ -28,7 +27,37 @@ pub struct Remote {
     pub local_entry: Option<CgroupEntry>,
     /// The other end is a socket on this host that was found.
     pub local_socket: bool,
+    /// That socket's cgroup (0 when none was found).
+    pub peer_cgroup: u64,
 }
+
+/// The socket at the other end of a connection to this host's own
+/// address, in the same network namespace, as the caller finds it. Plain
+/// values with sentinels rather than `Option`s: LLVM may carry an
+/// undefined payload of a `None` in a register, which the verifier rejects.
+#[derive(Clone, Copy)]
+pub struct PeerSocket {
+    /// 0: no socket was found.
+    pub cgroup_id: u64,
+    /// Its workload's cgroup entry; `workload` is [`IDENTITY_NONE`] when it
+    /// is in none.
+    pub entry: CgroupEntry,
+}
+
+impl PeerSocket {
+    pub const NONE: PeerSocket = PeerSocket {
+        cgroup_id: 0,
+        entry: NO_ENTRY,
+    };
+}
+
+/// A cgroup entry meaning "no workload".
+pub const NO_ENTRY: CgroupEntry = CgroupEntry {
+    workload: IDENTITY_NONE,
+    class: IDENTITY_NONE,
+    mode: 0,
+    _pad: [0; 3],
+};
 
 /// What was decided for a connection.
 #[derive(Clone, Copy)]
@@ -59,7 +88,7 @@ pub fn local_entry(
 
 /// [`local_entry`], with `workload` [`IDENTITY_NONE`] when none is found.
 #[inline(always)]
-fn find_local_entry(slot: u32, cgroup_id: u64, ancestor: impl Fn(i32) -> u64) -> CgroupEntry {
+pub fn find_local_entry(slot: u32, cgroup_id: u64, ancestor: impl Fn(i32) -> u64) -> CgroupEntry {
     if let Some(e) = maps::cgroup_entry(slot, cgroup_id) {
         return e;
     }
@@ -74,20 +103,17 @@ fn find_local_entry(slot: u32, cgroup_id: u64, ancestor: impl Fn(i32) -> u64) ->
         }
         level -= 1;
     }
-    CgroupEntry {
-        workload: IDENTITY_NONE,
-        class: IDENTITY_NONE,
-        mode: 0,
-        _pad: [0; 3],
-    }
+    NO_ENTRY
 }
 
-/// Resolves the remote end of a flow from its key. For this host's own
-/// addresses, looks for the socket at the other end: the listener bound to
-/// the service port when this end opened the connection, else the other
-/// end's own flow (written by its egress program, which ran first).
+/// Resolves the remote end of a flow from its key. An address outside
+/// this host is a peer or `world`. For this host's own addresses, the
+/// socket at the other end, which `peer` finds in the caller's network
+/// namespace, is the remote end: its workload, or `host`. A socket in
+/// another namespace is not found: that end is judged as another machine
+/// would be, by its address.
 #[inline(always)]
-pub fn resolve_remote(slot: u32, key: &FlowKey, opener: u8) -> Remote {
+pub fn resolve_remote(slot: u32, key: &FlowKey, peer: impl FnOnce() -> PeerSocket) -> Remote {
     let identity = maps::address_identity(slot, key.family, &key.remote_addr);
     if identity != IDENTITY_HOST {
         return Remote {
@@ -95,32 +121,22 @@ pub fn resolve_remote(slot: u32, key: &FlowKey, opener: u8) -> Remote {
             external: true,
             local_entry: None,
             local_socket: false,
+            peer_cgroup: 0,
         };
     }
-    let mut remote = Remote {
-        identity: IDENTITY_HOST,
+    let found = peer();
+    let in_workload = found.entry.workload != IDENTITY_NONE;
+    Remote {
+        identity: if in_workload {
+            found.entry.workload
+        } else {
+            IDENTITY_HOST
+        },
         external: false,
-        local_entry: None,
-        local_socket: false,
-    };
-    if opener == DIRECTION_EGRESS {
-        if let Some(bound) = maps::bound_port(key.protocol, key.remote_port) {
-            remote.local_socket = true;
-            if let Some(e) = maps::cgroup_entry(slot, bound.cgroup_id) {
-                remote.identity = e.workload;
-                remote.local_entry = Some(e);
-            }
-        }
-    } else {
-        let mirrored = key.mirrored();
-        // SAFETY: plain integers; a racing update gives a stale identity
-        // that the generation check repairs.
-        if let Some(other) = unsafe { maps::FLOWS.get(mirrored) } {
-            remote.local_socket = true;
-            remote.identity = other.local;
-        }
+        local_entry: in_workload.then_some(found.entry),
+        local_socket: found.cgroup_id != 0,
+        peer_cgroup: found.cgroup_id,
     }
-    remote
 }
 
 /// The verdict-trie chain for the local workload's verdict class: exact

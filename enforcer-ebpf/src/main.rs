@@ -16,6 +16,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, SkBuffContext, SockAddrContext, SockContext},
 };
 use enforcer_common::{DIRECTION_EGRESS, DIRECTION_INGRESS};
+use sock_addr::Hook;
 
 #[cgroup_skb(egress)]
 pub fn enforcer_egress(ctx: SkBuffContext) -> i32 {
@@ -29,22 +30,22 @@ pub fn enforcer_ingress(ctx: SkBuffContext) -> i32 {
 
 #[cgroup_sock_addr(connect4)]
 pub fn enforcer_connect4(ctx: SockAddrContext) -> i32 {
-    sock_addr::handle(&ctx, 4)
+    sock_addr::handle(&ctx, 4, Hook::Connect)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn enforcer_connect6(ctx: SockAddrContext) -> i32 {
-    sock_addr::handle(&ctx, 6)
+    sock_addr::handle(&ctx, 6, Hook::Connect)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn enforcer_sendmsg4(ctx: SockAddrContext) -> i32 {
-    sock_addr::handle(&ctx, 4)
+    sock_addr::handle(&ctx, 4, Hook::Sendmsg)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn enforcer_sendmsg6(ctx: SockAddrContext) -> i32 {
-    sock_addr::handle(&ctx, 6)
+    sock_addr::handle(&ctx, 6, Hook::Sendmsg)
 }
 
 #[cgroup_sock(post_bind4)]

@@ -14,8 +14,8 @@ use aya_ebpf::{
     },
 };
 use enforcer_common::{
-    BoundPort, CACHED_VERDICT_SLOTS, COUNTED_IDENTITIES, COUNTER_ACTIONS, CachedVerdict,
-    CgroupEntry, Config, CounterKey, EVENTS_RING_BYTES, FlowKey, FlowValue,
+    BoundPort, BoundPortKey, CACHED_VERDICT_SLOTS, COUNTED_IDENTITIES, COUNTER_ACTIONS,
+    CachedVerdict, CgroupEntry, Config, CounterKey, EVENTS_RING_BYTES, FlowKey, FlowValue,
     GLOBAL_COUNTERS as GLOBAL_COUNTER_SLOTS, IDENTITY_WORLD, Identity, MAX_BOUND_PORTS,
     MAX_CGROUPS, MAX_COUNTERS, MAX_FAILSAFE_PORTS, MAX_FLOWS, MAX_PREFIXES_V4, MAX_PREFIXES_V6,
     MAX_VERDICTS, POLICY_SLOTS, PortKey, SlotPolicy, TCP_BOUND_PORT_WORDS, VerdictKey,
@@ -70,7 +70,8 @@ pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(
 pub static SOCKET_FLOWS: SocketStorage<FlowValue> = SocketStorage::new();
 
 #[map]
-pub static BOUND_PORTS: HashMap<PortKey, BoundPort> = HashMap::with_max_entries(MAX_BOUND_PORTS, 0);
+pub static BOUND_PORTS: HashMap<BoundPortKey, BoundPort> =
+    HashMap::with_max_entries(MAX_BOUND_PORTS, 0);
 
 /// A bit per TCP port, set while `BOUND_PORTS` holds it (see
 /// [`tcp_port_bound`]). Memory-mappable, so that the daemon's seeding sets
@@ -85,7 +86,7 @@ static TCP_BOUND_PORT_BITS: Array<u64> =
 /// lookup.
 #[unsafe(link_section = ".maps")]
 #[unsafe(export_name = "SOCKET_BINDS")]
-pub static SOCKET_BINDS: SocketStorage<PortKey> = SocketStorage::new();
+pub static SOCKET_BINDS: SocketStorage<BoundPortKey> = SocketStorage::new();
 
 #[map]
 static FAILSAFE: HashMap<PortKey, u8> = HashMap::with_max_entries(MAX_FAILSAFE_PORTS, 0);
@@ -332,12 +333,16 @@ pub fn is_failsafe(protocol: u8, port: u16) -> bool {
     unsafe { FAILSAFE.get(key).is_some() }
 }
 
+/// The socket bound to `port` in the network namespace `netns`, if the
+/// programs saw its `bind()` (or the daemon seeded it).
 #[inline(always)]
-pub fn bound_port(protocol: u8, port: u16) -> Option<BoundPort> {
-    let key = PortKey {
+pub fn bound_port(netns: u64, protocol: u8, port: u16) -> Option<BoundPort> {
+    let key = BoundPortKey {
+        netns,
         protocol,
         _pad: 0,
         port,
+        _pad2: 0,
     };
     // SAFETY: the value is plain integers.
     unsafe { BOUND_PORTS.get(key).copied() }

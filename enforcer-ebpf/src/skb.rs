@@ -8,17 +8,23 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{BPF_TCP_LISTEN, bpf_sock},
+    bindings::{
+        BPF_TCP_LISTEN, bpf_sock, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2,
+    },
     helpers::{
-        bpf_get_socket_cookie, bpf_sk_fullsock, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id,
-        bpf_tcp_sock,
+        bpf_sk_fullsock, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id, bpf_tcp_sock,
+        generated::{
+            bpf_sk_ancestor_cgroup_id, bpf_sk_cgroup_id, bpf_sk_lookup_tcp, bpf_sk_lookup_udp,
+            bpf_sk_release,
+        },
     },
     programs::SkBuffContext,
 };
 use enforcer_common::{
     ACTION_ALLOW, ACTION_DENY, CachedVerdict, Config, DIRECTION_EGRESS, DIRECTION_INGRESS, FlowKey,
     FlowValue, GLOBAL_COUNTER_DROPPED, GLOBAL_COUNTER_NEW_FLOWS, GLOBAL_COUNTER_PACKETS, Identity,
-    PROTO_TCP, ipv4_unmapped,
+    PROTO_TCP, PROTO_UDP, ipv4_unmapped,
     packet::{
         self, Bytes, CLASS_ECHO_REPLY, CLASS_ICMP_ERROR, CLASS_NEIGHBOUR_DISCOVERY, Packet,
         PacketBytes, TCP_ACK, TCP_SYN,
@@ -26,7 +32,9 @@ use enforcer_common::{
 };
 
 use crate::{
-    judge::{self, Remote, coarse_now_ns, event_due, now_ns, quiet, quiet_until, send_event},
+    judge::{
+        self, PeerSocket, Remote, coarse_now_ns, event_due, now_ns, quiet, quiet_until, send_event,
+    },
     maps,
 };
 
@@ -337,7 +345,7 @@ fn cached_connection(ctx: &SkBuffContext, cfg: &Config, sk: *mut bpf_sock) -> Op
     let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
     let cached = maps::cached_verdict(CachedVerdict::slot(cgroup_id, &addr, port, PROTO_TCP));
     (cached.matches(cgroup_id, family, PROTO_TCP, &addr, port, cfg.generation)
-        && opened_by_connect(ctx, sk))
+        && opened_by_connect(sk))
     .then_some(FlowValue {
         generation: cached.generation,
         local: cached.local,
@@ -391,20 +399,72 @@ fn mark_listener_port(ctx: &SkBuffContext, port: u16) {
 
 /// Whether a connected TCP socket opened its connection with `connect()`
 /// rather than being accepted by a listener: an accepted socket has its
-/// listener's port, which a socket of this host bound (`BOUND_PORTS`);
-/// a client usually has a port nobody bound, or one it bound itself (under
-/// its own cookie). A bound port without a known owner counts as a
-/// listener's.
+/// listener's port, which a socket bound (`TCP_BOUND_PORT_BITS`, in any
+/// network namespace); a client usually has a port nobody bound, or one it
+/// bound itself (then `SOCKET_BINDS` is on it: an accepted socket never
+/// carries its listener's storage).
 #[inline(always)]
-fn opened_by_connect(ctx: &SkBuffContext, sk: *mut bpf_sock) -> bool {
+fn opened_by_connect(sk: *mut bpf_sock) -> bool {
     // SAFETY: a field of a full socket (host byte order).
     let local_port = unsafe { (*sk).src_port } as u16;
-    if !maps::tcp_port_bound(local_port) {
-        return true;
+    // SAFETY: `sk` is a full socket.
+    !maps::tcp_port_bound(local_port) || unsafe { maps::SOCKET_BINDS.get(sk) }.is_some()
+}
+
+/// The socket at the other end of a connection to one of this host's own
+/// addresses, in this packet's network namespace: the one a packet of the
+/// flow's 4-tuple would be delivered to (a listener, a connected socket,
+/// or a bound UDP socket), and its workload. A socket in another namespace
+/// is another machine's.
+#[inline(always)]
+fn peer_socket(ctx: &SkBuffContext, slot: u32, key: &FlowKey) -> PeerSocket {
+    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    let size = if key.family == 4 {
+        tuple.__bindgen_anon_1.ipv4 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
+            saddr: word(&key.local_addr, 0),
+            daddr: word(&key.remote_addr, 0),
+            sport: key.local_port.to_be(),
+            dport: key.remote_port.to_be(),
+        };
+        size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>()
+    } else {
+        tuple.__bindgen_anon_1.ipv6 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 {
+            saddr: [0, 1, 2, 3].map(|i| word(&key.local_addr, i)),
+            daddr: [0, 1, 2, 3].map(|i| word(&key.remote_addr, i)),
+            sport: key.local_port.to_be(),
+            dport: key.remote_port.to_be(),
+        };
+        size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>()
+    } as u32;
+    // `BPF_F_CURRENT_NETNS`: the packet's own namespace.
+    const CURRENT_NETNS: u64 = u64::MAX;
+    // SAFETY: helpers on the program's own context and a tuple of `size`
+    // bytes on the stack. A socket found is released below on every path.
+    let sk = unsafe {
+        match key.protocol {
+            PROTO_TCP => bpf_sk_lookup_tcp(ctx.as_ptr(), &mut tuple, size, CURRENT_NETNS, 0),
+            PROTO_UDP => bpf_sk_lookup_udp(ctx.as_ptr(), &mut tuple, size, CURRENT_NETNS, 0),
+            _ => return PeerSocket::NONE,
+        }
+    };
+    if sk.is_null() {
+        return PeerSocket::NONE;
     }
-    // SAFETY: a helper on the program's own context, whose socket is `sk`.
-    maps::bound_port(PROTO_TCP, local_port)
-        .is_some_and(|bound| bound.cookie == unsafe { bpf_get_socket_cookie(ctx.as_ptr()) })
+    // SAFETY: `sk` is the referenced socket the lookup returned.
+    let cgroup_id = unsafe { bpf_sk_cgroup_id(sk.cast()) };
+    let entry = judge::find_local_entry(slot, cgroup_id, |level| unsafe {
+        bpf_sk_ancestor_cgroup_id(sk.cast(), level)
+    });
+    // SAFETY: as above; released once.
+    unsafe { bpf_sk_release(sk.cast()) };
+    PeerSocket { cgroup_id, entry }
+}
+
+/// Word `i` of an address as network-order bytes.
+#[inline(always)]
+fn word(addr: &[u8; 16], i: usize) -> u32 {
+    let b = i * 4;
+    u32::from_ne_bytes([addr[b], addr[b + 1], addr[b + 2], addr[b + 3]])
 }
 
 impl Store {
@@ -434,15 +494,13 @@ impl Store {
         }
     }
 
-    /// Records a judged flow. A flow with this host at the other end also
-    /// goes into `FLOWS`, where the other end's program looks for it
-    /// (`judge::resolve_remote`).
+    /// Records a judged flow: on its socket, or in `FLOWS` (also when the
+    /// socket has no memory for it).
     #[inline(always)]
-    fn record(self, key: &FlowKey, flow: &FlowValue, remote: &Remote) {
+    fn record(self, key: &FlowKey, flow: &FlowValue) {
         if let Store::Socket(sk) = self {
             // SAFETY: `sk` is a full socket (see `store_of`).
-            let stored = unsafe { maps::SOCKET_FLOWS.set(sk, flow) }.is_some();
-            if stored && remote.external {
+            if unsafe { maps::SOCKET_FLOWS.set(sk, flow) }.is_some() {
                 return;
             }
         }
@@ -514,9 +572,7 @@ fn judge_packet(
         // (the verdict cache knew it, until a policy change or another
         // destination took its slot): it is judged as what it is, whatever
         // its ports, rather than guessed from them.
-        (None, Store::Socket(sk)) if opened_by_connect(ctx, sk) => {
-            (DIRECTION_EGRESS, key.remote_port)
-        }
+        (None, Store::Socket(sk)) if opened_by_connect(sk) => (DIRECTION_EGRESS, key.remote_port),
         (None, _) => opener_and_service(p, key, direction),
     };
 
@@ -526,8 +582,10 @@ fn judge_packet(
     let local = judge::local_entry(cfg.active_slot, cgroup_id, |level| unsafe {
         bpf_skb_ancestor_cgroup_id(skb, level)
     });
-    let remote = judge::resolve_remote(cfg.active_slot, key, opener);
-    let v = judge::judge(
+    let remote = judge::resolve_remote(cfg.active_slot, key, || {
+        peer_socket(ctx, cfg.active_slot, key)
+    });
+    let mut v = judge::judge(
         cfg,
         local,
         opener,
@@ -536,6 +594,37 @@ fn judge_packet(
         service_port,
         key.remote_port,
     );
+    if opener == DIRECTION_EGRESS
+        && key.protocol == PROTO_UDP
+        && remote.local_socket
+        && v.action != ACTION_DENY
+    {
+        // A datagram to a socket of this host that its receiver refuses is
+        // refused at its send, as `sendmsg()` is (EPERM), not dropped at
+        // the receiver: a connected UDP socket sends without that hook.
+        let receiver = judge::judge(
+            cfg,
+            remote.local_entry,
+            DIRECTION_INGRESS,
+            PROTO_UDP,
+            &Remote {
+                identity: v.local,
+                external: false,
+                local_entry: local,
+                local_socket: true,
+                peer_cgroup: cgroup_id,
+            },
+            service_port,
+            key.local_port,
+        );
+        if receiver.action == ACTION_DENY {
+            v = judge::Verdict {
+                action: ACTION_DENY,
+                rule: receiver.rule,
+                local: v.local,
+            };
+        }
+    }
     let now = now_ns();
     let mut flow = FlowValue {
         generation: cfg.generation,
@@ -554,7 +643,7 @@ fn judge_packet(
         flow.quiet_until = quiet_until(cfg);
         send_event(cfg, key, &flow, now, direction);
     }
-    store.record(key, &flow, &remote);
+    store.record(key, &flow);
     maps::bump_counter(v.local, v.action);
     if v.action == ACTION_DENY { DROP } else { PASS }
 }

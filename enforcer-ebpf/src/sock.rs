@@ -1,22 +1,24 @@
 //! `cgroup/post_bind4|6` and `cgroup/sock_release`: remember which cgroup
-//! owns each bound port, so that a connection to this host's own address is
-//! judged against the receiving workload.
+//! owns each bound port of each network namespace, so that a connection to
+//! one of this host's own addresses from the same namespace is judged
+//! against the receiving workload.
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{bpf_get_current_cgroup_id, bpf_get_socket_cookie},
+    helpers::{bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie},
     programs::SockContext,
 };
-use enforcer_common::{BoundPort, PROTO_TCP, PROTO_UDP, PortKey};
+use enforcer_common::{BoundPort, BoundPortKey, PROTO_TCP, PROTO_UDP};
 
 use crate::maps;
 
 /// `cgroup/sock` hooks must return 1 or the operation fails.
 const CONTINUE: i32 = 1;
 
-/// The bound port of a socket; only readable in `post_bind4|6`.
+/// The bound port of a socket in its network namespace; only readable in
+/// `post_bind4|6`.
 #[inline(always)]
-fn port_key(ctx: &SockContext) -> Option<PortKey> {
+fn port_key(ctx: &SockContext) -> Option<BoundPortKey> {
     // SAFETY: the verifier checks each context field access.
     let sk = unsafe { &*ctx.sock };
     let protocol = sk.protocol as u8;
@@ -24,10 +26,13 @@ fn port_key(ctx: &SockContext) -> Option<PortKey> {
     if port == 0 || (protocol != PROTO_TCP && protocol != PROTO_UDP) {
         return None;
     }
-    Some(PortKey {
+    Some(BoundPortKey {
+        // SAFETY: a helper on the program's own context.
+        netns: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
         protocol,
         _pad: 0,
         port,
+        _pad2: 0,
     })
 }
 
@@ -65,12 +70,13 @@ pub fn released(ctx: &SockContext) -> i32 {
     // SAFETY: helper on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // Another socket may have bound the port since (SO_REUSEPORT, or after
-    // this one stopped listening): forget the port only if it is ours.
-    if maps::bound_port(key.protocol, key.port).is_some_and(|b| b.cookie == cookie)
-        && maps::BOUND_PORTS.remove(key).is_ok()
-        && key.protocol == PROTO_TCP
-    {
-        maps::mark_tcp_port(key.port, false);
+    // this one stopped listening): forget the port only if it is ours. Its
+    // bit in `TCP_BOUND_PORT_BITS` stays: another namespace may hold the
+    // same port, and a user of one namespace must not be able to clear a
+    // bit that another's listener needs; the daemon clears the bits of
+    // ports no namespace holds any more.
+    if maps::bound_port(key.netns, key.protocol, key.port).is_some_and(|b| b.cookie == cookie) {
+        let _ = maps::BOUND_PORTS.remove(key);
     }
     CONTINUE
 }

@@ -1,12 +1,22 @@
 //! `cgroup/connect4|6` and `cgroup/sendmsg4|6`: judge an outgoing TCP
 //! connection or UDP datagram before any packet exists, so that a denied
 //! one fails at once with EPERM instead of timing out. When the destination
-//! is a socket on this host, the receiver's ingress is judged too. An
-//! allowed remote destination goes into the verdict cache, where the
-//! packets of the TCP connection find it (see `skb.rs`).
+//! is a socket on this host (in the caller's network namespace), the
+//! receiver's ingress is judged too. An allowed remote destination goes
+//! into the verdict cache, where the packets of the TCP connection find it
+//! (see `skb.rs`).
+//!
+//! A UDP `connect()` sends nothing: it only picks a destination (iputils
+//! `ping` and glibc's address sorting `connect()` a UDP socket to learn
+//! which source address the route gives). It is not judged; the socket's
+//! datagrams are, when they are sent (`skb.rs`: a refused one fails the
+//! send with EPERM).
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id},
+    EbpfContext as _,
+    helpers::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_netns_cookie,
+    },
     programs::SockAddrContext,
 };
 use enforcer_common::{
@@ -15,16 +25,23 @@ use enforcer_common::{
 };
 
 use crate::{
-    judge::{self, Remote, Verdict, event_due, now_ns, send_event},
+    judge::{self, PeerSocket, Remote, Verdict, event_due, now_ns, send_event},
     maps,
 };
+
+/// Which hook runs: `connect()` or `sendmsg()`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    Connect,
+    Sendmsg,
+}
 
 const ALLOW: i32 = 1;
 /// Returning 0 from these hooks makes the syscall fail with EPERM.
 const REFUSE: i32 = 0;
 
 #[inline(always)]
-pub fn handle(ctx: &SockAddrContext, family: u8) -> i32 {
+pub fn handle(ctx: &SockAddrContext, family: u8, hook: Hook) -> i32 {
     let Some(cfg) = maps::config() else {
         return ALLOW;
     };
@@ -37,6 +54,9 @@ pub fn handle(ctx: &SockAddrContext, family: u8) -> i32 {
     let protocol = sa.protocol as u8;
     if protocol != PROTO_TCP && protocol != PROTO_UDP {
         // Ping sockets and raw sockets are judged per packet.
+        return ALLOW;
+    }
+    if protocol == PROTO_UDP && hook == Hook::Connect {
         return ALLOW;
     }
     if protocol == PROTO_UDP {
@@ -76,6 +96,8 @@ pub fn handle(ctx: &SockAddrContext, family: u8) -> i32 {
     } else {
         let attempt = Attempt {
             cgroup_id,
+            // SAFETY: a helper on the program's own context.
+            netns: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
             addr,
             port,
             family,
@@ -104,6 +126,9 @@ pub fn handle(ctx: &SockAddrContext, family: u8) -> i32 {
 /// A connection or datagram about to be sent.
 struct Attempt {
     cgroup_id: u64,
+    /// The caller's network namespace: only its sockets are this host's
+    /// sockets to it.
+    netns: u64,
     addr: [u32; 4],
     port: u16,
     family: u8,
@@ -125,6 +150,7 @@ enum Outcome {
 fn judge_attempt(cfg: &Config, attempt: &Attempt, allowed: &mut CachedVerdict) -> Outcome {
     let Attempt {
         cgroup_id,
+        netns,
         addr,
         port,
         family,
@@ -145,7 +171,15 @@ fn judge_attempt(cfg: &Config, attempt: &Attempt, allowed: &mut CachedVerdict) -
     let local = judge::local_entry(slot, cgroup_id, |level| unsafe {
         bpf_get_current_ancestor_cgroup_id(level)
     });
-    let remote = judge::resolve_remote(slot, &key, DIRECTION_EGRESS);
+    let remote = judge::resolve_remote(slot, &key, || {
+        match maps::bound_port(netns, protocol, port) {
+            Some(bound) => PeerSocket {
+                cgroup_id: bound.cgroup_id,
+                entry: maps::cgroup_entry(slot, bound.cgroup_id).unwrap_or(judge::NO_ENTRY),
+            },
+            None => PeerSocket::NONE,
+        }
+    });
     let sender = judge::judge(cfg, local, DIRECTION_EGRESS, protocol, &remote, port, port);
     if sender.action == ACTION_DENY || judge::event_due(sender.action, 0, 1) {
         refused(
@@ -167,6 +201,7 @@ fn judge_attempt(cfg: &Config, attempt: &Attempt, allowed: &mut CachedVerdict) -
             external: false,
             local_entry: local,
             local_socket: true,
+            peer_cgroup: cgroup_id,
         };
         let receiver = judge::judge(
             cfg,
@@ -178,13 +213,12 @@ fn judge_attempt(cfg: &Config, attempt: &Attempt, allowed: &mut CachedVerdict) -
             0,
         );
         if receiver.action == ACTION_DENY || judge::event_due(receiver.action, 0, 1) {
-            let receiver_cgroup = maps::bound_port(protocol, port).map_or(0, |b| b.cgroup_id);
             refused(
                 cfg,
                 &key.mirrored(),
                 &receiver,
                 sender.local,
-                receiver_cgroup,
+                remote.peer_cgroup,
                 DIRECTION_INGRESS,
             );
             if receiver.action == ACTION_DENY {

@@ -222,8 +222,12 @@ fn seeded_ports_never_replace_the_kernels_and_are_pruned() {
     assert!(marked(&dp, bound), "the kernel marked its port");
     assert!(!marked(&dp, unknown));
 
+    let netns = enforcer::dataplane::netns_cookie().expect("netns cookie");
     let added = dp
-        .seed_bound_ports(&[(PROTO_TCP, bound, 4242), (PROTO_TCP, unknown, 4343)])
+        .seed_bound_ports(
+            netns,
+            &[(PROTO_TCP, bound, 4242), (PROTO_TCP, unknown, 4343)],
+        )
         .expect("seed");
     assert_eq!(added, 1);
     assert_eq!(entry(&dp, bound), Some(kernel), "the kernel's entry stays");
@@ -233,18 +237,21 @@ fn seeded_ports_never_replace_the_kernels_and_are_pruned() {
 
     // The next scan no longer sees `unknown` bound: its seeded entry goes,
     // the kernel's stays.
-    assert_eq!(dp.seed_bound_ports(&[]).expect("seed"), 0);
+    assert_eq!(dp.seed_bound_ports(netns, &[]).expect("seed"), 0);
     assert_eq!(entry(&dp, unknown), None);
     assert_eq!(entry(&dp, bound), Some(kernel));
     assert!(!marked(&dp, unknown), "pruned, unmarked");
     assert!(marked(&dp, bound));
 
-    // The server closes its socket: the kernel forgets the port and its bit.
+    // The server closes its socket: the kernel forgets the port; its bit
+    // goes at the next seeding, which sees no namespace holding it.
     drop(server);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    while marked(&dp, bound) && std::time::Instant::now() < deadline {
+    while entry(&dp, bound).is_some() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     assert_eq!(entry(&dp, bound), None, "released");
+    assert!(marked(&dp, bound), "only the daemon clears a bit");
+    dp.seed_bound_ports(netns, &[]).expect("seed");
     assert!(!marked(&dp, bound), "released, unmarked");
 }

@@ -505,7 +505,13 @@ fn an_adopted_policy_is_not_replaced_by_an_empty_directory() {
     std::fs::remove_file(s.policies.0.join("policy.toml")).unwrap();
     daemon.restart();
     let status = daemon.status();
-    assert!(status.policy.is_none(), "{status:?}");
+    // What stays in force is the pinned policy, which the state directory
+    // holds too: adopted with its compiled form.
+    assert_eq!(
+        status.policy.as_ref().and_then(|p| p.origin.as_deref()),
+        Some("adopted"),
+        "{status:?}"
+    );
     let rejection = status
         .last_rejection
         .expect("the empty directory was refused");

@@ -238,8 +238,14 @@ fn a_failed_rollback_is_reported_and_retried_until_it_succeeds() {
     let s = adopted(|_| {});
     // Long enough to lower the limit before the rollback is due.
     let _candidate = s.apply_b_on_probation("2s");
-    // Connected before the limit: status must still be answerable.
+    // Connected (and accepted: one request answered) before the limit:
+    // status must still be answerable over it. A connection only queued
+    // would wait for an accept that has no descriptor left.
     let mut client = s.daemon.client();
+    assert!(matches!(
+        client.call(&Request::Status).expect("status"),
+        Response::Status(_)
+    ));
     let pid = s.daemon.pid();
     let old = set_open_files_limit(pid, None);
     let exhausted = libc::rlimit {

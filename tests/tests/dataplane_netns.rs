@@ -118,16 +118,55 @@ fn probe(report: enforcer_tests::ProbeReport) -> ProbeOutcome {
 
 const SHORT: Duration = Duration::from_millis(400);
 
+/// Where the programs are attached: the test's own cgroup, or the root of
+/// the cgroup v2 hierarchy as the daemon runs in production, where every
+/// process of this machine passes them (the test host's processes too,
+/// which belong to no workload).
+#[derive(Clone, Copy, Debug)]
+enum AttachAt {
+    TestCgroup,
+    CgroupRoot,
+}
+
+fn attached(parent: &CgroupGuard, at: AttachAt) -> Dataplane {
+    let (path, allow_root_cgroup) = match at {
+        AttachAt::TestCgroup => (parent.path(), false),
+        AttachAt::CgroupRoot => (
+            enforcer_tests::cgroup2_mount().expect("cgroup v2 mount"),
+            true,
+        ),
+    };
+    let mut dp = Dataplane::load(&DataplaneOptions {
+        allow_root_cgroup,
+        ..DataplaneOptions::default()
+    })
+    .expect("load");
+    dp.attach(path).expect("attach");
+    dp
+}
+
 #[test]
 fn egress_to_a_remote_peer_by_longest_prefix_ports_and_protocols() {
     let Some(_root) = require_root() else {
         return;
     };
+    egress_to_a_remote_peer_by_longest_prefix_ports_and_protocols_at(AttachAt::TestCgroup);
+}
+
+#[test]
+fn egress_to_a_remote_peer_by_longest_prefix_ports_and_protocols_with_the_programs_at_the_cgroup_root()
+ {
+    let Some(_root) = require_root() else {
+        return;
+    };
+    egress_to_a_remote_peer_by_longest_prefix_ports_and_protocols_at(AttachAt::CgroupRoot);
+}
+
+fn egress_to_a_remote_peer_by_longest_prefix_ports_and_protocols_at(at: AttachAt) {
     let host = TestHost::new("198.51.100.0/24", "2001:db8:71::/64").expect("test host");
     let parent = CgroupGuard::new().expect("cgroup");
     let a = parent.child("a").expect("cgroup a");
-    let mut dp = Dataplane::load(&DataplaneOptions::default()).expect("load");
-    dp.attach(parent.path()).expect("attach");
+    let mut dp = attached(&parent, at);
 
     let mut p = peers(&host);
     // 8000-8003/tcp to vendor (one 14-bit block), but 8002 denied (a longer
@@ -265,12 +304,24 @@ fn inbound_from_a_peer_and_local_workloads_over_the_host_address() {
     let Some(_root) = require_root() else {
         return;
     };
+    inbound_from_a_peer_and_local_workloads_over_the_host_address_at(AttachAt::TestCgroup);
+}
+
+#[test]
+fn inbound_from_a_peer_and_local_workloads_over_the_host_address_with_the_programs_at_the_cgroup_root()
+ {
+    let Some(_root) = require_root() else {
+        return;
+    };
+    inbound_from_a_peer_and_local_workloads_over_the_host_address_at(AttachAt::CgroupRoot);
+}
+
+fn inbound_from_a_peer_and_local_workloads_over_the_host_address_at(at: AttachAt) {
     let host = TestHost::new("203.0.113.0/24", "2001:db8:72::/64").expect("test host");
     let parent = CgroupGuard::new().expect("cgroup");
     let a = parent.child("a").expect("cgroup a");
     let b = parent.child("b").expect("cgroup b");
-    let mut dp = Dataplane::load(&DataplaneOptions::default()).expect("load");
-    dp.attach(parent.path()).expect("attach");
+    let mut dp = attached(&parent, at);
 
     // B serves 7000 and 7001 on this machine's veth address.
     let local = host.local_ipv4();
@@ -358,11 +409,22 @@ fn inbound_tcp_and_udp_from_a_peer_over_ipv4_and_ipv6() {
     let Some(_root) = require_root() else {
         return;
     };
+    inbound_tcp_and_udp_from_a_peer_over_ipv4_and_ipv6_at(AttachAt::TestCgroup);
+}
+
+#[test]
+fn inbound_tcp_and_udp_from_a_peer_over_ipv4_and_ipv6_with_the_programs_at_the_cgroup_root() {
+    let Some(_root) = require_root() else {
+        return;
+    };
+    inbound_tcp_and_udp_from_a_peer_over_ipv4_and_ipv6_at(AttachAt::CgroupRoot);
+}
+
+fn inbound_tcp_and_udp_from_a_peer_over_ipv4_and_ipv6_at(at: AttachAt) {
     let host = TestHost::new("198.51.100.0/24", "2001:db8:73::/64").expect("test host");
     let parent = CgroupGuard::new().expect("cgroup");
     let b = parent.child("b").expect("cgroup b");
-    let mut dp = Dataplane::load(&DataplaneOptions::default()).expect("load");
-    dp.attach(parent.path()).expect("attach");
+    let mut dp = attached(&parent, at);
     let mut p = peers(&host);
     entry(
         &mut p,

@@ -1254,10 +1254,20 @@ impl Engine {
                 return;
             }
         };
+        // The scan sees this namespace's sockets; the kernel keeps every
+        // namespace's apart.
+        let netns = match crate::dataplane::netns_cookie() {
+            Ok(cookie) => cookie,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot record the ports already bound");
+                return;
+            }
+        };
         let known: std::collections::BTreeMap<(u8, u16), enforcer_common::BoundPort> =
             match self.dataplane.bound_ports() {
                 Ok(entries) => entries
                     .into_iter()
+                    .filter(|(k, _)| k.netns == netns)
                     .map(|(k, v)| ((k.protocol, k.port), v))
                     .collect(),
                 Err(e) => {
@@ -1277,7 +1287,7 @@ impl Engine {
                 .filter(|(key, v)| v.cookie == 0 && scan.bound.contains(key))
                 .map(|(&(protocol, port), v)| (protocol, port, v.cgroup_id)),
         );
-        match self.dataplane.seed_bound_ports(&ports) {
+        match self.dataplane.seed_bound_ports(netns, &ports) {
             Ok(0) => {}
             Ok(added) => {
                 tracing::info!(added, "ports bound before the daemon started recorded")

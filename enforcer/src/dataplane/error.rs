@@ -114,6 +114,8 @@ pub enum DataplaneError {
         #[source]
         source: Box<ProgramError>,
     },
+    #[error("cannot read this network namespace's cookie (SO_NETNS_COOKIE, Linux 5.14)")]
+    UnableToReadNetns(#[source] std::io::Error),
     #[error("cannot list the host's addresses")]
     UnableToListAddresses(#[source] std::io::Error),
     #[error("cannot read {path}")]

@@ -67,6 +67,40 @@ impl HostAddrs {
     }
 }
 
+/// The cookie of this process's network namespace (`SO_NETNS_COOKIE`,
+/// Linux 5.14), as the programs see it with `bpf_get_netns_cookie`: the
+/// namespace the daemon seeds bound ports for.
+pub fn netns_cookie() -> Result<u64> {
+    /// `SO_NETNS_COOKIE` from the kernel's uapi (not in the libc crate).
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    // SAFETY: a new socket, closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(DataplaneError::UnableToReadNetns(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    let mut cookie = 0u64;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cookie`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            std::ptr::from_mut(&mut cookie).cast(),
+            &mut len,
+        )
+    };
+    let error = std::io::Error::last_os_error();
+    // SAFETY: the socket made above, closed once.
+    unsafe { libc::close(fd) };
+    if rc != 0 {
+        return Err(DataplaneError::UnableToReadNetns(error));
+    }
+    Ok(cookie)
+}
+
 /// Whether `cgroup_skb` programs can see which cgroup a socket belongs to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SocketMatching {
@@ -135,6 +169,13 @@ mod tests {
         let text = "32 31 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n\
                     41 31 0:38 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n";
         assert_eq!(socket_matching_from_mountinfo(text), SocketMatching::Works);
+    }
+
+    #[test]
+    fn this_network_namespace_has_a_cookie() {
+        let cookie = netns_cookie().unwrap();
+        assert_ne!(cookie, 0);
+        assert_eq!(netns_cookie().unwrap(), cookie);
     }
 
     #[test]

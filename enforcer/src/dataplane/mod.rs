@@ -28,16 +28,16 @@ use aya::{
     programs::links::{FdLink, PinnedLink},
 };
 use enforcer_common::{
-    BoundPort, CACHED_VERDICT_SLOTS, CachedVerdict, Config, FlowKey, FlowValue, Identity,
-    LAYOUT_DIR, MAX_FAILSAFE_PORTS, MODE_ALLOW, MODE_AUDIT, MODE_ENFORCE, PROTO_TCP, PortKey,
-    SlotPolicy, maps,
+    BoundPort, BoundPortKey, CACHED_VERDICT_SLOTS, CachedVerdict, Config, FlowKey, FlowValue,
+    Identity, LAYOUT_DIR, MAX_FAILSAFE_PORTS, MODE_ALLOW, MODE_AUDIT, MODE_ENFORCE, PROTO_TCP,
+    PortKey, SlotPolicy, maps,
 };
 
 pub use self::{
     counters::{CounterReader, GlobalCounters},
     error::{DataplaneError, Result},
     events::{EventReader, decode_event},
-    host::{HostAddrs, SocketMatching, check_cgroup_socket_matching},
+    host::{HostAddrs, SocketMatching, check_cgroup_socket_matching, netns_cookie},
     registration::RegistrationLimits,
     slots::{Plan, SlotContent, plan},
     test_run::{TestRunOutcome, ethernet_frame},
@@ -956,51 +956,51 @@ impl Dataplane {
         Ok(())
     }
 
-    /// The bound ports learned from `bind()`.
-    pub fn bound_ports(&self) -> Result<Vec<(PortKey, BoundPort)>> {
+    /// The bound ports learned from `bind()`, in every network namespace.
+    pub fn bound_ports(&self) -> Result<Vec<(BoundPortKey, BoundPort)>> {
         let name = maps::BOUND_PORTS;
-        let m: HashMap<&MapData, PortKey, BoundPort> = self.hash_map(name)?;
+        let m: HashMap<&MapData, BoundPortKey, BoundPort> = self.hash_map(name)?;
         m.iter().collect::<Result<_, _>>().map_err(read_err(name))
     }
 
-    /// Records ports that were bound before the programs saw their
-    /// `bind()` (services started before the daemon), as `(protocol, port,
-    /// cgroup id)`. An entry the kernel wrote is authoritative and kept.
-    /// Seeded entries carry cookie 0 (no socket has it), so no
-    /// `sock_release` ever forgets them: a seeded entry whose port is not
-    /// in `ports` any more is removed here instead. Returns how many
-    /// entries were added.
-    pub fn seed_bound_ports(&mut self, ports: &[(u8, u16, u64)]) -> Result<usize> {
+    /// Records ports of the network namespace `netns` (the daemon's) that
+    /// were bound before the programs saw their `bind()` (services started
+    /// before the daemon), as `(protocol, port, cgroup id)`. An entry the
+    /// kernel wrote is authoritative and kept. Seeded entries carry cookie 0
+    /// (no socket has it), so no `sock_release` ever forgets them: a seeded
+    /// entry whose port is not in `ports` any more is removed here instead.
+    /// Then clears the `TCP_BOUND_PORT_BITS` of ports no namespace holds any
+    /// more (the kernel only sets them). Returns how many entries were
+    /// added.
+    pub fn seed_bound_ports(&mut self, netns: u64, ports: &[(u8, u16, u64)]) -> Result<usize> {
         let name = maps::BOUND_PORTS;
-        let mut m: HashMap<&mut MapData, PortKey, BoundPort> = self.hash_map_mut(name)?;
-        let key = |protocol: u8, port: u16| PortKey {
+        let mut m: HashMap<&mut MapData, BoundPortKey, BoundPort> = self.hash_map_mut(name)?;
+        let key = |protocol: u8, port: u16| BoundPortKey {
+            netns,
             protocol,
             _pad: 0,
             port,
+            _pad2: 0,
         };
         let wanted: std::collections::BTreeSet<(u8, u16)> =
             ports.iter().map(|&(p, port, _)| (p, port)).collect();
-        let existing: Vec<(PortKey, BoundPort)> =
+        let existing: Vec<(BoundPortKey, BoundPort)> =
             m.iter().collect::<Result<_, _>>().map_err(read_err(name))?;
-        // The per-packet path tests TCP ports in a bitmap beside the table.
-        let mut tcp_bits = Vec::new();
         for (k, v) in &existing {
-            if v.cookie == 0 && !wanted.contains(&(k.protocol, k.port)) {
+            if k.netns == netns && v.cookie == 0 && !wanted.contains(&(k.protocol, k.port)) {
                 slots::removed(m.remove(k), name)?;
-                if k.protocol == PROTO_TCP {
-                    tcp_bits.push((k.port, false));
-                }
             }
         }
         // `BPF_NOEXIST` from the kernel's uapi (not in the libc crate).
         const BPF_NOEXIST: u64 = 1;
         let mut added = 0;
+        // The per-packet path tests TCP ports in a bitmap beside the table.
+        let mut tcp_bits = Vec::new();
         for &(protocol, port, cgroup_id) in ports {
-            let k = key(protocol, port);
             // BPF_NOEXIST: a socket bound meanwhile (the kernel's entry)
             // wins over what the scan saw.
             match m.insert(
-                k,
+                key(protocol, port),
                 BoundPort {
                     cgroup_id,
                     cookie: 0,
@@ -1016,7 +1016,21 @@ impl Dataplane {
                 tcp_bits.push((port, true));
             }
         }
-        port_bits::mark(self.array_map_data(maps::TCP_BOUND_PORT_BITS)?, &tcp_bits)?;
+        // What every namespace holds now, read after the writes: a bit is
+        // cleared only for a port none holds. A port bound between this read
+        // and the clear loses its bit until the first SYN to its listener
+        // marks it again (`skb.rs`).
+        let held: std::collections::BTreeSet<u16> = m
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(read_err(name))?
+            .into_iter()
+            .filter(|k| k.protocol == PROTO_TCP)
+            .map(|k| k.port)
+            .collect();
+        let bits = self.array_map_data(maps::TCP_BOUND_PORT_BITS)?;
+        port_bits::mark(bits, &tcp_bits)?;
+        port_bits::keep_only(bits, &held)?;
         Ok(added)
     }
 

@@ -49,3 +49,28 @@ pub fn is_marked(map: &MapData, port: u16) -> Result<bool> {
     let (index, bit) = tcp_bound_port_bit(port);
     Ok(word(&mapping, index).load(Ordering::Relaxed) & bit != 0)
 }
+
+/// Clears the bit of every port not in `held`. Bits are changed one atomic
+/// operation at a time: a bit the kernel sets meanwhile in the same word
+/// is kept.
+pub fn keep_only(map: &MapData, held: &std::collections::BTreeSet<u16>) -> Result<()> {
+    let mapping = mapping(map)?;
+    for index in 0..TCP_BOUND_PORT_WORDS {
+        let word = word(&mapping, index);
+        let set = word.load(Ordering::Relaxed);
+        if set == 0 {
+            continue;
+        }
+        let mut stale = 0u64;
+        for bit in 0..64u32 {
+            let port = (index * 64 + bit) as u16;
+            if set & (1 << bit) != 0 && !held.contains(&port) {
+                stale |= 1 << bit;
+            }
+        }
+        if stale != 0 {
+            word.fetch_and(!stale, Ordering::Relaxed);
+        }
+    }
+    Ok(())
+}

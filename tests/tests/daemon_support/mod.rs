@@ -149,10 +149,30 @@ impl Daemon {
         daemon
     }
 
+    /// A daemon as production runs it: its programs on the root of the
+    /// cgroup v2 hierarchy, where every process of this machine passes them
+    /// (the test runner included, unmanaged: `--unmanaged allow`); the
+    /// policy's patterns are relative to that root. Started, READY=1.
+    pub fn start_at_cgroup_root(policies: &Path, extra: &[&str]) -> Daemon {
+        let mount = enforcer_tests::cgroup2_mount().expect("cgroup v2 mount");
+        let mut daemon = Daemon::prepare_at(mount.to_path_buf(), policies, extra, &[]);
+        daemon.restart();
+        daemon
+    }
+
     /// A daemon with these settings, not started yet: [`Daemon::restart`]
     /// or [`Daemon::try_restart`] starts it.
     pub fn prepare(
         root: &CgroupGuard,
+        policies: &Path,
+        extra: &[&str],
+        wrapper: &[&str],
+    ) -> Daemon {
+        Daemon::prepare_at(root.path().to_path_buf(), policies, extra, wrapper)
+    }
+
+    fn prepare_at(
+        cgroup_root: PathBuf,
         policies: &Path,
         extra: &[&str],
         wrapper: &[&str],
@@ -168,7 +188,7 @@ impl Daemon {
             socket: scratch.0.join("enforcer.sock"),
             bpffs,
             policies: policies.to_path_buf(),
-            cgroup_root: root.path().to_path_buf(),
+            cgroup_root,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             wrapper: wrapper.iter().map(|s| s.to_string()).collect(),
             state_dir: scratch.0.join("state"),
