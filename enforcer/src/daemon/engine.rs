@@ -847,6 +847,8 @@ impl Engine {
             reloads_ok: self.reloads_ok,
             reloads_failed: self.reloads_failed,
             not_enforced,
+            // The status board's, filled in outside the engine.
+            integrity: Default::default(),
         }
     }
 }

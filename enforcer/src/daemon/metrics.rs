@@ -66,6 +66,26 @@ pub fn render(status: &StatusReport) -> String {
     let _ = writeln!(out, "enforcer_not_enforced {}", status.not_enforced.len());
     let _ = writeln!(
         out,
+        "# HELP enforcer_integrity_repairs_total Links re-attached and pins restored by the integrity check."
+    );
+    let _ = writeln!(out, "# TYPE enforcer_integrity_repairs_total counter");
+    let _ = writeln!(
+        out,
+        "enforcer_integrity_repairs_total {}",
+        status.integrity.repairs
+    );
+    let _ = writeln!(
+        out,
+        "# HELP enforcer_integrity_unrepaired 1 while a link or pin found broken could not be repaired."
+    );
+    let _ = writeln!(out, "# TYPE enforcer_integrity_unrepaired gauge");
+    let _ = writeln!(
+        out,
+        "enforcer_integrity_unrepaired {}",
+        u8::from(!status.integrity.ok)
+    );
+    let _ = writeln!(
+        out,
         "# HELP enforcer_workload_cgroups Cgroups matched by each workload."
     );
     let _ = writeln!(out, "# TYPE enforcer_workload_cgroups gauge");
@@ -190,6 +210,12 @@ mod tests {
             reloads_ok: 7,
             reloads_failed: 1,
             not_enforced: Vec::new(),
+            integrity: crate::api::IntegrityStatus {
+                ok: false,
+                repairs: 2,
+                last: None,
+                problems: vec!["link pin cgroup/connect4 cannot be restored".into()],
+            },
         }
     }
 
@@ -200,6 +226,8 @@ mod tests {
         assert!(text.contains("enforcer_reloads_total{result=\"failure\"} 1\n"));
         assert!(text.contains("enforcer_packets_total{workload=\"web\",verdict=\"deny\"} 2\n"));
         assert!(text.contains("enforcer_events_lost_total 3\n"));
+        assert!(text.contains("enforcer_integrity_repairs_total 2\n"));
+        assert!(text.contains("enforcer_integrity_unrepaired 1\n"));
         assert_eq!(label("a\"b"), "a\\\"b");
     }
 

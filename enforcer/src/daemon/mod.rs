@@ -7,6 +7,7 @@
 //! - [`flows`]: the verdict event history;
 //! - [`status`]: what `status` and metrics show, read without the engine;
 //! - [`metrics`]: the Prometheus endpoint;
+//! - [`integrity`]: the periodic check and repair of links and pins;
 //! - [`memory`]: the allocator set up for a daemon that loads policies;
 //! - [`duration`], [`time`]: operator-written durations; kernel timestamps
 //!   to wall-clock time.
@@ -14,6 +15,7 @@
 pub mod duration;
 pub mod engine;
 pub mod flows;
+pub mod integrity;
 pub mod memory;
 pub mod metrics;
 pub mod status;
@@ -128,6 +130,16 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         }
     };
     let events = dataplane.take_events()?;
+    let integrity_book = Arc::new(integrity::IntegrityBook::default());
+    if let Some(reasons) = dataplane.replaced_maps() {
+        integrity_book.repaired(
+            format!(
+                "pinned maps replaced by fresh ones ({})",
+                reasons.join("; ")
+            ),
+            SystemTime::now(),
+        );
+    }
 
     let tree = CgroupTree::scan(&root)
         .with_context(|| format!("scanning cgroups under {}", root.display()))?;
@@ -173,6 +185,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             }
         }
     }
+    // Attached: from now on every link is this process's own, and kept
+    // attached and pinned by the integrity check.
+    let integrity_monitor = engine.dataplane_mut().integrity_monitor();
     // Attached: from now on the kernel sees every bind(); the ports bound
     // before (services started before the daemon) come from a scan.
     engine.seed_bound_ports();
@@ -184,6 +199,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         engine
             .counter_reader()
             .context("opening the counter maps for status")?,
+        Arc::clone(&integrity_book),
     ));
     let shared = Arc::new(Shared {
         engine: tokio::sync::Mutex::new(engine),
@@ -200,6 +216,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let serving = Arc::clone(&server);
     tokio::spawn(async move { serving.serve(handler).await });
     tokio::spawn(read_events(events, event_policy, flow_history));
+    tokio::spawn(integrity::watch(integrity_monitor, integrity_book));
     if let Some(addr) = settings.metrics {
         let board = Arc::clone(&board);
         tokio::spawn(async move {
