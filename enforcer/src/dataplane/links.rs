@@ -106,6 +106,20 @@ impl KeptLink {
     /// Attaches the program again with a new link, which replaces this
     /// one's descriptor; the old link is detached (whoever else holds it).
     pub(crate) fn reattach(&mut self) -> io::Result<()> {
+        if let Target::Cgroup {
+            path, cgroup_id, ..
+        } = &self.target
+        {
+            // The kernel detaches the links of a cgroup that is removed;
+            // its open directory would still take a new one.
+            let current = std::fs::metadata(path).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+            if current.ok() != Some(*cgroup_id) {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "the cgroup was removed",
+                ));
+            }
+        }
         let (link, info) = new_link(&self.program, &self.target)?;
         let old = std::mem::replace(&mut self.link, link);
         self.id = info.id;
