@@ -12,7 +12,10 @@ pub mod server;
 pub use access::{Access, AccessError, Group, Role, resolve_group};
 pub use client::{Client, ClientError};
 pub use limits::Limits;
-pub use proto::{FlowRecord, PolicyFile, Request, Response, StatusReport, Verdict};
+pub use proto::{
+    FlowRecord, IntegrityRepair, IntegrityStatus, PolicyFile, Request, Response, StatusReport,
+    Verdict,
+};
 pub use server::{Handler, Reply, Server, ServerError};
 
 #[cfg(test)]

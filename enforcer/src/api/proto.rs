@@ -257,6 +257,45 @@ pub struct Rejection {
     pub errors: Vec<String>,
 }
 
+/// Whether the data plane is as the daemon made it: its programs attached
+/// and its pins (links, maps) its own. The daemon checks every half second
+/// and repairs what it finds (see `docs/daemon.md`, "Integrity").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IntegrityStatus {
+    /// False while something found broken could not be repaired.
+    pub ok: bool,
+    /// Repairs since the daemon started.
+    pub repairs: u64,
+    /// The last repair.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<IntegrityRepair>,
+    /// What is broken and could not be repaired; empty when `ok`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}
+
+impl Default for IntegrityStatus {
+    /// Nothing found broken yet.
+    fn default() -> Self {
+        IntegrityStatus {
+            ok: true,
+            repairs: 0,
+            last: None,
+            problems: Vec::new(),
+        }
+    }
+}
+
+/// One repair of the data plane.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IntegrityRepair {
+    /// RFC 3339 with milliseconds, UTC.
+    pub time: String,
+    /// What was repaired: `link cgroup_skb/egress re-attached`, `map pin
+    /// FLOWS restored (it was removed)`...
+    pub what: String,
+}
+
 /// The answer to `status`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusReport {
@@ -282,6 +321,10 @@ pub struct StatusReport {
     /// daemons (then all zero).
     #[serde(default)]
     pub cgroup_discovery: CgroupDiscovery,
+    /// Tamper detection and repair (absent from an earlier daemon's
+    /// answer: then the default).
+    #[serde(default)]
+    pub integrity: IntegrityStatus,
 }
 
 /// What the cgroup walks could not see (see `docs/daemon.md`, "Cgroups").

@@ -65,6 +65,17 @@ pub fn write_text(out: &mut impl Write, r: &StatusReport) -> std::io::Result<()>
         "daemon: pid {}, version {}, up since {}",
         r.pid, r.version, r.started_at
     )?;
+    let integrity = &r.integrity;
+    write!(
+        out,
+        "integrity: {}, {} repairs",
+        if integrity.ok { "ok" } else { "NOT OK" },
+        integrity.repairs
+    )?;
+    match &integrity.last {
+        Some(last) => writeln!(out, " (last at {}: {})", last.time, last.what)?,
+        None => writeln!(out)?,
+    }
     match &r.policy {
         Some(p) => {
             writeln!(
@@ -166,6 +177,7 @@ mod tests {
             reloads_ok: 0,
             reloads_failed: 0,
             not_enforced: Vec::new(),
+            integrity: Default::default(),
             cgroup_discovery: discovery,
         }
     }

@@ -1455,6 +1455,8 @@ impl Engine {
             reloads_failed: self.reloads_failed,
             not_enforced,
             cgroup_discovery: discovery_report(self.discovery.status()),
+            // The status board's, filled in outside the engine.
+            integrity: Default::default(),
         }
     }
 }

@@ -97,6 +97,26 @@ pub fn render(status: &StatusReport) -> String {
     );
     let _ = writeln!(
         out,
+        "# HELP enforcer_integrity_repairs_total Links re-attached and pins restored by the integrity check."
+    );
+    let _ = writeln!(out, "# TYPE enforcer_integrity_repairs_total counter");
+    let _ = writeln!(
+        out,
+        "enforcer_integrity_repairs_total {}",
+        status.integrity.repairs
+    );
+    let _ = writeln!(
+        out,
+        "# HELP enforcer_integrity_unrepaired 1 while a link or pin found broken could not be repaired."
+    );
+    let _ = writeln!(out, "# TYPE enforcer_integrity_unrepaired gauge");
+    let _ = writeln!(
+        out,
+        "enforcer_integrity_unrepaired {}",
+        u8::from(!status.integrity.ok)
+    );
+    let _ = writeln!(
+        out,
         "# HELP enforcer_workload_cgroups Cgroups matched by each workload."
     );
     let _ = writeln!(out, "# TYPE enforcer_workload_cgroups gauge");
@@ -224,6 +244,12 @@ mod tests {
             reloads_ok: 7,
             reloads_failed: 1,
             not_enforced: Vec::new(),
+            integrity: crate::api::IntegrityStatus {
+                ok: false,
+                repairs: 2,
+                last: None,
+                problems: vec!["link pin cgroup/connect4 cannot be restored".into()],
+            },
             cgroup_discovery: CgroupDiscovery {
                 cgroups: 12,
                 skipped: SkippedCgroups {
@@ -250,6 +276,8 @@ mod tests {
         assert!(text.contains("enforcer_cgroups_skipped{reason=\"vanished\"} 0\n"));
         assert!(text.contains("enforcer_cgroups_unwatched 0\n"));
         assert!(text.contains("enforcer_cgroup_rescans_failed_total 5\n"));
+        assert!(text.contains("enforcer_integrity_repairs_total 2\n"));
+        assert!(text.contains("enforcer_integrity_unrepaired 1\n"));
         assert_eq!(label("a\"b"), "a\\\"b");
     }
 

@@ -9,6 +9,7 @@
 //! - [`flows`]: the verdict event history;
 //! - [`status`]: what `status` and metrics show, read without the engine;
 //! - [`metrics`]: the Prometheus endpoint;
+//! - [`integrity`]: the periodic check and repair of links and pins;
 //! - [`memory`]: the allocator set up for a daemon that loads policies;
 //! - [`duration`], [`time`]: operator-written durations; kernel timestamps
 //!   to wall-clock time.
@@ -17,6 +18,7 @@ mod addr_watch;
 pub mod duration;
 pub mod engine;
 pub mod flows;
+pub mod integrity;
 pub mod memory;
 pub mod metrics;
 pub mod state;
@@ -138,6 +140,16 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         }
     };
     let events = dataplane.take_events()?;
+    let integrity_book = Arc::new(integrity::IntegrityBook::default());
+    if let Some(reasons) = dataplane.replaced_maps() {
+        integrity_book.repaired(
+            format!(
+                "pinned maps replaced by fresh ones ({})",
+                reasons.join("; ")
+            ),
+            SystemTime::now(),
+        );
+    }
 
     // The first snapshot is taken with the watches in place, so that a
     // cgroup created while the policy loads is reported (queued) rather
@@ -184,6 +196,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             }
         }
     }
+    // Attached: from now on every link is this process's own, and kept
+    // attached and pinned by the integrity check.
+    let integrity_monitor = engine.dataplane_mut().integrity_monitor();
     // Attached: from now on the kernel sees every bind(); the ports bound
     // before (services started before the daemon) come from a scan.
     engine.seed_bound_ports();
@@ -198,6 +213,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         engine
             .counter_reader()
             .context("opening the counter maps for status")?,
+        Arc::clone(&integrity_book),
     ));
     let shared = Arc::new(Shared {
         engine: tokio::sync::Mutex::new(engine),
@@ -214,6 +230,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let serving = Arc::clone(&server);
     tokio::spawn(async move { serving.serve(handler).await });
     tokio::spawn(read_events(events, event_policy, flow_history));
+    tokio::spawn(integrity::watch(integrity_monitor, integrity_book));
     if let Some(addr) = settings.metrics {
         let board = Arc::clone(&board);
         tokio::spawn(async move {

@@ -9,21 +9,29 @@ use std::sync::{Arc, RwLock};
 
 use enforcer_common::{ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY};
 
+use super::integrity::IntegrityBook;
 use crate::api::StatusReport;
 use crate::api::proto::VerdictCounters;
 use crate::dataplane::CounterReader;
 
-/// The last published status, and the counters' handles.
+/// The last published status, the counters' handles, and the integrity
+/// check's findings.
 pub struct StatusBoard {
     published: RwLock<Arc<StatusReport>>,
     counters: CounterReader,
+    integrity: Arc<IntegrityBook>,
 }
 
 impl StatusBoard {
-    pub fn new(initial: StatusReport, counters: CounterReader) -> StatusBoard {
+    pub fn new(
+        initial: StatusReport,
+        counters: CounterReader,
+        integrity: Arc<IntegrityBook>,
+    ) -> StatusBoard {
         StatusBoard {
             published: RwLock::new(Arc::new(initial)),
             counters,
+            integrity,
         }
     }
 
@@ -44,11 +52,21 @@ impl StatusBoard {
         }
     }
 
-    /// The last published state with the counters as they are now: three
-    /// map lookups per workload, so call it where blocking is fine.
+    /// The last published state with the counters as they are now (three
+    /// map lookups per workload, so call it where blocking is fine) and
+    /// the integrity check's findings: what it could not repair is also
+    /// `not_enforced`.
     pub fn current(&self) -> StatusReport {
         let mut report = (*self.published()).clone();
         with_counters(&mut report, &self.counters);
+        report.integrity = self.integrity.snapshot();
+        report.not_enforced.extend(
+            report
+                .integrity
+                .problems
+                .iter()
+                .map(|problem| format!("integrity: {problem}")),
+        );
         report
     }
 }

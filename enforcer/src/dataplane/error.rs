@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use aya::{EbpfError, maps::MapError, pin::PinError, programs::ProgramError};
+use aya::{EbpfError, maps::MapError, programs::ProgramError};
 
 /// Everything that can go wrong loading, attaching, writing or reading the
 /// kernel side.
@@ -50,7 +50,20 @@ pub enum DataplaneError {
         program: &'static str,
         path: PathBuf,
         #[source]
-        source: PinError,
+        source: std::io::Error,
+    },
+    #[error("cannot read the compiled eBPF object: {0}")]
+    UnableToParseObject(String),
+    #[error("map {map} was created with {difference}: the programs must not run with it")]
+    WrongMapShape {
+        map: &'static str,
+        difference: String,
+    },
+    #[error("cannot pin the manifest of the maps at {path}")]
+    UnableToPinManifest {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
     },
     #[error("cannot take over the pinned link {path}")]
     UnableToAdoptLink {

@@ -2,11 +2,16 @@
 //! write compiled policies into the maps (two slots, flipped atomically),
 //! and read events and counters back. See `docs/dataplane.md`.
 
+mod adoption;
+mod bpf_sys;
 mod counters;
 mod error;
 mod events;
 mod host;
+mod integrity;
 mod kernel_btf;
+mod links;
+mod pin;
 mod port_bits;
 mod programs;
 mod registration;
@@ -20,12 +25,12 @@ use std::{
     fs::File,
     os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},
     path::{Path, PathBuf},
+    sync::{Arc, Mutex, PoisonError},
 };
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, Map, MapData},
-    programs::links::{FdLink, PinnedLink},
 };
 use enforcer_common::{
     BoundPort, BoundPortKey, CACHED_VERDICT_SLOTS, CachedVerdict, Config, FlowKey, FlowValue,
@@ -33,18 +38,21 @@ use enforcer_common::{
     PortKey, SlotPolicy, maps,
 };
 
+use self::{
+    adoption::{Adoption, KeptMap},
+    error::{read_err, type_err, write_err},
+    links::{KeptLink, LinkSet, Target},
+    programs::PROGRAMS,
+};
 pub use self::{
     counters::{CounterReader, GlobalCounters},
     error::{DataplaneError, Result},
     events::{EventReader, decode_event},
     host::{HostAddrs, SocketMatching, check_cgroup_socket_matching, netns_cookie},
+    integrity::{IntegrityMonitor, IntegrityReport},
     registration::RegistrationLimits,
     slots::{Plan, SlotContent, plan},
     test_run::{TestRunOutcome, ethernet_frame},
-};
-use self::{
-    error::{read_err, type_err, write_err},
-    programs::PROGRAMS,
 };
 use crate::compile::compiled::CompiledPolicy;
 
@@ -185,8 +193,16 @@ pub struct Dataplane {
     /// `<pin_root>/v<LAYOUT_VERSION>`, when pinning.
     pin_dir: Option<PathBuf>,
     allow_root_cgroup: bool,
-    /// Links owned by this process (not pinned): dropping them detaches.
-    links: Vec<FdLink>,
+    /// The links of this process, pinned or not: held (as well as pinned),
+    /// so that removing a pin detaches nothing while this value lives, and
+    /// shared with the [`IntegrityMonitor`], which repairs them.
+    links: Arc<Mutex<LinkSet>>,
+    /// A descriptor of every map (and of the manifest, when pinning), for
+    /// the [`IntegrityMonitor`]: the events map leaves `ebpf` when taken.
+    maps: Arc<Vec<KeptMap>>,
+    /// Why the maps pinned by an earlier process were not adopted, when
+    /// they were not.
+    replaced_maps: Option<Vec<String>>,
     /// What the active slot's cgroup map holds, to rewrite it on `apply`.
     cgroups: BTreeMap<u64, ResolvedCgroup>,
     /// What each slot holds, as written by this value; `None` when unknown
@@ -207,7 +223,7 @@ impl std::fmt::Debug for Dataplane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Dataplane")
             .field("pin_dir", &self.pin_dir)
-            .field("links", &self.links.len())
+            .field("links", &self.links)
             .field("cgroups", &self.cgroups.len())
             .field("known_slots", &self.written.each_ref().map(|w| w.is_some()))
             .field("registration", &self.name_key.is_some())
@@ -230,6 +246,11 @@ fn is_bpffs(path: &Path) -> bool {
 
 /// The `bpf(2)` command number (`enum bpf_cmd`), which libc does not name.
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+
+/// An I/O error of a system call, as aya reports one.
+fn syscall_error(call: &'static str, io_error: std::io::Error) -> aya::programs::ProgramError {
+    aya::programs::ProgramError::SyscallError(aya::sys::SyscallError { call, io_error })
+}
 
 /// The names of every map, for pinning.
 const ALL_MAPS: [&str; 30] = [
@@ -294,6 +315,22 @@ impl Dataplane {
             }
             None => None,
         };
+        let shapes = adoption::expected_shapes(OBJECT)?;
+        let adoption = match &pin_dir {
+            Some(dir) => adoption::vet(dir, &shapes)?,
+            None => Adoption::Fresh,
+        };
+        if let Adoption::Replaced { reasons } = &adoption {
+            for reason in reasons {
+                tracing::warn!(
+                    pins = %pin_dir.as_deref().unwrap_or(Path::new("")).display(),
+                    "the pinned maps are not adopted: {reason}"
+                );
+            }
+            tracing::warn!(
+                "every pinned map was removed: fresh maps are created and filled completely by the next apply"
+            );
+        }
         let mut loader = EbpfLoader::new();
         if let Some(dir) = &pin_dir {
             for name in ALL_MAPS {
@@ -303,12 +340,23 @@ impl Dataplane {
         let mut ebpf = loader
             .load(OBJECT)
             .map_err(|e| DataplaneError::UnableToLoadObject(Box::new(e)))?;
+        let mut maps = adoption::check_loaded(&ebpf, &shapes, pin_dir.as_deref())?;
+        if let Some(dir) = &pin_dir {
+            let adopted_manifest = matches!(adoption, Adoption::Adopted { manifest: true });
+            maps.push(adoption::pin_manifest(dir, &maps, adopted_manifest)?);
+        }
         programs::load_all(&mut ebpf)?;
+        let links_dir = pin_dir.as_ref().map(|dir| dir.join("links"));
         let mut dp = Dataplane {
             ebpf,
             pin_dir,
             allow_root_cgroup: options.allow_root_cgroup,
-            links: Vec::new(),
+            links: Arc::new(Mutex::new(LinkSet::new(links_dir))),
+            maps: Arc::new(maps),
+            replaced_maps: match adoption {
+                Adoption::Replaced { reasons } => Some(reasons),
+                _ => None,
+            },
             cgroups: BTreeMap::new(),
             written: [None, None],
             name_key: None,
@@ -348,49 +396,50 @@ impl Dataplane {
                 path: cgroup_dir.to_owned(),
                 source,
             })?;
-        for (name, kind) in PROGRAMS {
-            let link = programs::attach_one(&mut self.ebpf, name, kind, &cgroup, cgroup_dir)?;
-            self.keep_link(name, link)?;
+        let cgroup_id =
+            std::os::unix::fs::MetadataExt::ino(&cgroup.metadata().map_err(|source| {
+                DataplaneError::UnableToOpenCgroup {
+                    path: cgroup_dir.to_owned(),
+                    source,
+                }
+            })?);
+        let cgroup = Arc::new(cgroup);
+        for program in PROGRAMS {
+            let target = Target::Cgroup {
+                dir: Arc::clone(&cgroup),
+                path: cgroup_dir.to_owned(),
+                cgroup_id,
+                attach_type: program.attach_type as u32,
+            };
+            let fd = programs::program_fd(&self.ebpf, program.name)?;
+            let link = KeptLink::attach(program.name, program.hook, fd, target).map_err(|e| {
+                DataplaneError::UnableToAttach {
+                    program: program.name,
+                    path: cgroup_dir.to_owned(),
+                    source: Box::new(syscall_error("bpf_link_create", e)),
+                }
+            })?;
+            self.link_set().keep(link)?;
         }
         Ok(())
     }
 
-    /// Keeps a new link alive: pinned (replacing, and then detaching, the
-    /// link an earlier process pinned for the same program, so there is no
-    /// gap) or owned by this value.
-    fn keep_link(&mut self, name: &'static str, link: FdLink) -> Result<()> {
-        let Some(dir) = &self.pin_dir else {
-            self.links.push(link);
-            return Ok(());
-        };
-        let path = dir.join("links").join(name);
-        // Take the old link out of the pin but keep it attached until the
-        // new one is pinned.
-        let old = if path.exists() {
-            let pinned =
-                PinnedLink::from_pin(&path).map_err(|e| DataplaneError::UnableToAdoptLink {
-                    path: path.clone(),
-                    source: std::io::Error::other(e),
-                })?;
-            Some(
-                pinned
-                    .unpin()
-                    .map_err(|source| DataplaneError::UnableToAdoptLink {
-                        path: path.clone(),
-                        source,
-                    })?,
-            )
-        } else {
-            None
-        };
-        link.pin(&path)
-            .map_err(|source| DataplaneError::UnableToPinLink {
-                program: name,
-                path: path.clone(),
-                source,
-            })?;
-        drop(old);
-        Ok(())
+    fn link_set(&self) -> std::sync::MutexGuard<'_, LinkSet> {
+        self.links.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A monitor of this value's links and pins, to run
+    /// [`IntegrityMonitor::check`] on from another thread (the daemon:
+    /// every half second, without its engine's lock).
+    pub fn integrity_monitor(&self) -> IntegrityMonitor {
+        IntegrityMonitor::new(Arc::clone(&self.links), Arc::clone(&self.maps))
+    }
+
+    /// Why the maps pinned by an earlier process were removed at load
+    /// instead of adopted (a map of the wrong shape, a missing one, one
+    /// the manifest does not name...), when they were.
+    pub fn replaced_maps(&self) -> Option<&[String]> {
+        self.replaced_maps.as_deref()
     }
 
     /// Registers cgroups in the kernel at their creation from now on, in
@@ -401,9 +450,15 @@ impl Dataplane {
     pub fn enable_registration(&mut self, limits: RegistrationLimits) -> Result<()> {
         registration::load_tracers(&mut self.ebpf)?;
         let key = registration::configure(&mut self.ebpf, limits)?;
-        for (name, _) in registration::TRACERS {
-            let link = registration::attach_tracer(&mut self.ebpf, name)?;
-            self.keep_link(name, link)?;
+        for (name, hook, _) in registration::TRACERS {
+            let fd = programs::program_fd(&self.ebpf, name)?;
+            let link = KeptLink::attach(name, hook, fd, Target::Tracepoint).map_err(|e| {
+                DataplaneError::UnableToAttachTracer {
+                    program: name,
+                    source: Box::new(syscall_error("bpf_raw_tracepoint_open", e)),
+                }
+            })?;
+            self.link_set().keep(link)?;
         }
         self.name_key = Some(key);
         Ok(())
@@ -415,10 +470,10 @@ impl Dataplane {
         self.name_key
     }
 
-    /// Detaches the links this process owns (pinned links stay; see
-    /// [`Dataplane::uninstall`]).
+    /// Drops this value's links: unpinned ones are detached, pinned ones
+    /// stay attached through their pins (see [`Dataplane::uninstall`]).
     pub fn detach(&mut self) {
-        self.links.clear();
+        self.link_set().clear();
     }
 
     /// The current settings and policy generation.
@@ -1108,21 +1163,10 @@ fn uninstall_dir(dir: &Path) -> Result<()> {
     let links = dir.join("links");
     if let Ok(entries) = std::fs::read_dir(&links) {
         for entry in entries.flatten() {
+            // Unpinning a link that no process holds detaches it.
             let path = entry.path();
-            let pinned =
-                PinnedLink::from_pin(&path).map_err(|e| DataplaneError::UnableToAdoptLink {
-                    path: path.clone(),
-                    source: std::io::Error::other(e),
-                })?;
-            // Unpinning gives back the link's fd; dropping it detaches.
-            drop(
-                pinned
-                    .unpin()
-                    .map_err(|source| DataplaneError::UnableToUnpin {
-                        path: path.clone(),
-                        source,
-                    })?,
-            );
+            std::fs::remove_file(&path)
+                .map_err(|source| DataplaneError::UnableToUnpin { path, source })?;
         }
     }
     let remove = |path: &Path| -> Result<()> {
@@ -1135,7 +1179,7 @@ fn uninstall_dir(dir: &Path) -> Result<()> {
             }),
         }
     };
-    for name in ALL_MAPS {
+    for name in ALL_MAPS.iter().chain(std::iter::once(&adoption::MANIFEST)) {
         remove(&dir.join(name))?;
     }
     for d in [links, dir.to_path_buf()] {

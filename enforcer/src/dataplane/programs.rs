@@ -1,39 +1,115 @@
 //! The kernel programs in the object, and how each one attaches.
 
+use std::os::fd::{AsFd as _, OwnedFd};
+
 use aya::{
     Ebpf,
-    programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, ProgramError,
-        links::{FdLink, LinkError},
-    },
+    programs::{CgroupSkb, CgroupSock, CgroupSockAddr, ProgramError},
+};
+use aya_obj::generated::bpf_attach_type;
+
+use super::{
+    bpf_sys,
+    error::{DataplaneError, Result},
 };
 
-use super::error::{DataplaneError, Result};
-
-/// How a program attaches to a cgroup.
+/// How a program is loaded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
-    SkbEgress,
-    SkbIngress,
+    Skb,
     SockAddr,
     Sock,
 }
 
-/// Every program of the object, by its function name in `enforcer-ebpf`.
-pub(crate) const PROGRAMS: [(&str, Kind); 9] = [
-    ("enforcer_egress", Kind::SkbEgress),
-    ("enforcer_ingress", Kind::SkbIngress),
-    ("enforcer_connect4", Kind::SockAddr),
-    ("enforcer_connect6", Kind::SockAddr),
-    ("enforcer_sendmsg4", Kind::SockAddr),
-    ("enforcer_sendmsg6", Kind::SockAddr),
-    ("enforcer_post_bind4", Kind::Sock),
-    ("enforcer_post_bind6", Kind::Sock),
-    ("enforcer_sock_release", Kind::Sock),
-];
+/// A cgroup program of the object.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CgroupProgram {
+    /// Its function name in `enforcer-ebpf`, also the name of its link pin.
+    pub(crate) name: &'static str,
+    pub(crate) kind: Kind,
+    /// Its section, as operators and `bpftool` know it: what logs and
+    /// `status` call its link.
+    pub(crate) hook: &'static str,
+    pub(crate) attach_type: bpf_attach_type,
+}
+
+const fn program(
+    name: &'static str,
+    kind: Kind,
+    hook: &'static str,
+    attach_type: bpf_attach_type,
+) -> CgroupProgram {
+    CgroupProgram {
+        name,
+        kind,
+        hook,
+        attach_type,
+    }
+}
+
+/// Every cgroup program of the object.
+pub(crate) const PROGRAMS: [CgroupProgram; 9] = {
+    use bpf_attach_type::*;
+    [
+        program(
+            "enforcer_egress",
+            Kind::Skb,
+            "cgroup_skb/egress",
+            BPF_CGROUP_INET_EGRESS,
+        ),
+        program(
+            "enforcer_ingress",
+            Kind::Skb,
+            "cgroup_skb/ingress",
+            BPF_CGROUP_INET_INGRESS,
+        ),
+        program(
+            "enforcer_connect4",
+            Kind::SockAddr,
+            "cgroup/connect4",
+            BPF_CGROUP_INET4_CONNECT,
+        ),
+        program(
+            "enforcer_connect6",
+            Kind::SockAddr,
+            "cgroup/connect6",
+            BPF_CGROUP_INET6_CONNECT,
+        ),
+        program(
+            "enforcer_sendmsg4",
+            Kind::SockAddr,
+            "cgroup/sendmsg4",
+            BPF_CGROUP_UDP4_SENDMSG,
+        ),
+        program(
+            "enforcer_sendmsg6",
+            Kind::SockAddr,
+            "cgroup/sendmsg6",
+            BPF_CGROUP_UDP6_SENDMSG,
+        ),
+        program(
+            "enforcer_post_bind4",
+            Kind::Sock,
+            "cgroup/post_bind4",
+            BPF_CGROUP_INET4_POST_BIND,
+        ),
+        program(
+            "enforcer_post_bind6",
+            Kind::Sock,
+            "cgroup/post_bind6",
+            BPF_CGROUP_INET6_POST_BIND,
+        ),
+        program(
+            "enforcer_sock_release",
+            Kind::Sock,
+            "cgroup/sock_release",
+            BPF_CGROUP_INET_SOCK_RELEASE,
+        ),
+    ]
+};
 
 pub(crate) fn load_all(ebpf: &mut Ebpf) -> Result<()> {
-    for (name, kind) in PROGRAMS {
+    for CgroupProgram { name, kind, .. } in PROGRAMS {
         let program = ebpf
             .program_mut(name)
             .ok_or(DataplaneError::MissingProgram(name))?;
@@ -42,7 +118,7 @@ pub(crate) fn load_all(ebpf: &mut Ebpf) -> Result<()> {
             source: Box::new(source),
         };
         match kind {
-            Kind::SkbEgress | Kind::SkbIngress => {
+            Kind::Skb => {
                 let p: &mut CgroupSkb = program.try_into().map_err(load_err)?;
                 p.load().map_err(load_err)?;
             }
@@ -59,52 +135,19 @@ pub(crate) fn load_all(ebpf: &mut Ebpf) -> Result<()> {
     Ok(())
 }
 
-/// Attaches one program to the cgroup and hands back its link, detached
-/// from the program so that it can be pinned or owned separately.
-pub(crate) fn attach_one(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-    kind: Kind,
-    cgroup: &std::fs::File,
-    path: &std::path::Path,
-) -> Result<FdLink> {
-    let program = ebpf
-        .program_mut(name)
-        .ok_or(DataplaneError::MissingProgram(name))?;
-    let err = |source: ProgramError| DataplaneError::UnableToAttach {
+/// A descriptor of a loaded program of its own, to attach it again later
+/// without the [`Ebpf`] it belongs to.
+pub(crate) fn program_fd(ebpf: &Ebpf, name: &'static str) -> Result<OwnedFd> {
+    let fd = ebpf
+        .program(name)
+        .ok_or(DataplaneError::MissingProgram(name))?
+        .fd()
+        .map_err(|source| DataplaneError::UnableToLoadProgram {
+            program: name,
+            source: Box::new(source),
+        })?;
+    bpf_sys::duplicate(fd.as_fd()).map_err(|source| DataplaneError::UnableToLoadProgram {
         program: name,
-        path: path.to_owned(),
-        source: Box::new(source),
-    };
-    let not_fd = |_: LinkError| DataplaneError::UnableToAttach {
-        program: name,
-        path: path.to_owned(),
-        source: Box::new(ProgramError::UnexpectedProgramType),
-    };
-    // `Single` creates a bpf_link, which coexists with other programs on
-    // the cgroup (AllowMultiple is rejected for links: see toolchain.md).
-    let mode = CgroupAttachMode::Single;
-    let link: FdLink = match kind {
-        Kind::SkbEgress | Kind::SkbIngress => {
-            let p: &mut CgroupSkb = program.try_into().map_err(err)?;
-            let at = if kind == Kind::SkbEgress {
-                CgroupSkbAttachType::Egress
-            } else {
-                CgroupSkbAttachType::Ingress
-            };
-            let id = p.attach(cgroup, at, mode).map_err(err)?;
-            p.take_link(id).map_err(err)?.try_into().map_err(not_fd)?
-        }
-        Kind::SockAddr => {
-            let p: &mut CgroupSockAddr = program.try_into().map_err(err)?;
-            let id = p.attach(cgroup, mode).map_err(err)?;
-            p.take_link(id).map_err(err)?.try_into().map_err(not_fd)?
-        }
-        Kind::Sock => {
-            let p: &mut CgroupSock = program.try_into().map_err(err)?;
-            let id = p.attach(cgroup, mode).map_err(err)?;
-            p.take_link(id).map_err(err)?.try_into().map_err(not_fd)?
-        }
-    };
-    Ok(link)
+        source: Box::new(ProgramError::IOError(source)),
+    })
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use aya::{
     Btf, Ebpf,
     maps::{Array, HashMap, Map, MapData},
-    programs::{BtfTracePoint, ProgramError, links::FdLink},
+    programs::BtfTracePoint,
 };
 use enforcer_common::{
     Identity,
@@ -29,11 +29,19 @@ use super::{
 };
 use crate::cgroups::{CgroupStates, automaton::KernelTables};
 
-/// The tracer programs, by function name, with the tracepoint each one
-/// follows.
-pub(crate) const TRACERS: [(&str, &str); 2] = [
-    ("enforcer_cgroup_mkdir", "cgroup_mkdir"),
-    ("enforcer_cgroup_rmdir", "cgroup_rmdir"),
+/// The tracer programs, by function name, with their section (what
+/// reports call their links) and the tracepoint each one follows.
+pub(crate) const TRACERS: [(&str, &str, &str); 2] = [
+    (
+        "enforcer_cgroup_mkdir",
+        "tp_btf/cgroup_mkdir",
+        "cgroup_mkdir",
+    ),
+    (
+        "enforcer_cgroup_rmdir",
+        "tp_btf/cgroup_rmdir",
+        "cgroup_rmdir",
+    ),
 ];
 
 /// Limits of what the tracer registers, so that whoever can create cgroups
@@ -59,7 +67,7 @@ impl Default for RegistrationLimits {
 /// Loads the tracer programs against the running kernel's BTF.
 pub(crate) fn load_tracers(ebpf: &mut Ebpf) -> Result<()> {
     let btf = Btf::from_sys_fs().map_err(|e| DataplaneError::NoKernelBtf(e.to_string()))?;
-    for (name, tracepoint) in TRACERS {
+    for (name, _, tracepoint) in TRACERS {
         let load_err = |source| DataplaneError::UnableToLoadProgram {
             program: name,
             source: Box::new(source),
@@ -78,22 +86,6 @@ pub(crate) fn load_tracers(ebpf: &mut Ebpf) -> Result<()> {
         tracing::debug!(program = name, ?verified, "cgroup tracer loaded");
     }
     Ok(())
-}
-
-/// Attaches one tracer and hands back its link, to be pinned or owned.
-pub(crate) fn attach_tracer(ebpf: &mut Ebpf, name: &'static str) -> Result<FdLink> {
-    let err = |source: ProgramError| DataplaneError::UnableToAttachTracer {
-        program: name,
-        source: Box::new(source),
-    };
-    let program: &mut BtfTracePoint = ebpf
-        .program_mut(name)
-        .ok_or(DataplaneError::MissingProgram(name))?
-        .try_into()
-        .map_err(err)?;
-    let id = program.attach().map_err(err)?;
-    let link = program.take_link(id).map_err(err)?;
-    Ok(link.into())
 }
 
 /// Writes the tracer's settings: the kernel offsets of this boot, the
