@@ -254,17 +254,17 @@ fn the_daemon_survives_running_out_of_descriptors() {
     let root = CgroupGuard::new().expect("cgroup");
     let policies = Scratch::new("policies");
     write_policy(&policies.0, &web_policy(9));
-    // About fifty descriptors are the daemon's own: 96 leave room for a
-    // few dozen clients only.
+    // About 115 descriptors are the daemon's own (its maps, programs and
+    // links among them): 192 leave room for a few dozen clients only.
     let daemon = Daemon::start_wrapped(
         &root,
         &policies.0,
         &["--idle-timeout", "2s"],
-        &["prlimit", "--nofile=96:96", "--"],
+        &["prlimit", "--nofile=192:192", "--"],
     );
     // More connections than descriptors: accept fails (EMFILE) and the
     // rest wait in the backlog.
-    let held: Vec<UnixStream> = (0..120)
+    let held: Vec<UnixStream> = (0..260)
         .map(|_| UnixStream::connect(&daemon.socket).expect("connect"))
         .collect();
     let failing = Daemon::eventually(Duration::from_secs(5), || {

@@ -531,3 +531,70 @@ fn an_adopted_policy_is_not_replaced_by_an_empty_directory() {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert_eq!(tcp_connect(&s.web, None, s.b.addr()), ProbeOutcome::Ok);
 }
+
+/// Applies `dir` and expects it refused whole with an error containing
+/// `says`; the policy in force (`hash`) stays, and is still enforced.
+fn assert_refused_whole(s: &Setup, daemon: &Daemon, dir: &std::path::Path, says: &str, hash: &str) {
+    match daemon.call(&apply_request(dir, false)) {
+        Response::Rejected { errors } => {
+            assert!(errors.iter().any(|e| e.contains(says)), "{errors:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(daemon.status().policy.unwrap().content_hash, hash);
+    assert_eq!(tcp_connect(&s.web, None, s.a.addr()), ProbeOutcome::Ok);
+    assert_eq!(tcp_connect(&s.web, None, s.b.addr()), ProbeOutcome::Eperm);
+}
+
+#[test]
+fn a_policy_past_the_maps_capacity_is_refused_whole() {
+    let _root = privileged!();
+    let s = setup();
+    let daemon = Daemon::start(&s.root, &s.policies.0);
+    let hash = daemon.status().policy.unwrap().content_hash;
+
+    // One IPv4 prefix more than the address maps hold: the candidate also
+    // opens `web` to port b, which must never take effect. The prefixes are
+    // every other address of 10.0.0.0/8 (nothing to merge), in four files
+    // under the size limit of one file.
+    let big = Scratch::new("past-capacity");
+    write_policy(&big.0, &web_policy(s.b.addr().port()));
+    let count = enforcer_common::MAX_PREFIXES_V4 as usize + 1;
+    let files = 4;
+    for file in 0..files {
+        let mut text = format!("[peer.bulk{file}]\nlabels = {{ zone = \"bulk\" }}\ncidrs = [\n");
+        for i in (file..count).step_by(files) {
+            let [_, a, b, c] = (2 * i as u32).to_be_bytes();
+            text.push_str(&format!("\"10.{a}.{b}.{c}/32\",\n"));
+        }
+        text.push_str("]\n");
+        std::fs::write(big.0.join(format!("bulk{file}.toml")), text).expect("write");
+    }
+    std::fs::write(
+        big.0.join("bulk.toml"),
+        "[[policy]]\nname = \"bulk\"\nselect = { app = \"web\" }\n\
+         allow-out = [ { to = [{ zone = \"bulk\" }], ports = [\"443/tcp\"] } ]\n",
+    )
+    .expect("write");
+    assert_refused_whole(&s, &daemon, &big.0, "IPv4 prefixes", &hash);
+
+    // More `*` patterns after one path than the kernel's cgroup matcher
+    // follows from one directory: refused by the data plane, before
+    // anything is written.
+    let globs = Scratch::new("globs");
+    let mut text = web_policy(s.b.addr().port());
+    for i in 0..=enforcer_common::cgroup_match::MAX_GLOBS_PER_STATE {
+        text.push_str(&format!(
+            "\n[workload.g{i}]\ncgroup = \"g{i}-*\"\nlabels = {{ app = \"g{i}\" }}\n"
+        ));
+    }
+    write_policy(&globs.0, &text);
+    assert_refused_whole(
+        &s,
+        &daemon,
+        &globs.0,
+        "`*` segments follow the same path",
+        &hash,
+    );
+    assert!(daemon.status().reloads_failed >= 2);
+}
