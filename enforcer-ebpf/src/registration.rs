@@ -122,6 +122,9 @@ pub fn created(ctx: &BtfTracePointContext) {
         ..CgroupMatch::default()
     };
     let mut any_state = false;
+    // Counted once per cgroup, not per slot.
+    let mut registered = false;
+    let mut refused = false;
     let mut slot = 0;
     while slot < 2 {
         scratch.walk = Walk {
@@ -183,9 +186,18 @@ pub fn created(ctx: &BtfTracePointContext) {
             }
         };
         if entry.workload != IDENTITY_NONE {
-            register(slot, node.id, &entry, &registration);
+            match register(slot, node.id, &entry, &registration) {
+                Registered::Yes => registered = true,
+                Registered::Refused => refused = true,
+                Registered::Already => {}
+            }
         }
         slot += 1;
+    }
+    if registered {
+        maps::bump_global(GLOBAL_COUNTER_CGROUPS_REGISTERED);
+    } else if refused {
+        maps::bump_global(GLOBAL_COUNTER_REGISTRATIONS_REFUSED);
     }
     if child.overflow != 0 {
         maps::bump_global(GLOBAL_COUNTER_MATCH_OVERFLOWS);
@@ -216,21 +228,30 @@ fn remember(id: u64, child: &CgroupMatch, registration: &Registration) {
     }
 }
 
+/// What [`register`] did.
+enum Registered {
+    Yes,
+    /// The workload is at its quota (or has no counter).
+    Refused,
+    /// The slot already had the cgroup (or its map is full).
+    Already,
+}
+
 /// Puts a cgroup into a slot's cgroup map, within its workload's quota.
 #[inline(always)]
-fn register(slot: usize, id: u64, entry: &CgroupEntry, registration: &Registration) {
+fn register(slot: usize, id: u64, entry: &CgroupEntry, registration: &Registration) -> Registered {
     let Some(count) = maps::registered_count(slot, entry.workload) else {
-        maps::bump_global(GLOBAL_COUNTER_REGISTRATIONS_REFUSED);
-        return;
+        return Registered::Refused;
     };
     // SAFETY: a counter word of a map value.
     if unsafe { *count } >= registration.max_cgroups_per_workload {
-        maps::bump_global(GLOBAL_COUNTER_REGISTRATIONS_REFUSED);
-        return;
+        return Registered::Refused;
     }
     if maps::insert_cgroup(slot, id, entry) {
         maps::atomic_add(count, 1);
-        maps::bump_global(GLOBAL_COUNTER_CGROUPS_REGISTERED);
+        Registered::Yes
+    } else {
+        Registered::Already
     }
 }
 

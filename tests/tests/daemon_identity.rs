@@ -233,4 +233,10 @@ fn services_restarted_while_the_daemon_is_killed_or_stopped_stay_enforced() {
             .any(|w| w.name == "store" && w.cgroups == ["system.slice/store.service"])
     });
     assert!(listed, "{:?}", daemon.status().workloads);
+    // The 100 restarts while it was stopped were the kernel's doing
+    // (counters of the maps, which outlive each daemon).
+    let registration = daemon.status().cgroup_registration;
+    assert!(registration.at_creation, "{registration:?}");
+    assert!(registration.registered >= 200, "{registration:?}");
+    assert_eq!(registration.refused, 0, "{registration:?}");
 }

@@ -325,6 +325,10 @@ pub struct StatusReport {
     /// answer: then the default).
     #[serde(default)]
     pub integrity: IntegrityStatus,
+    /// Cgroups registered by the kernel at their creation (absent from an
+    /// earlier daemon's answer: then the default).
+    #[serde(default)]
+    pub cgroup_registration: CgroupRegistration,
 }
 
 /// What the cgroup walks could not see (see `docs/daemon.md`, "Cgroups").
@@ -388,6 +392,26 @@ impl SkippedCgroups {
             ("error", error),
         ]
     }
+}
+
+/// The kernel's registration of cgroups at their creation (see
+/// `docs/dataplane.md`, "Cgroups from their creation").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CgroupRegistration {
+    /// Whether cgroups are registered at their creation; when not, one
+    /// made while the daemon does not see it is not its workload until the
+    /// daemon registers it (`not_enforced` says why).
+    pub at_creation: bool,
+    /// Cgroups the kernel registered with their workload at creation.
+    pub registered: u64,
+    /// Cgroups left out because their workload was at its quota
+    /// (`max_cgroups_per_workload`).
+    pub refused: u64,
+    /// Cgroups whose matching states did not fit the kernel's tables (a
+    /// delegated subtree past its share, or overlapping patterns): their
+    /// children are registered by the daemon instead.
+    pub overflows: u64,
 }
 
 /// One skipped directory.

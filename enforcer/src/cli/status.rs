@@ -112,6 +112,16 @@ pub fn write_text(out: &mut impl Write, r: &StatusReport) -> std::io::Result<()>
         "cgroups: {} found; {} unwatched; {} failed rescans",
         d.cgroups, d.unwatched, d.rescans_failed
     )?;
+    let g = &r.cgroup_registration;
+    if g.at_creation {
+        writeln!(
+            out,
+            "registered at creation: {} cgroups; {} past a quota; {} overflows",
+            g.registered, g.refused, g.overflows
+        )?;
+    } else {
+        writeln!(out, "registered at creation: no (see NOT ENFORCED)")?;
+    }
     for w in &r.workloads {
         writeln!(
             out,
@@ -178,6 +188,7 @@ mod tests {
             reloads_failed: 0,
             not_enforced: Vec::new(),
             integrity: Default::default(),
+            cgroup_registration: Default::default(),
             cgroup_discovery: discovery,
         }
     }

@@ -1455,6 +1455,11 @@ impl Engine {
             reloads_failed: self.reloads_failed,
             not_enforced,
             cgroup_discovery: discovery_report(self.discovery.status()),
+            // The counters are the status board's, read outside the engine.
+            cgroup_registration: crate::api::proto::CgroupRegistration {
+                at_creation: self.registration_error.is_none(),
+                ..Default::default()
+            },
             // The status board's, filled in outside the engine.
             integrity: Default::default(),
         }

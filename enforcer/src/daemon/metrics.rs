@@ -95,6 +95,38 @@ pub fn render(status: &StatusReport) -> String {
         "enforcer_cgroup_rescans_failed_total {}",
         discovery.rescans_failed
     );
+    let registration = &status.cgroup_registration;
+    let _ = writeln!(
+        out,
+        "# HELP enforcer_cgroup_registration_at_creation 1 when the kernel registers cgroups with their workload at their creation."
+    );
+    let _ = writeln!(out, "# TYPE enforcer_cgroup_registration_at_creation gauge");
+    let _ = writeln!(
+        out,
+        "enforcer_cgroup_registration_at_creation {}",
+        u8::from(registration.at_creation)
+    );
+    for (name, help, value) in [
+        (
+            "enforcer_cgroups_registered_total",
+            "Cgroups the kernel registered with their workload at their creation.",
+            registration.registered,
+        ),
+        (
+            "enforcer_cgroup_registrations_refused_total",
+            "Cgroups left out because their workload was at its quota (max_cgroups_per_workload).",
+            registration.refused,
+        ),
+        (
+            "enforcer_cgroup_match_overflows_total",
+            "Cgroups whose matching states did not fit the kernel's tables.",
+            registration.overflows,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        let _ = writeln!(out, "{name} {value}");
+    }
     let _ = writeln!(
         out,
         "# HELP enforcer_integrity_repairs_total Links re-attached and pins restored by the integrity check."
@@ -250,6 +282,12 @@ mod tests {
                 last: None,
                 problems: vec!["link pin cgroup/connect4 cannot be restored".into()],
             },
+            cgroup_registration: crate::api::proto::CgroupRegistration {
+                at_creation: true,
+                registered: 40,
+                refused: 3,
+                overflows: 1,
+            },
             cgroup_discovery: CgroupDiscovery {
                 cgroups: 12,
                 skipped: SkippedCgroups {
@@ -277,6 +315,10 @@ mod tests {
         assert!(text.contains("enforcer_cgroups_unwatched 0\n"));
         assert!(text.contains("enforcer_cgroup_rescans_failed_total 5\n"));
         assert!(text.contains("enforcer_integrity_repairs_total 2\n"));
+        assert!(text.contains("enforcer_cgroup_registration_at_creation 1\n"));
+        assert!(text.contains("enforcer_cgroups_registered_total 40\n"));
+        assert!(text.contains("enforcer_cgroup_registrations_refused_total 3\n"));
+        assert!(text.contains("enforcer_cgroup_match_overflows_total 1\n"));
         assert!(text.contains("enforcer_integrity_unrepaired 1\n"));
         assert_eq!(label("a\"b"), "a\\\"b");
     }

@@ -71,8 +71,9 @@ impl StatusBoard {
     }
 }
 
-/// Fill in the per-workload counters and `lost_events` of `report`: three
-/// lookups per workload, and one for the global counters.
+/// Fill in the per-workload counters, `lost_events` and the registration
+/// counters of `report`: three lookups per workload, and one for the
+/// global counters.
 fn with_counters(report: &mut StatusReport, reader: &CounterReader) {
     let mut failed = None;
     for w in &mut report.workloads {
@@ -92,7 +93,13 @@ fn with_counters(report: &mut StatusReport, reader: &CounterReader) {
         tracing::warn!(error = %e, "cannot read the verdict counters");
     }
     match reader.global_counters() {
-        Ok(global) => report.lost_events = global.events_lost,
+        Ok(global) => {
+            report.lost_events = global.events_lost;
+            let registration = &mut report.cgroup_registration;
+            registration.registered = global.cgroups_registered;
+            registration.refused = global.registrations_refused;
+            registration.overflows = global.match_overflows;
+        }
         Err(e) => tracing::warn!(error = %e, "cannot read the global counters"),
     }
 }

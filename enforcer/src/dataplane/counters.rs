@@ -26,9 +26,10 @@ pub struct GlobalCounters {
     /// Connections and datagrams that `connect4|6` or `sendmsg4|6` allowed
     /// from their per-CPU cache of recent verdicts, without judging them.
     pub cached_verdicts: u64,
-    /// Cgroups the tracer registered at their creation (per slot).
+    /// Cgroups the tracer registered at their creation.
     pub cgroups_registered: u64,
-    /// Cgroups the tracer left out: their workload was at its quota.
+    /// Cgroups the tracer left out: their workload was at its quota in
+    /// every slot that matched them.
     pub registrations_refused: u64,
     /// Cgroups whose automaton states did not fit the kernel's tables.
     pub match_overflows: u64,
