@@ -60,18 +60,73 @@ impl fmt::Display for Attempt {
     }
 }
 
+/// A user of the container with a user manager of their own
+/// (`user@UID.service`), who starts units with `systemd-run --user`.
+pub struct User {
+    pub name: &'static str,
+    pub uid: u32,
+}
+
+/// The user whose units try to pass for workloads by their names.
+pub const MALLORY: User = User {
+    name: "e2e-mallory",
+    uid: 4400,
+};
+
+/// Which service manager starts the client.
+#[derive(Clone, Copy)]
+pub enum Manager<'a> {
+    /// The system manager (`systemd-run`, as root).
+    System,
+    /// That user's manager (`systemd-run --user`, as that user).
+    User(&'a User),
+}
+
+/// Creates [`MALLORY`] and starts her user manager (no login needed).
+pub fn prepare_user(container: &Container) -> Result<()> {
+    let uid = MALLORY.uid.to_string();
+    if container.exec(&["id", "-u", MALLORY.name])?.status.success() {
+        // A container kept from an earlier run.
+    } else {
+        container.run(&["useradd", "--uid", &uid, "--create-home", MALLORY.name])?;
+    }
+    container.run(&["systemctl", "start", &format!("user@{uid}.service")])?;
+    Ok(())
+}
+
 /// Runs the client for `service` as a new transient unit in `slice`, the
 /// way an operator would start one: `systemd-run --slice=... -- curl ...`.
 pub fn attempt(container: &Container, slice: &str, service: Service) -> Result<Attempt> {
-    let mut argv = vec![
-        "systemd-run",
+    attempt_by(container, Manager::System, slice, service)
+}
+
+/// [`attempt`], with the unit started by `manager`.
+pub fn attempt_by(
+    container: &Container,
+    manager: Manager<'_>,
+    slice: &str,
+    service: Service,
+) -> Result<Attempt> {
+    let runtime_dir;
+    let mut argv = match manager {
+        Manager::System => vec![],
+        Manager::User(user) => {
+            runtime_dir = format!("XDG_RUNTIME_DIR=/run/user/{}", user.uid);
+            vec!["runuser", "-u", user.name, "--", "env", runtime_dir.as_str()]
+        }
+    };
+    argv.push("systemd-run");
+    if matches!(manager, Manager::User(_)) {
+        argv.push("--user");
+    }
+    argv.extend([
         "--wait",
         "--pipe",
         "--quiet",
         "--collect",
         "--slice",
         slice,
-    ];
+    ]);
     let password = format!("PGPASSWORD={DB_PASSWORD}");
     let client: &[&str] = match service {
         // -v: curl prints the connect() error text, "Operation not
@@ -153,12 +208,27 @@ impl fmt::Display for Expect {
 /// Runs one client and checks the outcome; the error carries the client's
 /// full output.
 pub fn expect(container: &Container, slice: &str, service: Service, want: Expect) -> Result<()> {
-    let attempt = attempt(container, slice, service)?;
+    expect_by(container, Manager::System, slice, service, want)
+}
+
+/// [`expect`], with the unit started by `manager`.
+pub fn expect_by(
+    container: &Container,
+    manager: Manager<'_>,
+    slice: &str,
+    service: Service,
+    want: Expect,
+) -> Result<()> {
+    let attempt = attempt_by(container, manager, slice, service)?;
     let ok = match want {
         Expect::Reach => reached(service, &attempt),
         Expect::Refused => refused(&attempt),
     };
-    let what = format!("a unit in {slice} {want} {service}");
+    let by = match manager {
+        Manager::System => String::new(),
+        Manager::User(user) => format!(" of {}'s user manager", user.name),
+    };
+    let what = format!("a unit{by} in {slice} {want} {service}");
     if ok {
         println!("    ok: {what} ({:.0?})", attempt.elapsed);
         Ok(())

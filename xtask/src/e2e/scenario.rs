@@ -82,6 +82,7 @@ pub fn prepare(container: &Container) -> Result<()> {
     container.run(&["systemctl", "daemon-reload"])?;
     container.run(&["systemctl", "start", CLIENTS, INTRUDERS])?;
     clients::prepare_database(container)?;
+    clients::prepare_user(container)?;
     container.run(&["systemctl", "is-active", "nginx.service"])?;
     Ok(())
 }
@@ -158,16 +159,14 @@ pub fn run(container: &Container, deb: &Path, repo: &Path) -> Report {
     );
 
     report.check(
+        "a user unit named like a workload's slice is not the workload",
+        || user_unit_is_not_the_workload(container),
+    );
+
+    report.check(
         "systemctl restart nginx (a new cgroup) stays enforced",
         || {
-            let before =
-                container.run(&["systemctl", "show", "-p", "ControlGroup,MainPID", "nginx"])?;
-            container.run(&["systemctl", "restart", "nginx"])?;
-            let after =
-                container.run(&["systemctl", "show", "-p", "ControlGroup,MainPID", "nginx"])?;
-            if before == after {
-                bail!("nginx was not restarted (same main pid)");
-            }
+            restart_nginx(container)?;
             // Checked at once: a window in which the new cgroup is unenforced
             // would let the intruder in here.
             clients::expect(container, INTRUDERS, Service::Nginx, Expect::Refused)?;
@@ -271,6 +270,18 @@ pub fn run(container: &Container, deb: &Path, repo: &Path) -> Report {
             same_attachments(&bpf, attached)
         },
     );
+    report.check(
+        "systemctl restart nginx while enforcer is stopped stays enforced",
+        || {
+            expect_state(container, &["inactive"])?;
+            restart_nginx(container)?;
+            // A new cgroup made while no daemon runs: the kernel registered
+            // it at its creation. Checked at once, before any daemon could.
+            clients::expect(container, INTRUDERS, Service::Nginx, Expect::Refused)?;
+            clients::expect(container, CLIENTS, Service::Nginx, Expect::Reach)?;
+            expect_state(container, &["inactive"])
+        },
+    );
     report.check("systemctl start enforcer adopts it", || {
         container.run(&["systemctl", "start", "enforcer"])?;
         expect_state(container, &["active"])?;
@@ -305,6 +316,34 @@ pub fn run(container: &Container, deb: &Path, repo: &Path) -> Report {
         purge(container, &bpf, repo)
     });
     report
+}
+
+/// `systemctl restart nginx`, checked to have started a new main process.
+fn restart_nginx(container: &Container) -> Result<()> {
+    let show = ["systemctl", "show", "-p", "ControlGroup,MainPID", "nginx"];
+    let before = container.run(&show)?;
+    container.run(&["systemctl", "restart", "nginx"])?;
+    let after = container.run(&show)?;
+    if before == after {
+        bail!("nginx was not restarted (same main pid)");
+    }
+    Ok(())
+}
+
+/// A user's own `clients.slice` (`systemd-run --user --slice=clients.slice`)
+/// is not the system's, which the `client` workload names: its units are
+/// refused by nginx and PostgreSQL, and `status` does not list them.
+fn user_unit_is_not_the_workload(container: &Container) -> Result<()> {
+    let mallory = clients::Manager::User(&clients::MALLORY);
+    for service in [Service::Nginx, Service::Postgres] {
+        clients::expect_by(container, mallory, CLIENTS, service, Expect::Refused)?;
+    }
+    let status = container.run(&["enforcer", "status"])?;
+    let manager = format!("user@{}.service", clients::MALLORY.uid);
+    if status.contains(&manager) {
+        bail!("`enforcer status` lists a cgroup of {manager} as a workload's");
+    }
+    Ok(())
 }
 
 /// A user with no account (uid 4301) in each group the package creates
