@@ -85,12 +85,21 @@ pub enum Manager<'a> {
 /// Creates [`MALLORY`] and starts her user manager (no login needed).
 pub fn prepare_user(container: &Container) -> Result<()> {
     let uid = MALLORY.uid.to_string();
-    if container.exec(&["id", "-u", MALLORY.name])?.status.success() {
+    if container
+        .exec(&["id", "-u", MALLORY.name])?
+        .status
+        .success()
+    {
         // A container kept from an earlier run.
     } else {
         container.run(&["useradd", "--uid", &uid, "--create-home", MALLORY.name])?;
     }
-    container.run(&["systemctl", "start", &format!("user@{uid}.service")])?;
+    let unit = format!("user@{uid}.service");
+    if let Err(e) = container.run(&["systemctl", "start", &unit]) {
+        // Its journal, for the log.
+        let _ = container.run(&["journalctl", "--no-pager", "-n", "40", "-u", &unit]);
+        return Err(e);
+    }
     Ok(())
 }
 
@@ -107,62 +116,86 @@ pub fn attempt_by(
     slice: &str,
     service: Service,
 ) -> Result<Attempt> {
-    let runtime_dir;
-    let mut argv = match manager {
-        Manager::System => vec![],
-        Manager::User(user) => {
-            runtime_dir = format!("XDG_RUNTIME_DIR=/run/user/{}", user.uid);
-            vec!["runuser", "-u", user.name, "--", "env", runtime_dir.as_str()]
-        }
-    };
-    argv.push("systemd-run");
-    if matches!(manager, Manager::User(_)) {
-        argv.push("--user");
-    }
-    argv.extend([
-        "--wait",
-        "--pipe",
-        "--quiet",
-        "--collect",
-        "--slice",
-        slice,
-    ]);
     let password = format!("PGPASSWORD={DB_PASSWORD}");
-    let client: &[&str] = match service {
+    let (env, command): (&[&str], &[&str]) = match service {
         // -v: curl prints the connect() error text, "Operation not
         // permitted" for EPERM; the bound --max-time turns a hang into a
         // distinct failure (exit 28) rather than a stuck test.
-        Service::Nginx => &[
-            "--",
-            "curl",
-            "-sS",
-            "-v",
-            "--max-time",
-            "10",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "http://127.0.0.1/",
-        ],
-        Service::Postgres => &[
-            "--setenv",
-            &password,
-            "--setenv",
-            "PGCONNECT_TIMEOUT=10",
-            "--",
-            "psql",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            DB_ROLE,
-            "-d",
-            "postgres",
-            "-tAc",
-            "SELECT 40 + 2",
-        ],
+        Service::Nginx => (
+            &[],
+            &[
+                "curl",
+                "-sS",
+                "-v",
+                "--max-time",
+                "10",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "http://127.0.0.1/",
+            ],
+        ),
+        Service::Postgres => (
+            &[&password, "PGCONNECT_TIMEOUT=10"],
+            &[
+                "psql",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                DB_ROLE,
+                "-d",
+                "postgres",
+                "-tAc",
+                "SELECT 40 + 2",
+            ],
+        ),
     };
-    argv.extend_from_slice(client);
+    let runtime_dir;
+    let mut argv: Vec<&str> = match manager {
+        // A transient service, waited for, its output piped back.
+        Manager::System => {
+            let mut argv = vec![
+                "systemd-run",
+                "--wait",
+                "--pipe",
+                "--quiet",
+                "--collect",
+                "--slice",
+                slice,
+            ];
+            for var in env {
+                argv.extend(["--setenv", var]);
+            }
+            argv.push("--");
+            argv
+        }
+        // A transient scope of the user's manager, which needs only its
+        // private socket (a user bus, for `--wait --pipe`, is a desktop
+        // package): the command runs in the foreground, in the scope.
+        Manager::User(user) => {
+            runtime_dir = format!("XDG_RUNTIME_DIR=/run/user/{}", user.uid);
+            let mut argv = vec![
+                "runuser",
+                "-u",
+                user.name,
+                "--",
+                "env",
+                runtime_dir.as_str(),
+                "systemd-run",
+                "--user",
+                "--scope",
+                "--quiet",
+                "--slice",
+                slice,
+                "--",
+                "env",
+            ];
+            argv.extend_from_slice(env);
+            argv
+        }
+    };
+    argv.extend_from_slice(command);
     let started = Instant::now();
     let output = container.exec(&argv)?;
     Ok(Attempt {

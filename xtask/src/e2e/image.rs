@@ -22,8 +22,16 @@ use crate::cmd::{self, step};
 /// clone on the same machine reuses them.
 pub const CACHE_DIR: &str = "/var/cache/enforcer-e2e";
 
-/// What the booted system needs to be a systemd host at all.
-const BASE_PACKAGES: &[&str] = &["systemd", "systemd-sysv", "dbus", "iproute2"];
+/// What the booted system needs to be a systemd host at all, with user
+/// managers as on any installed Debian (`libpam-systemd` gives them their
+/// runtime directory): the test starts units of a user's own manager.
+const BASE_PACKAGES: &[&str] = &[
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "libpam-systemd",
+    "iproute2",
+];
 
 /// Real daemons listening on TCP and their real clients, as an operator's
 /// server would have them (installed from Debian, not built here). `man-db`

@@ -335,6 +335,29 @@ fn restart_nginx(container: &Container) -> Result<()> {
 /// refused by nginx and PostgreSQL, and `status` does not list them.
 fn user_unit_is_not_the_workload(container: &Container) -> Result<()> {
     let mallory = clients::Manager::User(&clients::MALLORY);
+    // Where such a unit really runs: in her manager's own `clients.slice`.
+    let runtime_dir = format!("XDG_RUNTIME_DIR=/run/user/{}", clients::MALLORY.uid);
+    let cgroup = container.run(&[
+        "runuser",
+        "-u",
+        clients::MALLORY.name,
+        "--",
+        "env",
+        &runtime_dir,
+        "systemd-run",
+        "--user",
+        "--scope",
+        "--quiet",
+        "--slice",
+        CLIENTS,
+        "--",
+        "cat",
+        "/proc/self/cgroup",
+    ])?;
+    let inside = format!("/user@{}.service/{CLIENTS}/", clients::MALLORY.uid);
+    if !cgroup.contains(&inside) {
+        bail!("the user's unit does not run below {inside}: {cgroup}");
+    }
     for service in [Service::Nginx, Service::Postgres] {
         clients::expect_by(container, mallory, CLIENTS, service, Expect::Refused)?;
     }
