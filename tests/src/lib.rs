@@ -38,3 +38,4 @@ pub use probe::{
 pub use process::{ChildGuard, ChildOutput, Spawner};
 pub use reap::reap_stale;
 pub use subnet::Subnet;
+pub use util::bpftool_json;

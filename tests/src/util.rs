@@ -102,3 +102,21 @@ fn read_all(pipe: Option<&mut impl Read>) -> String {
 pub(crate) fn ip(args: &[&str]) -> Result<String> {
     run("ip", args)
 }
+
+/// `bpftool -j ARGS`, parsed (`null` when it prints nothing, as `cgroup
+/// show` of a cgroup without programs does); panics when bpftool fails, so
+/// a test never mistakes a failed query for an empty answer.
+pub fn bpftool_json<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> serde_json::Value {
+    let out = Command::new("bpftool")
+        .arg("-j")
+        .args(args)
+        .output()
+        .expect("run bpftool");
+    assert!(
+        out.status.success(),
+        "bpftool {:?}: {}",
+        args.iter().map(AsRef::as_ref).collect::<Vec<_>>(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}

@@ -13,8 +13,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use daemon_support::{
-    Daemon, Scratch, TestGroup, as_user, enforcer_bin, servers_and_web_policy, web_policy,
-    write_policy,
+    Daemon, Scratch, TestGroup, as_user, enforcer_bin, scrape_metrics, servers_and_web_policy,
+    web_policy, write_policy,
 };
 use enforcer::api::{Request, Response};
 use enforcer_tests::{CgroupGuard, ProbeOutcome, privileged, tcp_connect};
@@ -411,17 +411,7 @@ fn the_metrics_endpoint_serves_prometheus_text() {
     let addr = free_metrics_addr();
     let daemon = Daemon::start_with(&root, &policies.0, &["--metrics", &addr]);
     let generation = daemon.status().policy.unwrap().generation;
-    let mut body = String::new();
-    let fetched = Daemon::eventually(Duration::from_secs(3), || {
-        let Ok(mut s) = TcpStream::connect(&addr) else {
-            return false;
-        };
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
-            .unwrap();
-        body.clear();
-        s.read_to_string(&mut body).is_ok() && body.starts_with("HTTP/1.0 200")
-    });
-    assert!(fetched, "{body}");
+    let body = scrape_metrics(&addr);
     assert!(
         body.contains(&format!("enforcer_policy_generation {generation}\n")),
         "{body}"

@@ -8,13 +8,11 @@
 
 mod daemon_support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use daemon_support::{Daemon, servers_and_web_policy};
+use daemon_support::{Daemon, scrape_metrics, servers_and_web_policy};
 use enforcer::cgroups::walk::MAX_DEPTH;
 use enforcer_tests::{CgroupGuard, ProbeOutcome, privileged, tcp_connect};
 
@@ -43,21 +41,6 @@ fn effective_capabilities(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
         .expect("CapEff line")
-}
-
-fn metrics(addr: &str) -> String {
-    let mut body = String::new();
-    let fetched = Daemon::eventually(Duration::from_secs(3), || {
-        let Ok(mut s) = TcpStream::connect(addr) else {
-            return false;
-        };
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
-            .unwrap();
-        body.clear();
-        s.read_to_string(&mut body).is_ok() && body.starts_with("HTTP/1.0 200")
-    });
-    assert!(fetched, "{body}");
-    body
 }
 
 #[test]
@@ -158,7 +141,7 @@ fn unreadable_and_overlong_cgroups_are_skipped_and_enforcement_goes_on() {
     assert!(seen, "{:?}", daemon.status().cgroup_discovery);
     drop(bottom);
 
-    let body = metrics(&addr);
+    let body = scrape_metrics(&addr);
     assert!(
         body.contains("enforcer_cgroups_skipped{reason=\"unreadable\"} 2\n"),
         "{body}"

@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use daemon_support::{Daemon, Scratch, write_policy};
+use daemon_support::{Daemon, Scratch, web_policy_ports, write_policy};
 use enforcer_tests::netns::ensure_unused;
 use enforcer_tests::{
     CgroupGuard, ProbeOutcome, Server, Subnet, TestHost, privileged, tcp_connect,
@@ -106,19 +106,7 @@ fn setup() -> Setup {
     let policies = Scratch::new("policies");
     write_policy(
         &policies.0,
-        &format!(
-            r#"[workload.web]
-cgroup = "web*"
-labels = {{ app = "web" }}
-
-[[policy]]
-name = "web"
-select = {{ app = "web" }}
-allow-out = [ {{ to = ["host"], ports = ["{}/tcp", "{}/tcp"] }} ]
-"#,
-            server4.addr().port(),
-            server6.addr().port()
-        ),
+        &web_policy_ports(&[server4.addr().port(), server6.addr().port()]),
     );
     Setup {
         root,

@@ -12,28 +12,13 @@ use std::time::Duration;
 
 use daemon_support::{Daemon, servers_and_web_policy, web_policy, write_policy};
 use enforcer_common::LAYOUT_DIR;
-use enforcer_tests::{CgroupGuard, ProbeOutcome, privileged, tcp_connect};
+use enforcer_tests::{CgroupGuard, ProbeOutcome, bpftool_json, privileged, tcp_connect};
 
 /// The eleven links a daemon pins: nine cgroup programs, two tracers.
 const LINKS: usize = 11;
 
 /// How long a repair may take (the daemon checks every half second).
 const REPAIR_WITHIN: Duration = Duration::from_secs(2);
-
-/// `bpftool -j ARGS`, parsed; panics when bpftool fails.
-fn bpftool(args: &[&str]) -> serde_json::Value {
-    let out = Command::new("bpftool")
-        .arg("-j")
-        .args(args)
-        .output()
-        .expect("run bpftool");
-    assert!(
-        out.status.success(),
-        "bpftool {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("bpftool JSON")
-}
 
 fn links_dir(daemon: &Daemon) -> PathBuf {
     daemon.bpffs.join(LAYOUT_DIR).join("links")
@@ -49,7 +34,7 @@ fn link_pins(daemon: &Daemon) -> Vec<PathBuf> {
 
 /// What `bpftool link show pinned PIN` says of a pinned link.
 fn pinned_link(pin: &Path) -> serde_json::Value {
-    bpftool(&["link", "show", "pinned", pin.to_str().expect("UTF-8 path")])
+    bpftool_json(&["link", "show", "pinned", pin.to_str().expect("UTF-8 path")])
 }
 
 /// Whether every link pin of the daemon is there and holds an attached
@@ -201,7 +186,7 @@ fn force_detached_links_are_attached_again() {
     );
     assert_enforcing(&web, &allowed, &denied, &daemon);
     // Each program once on the cgroup: the detached links are gone.
-    let attached = bpftool(&["link", "show"])
+    let attached = bpftool_json(&["link", "show"])
         .as_array()
         .expect("links")
         .iter()
@@ -279,7 +264,7 @@ fn pinned_maps_of_the_wrong_shape_are_replaced_and_the_policy_enforced_in_full()
     let mut expected = Vec::new();
     for (name, widen, entries) in [("CGROUPS_0", 4, None), ("VERDICTS_1", 0, Some(16))] {
         let pin = maps.join(name);
-        let like = bpftool(&["map", "show", "pinned", pin.to_str().expect("UTF-8 path")]);
+        let like = bpftool_json(&["map", "show", "pinned", pin.to_str().expect("UTF-8 path")]);
         let value = like["bytes_value"].as_u64().expect("value size");
         let max = like["max_entries"].as_u64().expect("max_entries");
         std::fs::remove_file(&pin).expect("remove the map pin");
@@ -304,7 +289,7 @@ fn pinned_maps_of_the_wrong_shape_are_replaced_and_the_policy_enforced_in_full()
     assert_enforcing(&web, &denied, &allowed, &daemon);
     for (name, value, max) in expected {
         let pin = maps.join(name);
-        let map = bpftool(&["map", "show", "pinned", pin.to_str().expect("UTF-8 path")]);
+        let map = bpftool_json(&["map", "show", "pinned", pin.to_str().expect("UTF-8 path")]);
         assert_eq!(map["bytes_value"].as_u64(), Some(value), "{name}: {map}");
         assert_eq!(map["max_entries"].as_u64(), Some(max), "{name}: {map}");
     }

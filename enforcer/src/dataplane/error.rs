@@ -161,3 +161,19 @@ pub(crate) fn type_err(map: &'static str) -> impl FnOnce(MapError) -> DataplaneE
         source: Box::new(e),
     }
 }
+
+/// Checks, before anything is written, that each map holds what it must:
+/// `(map, entries needed, capacity)`; the first that does not is the error.
+pub(crate) fn ensure_capacity(checks: &[(&'static str, usize, u32)]) -> Result<()> {
+    match checks
+        .iter()
+        .find(|&&(_, needed, capacity)| needed > capacity as usize)
+    {
+        Some(&(map, needed, capacity)) => Err(DataplaneError::CapacityExceeded {
+            map,
+            needed,
+            capacity,
+        }),
+        None => Ok(()),
+    }
+}

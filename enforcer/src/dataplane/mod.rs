@@ -620,13 +620,11 @@ impl Dataplane {
             ));
         };
         let slot = staged.slot;
-        if cgroups.len() > enforcer_common::MAX_CGROUPS as usize {
-            return Err(DataplaneError::CapacityExceeded {
-                map: maps::CGROUPS[slot],
-                needed: cgroups.len(),
-                capacity: enforcer_common::MAX_CGROUPS,
-            });
-        }
+        error::ensure_capacity(&[(
+            maps::CGROUPS[slot],
+            cgroups.len(),
+            enforcer_common::MAX_CGROUPS,
+        )])?;
         let mut entries: Vec<(u64, enforcer_common::CgroupEntry)> =
             cgroups.iter().map(|c| (c.cgroup_id, c.entry())).collect();
         entries.sort_unstable_by_key(|e| e.0);
@@ -734,13 +732,7 @@ impl Dataplane {
 
     /// Replaces the failsafe ports. Flows are judged again.
     pub fn set_failsafe(&mut self, ports: &[FailsafePort]) -> Result<u32> {
-        if ports.len() > MAX_FAILSAFE_PORTS as usize {
-            return Err(DataplaneError::CapacityExceeded {
-                map: maps::FAILSAFE,
-                needed: ports.len(),
-                capacity: MAX_FAILSAFE_PORTS,
-            });
-        }
+        error::ensure_capacity(&[(maps::FAILSAFE, ports.len(), MAX_FAILSAFE_PORTS)])?;
         slots::clear_hash::<PortKey, u8>(&mut self.ebpf, maps::FAILSAFE)?;
         let name = maps::FAILSAFE;
         let mut m: HashMap<&mut MapData, PortKey, u8> = self.hash_map_mut(name)?;

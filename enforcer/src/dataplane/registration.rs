@@ -22,7 +22,7 @@ use enforcer_common::{
 
 use super::{
     ResolvedCgroup,
-    error::{DataplaneError, Result, read_err, type_err, write_err},
+    error::{DataplaneError, Result, ensure_capacity, read_err, type_err, write_err},
     kernel_btf::KernelTypes,
     shared_array::SharedArray,
     slots::removed,
@@ -134,21 +134,11 @@ fn random_key() -> Result<[u64; 2]> {
 
 /// Checks that a slot's tables fit before anything is written.
 pub(crate) fn check_capacity(tables: &KernelTables) -> Result<()> {
-    let checks = [
+    ensure_capacity(&[
         (maps::MATCH_STATES, tables.states.len(), MAX_MATCH_STATES),
         (maps::MATCH_EXACT, tables.exact.len(), MAX_MATCH_EXACT),
         (maps::MATCH_GLOBS, tables.globs.len(), MAX_MATCH_GLOBS),
-    ];
-    for (map, needed, capacity) in checks {
-        if needed > capacity as usize {
-            return Err(DataplaneError::CapacityExceeded {
-                map,
-                needed,
-                capacity,
-            });
-        }
-    }
-    Ok(())
+    ])
 }
 
 /// Replaces a slot's automaton tables. The slot is not in force while this

@@ -18,7 +18,7 @@ use enforcer_common::{
 
 use super::{
     HostAddrs, ResolvedCgroup,
-    error::{DataplaneError, Result, read_err, type_err, write_err},
+    error::{DataplaneError, Result, ensure_capacity, read_err, type_err, write_err},
 };
 use crate::compile::compiled::CompiledPolicy;
 
@@ -228,22 +228,12 @@ pub fn plan<K: Ord + Copy, V: PartialEq + Copy>(old: &[(K, V)], new: &[(K, V)]) 
 
 /// Rejects a policy that does not fit, before anything is written.
 pub(crate) fn check_capacity(content: &SlotContent) -> Result<()> {
-    let checks = [
+    ensure_capacity(&[
         (maps::CGROUPS[0], content.cgroups.len(), MAX_CGROUPS),
         (maps::ADDR4[0], content.addr4.len(), MAX_PREFIXES_V4),
         (maps::ADDR6[0], content.addr6.len(), MAX_PREFIXES_V6),
         (maps::VERDICTS[0], content.verdicts.len(), MAX_VERDICTS),
-    ];
-    for (map, needed, capacity) in checks {
-        if needed > capacity as usize {
-            return Err(DataplaneError::CapacityExceeded {
-                map,
-                needed,
-                capacity,
-            });
-        }
-    }
-    Ok(())
+    ])
 }
 
 /// A removal whose key may already be gone: the outcome is the same.

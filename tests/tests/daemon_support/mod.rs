@@ -91,6 +91,12 @@ pub fn mkfifo(path: &Path) {
 /// A policy where workload `web` (cgroups `web*` under the root) may
 /// connect to `host` on `allowed` only.
 pub fn web_policy(allowed: u16) -> String {
+    web_policy_ports(&[allowed])
+}
+
+/// [`web_policy`] with several TCP ports allowed.
+pub fn web_policy_ports(allowed: &[u16]) -> String {
+    let ports: Vec<String> = allowed.iter().map(|p| format!("\"{p}/tcp\"")).collect();
     format!(
         r#"[workload.web]
 cgroup = "web*"
@@ -99,9 +105,31 @@ labels = {{ app = "web" }}
 [[policy]]
 name = "web"
 select = {{ app = "web" }}
-allow-out = [ {{ to = ["host"], ports = ["{allowed}/tcp"] }} ]
-"#
+allow-out = [ {{ to = ["host"], ports = [{}] }} ]
+"#,
+        ports.join(", ")
     )
+}
+
+/// `GET /metrics` from the daemon's endpoint at `addr`, retried for up to
+/// 3 s while it starts; the whole HTTP answer.
+pub fn scrape_metrics(addr: &str) -> String {
+    use std::io::Write as _;
+    let mut body = String::new();
+    let fetched = Daemon::eventually(Duration::from_secs(3), || {
+        let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+            return false;
+        };
+        if s.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
+            .is_err()
+        {
+            return false;
+        }
+        body.clear();
+        s.read_to_string(&mut body).is_ok() && body.starts_with("HTTP/1.0 200")
+    });
+    assert!(fetched, "no metrics from {addr}: {body}");
+    body
 }
 
 /// A running daemon.

@@ -138,25 +138,9 @@ impl Drop for PinRoot {
     }
 }
 
-/// `bpftool -j ARGS`, parsed (`null` when it prints nothing); panics when
-/// bpftool fails.
-fn bpftool_json(args: &[&std::ffi::OsStr]) -> serde_json::Value {
-    let out = std::process::Command::new("bpftool")
-        .arg("-j")
-        .args(args)
-        .output()
-        .expect("run bpftool");
-    assert!(
-        out.status.success(),
-        "bpftool failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
-}
-
 /// Programs attached to a cgroup (directly, not inherited), per bpftool.
 pub fn attached_programs(cgroup: &Path) -> usize {
-    let v = bpftool_json(&["cgroup".as_ref(), "show".as_ref(), cgroup.as_os_str()]);
+    let v = enforcer_tests::bpftool_json(&["cgroup".as_ref(), "show".as_ref(), cgroup.as_os_str()]);
     v.as_array().map_or(0, |a| a.len())
 }
 
@@ -456,7 +440,7 @@ pub fn wait_listening(addr: SocketAddr) {
 
 /// bpf links attached to the cgroup with this id, per `bpftool link show`.
 pub fn links_to_cgroup(cgroup_id: u64) -> usize {
-    let v = bpftool_json(&["link".as_ref(), "show".as_ref()]);
+    let v = enforcer_tests::bpftool_json(&["link", "show"]);
     v.as_array().map_or(0, |links| {
         links
             .iter()
