@@ -77,16 +77,22 @@ impl Node {
     }
 }
 
+/// The tracer's settings and the tracepoint's cgroup, once the loader
+/// enabled the tracer and for cgroup v2 only.
+#[inline(always)]
+fn traced(ctx: &BtfTracePointContext) -> Option<(Registration, Node)> {
+    let registration = maps::REGISTRATION.get(0).copied()?;
+    if registration.enabled == 0 {
+        return None;
+    }
+    let node = Node::of(ctx, &registration.offsets)?;
+    Some((registration, node))
+}
+
 /// `cgroup_mkdir`.
 #[inline(always)]
 pub fn created(ctx: &BtfTracePointContext) {
-    let Some(registration) = maps::REGISTRATION.get(0).copied() else {
-        return;
-    };
-    if registration.enabled == 0 {
-        return;
-    }
-    let Some(node) = Node::of(ctx, &registration.offsets) else {
+    let Some((registration, node)) = traced(ctx) else {
         return;
     };
     let Some(scratch) = maps::MATCH_SCRATCH.get_ptr_mut(0) else {
@@ -258,13 +264,7 @@ fn register(slot: usize, id: u64, entry: &CgroupEntry, registration: &Registrati
 /// `cgroup_rmdir`: the cgroup and its states are gone.
 #[inline(always)]
 pub fn removed(ctx: &BtfTracePointContext) {
-    let Some(registration) = maps::REGISTRATION.get(0).copied() else {
-        return;
-    };
-    if registration.enabled == 0 {
-        return;
-    }
-    let Some(node) = Node::of(ctx, &registration.offsets) else {
+    let Some((_, node)) = traced(ctx) else {
         return;
     };
     let mut slot = 0;
