@@ -223,7 +223,7 @@ pub fn handle(ctx: &SkBuffContext, direction: u8) -> i32 {
     }
     // A TCP packet's local end is found once, here: a socket in no workload
     // may need nothing more.
-    let mut known_local = None;
+    let mut known_local = LocalEnd::UNKNOWN;
     if !matches!(socket, PacketSocket::Other) {
         let local = LocalEnd::of(ctx, &cfg);
         if local.workload().is_none() && unmanaged_passes(&cfg, socket) {
@@ -240,7 +240,7 @@ pub fn handle(ctx: &SkBuffContext, direction: u8) -> i32 {
             maps::bump_counter(IDENTITY_HOST, ACTION_ALLOW);
             return PASS;
         }
-        known_local = Some(local);
+        known_local = local;
     }
     let Some(p) = packet::parse(&Skb(ctx)) else {
         // Not IP or truncated: the stack drops what it cannot parse itself.
@@ -307,6 +307,17 @@ struct LocalEnd {
 }
 
 impl LocalEnd {
+    /// Not looked for yet (no cgroup has this id: ids are inode numbers).
+    const UNKNOWN: LocalEnd = LocalEnd {
+        cgroup_id: u64::MAX,
+        entry: judge::NO_ENTRY,
+    };
+
+    #[inline(always)]
+    fn is_unknown(&self) -> bool {
+        self.cgroup_id == u64::MAX
+    }
+
     #[inline(always)]
     fn of(ctx: &SkBuffContext, cfg: &Config) -> LocalEnd {
         let skb = ctx.skb.skb;
@@ -632,7 +643,7 @@ fn judge_packet(
     p: &Packet,
     key: &FlowKey,
     direction: u8,
-    known_local: Option<LocalEnd>,
+    known_local: LocalEnd,
 ) -> i32 {
     let mut last_event_ns = 0;
     let mut quiet_until_jiffies = 0;
@@ -693,9 +704,10 @@ fn judge_packet(
         (None, _) => opener_and_service(p, key, direction),
     };
 
-    let local_end = match known_local {
-        Some(known) => known,
-        None => LocalEnd::of(ctx, cfg),
+    let local_end = if known_local.is_unknown() {
+        LocalEnd::of(ctx, cfg)
+    } else {
+        known_local
     };
     let cgroup_id = local_end.cgroup_id;
     let local = local_end.workload();
