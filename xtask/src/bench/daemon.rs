@@ -132,16 +132,22 @@ impl Drop for Sandbox {
 }
 
 /// `enforcer run --uninstall` on `bpffs`, then removes the directory
-/// itself (whatever the uninstall could not).
+/// itself (whatever the uninstall could not, or everything when the binary
+/// is not built yet).
 fn uninstall(enforcer: &Path, bpffs: &Path) -> Result<()> {
     if !bpffs.exists() {
         return Ok(());
     }
-    let result = cmd::capture(
-        Command::new(enforcer)
-            .args(["run", "--config", "/dev/null", "--uninstall", "--bpffs"])
-            .arg(bpffs),
-    );
+    let result = if enforcer.is_file() {
+        cmd::capture(
+            Command::new(enforcer)
+                .args(["run", "--config", "/dev/null", "--uninstall", "--bpffs"])
+                .arg(bpffs),
+        )
+        .map(drop)
+    } else {
+        Ok(())
+    };
     // Unlinking a pin drops the kernel's reference too: whatever the
     // uninstall left goes this way.
     match fs::remove_dir_all(bpffs) {
@@ -151,7 +157,18 @@ fn uninstall(enforcer: &Path, bpffs: &Path) -> Result<()> {
             return Err(e).with_context(|| format!("cannot remove {}", bpffs.display()));
         }
     }
-    result.map(drop)
+    result
+}
+
+/// Removes the sandboxes of earlier runs killed with SIGKILL, of the
+/// control plane and of the root arm, whichever this run measures: a root
+/// arm's pins keep its programs attached at the cgroup root until then.
+pub fn remove_stale_sandboxes(enforcer: &Path) -> Result<()> {
+    let cgroup_mount = setup::cgroup2_mount()?;
+    for prefix in [CONTROL_PREFIX, ROOT_ARM_PREFIX] {
+        remove_stale(enforcer, prefix, &cgroup_mount)?;
+    }
+    Ok(())
 }
 
 /// Removes sandboxes named `prefix` of earlier runs whose process is gone.

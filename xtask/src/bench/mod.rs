@@ -136,6 +136,9 @@ pub fn run(args: Args) -> Result<()> {
     let interrupt = Interrupt::install()?;
     let started = Instant::now();
     setup::run()?;
+    if cmd::is_root() {
+        daemon::remove_stale_sandboxes(&cmd::target_dir().join("release/enforcer"))?;
+    }
     let mut environment = environment()?;
     let out_dir = cmd::target_dir().join("bench");
     fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;

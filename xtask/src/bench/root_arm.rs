@@ -169,12 +169,10 @@ impl Arm for RootDaemonArm {
                 &link.id.to_string(),
             ]))?;
         }
-        if let Some(pin) = running
-            .links
-            .iter()
-            .find(|pin| link_at(pin).map_or(true, |link| link.cgroup_id.is_some_and(|id| id != 0)))
-        {
-            bail!("the link pinned at {} is still attached", pin.display());
+        for pin in &running.links {
+            if link_at(pin)?.cgroup_id.is_some_and(|id| id != 0) {
+                bail!("the link pinned at {} is still attached", pin.display());
+            }
         }
         std::thread::sleep(SETTLE);
         Ok(())
