@@ -92,18 +92,25 @@ pub fn find_local_entry(slot: u32, cgroup_id: u64, ancestor: impl Fn(i32) -> u64
     if let Some(e) = maps::cgroup_entry(slot, cgroup_id) {
         return e;
     }
-    let mut level = MAX_CGROUP_DEPTH;
-    while level > 0 {
+    // From the root's children down, the deepest ancestor with an entry
+    // winning. The walk ends at the cgroup's own level (its own id) or past
+    // it (0): as many helper calls as the cgroup is deep, most cgroups
+    // being two or three levels down, where walking up from the deepest
+    // possible level took `MAX_CGROUP_DEPTH` for every cgroup of no
+    // workload.
+    let mut found = NO_ENTRY;
+    let mut level = 1;
+    while level <= MAX_CGROUP_DEPTH {
         let id = ancestor(level);
-        if id != 0
-            && id != cgroup_id
-            && let Some(e) = maps::cgroup_entry(slot, id)
-        {
-            return e;
+        if id == 0 || id == cgroup_id {
+            break;
         }
-        level -= 1;
+        if let Some(e) = maps::cgroup_entry(slot, id) {
+            found = e;
+        }
+        level += 1;
     }
-    NO_ENTRY
+    found
 }
 
 /// Resolves the remote end of a flow from its key. An address outside
@@ -168,6 +175,17 @@ pub fn lookup(
     (ACTION_DENY, RULE_DEFAULT_DENY)
 }
 
+/// The mode of processes in no workload (`--unmanaged`): `MODE_AUDIT`,
+/// `MODE_ENFORCE` (deny), or `MODE_ALLOW` for anything else.
+#[inline(always)]
+pub fn unmanaged_mode(cfg: &Config) -> u8 {
+    match cfg.unmanaged {
+        MODE_AUDIT => MODE_AUDIT,
+        MODE_ENFORCE => MODE_ENFORCE,
+        _ => MODE_ALLOW,
+    }
+}
+
 /// Judges a new connection opened in `opener` direction to `service_port`.
 #[inline(always)]
 pub fn judge(
@@ -184,15 +202,7 @@ pub fn judge(
     // workload itself.
     let (workload, class, mode) = match local {
         Some(e) => (e.workload, e.class, e.mode),
-        None => (
-            IDENTITY_HOST,
-            IDENTITY_HOST,
-            match cfg.unmanaged {
-                MODE_AUDIT => MODE_AUDIT,
-                MODE_ENFORCE => MODE_ENFORCE,
-                _ => MODE_ALLOW,
-            },
-        ),
+        None => (IDENTITY_HOST, IDENTITY_HOST, unmanaged_mode(cfg)),
     };
     let allow = |rule| Verdict {
         action: ACTION_ALLOW,

@@ -22,9 +22,10 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use enforcer_common::{
-    ACTION_ALLOW, ACTION_DENY, CachedVerdict, Config, DIRECTION_EGRESS, DIRECTION_INGRESS, FlowKey,
-    FlowValue, GLOBAL_COUNTER_DROPPED, GLOBAL_COUNTER_NEW_FLOWS, GLOBAL_COUNTER_PACKETS, Identity,
-    PROTO_TCP, PROTO_UDP, ipv4_unmapped,
+    ACTION_ALLOW, ACTION_DENY, CachedVerdict, CgroupEntry, Config, DIRECTION_EGRESS,
+    DIRECTION_INGRESS, FlowKey, FlowValue, GLOBAL_COUNTER_DROPPED, GLOBAL_COUNTER_NEW_FLOWS,
+    GLOBAL_COUNTER_PACKETS, IDENTITY_HOST, IDENTITY_NONE, Identity, MODE_ALLOW, PROTO_TCP,
+    PROTO_UDP, ipv4_unmapped,
     packet::{
         self, Bytes, CLASS_ECHO_REPLY, CLASS_ICMP_ERROR, CLASS_NEIGHBOUR_DISCOVERY, Packet,
         PacketBytes, TCP_ACK, TCP_SYN,
@@ -209,15 +210,37 @@ pub fn handle(ctx: &SkBuffContext, direction: u8) -> i32 {
         return PASS;
     }
     maps::bump_global(GLOBAL_COUNTER_PACKETS);
+    let socket = packet_socket(ctx);
     // The usual packet: one of an allowed connection, on its socket. No
     // parsing: the socket says it is TCP and where it is connected, and its
     // storage or the verdict cache holds the verdict.
-    if let Some(sk) = connected_tcp_socket(ctx)
+    if let PacketSocket::Connected(sk) = socket
         && let Some((local, action)) = known_connection(ctx, &cfg, sk)
         && action != ACTION_DENY
     {
         maps::bump_counter(local, action);
         return PASS;
+    }
+    // A TCP packet's local end is found once, here: a socket in no workload
+    // may need nothing more.
+    let mut known_local = LocalEnd::UNKNOWN;
+    if !matches!(socket, PacketSocket::Other) {
+        let local = LocalEnd::of(ctx, &cfg);
+        if local.workload().is_none() && unmanaged_passes(&cfg, socket) {
+            if direction == DIRECTION_INGRESS
+                && let PacketSocket::Listener(sk) = socket
+            {
+                // As `judge_packet` does for the SYN (see `mark_listener_port`).
+                // SAFETY: a field of a full socket (host byte order).
+                let port = unsafe { (*sk).src_port } as u16;
+                if !maps::tcp_port_bound(port) {
+                    maps::mark_tcp_port(port, true);
+                }
+            }
+            maps::bump_counter(IDENTITY_HOST, ACTION_ALLOW);
+            return PASS;
+        }
+        known_local = local;
     }
     let Some(p) = packet::parse(&Skb(ctx)) else {
         // Not IP or truncated: the stack drops what it cannot parse itself.
@@ -227,11 +250,109 @@ pub fn handle(ctx: &SkBuffContext, direction: u8) -> i32 {
         return PASS;
     }
     let key = FlowKey::of_packet(&p, direction);
-    let verdict = judge_packet(ctx, &cfg, &p, &key, direction);
+    let verdict = judge_packet(ctx, &cfg, &p, &key, direction, known_local);
     if verdict == DROP {
         maps::bump_global(GLOBAL_COUNTER_DROPPED);
     }
     verdict
+}
+
+/// The packet's socket, as far as the per-packet path tells them apart.
+#[derive(Clone, Copy)]
+enum PacketSocket {
+    /// A full TCP socket that is not listening.
+    Connected(*mut bpf_sock),
+    /// A listening TCP socket: it sees the first packets of every
+    /// connection to its port.
+    Listener(*mut bpf_sock),
+    /// A request socket (a SYN-ACK's) or one in TIME_WAIT: only TCP makes
+    /// them.
+    PartialTcp,
+    /// Another protocol's socket, or none (`BPF_PROG_TEST_RUN` gives a
+    /// socket of no protocol).
+    Other,
+}
+
+#[inline(always)]
+fn packet_socket(ctx: &SkBuffContext) -> PacketSocket {
+    // SAFETY: as in `tcp_socket`.
+    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return PacketSocket::Other;
+    }
+    // SAFETY: a helper on the context's socket pointer.
+    let full = unsafe { bpf_sk_fullsock(sk) };
+    if full.is_null() {
+        return PacketSocket::PartialTcp;
+    }
+    // SAFETY: fields of a full socket, checked by the verifier.
+    let (protocol, state) = unsafe { ((*full).protocol, (*full).state) };
+    if protocol != u32::from(PROTO_TCP) {
+        PacketSocket::Other
+    } else if state == BPF_TCP_LISTEN {
+        PacketSocket::Listener(full)
+    } else {
+        PacketSocket::Connected(full)
+    }
+}
+
+/// The local end of a packet: its socket's cgroup and the workload that
+/// holds it, if any.
+#[derive(Clone, Copy)]
+struct LocalEnd {
+    cgroup_id: u64,
+    /// `workload` is `IDENTITY_NONE` when no workload holds the cgroup (a
+    /// plain value, see `judge::local_entry`).
+    entry: CgroupEntry,
+}
+
+impl LocalEnd {
+    /// Not looked for yet (no cgroup has this id: ids are inode numbers).
+    const UNKNOWN: LocalEnd = LocalEnd {
+        cgroup_id: u64::MAX,
+        entry: judge::NO_ENTRY,
+    };
+
+    #[inline(always)]
+    fn is_unknown(&self) -> bool {
+        self.cgroup_id == u64::MAX
+    }
+
+    #[inline(always)]
+    fn of(ctx: &SkBuffContext, cfg: &Config) -> LocalEnd {
+        let skb = ctx.skb.skb;
+        // SAFETY: helpers on the program's own context.
+        let cgroup_id = unsafe { bpf_skb_cgroup_id(skb) };
+        let entry = judge::find_local_entry(cfg.active_slot, cgroup_id, |level| unsafe {
+            bpf_skb_ancestor_cgroup_id(skb, level)
+        });
+        LocalEnd { cgroup_id, entry }
+    }
+
+    #[inline(always)]
+    fn workload(&self) -> Option<CgroupEntry> {
+        (self.entry.workload != IDENTITY_NONE).then_some(self.entry)
+    }
+}
+
+/// Whether a packet of a TCP socket in no workload passes as it is, under
+/// `unmanaged = allow`: such a socket is allowed whatever its other end,
+/// and finding it again costs less than remembering it (an LRU insert for
+/// a listener's SYN, socket storage for an accepted connection, and for
+/// every packet the lookups of a flow that cannot be there). The other
+/// end, when it is a workload of this host, judges its own packets. A
+/// connection that lasts past [`SEGMENTS_BEFORE_STORAGE`] is judged and
+/// its flow kept on its socket, where its later packets find it sooner.
+/// Not for UDP, whose datagrams to a local socket are judged for their
+/// receiver at their send.
+#[inline(always)]
+fn unmanaged_passes(cfg: &Config, socket: PacketSocket) -> bool {
+    judge::unmanaged_mode(cfg) == MODE_ALLOW
+        && match socket {
+            PacketSocket::Connected(sk) => !long_lived(sk),
+            PacketSocket::Listener(_) | PacketSocket::PartialTcp => true,
+            PacketSocket::Other => false,
+        }
 }
 
 /// Where a packet's flow is kept: on its connected TCP socket, or in the
@@ -338,26 +459,32 @@ fn long_lived(sk: *mut bpf_sock) -> bool {
 /// workload may open, not what it may accept.
 #[inline(always)]
 fn cached_connection(ctx: &SkBuffContext, cfg: &Config, sk: *mut bpf_sock) -> Option<FlowValue> {
+    // First: an accepted socket (most of those that get here without a
+    // flow) is told apart from its port, before the cache line of a slot
+    // is read.
+    if !opened_by_connect(sk) {
+        return None;
+    }
     let (family, addr, port) = destination(sk)?;
     // SAFETY: a helper on the program's own context: the socket's cgroup,
     // which `connect4|6` keyed the verdict by (the process's, unless the
     // socket moved between processes: then a miss).
     let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
     let cached = maps::cached_verdict(CachedVerdict::slot(cgroup_id, &addr, port, PROTO_TCP));
-    (cached.matches(cgroup_id, family, PROTO_TCP, &addr, port, cfg.generation)
-        && opened_by_connect(sk))
-    .then_some(FlowValue {
-        generation: cached.generation,
-        local: cached.local,
-        remote: cached.remote,
-        rule: cached.rule,
-        cgroup_id,
-        last_event_ns: 0,
-        action: ACTION_ALLOW,
-        direction: DIRECTION_EGRESS,
-        service_port: port,
-        quiet_until: 0,
-    })
+    cached
+        .matches(cgroup_id, family, PROTO_TCP, &addr, port, cfg.generation)
+        .then_some(FlowValue {
+            generation: cached.generation,
+            local: cached.local,
+            remote: cached.remote,
+            rule: cached.rule,
+            cgroup_id,
+            last_event_ns: 0,
+            action: ACTION_ALLOW,
+            direction: DIRECTION_EGRESS,
+            service_port: port,
+            quiet_until: 0,
+        })
 }
 
 /// Where a connected socket is connected to: family, address (network
@@ -516,6 +643,7 @@ fn judge_packet(
     p: &Packet,
     key: &FlowKey,
     direction: u8,
+    known_local: LocalEnd,
 ) -> i32 {
     let mut last_event_ns = 0;
     let mut quiet_until_jiffies = 0;
@@ -576,12 +704,13 @@ fn judge_packet(
         (None, _) => opener_and_service(p, key, direction),
     };
 
-    let skb = ctx.skb.skb;
-    // SAFETY: helpers on the program's own context.
-    let cgroup_id = unsafe { bpf_skb_cgroup_id(skb) };
-    let local = judge::local_entry(cfg.active_slot, cgroup_id, |level| unsafe {
-        bpf_skb_ancestor_cgroup_id(skb, level)
-    });
+    let local_end = if known_local.is_unknown() {
+        LocalEnd::of(ctx, cfg)
+    } else {
+        known_local
+    };
+    let cgroup_id = local_end.cgroup_id;
+    let local = local_end.workload();
     let remote = judge::resolve_remote(cfg.active_slot, key, || {
         peer_socket(ctx, cfg.active_slot, key)
     });

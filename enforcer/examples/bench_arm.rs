@@ -14,7 +14,6 @@
 //! bench_arm`, then `cargo xtask bench --arm 'NAME=target/release/examples/bench_arm --rules N'`.
 
 use std::{
-    fmt::Write as _,
     io::{Read as _, Write as _},
     net::Ipv4Addr,
     os::unix::fs::MetadataExt as _,
@@ -28,12 +27,7 @@ use enforcer::{
     compile::compile_dir,
     dataplane::{Dataplane, DataplaneOptions, HostAddrs, ResolvedCgroup},
 };
-use enforcer_bench::proc_status::own_kib;
-
-/// Decoy peers the non-matching rules point at (203.0.113.0/24, which no
-/// benchmark address uses); each rule is a distinct (peer, port) pair.
-const DECOY_PEERS: usize = 250;
-const DECOY_FIRST_PORT: usize = 10_000;
+use enforcer_bench::{arm_policy::client_policy, proc_status::own_kib};
 
 struct Args {
     rules: usize,
@@ -75,56 +69,6 @@ fn parse_allow(text: &str) -> Result<Vec<(Ipv4Addr, u16)>> {
         .collect()
 }
 
-/// The policy directory's one file: workload `client` (the benchmark
-/// client's cgroup) may reach the allowed services, and `rules - allowed`
-/// decoy (peer, port) pairs.
-fn policy_text(cgroup_rel: &str, allowed: &[(Ipv4Addr, u16)], rules: usize) -> Result<String> {
-    if rules < allowed.len() {
-        bail!(
-            "--rules {rules}: at least {} rules are needed for the allowed services",
-            allowed.len()
-        );
-    }
-    let decoys = rules - allowed.len();
-    let peers = decoys.min(DECOY_PEERS);
-    let mut t = String::new();
-    writeln!(
-        t,
-        "[workload.client]\ncgroup = {cgroup_rel:?}\nlabels = {{ role = \"bench-client\" }}\n"
-    )?;
-    // One peer per server address; one rule per allowed service.
-    let mut servers: Vec<Ipv4Addr> = allowed.iter().map(|(addr, _)| *addr).collect();
-    servers.sort_unstable();
-    servers.dedup();
-    for (i, addr) in servers.iter().enumerate() {
-        writeln!(t, "[peer.server-{i}]\ncidrs = [\"{addr}/32\"]\n")?;
-    }
-    for i in 0..peers {
-        writeln!(t, "[peer.decoy-{i}]\ncidrs = [\"203.0.113.{i}/32\"]\n")?;
-    }
-    writeln!(
-        t,
-        "[[policy]]\nname = \"client\"\nselect = {{ role = \"bench-client\" }}\nallow-out = ["
-    )?;
-    for (addr, port) in allowed {
-        let i = servers.binary_search(addr).unwrap_or_default();
-        writeln!(
-            t,
-            "  {{ to = [\"peer:server-{i}\"], ports = [\"{port}/tcp\"] }},"
-        )?;
-    }
-    for i in 0..decoys {
-        let port = DECOY_FIRST_PORT + i / peers;
-        writeln!(
-            t,
-            "  {{ to = [\"peer:decoy-{}\"], ports = [\"{port}/tcp\"] }},",
-            i % peers
-        )?;
-    }
-    writeln!(t, "]")?;
-    Ok(t)
-}
-
 fn main() -> Result<()> {
     let args = parse_args()?;
     let cgroup = PathBuf::from(
@@ -145,7 +89,7 @@ fn main() -> Result<()> {
     let dir = tempfile::tempdir()?;
     std::fs::write(
         dir.path().join("bench.toml"),
-        policy_text(&rel.to_string_lossy(), &allowed, args.rules)?,
+        client_policy(&rel.to_string_lossy(), &allowed, args.rules)?,
     )?;
 
     let started = Instant::now();

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 
+use super::root_arm::RootDaemonArm;
 use super::topology::Topology;
 use crate::cmd;
 
@@ -32,6 +33,28 @@ pub struct ArmEnv<'a> {
     pub allowed: &'a [Service],
 }
 
+/// How the paired pass measures "no filtering" while an arm stays
+/// applied (see `paired.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnfilteredHalf {
+    /// The client runs in a sibling of its cgroup, which the arm leaves
+    /// alone.
+    SiblingCgroup,
+    /// The arm covers the whole host: [`Arm::suspend`] takes all of its
+    /// filtering away for the half and [`Arm::resume`] puts it back.
+    Suspended,
+}
+
+impl UnfilteredHalf {
+    /// What the unfiltered half is, for the report.
+    pub fn describe(self) -> &'static str {
+        match self {
+            UnfilteredHalf::SiblingCgroup => "client in an unfiltered sibling cgroup",
+            UnfilteredHalf::Suspended => "the arm's programs detached",
+        }
+    }
+}
+
 /// One way of filtering the client's traffic.
 pub trait Arm {
     /// A short name, unique in a run (`iptables-1000`).
@@ -44,10 +67,25 @@ pub trait Arm {
     /// Removes everything [`Arm::apply`] installed. Called after every
     /// `apply`, whether or not the measurements succeeded.
     fn remove(&mut self, env: &ArmEnv) -> Result<()>;
+    /// How the paired pass gets its unfiltered half.
+    fn unfiltered_half(&self) -> UnfilteredHalf {
+        UnfilteredHalf::SiblingCgroup
+    }
+    /// For [`UnfilteredHalf::Suspended`]: stops filtering anything, keeping
+    /// what makes [`Arm::resume`] cheap (no start-up next to a
+    /// measurement).
+    fn suspend(&mut self) -> Result<()> {
+        bail!("arm {} cannot be suspended", self.name())
+    }
+    /// Filters again after [`Arm::suspend`]; returns once it does.
+    fn resume(&mut self) -> Result<()> {
+        bail!("arm {} cannot be suspended", self.name())
+    }
 }
 
 /// The arms of a standard run: baseline, then iptables, nftables and the
-/// enforcer with allow lists (policies) of each size.
+/// enforcer with allow lists (policies) of each size, and the real daemon
+/// attached at the cgroup root with the largest.
 pub fn standard(sizes: &[usize]) -> Vec<Box<dyn Arm>> {
     let mut arms: Vec<Box<dyn Arm>> = vec![Box::new(Baseline)];
     arms.extend(
@@ -65,6 +103,9 @@ pub fn standard(sizes: &[usize]) -> Vec<Box<dyn Arm>> {
             .iter()
             .map(|&n| Box::new(enforcer_arm(n)) as Box<dyn Arm>),
     );
+    if let Some(&largest) = sizes.iter().max() {
+        arms.push(Box::new(RootDaemonArm::new(largest)));
+    }
     arms
 }
 
@@ -83,9 +124,19 @@ fn enforcer_arm(rules: usize) -> ProcessArm {
     }
 }
 
-/// Builds the enforcer's arm program when a run includes an enforcer arm.
+/// Builds the enforcer's arm program when a run includes an enforcer arm
+/// on the client's cgroup, and the daemon when it includes the root arm.
 pub fn build_enforcer_arm(arms: &[Box<dyn Arm>]) -> Result<()> {
-    if !arms.iter().any(|arm| arm.name().starts_with("enforcer-")) {
+    if arms
+        .iter()
+        .any(|arm| arm.unfiltered_half() == UnfilteredHalf::Suspended)
+    {
+        super::control::build()?;
+    }
+    if !arms.iter().any(|arm| {
+        arm.name().starts_with("enforcer-")
+            && arm.unfiltered_half() == UnfilteredHalf::SiblingCgroup
+    }) {
         return Ok(());
     }
     cmd::run(cmd::cargo().args([

@@ -32,7 +32,7 @@ use enforcer_bench::policy::{self, Shape, Variant};
 use serde::Serialize;
 
 use super::Interrupt;
-use super::daemon::{Daemon, Memory, Sandbox};
+use super::daemon::{CONTROL_PREFIX, CgroupRoot, Daemon, Memory, Sandbox};
 use super::micro::MicroRow;
 use super::stats::Summary;
 use crate::cmd::{self, step};
@@ -184,7 +184,7 @@ pub fn run(
     micro: &[MicroRow],
 ) -> Result<Vec<ControlRow>> {
     let started = Instant::now();
-    let sandbox = Sandbox::create(enforcer)?;
+    let sandbox = Sandbox::create(enforcer, CONTROL_PREFIX, CgroupRoot::Fresh)?;
     let policies = Policies::write(&sandbox.dir)?;
     let mut samples = Samples::default();
     for round in 0..rounds {

@@ -1,9 +1,12 @@
-//! The real `enforcer run` daemon of the control-plane benchmark, in a
-//! [`Sandbox`] of its own: a fresh cgroup v2 directory as its cgroup root
-//! (never the hierarchy's root), a private bpffs directory for its pins, and
-//! a temporary directory for its socket, log and policies. Everything is
-//! removed when the sandbox is dropped (after an error or Ctrl-C too), and
-//! the leftovers of a run killed with SIGKILL by the next run.
+//! The real `enforcer run` daemon of the control-plane benchmark and of the
+//! root-attached arm, in a [`Sandbox`] of its own: a fresh cgroup v2
+//! directory as its cgroup root (the control plane) or the hierarchy's
+//! root (the root arm, as in production), a private bpffs directory for its
+//! pins, and a temporary directory for its socket, log and policies.
+//! Everything is removed when the sandbox is dropped (after an error or
+//! Ctrl-C too): the pins, and with them whatever the daemon attached, and
+//! the fresh cgroup. The leftovers of a run killed with SIGKILL are removed
+//! by the next run.
 
 use std::fs;
 use std::io::Read as _;
@@ -19,14 +22,27 @@ use super::topology::remove_cgroup;
 use crate::cmd::{self, step};
 use crate::setup;
 
-/// Names of the sandbox's cgroup, bpffs and temporary directories, followed
-/// by the benchmark's process id. Not `enforcer-bench-`, so that the
-/// end-to-end topology's own stale cleanup never mistakes them for its own.
-const PREFIX: &str = "enforcer-cpbench-";
+/// Names of a control-plane sandbox's cgroup, bpffs and temporary
+/// directories, followed by the benchmark's process id. Not
+/// `enforcer-bench-`, so that the end-to-end topology's own stale cleanup
+/// never mistakes them for its own.
+pub const CONTROL_PREFIX: &str = "enforcer-cpbench-";
+/// The same for the root-attached arm's (which has no cgroup of its own).
+pub const ROOT_ARM_PREFIX: &str = "enforcer-rootbench-";
 const BPFFS: &str = "/sys/fs/bpf";
 /// How long the daemon may take to report READY=1, and to exit on SIGTERM.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where a sandbox's daemon attaches its programs (`--cgroup-root`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CgroupRoot {
+    /// A fresh, empty cgroup that the sandbox creates and removes.
+    Fresh,
+    /// The root of the cgroup v2 hierarchy: every socket of the host runs
+    /// the programs, as in production.
+    Hierarchy,
+}
 
 /// The directories one benchmark run gives its daemons.
 pub struct Sandbox {
@@ -34,7 +50,8 @@ pub struct Sandbox {
     enforcer: PathBuf,
     /// Socket, sd_notify socket, log and policy directories.
     pub dir: PathBuf,
-    /// The daemon's `cgroup_root`: created empty by the sandbox.
+    /// The daemon's `cgroup_root`: created empty by the sandbox, or the
+    /// cgroup v2 mount.
     pub cgroup: PathBuf,
     /// The daemon's `bpffs` directory (created by the daemon).
     pub bpffs: PathBuf,
@@ -43,16 +60,20 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    /// Removes what earlier runs left behind, then creates the directories
-    /// of this run.
-    pub fn create(enforcer: &Path) -> Result<Self> {
+    /// Removes what earlier runs of the same `prefix` left behind, then
+    /// creates the directories of this run, named `prefix` and the
+    /// benchmark's pid.
+    pub fn create(enforcer: &Path, prefix: &'static str, root: CgroupRoot) -> Result<Self> {
         let cgroup_mount = setup::cgroup2_mount()?;
-        remove_stale(enforcer, &cgroup_mount)?;
-        let name = format!("{PREFIX}{}", std::process::id());
+        remove_stale(enforcer, prefix, &cgroup_mount)?;
+        let name = format!("{prefix}{}", std::process::id());
         let mut sandbox = Self {
             enforcer: enforcer.to_path_buf(),
             dir: std::env::temp_dir().join(&name),
-            cgroup: cgroup_mount.join(&name),
+            cgroup: match root {
+                CgroupRoot::Fresh => cgroup_mount.join(&name),
+                CgroupRoot::Hierarchy => cgroup_mount,
+            },
             bpffs: Path::new(BPFFS).join(&name),
             created_dir: false,
             created_cgroup: false,
@@ -62,9 +83,11 @@ impl Sandbox {
         fs::create_dir(&sandbox.dir)
             .with_context(|| format!("cannot create {}", sandbox.dir.display()))?;
         sandbox.created_dir = true;
-        fs::create_dir(&sandbox.cgroup)
-            .with_context(|| format!("cannot create cgroup {}", sandbox.cgroup.display()))?;
-        sandbox.created_cgroup = true;
+        if root == CgroupRoot::Fresh {
+            fs::create_dir(&sandbox.cgroup)
+                .with_context(|| format!("cannot create cgroup {}", sandbox.cgroup.display()))?;
+            sandbox.created_cgroup = true;
+        }
         step(format!(
             "daemon sandbox: cgroup root {}, bpffs {}, files in {}",
             sandbox.cgroup.display(),
@@ -109,16 +132,22 @@ impl Drop for Sandbox {
 }
 
 /// `enforcer run --uninstall` on `bpffs`, then removes the directory
-/// itself (whatever the uninstall could not).
+/// itself (whatever the uninstall could not, or everything when the binary
+/// is not built yet).
 fn uninstall(enforcer: &Path, bpffs: &Path) -> Result<()> {
     if !bpffs.exists() {
         return Ok(());
     }
-    let result = cmd::capture(
-        Command::new(enforcer)
-            .args(["run", "--config", "/dev/null", "--uninstall", "--bpffs"])
-            .arg(bpffs),
-    );
+    let result = if enforcer.is_file() {
+        cmd::capture(
+            Command::new(enforcer)
+                .args(["run", "--config", "/dev/null", "--uninstall", "--bpffs"])
+                .arg(bpffs),
+        )
+        .map(drop)
+    } else {
+        Ok(())
+    };
     // Unlinking a pin drops the kernel's reference too: whatever the
     // uninstall left goes this way.
     match fs::remove_dir_all(bpffs) {
@@ -128,12 +157,24 @@ fn uninstall(enforcer: &Path, bpffs: &Path) -> Result<()> {
             return Err(e).with_context(|| format!("cannot remove {}", bpffs.display()));
         }
     }
-    result.map(drop)
+    result
 }
 
-/// Removes sandboxes of earlier runs whose process is gone. Their daemon
-/// died with them (it is started with a parent-death signal).
-fn remove_stale(enforcer: &Path, cgroup_mount: &Path) -> Result<()> {
+/// Removes the sandboxes of earlier runs killed with SIGKILL, of the
+/// control plane and of the root arm, whichever this run measures: a root
+/// arm's pins keep its programs attached at the cgroup root until then.
+pub fn remove_stale_sandboxes(enforcer: &Path) -> Result<()> {
+    let cgroup_mount = setup::cgroup2_mount()?;
+    for prefix in [CONTROL_PREFIX, ROOT_ARM_PREFIX] {
+        remove_stale(enforcer, prefix, &cgroup_mount)?;
+    }
+    Ok(())
+}
+
+/// Removes sandboxes named `prefix` of earlier runs whose process is gone.
+/// Their daemon died with them (it is started with a parent-death signal);
+/// what it attached stays until its pins are uninstalled, here.
+fn remove_stale(enforcer: &Path, prefix: &str, cgroup_mount: &Path) -> Result<()> {
     let stale = |dir: &Path| -> Result<Vec<PathBuf>> {
         let mut found = Vec::new();
         let entries = match fs::read_dir(dir) {
@@ -144,7 +185,7 @@ fn remove_stale(enforcer: &Path, cgroup_mount: &Path) -> Result<()> {
         for entry in entries {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if stale_pid(&name).is_some_and(|pid| !Path::new("/proc").join(pid).exists()) {
+            if stale_pid(&name, prefix).is_some_and(|pid| !Path::new("/proc").join(pid).exists()) {
                 found.push(entry.path());
             }
         }
@@ -172,8 +213,8 @@ fn remove_stale(enforcer: &Path, cgroup_mount: &Path) -> Result<()> {
 }
 
 /// The process id in a sandbox directory's name.
-fn stale_pid(name: &str) -> Option<&str> {
-    name.strip_prefix(PREFIX)
+fn stale_pid<'a>(name: &'a str, prefix: &str) -> Option<&'a str> {
+    name.strip_prefix(prefix)
         .filter(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
 }
 
@@ -202,6 +243,8 @@ pub fn parse_status(text: &str) -> Result<Memory> {
 pub struct Daemon {
     child: Child,
     log: PathBuf,
+    /// Stopped by [`Daemon::freeze`].
+    frozen: bool,
 }
 
 impl Daemon {
@@ -253,7 +296,11 @@ impl Daemon {
         let child = command
             .spawn()
             .with_context(|| format!("could not start {} run", enforcer.display()))?;
-        let mut daemon = Self { child, log };
+        let mut daemon = Self {
+            child,
+            log,
+            frozen: false,
+        };
         let deadline = Instant::now() + START_TIMEOUT;
         let mut buf = [0u8; 4096];
         loop {
@@ -300,14 +347,49 @@ impl Daemon {
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
-    /// SIGTERM, and waits for a clean exit (SIGKILL after a timeout).
-    pub fn stop(mut self) -> Result<()> {
+    fn signal(&self, signal: libc::c_int) -> Result<()> {
         // SAFETY: kill with the pid of our own child, not yet reaped (so
         // the pid cannot have been reused).
-        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
         if rc != 0 {
             return Err(std::io::Error::last_os_error()).context("cannot signal the daemon");
         }
+        Ok(())
+    }
+
+    /// SIGSTOP, and waits until every thread of the daemon is stopped: it
+    /// runs nothing (no integrity check, no rescan) until [`Daemon::thaw`].
+    /// Its programs stay attached.
+    pub fn freeze(&mut self) -> Result<()> {
+        self.signal(libc::SIGSTOP)?;
+        self.frozen = true;
+        let tasks = PathBuf::from(format!("/proc/{}/task", self.pid()));
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if all_stopped(&tasks)? {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("the daemon's threads did not all stop within {STOP_TIMEOUT:?} of SIGSTOP");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// SIGCONT after [`Daemon::freeze`].
+    pub fn thaw(&mut self) -> Result<()> {
+        self.signal(libc::SIGCONT)?;
+        self.frozen = false;
+        Ok(())
+    }
+
+    /// SIGTERM (after SIGCONT when frozen: a stopped process would keep
+    /// it pending), and waits for a clean exit (SIGKILL after a timeout).
+    pub fn stop(mut self) -> Result<()> {
+        if self.frozen {
+            self.thaw()?;
+        }
+        self.signal(libc::SIGTERM)?;
         let deadline = Instant::now() + STOP_TIMEOUT;
         loop {
             if let Some(status) = self.child.try_wait()? {
@@ -322,6 +404,29 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// Whether every thread under `/proc/PID/task` is stopped (state `T` or
+/// `t` in its `stat`).
+fn all_stopped(tasks: &Path) -> Result<bool> {
+    for task in fs::read_dir(tasks).with_context(|| format!("cannot read {}", tasks.display()))? {
+        let stat = match fs::read_to_string(task?.path().join("stat")) {
+            Ok(stat) => stat,
+            // A thread that exited meanwhile.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).context("cannot read a thread's stat"),
+        };
+        if !matches!(task_state(&stat), Some('T' | 't')) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// The state letter of a `/proc/.../stat` line: the field after the
+/// command, which is in parentheses and may hold spaces and parentheses.
+fn task_state(stat: &str) -> Option<char> {
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
 
 impl Drop for Daemon {
@@ -365,10 +470,26 @@ mod tests {
     }
 
     #[test]
+    fn the_state_follows_the_command_whatever_it_holds() {
+        assert_eq!(task_state("42 (enforcer) S 1 42 42 0"), Some('S'));
+        assert_eq!(task_state("42 (tokio-rt (x) y) T 1 42"), Some('T'));
+        assert_eq!(task_state("42 (enforcer"), None);
+    }
+
+    #[test]
     fn stale_names_end_with_a_pid() {
-        assert_eq!(stale_pid("enforcer-cpbench-4242"), Some("4242"));
-        assert_eq!(stale_pid("enforcer-cpbench-"), None);
-        assert_eq!(stale_pid("enforcer-cpbench-12-x"), None);
-        assert_eq!(stale_pid("enforcer-bench-4242"), None);
+        assert_eq!(
+            stale_pid("enforcer-cpbench-4242", CONTROL_PREFIX),
+            Some("4242")
+        );
+        assert_eq!(stale_pid("enforcer-cpbench-", CONTROL_PREFIX), None);
+        assert_eq!(stale_pid("enforcer-cpbench-12-x", CONTROL_PREFIX), None);
+        assert_eq!(stale_pid("enforcer-bench-4242", CONTROL_PREFIX), None);
+        assert_eq!(stale_pid("enforcer-bench-4242", ROOT_ARM_PREFIX), None);
+        assert_eq!(stale_pid("enforcer-cpbench-4242", ROOT_ARM_PREFIX), None);
+        assert_eq!(
+            stale_pid("enforcer-rootbench-7", ROOT_ARM_PREFIX),
+            Some("7")
+        );
     }
 }

@@ -14,7 +14,7 @@ use crate::workspace;
 
 const PACKAGE: &str = "enforcer";
 /// The benches that follow the `--json` contract above.
-pub const BENCHES: [&str; 3] = ["compile", "diff", "dataplane"];
+pub const BENCHES: [&str; 4] = ["compile", "diff", "dataplane", "registration"];
 
 /// One result as a bench writes it.
 #[derive(Debug, Deserialize)]

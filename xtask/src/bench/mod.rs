@@ -1,8 +1,9 @@
-//! `cargo xtask bench`: the control-plane micro-benchmarks, the real
-//! daemon's apply times and memory, then the end-to-end network benchmarks,
-//! with every arm measured in every round (interleaved, rotating the
-//! order), reported as median, min, max and ratio to the baseline of the
-//! same run in `target/bench/report.{json,md}`.
+//! `cargo xtask bench`: the micro-benchmarks (and, on request, the
+//! per-packet cost against a base revision), the real daemon's apply times
+//! and memory, then the end-to-end network benchmarks, with every arm
+//! measured in every round (interleaved, rotating the order), reported as
+//! median, min, max and ratio to the baseline of the same run in
+//! `target/bench/report.{json,md}`.
 
 mod arms;
 mod control;
@@ -10,7 +11,9 @@ mod daemon;
 mod kernel_time;
 mod micro;
 mod paired;
+mod per_packet;
 mod report;
+mod root_arm;
 mod stats;
 mod topology;
 mod workloads;
@@ -78,6 +81,15 @@ pub struct Args {
     /// 5 minutes); 0 skips the pass.
     #[arg(long)]
     pairs: Option<u32>,
+    /// Also compare the per-packet cost (the `dataplane` micro-benchmark)
+    /// with that of revision REV, built in a temporary git worktree, in
+    /// alternating runs (default REV: the commit before issue 16's
+    /// data-plane changes).
+    #[arg(long, value_name = "REV", num_args = 0..=1, default_missing_value = per_packet::DEFAULT_BASE)]
+    per_packet_against: Option<String>,
+    /// Runs of each side of --per-packet-against.
+    #[arg(long, default_value_t = 4)]
+    per_packet_runs: u32,
 }
 
 /// Set by SIGINT/SIGTERM: the run stops after the current measurement, and
@@ -124,6 +136,9 @@ pub fn run(args: Args) -> Result<()> {
     let interrupt = Interrupt::install()?;
     let started = Instant::now();
     setup::run()?;
+    if cmd::is_root() {
+        daemon::remove_stale_sandboxes(&cmd::target_dir().join("release/enforcer"))?;
+    }
     let mut environment = environment()?;
     let out_dir = cmd::target_dir().join("bench");
     fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
@@ -133,6 +148,24 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         banner("micro-benchmarks");
         micro::run(args.quick, &out_dir)?
+    };
+    interrupt.check()?;
+
+    let per_packet = match &args.per_packet_against {
+        Some(rev) => {
+            banner("per-packet cost against an earlier revision");
+            if args.per_packet_runs == 0 {
+                bail!("--per-packet-runs must be at least 1");
+            }
+            Some(per_packet::run(
+                rev,
+                args.per_packet_runs,
+                args.quick,
+                &out_dir,
+                &interrupt,
+            )?)
+        }
+        None => None,
     };
     interrupt.check()?;
 
@@ -179,12 +212,13 @@ pub fn run(args: Args) -> Result<()> {
         let samples = run_rounds(
             &topology, &loadgen, &mut arms, rounds, seconds, &measured, &interrupt,
         )?;
-        if let Some(index) = paired::chosen(&arms).filter(|_| pairs > 0) {
+        for index in paired::chosen(&arms).into_iter().filter(|_| pairs > 0) {
             step(format!(
-                "paired pass: {} against no filtering, {pairs} pairs of {pair_seconds} s",
-                arms[index].name()
+                "paired pass: {} against no filtering ({}), {pairs} pairs of {pair_seconds} s",
+                arms[index].name(),
+                arms[index].unfiltered_half().describe()
             ));
-            paired_rows = paired::measure(
+            paired_rows.extend(paired::measure(
                 &topology,
                 &loadgen,
                 arms[index].as_mut(),
@@ -192,7 +226,7 @@ pub fn run(args: Args) -> Result<()> {
                 pair_seconds,
                 &measured,
                 &interrupt,
-            )?;
+            )?);
         }
         if !args.skip_kernel_time {
             step("kernel time per operation of the enforcer arms (BPF run-time statistics)");
@@ -214,6 +248,7 @@ pub fn run(args: Args) -> Result<()> {
         seconds_per_measurement: seconds,
         environment,
         micro,
+        per_packet,
         control_plane,
         e2e,
         paired: paired_rows,

@@ -9,6 +9,7 @@ use super::control::ControlRow;
 use super::kernel_time::KernelTimeRow;
 use super::micro::MicroRow;
 use super::paired::PairedRow;
+use super::per_packet::{self, PerPacket};
 
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -20,12 +21,16 @@ pub struct Report {
     pub seconds_per_measurement: u32,
     pub environment: Environment,
     pub micro: Vec<MicroRow>,
+    /// The `dataplane` micro-benchmark against a base revision
+    /// (`per_packet.rs`); only with `--per-packet-against`.
+    pub per_packet: Option<PerPacket>,
     /// The real daemon: apply times and memory (`control.rs`); empty when
     /// skipped.
     pub control_plane: Vec<ControlRow>,
     pub e2e: Vec<E2eRow>,
-    /// The largest enforcer arm against no filtering in back-to-back pairs
-    /// (`paired.rs`); empty when skipped.
+    /// The largest enforcer arm on the client's cgroup and the root arm,
+    /// each against no filtering in back-to-back pairs (`paired.rs`); empty
+    /// when skipped.
     pub paired: Vec<PairedRow>,
     /// Time in the enforcer arms' kernel programs per operation
     /// (`kernel_time.rs`); empty when skipped.
@@ -154,20 +159,22 @@ pub fn markdown(report: &Report) -> String {
         }
     }
     if !report.paired.is_empty() {
-        md.push_str("## Paired: the largest enforcer arm against no filtering\n\n");
+        md.push_str("## Paired: enforcer arms against no filtering\n\n");
         md.push_str(
             "After the rounds, with the arm applied once: back-to-back pairs of short \
-             measurements, one from a client in a cgroup that nothing filters and one from a \
-             client in the arm's cgroup (alternating which comes first); the ratio of each pair, \
-             and their median. Both halves of a pair see nearly the same host, which the rounds, \
-             minutes apart, do not.\n\n",
+             measurements, one without filtering and one with the arm (alternating which comes \
+             first); the ratio of each pair, and their median. Both halves of a pair see nearly \
+             the same host, which the rounds, minutes apart, do not. Without filtering means a \
+             client in a sibling cgroup that the arm leaves alone, or, for the arm at the cgroup \
+             root, the arm's programs detached for the half (its daemon stopped).\n\n",
         );
-        md.push_str("| arm | workload | pairs | median ratio | min | max |\n|---|---|---:|---:|---:|---:|\n");
+        md.push_str("| arm | without filtering | workload | pairs | median ratio | min | max |\n|---|---|---|---:|---:|---:|---:|\n");
         for row in &report.paired {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} |",
                 row.arm,
+                row.unfiltered,
                 row.workload,
                 row.pairs.len(),
                 ratio(Some(row.median_ratio)),
@@ -237,6 +244,10 @@ pub fn markdown(report: &Report) -> String {
         }
         md.push('\n');
     }
+    cgroup_creation(&mut md, &report.micro);
+    if let Some(per_packet) = &report.per_packet {
+        per_packet_section(&mut md, per_packet);
+    }
     if !report.micro.is_empty() {
         md.push_str("## Control-plane micro-benchmarks (time per operation, lower is better)\n\n");
         md.push_str("| bench | name | median | min | max | rounds | vs baseline |\n|---|---|---:|---:|---:|---:|---:|\n");
@@ -256,6 +267,91 @@ pub fn markdown(report: &Report) -> String {
         md.push('\n');
     }
     md
+}
+
+/// The registration micro-benchmark's pairs of results (`.../baseline`,
+/// `.../tracer`) as one table: the cost of a cgroup's creation and removal
+/// with the tracer, and what it adds.
+fn cgroup_creation(md: &mut String, micro: &[MicroRow]) {
+    let pairs: Vec<(&MicroRow, &MicroRow)> = micro
+        .iter()
+        .filter(|r| r.bench == "registration")
+        .filter_map(|tracer| {
+            let group = tracer.name.strip_suffix("/tracer")?;
+            let baseline = micro.iter().find(|r| {
+                r.bench == tracer.bench && r.name.strip_suffix("/baseline") == Some(group)
+            })?;
+            Some((baseline, tracer))
+        })
+        .collect();
+    if pairs.is_empty() {
+        return;
+    }
+    md.push_str("## Cgroup creation with in-kernel registration (lower is better)\n\n");
+    md.push_str(
+        "CPU time of the whole `mkdir` or `rmdir` system call per cgroup, with the cgroup \
+         tracer loaded and enabled over a policy of N workloads, and without it (interleaved \
+         rounds); the classes are described in docs/benchmarks.md.\n\n",
+    );
+    md.push_str("| call, workloads, class | without tracer | with tracer | added | ratio |\n|---|---:|---:|---:|---:|\n");
+    for (baseline, tracer) in pairs {
+        let group = tracer.name.strip_suffix("/tracer").unwrap_or(&tracer.name);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {}{} | {} |",
+            group,
+            duration(baseline.median_ns),
+            duration(tracer.median_ns),
+            if tracer.median_ns < baseline.median_ns {
+                "-"
+            } else {
+                ""
+            },
+            duration((tracer.median_ns - baseline.median_ns).abs()),
+            ratio(tracer.ratio_to_baseline)
+        );
+    }
+    md.push('\n');
+}
+
+/// The per-packet comparison: a summary line per kind of result, then
+/// every case.
+fn per_packet_section(md: &mut String, p: &PerPacket) {
+    let _ = writeln!(
+        md,
+        "## Per-packet cost against {} (lower is better)\n",
+        p.base_rev
+    );
+    let _ = writeln!(
+        md,
+        "The `dataplane` micro-benchmark (`BPF_PROG_TEST_RUN`) of {} ({}) and of {}, {} runs each{}, \
+         alternating; each figure is the median over the runs of each run's median; the \
+         difference is current minus base.\n",
+        p.base_rev,
+        &p.base_commit[..p.base_commit.len().min(10)],
+        p.current,
+        p.runs,
+        if p.quick { " (its --quick mode)" } else { "" }
+    );
+    md.push_str(
+        "| result | cases | median difference | smallest | largest |\n|---|---:|---:|---:|---:|\n",
+    );
+    for (kind, cases, summary) in per_packet::by_kind(&p.rows) {
+        let _ = writeln!(
+            md,
+            "| {kind} | {cases} | {:+.1} ns | {:+.1} ns | {:+.1} ns |",
+            summary.median, summary.min, summary.max
+        );
+    }
+    md.push_str("\n| case | base | current | difference |\n|---|---:|---:|---:|\n");
+    for row in &p.rows {
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} ns | {:.0} ns | {:+.1} ns |",
+            row.name, row.base_ns, row.current_ns, row.difference_ns
+        );
+    }
+    md.push('\n');
 }
 
 #[cfg(test)]
@@ -293,6 +389,7 @@ mod tests {
                 load_after: None,
             },
             micro: Vec::new(),
+            per_packet: None,
             control_plane: Vec::new(),
             paired: Vec::new(),
             kernel_time: Vec::new(),
@@ -335,6 +432,7 @@ mod tests {
                 load_after: None,
             },
             micro: Vec::new(),
+            per_packet: None,
             control_plane: Vec::new(),
             e2e: Vec::new(),
             paired: Vec::new(),
@@ -414,7 +512,8 @@ mod tests {
     #[test]
     fn markdown_lists_the_paired_ratios() {
         let row = PairedRow::new(
-            "enforcer-10000",
+            "enforcer-root-10000",
+            crate::bench::arms::UnfilteredHalf::Suspended,
             crate::bench::workloads::Workload::Crr,
             vec![(100.0, 96.0), (50.0, 49.0), (80.0, 76.0)],
         )
@@ -425,7 +524,109 @@ mod tests {
         };
         let md = markdown(&report);
         assert!(
-            md.contains("| enforcer-10000 | tcp_crr | 3 | 0.96x | 0.95x | 0.98x |"),
+            md.contains("| enforcer-root-10000 | the arm's programs detached | tcp_crr | 3 | 0.96x | 0.95x | 0.98x |"),
+            "{md}"
+        );
+    }
+
+    fn micro(bench: &str, name: &str, median_ns: f64, ratio: Option<f64>) -> MicroRow {
+        MicroRow {
+            bench: bench.to_owned(),
+            name: name.to_owned(),
+            median_ns,
+            min_ns: median_ns,
+            max_ns: median_ns,
+            rounds: 5,
+            ratio_to_baseline: ratio,
+        }
+    }
+
+    #[test]
+    fn cgroup_creation_pairs_each_tracer_figure_with_its_baseline() {
+        let report = Report {
+            micro: vec![
+                micro(
+                    "registration",
+                    "cgroup_mkdir/workloads=10/unit/baseline",
+                    25_000.0,
+                    Some(1.0),
+                ),
+                micro(
+                    "registration",
+                    "cgroup_mkdir/workloads=10/unit/tracer",
+                    28_000.0,
+                    Some(1.12),
+                ),
+                micro(
+                    "registration",
+                    "cgroup_rmdir/workloads=10/unit/baseline",
+                    20_000.0,
+                    Some(1.0),
+                ),
+                micro(
+                    "registration",
+                    "cgroup_rmdir/workloads=10/unit/tracer",
+                    19_500.0,
+                    Some(0.975),
+                ),
+                micro("dataplane", "v4/x/baseline", 28.0, Some(1.0)),
+            ],
+            ..bare_report()
+        };
+        let md = markdown(&report);
+        assert!(
+            md.contains("| cgroup_mkdir/workloads=10/unit | 25.0 µs | 28.0 µs | 3.00 µs | 1.12x |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| cgroup_rmdir/workloads=10/unit | 20.0 µs | 19.5 µs | -500 ns | 0.97x |"),
+            "{md}"
+        );
+        assert_eq!(md.matches("## Cgroup creation").count(), 1);
+        assert!(!markdown(&bare_report()).contains("Cgroup creation"));
+    }
+
+    #[test]
+    fn per_packet_lists_every_case_and_a_line_per_kind() {
+        let row = |name: &str, base: f64, current: f64| per_packet::PerPacketRow {
+            name: name.to_owned(),
+            base_ns: base,
+            current_ns: current,
+            difference_ns: current - base,
+            base_runs: vec![base],
+            current_runs: vec![current],
+        };
+        let report = Report {
+            per_packet: Some(PerPacket {
+                base_rev: "53a74ca^".to_owned(),
+                base_commit: "3f80000123456789".to_owned(),
+                current: "d1322bf+changes".to_owned(),
+                runs: 4,
+                quick: false,
+                rows: vec![
+                    row("v4/allow/rules=10/prefixes=10/fastpath", 84.0, 86.0),
+                    row("v6/allow/rules=10/prefixes=10/fastpath", 83.0, 82.0),
+                    row("v4/allow/rules=10/prefixes=10/newflow", 330.0, 345.0),
+                ],
+            }),
+            ..bare_report()
+        };
+        let md = markdown(&report);
+        assert!(md.contains("## Per-packet cost against 53a74ca^"), "{md}");
+        assert!(
+            md.contains("of 53a74ca^ (3f80000123) and of d1322bf+changes, 4 runs each,"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| fastpath | 2 | +0.5 ns | -1.0 ns | +2.0 ns |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| newflow | 1 | +15.0 ns | +15.0 ns | +15.0 ns |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| v4/allow/rules=10/prefixes=10/newflow | 330 ns | 345 ns | +15.0 ns |"),
             "{md}"
         );
     }
