@@ -26,11 +26,14 @@ pub const STATES_PER_CGROUP: usize = 8;
 /// `also` states they bring), in the order they are found; more make the
 /// child overflow ([`CgroupMatch::overflow`]).
 pub const REACHED_PER_STEP: usize = 32;
-/// States per slot (state 0 is [`STATE_NONE`]). The state table holds
-/// both slots, slot 1's after slot 0's: one map rather than one per slot,
-/// so that the tracer's loops do not branch on the slot (every branch
-/// doubles the paths the verifier checks).
-pub const MAX_MATCH_STATES: u32 = 4096;
+/// States per slot (state 0 is [`STATE_NONE`]): every id a `u16` can
+/// name. A policy takes about one per workload (each unit and each pattern
+/// ends in an accepting state of its own), so this bounds it near the
+/// cgroup map's 65,536 workloads rather than below it. The state table
+/// holds both slots, slot 1's after slot 0's: one map rather than one per
+/// slot, so that the tracer's loops do not branch on the slot (every
+/// branch doubles the paths the verifier checks).
+pub const MAX_MATCH_STATES: u32 = 1 << 16;
 /// Exact-name transitions per slot.
 pub const MAX_MATCH_EXACT: u32 = 65_536;
 /// Glob transitions per slot (the glob table holds both, as the states).

@@ -325,12 +325,11 @@ fn main() -> Result<()> {
         eprintln!("skipped: the registration benchmark needs root");
         return Ok(());
     }
-    // The largest size the kernel's automaton holds: one matching state
-    // per workload, 4,095 in all.
+    // Up to the other benchmarks' largest policy.
     let (sizes, rounds, count): (&[usize], usize, usize) = if args.quick {
-        (&[10, 4_000], 5, 50)
+        (&[10, 10_000], 5, 50)
     } else {
-        (&[10, 1_000, 4_000], 15, 100)
+        (&[10, 1_000, 10_000], 15, 100)
     };
     let root = BenchRoot::create()?;
     for dir in skeleton(count) {

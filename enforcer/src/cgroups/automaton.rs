@@ -891,5 +891,17 @@ mod tests {
             matches!(err, AutomatonError::TooManyGlobsAfterOnePath { .. }),
             "{err}"
         );
+        // A state per unit: as many units as the states hold (with the
+        // empty state, the root's and the system chain's), and one more
+        // is refused.
+        let units = |n: u32| -> Vec<_> {
+            (0..n)
+                .map(|i| workload(16 + i, CgroupSelector::Unit(format!("w{i}.service"))))
+                .collect()
+        };
+        let fits = MAX_MATCH_STATES - 4;
+        assert!(Automaton::build(&units(fits), users).is_ok());
+        let err = Automaton::build(&units(fits + 1), users).unwrap_err();
+        assert!(matches!(err, AutomatonError::TooManyStates { .. }), "{err}");
     }
 }

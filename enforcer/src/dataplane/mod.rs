@@ -211,6 +211,10 @@ pub struct Dataplane {
     /// are always compared with what they really hold: the cgroup tracer
     /// writes them too.
     written: [Option<Box<SlotContent>>; 2],
+    /// Per slot, how many automaton states the cgroup tracer's table may
+    /// hold from earlier writes (`None`: unknown, as after an adoption):
+    /// only those and the new ones are compared and written.
+    match_states_written: [Option<u32>; 2],
     /// The key of the tracer's name hash, once [`Dataplane::enable_registration`]
     /// set it up.
     name_key: Option<[u64; 2]>,
@@ -359,6 +363,7 @@ impl Dataplane {
             },
             cgroups: BTreeMap::new(),
             written: [None, None],
+            match_states_written: [None, None],
             name_key: None,
             staged: None,
         };
@@ -593,7 +598,13 @@ impl Dataplane {
         // Empty tables for a slot without matching: the tracer registers
         // nothing there.
         let empty = crate::cgroups::automaton::KernelTables::default();
-        registration::write_tables(&mut self.ebpf, inactive, tables.unwrap_or(&empty))?;
+        let written = self.match_states_written[inactive].take();
+        self.match_states_written[inactive] = Some(registration::write_tables(
+            &mut self.ebpf,
+            inactive,
+            tables.unwrap_or(&empty),
+            written,
+        )?);
         self.staged = Some(Staged {
             slot: inactive,
             content: Box::new(content),

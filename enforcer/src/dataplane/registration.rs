@@ -145,17 +145,26 @@ pub(crate) fn check_capacity(tables: &KernelTables) -> Result<()> {
 /// runs; a cgroup created meanwhile may get states computed from a mix of
 /// old and new tables, which the caller's next pass over the tree corrects
 /// (see `Dataplane::stage_cgroups`).
-pub(crate) fn write_tables(ebpf: &mut Ebpf, slot: usize, tables: &KernelTables) -> Result<()> {
+/// `written` is how many states the slot may hold from earlier writes
+/// (`None`: unknown); returns how many it holds now.
+pub(crate) fn write_tables(
+    ebpf: &mut Ebpf,
+    slot: usize,
+    tables: &KernelTables,
+    written: Option<u32>,
+) -> Result<u32> {
     check_capacity(tables)?;
     let slot_u32 = slot as u32;
+    let states = tables.states.len() as u32;
     {
         let name = maps::MATCH_STATES;
         let mut m: Array<&mut MapData, MatchState> = array_mut(ebpf, name)?;
         let base = slot_u32 * MAX_MATCH_STATES;
-        // Every state of the slot is written, unused ones empty: a state
+        // The new states, and the earlier ones past them emptied: a state
         // left from an earlier policy is unreachable, but the maps then
-        // read back as written.
-        for id in 0..MAX_MATCH_STATES {
+        // read back as written. Unknown content: every state.
+        let end = states.max(written.unwrap_or(MAX_MATCH_STATES));
+        for id in 0..end {
             let state = tables.states.get(id as usize).copied().unwrap_or_default();
             let current = m.get(&(base + id), 0).map_err(read_err(name))?;
             if current != state {
@@ -202,7 +211,7 @@ pub(crate) fn write_tables(ebpf: &mut Ebpf, slot: usize, tables: &KernelTables) 
             m.insert(key, *next, 0).map_err(write_err(name))?;
         }
     }
-    Ok(())
+    Ok(states)
 }
 
 fn array_mut<'a, V: aya::Pod>(
