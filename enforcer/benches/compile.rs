@@ -11,7 +11,7 @@ mod support;
 use std::path::PathBuf;
 use std::time::{Instant, SystemTime};
 
-use enforcer::compile::compile_loaded;
+use enforcer::check::compile_loaded;
 use enforcer::policy::load_dir;
 use enforcer_bench::policy::{self, Shape, Variant};
 use support::{Args, thread_cpu_ns};

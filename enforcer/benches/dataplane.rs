@@ -14,8 +14,9 @@ use std::{
 };
 
 use enforcer::{
-    compile::compiled::{CompiledPolicy, EntityInfo, EntityKind, RuleRef, Section},
+    compile::{CompiledPolicy, EntityInfo, EntityKind},
     dataplane::{Dataplane, DataplaneOptions, HostAddrs, ResolvedCgroup},
+    policy::{RuleRef, Section},
 };
 use enforcer_common::{
     ACTION_ALLOW, AddrKey4, AddrKey6, DIRECTION_EGRESS, IDENTITY_HOST, IDENTITY_WORLD,

@@ -12,7 +12,7 @@ mod support;
 
 use std::time::Instant;
 
-use enforcer::compile::compiled::CompiledPolicy;
+use enforcer::compile::CompiledPolicy;
 use enforcer::diff::testkit::{PolicyBuilder, aligned_cover};
 use enforcer::diff::{DiffInput, diff};
 use enforcer_common::{
@@ -210,7 +210,7 @@ fn compile_toml(text: &str) -> DiffInput {
     let loaded = enforcer::policy::load_sources(&sources)
         .unwrap_or_else(|e| panic!("generated policy invalid: {e}"));
     let meta = enforcer::diff::load::meta(&loaded.set);
-    let (compiled, _) = enforcer::compile::compile_loaded(loaded, std::time::SystemTime::now())
+    let (compiled, _) = enforcer::check::compile_loaded(loaded, std::time::SystemTime::now())
         .unwrap_or_else(|e| panic!("generated policy does not compile: {e}"));
     DiffInput { compiled, meta }
 }

@@ -41,7 +41,8 @@ use enforcer::{
         resolve::{KernelEntries, kernel_entries},
         uid_of_user,
     },
-    compile::{compile_loaded, compiled::CompiledPolicy},
+    check::compile_loaded,
+    compile::CompiledPolicy,
     dataplane::{Dataplane, DataplaneOptions, HostAddrs, RegistrationLimits, ResolvedCgroup},
     policy::load_sources,
 };

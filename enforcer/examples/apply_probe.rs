@@ -30,7 +30,7 @@ fn compile(size: usize, variant: Variant) -> Result<(CompiledPolicy, Duration, D
     let loaded = enforcer::policy::load_dir(dir.path()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let load = t.elapsed();
     let t = Instant::now();
-    let (policy, _) = enforcer::compile::compile_loaded(loaded, SystemTime::now())
+    let (policy, _) = enforcer::check::compile_loaded(loaded, SystemTime::now())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok((policy, load, t.elapsed()))
 }

@@ -24,7 +24,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use enforcer::{
     cgroups::cgroup2_mount,
-    compile::compile_dir,
+    check::compile_dir,
     dataplane::{Dataplane, DataplaneOptions, HostAddrs, ResolvedCgroup},
 };
 use enforcer_bench::{arm_policy::client_policy, proc_status::own_kib};

@@ -34,9 +34,9 @@ use serde::{Deserialize, Deserializer};
 use thiserror::Error;
 
 use crate::api::Limits;
+use crate::policy::{DEFAULT_DIR, LineIndex};
 
 pub const DEFAULT_CONFIG: &str = "/etc/enforcer/enforcer.toml";
-pub const DEFAULT_POLICIES: &str = "/etc/enforcer/policies";
 pub const DEFAULT_SOCKET: &str = "/run/enforcer/enforcer.sock";
 /// Environment variable naming the socket, for every client command.
 pub const SOCKET_ENV: &str = "ENFORCER_SOCKET";
@@ -277,21 +277,13 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-/// 1-based line and column (in characters) of a byte offset.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let before = text.get(..offset).unwrap_or(text);
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |at| at + 1);
-    let col = before[line_start..].chars().count() + 1;
-    (line, col)
-}
-
 impl FileConfig {
     /// Parse a configuration text; `path` names it in errors.
     pub fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
         toml::from_str(text).map_err(|e| {
-            let (line, col) = e.span().map_or((1, 1), |span| line_col(text, span.start));
+            let (line, col) = e
+                .span()
+                .map_or((1, 1), |span| LineIndex::new(text).line_col(span.start));
             ConfigError::Parse {
                 path: path.to_path_buf(),
                 line,
@@ -423,7 +415,7 @@ impl Settings {
             policies: absolute(
                 cli.policies
                     .or(file.policies)
-                    .unwrap_or_else(|| DEFAULT_POLICIES.into()),
+                    .unwrap_or_else(|| DEFAULT_DIR.into()),
             ),
             cgroup_root: cli.cgroup_root.or(file.cgroup_root),
             bpffs: absolute(
@@ -480,7 +472,7 @@ mod tests {
     fn an_empty_file_gives_the_contract_defaults() {
         let s =
             Settings::resolve(FileConfig::default(), Overrides::default(), Path::new("/")).unwrap();
-        assert_eq!(s.policies, Path::new(DEFAULT_POLICIES));
+        assert_eq!(s.policies, Path::new(DEFAULT_DIR));
         assert_eq!(s.socket, Path::new(DEFAULT_SOCKET));
         assert_eq!(s.bpffs, Path::new(DEFAULT_BPFFS));
         assert_eq!(s.unmanaged, Unmanaged::Allow);

@@ -2,10 +2,10 @@
 //! built entry by entry (`diff::testkit`), as the compiler's contract
 //! describes them, so these tests pin the engine's semantics on their own.
 
-use enforcer::compile::compiled::CgroupSelector;
 use enforcer::diff::render::{Format, render};
 use enforcer::diff::testkit::PolicyBuilder;
 use enforcer::diff::{Change, DiffInput, ExpectationInfo, PolicyDiff, PolicyMeta, RuleInfo, diff};
+use enforcer::policy::CgroupSelector;
 use enforcer_common::{
     ACTION_ALLOW, ACTION_DENY, DIRECTION_EGRESS as OUT, DIRECTION_INGRESS as IN, IDENTITY_ANY,
     IDENTITY_ANY_EXTERNAL, IDENTITY_WORLD, MODE_AUDIT, MODE_ENFORCE, PROTO_ICMP, PROTO_TCP,

@@ -6,7 +6,7 @@
 
 use std::net::IpAddr;
 
-use enforcer::compile::compiled::{CompiledPolicy, EntityKind};
+use enforcer::compile::{CompiledPolicy, EntityKind};
 use enforcer::diff::testkit::PolicyBuilder;
 use enforcer::diff::{Change, DiffInput, PolicyDiff, diff};
 use enforcer::eval::{Connection, evaluate, resolve_addr};
@@ -646,7 +646,7 @@ fn compile_toml(text: &str) -> CompiledPolicy {
     let sources = [(std::path::PathBuf::from("p.toml"), text.to_owned())];
     let loaded = enforcer::policy::load_sources(&sources)
         .unwrap_or_else(|e| panic!("generated policy invalid: {e}\n{text}"));
-    let (compiled, _) = enforcer::compile::compile_loaded(loaded, std::time::SystemTime::now())
+    let (compiled, _) = enforcer::check::compile_loaded(loaded, std::time::SystemTime::now())
         .unwrap_or_else(|e| panic!("generated policy does not compile: {e}\n{text}"));
     compiled
 }

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use enforcer::compile::compile_loaded;
+use enforcer::check::compile_loaded;
 use enforcer::policy::{LoadError, load_sources, parse_rfc3339};
 
 /// A workload and a policy selecting it: rules go on line 7.

@@ -387,7 +387,7 @@ proptest! {
         let text: String = text.into_iter().collect();
         match load_sources(&[(PathBuf::from("f.toml"), text)]) {
             Ok(loaded) => {
-                let _ = enforcer::compile::compile_loaded(loaded, now());
+                let _ = enforcer::check::compile_loaded(loaded, now());
             }
             Err(LoadError::Invalid(d)) => prop_assert!(d.has_errors()),
             Err(e) => prop_assert!(false, "unexpected error {e}"),

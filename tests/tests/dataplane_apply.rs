@@ -10,8 +10,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use dataplane_support::*;
 use enforcer::{
-    compile::compiled::{CgroupSelector, CompiledPolicy, CompiledWorkload},
+    compile::{CompiledPolicy, CompiledWorkload},
     dataplane::{Dataplane, DataplaneOptions, HostAddrs, ResolvedCgroup, SlotContent},
+    policy::CgroupSelector,
 };
 use enforcer_common::{
     ACTION_ALLOW, ACTION_DENY, AddrKey4, AddrKey6, DIRECTION_EGRESS, DIRECTION_INGRESS,

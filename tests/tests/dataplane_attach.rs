@@ -19,7 +19,7 @@ use enforcer_common::{
 const WEB: u32 = 16;
 
 /// A policy letting workload WEB connect to `host` on `port` only.
-fn allow_port(port: u16) -> enforcer::compile::compiled::CompiledPolicy {
+fn allow_port(port: u16) -> enforcer::compile::CompiledPolicy {
     let mut p = empty_policy(&[(WEB, "web")], &[]);
     p.verdicts.push((
         VerdictKey::new(WEB, DIRECTION_EGRESS, PROTO_TCP, IDENTITY_HOST, port, 16),

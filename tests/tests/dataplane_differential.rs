@@ -12,11 +12,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use dataplane_support::*;
 use enforcer::{
-    compile::compiled::{CgroupSelector, CompiledPolicy, CompiledWorkload, RuleRef, Section},
+    compile::{CompiledPolicy, CompiledWorkload},
     dataplane::{
         Dataplane, DataplaneOptions, FailsafePort, HostAddrs, ResolvedCgroup, UnmanagedMode,
     },
     eval::{self, Connection, Decision},
+    policy::{CgroupSelector, RuleRef, Section},
 };
 use enforcer_common::{
     ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, AddrKey4, AddrKey6, DIRECTION_EGRESS,

@@ -17,7 +17,7 @@ use dataplane_support::{
     close_pipe, empty_policy, pipe, require_root, spawn_in_cgroup, wait_child,
 };
 use enforcer::{
-    compile::compiled::CompiledPolicy,
+    compile::CompiledPolicy,
     dataplane::{Dataplane, DataplaneOptions, HostAddrs, ResolvedCgroup},
 };
 use enforcer_common::{

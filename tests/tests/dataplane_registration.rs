@@ -19,7 +19,7 @@ use enforcer::{
         resolve::{KernelEntries, kernel_entries},
         uid_of_user,
     },
-    compile::compiled::CompiledPolicy,
+    compile::CompiledPolicy,
     dataplane::{Dataplane, DataplaneOptions, HostAddrs, RegistrationLimits, ResolvedCgroup},
 };
 use enforcer_common::CgroupEntry;
@@ -56,7 +56,7 @@ cgroup = "*/**/x*y.scope"
 fn compile(text: &str) -> CompiledPolicy {
     let sources = [(PathBuf::from("registration.toml"), text.to_owned())];
     let loaded = enforcer::policy::load_sources(&sources).expect("valid policy");
-    enforcer::compile::compile_loaded(loaded, SystemTime::now())
+    enforcer::check::compile_loaded(loaded, SystemTime::now())
         .expect("compiles")
         .0
 }

@@ -14,7 +14,7 @@ use std::{
 
 use dataplane_support::*;
 use enforcer::{
-    compile::compiled::CompiledPolicy,
+    compile::CompiledPolicy,
     dataplane::{
         Dataplane, DataplaneOptions, FailsafePort, HostAddrs, ResolvedCgroup, UnmanagedMode,
     },

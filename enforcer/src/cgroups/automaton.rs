@@ -34,7 +34,8 @@ use enforcer_common::{
     },
 };
 
-use crate::compile::compiled::{CgroupSelector, CompiledWorkload, UnitUser};
+use crate::compile::CompiledWorkload;
+use crate::policy::{CgroupSelector, UnitUser};
 
 /// Why selectors cannot become an automaton the kernel can hold.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -589,15 +590,6 @@ impl Builder {
             state = self.edge(state, Segment::of(segment), delegated);
         }
         Ok(state)
-    }
-}
-
-impl std::fmt::Display for UnitUser {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            UnitUser::Name(name) => write!(f, "{name}"),
-            UnitUser::Uid(uid) => write!(f, "{uid}"),
-        }
     }
 }
 

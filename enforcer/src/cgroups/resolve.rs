@@ -17,7 +17,8 @@ use enforcer_common::Identity;
 
 use super::automaton::{Automaton, AutomatonError, StateSet};
 use super::tree::CgroupTree;
-use crate::compile::compiled::{CompiledWorkload, UnitUser};
+use crate::compile::CompiledWorkload;
+use crate::policy::UnitUser;
 
 /// One cgroup matched by a workload selector.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -234,7 +235,7 @@ mod tests {
 
     use super::*;
     use crate::cgroups::tree::CgroupNode;
-    use crate::compile::compiled::CgroupSelector;
+    use crate::policy::CgroupSelector;
 
     fn workload(
         identity: Identity,

@@ -22,7 +22,7 @@ use crate::policy::LoadError;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The policy directory.
-    #[arg(default_value = config::DEFAULT_POLICIES)]
+    #[arg(default_value = crate::policy::DEFAULT_DIR)]
     pub dir: PathBuf,
     /// Roll back automatically unless `enforcer confirm` follows within
     /// this time (e.g. 90s, 2m).
@@ -111,7 +111,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// the paths as the user gave them; `None` when the policy is valid.
 fn validate(sources: Vec<(PathBuf, String)>, read: &Path, given: &Path) -> Option<ExitCode> {
     let compiled = crate::policy::load_sources(&sources)
-        .and_then(|loaded| crate::compile::compile_loaded(loaded, SystemTime::now()));
+        .and_then(|loaded| crate::check::compile_loaded(loaded, SystemTime::now()));
     match compiled {
         Ok(_) => None,
         Err(LoadError::Invalid(diags)) => {

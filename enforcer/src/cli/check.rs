@@ -5,13 +5,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::SystemTime;
 
-use crate::compile::compile_dir;
+use crate::check::compile_dir;
 use crate::policy::LoadError;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The policy directory (every `*.toml` file in it, in name order).
-    #[arg(default_value = super::DEFAULT_POLICY_DIR)]
+    #[arg(default_value = crate::policy::DEFAULT_DIR)]
     pub dir: PathBuf,
 }
 

@@ -15,7 +15,7 @@ use crate::policy::{LoadError, Mode, ServicePort, resolve_endpoint};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The policy directory.
-    #[arg(default_value = super::DEFAULT_POLICY_DIR)]
+    #[arg(default_value = crate::policy::DEFAULT_DIR)]
     pub dir: PathBuf,
     /// The sender: a workload or peer name, `world`, `host`, or an IP address.
     #[arg(long)]

@@ -18,9 +18,6 @@ use clap::{Parser, Subcommand};
 
 use crate::api::{Client, ClientError};
 
-/// The default policy directory.
-pub const DEFAULT_POLICY_DIR: &str = "/etc/enforcer/policies";
-
 /// eBPF host microsegmentation: label workloads, write TOML segment
 /// policies, enforce them in the kernel.
 #[derive(Debug, Parser)]

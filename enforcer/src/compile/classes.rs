@@ -84,7 +84,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::compile::compiled::CgroupSelector;
+    use crate::policy::CgroupSelector;
 
     fn workloads(ids: &[Identity]) -> Vec<CompiledWorkload> {
         ids.iter()

@@ -5,9 +5,12 @@
 use std::time::SystemTime;
 
 use enforcer_common::{
-    AddrKey4, AddrKey6, IDENTITY_HOST, IDENTITY_WORLD, Identity, VerdictKey, VerdictValue,
+    AddrKey4, AddrKey6, IDENTITY_HOST, IDENTITY_WORLD, Identity, RULE_BUILTIN, RULE_DEFAULT_DENY,
+    RULE_UNMANAGED, VerdictKey, VerdictValue,
 };
 use ipnet::{Ipv4Net, Ipv6Net};
+
+use crate::policy::{CgroupSelector, Mode, RuleRef};
 
 /// A compiled policy set.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,6 +37,51 @@ pub struct CompiledPolicy {
     /// A content hash (FNV-1a 64 over the sorted entries and names), to
     /// show which policy is in force and to detect no-op reloads.
     pub content_hash: u64,
+}
+
+impl CompiledPolicy {
+    /// The entity with this identity.
+    pub fn entity(&self, identity: Identity) -> Option<&EntityInfo> {
+        self.entities
+            .binary_search_by_key(&identity, |e| e.identity)
+            .ok()
+            .map(|i| &self.entities[i])
+    }
+
+    /// The workload with this identity.
+    pub fn workload(&self, identity: Identity) -> Option<&CompiledWorkload> {
+        self.workloads
+            .binary_search_by_key(&identity, |w| w.identity)
+            .ok()
+            .map(|i| &self.workloads[i])
+    }
+
+    /// The verdict class of a local identity: the workload's class, or the
+    /// identity itself when it is no workload of this policy.
+    pub fn class_of(&self, identity: Identity) -> Identity {
+        self.workload(identity).map_or(identity, |w| w.class)
+    }
+
+    /// The identity of the workload or peer with this name.
+    pub fn identity_of(&self, name: &str) -> Option<Identity> {
+        self.entities
+            .iter()
+            .find(|e| e.name == name)
+            .map(|e| e.identity)
+    }
+
+    /// How a verdict's rule index reads: `db allow-in[1]`, `default deny`.
+    pub fn rule_name(&self, rule: u32) -> String {
+        match rule {
+            RULE_DEFAULT_DENY => "default deny".into(),
+            RULE_BUILTIN => "built-in exception".into(),
+            RULE_UNMANAGED => "unmanaged setting".into(),
+            i => self
+                .rules
+                .get(i as usize)
+                .map_or_else(|| format!("rule #{i}"), ToString::to_string),
+        }
+    }
 }
 
 /// What kind of entity an identity names.
@@ -90,54 +138,6 @@ pub fn prefix_key6(net: Ipv6Net) -> AddrKey6 {
     }
 }
 
-/// How a workload finds its cgroups (see `cgroups::automaton` for how
-/// they match).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum CgroupSelector {
-    /// `unit = "X"`: the system service manager's unit X, a cgroup whose
-    /// path from the cgroup root is a chain of `.slice` directories ending
-    /// in X.
-    Unit(String),
-    /// `unit = "X"` with `user = ...`: unit X of that user's service
-    /// manager (`user.slice/user-UID.slice/user@UID.service/...`).
-    UserUnit { unit: String, user: UnitUser },
-    /// `cgroup = "PATTERN"`: glob over paths relative to the cgroup root,
-    /// matching only cgroups that belong to root.
-    Glob(String),
-    /// `cgroup = "PATTERN"` with `delegated = true`: also cgroups in a
-    /// subtree delegated to another user.
-    DelegatedGlob(String),
-}
-
-/// The user of `user = ...`: a name, resolved on the host that enforces,
-/// or a uid.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum UnitUser {
-    Name(String),
-    Uid(u32),
-}
-
-impl std::fmt::Display for CgroupSelector {
-    /// As the policy writes it.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CgroupSelector::Unit(unit) => write!(f, "unit = {unit:?}"),
-            CgroupSelector::UserUnit {
-                unit,
-                user: UnitUser::Name(name),
-            } => write!(f, "unit = {unit:?}, user = {name:?}"),
-            CgroupSelector::UserUnit {
-                unit,
-                user: UnitUser::Uid(uid),
-            } => write!(f, "unit = {unit:?}, user = {uid}"),
-            CgroupSelector::Glob(pattern) => write!(f, "cgroup = {pattern:?}"),
-            CgroupSelector::DelegatedGlob(pattern) => {
-                write!(f, "cgroup = {pattern:?}, delegated = true")
-            }
-        }
-    }
-}
-
 /// A workload, ready for the data plane to resolve into cgroup ids.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CompiledWorkload {
@@ -156,48 +156,6 @@ pub struct CompiledWorkload {
 impl CompiledWorkload {
     /// `enforce`, `audit` or `off` (`unknown` for a number no policy gives).
     pub fn mode_name(&self) -> &'static str {
-        crate::policy::Mode::from_number(self.mode).map_or("unknown", crate::policy::Mode::as_str)
-    }
-}
-
-/// Where a rule comes from, for `explain`, flows and diffs:
-/// `db allow-in[1]` is policy `db`, section `allow-in`, index 1 (0-based in
-/// the policy's list for that section).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RuleRef {
-    pub policy: String,
-    pub section: Section,
-    pub index: usize,
-}
-
-/// The four rule lists of a policy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Section {
-    AllowIn,
-    AllowOut,
-    DenyIn,
-    DenyOut,
-}
-
-impl Section {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Section::AllowIn => "allow-in",
-            Section::AllowOut => "allow-out",
-            Section::DenyIn => "deny-in",
-            Section::DenyOut => "deny-out",
-        }
-    }
-}
-
-impl std::fmt::Display for RuleRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} {}[{}]",
-            self.policy,
-            self.section.as_str(),
-            self.index
-        )
+        Mode::from_number(self.mode).map_or("unknown", Mode::as_str)
     }
 }

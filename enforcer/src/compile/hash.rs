@@ -3,7 +3,8 @@
 
 use std::time::SystemTime;
 
-use super::compiled::{CgroupSelector, CompiledPolicy, EntityKind, UnitUser};
+use super::compiled::{CompiledPolicy, EntityKind};
+use crate::policy::{CgroupSelector, UnitUser};
 
 const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const PRIME: u64 = 0x0000_0100_0000_01b3;

@@ -2,135 +2,30 @@
 //! data plane writes into the kernel maps. See `docs/dataplane.md`
 //! ("Verdict lookup") for the layout this produces.
 
-mod cgroup;
 mod classes;
-pub mod compiled;
+mod compiled;
 mod hash;
 mod ports;
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::path::Path;
 use std::time::SystemTime;
 
 use enforcer_common::{
-    ACTION_ALLOW, ACTION_DENY, DIRECTION_EGRESS, DIRECTION_INGRESS, IDENTITY_ANY,
-    IDENTITY_ANY_EXTERNAL, IDENTITY_FIRST_ALLOCATED, IDENTITY_HOST, IDENTITY_WORLD, Identity,
-    MAX_CGROUPS, MAX_PREFIXES_V4, MAX_PREFIXES_V6, MAX_VERDICTS, VerdictKey, VerdictValue,
+    ACTION_ALLOW, ACTION_DENY, IDENTITY_ANY, IDENTITY_ANY_EXTERNAL, IDENTITY_FIRST_ALLOCATED,
+    IDENTITY_HOST, IDENTITY_WORLD, Identity, MAX_CGROUPS, MAX_PREFIXES_V4, MAX_PREFIXES_V6,
+    MAX_VERDICTS, VerdictKey, VerdictValue,
 };
 use ipnet::IpNet;
 
 pub use compiled::{
-    CgroupSelector, CompiledPolicy, CompiledWorkload, EntityInfo, EntityKind, RuleRef, Section,
-    UnitUser, prefix_key4, prefix_key6,
+    CompiledPolicy, CompiledWorkload, EntityInfo, EntityKind, prefix_key4, prefix_key6,
 };
 
 use crate::policy::{
-    Diagnostic, Diagnostics, Endpoint, LabelIndex, LabelKey, LabelValue, LoadError, Loc, PolicySet,
-    Selector, Verdict,
+    Diagnostic, Diagnostics, LabelIndex, LabelKey, LabelValue, Loc, PolicySet, RuleRef, Selector,
 };
 use ports::Contribution;
-
-impl Section {
-    /// The direction of the connections this section judges, as seen from
-    /// the selected workload.
-    pub fn direction(self) -> u8 {
-        match self {
-            Section::AllowIn | Section::DenyIn => DIRECTION_INGRESS,
-            Section::AllowOut | Section::DenyOut => DIRECTION_EGRESS,
-        }
-    }
-
-    pub fn is_deny(self) -> bool {
-        matches!(self, Section::DenyIn | Section::DenyOut)
-    }
-}
-
-/// Loads `dir`, compiles it at `now`, and checks its expectations. Returns
-/// the compiled policy and every warning; an invalid policy (including a
-/// failing expectation) is [`LoadError::Invalid`] with all the errors.
-pub fn compile_dir(
-    dir: &Path,
-    now: SystemTime,
-) -> Result<(CompiledPolicy, Vec<Diagnostic>), LoadError> {
-    let loaded = crate::policy::load_dir(dir)?;
-    compile_loaded(loaded, now)
-}
-
-/// [`compile_dir`] for a policy set already loaded.
-pub fn compile_loaded(
-    loaded: crate::policy::Loaded,
-    now: SystemTime,
-) -> Result<(CompiledPolicy, Vec<Diagnostic>), LoadError> {
-    let mut warnings = loaded.warnings;
-    warnings.extend(expiry_warnings(&loaded.set, now));
-    let compiled = compile(&loaded.set, now).map_err(|mut d| {
-        d.0.extend(warnings.iter().cloned());
-        d.sort();
-        LoadError::Invalid(d)
-    })?;
-    let failures = check_expectations(&loaded.set, &compiled);
-    if !failures.is_empty() {
-        let mut d = Diagnostics(failures);
-        d.0.extend(warnings);
-        d.sort();
-        return Err(LoadError::Invalid(d));
-    }
-    let mut w = Diagnostics(warnings);
-    w.sort();
-    Ok((compiled, w.0))
-}
-
-/// A warning for every rule whose `until` has passed at `now` (it is left
-/// out of the compiled policy).
-pub fn expiry_warnings(set: &PolicySet, now: SystemTime) -> Vec<Diagnostic> {
-    let mut out = Vec::new();
-    for policy in &set.policies {
-        for rule in &policy.rules {
-            if let Some(until) = rule.until.as_ref().filter(|u| now >= u.value) {
-                let r = RuleRef {
-                    policy: policy.name.to_string(),
-                    section: rule.section,
-                    index: rule.index,
-                };
-                out.push(Diagnostic::warning(
-                    &until.loc,
-                    format!("rule {r} has expired (its `until` has passed): it no longer matches; remove it"),
-                ));
-            }
-        }
-    }
-    out
-}
-
-/// Evaluates every `[[expect]]` against the compiled policy; returns an
-/// error for each one that does not hold.
-pub fn check_expectations(set: &PolicySet, compiled: &CompiledPolicy) -> Vec<Diagnostic> {
-    let mut out = Vec::new();
-    for e in &set.expectations {
-        let from = crate::eval::endpoint_identity(compiled, &e.from.value);
-        let to = crate::eval::endpoint_identity(compiled, &e.to.value);
-        let flow = crate::eval::judge_flow(compiled, from, to, e.port);
-        let Some(verdict) = flow.verdict() else {
-            // Validation guarantees a workload at one end.
-            continue;
-        };
-        if verdict != e.verdict {
-            out.push(Diagnostic::error(
-                &e.loc,
-                format!(
-                    "expectation failed: {} -> {} {} is {verdict} (decided by {}), expected {}",
-                    crate::eval::endpoint_name(&e.from.value),
-                    crate::eval::endpoint_name(&e.to.value),
-                    e.port,
-                    flow.deciding_rules(compiled),
-                    e.verdict,
-                ),
-            ));
-        }
-    }
-    out
-}
 
 /// Which remote identities a rule's selectors cover.
 #[derive(Default)]
@@ -296,12 +191,7 @@ pub fn compile_with_limits(
             if let Some(u) = &rule.until {
                 next_expiry = Some(next_expiry.map_or(u.value, |e| e.min(u.value)));
             }
-            let r = RuleRef {
-                policy: policy.name.to_string(),
-                section: rule.section,
-                index: rule.index,
-            };
-            active.push((r, policy, rule));
+            active.push((RuleRef::of(policy, rule), policy, rule));
         }
     }
     active.sort_by(|a, b| a.0.cmp(&b.0));
@@ -487,70 +377,6 @@ fn first_loc(set: &PolicySet) -> Option<Loc> {
         .map(|p| p.loc.clone())
         .or_else(|| set.workloads.first().map(|w| w.loc.clone()))
         .or_else(|| set.peers.first().map(|p| p.loc.clone()))
-}
-
-impl CompiledPolicy {
-    /// The entity with this identity.
-    pub fn entity(&self, identity: Identity) -> Option<&EntityInfo> {
-        self.entities
-            .binary_search_by_key(&identity, |e| e.identity)
-            .ok()
-            .map(|i| &self.entities[i])
-    }
-
-    /// The workload with this identity.
-    pub fn workload(&self, identity: Identity) -> Option<&CompiledWorkload> {
-        self.workloads
-            .binary_search_by_key(&identity, |w| w.identity)
-            .ok()
-            .map(|i| &self.workloads[i])
-    }
-
-    /// The verdict class of a local identity: the workload's class, or the
-    /// identity itself when it is no workload of this policy.
-    pub fn class_of(&self, identity: Identity) -> Identity {
-        self.workload(identity).map_or(identity, |w| w.class)
-    }
-
-    /// The identity of the workload or peer with this name.
-    pub fn identity_of(&self, name: &str) -> Option<Identity> {
-        self.entities
-            .iter()
-            .find(|e| e.name == name)
-            .map(|e| e.identity)
-    }
-
-    /// How a verdict's rule index reads: `db allow-in[1]`, `default deny`.
-    pub fn rule_name(&self, rule: u32) -> String {
-        match rule {
-            enforcer_common::RULE_DEFAULT_DENY => "default deny".into(),
-            enforcer_common::RULE_BUILTIN => "built-in exception".into(),
-            enforcer_common::RULE_UNMANAGED => "unmanaged setting".into(),
-            i => self
-                .rules
-                .get(i as usize)
-                .map_or_else(|| format!("rule #{i}"), ToString::to_string),
-        }
-    }
-}
-
-/// The address of an endpoint when it is one (for `explain`).
-pub fn endpoint_addr(e: &Endpoint) -> Option<IpAddr> {
-    match e {
-        Endpoint::Addr(a) => Some(*a),
-        _ => None,
-    }
-}
-
-impl Verdict {
-    /// The verdict of a data-plane action.
-    pub fn from_action(action: u8) -> Verdict {
-        if action == ACTION_ALLOW {
-            Verdict::Allow
-        } else {
-            Verdict::Deny
-        }
-    }
 }
 
 #[cfg(test)]

@@ -25,10 +25,10 @@ use crate::cgroups::{
     CgroupTree, Discovery, DiscoveryStatus, Matcher, Resolution, SkipReason, TreeUpdate,
     V1Conflict, uid_of_user,
 };
-use crate::compile::compiled::{CgroupSelector, CompiledPolicy};
+use crate::compile::CompiledPolicy;
 use crate::config::Settings;
 use crate::dataplane::{CounterReader, Dataplane, HostAddrs, ResolvedCgroup, SlotContent};
-use crate::policy::LoadError;
+use crate::policy::{CgroupSelector, LoadError};
 use crate::rfc3339::format_millis as rfc3339;
 
 /// What made the daemon load a policy.
@@ -211,7 +211,7 @@ impl Candidate {
     fn compile(sources: Sources, now: SystemTime) -> Result<Candidate, Vec<String>> {
         let loaded = crate::policy::load_sources(&sources).map_err(load_errors)?;
         let (compiled, warnings) =
-            crate::compile::compile_loaded(loaded, now).map_err(load_errors)?;
+            crate::check::compile_loaded(loaded, now).map_err(load_errors)?;
         Ok(Candidate {
             sources,
             compiled,

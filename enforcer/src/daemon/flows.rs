@@ -12,7 +12,7 @@ use enforcer_common::{
 use tokio::sync::broadcast;
 
 use crate::api::{FlowRecord, Verdict};
-use crate::compile::compiled::CompiledPolicy;
+use crate::compile::CompiledPolicy;
 
 /// Which records a client wants.
 #[derive(Clone, Debug, Default)]
@@ -154,7 +154,7 @@ mod tests {
     use enforcer_common::{DIRECTION_INGRESS, RULE_DEFAULT_DENY};
 
     use super::*;
-    use crate::compile::compiled::{EntityInfo, EntityKind};
+    use crate::compile::{EntityInfo, EntityKind};
 
     fn policy() -> CompiledPolicy {
         CompiledPolicy {

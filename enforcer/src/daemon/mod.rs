@@ -39,7 +39,7 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::api::{Access, Group, Reply, Request, Response, Server};
 use crate::cgroups::{self, CgroupWatcher, Discovery, WatchOptions};
-use crate::compile::compiled::CompiledPolicy;
+use crate::compile::CompiledPolicy;
 use crate::config::Settings;
 use crate::dataplane::{
     Dataplane, DataplaneOptions, EventReader, FailsafePort, RegistrationLimits, UnmanagedMode,

@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::compile::compiled::CompiledPolicy;
+use crate::compile::CompiledPolicy;
 use crate::policy::LoadError;
 
 /// The largest state file written or read: a policy of 10,000 rules is
@@ -166,7 +166,7 @@ impl SavedPolicy {
             },
         };
         let loaded = crate::policy::load_sources(&self.files).map_err(invalid)?;
-        let (compiled, warnings) = crate::compile::compile_loaded(loaded, at).map_err(invalid)?;
+        let (compiled, warnings) = crate::check::compile_loaded(loaded, at).map_err(invalid)?;
         Ok((compiled, warnings.iter().map(ToString::to_string).collect()))
     }
 
@@ -392,7 +392,7 @@ allow-out = [ { to = ["host"], ports = ["8080/tcp"] } ]
     fn saved(text: &str, now: SystemTime) -> SavedPolicy {
         let files = vec![(PathBuf::from("/etc/enforcer/policies/a.toml"), text.into())];
         let loaded = crate::policy::load_sources(&files).unwrap();
-        let (compiled, _) = crate::compile::compile_loaded(loaded, now).unwrap();
+        let (compiled, _) = crate::check::compile_loaded(loaded, now).unwrap();
         SavedPolicy {
             content_hash: compiled.content_hash,
             applied_at: now,

@@ -54,7 +54,7 @@ pub use self::{
     slots::{Plan, SlotContent, plan},
     test_run::{TestRunOutcome, ethernet_frame},
 };
-use crate::compile::compiled::CompiledPolicy;
+use crate::compile::CompiledPolicy;
 
 /// The compiled eBPF object, built by `enforcer/build.rs`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer"));

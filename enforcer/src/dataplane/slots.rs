@@ -20,7 +20,7 @@ use super::{
     HostAddrs, ResolvedCgroup,
     error::{DataplaneError, Result, ensure_capacity, read_err, type_err, write_err},
 };
-use crate::compile::compiled::CompiledPolicy;
+use crate::compile::CompiledPolicy;
 
 /// Everything one policy slot holds, each map's entries sorted by key
 /// (unique keys). About 24 bytes per verdict entry: 1.4 MiB for the 59,731

@@ -19,7 +19,8 @@ use super::model::{
 use super::ports::{PortMap, combine, format_ports};
 use super::reach::{Effective, PROTOCOLS, Reach, Scratch, port_max, protocol_name};
 use super::regions::{AddrRange, regions};
-use crate::compile::compiled::{CgroupSelector, CompiledPolicy, EntityKind};
+use crate::compile::{CompiledPolicy, EntityKind};
+use crate::policy::CgroupSelector;
 
 /// Computes the semantic difference between `old` and `new`.
 pub fn diff(old: &DiffInput, new: &DiffInput) -> PolicyDiff {

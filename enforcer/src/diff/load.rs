@@ -6,9 +6,9 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use super::model::{DiffInput, ExpectationInfo, PolicyMeta, RuleInfo};
-use crate::compile::{RuleRef, compile_loaded};
+use crate::check::compile_loaded;
 use crate::eval::endpoint_name;
-use crate::policy::{Diagnostic, LoadError, PolicySet, load_dir};
+use crate::policy::{Diagnostic, LoadError, PolicySet, RuleRef, load_dir};
 
 /// Loads, validates and compiles `dir` at `now`; returns the diff input and
 /// the warnings. An invalid policy (a failing expectation included) is an
@@ -48,11 +48,7 @@ pub fn meta(set: &PolicySet) -> PolicyMeta {
                 }
                 None => "all".to_owned(),
             };
-            let at = RuleRef {
-                policy: policy.name.to_string(),
-                section: rule.section,
-                index: rule.index,
-            };
+            let at = RuleRef::of(policy, rule);
             rules.push(RuleInfo {
                 key: format!(
                     "{} {} {remotes:?} {ports}",

@@ -1,19 +1,20 @@
 //! `enforcer diff`: the semantic difference between two policies — who may
 //! newly talk to whom, and who no longer may — for policy review in CI.
 //!
-//! The engine works on [`CompiledPolicy`](crate::compile::compiled::CompiledPolicy)
+//! The engine works on [`CompiledPolicy`](crate::compile::CompiledPolicy)
 //! values, the same entries the kernel holds, so what it reports is what
 //! would change in enforcement:
 //! - [`reach`] computes each workload's effective verdicts per remote entity
 //!   and protocol as port intervals, following the kernel's lookup chain;
 //! - [`regions`] matches remote addresses across the two policies;
-//! - [`engine`] compares and merges the result into [`PolicyDiff`] rows;
+//! - `engine` compares and merges the result into [`PolicyDiff`] rows
+//!   ([`diff`]);
 //! - [`render`] prints it as text, JSON or Markdown;
 //! - [`source`] reads `DIR` or `REV:DIR` inputs.
 
-pub mod engine;
+mod engine;
 pub mod load;
-pub mod model;
+mod model;
 pub mod ports;
 pub mod reach;
 pub mod regions;
@@ -22,7 +23,6 @@ pub mod source;
 pub mod testkit;
 
 pub use engine::diff;
-pub use load::load_input;
 pub use model::{
     Change, DiffInput, EntityChange, ExpectationChange, ExpectationInfo, ModeChange, PolicyDiff,
     PolicyMeta, RuleInfo, UntilChange,

@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::compile::compiled::CompiledPolicy;
+use crate::compile::CompiledPolicy;
 
 /// One side of a diff: the compiled policy plus what the compiled form does
 /// not carry (expectations, rule expiry times).

@@ -12,7 +12,7 @@ use enforcer_common::{
 };
 
 use super::ports::{PORT_MAX, PortMap, combine, combine_into};
-use crate::compile::compiled::{CompiledPolicy, EntityKind};
+use crate::compile::{CompiledPolicy, EntityKind};
 
 /// The protocols a verdict key can carry, in report order.
 pub const PROTOCOLS: [u8; 3] = [PROTO_TCP, PROTO_UDP, PROTO_ICMP];

@@ -15,11 +15,10 @@ use enforcer_common::{
 
 use ipnet::IpNet;
 
-use crate::compile::compiled::{
-    CgroupSelector, CompiledPolicy, CompiledWorkload, EntityInfo, EntityKind, RuleRef, Section,
-    prefix_key4, prefix_key6,
+use crate::compile::{
+    CompiledPolicy, CompiledWorkload, EntityInfo, EntityKind, prefix_key4, prefix_key6,
 };
-use crate::policy::parse_cidr;
+use crate::policy::{CgroupSelector, RuleRef, Section, parse_cidr};
 
 fn verdict_value(action: u8, rule: u32) -> VerdictValue {
     VerdictValue {

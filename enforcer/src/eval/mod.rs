@@ -288,7 +288,7 @@ mod tests {
     use enforcer_common::{AddrKey4, PROTO_TCP, VerdictValue};
 
     use super::*;
-    use crate::compile::{EntityInfo, EntityKind};
+    use crate::compile::EntityInfo;
 
     const W: Identity = 16;
     const PEER: Identity = 17;

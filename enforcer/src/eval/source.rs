@@ -7,8 +7,7 @@ use std::time::SystemTime;
 
 use enforcer_common::{DIRECTION_EGRESS, DIRECTION_INGRESS};
 
-use crate::compile::RuleRef;
-use crate::policy::{Name, PolicySet, Selector, ServicePort, Verdict};
+use crate::policy::{Name, PolicySet, RuleRef, Selector, ServicePort, Verdict};
 
 /// An entity of the source model.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -65,11 +64,7 @@ pub fn evaluate(
             if !covers {
                 continue;
             }
-            let r = RuleRef {
-                policy: policy.name.to_string(),
-                section: rule.section,
-                index: rule.index,
-            };
+            let r = RuleRef::of(policy, rule);
             let slot = if rule.section.is_deny() {
                 &mut best_deny
             } else {

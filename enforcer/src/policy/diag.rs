@@ -152,22 +152,24 @@ impl fmt::Display for Diagnostics {
 
 impl std::error::Error for Diagnostics {}
 
-/// Maps byte offsets of one file to line and column.
-pub(crate) struct LineIndex<'a> {
+/// Maps byte offsets of a text (a policy or configuration file) to 1-based
+/// line and column, columns counted in characters: the one place that
+/// turns a parser's byte span into the `LINE:COL` of a message.
+pub struct LineIndex<'a> {
     text: &'a str,
-    file: Arc<Path>,
     starts: Vec<usize>,
 }
 
 impl<'a> LineIndex<'a> {
-    pub(crate) fn new(file: Arc<Path>, text: &'a str) -> Self {
+    pub fn new(text: &'a str) -> Self {
         let starts = std::iter::once(0)
             .chain(text.match_indices('\n').map(|(i, _)| i + 1))
             .collect();
-        LineIndex { text, file, starts }
+        LineIndex { text, starts }
     }
 
-    pub(crate) fn loc(&self, offset: usize) -> Loc {
+    /// The line and column of a byte offset (past the end: the end).
+    pub fn line_col(&self, offset: usize) -> (usize, usize) {
         let offset = offset.min(self.text.len());
         let line = self.starts.partition_point(|&s| s <= offset).max(1);
         let start = self.starts[line - 1];
@@ -177,11 +179,7 @@ impl<'a> LineIndex<'a> {
             .get(start..offset)
             .map_or(offset - start, |s| s.chars().count())
             + 1;
-        Loc {
-            file: self.file.clone(),
-            line,
-            col,
-        }
+        (line, col)
     }
 }
 
@@ -191,13 +189,13 @@ mod tests {
 
     #[test]
     fn line_index_counts_lines_and_characters() {
-        let idx = LineIndex::new(Arc::from(Path::new("f.toml")), "ab\nçd\n\nx");
-        assert_eq!((idx.loc(0).line, idx.loc(0).col), (1, 1));
-        assert_eq!((idx.loc(2).line, idx.loc(2).col), (1, 3));
-        assert_eq!((idx.loc(3).line, idx.loc(3).col), (2, 1));
-        assert_eq!((idx.loc(5).line, idx.loc(5).col), (2, 2));
-        assert_eq!((idx.loc(8).line, idx.loc(8).col), (4, 1));
-        assert_eq!(idx.loc(100).line, 4);
+        let idx = LineIndex::new("ab\nçd\n\nx");
+        assert_eq!(idx.line_col(0), (1, 1));
+        assert_eq!(idx.line_col(2), (1, 3));
+        assert_eq!(idx.line_col(3), (2, 1));
+        assert_eq!(idx.line_col(5), (2, 2));
+        assert_eq!(idx.line_col(8), (4, 1));
+        assert_eq!(idx.line_col(100).0, 4);
     }
 
     #[test]

@@ -2,26 +2,36 @@
 //! model ([`PolicySet`]). Every problem is reported, each with its
 //! `FILE:LINE:COL`. See `docs/policy.md`.
 
+mod cgroup_selector;
 mod diag;
 pub mod files;
 mod model;
 mod parse;
+mod suggest;
+mod time;
 mod types;
 mod validate;
 
+#[cfg(test)]
+pub(crate) mod fixtures;
+
 use std::path::{Path, PathBuf};
 
-pub use diag::{Diagnostic, Diagnostics, LoadError, Loc, Severity};
+pub use cgroup_selector::{CgroupSelector, UnitUser};
+pub use diag::{Diagnostic, Diagnostics, LineIndex, LoadError, Loc, Severity};
 pub use model::{
-    Endpoint, Expectation, LabelIndex, Labels, Located, Peer, Policy, PolicySet, Rule, Selector,
-    Workload,
+    Endpoint, Expectation, LabelIndex, Labels, Located, Peer, Policy, PolicySet, Rule, RuleRef,
+    Section, Selector, Workload,
 };
-pub use parse::{parse_cidr, parse_rfc3339};
+pub use time::parse_rfc3339;
 pub use types::{
     LabelKey, LabelValue, MAX_LEN, Mode, Name, Port, PortRange, PortSpec, Proto, RESERVED_NAMES,
-    ServicePort, Verdict,
+    ServicePort, Verdict, parse_cidr,
 };
 pub use validate::resolve_endpoint;
+
+/// The policy directory the commands and the daemon use when none is given.
+pub const DEFAULT_DIR: &str = "/etc/enforcer/policies";
 
 /// A loaded, valid policy set and the warnings found while loading it.
 #[derive(Clone, Debug)]

@@ -3,14 +3,16 @@
 //! diagnostics and `explain`.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::IpAddr;
 use std::time::SystemTime;
 
+use enforcer_common::{DIRECTION_EGRESS, DIRECTION_INGRESS};
 use ipnet::IpNet;
 
+use super::cgroup_selector::CgroupSelector;
 use super::diag::Loc;
 use super::types::{LabelKey, LabelValue, Mode, Name, PortSpec, ServicePort, Verdict};
-use crate::compile::{CgroupSelector, Section};
 
 /// An entity's labels.
 pub type Labels = BTreeMap<LabelKey, LabelValue>;
@@ -94,6 +96,81 @@ impl Rule {
     /// rule stops matching at that instant).
     pub fn active_at(&self, now: SystemTime) -> bool {
         self.until.as_ref().is_none_or(|u| now < u.value)
+    }
+}
+
+/// The four rule lists of a policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Section {
+    AllowIn,
+    AllowOut,
+    DenyIn,
+    DenyOut,
+}
+
+impl Section {
+    /// Every section, in the order they sort.
+    pub const ALL: [Section; 4] = [
+        Section::AllowIn,
+        Section::AllowOut,
+        Section::DenyIn,
+        Section::DenyOut,
+    ];
+
+    /// The section's key in a policy: `allow-in`, `deny-out`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Section::AllowIn => "allow-in",
+            Section::AllowOut => "allow-out",
+            Section::DenyIn => "deny-in",
+            Section::DenyOut => "deny-out",
+        }
+    }
+
+    /// The direction of the connections this section judges, as seen from
+    /// the selected workload (DIRECTION_INGRESS or DIRECTION_EGRESS).
+    pub fn direction(self) -> u8 {
+        match self {
+            Section::AllowIn | Section::DenyIn => DIRECTION_INGRESS,
+            Section::AllowOut | Section::DenyOut => DIRECTION_EGRESS,
+        }
+    }
+
+    pub fn is_deny(self) -> bool {
+        matches!(self, Section::DenyIn | Section::DenyOut)
+    }
+}
+
+/// Where a rule comes from, for `explain`, flows and diffs:
+/// `db allow-in[1]` is policy `db`, section `allow-in`, index 1 (0-based in
+/// the policy's list for that section).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RuleRef {
+    pub policy: String,
+    pub section: Section,
+    pub index: usize,
+}
+
+impl RuleRef {
+    /// The reference of `rule`, one of `policy`'s rules.
+    pub fn of(policy: &Policy, rule: &Rule) -> RuleRef {
+        RuleRef {
+            policy: policy.name.to_string(),
+            section: rule.section,
+            index: rule.index,
+        }
+    }
+}
+
+impl fmt::Display for RuleRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {}[{}]",
+            self.policy,
+            self.section.as_str(),
+            self.index
+        )
     }
 }
 

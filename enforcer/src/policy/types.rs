@@ -1,10 +1,15 @@
 //! Value types whose constructors enforce the language's rules, so a value
-//! that exists is valid: names, label keys and values, ports, port ranges.
+//! that exists is valid: names, label keys and values, ports, port ranges,
+//! modes, verdicts, address prefixes.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::str::FromStr;
 
-use enforcer_common::{MODE_AUDIT, MODE_ENFORCE, MODE_OFF, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+use enforcer_common::{
+    ACTION_ALLOW, MODE_AUDIT, MODE_ENFORCE, MODE_OFF, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+};
+use ipnet::IpNet;
 
 /// Entity names that the language reserves.
 pub const RESERVED_NAMES: [&str; 3] = ["world", "host", "any"];
@@ -383,6 +388,16 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// The verdict of a data-plane action (ACTION_*): an audited denial is
+    /// a denial.
+    pub fn from_action(action: u8) -> Verdict {
+        if action == ACTION_ALLOW {
+            Verdict::Allow
+        } else {
+            Verdict::Deny
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Verdict::Allow => "allow",
@@ -394,6 +409,30 @@ impl Verdict {
 impl fmt::Display for Verdict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// A CIDR, or a host address without a length.
+pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    if s.contains('/') {
+        let net: IpNet = s.parse().map_err(|_| {
+            format!("invalid CIDR `{s}`: write ADDRESS/LEN, e.g. \"203.0.113.0/24\" or \"2001:db8::/32\"")
+        })?;
+        if net.trunc() != net {
+            return Err(format!(
+                "CIDR `{s}` has bits set after its /{} prefix: did you mean \"{}\"?",
+                net.prefix_len(),
+                net.trunc()
+            ));
+        }
+        Ok(net)
+    } else {
+        let addr: IpAddr = s.parse().map_err(|_| {
+            format!(
+                "invalid address `{s}`: write an IP address or ADDRESS/LEN, e.g. \"198.51.100.17\""
+            )
+        })?;
+        Ok(IpNet::from(addr))
     }
 }
 
@@ -477,5 +516,25 @@ mod tests {
             "icmp".parse::<ServicePort>().map(|p| p.to_string()),
             Ok("icmp".into())
         );
+    }
+
+    #[test]
+    fn cidrs_accept_host_addresses_and_reject_host_bits() {
+        assert_eq!(
+            parse_cidr("198.51.100.17").unwrap().to_string(),
+            "198.51.100.17/32"
+        );
+        assert_eq!(
+            parse_cidr("2001:db8::1").unwrap().to_string(),
+            "2001:db8::1/128"
+        );
+        assert!(parse_cidr("203.0.113.0/24").is_ok());
+        assert!(
+            parse_cidr("203.0.113.1/24")
+                .unwrap_err()
+                .contains("203.0.113.0/24")
+        );
+        assert!(parse_cidr("203.0.113.0/33").is_err());
+        assert!(parse_cidr("300.0.0.0/8").is_err());
     }
 }

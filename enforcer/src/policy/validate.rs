@@ -5,10 +5,12 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
+use super::cgroup_selector::CgroupSelector;
 use super::diag::{Diagnostic, Loc};
 use super::model::{Endpoint, Expectation, LabelIndex, Located, PolicySet, Selector};
-use super::parse::{RawExpectation, closest};
-use super::types::Name;
+use super::parse::RawExpectation;
+use super::suggest::closest;
+use super::types::{LabelKey, LabelValue, Name};
 
 pub(crate) fn validate(set: &mut PolicySet, raw: Vec<RawExpectation>, diags: &mut Vec<Diagnostic>) {
     unique_names(set, diags);
@@ -78,7 +80,6 @@ fn unique_names(set: &mut PolicySet, diags: &mut Vec<Diagnostic>) {
 fn unique_selectors(set: &PolicySet, diags: &mut Vec<Diagnostic>) {
     let mut seen = HashMap::new();
     for w in &set.workloads {
-        use crate::compile::CgroupSelector;
         // One pattern is one set of cgroups, delegated or not.
         let key = match &w.selector {
             CgroupSelector::DelegatedGlob(g) => CgroupSelector::Glob(g.clone()),
@@ -175,9 +176,7 @@ fn unknown(kind: &str, name: &Name, names: &[&str]) -> String {
     }
 }
 
-pub(crate) fn describe_labels(
-    t: &BTreeMap<super::types::LabelKey, Vec<super::types::LabelValue>>,
-) -> String {
+fn describe_labels(t: &BTreeMap<LabelKey, Vec<LabelValue>>) -> String {
     let parts: Vec<String> = t
         .iter()
         .map(|(k, vs)| match vs.as_slice() {

@@ -10,9 +10,9 @@ use std::{
 use anyhow::{Result, bail};
 use enforcer::{
     api::{FlowRecord, Verdict},
-    compile::{CompiledPolicy, RuleRef},
+    compile::CompiledPolicy,
     eval::{Flow, judge_flow, resolve_addr},
-    policy::ServicePort,
+    policy::{RuleRef, ServicePort},
     rfc3339,
 };
 use enforcer_common::{

@@ -17,8 +17,9 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use enforcer::{
-    compile::{CompiledPolicy, EntityKind, RuleRef, compile_loaded},
-    policy::{LoadError, Mode, load_dir},
+    check::compile_loaded,
+    compile::{CompiledPolicy, EntityKind},
+    policy::{LoadError, Mode, RuleRef, load_dir},
 };
 use enforcer_tests::privileged::{missing_requirement, require_root};
 

@@ -325,7 +325,7 @@ mod tests {
             fs::create_dir_all(dir.join(sub)).unwrap();
         }
         let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/example");
-        let (policy, _) = enforcer::compile::compile_dir(&example, SystemTime::now()).unwrap();
+        let (policy, _) = enforcer::check::compile_dir(&example, SystemTime::now()).unwrap();
         let resolved = resolve(&policy, &dir);
         fs::remove_dir_all(&dir).unwrap();
         let got: Vec<(String, String, u8)> = resolved

@@ -13,7 +13,8 @@ use std::{
     time::Duration,
 };
 
-use enforcer::compile::compiled::{CompiledPolicy, EntityInfo, EntityKind, RuleRef, Section};
+use enforcer::compile::{CompiledPolicy, EntityInfo, EntityKind};
+use enforcer::policy::{RuleRef, Section};
 
 /// The gate of every root test (enforcer-tests' `privileged`): root,
 /// cgroup v2, bpffs, and cgroup2 socket matching working; skips without

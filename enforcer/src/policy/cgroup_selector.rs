@@ -1,8 +1,67 @@
-//! Cgroup selectors: validation of `unit = "X"` and `cgroup = "PATTERN"`.
-//! Matching them against cgroups is the selector automaton's job
-//! (`cgroups::automaton`), shared with the kernel's cgroup tracer.
+//! Cgroup selectors: how a workload names its cgroups (`unit = "X"`,
+//! `cgroup = "PATTERN"`) and their validation. Matching them against
+//! cgroups is the selector automaton's job (`cgroups::automaton`), shared
+//! with the kernel's cgroup tracer.
 
-use super::compiled::CgroupSelector;
+use std::fmt;
+
+/// How a workload finds its cgroups (see `cgroups::automaton` for how
+/// they match).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum CgroupSelector {
+    /// `unit = "X"`: the system service manager's unit X, a cgroup whose
+    /// path from the cgroup root is a chain of `.slice` directories ending
+    /// in X.
+    Unit(String),
+    /// `unit = "X"` with `user = ...`: unit X of that user's service
+    /// manager (`user.slice/user-UID.slice/user@UID.service/...`).
+    UserUnit { unit: String, user: UnitUser },
+    /// `cgroup = "PATTERN"`: glob over paths relative to the cgroup root,
+    /// matching only cgroups that belong to root.
+    Glob(String),
+    /// `cgroup = "PATTERN"` with `delegated = true`: also cgroups in a
+    /// subtree delegated to another user.
+    DelegatedGlob(String),
+}
+
+/// The user of `user = ...`: a name, resolved on the host that enforces,
+/// or a uid.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum UnitUser {
+    Name(String),
+    Uid(u32),
+}
+
+impl fmt::Display for UnitUser {
+    /// The name or the uid, bare.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UnitUser::Name(name) => write!(f, "{name}"),
+            UnitUser::Uid(uid) => write!(f, "{uid}"),
+        }
+    }
+}
+
+impl fmt::Display for CgroupSelector {
+    /// As the policy writes it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CgroupSelector::Unit(unit) => write!(f, "unit = {unit:?}"),
+            CgroupSelector::UserUnit {
+                unit,
+                user: UnitUser::Name(name),
+            } => write!(f, "unit = {unit:?}, user = {name:?}"),
+            CgroupSelector::UserUnit {
+                unit,
+                user: UnitUser::Uid(uid),
+            } => write!(f, "unit = {unit:?}, user = {uid}"),
+            CgroupSelector::Glob(pattern) => write!(f, "cgroup = {pattern:?}"),
+            CgroupSelector::DelegatedGlob(pattern) => {
+                write!(f, "cgroup = {pattern:?}, delegated = true")
+            }
+        }
+    }
+}
 
 const UNIT_SUFFIXES: [&str; 3] = [".service", ".scope", ".slice"];
 
