@@ -14,9 +14,12 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use enforcer_common::{
-    ACTION_ALLOW, ACTION_DENY, DIRECTION_EGRESS, DIRECTION_INGRESS, IDENTITY_ANY,
-    IDENTITY_ANY_EXTERNAL, IDENTITY_FIRST_ALLOCATED, IDENTITY_HOST, IDENTITY_WORLD, Identity,
-    MAX_CGROUPS, MAX_PREFIXES_V4, MAX_PREFIXES_V6, MAX_VERDICTS, VerdictKey, VerdictValue,
+    capacity::{MAX_CGROUPS, MAX_PREFIXES_V4, MAX_PREFIXES_V6, MAX_VERDICTS},
+    identity::{
+        IDENTITY_ANY, IDENTITY_ANY_EXTERNAL, IDENTITY_FIRST_ALLOCATED, IDENTITY_HOST,
+        IDENTITY_WORLD, Identity,
+    },
+    verdict::{Action, Direction, VerdictKey, VerdictValue},
 };
 use ipnet::IpNet;
 
@@ -36,8 +39,8 @@ impl Section {
     /// the selected workload.
     pub fn direction(self) -> u8 {
         match self {
-            Section::AllowIn | Section::DenyIn => DIRECTION_INGRESS,
-            Section::AllowOut | Section::DenyOut => DIRECTION_EGRESS,
+            Section::AllowIn | Section::DenyIn => Direction::Ingress as u8,
+            Section::AllowOut | Section::DenyOut => Direction::Egress as u8,
         }
     }
 
@@ -393,9 +396,9 @@ pub fn compile_with_limits(
                         VerdictValue {
                             rule: decided.rule,
                             action: if decided.deny {
-                                ACTION_DENY
+                                Action::Deny as u8
                             } else {
-                                ACTION_ALLOW
+                                Action::Allow as u8
                             },
                             _pad: [0; 3],
                         },
@@ -523,9 +526,9 @@ impl CompiledPolicy {
     /// How a verdict's rule index reads: `db allow-in[1]`, `default deny`.
     pub fn rule_name(&self, rule: u32) -> String {
         match rule {
-            enforcer_common::RULE_DEFAULT_DENY => "default deny".into(),
-            enforcer_common::RULE_BUILTIN => "built-in exception".into(),
-            enforcer_common::RULE_UNMANAGED => "unmanaged setting".into(),
+            enforcer_common::verdict::RULE_DEFAULT_DENY => "default deny".into(),
+            enforcer_common::verdict::RULE_BUILTIN => "built-in exception".into(),
+            enforcer_common::verdict::RULE_UNMANAGED => "unmanaged setting".into(),
             i => self
                 .rules
                 .get(i as usize)
@@ -545,7 +548,7 @@ pub fn endpoint_addr(e: &Endpoint) -> Option<IpAddr> {
 impl Verdict {
     /// The verdict of a data-plane action.
     pub fn from_action(action: u8) -> Verdict {
-        if action == ACTION_ALLOW {
+        if action == Action::Allow as u8 {
             Verdict::Allow
         } else {
             Verdict::Deny
