@@ -5,11 +5,11 @@ use crate::identity::Identity;
 
 /// A verdict that `connect4|6` or `sendmsg4|6` reached for a destination
 /// outside this host and allowed, kept in a cache shared by every CPU
-/// ([`crate::maps::CACHED_VERDICTS`]). The next connection (or datagram) from the
-/// same cgroup to the same destination, under the same policy generation,
-/// skips the judgement; and every packet of a TCP connection that
-/// `connect()` opened is recognised by it, so that such a connection needs
-/// no state of its own (see `docs/dataplane.md`).
+/// ([`crate::maps::CACHED_VERDICTS`]). The next connection (or datagram)
+/// from the same cgroup to the same destination, under the same policy
+/// generation, skips the judgement; and every packet of a TCP connection
+/// that `connect()` opened is recognised by it, so that such a connection
+/// needs no state of its own (see `docs/dataplane.md`).
 ///
 /// Two programs may write the same slot at once (on two CPUs, or one
 /// preempted between two of its stores): [`CachedVerdict::seal`] covers
@@ -29,7 +29,8 @@ pub struct CachedVerdict {
     /// A [`crate::protocol::Protocol`].
     pub protocol: u8,
     pub generation: u32,
-    /// The local workload (or [`crate::identity::IDENTITY_HOST`]) the verdict was for.
+    /// The local workload (or [`crate::identity::IDENTITY_HOST`]) the
+    /// verdict was for.
     pub local: Identity,
     /// The remote identity (a peer or [`crate::identity::IDENTITY_WORLD`]).
     pub remote: Identity,

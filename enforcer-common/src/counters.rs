@@ -29,7 +29,8 @@ pub const GLOBAL_COUNTER_CACHED_VERDICTS: u32 = 4;
 /// creation (a cgroup registered in both slots counts twice).
 pub const GLOBAL_COUNTER_CGROUPS_REGISTERED: u32 = 5;
 /// Number of cgroups the tracer did not register because their workload
-/// had reached its quota ([`crate::cgroup_match::Registration::max_cgroups_per_workload`]).
+/// had reached its quota
+/// ([`crate::cgroup_match::Registration::max_cgroups_per_workload`]).
 pub const GLOBAL_COUNTER_REGISTRATIONS_REFUSED: u32 = 6;
 /// Number of cgroups whose automaton states, or whose match entry, did not
 /// fit: their descendants are left to the daemon.
@@ -40,7 +41,8 @@ pub const GLOBAL_COUNTERS: u32 = 8;
 /// Local identities (`host` and the first workloads) below this are counted
 /// in the per-CPU array [`crate::maps::WORKLOAD_COUNTERS`] at index
 /// `identity * COUNTER_ACTIONS + action`: a direct index per packet instead
-/// of a hash lookup. Higher identities are counted in [`crate::maps::COUNTERS`].
+/// of a hash lookup. Higher identities are counted in
+/// [`crate::maps::COUNTERS`].
 pub const COUNTED_IDENTITIES: u32 = 1024;
 /// Action slots per identity in [`crate::maps::WORKLOAD_COUNTERS`].
 pub const COUNTER_ACTIONS: u32 = 4;
