@@ -13,7 +13,7 @@
 //!
 //! See `docs/dataplane.md` ("Cgroups from their creation").
 
-use crate::Identity;
+use crate::identity::Identity;
 
 /// No automaton state: the end of a cgroup's state list.
 pub const STATE_NONE: u16 = 0;
@@ -117,7 +117,8 @@ pub struct MatchState {
     pub also: u16,
     /// `STATE_*` flags.
     pub flags: u8,
-    /// The accepting workload's mode (when `workload` is set).
+    /// The accepting workload's [`crate::workload::Mode`] (when `workload`
+    /// is set).
     pub mode: u8,
     pub _pad: [u8; 2],
     /// The workload whose own cgroup a cgroup reaching this state is; 0
@@ -341,6 +342,19 @@ fn sip_round(v0: &mut u64, v1: &mut u64, v2: &mut u64, v3: &mut u64) {
     *v1 = v1.rotate_left(17);
     *v1 ^= *v2;
     *v2 = v2.rotate_left(32);
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::{CgroupMatch, ExactKey, GlobRule, MatchState, Registration};
+
+    // SAFETY: `#[repr(C)]`, `Copy`, integers and arrays of integers with
+    // explicit padding fields: any bit pattern is valid.
+    unsafe impl aya::Pod for Registration {}
+    unsafe impl aya::Pod for MatchState {}
+    unsafe impl aya::Pod for ExactKey {}
+    unsafe impl aya::Pod for GlobRule {}
+    unsafe impl aya::Pod for CgroupMatch {}
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! where it is unit-tested. Input starts at the IP header, as in
 //! `cgroup_skb` programs. Every loop is bounded so the verifier accepts it.
 
-use crate::{IPPROTO_ICMPV6, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+use crate::protocol::{IPPROTO_ICMPV6, Protocol};
 
 /// Fixed-size reads at an offset from the start of the IP header.
 pub trait PacketBytes {
@@ -40,22 +40,27 @@ impl PacketBytes for [u8] {
 }
 
 /// What a packet is, for the verdict logic.
-pub const CLASS_OTHER: u8 = 0;
-/// TCP or UDP with ports.
-pub const CLASS_TRANSPORT: u8 = 1;
-/// ICMP or ICMPv6 echo request; `sport` is the identifier, `dport` 0.
-pub const CLASS_ECHO_REQUEST: u8 = 2;
-/// ICMP or ICMPv6 echo reply; `sport` is the identifier, `dport` 0.
-pub const CLASS_ECHO_REPLY: u8 = 3;
-/// An ICMP error (unreachable, time exceeded, parameter problem, packet too
-/// big). The addresses, ports and protocol are those of the packet *quoted*
-/// in the error, i.e. the packet this host sent that caused it.
-pub const CLASS_ICMP_ERROR: u8 = 4;
-/// ICMPv6 router solicitation/advertisement, neighbour
-/// solicitation/advertisement, redirect (types 133–137): always allowed.
-pub const CLASS_NEIGHBOUR_DISCOVERY: u8 = 5;
-/// Any other ICMP message.
-pub const CLASS_ICMP_OTHER: u8 = 6;
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PacketClass {
+    /// Anything else: another protocol, or a fragment after the first.
+    Other = 0,
+    /// TCP or UDP with ports.
+    Transport = 1,
+    /// ICMP or ICMPv6 echo request; `sport` is the identifier, `dport` 0.
+    EchoRequest = 2,
+    /// ICMP or ICMPv6 echo reply; `sport` is the identifier, `dport` 0.
+    EchoReply = 3,
+    /// An ICMP error (unreachable, time exceeded, parameter problem, packet
+    /// too big). The addresses, ports and protocol are those of the packet
+    /// *quoted* in the error, i.e. the packet this host sent that caused it.
+    IcmpError = 4,
+    /// ICMPv6 router solicitation/advertisement, neighbour
+    /// solicitation/advertisement, redirect (types 133–137): always allowed.
+    NeighbourDiscovery = 5,
+    /// Any other ICMP message.
+    IcmpOther = 6,
+}
 
 /// TCP flag bits (byte 13 of the TCP header).
 pub const TCP_FIN: u8 = 0x01;
@@ -72,11 +77,11 @@ pub const TCP_ACK: u8 = 0x10;
 pub struct Packet {
     /// 4 or 6.
     pub family: u8,
-    /// Protocol as used in keys: [`PROTO_TCP`], [`PROTO_UDP`], [`PROTO_ICMP`]
-    /// (ICMPv6 included), or the raw IP protocol number for anything else.
+    /// Protocol as used in keys: a [`Protocol`] (ICMPv6 as
+    /// [`Protocol::Icmp`]), or the raw IP protocol number for anything else.
     pub protocol: u8,
-    /// One of the `CLASS_*` constants.
-    pub class: u8,
+    /// What the packet is.
+    pub class: PacketClass,
     /// TCP flags, 0 for other protocols.
     pub tcp_flags: u8,
     /// Source port (host order); the echo identifier for echo messages.
@@ -92,7 +97,7 @@ pub struct Packet {
 impl Packet {
     /// A pure TCP SYN: the first packet of a connection.
     pub const fn is_tcp_syn(&self) -> bool {
-        self.protocol == PROTO_TCP && self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+        self.protocol == Protocol::Tcp as u8 && self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
     }
 }
 
@@ -115,14 +120,14 @@ const fn ipv4_in_16(addr: [u8; 4]) -> [u8; 16] {
 
 /// Parses the IP packet that starts at offset 0. `None` when it is too
 /// short or malformed; non-first fragments and unknown protocols are
-/// [`CLASS_OTHER`].
+/// [`PacketClass::Other`].
 #[inline(always)]
 pub fn parse<B: PacketBytes + ?Sized>(bytes: &B) -> Option<Packet> {
     let first = bytes.read::<1>(0)?;
     let mut p = Packet {
         family: 0,
         protocol: 0,
-        class: CLASS_OTHER,
+        class: PacketClass::Other,
         tcp_flags: 0,
         sport: 0,
         dport: 0,
@@ -187,51 +192,51 @@ pub fn parse<B: PacketBytes + ?Sized>(bytes: &B) -> Option<Packet> {
         }
         _ => return None,
     };
-    match wire_proto {
-        PROTO_TCP => {
+    match Protocol::from_raw(wire_proto) {
+        Some(Protocol::Tcp) => {
             let t = bytes.read::<14>(l4)?;
             p.sport = u16::from_be_bytes([t[0], t[1]]);
             p.dport = u16::from_be_bytes([t[2], t[3]]);
             p.tcp_flags = t[13];
-            p.class = CLASS_TRANSPORT;
+            p.class = PacketClass::Transport;
         }
-        PROTO_UDP => {
+        Some(Protocol::Udp) => {
             let u = bytes.read::<4>(l4)?;
             p.sport = u16::from_be_bytes([u[0], u[1]]);
             p.dport = u16::from_be_bytes([u[2], u[3]]);
-            p.class = CLASS_TRANSPORT;
+            p.class = PacketClass::Transport;
         }
-        PROTO_ICMP if p.family == 4 => {
+        Some(Protocol::Icmp) if p.family == 4 => {
             let m = bytes.read::<8>(l4)?;
-            p.protocol = PROTO_ICMP;
+            p.protocol = Protocol::Icmp as u8;
             match m[0] {
                 8 | 0 => {
                     p.class = if m[0] == 8 {
-                        CLASS_ECHO_REQUEST
+                        PacketClass::EchoRequest
                     } else {
-                        CLASS_ECHO_REPLY
+                        PacketClass::EchoReply
                     };
                     p.sport = u16::from_be_bytes([m[4], m[5]]);
                 }
                 3 | 11 | 12 => return parse_quoted(bytes, l4 + 8, p),
-                _ => p.class = CLASS_ICMP_OTHER,
+                _ => p.class = PacketClass::IcmpOther,
             }
         }
-        IPPROTO_ICMPV6 if p.family == 6 => {
+        None if wire_proto == IPPROTO_ICMPV6 && p.family == 6 => {
             let m = bytes.read::<8>(l4)?;
-            p.protocol = PROTO_ICMP;
+            p.protocol = Protocol::Icmp as u8;
             match m[0] {
                 128 | 129 => {
                     p.class = if m[0] == 128 {
-                        CLASS_ECHO_REQUEST
+                        PacketClass::EchoRequest
                     } else {
-                        CLASS_ECHO_REPLY
+                        PacketClass::EchoReply
                     };
                     p.sport = u16::from_be_bytes([m[4], m[5]]);
                 }
                 1..=4 => return parse_quoted(bytes, l4 + 8, p),
-                133..=137 => p.class = CLASS_NEIGHBOUR_DISCOVERY,
-                _ => p.class = CLASS_ICMP_OTHER,
+                133..=137 => p.class = PacketClass::NeighbourDiscovery,
+                _ => p.class = PacketClass::IcmpOther,
             }
         }
         _ => {}
@@ -241,12 +246,12 @@ pub fn parse<B: PacketBytes + ?Sized>(bytes: &B) -> Option<Packet> {
 
 /// Parses the packet quoted in an ICMP error at `off` (without IPv6
 /// extension headers, and only TCP, UDP or echo inside). Falls back to
-/// [`CLASS_ICMP_OTHER`] when the quote is not understood, so the error is
-/// judged as plain ICMP.
+/// [`PacketClass::IcmpOther`] when the quote is not understood, so the
+/// error is judged as plain ICMP.
 #[inline(always)]
 fn parse_quoted<B: PacketBytes + ?Sized>(bytes: &B, off: usize, outer: Packet) -> Option<Packet> {
     let mut q = Packet {
-        class: CLASS_ICMP_OTHER,
+        class: PacketClass::IcmpOther,
         ..outer
     };
     let Some(first) = bytes.read::<1>(off) else {
@@ -279,20 +284,22 @@ fn parse_quoted<B: PacketBytes + ?Sized>(bytes: &B, off: usize, outer: Packet) -
     let Some(t) = bytes.read::<8>(l4) else {
         return Some(q);
     };
-    match proto {
-        PROTO_TCP | PROTO_UDP => {
+    let echo = t[0] == 8 || t[0] == 128;
+    match Protocol::from_raw(proto) {
+        Some(Protocol::Tcp | Protocol::Udp) => {
             q.protocol = proto;
             q.sport = u16::from_be_bytes([t[0], t[1]]);
             q.dport = u16::from_be_bytes([t[2], t[3]]);
         }
-        PROTO_ICMP | IPPROTO_ICMPV6 if t[0] == 8 || t[0] == 128 => {
-            q.protocol = PROTO_ICMP;
+        // An echo request this host sent, over ICMP or ICMPv6.
+        _ if echo && (proto == Protocol::Icmp as u8 || proto == IPPROTO_ICMPV6) => {
+            q.protocol = Protocol::Icmp as u8;
             q.sport = u16::from_be_bytes([t[4], t[5]]);
             q.dport = 0;
         }
         _ => return Some(q),
     }
-    q.class = CLASS_ICMP_ERROR;
+    q.class = PacketClass::IcmpError;
     q.tcp_flags = 0;
     Some(q)
 }
@@ -300,6 +307,10 @@ fn parse_quoted<B: PacketBytes + ?Sized>(bytes: &B, off: usize, outer: Packet) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const TCP: u8 = Protocol::Tcp as u8;
+    const UDP: u8 = Protocol::Udp as u8;
+    const ICMP: u8 = Protocol::Icmp as u8;
 
     fn ipv4(proto: u8, l4: &[u8]) -> [u8; 64] {
         let mut b = [0u8; 64];
@@ -331,11 +342,11 @@ mod tests {
         tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
         tcp[2..4].copy_from_slice(&443u16.to_be_bytes());
         tcp[13] = TCP_SYN;
-        let b = ipv4(PROTO_TCP, &tcp);
+        let b = ipv4(TCP, &tcp);
         let p = parse(&b[..40]).unwrap();
         assert_eq!(p.family, 4);
-        assert_eq!(p.protocol, PROTO_TCP);
-        assert_eq!(p.class, CLASS_TRANSPORT);
+        assert_eq!(p.protocol, TCP);
+        assert_eq!(p.class, PacketClass::Transport);
         assert_eq!((p.sport, p.dport), (40000, 443));
         assert!(p.is_tcp_syn());
         assert_eq!(&p.src[..4], &[198, 51, 100, 1]);
@@ -347,13 +358,13 @@ mod tests {
     fn syn_ack_is_not_a_syn() {
         let mut tcp = [0u8; 20];
         tcp[13] = TCP_SYN | TCP_ACK;
-        let b = ipv4(PROTO_TCP, &tcp);
+        let b = ipv4(TCP, &tcp);
         assert!(!parse(&b[..40]).unwrap().is_tcp_syn());
     }
 
     #[test]
     fn truncated_packets_are_rejected() {
-        let b = ipv4(PROTO_TCP, &[0; 20]);
+        let b = ipv4(TCP, &[0; 20]);
         assert_eq!(parse(&b[..10]), None);
         assert_eq!(parse(&b[..30]), None);
         assert_eq!(parse(&[][..]), None);
@@ -364,7 +375,7 @@ mod tests {
     fn ipv4_options_shift_the_transport_header() {
         let mut b = [0u8; 64];
         b[0] = 0x46; // 24-byte header
-        b[9] = PROTO_UDP;
+        b[9] = UDP;
         b[24..26].copy_from_slice(&53u16.to_be_bytes());
         b[26..28].copy_from_slice(&5353u16.to_be_bytes());
         let p = parse(&b[..]).unwrap();
@@ -373,34 +384,34 @@ mod tests {
 
     #[test]
     fn non_first_fragments_have_no_ports() {
-        let mut b = ipv4(PROTO_UDP, &[0, 53, 0, 53]);
+        let mut b = ipv4(UDP, &[0, 53, 0, 53]);
         b[7] = 1;
         let p = parse(&b[..]).unwrap();
-        assert_eq!(p.class, CLASS_OTHER);
+        assert_eq!(p.class, PacketClass::Other);
         assert_eq!(p.sport, 0);
     }
 
     #[test]
     fn parses_icmp_echo_and_errors() {
-        let b = ipv4(PROTO_ICMP, &[8, 0, 0, 0, 0x12, 0x34, 0, 1]);
+        let b = ipv4(ICMP, &[8, 0, 0, 0, 0x12, 0x34, 0, 1]);
         let p = parse(&b[..]).unwrap();
-        assert_eq!(p.class, CLASS_ECHO_REQUEST);
-        assert_eq!((p.protocol, p.sport, p.dport), (PROTO_ICMP, 0x1234, 0));
+        assert_eq!(p.class, PacketClass::EchoRequest);
+        assert_eq!((p.protocol, p.sport, p.dport), (ICMP, 0x1234, 0));
 
         // Port unreachable quoting a UDP packet 198.51.100.7:1000 -> 203.0.113.5:53.
         let mut err = [0u8; 36];
         err[0] = 3;
         err[1] = 3;
         err[8] = 0x45;
-        err[8 + 9] = PROTO_UDP;
+        err[8 + 9] = UDP;
         err[8 + 12..8 + 16].copy_from_slice(&[198, 51, 100, 7]);
         err[8 + 16..8 + 20].copy_from_slice(&[203, 0, 113, 5]);
         err[28..30].copy_from_slice(&1000u16.to_be_bytes());
         err[30..32].copy_from_slice(&53u16.to_be_bytes());
-        let b = ipv4(PROTO_ICMP, &err);
+        let b = ipv4(ICMP, &err);
         let p = parse(&b[..]).unwrap();
-        assert_eq!(p.class, CLASS_ICMP_ERROR);
-        assert_eq!(p.protocol, PROTO_UDP);
+        assert_eq!(p.class, PacketClass::IcmpError);
+        assert_eq!(p.protocol, UDP);
         assert_eq!((p.sport, p.dport), (1000, 53));
         assert_eq!(&p.src[..4], &[198, 51, 100, 7]);
         assert_eq!(&p.dst[..4], &[203, 0, 113, 5]);
@@ -411,14 +422,14 @@ mod tests {
         // Hop-by-hop (8 bytes) then destination options (16 bytes) then UDP.
         let mut rest = [0u8; 32];
         rest[0] = IPV6_DEST_OPTS;
-        rest[8] = PROTO_UDP;
+        rest[8] = UDP;
         rest[9] = 1;
         rest[24..26].copy_from_slice(&546u16.to_be_bytes());
         rest[26..28].copy_from_slice(&547u16.to_be_bytes());
         let b = ipv6(IPV6_HOP_BY_HOP, &rest);
         let p = parse(&b[..]).unwrap();
         assert_eq!(p.family, 6);
-        assert_eq!(p.protocol, PROTO_UDP);
+        assert_eq!(p.protocol, UDP);
         assert_eq!((p.sport, p.dport), (546, 547));
         assert_eq!(p.dst[15], 2);
     }
@@ -429,21 +440,24 @@ mod tests {
         let p = parse(&b[..]).unwrap();
         assert_eq!(
             (p.class, p.protocol, p.sport),
-            (CLASS_ECHO_REQUEST, PROTO_ICMP, 7)
+            (PacketClass::EchoRequest, ICMP, 7)
         );
         let b = ipv6(IPPROTO_ICMPV6, &[135, 0, 0, 0, 0, 0, 0, 0]);
-        assert_eq!(parse(&b[..]).unwrap().class, CLASS_NEIGHBOUR_DISCOVERY);
+        assert_eq!(
+            parse(&b[..]).unwrap().class,
+            PacketClass::NeighbourDiscovery
+        );
         let b = ipv6(IPPROTO_ICMPV6, &[130, 0, 0, 0, 0, 0, 0, 0]);
-        assert_eq!(parse(&b[..]).unwrap().class, CLASS_ICMP_OTHER);
+        assert_eq!(parse(&b[..]).unwrap().class, PacketClass::IcmpOther);
     }
 
     #[test]
     fn ipv6_fragments_after_the_first_have_no_ports() {
         let mut rest = [0u8; 16];
-        rest[0] = PROTO_TCP;
+        rest[0] = TCP;
         rest[3] = 0x08; // offset 1
         let b = ipv6(IPV6_FRAGMENT, &rest);
         let p = parse(&b[..]).unwrap();
-        assert_eq!((p.class, p.protocol), (CLASS_OTHER, PROTO_TCP));
+        assert_eq!((p.class, p.protocol), (PacketClass::Other, TCP));
     }
 }

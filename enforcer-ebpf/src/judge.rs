@@ -3,10 +3,17 @@
 
 use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
 use enforcer_common::{
-    ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, CgroupEntry, Config, DIRECTION_INGRESS, FlowKey,
-    FlowValue, GLOBAL_COUNTER_EVENTS_LOST, IDENTITY_ANY, IDENTITY_ANY_EXTERNAL, IDENTITY_HOST,
-    IDENTITY_NONE, Identity, MODE_ALLOW, MODE_AUDIT, MODE_ENFORCE, MODE_OFF, PROTO_UDP,
-    RULE_BUILTIN, RULE_DEFAULT_DENY, RULE_MODE_OFF, RULE_UNMANAGED, VerdictEvent, VerdictKey,
+    config::Config,
+    counters::GLOBAL_COUNTER_EVENTS_LOST,
+    event::VerdictEvent,
+    flow::{FlowKey, FlowValue},
+    identity::{IDENTITY_ANY, IDENTITY_ANY_EXTERNAL, IDENTITY_HOST, IDENTITY_NONE, Identity},
+    protocol::Protocol,
+    verdict::{
+        Action, Direction, RULE_BUILTIN, RULE_DEFAULT_DENY, RULE_MODE_OFF, RULE_UNMANAGED,
+        VerdictKey,
+    },
+    workload::{CgroupEntry, Mode},
 };
 
 use crate::maps;
@@ -62,6 +69,8 @@ pub const NO_ENTRY: CgroupEntry = CgroupEntry {
 /// What was decided for a connection.
 #[derive(Clone, Copy)]
 pub struct Verdict {
+    /// An [`Action`] byte: the kernel programs carry actions as the bytes
+    /// the maps hold, and only compare them.
     pub action: u8,
     pub rule: u32,
     pub local: Identity,
@@ -172,21 +181,18 @@ pub fn lookup(
     if let Some(v) = maps::verdict(slot, &key) {
         return (v.action, v.rule);
     }
-    (ACTION_DENY, RULE_DEFAULT_DENY)
+    (Action::Deny as u8, RULE_DEFAULT_DENY)
 }
 
-/// The mode of processes in no workload (`--unmanaged`): `MODE_AUDIT`,
-/// `MODE_ENFORCE` (deny), or `MODE_ALLOW` for anything else.
+/// The mode of processes in no workload (`--unmanaged`): `Off` (allow),
+/// `Audit`, or `Enforce` (deny, also for a byte no daemon writes).
 #[inline(always)]
-pub fn unmanaged_mode(cfg: &Config) -> u8 {
-    match cfg.unmanaged {
-        MODE_AUDIT => MODE_AUDIT,
-        MODE_ENFORCE => MODE_ENFORCE,
-        _ => MODE_ALLOW,
-    }
+pub fn unmanaged_mode(cfg: &Config) -> Mode {
+    Mode::from_raw_or_enforce(cfg.unmanaged)
 }
 
-/// Judges a new connection opened in `opener` direction to `service_port`.
+/// Judges a new connection opened in `opener` direction (a [`Direction`]
+/// byte, as flows keep it) to `service_port`.
 #[inline(always)]
 pub fn judge(
     cfg: &Config,
@@ -201,11 +207,11 @@ pub fn judge(
     // else (flows, events, counters, the self-traffic exception) names the
     // workload itself.
     let (workload, class, mode) = match local {
-        Some(e) => (e.workload, e.class, e.mode),
+        Some(e) => (e.workload, e.class, Mode::from_raw_or_enforce(e.mode)),
         None => (IDENTITY_HOST, IDENTITY_HOST, unmanaged_mode(cfg)),
     };
     let allow = |rule| Verdict {
-        action: ACTION_ALLOW,
+        action: Action::Allow as u8,
         rule,
         local: workload,
     };
@@ -214,18 +220,18 @@ pub fn judge(
     if local.is_some() && !remote.external && remote.identity == workload {
         return allow(RULE_BUILTIN);
     }
-    if opener == DIRECTION_INGRESS {
+    if opener == Direction::Ingress as u8 {
         if maps::is_failsafe(protocol, service_port) {
             return allow(RULE_BUILTIN);
         }
-        if protocol == PROTO_UDP
+        if protocol == Protocol::Udp as u8
             && ((remote_port == 67 && service_port == 68)
                 || (remote_port == 547 && service_port == 546))
         {
             return allow(RULE_BUILTIN);
         }
     }
-    if mode == MODE_OFF {
+    if mode == Mode::Off {
         return allow(if local.is_some() {
             RULE_MODE_OFF
         } else {
@@ -242,10 +248,10 @@ pub fn judge(
             service_port,
         )
     } else {
-        (ACTION_DENY, RULE_UNMANAGED)
+        (Action::Deny as u8, RULE_UNMANAGED)
     };
-    let action = if action == ACTION_DENY && mode == MODE_AUDIT {
-        ACTION_AUDIT
+    let action = if action == Action::Deny as u8 && mode == Mode::Audit {
+        Action::Audit as u8
     } else {
         action
     };
@@ -258,7 +264,13 @@ pub fn judge(
 
 /// Sends a verdict event, counting it as lost when the ring buffer is full.
 #[inline(always)]
-pub fn send_event(cfg: &Config, key: &FlowKey, flow: &FlowValue, now: u64, packet_direction: u8) {
+pub fn send_event(
+    cfg: &Config,
+    key: &FlowKey,
+    flow: &FlowValue,
+    now: u64,
+    packet_direction: Direction,
+) {
     let event = VerdictEvent {
         time_ns: now,
         cgroup_id: flow.cgroup_id,
@@ -270,7 +282,7 @@ pub fn send_event(cfg: &Config, key: &FlowKey, flow: &FlowValue, now: u64, packe
         direction: if flow.direction != 0 {
             flow.direction
         } else {
-            packet_direction
+            packet_direction as u8
         },
         action: flow.action,
         local_port: key.local_port,
@@ -293,7 +305,7 @@ pub fn send_event(cfg: &Config, key: &FlowKey, flow: &FlowValue, now: u64, packe
 /// taken from by up to a tick: a `now` before `last` is not due.
 #[inline(always)]
 pub fn event_due(action: u8, last: u64, now: u64) -> bool {
-    (action == ACTION_DENY || action == ACTION_AUDIT)
+    (action == Action::Deny as u8 || action == Action::Audit as u8)
         && (last == 0 || (now > last && now - last >= EVENT_INTERVAL_NS))
 }
 

@@ -1,7 +1,7 @@
 //! The enforcer's kernel programs. See `docs/dataplane.md`.
 #![no_std]
 #![no_main]
-// Inline assembly for unaligned packet loads (see `skb.rs`).
+// Inline assembly for unaligned packet loads (see `skb/bytes.rs`).
 #![feature(asm_experimental_arch)]
 
 mod judge;
@@ -15,17 +15,17 @@ use aya_ebpf::{
     macros::{btf_tracepoint, cgroup_skb, cgroup_sock, cgroup_sock_addr},
     programs::{BtfTracePointContext, SkBuffContext, SockAddrContext, SockContext},
 };
-use enforcer_common::{DIRECTION_EGRESS, DIRECTION_INGRESS};
+use enforcer_common::verdict::Direction;
 use sock_addr::Hook;
 
 #[cgroup_skb(egress)]
 pub fn enforcer_egress(ctx: SkBuffContext) -> i32 {
-    skb::handle(&ctx, DIRECTION_EGRESS)
+    skb::handle(&ctx, Direction::Egress)
 }
 
 #[cgroup_skb(ingress)]
 pub fn enforcer_ingress(ctx: SkBuffContext) -> i32 {
-    skb::handle(&ctx, DIRECTION_INGRESS)
+    skb::handle(&ctx, Direction::Ingress)
 }
 
 #[cgroup_sock_addr(connect4)]

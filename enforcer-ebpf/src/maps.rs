@@ -14,18 +14,26 @@ use aya_ebpf::{
     },
 };
 use enforcer_common::{
-    BoundPort, BoundPortKey, CACHED_VERDICT_SLOTS, COUNTED_IDENTITIES, COUNTER_ACTIONS,
-    CachedVerdict, CgroupEntry, Config, CounterKey, EVENTS_RING_BYTES, FlowKey, FlowValue,
-    GLOBAL_COUNTERS as GLOBAL_COUNTER_SLOTS, IDENTITY_WORLD, Identity, MAX_BOUND_PORTS,
-    MAX_CGROUPS, MAX_COUNTERS, MAX_FAILSAFE_PORTS, MAX_FLOWS, MAX_PREFIXES_V4, MAX_PREFIXES_V6,
-    MAX_VERDICTS, POLICY_SLOTS, PortKey, SlotPolicy, TCP_BOUND_PORT_WORDS, VerdictKey,
-    VerdictValue, WORKLOAD_COUNTER_SLOTS,
+    cached_verdict::{CACHED_VERDICT_SLOTS, CachedVerdict},
+    capacity::{
+        EVENTS_RING_BYTES, MAX_BOUND_PORTS, MAX_CGROUPS, MAX_COUNTERS, MAX_FAILSAFE_PORTS,
+        MAX_FLOWS, MAX_PREFIXES_V4, MAX_PREFIXES_V6, MAX_VERDICTS,
+    },
     cgroup_match::{
         CgroupMatch, ExactKey, GlobRule, MAX_COUNTED_WORKLOADS, MAX_MATCH_EXACT, MAX_MATCH_GLOBS,
         MAX_MATCH_STATES, MatchState, NAME_WORDS, REACHED_PER_STEP, Registration,
         STATES_PER_CGROUP,
     },
-    tcp_bound_port_bit,
+    config::{Config, POLICY_SLOTS, SlotPolicy},
+    counters::{
+        COUNTED_IDENTITIES, COUNTER_ACTIONS, CounterKey, GLOBAL_COUNTERS as GLOBAL_COUNTER_SLOTS,
+        WORKLOAD_COUNTER_SLOTS,
+    },
+    flow::{FlowKey, FlowValue},
+    identity::{IDENTITY_WORLD, Identity},
+    ports::{BoundPort, BoundPortKey, PortKey, TCP_BOUND_PORT_WORDS, tcp_bound_port_bit},
+    verdict::{VerdictKey, VerdictValue},
+    workload::CgroupEntry,
 };
 
 #[map]
@@ -63,7 +71,7 @@ pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(
 /// the socket's own pointer instead of hashing a 4-tuple into a table
 /// shared by every connection. A connection that `connect()` opened to an
 /// allowed remote destination usually has none: the verdict cache
-/// recognises its packets (see `skb.rs`), which spares each connection an
+/// recognises its packets (see `skb/flow_store.rs`), which spares each connection an
 /// allocation.
 #[unsafe(link_section = ".maps")]
 #[unsafe(export_name = "SOCKET_FLOWS")]

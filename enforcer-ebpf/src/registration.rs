@@ -25,13 +25,17 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use enforcer_common::{
-    CgroupEntry, GLOBAL_COUNTER_CGROUPS_REGISTERED, GLOBAL_COUNTER_MATCH_OVERFLOWS,
-    GLOBAL_COUNTER_REGISTRATIONS_REFUSED, IDENTITY_NONE,
     cgroup_match::{
         CgroupMatch, ExactKey, KernelOffsets, MAX_GLOBS_PER_STATE, MatchState, NAME_WORDS,
         REACHED_PER_STEP, Registration, STATE_ACCEPT_DELEGATED, STATE_FROM_DELEGATED,
         STATE_HAS_EXACT, STATE_NONE, STATES_PER_CGROUP, glob_step, name_hash,
     },
+    counters::{
+        GLOBAL_COUNTER_CGROUPS_REGISTERED, GLOBAL_COUNTER_MATCH_OVERFLOWS,
+        GLOBAL_COUNTER_REGISTRATIONS_REFUSED,
+    },
+    identity::IDENTITY_NONE,
+    workload::CgroupEntry,
 };
 
 use crate::maps::{self, MatchScratch, Walk};

@@ -8,7 +8,10 @@ use aya_ebpf::{
     helpers::{bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie},
     programs::SockContext,
 };
-use enforcer_common::{BoundPort, BoundPortKey, PROTO_TCP, PROTO_UDP};
+use enforcer_common::{
+    ports::{BoundPort, BoundPortKey},
+    protocol::Protocol,
+};
 
 use crate::maps;
 
@@ -23,7 +26,7 @@ fn port_key(ctx: &SockContext) -> Option<BoundPortKey> {
     let sk = unsafe { &*ctx.sock };
     let protocol = sk.protocol as u8;
     let port = sk.src_port as u16;
-    if port == 0 || (protocol != PROTO_TCP && protocol != PROTO_UDP) {
+    if port == 0 || (protocol != Protocol::Tcp as u8 && protocol != Protocol::Udp as u8) {
         return None;
     }
     Some(BoundPortKey {
@@ -49,7 +52,7 @@ pub fn bound(ctx: &SockContext) -> i32 {
         }
     };
     let _ = maps::BOUND_PORTS.insert(key, value, 0);
-    if key.protocol == PROTO_TCP {
+    if key.protocol == Protocol::Tcp as u8 {
         // Even when the table is full: a port marked without an entry is
         // only a slower path for clients that happen to use it.
         maps::mark_tcp_port(key.port, true);

@@ -4,12 +4,12 @@
 //! is a socket on this host (in the caller's network namespace), the
 //! receiver's ingress is judged too. An allowed remote destination goes
 //! into the verdict cache, where the packets of the TCP connection find it
-//! (see `skb.rs`).
+//! (see `skb/`).
 //!
 //! A UDP `connect()` sends nothing: it only picks a destination (iputils
 //! `ping` and glibc's address sorting `connect()` a UDP socket to learn
 //! which source address the route gives). It is not judged; the socket's
-//! datagrams are, when they are sent (`skb.rs`: a refused one fails the
+//! datagrams are, when they are sent (`skb/`: a refused one fails the
 //! send with EPERM).
 
 use aya_ebpf::{
@@ -20,8 +20,12 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use enforcer_common::{
-    ACTION_ALLOW, ACTION_DENY, CachedVerdict, Config, DIRECTION_EGRESS, DIRECTION_INGRESS, FlowKey,
-    FlowValue, GLOBAL_COUNTER_CACHED_VERDICTS, PROTO_TCP, PROTO_UDP, ipv4_unmapped,
+    cached_verdict::{CachedVerdict, ipv4_unmapped},
+    config::Config,
+    counters::GLOBAL_COUNTER_CACHED_VERDICTS,
+    flow::{FlowKey, FlowValue},
+    protocol::Protocol,
+    verdict::{Action, Direction},
 };
 
 use crate::{
@@ -52,14 +56,14 @@ pub fn handle(ctx: &SockAddrContext, family: u8, hook: Hook) -> i32 {
     // verifier checks each field access.
     let sa = unsafe { &*ctx.sock_addr };
     let protocol = sa.protocol as u8;
-    if protocol != PROTO_TCP && protocol != PROTO_UDP {
+    if protocol != Protocol::Tcp as u8 && protocol != Protocol::Udp as u8 {
         // Ping sockets and raw sockets are judged per packet.
         return ALLOW;
     }
-    if protocol == PROTO_UDP && hook == Hook::Connect {
+    if protocol == Protocol::Udp as u8 && hook == Hook::Connect {
         return ALLOW;
     }
-    if protocol == PROTO_UDP {
+    if protocol == Protocol::Udp as u8 {
         // A UDP socket that bound its own port is (usually) a server: its
         // datagrams are mostly replies to flows that its ingress already
         // judged, which only the per-packet program can see. Leave them to
@@ -111,7 +115,7 @@ pub fn handle(ctx: &SockAddrContext, family: u8, hook: Hook) -> i32 {
             Outcome::AllowedHere => {}
         }
     }
-    if protocol == PROTO_TCP {
+    if protocol == Protocol::Tcp as u8 {
         // The socket may hold the flow of an earlier connection (a connect
         // after `connect(AF_UNSPEC)`), which would decide this one's
         // packets: they must find the verdict cache or be judged afresh.
@@ -180,17 +184,25 @@ fn judge_attempt(cfg: &Config, attempt: &Attempt, allowed: &mut CachedVerdict) -
             None => PeerSocket::NONE,
         }
     });
-    let sender = judge::judge(cfg, local, DIRECTION_EGRESS, protocol, &remote, port, port);
-    if sender.action == ACTION_DENY || judge::event_due(sender.action, 0, 1) {
+    let sender = judge::judge(
+        cfg,
+        local,
+        Direction::Egress as u8,
+        protocol,
+        &remote,
+        port,
+        port,
+    );
+    if sender.action == Action::Deny as u8 || judge::event_due(sender.action, 0, 1) {
         refused(
             cfg,
             &key,
             &sender,
             remote.identity,
             cgroup_id,
-            DIRECTION_EGRESS,
+            Direction::Egress,
         );
-        if sender.action == ACTION_DENY {
+        if sender.action == Action::Deny as u8 {
             return Outcome::Refused;
         }
     }
@@ -206,27 +218,27 @@ fn judge_attempt(cfg: &Config, attempt: &Attempt, allowed: &mut CachedVerdict) -
         let receiver = judge::judge(
             cfg,
             remote.local_entry,
-            DIRECTION_INGRESS,
+            Direction::Ingress as u8,
             protocol,
             &sender_as_remote,
             port,
             0,
         );
-        if receiver.action == ACTION_DENY || judge::event_due(receiver.action, 0, 1) {
+        if receiver.action == Action::Deny as u8 || judge::event_due(receiver.action, 0, 1) {
             refused(
                 cfg,
                 &key.mirrored(),
                 &receiver,
                 sender.local,
                 remote.peer_cgroup,
-                DIRECTION_INGRESS,
+                Direction::Ingress,
             );
-            if receiver.action == ACTION_DENY {
+            if receiver.action == Action::Deny as u8 {
                 return Outcome::Refused;
             }
         }
     }
-    if sender.action != ACTION_ALLOW || !remote.external {
+    if sender.action != Action::Allow as u8 || !remote.external {
         return Outcome::AllowedHere;
     }
     *allowed = CachedVerdict {
@@ -259,7 +271,14 @@ fn address_bytes(words: &[u32; 4]) -> [u8; 16] {
 /// Reports a refused (or audited) attempt, at most once a second per
 /// destination, through a pseudo-flow that no packet can match.
 #[inline(always)]
-fn refused(cfg: &Config, key: &FlowKey, v: &Verdict, remote: u32, cgroup_id: u64, direction: u8) {
+fn refused(
+    cfg: &Config,
+    key: &FlowKey,
+    v: &Verdict,
+    remote: u32,
+    cgroup_id: u64,
+    direction: Direction,
+) {
     let now = now_ns();
     // SAFETY: plain integers.
     let last = match maps::FLOWS.get_ptr(key).map(|p| unsafe { *p }) {
@@ -278,8 +297,8 @@ fn refused(cfg: &Config, key: &FlowKey, v: &Verdict, remote: u32, cgroup_id: u64
         cgroup_id,
         last_event_ns: now,
         action: v.action,
-        direction,
-        service_port: if direction == DIRECTION_EGRESS {
+        direction: direction as u8,
+        service_port: if direction == Direction::Egress {
             key.remote_port
         } else {
             key.local_port

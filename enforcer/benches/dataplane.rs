@@ -19,9 +19,12 @@ use enforcer::{
     policy::{RuleRef, Section},
 };
 use enforcer_common::{
-    ACTION_ALLOW, AddrKey4, AddrKey6, DIRECTION_EGRESS, IDENTITY_HOST, IDENTITY_WORLD,
-    MODE_ENFORCE, PROTO_TCP, VerdictKey, VerdictValue,
+    address::{AddrKey4, AddrKey6},
+    identity::{IDENTITY_HOST, IDENTITY_WORLD},
     packet::{TCP_ACK, TCP_SYN},
+    protocol::Protocol,
+    verdict::{Action, Direction, VerdictKey, VerdictValue},
+    workload::Mode,
 };
 
 const WORKLOAD: u32 = 16;
@@ -85,14 +88,14 @@ fn policy(rules: usize, prefixes: usize) -> CompiledPolicy {
     }
     let allow = VerdictValue {
         rule: 0,
-        action: ACTION_ALLOW,
+        action: Action::Allow as u8,
         _pad: [0; 3],
     };
     let mut verdicts = vec![(
         VerdictKey::new(
             WORKLOAD,
-            DIRECTION_EGRESS,
-            PROTO_TCP,
+            Direction::Egress as u8,
+            Protocol::Tcp as u8,
             PEER0,
             ALLOWED_PORT,
             16,
@@ -103,7 +106,14 @@ fn policy(rules: usize, prefixes: usize) -> CompiledPolicy {
         let peer = PEER0 + (i as u32 % PEERS);
         let port = 1024 + (i / PEERS as usize) as u16;
         verdicts.push((
-            VerdictKey::new(WORKLOAD, DIRECTION_EGRESS, PROTO_TCP, peer, port, 16),
+            VerdictKey::new(
+                WORKLOAD,
+                Direction::Egress as u8,
+                Protocol::Tcp as u8,
+                peer,
+                port,
+                16,
+            ),
             allow,
         ));
     }
@@ -229,7 +239,7 @@ fn main() -> anyhow::Result<()> {
         cgroup_id: own_cgroup_id()?,
         workload: WORKLOAD,
         class: WORKLOAD,
-        mode: MODE_ENFORCE,
+        mode: Mode::Enforce as u8,
     }];
     let mut rows = Vec::new();
     for &rules in rule_sizes {
@@ -255,7 +265,8 @@ fn main() -> anyhow::Result<()> {
                     dp.disable()?;
                     for round in 0..rounds {
                         let packet = tcp_packet(v6, 30_000 + round as u16, port, TCP_ACK);
-                        let many = dp.test_run_skb_repeat(DIRECTION_EGRESS, &packet, repeat)?;
+                        let many =
+                            dp.test_run_skb_repeat(Direction::Egress as u8, &packet, repeat)?;
                         baseline.samples.push(many.duration.as_nanos() as f64);
                     }
                     dp.enable()?;
@@ -266,7 +277,7 @@ fn main() -> anyhow::Result<()> {
                         // known 4-tuple.
                         let first = tcp_packet(v6, sport, port, TCP_SYN);
                         let judged =
-                            dp.test_run_skb_repeat(DIRECTION_EGRESS, &first, new_repeat)?;
+                            dp.test_run_skb_repeat(Direction::Egress as u8, &first, new_repeat)?;
                         anyhow::ensure!(
                             judged.passed() == (verdict == "allow"),
                             "{base}: unexpected verdict {}",
@@ -275,7 +286,8 @@ fn main() -> anyhow::Result<()> {
                         new.samples.push(judged.duration.as_nanos() as f64);
                         // Packets of the now-known flow: one flow lookup.
                         let next = tcp_packet(v6, sport, port, TCP_ACK);
-                        let many = dp.test_run_skb_repeat(DIRECTION_EGRESS, &next, repeat)?;
+                        let many =
+                            dp.test_run_skb_repeat(Direction::Egress as u8, &next, repeat)?;
                         fast.samples.push(many.duration.as_nanos() as f64);
                     }
                     dp.clear_flows()?;

@@ -16,8 +16,9 @@ use enforcer::compile::CompiledPolicy;
 use enforcer::diff::testkit::{PolicyBuilder, aligned_cover};
 use enforcer::diff::{DiffInput, diff};
 use enforcer_common::{
-    ACTION_ALLOW, ACTION_DENY, DIRECTION_EGRESS, DIRECTION_INGRESS, IDENTITY_ANY,
-    IDENTITY_ANY_EXTERNAL, IDENTITY_WORLD, PROTO_TCP, PROTO_UDP,
+    identity::{IDENTITY_ANY, IDENTITY_ANY_EXTERNAL, IDENTITY_WORLD},
+    protocol::Protocol,
+    verdict::{Action, Direction},
 };
 use support::{Args, thread_cpu_ns};
 
@@ -69,9 +70,9 @@ fn generate(variant: u64) -> CompiledPolicy {
         let w = rng.below(WORKLOADS);
         let egress = rng.next() & 1 == 0;
         let protocol = if rng.below(4) == 0 {
-            PROTO_UDP
+            Protocol::Udp as u8
         } else {
-            PROTO_TCP
+            Protocol::Tcp as u8
         };
         let remote = match rng.below(10) {
             0 => IDENTITY_WORLD,
@@ -100,11 +101,15 @@ fn generate(variant: u64) -> CompiledPolicy {
         let rule = b.rule(&format!("w{w:03}"), section, per_policy[w]);
         per_policy[w] += 1;
         let direction = if egress {
-            DIRECTION_EGRESS
+            Direction::Egress as u8
         } else {
-            DIRECTION_INGRESS
+            Direction::Ingress as u8
         };
-        let action = if allow { ACTION_ALLOW } else { ACTION_DENY };
+        let action = if allow {
+            Action::Allow as u8
+        } else {
+            Action::Deny as u8
+        };
         for (port, bits) in aligned_cover(lo, hi) {
             // One entry per key, as the compiler guarantees.
             if seen.insert((workloads[w], direction, protocol, remote, port, bits)) {

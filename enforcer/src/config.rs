@@ -29,7 +29,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use enforcer_common::{MODE_ALLOW, MODE_AUDIT, MODE_ENFORCE, PROTO_TCP, PROTO_UDP};
+use enforcer_common::{protocol::Protocol, workload::Mode};
 use serde::{Deserialize, Deserializer};
 use thiserror::Error;
 
@@ -58,9 +58,9 @@ impl Unmanaged {
     /// The `Config::unmanaged` value the kernel reads.
     pub fn mode(self) -> u8 {
         match self {
-            Unmanaged::Allow => MODE_ALLOW,
-            Unmanaged::Audit => MODE_AUDIT,
-            Unmanaged::Deny => MODE_ENFORCE,
+            Unmanaged::Allow => Mode::Off as u8,
+            Unmanaged::Audit => Mode::Audit as u8,
+            Unmanaged::Deny => Mode::Enforce as u8,
         }
     }
 
@@ -90,14 +90,14 @@ impl FromStr for Unmanaged {
 /// One inbound port kept reachable whatever the policy says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FailsafePort {
-    /// PROTO_TCP or PROTO_UDP.
+    /// Protocol::Tcp or Protocol::Udp.
     pub protocol: u8,
     pub port: u16,
 }
 
 impl fmt::Display for FailsafePort {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let proto = if self.protocol == PROTO_TCP {
+        let proto = if self.protocol == Protocol::Tcp as u8 {
             "tcp"
         } else {
             "udp"
@@ -114,8 +114,8 @@ impl FromStr for FailsafePort {
             .split_once('/')
             .ok_or_else(|| format!("failsafe port {s:?} must be PORT/tcp or PORT/udp"))?;
         let protocol = match proto {
-            "tcp" => PROTO_TCP,
-            "udp" => PROTO_UDP,
+            "tcp" => Protocol::Tcp as u8,
+            "udp" => Protocol::Udp as u8,
             _ => return Err(format!("failsafe port {s:?}: protocol must be tcp or udp")),
         };
         let port: u16 = port
@@ -134,7 +134,7 @@ pub struct Failsafe(pub Vec<FailsafePort>);
 impl Default for Failsafe {
     fn default() -> Self {
         Failsafe(vec![FailsafePort {
-            protocol: PROTO_TCP,
+            protocol: Protocol::Tcp as u8,
             port: 22,
         }])
     }
@@ -152,7 +152,7 @@ impl FromStr for Failsafe {
             .collect::<Result<Vec<_>, _>>()?;
         ports.sort();
         ports.dedup();
-        let max = enforcer_common::MAX_FAILSAFE_PORTS as usize;
+        let max = enforcer_common::capacity::MAX_FAILSAFE_PORTS as usize;
         if ports.len() > max {
             return Err(format!("at most {max} failsafe ports"));
         }
@@ -363,7 +363,7 @@ pub struct Settings {
 }
 
 /// Default of `max_cgroups_per_workload`: an eighth of the cgroup map.
-pub const DEFAULT_MAX_CGROUPS_PER_WORKLOAD: u32 = enforcer_common::MAX_CGROUPS / 8;
+pub const DEFAULT_MAX_CGROUPS_PER_WORKLOAD: u32 = enforcer_common::capacity::MAX_CGROUPS / 8;
 
 impl Settings {
     /// Merge: command line over file over defaults. Relative paths are made
@@ -380,11 +380,12 @@ impl Settings {
         let max_cgroups_per_workload = file
             .max_cgroups_per_workload
             .unwrap_or(DEFAULT_MAX_CGROUPS_PER_WORKLOAD);
-        if max_cgroups_per_workload == 0 || max_cgroups_per_workload > enforcer_common::MAX_CGROUPS
+        if max_cgroups_per_workload == 0
+            || max_cgroups_per_workload > enforcer_common::capacity::MAX_CGROUPS
         {
             return Err(ConfigError::Invalid(format!(
                 "max_cgroups_per_workload must be 1 to {}",
-                enforcer_common::MAX_CGROUPS
+                enforcer_common::capacity::MAX_CGROUPS
             )));
         }
         let admin_group = admin_group(

@@ -7,10 +7,15 @@ use enforcer::diff::testkit::PolicyBuilder;
 use enforcer::diff::{Change, DiffInput, ExpectationInfo, PolicyDiff, PolicyMeta, RuleInfo, diff};
 use enforcer::policy::CgroupSelector;
 use enforcer_common::{
-    ACTION_ALLOW, ACTION_DENY, DIRECTION_EGRESS as OUT, DIRECTION_INGRESS as IN, IDENTITY_ANY,
-    IDENTITY_ANY_EXTERNAL, IDENTITY_WORLD, MODE_AUDIT, MODE_ENFORCE, PROTO_ICMP, PROTO_TCP,
-    PROTO_UDP,
+    identity::{IDENTITY_ANY, IDENTITY_ANY_EXTERNAL, IDENTITY_WORLD},
+    protocol::Protocol,
+    verdict::{Action, Direction},
+    workload::Mode,
 };
+
+/// The directions, short: the tables below read as rows.
+const IN: u8 = Direction::Ingress as u8;
+const OUT: u8 = Direction::Egress as u8;
 
 fn run(old: PolicyBuilder, new: PolicyBuilder) -> PolicyDiff {
     diff(
@@ -61,23 +66,59 @@ fn shop() -> Shop {
     b.ports(
         web,
         IN,
-        PROTO_TCP,
+        Protocol::Tcp as u8,
         IDENTITY_ANY_EXTERNAL,
         443,
         443,
-        ACTION_ALLOW,
+        Action::Allow as u8,
         r,
     );
     let r = b.rule("web", "allow-out", 0);
-    b.ports(web, OUT, PROTO_TCP, api, 8080, 8080, ACTION_ALLOW, r);
+    b.ports(
+        web,
+        OUT,
+        Protocol::Tcp as u8,
+        api,
+        8080,
+        8080,
+        Action::Allow as u8,
+        r,
+    );
     // api: allow-in web 8080; allow-out db 5432.
     let r = b.rule("api", "allow-in", 0);
-    b.ports(api, IN, PROTO_TCP, web, 8080, 8080, ACTION_ALLOW, r);
+    b.ports(
+        api,
+        IN,
+        Protocol::Tcp as u8,
+        web,
+        8080,
+        8080,
+        Action::Allow as u8,
+        r,
+    );
     let r = b.rule("api", "allow-out", 0);
-    b.ports(api, OUT, PROTO_TCP, db, 5432, 5432, ACTION_ALLOW, r);
+    b.ports(
+        api,
+        OUT,
+        Protocol::Tcp as u8,
+        db,
+        5432,
+        5432,
+        Action::Allow as u8,
+        r,
+    );
     // db: allow-in api 5432.
     let r = b.rule("db", "allow-in", 0);
-    b.ports(db, IN, PROTO_TCP, api, 5432, 5432, ACTION_ALLOW, r);
+    b.ports(
+        db,
+        IN,
+        Protocol::Tcp as u8,
+        api,
+        5432,
+        5432,
+        Action::Allow as u8,
+        r,
+    );
     Shop {
         b,
         web,
@@ -94,11 +135,11 @@ fn shop_with_office_to_db() -> Shop {
     shop.b.ports(
         shop.db,
         IN,
-        PROTO_TCP,
+        Protocol::Tcp as u8,
         shop.office,
         5432,
         5432,
-        ACTION_ALLOW,
+        Action::Allow as u8,
         r,
     );
     shop
@@ -159,11 +200,11 @@ fn workload_traffic_needs_both_ends() {
     new.b.ports(
         new.api,
         OUT,
-        PROTO_TCP,
+        Protocol::Tcp as u8,
         new.web,
         9000,
         9000,
-        ACTION_ALLOW,
+        Action::Allow as u8,
         r,
     );
     let d = run(old.b, new.b.clone());
@@ -174,11 +215,11 @@ fn workload_traffic_needs_both_ends() {
     newer.b.ports(
         newer.web,
         IN,
-        PROTO_TCP,
+        Protocol::Tcp as u8,
         newer.api,
         9000,
         9000,
-        ACTION_ALLOW,
+        Action::Allow as u8,
         r2,
     );
     let d = run(shop().b, newer.b);
@@ -204,11 +245,11 @@ fn narrowing_a_range_reports_the_removed_part() {
         s.b.ports(
             s.api,
             OUT,
-            PROTO_TCP,
+            Protocol::Tcp as u8,
             IDENTITY_ANY_EXTERNAL,
             8000,
             hi,
-            ACTION_ALLOW,
+            Action::Allow as u8,
             r,
         );
         s.b
@@ -248,21 +289,21 @@ fn splitting_and_merging_ranges_without_changing_access_is_empty() {
     old.b.ports(
         old.api,
         OUT,
-        PROTO_UDP,
+        Protocol::Udp as u8,
         IDENTITY_WORLD,
         8000,
         8049,
-        ACTION_ALLOW,
+        Action::Allow as u8,
         a,
     );
     old.b.ports(
         old.api,
         OUT,
-        PROTO_UDP,
+        Protocol::Udp as u8,
         IDENTITY_WORLD,
         8050,
         8100,
-        ACTION_ALLOW,
+        Action::Allow as u8,
         b,
     );
     let mut new = shop();
@@ -270,11 +311,11 @@ fn splitting_and_merging_ranges_without_changing_access_is_empty() {
     new.b.ports(
         new.api,
         OUT,
-        PROTO_UDP,
+        Protocol::Udp as u8,
         IDENTITY_WORLD,
         8000,
         8100,
-        ACTION_ALLOW,
+        Action::Allow as u8,
         c,
     );
     assert!(run(old.b.clone(), new.b.clone()).is_empty());
@@ -284,11 +325,11 @@ fn splitting_and_merging_ranges_without_changing_access_is_empty() {
     wide.b.ports(
         wide.web,
         IN,
-        PROTO_TCP,
+        Protocol::Tcp as u8,
         IDENTITY_ANY_EXTERNAL,
         80,
         443,
-        ACTION_ALLOW,
+        Action::Allow as u8,
         r,
     );
     let d = run(shop().b, wide.b);
@@ -322,7 +363,16 @@ fn a_narrower_peer_carves_a_hole_out_of_a_wider_one() {
     let with_office_access = |vendor: bool| {
         let mut s = shop();
         let r = s.b.rule("db", "allow-in", 1);
-        s.b.ports(s.db, IN, PROTO_TCP, s.office, 5432, 5432, ACTION_ALLOW, r);
+        s.b.ports(
+            s.db,
+            IN,
+            Protocol::Tcp as u8,
+            s.office,
+            5432,
+            5432,
+            Action::Allow as u8,
+            r,
+        );
         if vendor {
             s.b.peer("vendor", &["203.0.113.17"]);
         }
@@ -364,7 +414,16 @@ fn shrinking_a_peer_hands_its_addresses_to_world() {
         (db, IN, office, 5432, "db", "allow-in", 1),
     ] {
         let r = new.rule(policy, section, idx);
-        new.ports(w, dir, PROTO_TCP, remote, port, port, ACTION_ALLOW, r);
+        new.ports(
+            w,
+            dir,
+            Protocol::Tcp as u8,
+            remote,
+            port,
+            port,
+            Action::Allow as u8,
+            r,
+        );
     }
     let d = run(old.b, new);
     let mut expected = row(
@@ -393,10 +452,28 @@ fn deny_masks_allow() {
     let build = |deny: bool| {
         let mut s = shop();
         let r = s.b.rule("db", "allow-in", 1);
-        s.b.ports(s.db, IN, PROTO_TCP, IDENTITY_ANY, 0, 65535, ACTION_ALLOW, r);
+        s.b.ports(
+            s.db,
+            IN,
+            Protocol::Tcp as u8,
+            IDENTITY_ANY,
+            0,
+            65535,
+            Action::Allow as u8,
+            r,
+        );
         if deny {
             let d = s.b.rule("db", "deny-in", 0);
-            s.b.ports(s.db, IN, PROTO_TCP, s.office, 22, 22, ACTION_DENY, d);
+            s.b.ports(
+                s.db,
+                IN,
+                Protocol::Tcp as u8,
+                s.office,
+                22,
+                22,
+                Action::Deny as u8,
+                d,
+            );
         }
         s.b
     };
@@ -423,11 +500,11 @@ fn icmp_is_a_single_port_spelled_any() {
     new.b.entry(
         new.web,
         IN,
-        PROTO_ICMP,
+        Protocol::Icmp as u8,
         IDENTITY_WORLD,
         0,
         16,
-        ACTION_ALLOW,
+        Action::Allow as u8,
         r,
     );
     let d = run(old.b, new.b);
@@ -453,11 +530,11 @@ fn host_rows_use_only_the_workload_side() {
     new.b.ports(
         new.db,
         IN,
-        PROTO_TCP,
-        enforcer_common::IDENTITY_HOST,
+        Protocol::Tcp as u8,
+        enforcer_common::identity::IDENTITY_HOST,
         5432,
         5432,
-        ACTION_ALLOW,
+        Action::Allow as u8,
         r,
     );
     let d = run(old.b, new.b);
@@ -479,7 +556,7 @@ fn host_rows_use_only_the_workload_side() {
 fn mode_changes_are_reported_and_counted() {
     let old = shop();
     let mut new = shop();
-    new.b.set_mode(new.api, MODE_AUDIT);
+    new.b.set_mode(new.api, Mode::Audit as u8);
     let d = run(old.b, new.b);
     assert!(d.changes.is_empty());
     assert_eq!(d.modes.len(), 1);
@@ -493,7 +570,7 @@ fn mode_changes_are_reported_and_counted() {
     );
     assert!(d.widened && !d.narrowed);
     let mut back = shop();
-    back.b.set_mode(back.api, MODE_AUDIT);
+    back.b.set_mode(back.api, Mode::Audit as u8);
     let d = run(back.b, shop().b);
     assert!(d.narrowed && !d.widened);
 }
@@ -508,7 +585,7 @@ fn a_rename_keeping_the_selector_is_only_a_rename() {
     let db = b.workload_with(
         "database",
         CgroupSelector::Unit("db.service".into()),
-        MODE_ENFORCE,
+        Mode::Enforce as u8,
     );
     let api = b.workload("api");
     let _ = office;
@@ -520,7 +597,16 @@ fn a_rename_keeping_the_selector_is_only_a_rename() {
         (db, IN, api, 5432, "database", "allow-in"),
     ] {
         let r = b.rule(policy, section, 0);
-        b.ports(w, dir, PROTO_TCP, remote, port, port, ACTION_ALLOW, r);
+        b.ports(
+            w,
+            dir,
+            Protocol::Tcp as u8,
+            remote,
+            port,
+            port,
+            Action::Allow as u8,
+            r,
+        );
     }
     let d = run(old.b, b);
     assert!(d.changes.is_empty(), "{:#?}", d.changes);
@@ -538,7 +624,7 @@ fn a_rename_with_a_new_selector_removes_and_adds() {
     let db = b.workload_with(
         "pg",
         CgroupSelector::Glob("system.slice/pg-*.service".into()),
-        MODE_ENFORCE,
+        Mode::Enforce as u8,
     );
     let web = b.workload("web");
     b.peer("office", &["203.0.113.0/24", "2001:db8:20::/48"]);
@@ -550,7 +636,16 @@ fn a_rename_with_a_new_selector_removes_and_adds() {
         (db, IN, api, 5432, "pg", "allow-in"),
     ] {
         let r = b.rule(policy, section, 0);
-        b.ports(w, dir, PROTO_TCP, remote, port, port, ACTION_ALLOW, r);
+        b.ports(
+            w,
+            dir,
+            Protocol::Tcp as u8,
+            remote,
+            port,
+            port,
+            Action::Allow as u8,
+            r,
+        );
     }
     let d = run(old.b, b);
     assert_eq!(
@@ -603,7 +698,16 @@ fn reordering_and_renumbering_identities_is_empty() {
         (web, IN, IDENTITY_ANY_EXTERNAL, 443, "web", "allow-in"),
     ] {
         let r = b.rule(policy, section, 0);
-        b.ports(w, dir, PROTO_TCP, remote, port, port, ACTION_ALLOW, r);
+        b.ports(
+            w,
+            dir,
+            Protocol::Tcp as u8,
+            remote,
+            port,
+            port,
+            Action::Allow as u8,
+            r,
+        );
     }
     let d = run(old.b, b);
     assert!(d.is_empty(), "{d:#?}");
@@ -702,11 +806,11 @@ fn text_and_markdown_show_signs_and_a_summary() {
     old.b.ports(
         old.web,
         IN,
-        PROTO_TCP,
+        Protocol::Tcp as u8,
         IDENTITY_ANY_EXTERNAL,
         80,
         80,
-        ACTION_ALLOW,
+        Action::Allow as u8,
         r,
     );
     let new = shop_with_office_to_db();
@@ -753,7 +857,16 @@ fn a_peer_renamed_with_the_same_addresses_is_only_a_rename() {
         let db = b.workload("db");
         let p = b.peer(peer, &["203.0.113.0/24", "2001:db8:20::/48"]);
         let r = b.rule("db", "allow-in", 0);
-        b.ports(db, IN, PROTO_TCP, p, 5432, 5432, ACTION_ALLOW, r);
+        b.ports(
+            db,
+            IN,
+            Protocol::Tcp as u8,
+            p,
+            5432,
+            5432,
+            Action::Allow as u8,
+            r,
+        );
         b
     };
     let d = run(build("office"), build("hq"));

@@ -11,9 +11,9 @@ use enforcer::diff::testkit::PolicyBuilder;
 use enforcer::diff::{Change, DiffInput, PolicyDiff, diff};
 use enforcer::eval::{Connection, evaluate, resolve_addr};
 use enforcer_common::{
-    ACTION_ALLOW, ACTION_DENY, DIRECTION_EGRESS, DIRECTION_INGRESS, IDENTITY_ANY,
-    IDENTITY_ANY_EXTERNAL, IDENTITY_HOST, IDENTITY_WORLD, Identity, PROTO_ICMP, PROTO_TCP,
-    PROTO_UDP, RULE_DEFAULT_DENY,
+    identity::{IDENTITY_ANY, IDENTITY_ANY_EXTERNAL, IDENTITY_HOST, IDENTITY_WORLD, Identity},
+    protocol::Protocol,
+    verdict::{Action, Direction, RULE_DEFAULT_DENY},
 };
 use proptest::prelude::*;
 
@@ -70,7 +70,11 @@ fn entry() -> impl Strategy<Value = Entry> {
     (
         0..3usize,
         any::<bool>(),
-        prop::sample::select(vec![PROTO_TCP, PROTO_UDP, PROTO_ICMP]),
+        prop::sample::select(vec![
+            Protocol::Tcp as u8,
+            Protocol::Udp as u8,
+            Protocol::Icmp as u8,
+        ]),
         0..9usize,
         prop::sample::select(PORTS.to_vec()),
         prop::sample::select(PORTS.to_vec()),
@@ -168,13 +172,26 @@ fn build(side: &Side, first_identity: Identity, reverse: bool) -> CompiledPolicy
         };
         let rule = b.rule(WORKLOADS[e.workload], section, e.rule);
         let direction = if e.egress {
-            DIRECTION_EGRESS
+            Direction::Egress as u8
         } else {
-            DIRECTION_INGRESS
+            Direction::Ingress as u8
         };
-        let action = if e.allow { ACTION_ALLOW } else { ACTION_DENY };
-        if e.protocol == PROTO_ICMP {
-            b.entry(w, direction, PROTO_ICMP, remote, 0, 16, action, rule);
+        let action = if e.allow {
+            Action::Allow as u8
+        } else {
+            Action::Deny as u8
+        };
+        if e.protocol == Protocol::Icmp as u8 {
+            b.entry(
+                w,
+                direction,
+                Protocol::Icmp as u8,
+                remote,
+                0,
+                16,
+                action,
+                rule,
+            );
         } else {
             b.ports(w, direction, e.protocol, remote, e.lo, e.hi, action, rule);
         }
@@ -261,7 +278,7 @@ impl Oracle<'_> {
                 u16::MAX << (16 - bits)
             };
             if port & mask == k.port() & mask && best.is_none_or(|(b, _, _)| bits > b) {
-                best = Some((bits, v.action == ACTION_ALLOW, v.rule));
+                best = Some((bits, v.action == Action::Allow as u8, v.rule));
             }
         }
         best.map(|(_, a, r)| (a, r))
@@ -295,7 +312,7 @@ impl Oracle<'_> {
         );
         assert_eq!(
             mine,
-            (reference.action == ACTION_ALLOW, reference.rule),
+            (reference.action == Action::Allow as u8, reference.rule),
             "oracles disagree on {w} {d} {p} {r} {port}"
         );
         mine
@@ -324,17 +341,21 @@ fn check(old: &CompiledPolicy, new: &CompiledPolicy, d: &PolicyDiff) -> Result<(
         let (Some(a), Some(b)) = (or.id(from), or.id(to)) else {
             return deny();
         };
-        let (ea, er) = or.one_side(a, DIRECTION_EGRESS, p, b, port);
-        let (ia, ir) = or.one_side(b, DIRECTION_INGRESS, p, a, port);
+        let (ea, er) = or.one_side(a, Direction::Egress as u8, p, b, port);
+        let (ia, ir) = or.one_side(b, Direction::Ingress as u8, p, a, port);
         match (ea, ia) {
             (true, true) => (true, Some(format!("{} + {}", or.label(er), or.label(ir)))),
             (false, _) => (false, Some(or.label(er))),
             (true, false) => (false, Some(or.label(ir))),
         }
     };
-    let protos = [(PROTO_TCP, "tcp"), (PROTO_UDP, "udp"), (PROTO_ICMP, "icmp")];
+    let protos = [
+        (Protocol::Tcp as u8, "tcp"),
+        (Protocol::Udp as u8, "udp"),
+        (Protocol::Icmp as u8, "icmp"),
+    ];
     let ports_of = |p: u8| -> Vec<u16> {
-        if p == PROTO_ICMP {
+        if p == Protocol::Icmp as u8 {
             vec![0]
         } else {
             PORTS
@@ -363,7 +384,7 @@ fn check(old: &CompiledPolicy, new: &CompiledPolicy, d: &PolicyDiff) -> Result<(
                 }
                 for (old_name, new_name, ro, rn) in remotes {
                     let was = (old_name != new_name).then_some(old_name.as_str());
-                    for d_ in [DIRECTION_EGRESS, DIRECTION_INGRESS] {
+                    for d_ in [Direction::Egress as u8, Direction::Ingress as u8] {
                         let judge = |or: &Oracle, r: Identity| -> Judged {
                             match or.id(w) {
                                 Some(id) => {
@@ -374,7 +395,7 @@ fn check(old: &CompiledPolicy, new: &CompiledPolicy, d: &PolicyDiff) -> Result<(
                             }
                         };
                         let (before, after) = (judge(&o, ro), judge(&n, rn));
-                        let (from, to) = if d_ == DIRECTION_EGRESS {
+                        let (from, to) = if d_ == Direction::Egress as u8 {
                             (w, new_name.as_str())
                         } else {
                             (new_name.as_str(), w)

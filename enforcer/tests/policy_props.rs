@@ -10,8 +10,9 @@ use enforcer::eval::source::{self, Entity};
 use enforcer::eval::{Connection, evaluate};
 use enforcer::policy::{LoadError, Loaded, PolicySet, ServicePort, load_sources, parse_rfc3339};
 use enforcer_common::{
-    ACTION_ALLOW, DIRECTION_EGRESS, DIRECTION_INGRESS, IDENTITY_HOST, IDENTITY_WORLD, PROTO_ICMP,
-    PROTO_TCP, PROTO_UDP,
+    identity::{IDENTITY_HOST, IDENTITY_WORLD},
+    protocol::Protocol,
+    verdict::{Action, Direction},
 };
 use proptest::prelude::*;
 
@@ -258,20 +259,20 @@ fn now() -> SystemTime {
 }
 
 const SERVICE_PORTS: [(u8, u16); 14] = [
-    (PROTO_TCP, 1),
-    (PROTO_TCP, 22),
-    (PROTO_TCP, 80),
-    (PROTO_TCP, 85),
-    (PROTO_TCP, 90),
-    (PROTO_TCP, 91),
-    (PROTO_TCP, 1023),
-    (PROTO_TCP, 1024),
-    (PROTO_TCP, 65535),
-    (PROTO_UDP, 53),
-    (PROTO_UDP, 1000),
-    (PROTO_UDP, 1001),
-    (PROTO_ICMP, 0),
-    (PROTO_UDP, 65535),
+    (Protocol::Tcp as u8, 1),
+    (Protocol::Tcp as u8, 22),
+    (Protocol::Tcp as u8, 80),
+    (Protocol::Tcp as u8, 85),
+    (Protocol::Tcp as u8, 90),
+    (Protocol::Tcp as u8, 91),
+    (Protocol::Tcp as u8, 1023),
+    (Protocol::Tcp as u8, 1024),
+    (Protocol::Tcp as u8, 65535),
+    (Protocol::Udp as u8, 53),
+    (Protocol::Udp as u8, 1000),
+    (Protocol::Udp as u8, 1001),
+    (Protocol::Icmp as u8, 0),
+    (Protocol::Udp as u8, 65535),
 ];
 
 /// Every (local workload, direction, remote, port) of a compiled policy.
@@ -281,7 +282,7 @@ fn connections(c: &CompiledPolicy) -> Vec<Connection> {
     remotes.extend([IDENTITY_WORLD, IDENTITY_HOST]);
     let mut out = Vec::new();
     for w in &c.workloads {
-        for direction in [DIRECTION_EGRESS, DIRECTION_INGRESS] {
+        for direction in [Direction::Egress as u8, Direction::Ingress as u8] {
             for &remote in &remotes {
                 for (protocol, port) in SERVICE_PORTS {
                     out.push(Connection {
@@ -350,7 +351,7 @@ proptest! {
             let remote = source_entity(&c, &loaded.set, conn.remote);
             let port = ServicePort { protocol: conn.protocol, port: conn.port };
             let (verdict, rule) = source::evaluate(&loaded.set, now(), &local, conn.direction, &remote, port);
-            prop_assert_eq!(compiled.action == ACTION_ALLOW, verdict == enforcer::policy::Verdict::Allow, "{:?}", conn);
+            prop_assert_eq!(compiled.action == Action::Allow as u8, verdict == enforcer::policy::Verdict::Allow, "{:?}", conn);
             let expected = rule.map_or_else(|| "default deny".to_string(), |r| r.to_string());
             prop_assert_eq!(c.rule_name(compiled.rule), expected, "{:?}", conn);
         }

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use daemon_support::{Daemon, servers_and_web_policy, web_policy, write_policy};
-use enforcer_common::LAYOUT_DIR;
+use enforcer_common::layout::LAYOUT_DIR;
 use enforcer_tests::{CgroupGuard, ProbeOutcome, bpftool_json, privileged, tcp_connect};
 
 /// The eleven links a daemon pins: nine cgroup programs, two tracers.

@@ -194,7 +194,7 @@ fn a_server_of_another_user_is_found_by_a_daemon_with_the_packaged_capabilities(
 #[test]
 fn seeded_ports_never_replace_the_kernels_and_are_pruned() {
     use enforcer::dataplane::{Dataplane, DataplaneOptions};
-    use enforcer_common::PROTO_TCP;
+    use enforcer_common::protocol::Protocol;
 
     let _root = privileged!();
     let root = CgroupGuard::new().expect("cgroup");
@@ -212,7 +212,7 @@ fn seeded_ports_never_replace_the_kernels_and_are_pruned() {
         dp.bound_ports()
             .unwrap()
             .into_iter()
-            .find(|(k, _)| k.protocol == PROTO_TCP && k.port == port)
+            .find(|(k, _)| k.protocol == Protocol::Tcp as u8 && k.port == port)
             .map(|(_, v)| v)
     };
     let marked = |dp: &Dataplane, port: u16| dp.tcp_port_marked_bound(port).expect("port bits");
@@ -226,7 +226,10 @@ fn seeded_ports_never_replace_the_kernels_and_are_pruned() {
     let added = dp
         .seed_bound_ports(
             netns,
-            &[(PROTO_TCP, bound, 4242), (PROTO_TCP, unknown, 4343)],
+            &[
+                (Protocol::Tcp as u8, bound, 4242),
+                (Protocol::Tcp as u8, unknown, 4343),
+            ],
         )
         .expect("seed");
     assert_eq!(added, 1);

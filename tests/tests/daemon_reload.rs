@@ -559,7 +559,7 @@ fn a_policy_past_the_maps_capacity_is_refused_whole() {
     // under the size limit of one file.
     let big = Scratch::new("past-capacity");
     write_policy(&big.0, &web_policy(s.b.addr().port()));
-    let count = enforcer_common::MAX_PREFIXES_V4 as usize + 1;
+    let count = enforcer_common::capacity::MAX_PREFIXES_V4 as usize + 1;
     let files = 4;
     for file in 0..files {
         let mut text = format!("[peer.bulk{file}]\nlabels = {{ zone = \"bulk\" }}\ncidrs = [\n");

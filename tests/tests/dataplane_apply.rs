@@ -15,9 +15,11 @@ use enforcer::{
     policy::CgroupSelector,
 };
 use enforcer_common::{
-    ACTION_ALLOW, ACTION_DENY, AddrKey4, AddrKey6, DIRECTION_EGRESS, DIRECTION_INGRESS,
-    IDENTITY_ANY, IDENTITY_WORLD, MODE_AUDIT, MODE_ENFORCE, PROTO_TCP, PROTO_UDP, VerdictKey,
-    VerdictValue,
+    address::{AddrKey4, AddrKey6},
+    identity::{IDENTITY_ANY, IDENTITY_WORLD},
+    protocol::Protocol,
+    verdict::{Action, Direction, VerdictKey, VerdictValue},
+    workload::Mode,
 };
 
 const WORKLOADS: [(u32, &str); 4] = [(16, "api"), (17, "web"), (18, "db"), (19, "batch")];
@@ -33,7 +35,7 @@ fn random_policy(rng: &mut Rng) -> CompiledPolicy {
             class: if identity == 19 { 16 } else { identity },
             name: name.into(),
             selector: CgroupSelector::Unit(format!("{name}.service")),
-            mode: MODE_ENFORCE,
+            mode: Mode::Enforce as u8,
         })
         .collect();
     let mut v4 = std::collections::BTreeMap::new();
@@ -74,11 +76,15 @@ fn random_policy(rng: &mut Rng) -> CompiledPolicy {
         // Only the classes' representatives have entries.
         let w = [16, 17, 18][rng.below(3) as usize];
         let d = if rng.chance(50) {
-            DIRECTION_EGRESS
+            Direction::Egress as u8
         } else {
-            DIRECTION_INGRESS
+            Direction::Ingress as u8
         };
-        let proto = if rng.chance(50) { PROTO_TCP } else { PROTO_UDP };
+        let proto = if rng.chance(50) {
+            Protocol::Tcp as u8
+        } else {
+            Protocol::Udp as u8
+        };
         let r = match rng.below(4) {
             0 => IDENTITY_WORLD,
             1 => IDENTITY_ANY,
@@ -91,9 +97,9 @@ fn random_policy(rng: &mut Rng) -> CompiledPolicy {
             VerdictValue {
                 rule: rng.below(4) as u32,
                 action: if rng.chance(30) {
-                    ACTION_DENY
+                    Action::Deny as u8
                 } else {
-                    ACTION_ALLOW
+                    Action::Allow as u8
                 },
                 _pad: [0; 3],
             },
@@ -113,7 +119,14 @@ fn edited(p: &CompiledPolicy, rng: &mut Rng) -> CompiledPolicy {
         let j = rng.below(q.verdicts.len() as u64) as usize;
         q.verdicts.remove(j);
     }
-    let key = VerdictKey::new(17, DIRECTION_INGRESS, PROTO_TCP, IDENTITY_ANY, 65000, 16);
+    let key = VerdictKey::new(
+        17,
+        Direction::Ingress as u8,
+        Protocol::Tcp as u8,
+        IDENTITY_ANY,
+        65000,
+        16,
+    );
     if let Err(at) = q.verdicts.binary_search_by_key(&key, |e| e.0) {
         q.verdicts.insert(
             at,
@@ -121,7 +134,7 @@ fn edited(p: &CompiledPolicy, rng: &mut Rng) -> CompiledPolicy {
                 key,
                 VerdictValue {
                     rule: 3,
-                    action: ACTION_ALLOW,
+                    action: Action::Allow as u8,
                     _pad: [0; 3],
                 },
             ),
@@ -139,9 +152,9 @@ fn random_cgroups(rng: &mut Rng) -> Vec<ResolvedCgroup> {
                 workload,
                 class: if workload == 19 { 16 } else { workload },
                 mode: if rng.chance(20) {
-                    MODE_AUDIT
+                    Mode::Audit as u8
                 } else {
-                    MODE_ENFORCE
+                    Mode::Enforce as u8
                 },
             }
         })
@@ -236,7 +249,7 @@ fn successive_applies_leave_exactly_each_policys_entries() {
                 cgroup_id: 5000 + round as u64,
                 workload: 19,
                 class: 16,
-                mode: MODE_ENFORCE,
+                mode: Mode::Enforce as u8,
             };
             dp.add_cgroup(added).expect("add cgroup");
             current.cgroups.push(added);

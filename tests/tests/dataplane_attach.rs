@@ -12,8 +12,11 @@ use std::{
 use dataplane_support::*;
 use enforcer::dataplane::{Dataplane, DataplaneOptions, HostAddrs, ResolvedCgroup};
 use enforcer_common::{
-    ACTION_ALLOW, DIRECTION_EGRESS, IDENTITY_HOST, LAYOUT_DIR, MODE_ENFORCE, PROTO_TCP, VerdictKey,
-    VerdictValue,
+    identity::IDENTITY_HOST,
+    layout::LAYOUT_DIR,
+    protocol::Protocol,
+    verdict::{Action, Direction, VerdictKey, VerdictValue},
+    workload::Mode,
 };
 
 const WEB: u32 = 16;
@@ -22,10 +25,17 @@ const WEB: u32 = 16;
 fn allow_port(port: u16) -> enforcer::compile::CompiledPolicy {
     let mut p = empty_policy(&[(WEB, "web")], &[]);
     p.verdicts.push((
-        VerdictKey::new(WEB, DIRECTION_EGRESS, PROTO_TCP, IDENTITY_HOST, port, 16),
+        VerdictKey::new(
+            WEB,
+            Direction::Egress as u8,
+            Protocol::Tcp as u8,
+            IDENTITY_HOST,
+            port,
+            16,
+        ),
         VerdictValue {
             rule: 0,
-            action: ACTION_ALLOW,
+            action: Action::Allow as u8,
             _pad: [0; 3],
         },
     ));
@@ -57,7 +67,7 @@ fn denied_connect_fails_at_once_and_allowed_one_succeeds() {
         cgroup_id: cg.id(),
         workload: WEB,
         class: WEB,
-        mode: MODE_ENFORCE,
+        mode: Mode::Enforce as u8,
     }];
     dp.apply(&allow_port(allowed.port()), &cgroups, &HostAddrs::default())
         .expect("apply");
@@ -107,7 +117,7 @@ impl Pinned {
                 cgroup_id: cg.id(),
                 workload: WEB,
                 class: WEB,
-                mode: MODE_ENFORCE,
+                mode: Mode::Enforce as u8,
             }],
             pins,
             cg,

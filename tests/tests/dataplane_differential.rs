@@ -20,10 +20,15 @@ use enforcer::{
     policy::{CgroupSelector, RuleRef, Section},
 };
 use enforcer_common::{
-    ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, AddrKey4, AddrKey6, DIRECTION_EGRESS,
-    DIRECTION_INGRESS, FlowKey, IDENTITY_ANY, IDENTITY_ANY_EXTERNAL, IDENTITY_HOST, IDENTITY_WORLD,
-    Identity, MODE_AUDIT, MODE_ENFORCE, MODE_OFF, PROTO_ICMP, PROTO_TCP, PROTO_UDP, RULE_BUILTIN,
-    RULE_MODE_OFF, RULE_UNMANAGED, VerdictKey, VerdictValue, packet,
+    address::{AddrKey4, AddrKey6},
+    flow::FlowKey,
+    identity::{IDENTITY_ANY, IDENTITY_ANY_EXTERNAL, IDENTITY_HOST, IDENTITY_WORLD, Identity},
+    packet,
+    protocol::Protocol,
+    verdict::{
+        Action, Direction, RULE_BUILTIN, RULE_MODE_OFF, RULE_UNMANAGED, VerdictKey, VerdictValue,
+    },
+    workload::Mode,
 };
 
 const WORKLOADS: [(u32, &str); 2] = [(16, "api"), (17, "web")];
@@ -111,7 +116,7 @@ fn random_policy(rng: &mut Rng) -> CompiledPolicy {
             },
             name: format!("w{identity}"),
             selector: CgroupSelector::Unit(format!("w{identity}.service")),
-            mode: MODE_ENFORCE,
+            mode: Mode::Enforce as u8,
         })
         .collect();
     p.rules = (0..32)
@@ -149,11 +154,15 @@ fn random_policy(rng: &mut Rng) -> CompiledPolicy {
     for _ in 0..rng.below(120) {
         let w = WORKLOADS[rng.below(2) as usize].0;
         let d = if rng.chance(50) {
-            DIRECTION_EGRESS
+            Direction::Egress as u8
         } else {
-            DIRECTION_INGRESS
+            Direction::Ingress as u8
         };
-        let proto = [PROTO_TCP, PROTO_UDP, PROTO_ICMP][rng.below(3) as usize];
+        let proto = [
+            Protocol::Tcp as u8,
+            Protocol::Udp as u8,
+            Protocol::Icmp as u8,
+        ][rng.below(3) as usize];
         let r = match rng.below(8) {
             0 => IDENTITY_WORLD,
             1 => IDENTITY_ANY_EXTERNAL,
@@ -161,7 +170,7 @@ fn random_policy(rng: &mut Rng) -> CompiledPolicy {
             3 => IDENTITY_HOST,
             _ => PEERS[rng.below(4) as usize].0,
         };
-        let (port, bits) = if proto == PROTO_ICMP {
+        let (port, bits) = if proto == Protocol::Icmp as u8 {
             (0, 16)
         } else {
             let bits = [0u8, 4, 8, 12, 14, 15, 16, 16, 16][rng.below(9) as usize];
@@ -173,9 +182,9 @@ fn random_policy(rng: &mut Rng) -> CompiledPolicy {
             (random_port(rng) & mask, bits)
         };
         let action = if rng.chance(30) {
-            ACTION_DENY
+            Action::Deny as u8
         } else {
-            ACTION_ALLOW
+            Action::Allow as u8
         };
         verdicts.insert(
             VerdictKey::new(w, d, proto, r, port, bits),
@@ -213,9 +222,9 @@ fn random_case(rng: &mut Rng, next_port: &mut u16) -> Case {
     };
     let kind = [Kind::TcpSyn, Kind::Udp, Kind::EchoRequest][rng.below(3) as usize];
     let direction = if rng.chance(50) {
-        DIRECTION_EGRESS
+        Direction::Egress as u8
     } else {
-        DIRECTION_INGRESS
+        Direction::Ingress as u8
     };
     let service = if kind == Kind::EchoRequest {
         0
@@ -229,15 +238,15 @@ fn random_case(rng: &mut Rng, next_port: &mut u16) -> Case {
         *next_port + 1
     };
     let client = *next_port;
-    let (src, dst, sport, dport) = if direction == DIRECTION_EGRESS {
+    let (src, dst, sport, dport) = if direction == Direction::Egress as u8 {
         (local, remote, client, service)
     } else {
         (remote, local, client, service)
     };
     let proto = match kind {
-        Kind::TcpSyn => PROTO_TCP,
-        Kind::Udp => PROTO_UDP,
-        Kind::EchoRequest => PROTO_ICMP,
+        Kind::TcpSyn => Protocol::Tcp as u8,
+        Kind::Udp => Protocol::Udp as u8,
+        Kind::EchoRequest => Protocol::Icmp as u8,
     };
     Case {
         bytes: ip_packet(kind, src, dst, sport, dport),
@@ -273,7 +282,7 @@ fn kernel_verdicts_equal_the_reference_evaluator() {
             cgroup_id: own,
             workload,
             class: policy.class_of(workload),
-            mode: MODE_ENFORCE,
+            mode: Mode::Enforce as u8,
         }];
         dp.apply(&policy, &cgroups, &HostAddrs::default())
             .expect("apply");
@@ -303,7 +312,7 @@ fn kernel_verdicts_equal_the_reference_evaluator() {
                 },
             );
             let outcome = dp.test_run_skb(direction, &bytes).expect("test run");
-            let expected = u32::from(action == ACTION_ALLOW);
+            let expected = u32::from(action == Action::Allow as u8);
             assert_eq!(
                 outcome.verdict, expected,
                 "seed {seed} round {round}: {kind:?} {direction} {src}:{sport} -> {dst}:{dport} \
@@ -311,7 +320,10 @@ fn kernel_verdicts_equal_the_reference_evaluator() {
             );
             // The flow records the same rule and identities.
             let parsed = packet::parse(&bytes[..]).expect("parse own packet");
-            let key = FlowKey::of_packet(&parsed, direction);
+            let key = FlowKey::of_packet(
+                &parsed,
+                Direction::from_raw(direction).expect("a direction"),
+            );
             let flow = dp.flow(&key).expect("read flow").expect("flow stored");
             assert_eq!(
                 (flow.rule, flow.remote, flow.local),
@@ -335,7 +347,7 @@ fn kernel_verdicts_equal_the_reference_evaluator() {
 /// process under an `--unmanaged` setting.
 #[derive(Clone, Copy, Debug)]
 enum Scenario {
-    Workload(u8),
+    Workload(Mode),
     Unmanaged(UnmanagedMode),
 }
 
@@ -350,9 +362,9 @@ fn modes_unmanaged_and_failsafe_follow_the_reference() {
     let mut dp = Dataplane::load(&DataplaneOptions::default()).expect("load");
     let own = own_cgroup_id();
     let scenarios = [
-        Scenario::Workload(MODE_ENFORCE),
-        Scenario::Workload(MODE_AUDIT),
-        Scenario::Workload(MODE_OFF),
+        Scenario::Workload(Mode::Enforce),
+        Scenario::Workload(Mode::Audit),
+        Scenario::Workload(Mode::Off),
         Scenario::Unmanaged(UnmanagedMode::Allow),
         Scenario::Unmanaged(UnmanagedMode::Audit),
         Scenario::Unmanaged(UnmanagedMode::Deny),
@@ -364,7 +376,11 @@ fn modes_unmanaged_and_failsafe_follow_the_reference() {
         let policy = random_policy(&mut rng);
         let workload = LOCALS[rng.below(LOCALS.len() as u64) as usize];
         let failsafe = FailsafePort {
-            protocol: if rng.chance(50) { PROTO_TCP } else { PROTO_UDP },
+            protocol: if rng.chance(50) {
+                Protocol::Tcp as u8
+            } else {
+                Protocol::Udp as u8
+            },
             port: random_port(&mut rng),
         };
         let (cgroups, unmanaged) = match scenario {
@@ -373,7 +389,7 @@ fn modes_unmanaged_and_failsafe_follow_the_reference() {
                     cgroup_id: own,
                     workload,
                     class: policy.class_of(workload),
-                    mode,
+                    mode: mode as u8,
                 }],
                 UnmanagedMode::Allow,
             ),
@@ -396,21 +412,27 @@ fn modes_unmanaged_and_failsafe_follow_the_reference() {
                     port: c.service,
                 },
             );
-            let is_failsafe = c.direction == DIRECTION_INGRESS
+            let is_failsafe = c.direction == Direction::Ingress as u8
                 && c.proto == failsafe.protocol
                 && c.service == failsafe.port;
             let (action, rule) = if is_failsafe {
-                (ACTION_ALLOW, RULE_BUILTIN)
+                (Action::Allow as u8, RULE_BUILTIN)
             } else {
                 match scenario {
-                    Scenario::Workload(MODE_OFF) => (ACTION_ALLOW, RULE_MODE_OFF),
-                    Scenario::Workload(MODE_AUDIT) if decision.action == ACTION_DENY => {
-                        (ACTION_AUDIT, decision.rule)
+                    Scenario::Workload(Mode::Off) => (Action::Allow as u8, RULE_MODE_OFF),
+                    Scenario::Workload(Mode::Audit) if decision.action == Action::Deny as u8 => {
+                        (Action::Audit as u8, decision.rule)
                     }
                     Scenario::Workload(_) => (decision.action, decision.rule),
-                    Scenario::Unmanaged(UnmanagedMode::Allow) => (ACTION_ALLOW, RULE_UNMANAGED),
-                    Scenario::Unmanaged(UnmanagedMode::Audit) => (ACTION_AUDIT, RULE_UNMANAGED),
-                    Scenario::Unmanaged(UnmanagedMode::Deny) => (ACTION_DENY, RULE_UNMANAGED),
+                    Scenario::Unmanaged(UnmanagedMode::Allow) => {
+                        (Action::Allow as u8, RULE_UNMANAGED)
+                    }
+                    Scenario::Unmanaged(UnmanagedMode::Audit) => {
+                        (Action::Audit as u8, RULE_UNMANAGED)
+                    }
+                    Scenario::Unmanaged(UnmanagedMode::Deny) => {
+                        (Action::Deny as u8, RULE_UNMANAGED)
+                    }
                 }
             };
             let outcome = dp.test_run_skb(c.direction, &c.bytes).expect("test run");
@@ -420,12 +442,15 @@ fn modes_unmanaged_and_failsafe_follow_the_reference() {
             );
             assert_eq!(
                 outcome.verdict,
-                u32::from(action != ACTION_DENY),
+                u32::from(action != Action::Deny as u8),
                 "{context}"
             );
             let parsed = packet::parse(&c.bytes[..]).expect("parse own packet");
             let flow = dp
-                .flow(&FlowKey::of_packet(&parsed, c.direction))
+                .flow(&FlowKey::of_packet(
+                    &parsed,
+                    Direction::from_raw(c.direction).expect("a direction"),
+                ))
                 .expect("read flow")
                 .expect("flow stored");
             assert_eq!((flow.action, flow.rule), (action, rule), "{context}");
@@ -450,7 +475,7 @@ fn denied_flow_events_are_rate_limited_per_second() {
         cgroup_id: own_cgroup_id(),
         workload: WORKLOADS[0].0,
         class: WORKLOADS[0].0,
-        mode: MODE_ENFORCE,
+        mode: Mode::Enforce as u8,
     }];
     // No verdicts: everything the workload sends is denied by default.
     dp.apply(
@@ -483,25 +508,31 @@ fn denied_flow_events_are_rate_limited_per_second() {
         };
         ours(&mut events);
 
-        let first = dp.test_run_skb(DIRECTION_EGRESS, &syn).expect("test run");
+        let first = dp
+            .test_run_skb(Direction::Egress as u8, &syn)
+            .expect("test run");
         assert!(!first.passed(), "{src}: the SYN is denied");
         assert_eq!(ours(&mut events), 1, "{src}: the first packet reports");
-        let key = FlowKey::of_packet(&packet::parse(&syn[..]).expect("parse"), DIRECTION_EGRESS);
+        let key = FlowKey::of_packet(&packet::parse(&syn[..]).expect("parse"), Direction::Egress);
         let flow = dp.flow(&key).expect("read flow").expect("flow stored");
-        assert_eq!(flow.action, ACTION_DENY);
+        assert_eq!(flow.action, Action::Deny as u8);
         assert_ne!(flow.quiet_until, 0, "{src}: the quiet period is known");
 
         let burst = dp
-            .test_run_skb_repeat(DIRECTION_EGRESS, &ack, 1000)
+            .test_run_skb_repeat(Direction::Egress as u8, &ack, 1000)
             .expect("test run");
         assert!(!burst.passed(), "{src}: later packets are denied");
         assert_eq!(ours(&mut events), 0, "{src}: no event within a second");
 
         std::thread::sleep(std::time::Duration::from_millis(1100));
-        let later = dp.test_run_skb(DIRECTION_EGRESS, &ack).expect("test run");
+        let later = dp
+            .test_run_skb(Direction::Egress as u8, &ack)
+            .expect("test run");
         assert!(!later.passed(), "{src}: still denied");
         assert_eq!(ours(&mut events), 1, "{src}: a second later, one event");
-        let again = dp.test_run_skb(DIRECTION_EGRESS, &ack).expect("test run");
+        let again = dp
+            .test_run_skb(Direction::Egress as u8, &ack)
+            .expect("test run");
         assert!(!again.passed());
         assert_eq!(ours(&mut events), 0, "{src}: then quiet again");
         let renewed = dp.flow(&key).expect("read flow").expect("flow stored");

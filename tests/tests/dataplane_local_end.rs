@@ -21,8 +21,10 @@ use dataplane_support::{
 };
 use enforcer::dataplane::{Dataplane, DataplaneOptions, HostAddrs, ResolvedCgroup, UnmanagedMode};
 use enforcer_common::{
-    ACTION_ALLOW, DIRECTION_EGRESS, IDENTITY_HOST, Identity, MODE_ENFORCE, PROTO_TCP, VerdictKey,
-    VerdictValue,
+    identity::{IDENTITY_HOST, Identity},
+    protocol::Protocol,
+    verdict::{Action, Direction, VerdictKey, VerdictValue},
+    workload::Mode,
 };
 use enforcer_tests::{CgroupGuard, ProbeOutcome, TcpHold, TestHost};
 
@@ -57,15 +59,15 @@ fn an_unregistered_cgroup_is_its_deepest_registered_ancestors() {
     policy.verdicts.push((
         VerdictKey::new(
             B,
-            DIRECTION_EGRESS,
-            PROTO_TCP,
+            Direction::Egress as u8,
+            Protocol::Tcp as u8,
             IDENTITY_HOST,
             server.port(),
             16,
         ),
         VerdictValue {
             rule: 0,
-            action: ACTION_ALLOW,
+            action: Action::Allow as u8,
             _pad: [0; 3],
         },
     ));
@@ -75,7 +77,7 @@ fn an_unregistered_cgroup_is_its_deepest_registered_ancestors() {
         cgroup_id: cgroup.id(),
         workload,
         class: workload,
-        mode: MODE_ENFORCE,
+        mode: Mode::Enforce as u8,
     };
     dp.apply(
         &policy,
@@ -174,9 +176,9 @@ fn an_unmanaged_server_records_nothing_until_its_connection_lasts() {
                 }
                 match dp_ref.flows() {
                     Ok(flows)
-                        if !flows
-                            .iter()
-                            .any(|(k, _)| k.protocol == PROTO_TCP && k.local_port == port) => {}
+                        if !flows.iter().any(|(k, _)| {
+                            k.protocol == Protocol::Tcp as u8 && k.local_port == port
+                        }) => {}
                     Ok(_) => return 19,
                     Err(_) => return 20,
                 }
@@ -186,7 +188,7 @@ fn an_unmanaged_server_records_nothing_until_its_connection_lasts() {
             }
             if echoed == LONG {
                 match dp_ref.socket_flow(accepted.as_fd()) {
-                    Ok(Some(f)) if f.local == IDENTITY_HOST && f.action == ACTION_ALLOW => {}
+                    Ok(Some(f)) if f.local == IDENTITY_HOST && f.action == Action::Allow as u8 => {}
                     Ok(Some(_)) => return 22,
                     Ok(None) => return 23,
                     Err(_) => return 24,

@@ -21,8 +21,12 @@ use enforcer::{
     dataplane::{Dataplane, DataplaneOptions, HostAddrs, ResolvedCgroup},
 };
 use enforcer_common::{
-    ACTION_ALLOW, ACTION_DENY, AddrKey4, AddrKey6, DIRECTION_EGRESS, DIRECTION_INGRESS, FlowValue,
-    Identity, MODE_ENFORCE, PROTO_ICMP, PROTO_TCP, PROTO_UDP, VerdictKey, VerdictValue,
+    address::{AddrKey4, AddrKey6},
+    flow::FlowValue,
+    identity::Identity,
+    protocol::Protocol,
+    verdict::{Action, Direction, VerdictKey, VerdictValue},
+    workload::Mode,
 };
 use enforcer_tests::{CgroupGuard, Probe, ProbeOutcome, Server, TestHost};
 use socket2::{Domain, Socket, Type};
@@ -174,59 +178,59 @@ fn egress_to_a_remote_peer_by_longest_prefix_ports_and_protocols_at(at: AttachAt
     entry(
         &mut p,
         A,
-        DIRECTION_EGRESS,
-        PROTO_TCP,
+        Direction::Egress as u8,
+        Protocol::Tcp as u8,
         VENDOR,
         8000,
         14,
-        ACTION_ALLOW,
+        Action::Allow as u8,
     );
     entry(
         &mut p,
         A,
-        DIRECTION_EGRESS,
-        PROTO_TCP,
+        Direction::Egress as u8,
+        Protocol::Tcp as u8,
         VENDOR,
         8002,
         16,
-        ACTION_DENY,
+        Action::Deny as u8,
     );
     // 9000/tcp only to office: the test host is vendor, so denied.
     entry(
         &mut p,
         A,
-        DIRECTION_EGRESS,
-        PROTO_TCP,
+        Direction::Egress as u8,
+        Protocol::Tcp as u8,
         OFFICE,
         9000,
         16,
-        ACTION_ALLOW,
+        Action::Allow as u8,
     );
     entry(
         &mut p,
         A,
-        DIRECTION_EGRESS,
-        PROTO_UDP,
+        Direction::Egress as u8,
+        Protocol::Udp as u8,
         VENDOR,
         5353,
         16,
-        ACTION_ALLOW,
+        Action::Allow as u8,
     );
     entry(
         &mut p,
         A,
-        DIRECTION_EGRESS,
-        PROTO_ICMP,
+        Direction::Egress as u8,
+        Protocol::Icmp as u8,
         VENDOR,
         0,
         16,
-        ACTION_ALLOW,
+        Action::Allow as u8,
     );
     let cgroups = [ResolvedCgroup {
         cgroup_id: a.id(),
         workload: A,
         class: A,
-        mode: MODE_ENFORCE,
+        mode: Mode::Enforce as u8,
     }];
     let addrs = HostAddrs::from_system().expect("host addresses");
     dp.apply(&p, &cgroups, &addrs).expect("apply");
@@ -290,7 +294,8 @@ fn egress_to_a_remote_peer_by_longest_prefix_ports_and_protocols_at(at: AttachAt
     }
 
     // Without the ICMP rule, echo requests are dropped on egress.
-    p.verdicts.retain(|(k, _)| k.protocol() != PROTO_ICMP);
+    p.verdicts
+        .retain(|(k, _)| k.protocol() != Protocol::Icmp as u8);
     dp.apply(&p, &cgroups, &addrs).expect("apply");
     let ping = probe(Probe::ping(host.ipv4()).cgroup(&a).timeout(SHORT).run());
     assert!(
@@ -331,25 +336,25 @@ fn inbound_from_a_peer_and_local_workloads_over_the_host_address_at(at: AttachAt
     entry(
         &mut p,
         B,
-        DIRECTION_INGRESS,
-        PROTO_TCP,
+        Direction::Ingress as u8,
+        Protocol::Tcp as u8,
         VENDOR,
         7000,
         16,
-        ACTION_ALLOW,
+        Action::Allow as u8,
     );
     let cgroups = [
         ResolvedCgroup {
             cgroup_id: a.id(),
             workload: A,
             class: A,
-            mode: MODE_ENFORCE,
+            mode: Mode::Enforce as u8,
         },
         ResolvedCgroup {
             cgroup_id: b.id(),
             workload: B,
             class: B,
-            mode: MODE_ENFORCE,
+            mode: Mode::Enforce as u8,
         },
     ];
     let addrs = HostAddrs::from_system().expect("host addresses");
@@ -377,12 +382,12 @@ fn inbound_from_a_peer_and_local_workloads_over_the_host_address_at(at: AttachAt
     entry(
         &mut p,
         A,
-        DIRECTION_EGRESS,
-        PROTO_TCP,
+        Direction::Egress as u8,
+        Protocol::Tcp as u8,
         B,
         7000,
         16,
-        ACTION_ALLOW,
+        Action::Allow as u8,
     );
     dp.apply(&p, &cgroups, &addrs).expect("apply");
     assert_eq!(
@@ -393,12 +398,12 @@ fn inbound_from_a_peer_and_local_workloads_over_the_host_address_at(at: AttachAt
     entry(
         &mut p,
         B,
-        DIRECTION_INGRESS,
-        PROTO_TCP,
+        Direction::Ingress as u8,
+        Protocol::Tcp as u8,
         A,
         7000,
         16,
-        ACTION_ALLOW,
+        Action::Allow as u8,
     );
     dp.apply(&p, &cgroups, &addrs).expect("apply");
     assert_eq!(from_a(&open), ProbeOutcome::Ok, "both ends allow");
@@ -429,28 +434,28 @@ fn inbound_tcp_and_udp_from_a_peer_over_ipv4_and_ipv6_at(at: AttachAt) {
     entry(
         &mut p,
         B,
-        DIRECTION_INGRESS,
-        PROTO_TCP,
+        Direction::Ingress as u8,
+        Protocol::Tcp as u8,
         VENDOR,
         7100,
         16,
-        ACTION_ALLOW,
+        Action::Allow as u8,
     );
     entry(
         &mut p,
         B,
-        DIRECTION_INGRESS,
-        PROTO_UDP,
+        Direction::Ingress as u8,
+        Protocol::Udp as u8,
         VENDOR,
         7200,
         16,
-        ACTION_ALLOW,
+        Action::Allow as u8,
     );
     let cgroups = [ResolvedCgroup {
         cgroup_id: b.id(),
         workload: B,
         class: B,
-        mode: MODE_ENFORCE,
+        mode: Mode::Enforce as u8,
     }];
     let addrs = HostAddrs::from_system().expect("host addresses");
     dp.apply(&p, &cgroups, &addrs).expect("apply");
@@ -509,7 +514,7 @@ impl WorkloadA {
                 cgroup_id: a.id(),
                 workload: A,
                 class: A,
-                mode: MODE_ENFORCE,
+                mode: Mode::Enforce as u8,
             }],
             addrs: HostAddrs::from_system().expect("host addresses"),
             dp,
@@ -528,12 +533,12 @@ fn host_allows(host: &TestHost, protocols: &[u8], port: u16) -> CompiledPolicy {
         entry(
             &mut p,
             A,
-            DIRECTION_EGRESS,
+            Direction::Egress as u8,
             proto,
             VENDOR,
             port,
             16,
-            ACTION_ALLOW,
+            Action::Allow as u8,
         );
     }
     p
@@ -605,9 +610,9 @@ fn connect_then(w: &mut WorkloadA, to: SocketAddr, bind_first: bool, change: Aft
         };
         match dp_ref.flows() {
             Ok(flows)
-                if !flows
-                    .iter()
-                    .any(|(k, _)| k.protocol == PROTO_TCP && k.local_port == local_port) => {}
+                if !flows.iter().any(|(k, _)| {
+                    k.protocol == Protocol::Tcp as u8 && k.local_port == local_port
+                }) => {}
             Ok(_) => return 16,
             Err(_) => return 17,
         }
@@ -621,12 +626,16 @@ fn connect_then(w: &mut WorkloadA, to: SocketAddr, bind_first: bool, change: Aft
         let expected_action = match change {
             AfterConnect::Revoked if answered => return 19,
             AfterConnect::Forgotten if !answered => return 20,
-            AfterConnect::Revoked => ACTION_DENY,
-            AfterConnect::Forgotten => ACTION_ALLOW,
+            AfterConnect::Revoked => Action::Deny as u8,
+            AfterConnect::Forgotten => Action::Allow as u8,
         };
         // Judged as what it is, and kept on the socket.
         match dp_ref.socket_flow(c.as_fd()) {
-            Ok(Some(f)) if is_flow_of_a(&f, expected_action, DIRECTION_EGRESS, to.port()) => 0,
+            Ok(Some(f))
+                if is_flow_of_a(&f, expected_action, Direction::Egress as u8, to.port()) =>
+            {
+                0
+            }
             Ok(Some(_)) => 21,
             Ok(None) => 22,
             Err(_) => 23,
@@ -674,7 +683,7 @@ fn a_tcp_connection_takes_its_verdict_from_the_cache_and_is_revoked() {
         return;
     };
     let mut w = WorkloadA::new("2001:db8:74::/64");
-    let allowed = host_allows(&w.host, &[PROTO_TCP], 8001);
+    let allowed = host_allows(&w.host, &[Protocol::Tcp as u8], 8001);
     for server_addr in [w.host.socket_v4(8001), w.host.socket_v6(8001)] {
         for bind_first in [false, true] {
             w.dp.apply(&allowed, &w.cgroups, &w.addrs).expect("apply");
@@ -693,7 +702,7 @@ fn a_long_connection_moves_its_cached_verdict_onto_its_socket() {
         return;
     };
     let mut w = WorkloadA::new("2001:db8:78::/64");
-    let allowed = host_allows(&w.host, &[PROTO_TCP], 8004);
+    let allowed = host_allows(&w.host, &[Protocol::Tcp as u8], 8004);
     w.dp.apply(&allowed, &w.cgroups, &w.addrs).expect("apply");
     for server_addr in [w.host.socket_v4(8004), w.host.socket_v6(8004)] {
         let server = Server::tcp(None, Some(&w.host), server_addr).expect("tcp server");
@@ -725,7 +734,16 @@ fn a_long_connection_moves_its_cached_verdict_onto_its_socket() {
                 return 14;
             }
             match dp_ref.socket_flow(c.as_fd()) {
-                Ok(Some(f)) if is_flow_of_a(&f, ACTION_ALLOW, DIRECTION_EGRESS, to.port()) => 0,
+                Ok(Some(f))
+                    if is_flow_of_a(
+                        &f,
+                        Action::Allow as u8,
+                        Direction::Egress as u8,
+                        to.port(),
+                    ) =>
+                {
+                    0
+                }
                 Ok(Some(_)) => 15,
                 Ok(None) => 16,
                 Err(_) => 17,
@@ -760,7 +778,7 @@ fn a_connection_the_verdict_cache_forgot_is_judged_as_the_one_connect_opened() {
         .expect("ip_local_port_range");
     assert!(highest < PORT, "clients may get ports up to {highest}");
     let mut w = WorkloadA::new("2001:db8:76::/64");
-    let allowed = host_allows(&w.host, &[PROTO_TCP], PORT);
+    let allowed = host_allows(&w.host, &[Protocol::Tcp as u8], PORT);
     w.dp.apply(&allowed, &w.cgroups, &w.addrs).expect("apply");
     for server_addr in [w.host.socket_v4(PORT), w.host.socket_v6(PORT)] {
         let server = Server::tcp(None, Some(&w.host), server_addr).expect("tcp server");
@@ -784,18 +802,18 @@ fn an_accepted_connection_is_judged_even_when_the_cache_holds_its_peer() {
     const LISTENER: u16 = 7300;
     const PEER_PORT: u16 = 7301;
     let mut w = WorkloadA::new("2001:db8:77::/64");
-    let mut p = host_allows(&w.host, &[PROTO_TCP], PEER_PORT);
+    let mut p = host_allows(&w.host, &[Protocol::Tcp as u8], PEER_PORT);
     // Inbound from the test host to every port: an unbound listener's port
     // is the kernel's choice.
     entry(
         &mut p,
         A,
-        DIRECTION_INGRESS,
-        PROTO_TCP,
+        Direction::Ingress as u8,
+        Protocol::Tcp as u8,
         VENDOR,
         0,
         0,
-        ACTION_ALLOW,
+        Action::Allow as u8,
     );
     w.dp.apply(&p, &w.cgroups, &w.addrs).expect("apply");
     for (local, remote) in [
@@ -873,7 +891,11 @@ fn accept_with_the_peer_cached(
             return 17;
         }
         match dp_ref.socket_flow(accepted.as_fd()) {
-            Ok(Some(f)) if is_flow_of_a(&f, ACTION_ALLOW, DIRECTION_INGRESS, port) => 0,
+            Ok(Some(f))
+                if is_flow_of_a(&f, Action::Allow as u8, Direction::Ingress as u8, port) =>
+            {
+                0
+            }
             Ok(Some(_)) => 18,
             Ok(None) => 19,
             Err(_) => 20,
@@ -927,7 +949,7 @@ fn an_ipv4_mapped_destination_is_judged_as_ipv4() {
         return;
     };
     let mut w = WorkloadA::new("2001:db8:79::/64");
-    let allowed = host_allows(&w.host, &[PROTO_TCP], 8005);
+    let allowed = host_allows(&w.host, &[Protocol::Tcp as u8], 8005);
     w.dp.apply(&allowed, &w.cgroups, &w.addrs).expect("apply");
     let server = Server::tcp(None, Some(&w.host), w.host.socket_v4(8005)).expect("tcp server");
     let mapped = |port: u16| {
@@ -963,7 +985,7 @@ fn a_destination_reached_again_takes_the_cached_verdict_until_the_policy_changes
         return;
     };
     let mut w = WorkloadA::new("2001:db8:75::/64");
-    let allowed = host_allows(&w.host, &[PROTO_TCP, PROTO_UDP], 8002);
+    let allowed = host_allows(&w.host, &[Protocol::Tcp as u8, Protocol::Udp as u8], 8002);
     let cached = |dp: &Dataplane| dp.global_counters().expect("counters").cached_verdicts;
     let run = |p: Probe| probe(p.cgroup(&w.a).timeout(SHORT).run());
 

@@ -22,7 +22,7 @@ use enforcer::{
     compile::CompiledPolicy,
     dataplane::{Dataplane, DataplaneOptions, HostAddrs, RegistrationLimits, ResolvedCgroup},
 };
-use enforcer_common::CgroupEntry;
+use enforcer_common::workload::CgroupEntry;
 use enforcer_tests::{CgroupGuard, privileged};
 
 /// The user of the delegated trees (any uid but root will do; no account

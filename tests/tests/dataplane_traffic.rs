@@ -20,9 +20,10 @@ use enforcer::{
     },
 };
 use enforcer_common::{
-    ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, DIRECTION_EGRESS, DIRECTION_INGRESS, IDENTITY_HOST,
-    Identity, MODE_AUDIT, MODE_ENFORCE, PROTO_TCP, PROTO_UDP, RULE_DEFAULT_DENY, VerdictKey,
-    VerdictValue,
+    identity::{IDENTITY_HOST, Identity},
+    protocol::Protocol,
+    verdict::{Action, Direction, RULE_DEFAULT_DENY, VerdictKey, VerdictValue},
+    workload::Mode,
 };
 
 const A: Identity = 16;
@@ -82,7 +83,7 @@ impl Setup {
                 cgroup_id: self.b.id(),
                 workload: B,
                 class: B,
-                mode: MODE_ENFORCE,
+                mode: Mode::Enforce as u8,
             },
         ]
     }
@@ -132,22 +133,22 @@ fn tcp_and_udp_to_the_host_both_families() {
         rule(
             &mut p,
             A,
-            DIRECTION_EGRESS,
-            PROTO_TCP,
+            Direction::Egress as u8,
+            Protocol::Tcp as u8,
             IDENTITY_HOST,
             tcp_ok.port(),
-            ACTION_ALLOW,
+            Action::Allow as u8,
         );
         rule(
             &mut p,
             A,
-            DIRECTION_EGRESS,
-            PROTO_UDP,
+            Direction::Egress as u8,
+            Protocol::Udp as u8,
             IDENTITY_HOST,
             udp_ok.port(),
-            ACTION_ALLOW,
+            Action::Allow as u8,
         );
-        s.apply(&p, MODE_ENFORCE);
+        s.apply(&p, Mode::Enforce as u8);
         assert_eq!(
             in_cgroup(&s.a.path, || tcp_exchange(tcp_ok, T)),
             OK,
@@ -177,7 +178,11 @@ fn tcp_and_udp_to_the_host_both_families() {
     }
     let counters = s.dp.counters().expect("counters");
     assert!(
-        counters.get(&(A, ACTION_ALLOW)).copied().unwrap_or(0) > 0,
+        counters
+            .get(&(A, Action::Allow as u8))
+            .copied()
+            .unwrap_or(0)
+            > 0,
         "{counters:?}"
     );
 }
@@ -195,13 +200,13 @@ fn two_local_workloads_need_both_ends_to_allow() {
     rule(
         &mut p,
         A,
-        DIRECTION_EGRESS,
-        PROTO_TCP,
+        Direction::Egress as u8,
+        Protocol::Tcp as u8,
         B,
         port,
-        ACTION_ALLOW,
+        Action::Allow as u8,
     );
-    s.apply(&p, MODE_ENFORCE);
+    s.apply(&p, Mode::Enforce as u8);
     let started = Instant::now();
     assert_eq!(
         in_cgroup(&s.a.path, || tcp_exchange(server, T)),
@@ -214,13 +219,13 @@ fn two_local_workloads_need_both_ends_to_allow() {
     rule(
         &mut p,
         B,
-        DIRECTION_INGRESS,
-        PROTO_TCP,
+        Direction::Ingress as u8,
+        Protocol::Tcp as u8,
         A,
         port,
-        ACTION_ALLOW,
+        Action::Allow as u8,
     );
-    s.apply(&p, MODE_ENFORCE);
+    s.apply(&p, Mode::Enforce as u8);
     assert_eq!(
         in_cgroup(&s.a.path, || tcp_exchange(server, T)),
         EPERM,
@@ -230,13 +235,13 @@ fn two_local_workloads_need_both_ends_to_allow() {
     rule(
         &mut p,
         A,
-        DIRECTION_EGRESS,
-        PROTO_TCP,
+        Direction::Egress as u8,
+        Protocol::Tcp as u8,
         B,
         port,
-        ACTION_ALLOW,
+        Action::Allow as u8,
     );
-    s.apply(&p, MODE_ENFORCE);
+    s.apply(&p, Mode::Enforce as u8);
     assert_eq!(
         in_cgroup(&s.a.path, || tcp_exchange(server, T)),
         OK,
@@ -265,7 +270,7 @@ fn a_cgroup_created_after_the_policy_is_enforced() {
     };
     let mut s = Setup::new();
     let denied = tcp_echo_server(SocketAddr::new(LO4, 0));
-    s.apply(&policy(), MODE_ENFORCE);
+    s.apply(&policy(), Mode::Enforce as u8);
     let late = s.a.child("late");
     assert_eq!(in_cgroup(&late.path, || tcp_exchange(denied, T)), EPERM);
 }
@@ -278,23 +283,24 @@ fn audit_mode_allows_and_reports() {
     let mut s = Setup::new();
     let mut events = s.dp.take_events().expect("events");
     let server = tcp_echo_server(SocketAddr::new(LO4, 0));
-    s.apply(&policy(), MODE_AUDIT);
+    s.apply(&policy(), Mode::Audit as u8);
     assert_eq!(in_cgroup(&s.a.path, || tcp_exchange(server, T)), OK);
     let got = events.drain();
     assert!(
-        got.iter().any(|e| e.action == ACTION_AUDIT
+        got.iter().any(|e| e.action == Action::Audit as u8
             && e.local == A
             && e.remote_port == server.port()
             && e.rule == RULE_DEFAULT_DENY
-            && e.direction == DIRECTION_EGRESS),
+            && e.direction == Direction::Egress as u8),
         "audit event expected: {got:?}"
     );
     // In enforce mode the refusal is reported as a deny.
-    s.apply(&policy(), MODE_ENFORCE);
+    s.apply(&policy(), Mode::Enforce as u8);
     assert_eq!(in_cgroup(&s.a.path, || tcp_exchange(server, T)), EPERM);
     let got = events.drain();
     assert!(
-        got.iter().any(|e| e.action == ACTION_DENY && e.local == A),
+        got.iter()
+            .any(|e| e.action == Action::Deny as u8 && e.local == A),
         "{got:?}"
     );
 }
@@ -306,7 +312,7 @@ fn unmanaged_processes_follow_the_setting() {
     };
     let mut s = Setup::new();
     let server = tcp_echo_server(SocketAddr::new(LO4, 0));
-    s.apply(&policy(), MODE_ENFORCE);
+    s.apply(&policy(), Mode::Enforce as u8);
     assert_eq!(
         in_cgroup(&s.u.path, || tcp_exchange(server, T)),
         OK,
@@ -334,7 +340,7 @@ fn the_failsafe_port_stays_reachable() {
     let mut s = Setup::new();
     let (server, pid) = tcp_echo_in(&s.b.path);
     let port = server.port();
-    s.apply(&policy(), MODE_ENFORCE);
+    s.apply(&policy(), Mode::Enforce as u8);
     // This process is not filtered, but B's ingress drops the SYN.
     assert_eq!(
         tcp_exchange(server, Duration::from_millis(500)),
@@ -342,7 +348,7 @@ fn the_failsafe_port_stays_reachable() {
         "isolated"
     );
     s.dp.set_failsafe(&[FailsafePort {
-        protocol: PROTO_TCP,
+        protocol: Protocol::Tcp as u8,
         port,
     }])
     .expect("failsafe");
@@ -367,13 +373,13 @@ fn revocation_cuts_an_established_connection() {
     rule(
         &mut p,
         A,
-        DIRECTION_EGRESS,
-        PROTO_TCP,
+        Direction::Egress as u8,
+        Protocol::Tcp as u8,
         IDENTITY_HOST,
         server.port(),
-        ACTION_ALLOW,
+        Action::Allow as u8,
     );
-    s.apply(&p, MODE_ENFORCE);
+    s.apply(&p, Mode::Enforce as u8);
     // Tells the child when the policy changed.
     let (rd, wr) = pipe();
     let child = spawn_in_cgroup(&s.a.path, move || {
@@ -396,7 +402,7 @@ fn revocation_cuts_an_established_connection() {
         }
     });
     std::thread::sleep(Duration::from_millis(300));
-    s.apply(&policy(), MODE_ENFORCE);
+    s.apply(&policy(), Mode::Enforce as u8);
     // SAFETY: one byte to our own pipe.
     assert_eq!(unsafe { libc::write(wr, b"go".as_ptr().cast(), 1) }, 1);
     let code = wait_child(child);
@@ -411,14 +417,14 @@ fn the_cgroup_watcher_adds_and_removes_cgroups() {
     };
     let mut s = Setup::new();
     let server = tcp_echo_server(SocketAddr::new(LO4, 0));
-    s.apply(&policy(), MODE_ENFORCE);
+    s.apply(&policy(), Mode::Enforce as u8);
     // `u` is unmanaged (allowed) until the watcher maps it to workload A.
     assert_eq!(in_cgroup(&s.u.path, || tcp_exchange(server, T)), OK);
     s.dp.add_cgroup(ResolvedCgroup {
         cgroup_id: s.u.id(),
         workload: A,
         class: A,
-        mode: MODE_ENFORCE,
+        mode: Mode::Enforce as u8,
     })
     .expect("add cgroup");
     assert_eq!(in_cgroup(&s.u.path, || tcp_exchange(server, T)), EPERM);
@@ -426,7 +432,7 @@ fn the_cgroup_watcher_adds_and_removes_cgroups() {
     s.dp.remove_cgroup(s.u.id()).expect("remove cgroup");
     assert_eq!(in_cgroup(&s.u.path, || tcp_exchange(server, T)), OK);
     // The next apply receives the full list again and keeps it coherent.
-    s.apply(&policy(), MODE_ENFORCE);
+    s.apply(&policy(), Mode::Enforce as u8);
     assert_eq!(in_cgroup(&s.a.path, || tcp_exchange(server, T)), EPERM);
     assert_eq!(in_cgroup(&s.u.path, || tcp_exchange(server, T)), OK);
 }
@@ -440,7 +446,7 @@ fn an_ingress_drop_is_reported_and_counted() {
     let mut events = s.dp.take_events().expect("events");
     let (server, pid) = tcp_echo_in(&s.b.path);
     let port = server.port();
-    s.apply(&policy(), MODE_ENFORCE);
+    s.apply(&policy(), Mode::Enforce as u8);
     let before = s.dp.global_counters().expect("counters");
     assert_eq!(tcp_exchange(server, Duration::from_millis(300)), TIMEOUT);
     let after = s.dp.global_counters().expect("counters");
@@ -450,12 +456,12 @@ fn an_ingress_drop_is_reported_and_counted() {
     // connection, opened before the policy, may also leave egress events.
     let inbound: Vec<_> = got
         .iter()
-        .filter(|e| e.local == B && e.local_port == port && e.direction == DIRECTION_INGRESS)
+        .filter(|e| e.local == B && e.local_port == port && e.direction == Direction::Ingress as u8)
         .collect();
     let hit = inbound
         .first()
         .unwrap_or_else(|| panic!("inbound deny event for B expected: {got:?}"));
-    assert_eq!(hit.action, ACTION_DENY);
+    assert_eq!(hit.action, Action::Deny as u8);
     assert_eq!(hit.remote, IDENTITY_HOST);
     assert_eq!(hit.rule, RULE_DEFAULT_DENY);
     // Retransmitted SYNs within a second do not flood the ring buffer.

@@ -25,13 +25,13 @@
 use std::collections::BTreeMap;
 
 use enforcer_common::{
-    Identity,
     cgroup_match::{
         ExactKey, GlobRule, MAX_GLOB_LEN, MAX_GLOBS_PER_STATE, MAX_MATCH_EXACT, MAX_MATCH_GLOBS,
         MAX_MATCH_STATES, MatchState, REACHED_PER_STEP, STATE_ACCEPT_DELEGATED,
         STATE_FROM_DELEGATED, STATE_HAS_EXACT, STATE_NONE, STATES_PER_CGROUP, glob_matches,
         name_hash, name_words,
     },
+    identity::Identity,
 };
 
 use crate::compile::CompiledWorkload;
@@ -622,7 +622,7 @@ pub fn uid_of_user(user: &UnitUser) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
-    use enforcer_common::{MODE_AUDIT, MODE_ENFORCE};
+    use enforcer_common::workload::Mode;
 
     use super::*;
 
@@ -633,9 +633,9 @@ mod tests {
             name: format!("w{identity}"),
             selector,
             mode: if identity.is_multiple_of(2) {
-                MODE_ENFORCE
+                Mode::Enforce as u8
             } else {
-                MODE_AUDIT
+                Mode::Audit as u8
             },
         }
     }

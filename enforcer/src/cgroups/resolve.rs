@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 
-use enforcer_common::Identity;
+use enforcer_common::identity::Identity;
 
 use super::automaton::{Automaton, AutomatonError, StateSet};
 use super::tree::CgroupTree;
@@ -28,7 +28,7 @@ pub struct MatchedCgroup {
     /// The cgroup id (inode number of the directory).
     pub id: u64,
     pub workload: Identity,
-    /// MODE_ENFORCE, MODE_AUDIT or MODE_OFF.
+    /// Mode::Enforce, Mode::Audit or Mode::Off.
     pub mode: u8,
 }
 
@@ -231,7 +231,7 @@ pub fn count_by_workload(resolution: &Resolution) -> BTreeMap<Identity, usize> {
 mod tests {
     use std::path::PathBuf;
 
-    use enforcer_common::{MODE_AUDIT, MODE_ENFORCE};
+    use enforcer_common::workload::Mode;
 
     use super::*;
     use crate::cgroups::tree::CgroupNode;
@@ -298,7 +298,7 @@ mod tests {
             16,
             "web",
             CgroupSelector::Unit("nginx.service".into()),
-            MODE_ENFORCE,
+            Mode::Enforce as u8,
         )]);
         let r = resolve(&m, &tree());
         let paths: Vec<&str> = r.cgroups.iter().map(|c| c.path.as_str()).collect();
@@ -326,7 +326,7 @@ mod tests {
             16,
             "api",
             CgroupSelector::Glob("system.slice/api-*.service".into()),
-            MODE_ENFORCE,
+            Mode::Enforce as u8,
         )]);
         let t = tree_owned_by(|p| {
             if p == "system.slice/api-2.service" {
@@ -347,13 +347,13 @@ mod tests {
                 16,
                 "system",
                 CgroupSelector::Glob("system.slice".into()),
-                MODE_AUDIT,
+                Mode::Audit as u8,
             ),
             workload(
                 17,
                 "web",
                 CgroupSelector::Unit("nginx.service".into()),
-                MODE_ENFORCE,
+                Mode::Enforce as u8,
             ),
         ]);
         let t = tree();
@@ -362,13 +362,13 @@ mod tests {
         assert_eq!(
             entries,
             vec![
-                (101, 16, MODE_AUDIT),   // system.slice
-                (104, 16, MODE_AUDIT),   // system.slice/api-1.service
-                (105, 16, MODE_AUDIT),   // system.slice/api-2.service
-                (106, 16, MODE_AUDIT),   // system.slice/db.service
-                (102, 17, MODE_ENFORCE), // system.slice/nginx.service
-                (103, 17, MODE_ENFORCE), // its worker child
-                (107, 17, MODE_ENFORCE), // user.slice/nginx.service
+                (101, 16, Mode::Audit as u8),   // system.slice
+                (104, 16, Mode::Audit as u8),   // system.slice/api-1.service
+                (105, 16, Mode::Audit as u8),   // system.slice/api-2.service
+                (106, 16, Mode::Audit as u8),   // system.slice/db.service
+                (102, 17, Mode::Enforce as u8), // system.slice/nginx.service
+                (103, 17, Mode::Enforce as u8), // its worker child
+                (107, 17, Mode::Enforce as u8), // user.slice/nginx.service
             ]
         );
         assert!(refused.is_empty());
@@ -384,24 +384,24 @@ mod tests {
                 16,
                 "api",
                 CgroupSelector::Glob("system.slice/api-*.service".into()),
-                MODE_AUDIT,
+                Mode::Audit as u8,
             ),
             workload(
                 17,
                 "everything",
                 CgroupSelector::Glob("system.slice".into()),
-                MODE_ENFORCE,
+                Mode::Enforce as u8,
             ),
             workload(
                 18,
                 "pods",
                 CgroupSelector::Glob("kubepods/**/*.scope".into()),
-                MODE_ENFORCE,
+                Mode::Enforce as u8,
             ),
         ]);
         let r = resolve(&m, &tree());
         assert_eq!(r.of_workload(16).count(), 2);
-        assert_eq!(r.of_workload(16).next().unwrap().mode, MODE_AUDIT);
+        assert_eq!(r.of_workload(16).next().unwrap().mode, Mode::Audit as u8);
         assert_eq!(
             r.owner_of("system.slice/api-2.service").unwrap().workload,
             16
@@ -419,13 +419,13 @@ mod tests {
                 17,
                 "late",
                 CgroupSelector::Unit("db.service".into()),
-                MODE_ENFORCE,
+                Mode::Enforce as u8,
             ),
             workload(
                 16,
                 "early",
                 CgroupSelector::Glob("**/db.service".into()),
-                MODE_ENFORCE,
+                Mode::Enforce as u8,
             ),
         ]);
         let r = resolve(&m, &tree());

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 
-use enforcer_common::{PROTO_TCP, PROTO_UDP};
+use enforcer_common::protocol::Protocol;
 
 /// `TCP_LISTEN` in `/proc/net/tcp*`.
 const TCP_LISTEN: &str = "0A";
@@ -36,7 +36,7 @@ pub struct ProcSocket {
 /// nobody. Malformed lines are skipped (the format is the kernel's, but a
 /// parser must not trust it blindly).
 pub fn parse_proc_net(text: &str, protocol: u8) -> Vec<ProcSocket> {
-    let state = if protocol == PROTO_TCP {
+    let state = if protocol == Protocol::Tcp as u8 {
         TCP_LISTEN
     } else {
         UDP_UNCONNECTED
@@ -81,10 +81,10 @@ pub fn socket_inode(link: &str) -> Option<u64> {
 pub fn receiving_sockets() -> Vec<(u8, u16, u64)> {
     let mut out = Vec::new();
     for (file, protocol) in [
-        ("/proc/net/tcp", PROTO_TCP),
-        ("/proc/net/tcp6", PROTO_TCP),
-        ("/proc/net/udp", PROTO_UDP),
-        ("/proc/net/udp6", PROTO_UDP),
+        ("/proc/net/tcp", Protocol::Tcp as u8),
+        ("/proc/net/tcp6", Protocol::Tcp as u8),
+        ("/proc/net/udp", Protocol::Udp as u8),
+        ("/proc/net/udp6", Protocol::Udp as u8),
     ] {
         if let Ok(text) = std::fs::read_to_string(file) {
             out.extend(
@@ -207,7 +207,7 @@ pub fn scan(cgroup_mount: &Path, known: impl Fn(u8, u16) -> bool) -> Scan {
 pub mod diag {
     use std::io;
 
-    use enforcer_common::{PROTO_TCP, PROTO_UDP};
+    use enforcer_common::protocol::Protocol;
 
     const SOCK_DIAG_BY_FAMILY: u16 = 20;
     const NLM_F_REQUEST: u16 = 0x1;
@@ -369,7 +369,10 @@ pub mod diag {
     pub fn bound_ports() -> io::Result<Vec<(u8, u16, u64)>> {
         let mut out = Vec::new();
         for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-            for (protocol, state) in [(PROTO_TCP, TCP_LISTEN), (PROTO_UDP, TCP_CLOSE)] {
+            for (protocol, state) in [
+                (Protocol::Tcp as u8, TCP_LISTEN),
+                (Protocol::Udp as u8, TCP_CLOSE),
+            ] {
                 for s in dump(family, protocol, 1 << state)? {
                     if s.state != state || s.port == 0 || s.remote_port != 0 {
                         continue;
@@ -416,7 +419,7 @@ mod tests {
     #[test]
     fn tcp_tables_give_listening_sockets_only() {
         assert_eq!(
-            parse_proc_net(TCP, PROTO_TCP),
+            parse_proc_net(TCP, Protocol::Tcp as u8),
             vec![
                 ProcSocket {
                     port: 5432,
@@ -429,7 +432,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            parse_proc_net(TCP6, PROTO_TCP),
+            parse_proc_net(TCP6, Protocol::Tcp as u8),
             vec![ProcSocket {
                 port: 80,
                 inode: 41002
@@ -440,7 +443,7 @@ mod tests {
     #[test]
     fn udp_tables_give_unconnected_bound_sockets_only() {
         assert_eq!(
-            parse_proc_net(UDP, PROTO_UDP),
+            parse_proc_net(UDP, Protocol::Udp as u8),
             vec![ProcSocket {
                 port: 53,
                 inode: 60001
@@ -515,12 +518,12 @@ mod tests {
             .unwrap()
             .ino();
         let found = diag::bound_ports().unwrap();
-        assert!(found.contains(&(PROTO_TCP, tcp.local_addr().unwrap().port(), id)));
-        assert!(found.contains(&(PROTO_UDP, udp.local_addr().unwrap().port(), id)));
+        assert!(found.contains(&(Protocol::Tcp as u8, tcp.local_addr().unwrap().port(), id)));
+        assert!(found.contains(&(Protocol::Udp as u8, udp.local_addr().unwrap().port(), id)));
         let scan = scan(&mount, |_, _| false);
         assert!(
             scan.bound
-                .contains(&(PROTO_TCP, tcp.local_addr().unwrap().port()))
+                .contains(&(Protocol::Tcp as u8, tcp.local_addr().unwrap().port()))
         );
     }
 
@@ -537,7 +540,7 @@ mod tests {
             .unwrap()
             .ino();
         assert!(
-            bound_ports(&mount).contains(&(PROTO_TCP, port, id)),
+            bound_ports(&mount).contains(&(Protocol::Tcp as u8, port, id)),
             "port {port} in cgroup {id} not found"
         );
     }

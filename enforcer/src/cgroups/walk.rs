@@ -38,7 +38,7 @@ pub const MAX_DEPTH: usize = 64;
 
 /// Most subdirectories a walk considers below the root (recorded or
 /// skipped), the size of the kernel's cgroup map.
-pub const MAX_CGROUPS: usize = enforcer_common::MAX_CGROUPS as usize;
+pub const MAX_CGROUPS: usize = enforcer_common::capacity::MAX_CGROUPS as usize;
 
 /// Most bytes of relative paths a snapshot holds (the paths of a deep tree
 /// grow with the square of its depth). A host's few thousand cgroups take

@@ -5,9 +5,10 @@
 use std::time::{Duration, SystemTime};
 
 use enforcer_common::{
-    ACTION_ALLOW, ACTION_DENY, DIRECTION_INGRESS, IDENTITY_ANY, IDENTITY_ANY_EXTERNAL,
-    IDENTITY_HOST, IDENTITY_WORLD, MODE_AUDIT, MODE_ENFORCE, MODE_OFF, PROTO_TCP,
-    RULE_DEFAULT_DENY, VERDICT_FIXED_PREFIX_BITS,
+    identity::{IDENTITY_ANY, IDENTITY_ANY_EXTERNAL, IDENTITY_HOST, IDENTITY_WORLD},
+    protocol::Protocol,
+    verdict::{Action, Direction, RULE_DEFAULT_DENY, VERDICT_FIXED_PREFIX_BITS},
+    workload::Mode as KMode,
 };
 
 use super::*;
@@ -54,13 +55,13 @@ fn default_deny_isolates_selected_and_unselected_workloads() {
         &c,
         &Connection {
             local: 18,
-            direction: DIRECTION_INGRESS,
+            direction: Direction::Ingress as u8,
             remote: IDENTITY_HOST,
-            protocol: PROTO_TCP,
+            protocol: Protocol::Tcp as u8,
             port: 1,
         },
     );
-    assert_eq!((d.action, d.rule), (ACTION_DENY, RULE_DEFAULT_DENY));
+    assert_eq!((d.action, d.rule), (Action::Deny as u8, RULE_DEFAULT_DENY));
 }
 
 #[test]
@@ -114,14 +115,14 @@ deny-in = [ { from = ["world"], ports = ["22/tcp"] }, { from = ["any"], ports = 
             &c,
             &Connection {
                 local: 17,
-                direction: DIRECTION_INGRESS,
+                direction: Direction::Ingress as u8,
                 remote: 16,
-                protocol: PROTO_TCP,
+                protocol: Protocol::Tcp as u8,
                 port: 22
             }
         )
         .action,
-        ACTION_ALLOW
+        Action::Allow as u8
     );
     // Entries exist at all three levels.
     let remotes: std::collections::BTreeSet<u32> =
@@ -166,15 +167,19 @@ allow-in = [ { from = ["world"], ports = ["443/tcp"] }, { from = ["host"], ports
             &c,
             &Connection {
                 local: 18,
-                direction: DIRECTION_INGRESS,
+                direction: Direction::Ingress as u8,
                 remote,
-                protocol: PROTO_TCP,
+                protocol: Protocol::Tcp as u8,
                 port: 443,
             },
         )
     };
-    assert_eq!(e(16).action, ACTION_DENY, "world must not cover a workload");
-    assert_eq!(e(IDENTITY_WORLD).action, ACTION_ALLOW);
+    assert_eq!(
+        e(16).action,
+        Action::Deny as u8,
+        "world must not cover a workload"
+    );
+    assert_eq!(e(IDENTITY_WORLD).action, Action::Allow as u8);
 }
 
 #[test]
@@ -329,9 +334,9 @@ fn modes_are_compiled_and_do_not_change_verdicts() {
     assert_eq!(
         modes,
         vec![
-            ("api".into(), MODE_ENFORCE),
-            ("db".into(), MODE_OFF),
-            ("web".into(), MODE_AUDIT)
+            ("api".into(), KMode::Enforce as u8),
+            ("db".into(), KMode::Off as u8),
+            ("web".into(), KMode::Audit as u8)
         ]
     );
     assert_eq!(flow(&c, "office", "web", "443/tcp"), "deny by default deny");
@@ -405,7 +410,7 @@ deny-in = [ { from = [{ zone = "office" }], ports = ["1024-1100/tcp", "udp"] } ]
             if a.data[..10] != b.data[..10] {
                 continue;
             }
-            let span = |k: &enforcer_common::VerdictKey| {
+            let span = |k: &enforcer_common::verdict::VerdictKey| {
                 let size = 1u32 << (16 - k.port_bits());
                 (u32::from(k.port()), u32::from(k.port()) + size - 1)
             };

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::SystemTime;
 
-use enforcer_common::{ACTION_ALLOW, DIRECTION_EGRESS};
+use enforcer_common::verdict::{Action, Direction};
 
 use crate::compile::CompiledPolicy;
 use crate::eval::{Flow, endpoint_identity, judge_flow};
@@ -105,18 +105,18 @@ pub fn render(
     let mut text = format!("{verdict}: {}\n", flow.deciding_rules(policy));
     for end in ends {
         let c = end.connection;
-        let (dir, prep) = if c.direction == DIRECTION_EGRESS {
+        let (dir, prep) = if c.direction == Direction::Egress as u8 {
             ("egress", "to")
         } else {
             ("ingress", "from")
         };
-        let action = if end.decision.action == ACTION_ALLOW {
+        let action = if end.decision.action == Action::Allow as u8 {
             "allow"
         } else {
             "deny"
         };
         let rule = policy.rule_name(end.decision.rule);
-        let why = if end.decision.rule == enforcer_common::RULE_DEFAULT_DENY {
+        let why = if end.decision.rule == enforcer_common::verdict::RULE_DEFAULT_DENY {
             format!("({rule})")
         } else {
             format!("by {rule}")
@@ -127,7 +127,7 @@ pub fn render(
             name(c.remote),
         ));
         if let Some(w) = policy.workload(c.local) {
-            if w.mode == Mode::Audit.number() && end.decision.action != ACTION_ALLOW {
+            if w.mode == Mode::Audit.number() && end.decision.action != Action::Allow as u8 {
                 text.push_str(&format!(
                     "  note: workload {} is in audit mode: the connection passes and is reported as an audit event\n",
                     w.name

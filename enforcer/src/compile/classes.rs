@@ -7,7 +7,10 @@
 
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher, Hash, Hasher};
 
-use enforcer_common::{Identity, VerdictKey, VerdictValue};
+use enforcer_common::{
+    identity::Identity,
+    verdict::{VerdictKey, VerdictValue},
+};
 use rustc_hash::FxHashMap;
 
 use super::compiled::CompiledWorkload;
@@ -80,7 +83,8 @@ pub(super) fn assign(
 #[cfg(test)]
 mod tests {
     use enforcer_common::{
-        ACTION_ALLOW, ACTION_DENY, DIRECTION_EGRESS, DIRECTION_INGRESS, PROTO_TCP, PROTO_UDP,
+        protocol::Protocol,
+        verdict::{Action, Direction},
     };
 
     use super::*;
@@ -110,16 +114,30 @@ mod tests {
     fn rows(w: Identity, rule: u32) -> Vec<(VerdictKey, VerdictValue)> {
         vec![
             (
-                VerdictKey::new(w, DIRECTION_INGRESS, PROTO_TCP, 40, 443, 16),
-                value(rule, ACTION_ALLOW),
+                VerdictKey::new(
+                    w,
+                    Direction::Ingress as u8,
+                    Protocol::Tcp as u8,
+                    40,
+                    443,
+                    16,
+                ),
+                value(rule, Action::Allow as u8),
             ),
             (
-                VerdictKey::new(w, DIRECTION_INGRESS, PROTO_TCP, 41, 1024, 6),
-                value(rule + 1, ACTION_DENY),
+                VerdictKey::new(
+                    w,
+                    Direction::Ingress as u8,
+                    Protocol::Tcp as u8,
+                    41,
+                    1024,
+                    6,
+                ),
+                value(rule + 1, Action::Deny as u8),
             ),
             (
-                VerdictKey::new(w, DIRECTION_EGRESS, PROTO_UDP, 42, 53, 16),
-                value(rule, ACTION_ALLOW),
+                VerdictKey::new(w, Direction::Egress as u8, Protocol::Udp as u8, 42, 53, 16),
+                value(rule, Action::Allow as u8),
             ),
         ]
     }
@@ -144,9 +162,16 @@ mod tests {
     fn a_different_value_port_block_or_missing_row_is_another_class() {
         let mut w = workloads(&[16, 17, 18, 19]);
         let mut other_action = rows(17, 0);
-        other_action[0].1.action = ACTION_DENY;
+        other_action[0].1.action = Action::Deny as u8;
         let mut other_block = rows(18, 0);
-        other_block[1].0 = VerdictKey::new(18, DIRECTION_INGRESS, PROTO_TCP, 41, 1024, 7);
+        other_block[1].0 = VerdictKey::new(
+            18,
+            Direction::Ingress as u8,
+            Protocol::Tcp as u8,
+            41,
+            1024,
+            7,
+        );
         let mut fewer = rows(19, 0);
         fewer.pop();
         let mut v = [rows(16, 0), other_action, other_block, fewer].concat();

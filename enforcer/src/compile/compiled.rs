@@ -5,8 +5,9 @@
 use std::time::SystemTime;
 
 use enforcer_common::{
-    AddrKey4, AddrKey6, IDENTITY_HOST, IDENTITY_WORLD, Identity, RULE_BUILTIN, RULE_DEFAULT_DENY,
-    RULE_UNMANAGED, VerdictKey, VerdictValue,
+    address::{AddrKey4, AddrKey6},
+    identity::{IDENTITY_HOST, IDENTITY_WORLD, Identity},
+    verdict::{RULE_BUILTIN, RULE_DEFAULT_DENY, RULE_UNMANAGED, VerdictKey, VerdictValue},
 };
 use ipnet::{Ipv4Net, Ipv6Net};
 
@@ -149,7 +150,7 @@ pub struct CompiledWorkload {
     pub class: Identity,
     pub name: String,
     pub selector: CgroupSelector,
-    /// MODE_ENFORCE, MODE_AUDIT or MODE_OFF.
+    /// A data plane `enforcer_common::workload::Mode` byte.
     pub mode: u8,
 }
 

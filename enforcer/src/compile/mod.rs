@@ -12,9 +12,12 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use enforcer_common::{
-    ACTION_ALLOW, ACTION_DENY, IDENTITY_ANY, IDENTITY_ANY_EXTERNAL, IDENTITY_FIRST_ALLOCATED,
-    IDENTITY_HOST, IDENTITY_WORLD, Identity, MAX_CGROUPS, MAX_PREFIXES_V4, MAX_PREFIXES_V6,
-    MAX_VERDICTS, VerdictKey, VerdictValue,
+    capacity::{MAX_CGROUPS, MAX_PREFIXES_V4, MAX_PREFIXES_V6, MAX_VERDICTS},
+    identity::{
+        IDENTITY_ANY, IDENTITY_ANY_EXTERNAL, IDENTITY_FIRST_ALLOCATED, IDENTITY_HOST,
+        IDENTITY_WORLD, Identity,
+    },
+    verdict::{Action, VerdictKey, VerdictValue},
 };
 use ipnet::IpNet;
 
@@ -283,9 +286,9 @@ pub fn compile_with_limits(
                         VerdictValue {
                             rule: decided.rule,
                             action: if decided.deny {
-                                ACTION_DENY
+                                Action::Deny as u8
                             } else {
-                                ACTION_ALLOW
+                                Action::Allow as u8
                             },
                             _pad: [0; 3],
                         },

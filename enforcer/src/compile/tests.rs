@@ -2,7 +2,7 @@
 //! capacities. What the entries mean, judged by the reference evaluator, is
 //! tested per semantic rule of the language in `crate::check`.
 
-use enforcer_common::{DIRECTION_EGRESS, DIRECTION_INGRESS, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+use enforcer_common::{protocol::Protocol, verdict::Direction};
 
 use super::*;
 use crate::policy::fixtures::{BASE, load_files, now};
@@ -57,18 +57,24 @@ allow-out = [ { to = ["any"] } ]
     let mut out: Vec<_> = c
         .verdicts
         .iter()
-        .filter(|(k, _)| k.direction() == DIRECTION_EGRESS)
+        .filter(|(k, _)| k.direction() == Direction::Egress as u8)
         .map(|(k, _)| (k.protocol(), k.port(), k.port_bits()))
         .collect();
     out.sort();
     assert_eq!(
         out,
-        vec![(PROTO_ICMP, 0, 16), (PROTO_TCP, 0, 0), (PROTO_UDP, 0, 0)]
+        vec![
+            (Protocol::Icmp as u8, 0, 16),
+            (Protocol::Tcp as u8, 0, 0),
+            (Protocol::Udp as u8, 0, 0)
+        ]
     );
     let tcp_in = c
         .verdicts
         .iter()
-        .filter(|(k, _)| k.direction() == DIRECTION_INGRESS && k.protocol() == PROTO_TCP)
+        .filter(|(k, _)| {
+            k.direction() == Direction::Ingress as u8 && k.protocol() == Protocol::Tcp as u8
+        })
         .count();
     assert_eq!(tcp_in, ports::aligned_blocks(8000, 8100).len());
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use enforcer_common::{Identity, SlotPolicy};
+use enforcer_common::{config::SlotPolicy, identity::Identity};
 
 use super::flows::FlowHistory;
 use super::memory::release_freed_heap;
@@ -1263,7 +1263,7 @@ impl Engine {
                 return;
             }
         };
-        let known: std::collections::BTreeMap<(u8, u16), enforcer_common::BoundPort> =
+        let known: std::collections::BTreeMap<(u8, u16), enforcer_common::ports::BoundPort> =
             match self.dataplane.bound_ports() {
                 Ok(entries) => entries
                     .into_iter()

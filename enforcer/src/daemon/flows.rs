@@ -6,8 +6,10 @@ use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use enforcer_common::{
-    ACTION_AUDIT, ACTION_DENY, DIRECTION_EGRESS, IDENTITY_HOST, IDENTITY_WORLD, Identity,
-    PROTO_ICMP, PROTO_TCP, PROTO_UDP, VerdictEvent,
+    event::VerdictEvent,
+    identity::{IDENTITY_HOST, IDENTITY_WORLD, Identity},
+    protocol::Protocol,
+    verdict::{Action, Direction},
 };
 use tokio::sync::broadcast;
 
@@ -98,7 +100,7 @@ fn address(family: u8, bytes: &[u8; 16]) -> IpAddr {
 }
 
 fn endpoint(protocol: u8, addr: IpAddr, port: u16) -> String {
-    if protocol == PROTO_ICMP {
+    if protocol == Protocol::Icmp as u8 {
         addr.to_string()
     } else {
         SocketAddr::new(addr, port).to_string()
@@ -107,26 +109,26 @@ fn endpoint(protocol: u8, addr: IpAddr, port: u16) -> String {
 
 /// A kernel event as a `flows` record.
 pub fn record_from_event(event: &VerdictEvent, policy: Option<&CompiledPolicy>) -> FlowRecord {
-    let protocol = match event.protocol {
-        PROTO_TCP => "tcp".to_owned(),
-        PROTO_UDP => "udp".to_owned(),
-        PROTO_ICMP => "icmp".to_owned(),
-        other => other.to_string(),
+    let protocol = match Protocol::from_raw(event.protocol) {
+        Some(Protocol::Tcp) => "tcp".to_owned(),
+        Some(Protocol::Udp) => "udp".to_owned(),
+        Some(Protocol::Icmp) => "icmp".to_owned(),
+        None => event.protocol.to_string(),
     };
-    let verdict = match event.action {
-        ACTION_DENY => Verdict::Deny,
-        ACTION_AUDIT => Verdict::Audit,
-        _ => Verdict::Allow,
+    let verdict = match Action::from_raw(event.action) {
+        Some(Action::Deny) => Verdict::Deny,
+        Some(Action::Audit) => Verdict::Audit,
+        Some(Action::Allow) | None => Verdict::Allow,
     };
     let rule = match policy {
         Some(p) => p.rule_name(event.rule),
-        None if event.rule == enforcer_common::RULE_DEFAULT_DENY => "default deny".into(),
+        None if event.rule == enforcer_common::verdict::RULE_DEFAULT_DENY => "default deny".into(),
         None => format!("rule #{}", event.rule),
     };
     FlowRecord {
         time: crate::rfc3339::format_millis(super::time::from_monotonic(event.time_ns)),
         workload: entity_name(policy, event.local),
-        direction: if event.direction == DIRECTION_EGRESS {
+        direction: if event.direction == Direction::Egress as u8 {
             "egress"
         } else {
             "ingress"
@@ -151,7 +153,7 @@ pub fn record_from_event(event: &VerdictEvent, policy: Option<&CompiledPolicy>) 
 
 #[cfg(test)]
 mod tests {
-    use enforcer_common::{DIRECTION_INGRESS, RULE_DEFAULT_DENY};
+    use enforcer_common::verdict::{Direction, RULE_DEFAULT_DENY};
 
     use super::*;
     use crate::compile::{EntityInfo, EntityKind};
@@ -193,8 +195,8 @@ mod tests {
             remote: 17,
             rule: RULE_DEFAULT_DENY,
             family,
-            protocol: PROTO_TCP,
-            direction: DIRECTION_EGRESS,
+            protocol: Protocol::Tcp as u8,
+            direction: Direction::Egress as u8,
             action,
             local_port: 40512,
             remote_port: 443,
@@ -206,7 +208,7 @@ mod tests {
 
     #[test]
     fn events_become_contract_records() {
-        let r = record_from_event(&event(4, ACTION_DENY), Some(&policy()));
+        let r = record_from_event(&event(4, Action::Deny as u8), Some(&policy()));
         assert_eq!(r.workload, "api");
         assert_eq!(r.direction, "egress");
         assert_eq!(r.protocol, "tcp");
@@ -217,8 +219,8 @@ mod tests {
         assert_eq!(r.rule, "default deny");
         assert!(r.time.ends_with('Z') && r.time.len() == 24, "{}", r.time);
 
-        let mut e = event(6, ACTION_AUDIT);
-        e.direction = DIRECTION_INGRESS;
+        let mut e = event(6, Action::Audit as u8);
+        e.direction = Direction::Ingress as u8;
         e.remote = 99;
         let r = record_from_event(&e, Some(&policy()));
         assert_eq!(r.local, "[2001:db8::1]:40512");
@@ -231,9 +233,14 @@ mod tests {
     fn the_history_is_bounded_filtered_and_followed() {
         let mut h = FlowHistory::new(3);
         let mut follower = h.subscribe();
-        for (i, action) in [ACTION_DENY, ACTION_AUDIT, ACTION_DENY, ACTION_DENY]
-            .into_iter()
-            .enumerate()
+        for (i, action) in [
+            Action::Deny as u8,
+            Action::Audit as u8,
+            Action::Deny as u8,
+            Action::Deny as u8,
+        ]
+        .into_iter()
+        .enumerate()
         {
             let mut e = event(4, action);
             e.local_port = 1000 + i as u16;

@@ -7,7 +7,7 @@
 
 use std::sync::{Arc, RwLock};
 
-use enforcer_common::{ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY};
+use enforcer_common::verdict::Action;
 
 use super::integrity::IntegrityBook;
 use crate::api::StatusReport;
@@ -84,9 +84,9 @@ fn with_counters(report: &mut StatusReport, reader: &CounterReader) {
             })
         };
         w.counters = VerdictCounters {
-            allow: count(ACTION_ALLOW),
-            deny: count(ACTION_DENY),
-            audit: count(ACTION_AUDIT),
+            allow: count(Action::Allow as u8),
+            deny: count(Action::Deny as u8),
+            audit: count(Action::Audit as u8),
         };
     }
     if let Some(e) = failed {

@@ -20,7 +20,7 @@ use aya::{
     maps::{Map, MapData},
 };
 use aya_obj::generated::bpf_map_type;
-use enforcer_common::LAYOUT_VERSION;
+use enforcer_common::layout::LAYOUT_VERSION;
 
 use super::{
     ALL_MAPS,
@@ -356,9 +356,9 @@ mod tests {
         let flows = shapes.iter().find(|(n, _)| *n == "FLOWS").expect("FLOWS");
         assert_eq!(
             flows.1.value_size as usize,
-            std::mem::size_of::<enforcer_common::FlowValue>()
+            std::mem::size_of::<enforcer_common::flow::FlowValue>()
         );
-        assert_eq!(flows.1.max_entries, enforcer_common::MAX_FLOWS);
+        assert_eq!(flows.1.max_entries, enforcer_common::capacity::MAX_FLOWS);
     }
 
     #[test]

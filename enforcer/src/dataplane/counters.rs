@@ -9,9 +9,13 @@ use std::os::fd::AsFd as _;
 
 use aya::maps::{Map, MapData, MapError, PerCpuArray, PerCpuHashMap};
 use enforcer_common::{
-    COUNTED_IDENTITIES, COUNTER_ACTIONS, CounterKey, GLOBAL_COUNTER_CACHED_VERDICTS,
-    GLOBAL_COUNTER_DROPPED, GLOBAL_COUNTER_EVENTS_LOST, GLOBAL_COUNTER_NEW_FLOWS,
-    GLOBAL_COUNTER_PACKETS, Identity, WORKLOAD_COUNTER_SLOTS, maps,
+    counters::{
+        COUNTED_IDENTITIES, COUNTER_ACTIONS, CounterKey, GLOBAL_COUNTER_CACHED_VERDICTS,
+        GLOBAL_COUNTER_DROPPED, GLOBAL_COUNTER_EVENTS_LOST, GLOBAL_COUNTER_NEW_FLOWS,
+        GLOBAL_COUNTER_PACKETS, WORKLOAD_COUNTER_SLOTS,
+    },
+    identity::Identity,
+    maps,
 };
 
 use super::error::{DataplaneError, Result, read_err, type_err};
@@ -69,9 +73,11 @@ pub(super) fn read_global_counters(global: &Map) -> Result<GlobalCounters> {
         dropped: sum(GLOBAL_COUNTER_DROPPED)?,
         events_lost: sum(GLOBAL_COUNTER_EVENTS_LOST)?,
         cached_verdicts: sum(GLOBAL_COUNTER_CACHED_VERDICTS)?,
-        cgroups_registered: sum(enforcer_common::GLOBAL_COUNTER_CGROUPS_REGISTERED)?,
-        registrations_refused: sum(enforcer_common::GLOBAL_COUNTER_REGISTRATIONS_REFUSED)?,
-        match_overflows: sum(enforcer_common::GLOBAL_COUNTER_MATCH_OVERFLOWS)?,
+        cgroups_registered: sum(enforcer_common::counters::GLOBAL_COUNTER_CGROUPS_REGISTERED)?,
+        registrations_refused: sum(
+            enforcer_common::counters::GLOBAL_COUNTER_REGISTRATIONS_REFUSED,
+        )?,
+        match_overflows: sum(enforcer_common::counters::GLOBAL_COUNTER_MATCH_OVERFLOWS)?,
     })
 }
 

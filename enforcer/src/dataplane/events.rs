@@ -3,7 +3,7 @@
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
 use aya::maps::{Map, MapData, RingBuf};
-use enforcer_common::{VerdictEvent, maps};
+use enforcer_common::{event::VerdictEvent, maps};
 
 use super::error::{Result, type_err};
 

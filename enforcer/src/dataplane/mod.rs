@@ -33,9 +33,16 @@ use aya::{
     maps::{Array, HashMap, Map, MapData},
 };
 use enforcer_common::{
-    BoundPort, BoundPortKey, CACHED_VERDICT_SLOTS, CachedVerdict, Config, FlowKey, FlowValue,
-    Identity, LAYOUT_DIR, MAX_FAILSAFE_PORTS, MODE_ALLOW, MODE_AUDIT, MODE_ENFORCE, PROTO_TCP,
-    PortKey, SlotPolicy, maps,
+    cached_verdict::{CACHED_VERDICT_SLOTS, CachedVerdict},
+    capacity::MAX_FAILSAFE_PORTS,
+    config::{Config, SlotPolicy},
+    flow::{FlowKey, FlowValue},
+    identity::Identity,
+    layout::LAYOUT_DIR,
+    maps,
+    ports::{BoundPort, BoundPortKey, PortKey},
+    protocol::Protocol,
+    workload::Mode,
 };
 
 use self::{
@@ -86,14 +93,14 @@ pub struct ResolvedCgroup {
     /// The workload's verdict class (`CompiledWorkload::class`): the
     /// identity the kernel looks its verdicts up under.
     pub class: Identity,
-    /// `MODE_ENFORCE`, `MODE_AUDIT` or `MODE_OFF`.
+    /// `Mode::Enforce`, `Mode::Audit` or `Mode::Off`.
     pub mode: u8,
 }
 
 impl ResolvedCgroup {
     /// Its value in a slot's cgroup map.
-    pub fn entry(&self) -> enforcer_common::CgroupEntry {
-        enforcer_common::CgroupEntry {
+    pub fn entry(&self) -> enforcer_common::workload::CgroupEntry {
+        enforcer_common::workload::CgroupEntry {
             workload: self.workload,
             class: self.class,
             mode: self.mode,
@@ -131,9 +138,9 @@ pub enum UnmanagedMode {
 impl UnmanagedMode {
     const fn as_config(self) -> u8 {
         match self {
-            UnmanagedMode::Allow => MODE_ALLOW,
-            UnmanagedMode::Audit => MODE_AUDIT,
-            UnmanagedMode::Deny => MODE_ENFORCE,
+            UnmanagedMode::Allow => Mode::Off as u8,
+            UnmanagedMode::Audit => Mode::Audit as u8,
+            UnmanagedMode::Deny => Mode::Enforce as u8,
         }
     }
 }
@@ -141,7 +148,7 @@ impl UnmanagedMode {
 /// An inbound port that stays reachable whatever the policy says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FailsafePort {
-    /// `PROTO_TCP` or `PROTO_UDP`.
+    /// `Protocol::Tcp` or `Protocol::Udp`.
     pub protocol: u8,
     pub port: u16,
 }
@@ -175,8 +182,8 @@ impl std::str::FromStr for FailsafePort {
         };
         let (port, proto) = s.split_once('/').ok_or_else(invalid)?;
         let protocol = match proto {
-            "tcp" => enforcer_common::PROTO_TCP,
-            "udp" => enforcer_common::PROTO_UDP,
+            "tcp" => enforcer_common::protocol::Protocol::Tcp as u8,
+            "udp" => enforcer_common::protocol::Protocol::Udp as u8,
             _ => return Err(invalid()),
         };
         let port: u16 = port.parse().map_err(|_| invalid())?;
@@ -372,7 +379,7 @@ impl Dataplane {
             // Fresh maps: the zeroed CONFIG would mean `--unmanaged deny`;
             // the default is allow.
             dp.write_config(Config {
-                unmanaged: MODE_ALLOW,
+                unmanaged: Mode::Off as u8,
                 ..cfg
             })?;
         }
@@ -634,9 +641,9 @@ impl Dataplane {
         error::ensure_capacity(&[(
             maps::CGROUPS[slot],
             cgroups.len(),
-            enforcer_common::MAX_CGROUPS,
+            enforcer_common::capacity::MAX_CGROUPS,
         )])?;
-        let mut entries: Vec<(u64, enforcer_common::CgroupEntry)> =
+        let mut entries: Vec<(u64, enforcer_common::workload::CgroupEntry)> =
             cgroups.iter().map(|c| (c.cgroup_id, c.entry())).collect();
         entries.sort_unstable_by_key(|e| e.0);
         entries.dedup_by_key(|e| e.0);
@@ -765,7 +772,8 @@ impl Dataplane {
     fn read_active_cgroups(&self) -> Result<BTreeMap<u64, ResolvedCgroup>> {
         let slot = self.active_slot()?;
         let name = maps::CGROUPS[slot];
-        let m: HashMap<&MapData, u64, enforcer_common::CgroupEntry> = self.hash_map(name)?;
+        let m: HashMap<&MapData, u64, enforcer_common::workload::CgroupEntry> =
+            self.hash_map(name)?;
         let mut out = BTreeMap::new();
         for item in m.iter() {
             let (id, e) = item.map_err(read_err(name))?;
@@ -798,7 +806,7 @@ impl Dataplane {
         if let Some(states) = states {
             registration::write_states(&mut self.ebpf, slot, states)?;
         }
-        let entries: Vec<(u64, enforcer_common::CgroupEntry)> = {
+        let entries: Vec<(u64, enforcer_common::workload::CgroupEntry)> = {
             let mut e: Vec<_> = cgroups.iter().map(|c| (c.cgroup_id, c.entry())).collect();
             e.sort_unstable_by_key(|e| e.0);
             e.dedup_by_key(|e| e.0);
@@ -1070,20 +1078,20 @@ impl Dataplane {
                     if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
                 Err(e) => return Err(write_err(name)(e)),
             }
-            if protocol == PROTO_TCP {
+            if protocol == Protocol::Tcp as u8 {
                 tcp_bits.push((port, true));
             }
         }
         // What every namespace holds now, read after the writes: a bit is
         // cleared only for a port none holds. A port bound between this read
         // and the clear loses its bit until the first SYN to its listener
-        // marks it again (`skb.rs`).
+        // marks it again (`enforcer-ebpf/src/skb/socket.rs`).
         let held: std::collections::BTreeSet<u16> = m
             .keys()
             .collect::<Result<Vec<_>, _>>()
             .map_err(read_err(name))?
             .into_iter()
-            .filter(|k| k.protocol == PROTO_TCP)
+            .filter(|k| k.protocol == Protocol::Tcp as u8)
             .map(|k| k.port)
             .collect();
         let bits = self.array_map_data(maps::TCP_BOUND_PORT_BITS)?;
@@ -1152,7 +1160,7 @@ fn unix_ms(time: std::time::SystemTime) -> u64 {
 
 /// The pin directories of earlier layouts present under `pin_root`.
 fn older_layout_dirs(pin_root: &Path) -> Vec<PathBuf> {
-    (1..enforcer_common::LAYOUT_VERSION)
+    (1..enforcer_common::layout::LAYOUT_VERSION)
         .map(|v| pin_root.join(format!("v{v}")))
         .filter(|d| d.is_dir())
         .collect()
@@ -1208,16 +1216,16 @@ mod tests {
 
     #[test]
     fn parses_failsafe_lists() {
-        use enforcer_common::{PROTO_TCP, PROTO_UDP};
+        use enforcer_common::protocol::Protocol;
         assert_eq!(
             FailsafePort::parse_list("22/tcp, 53/udp,22/tcp").unwrap(),
             vec![
                 FailsafePort {
-                    protocol: PROTO_TCP,
+                    protocol: Protocol::Tcp as u8,
                     port: 22
                 },
                 FailsafePort {
-                    protocol: PROTO_UDP,
+                    protocol: Protocol::Udp as u8,
                     port: 53
                 },
             ]
@@ -1230,9 +1238,9 @@ mod tests {
 
     #[test]
     fn unmanaged_modes_map_to_the_kernel_constants() {
-        assert_eq!(UnmanagedMode::Allow.as_config(), MODE_ALLOW);
-        assert_eq!(UnmanagedMode::Audit.as_config(), MODE_AUDIT);
-        assert_eq!(UnmanagedMode::Deny.as_config(), MODE_ENFORCE);
+        assert_eq!(UnmanagedMode::Allow.as_config(), Mode::Off as u8);
+        assert_eq!(UnmanagedMode::Audit.as_config(), Mode::Audit as u8);
+        assert_eq!(UnmanagedMode::Deny.as_config(), Mode::Enforce as u8);
         assert_eq!(UnmanagedMode::default(), UnmanagedMode::Allow);
     }
 }

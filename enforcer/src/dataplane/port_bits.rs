@@ -7,7 +7,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use aya::maps::MapData;
-use enforcer_common::{TCP_BOUND_PORT_WORDS, maps, tcp_bound_port_bit};
+use enforcer_common::{
+    maps,
+    ports::{TCP_BOUND_PORT_WORDS, tcp_bound_port_bit},
+};
 
 use super::{error::Result, shared_array::SharedArray};
 

@@ -12,11 +12,11 @@ use aya::{
     programs::BtfTracePoint,
 };
 use enforcer_common::{
-    Identity,
     cgroup_match::{
         CgroupMatch, ExactKey, GlobRule, MAX_COUNTED_WORKLOADS, MAX_MATCH_EXACT, MAX_MATCH_GLOBS,
         MAX_MATCH_STATES, MatchState, Registration, STATE_NONE, STATES_PER_CGROUP,
     },
+    identity::Identity,
     maps,
 };
 
@@ -230,12 +230,12 @@ pub(crate) fn write_cgroups(
     entries: &[ResolvedCgroup],
 ) -> Result<bool> {
     let name = maps::CGROUPS[slot];
-    let mut m: HashMap<&mut MapData, u64, enforcer_common::CgroupEntry> =
+    let mut m: HashMap<&mut MapData, u64, enforcer_common::workload::CgroupEntry> =
         HashMap::try_from(ebpf.map_mut(name).ok_or(DataplaneError::MissingMap(name))?)
             .map_err(type_err(name))?;
-    let actual: BTreeMap<u64, enforcer_common::CgroupEntry> =
+    let actual: BTreeMap<u64, enforcer_common::workload::CgroupEntry> =
         m.iter().collect::<Result<_, _>>().map_err(read_err(name))?;
-    let wanted: BTreeMap<u64, enforcer_common::CgroupEntry> =
+    let wanted: BTreeMap<u64, enforcer_common::workload::CgroupEntry> =
         entries.iter().map(|c| (c.cgroup_id, c.entry())).collect();
     let mut changed = false;
     for id in actual.keys().filter(|id| !wanted.contains_key(id)) {

@@ -12,8 +12,12 @@ use std::net::IpAddr;
 
 use aya::maps::{HashMap, LpmTrie, MapData, lpm_trie::Key};
 use enforcer_common::{
-    AddrKey4, AddrKey6, CgroupEntry, IDENTITY_HOST, Identity, MAX_CGROUPS, MAX_PREFIXES_V4,
-    MAX_PREFIXES_V6, MAX_VERDICTS, VerdictKey, VerdictValue, maps,
+    address::{AddrKey4, AddrKey6},
+    capacity::{MAX_CGROUPS, MAX_PREFIXES_V4, MAX_PREFIXES_V6, MAX_VERDICTS},
+    identity::{IDENTITY_HOST, Identity},
+    maps,
+    verdict::{VerdictKey, VerdictValue},
+    workload::CgroupEntry,
 };
 
 use super::{

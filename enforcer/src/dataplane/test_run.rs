@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use aya::programs::{CgroupSkb, TestRun, TestRunOptions};
-use enforcer_common::DIRECTION_EGRESS;
+use enforcer_common::verdict::Direction;
 
 use super::{
     Dataplane,
@@ -57,7 +57,7 @@ impl Dataplane {
         ip_packet: &[u8],
         repeat: u32,
     ) -> Result<TestRunOutcome> {
-        let program = if direction == DIRECTION_EGRESS {
+        let program = if direction == Direction::Egress as u8 {
             "enforcer_egress"
         } else {
             "enforcer_ingress"

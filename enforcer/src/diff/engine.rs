@@ -9,8 +9,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use enforcer_common::{
-    DIRECTION_EGRESS, DIRECTION_INGRESS, IDENTITY_HOST, Identity, RULE_BUILTIN, RULE_DEFAULT_DENY,
-    RULE_UNMANAGED,
+    identity::{IDENTITY_HOST, Identity},
+    verdict::{Direction, RULE_BUILTIN, RULE_DEFAULT_DENY, RULE_UNMANAGED},
 };
 
 use super::model::{
@@ -58,7 +58,7 @@ pub fn diff(old: &DiffInput, new: &DiffInput) -> PolicyDiff {
                 ));
             }
             for remote in &remotes {
-                for direction in [DIRECTION_EGRESS, DIRECTION_INGRESS] {
+                for direction in [Direction::Egress as u8, Direction::Ingress as u8] {
                     let o = match (local.old, remote.old) {
                         (Some(w), Some(r)) => ro.one_side_in(w, direction, protocol, r, &mut bo),
                         _ => &absent,
@@ -67,7 +67,7 @@ pub fn diff(old: &DiffInput, new: &DiffInput) -> PolicyDiff {
                         (Some(w), Some(r)) => rn.one_side_in(w, direction, protocol, r, &mut bn),
                         _ => &absent,
                     };
-                    let (from, to) = if direction == DIRECTION_EGRESS {
+                    let (from, to) = if direction == Direction::Egress as u8 {
                         (&local.name, &remote.name)
                     } else {
                         (&remote.name, &local.name)

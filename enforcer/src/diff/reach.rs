@@ -7,28 +7,37 @@
 use rustc_hash::FxHashMap;
 
 use enforcer_common::{
-    ACTION_ALLOW, DIRECTION_EGRESS, DIRECTION_INGRESS, IDENTITY_ANY, IDENTITY_ANY_EXTERNAL,
-    Identity, PROTO_ICMP, PROTO_TCP, PROTO_UDP, RULE_DEFAULT_DENY, VerdictKey,
+    identity::{IDENTITY_ANY, IDENTITY_ANY_EXTERNAL, Identity},
+    protocol::Protocol,
+    verdict::{Action, Direction, RULE_DEFAULT_DENY, VerdictKey},
 };
 
 use super::ports::{PORT_MAX, PortMap, combine, combine_into};
 use crate::compile::{CompiledPolicy, EntityKind};
 
 /// The protocols a verdict key can carry, in report order.
-pub const PROTOCOLS: [u8; 3] = [PROTO_TCP, PROTO_UDP, PROTO_ICMP];
+pub const PROTOCOLS: [u8; 3] = [
+    Protocol::Tcp as u8,
+    Protocol::Udp as u8,
+    Protocol::Icmp as u8,
+];
 
 /// The last "port" of a protocol: ICMP echo is a single port 0.
 pub fn port_max(protocol: u8) -> u16 {
-    if protocol == PROTO_ICMP { 0 } else { PORT_MAX }
+    if protocol == Protocol::Icmp as u8 {
+        0
+    } else {
+        PORT_MAX
+    }
 }
 
 /// `tcp`, `udp`, `icmp`.
 pub fn protocol_name(protocol: u8) -> &'static str {
-    match protocol {
-        PROTO_TCP => "tcp",
-        PROTO_UDP => "udp",
-        PROTO_ICMP => "icmp",
-        _ => "unknown",
+    match Protocol::from_raw(protocol) {
+        Some(Protocol::Tcp) => "tcp",
+        Some(Protocol::Udp) => "udp",
+        Some(Protocol::Icmp) => "icmp",
+        None => "unknown",
     }
 }
 
@@ -103,7 +112,7 @@ impl<'a> Reach<'a> {
                 let mut wide = [0u8; 16];
                 wide[..12].copy_from_slice(&key.data);
                 wide[12] = key.port_bits() as u8;
-                let decision = Effective::single(value.action == ACTION_ALLOW, value.rule);
+                let decision = Effective::single(value.action == Action::Allow as u8, value.rule);
                 (u128::from_be_bytes(wide), decision)
             })
             .collect();
@@ -251,8 +260,8 @@ impl<'a> Reach<'a> {
         scratch: &'s mut Scratch,
     ) -> &'s PortMap<Effective> {
         let Scratch { out, inn, both } = scratch;
-        let out = self.one_side_in(from, DIRECTION_EGRESS, protocol, to, out);
-        let inn = self.one_side_in(to, DIRECTION_INGRESS, protocol, from, inn);
+        let out = self.one_side_in(from, Direction::Egress as u8, protocol, to, out);
+        let inn = self.one_side_in(to, Direction::Ingress as u8, protocol, from, inn);
         // Nothing allowed out, or only allows facing a receiver that
         // accepts nothing: default deny everywhere.
         if out.is_empty() || (inn.is_empty() && out.segments().iter().all(|s| s.2.allow)) {
@@ -285,7 +294,10 @@ fn first_hit(a: Option<&Effective>, b: Option<&Effective>) -> Option<Effective> 
 mod tests {
     use super::*;
     use crate::diff::testkit::PolicyBuilder;
-    use enforcer_common::{ACTION_DENY, IDENTITY_HOST, IDENTITY_WORLD};
+    use enforcer_common::{
+        identity::{IDENTITY_HOST, IDENTITY_WORLD},
+        verdict::Action,
+    };
 
     #[test]
     fn exact_level_shadows_wildcards_and_gaps_fall_through() {
@@ -298,38 +310,43 @@ mod tests {
         // the exact level).
         b.ports(
             db,
-            DIRECTION_INGRESS,
-            PROTO_TCP,
+            Direction::Ingress as u8,
+            Protocol::Tcp as u8,
             IDENTITY_ANY,
             5432,
             5432,
-            ACTION_ALLOW,
+            Action::Allow as u8,
             allow_any,
         );
         b.ports(
             db,
-            DIRECTION_INGRESS,
-            PROTO_TCP,
+            Direction::Ingress as u8,
+            Protocol::Tcp as u8,
             office,
             5000,
             5999,
-            ACTION_DENY,
+            Action::Deny as u8,
             deny_office,
         );
         let p = b.build();
         let r = Reach::new(&p);
-        let o = r.one_side(db, DIRECTION_INGRESS, PROTO_TCP, office);
+        let o = r.one_side(db, Direction::Ingress as u8, Protocol::Tcp as u8, office);
         assert_eq!(
             o.segments(),
             &[(5000, 5999, Effective::single(false, deny_office))]
         );
-        let w = r.one_side(db, DIRECTION_INGRESS, PROTO_TCP, IDENTITY_WORLD);
+        let w = r.one_side(
+            db,
+            Direction::Ingress as u8,
+            Protocol::Tcp as u8,
+            IDENTITY_WORLD,
+        );
         assert_eq!(
             w.segments(),
             &[(5432, 5432, Effective::single(true, allow_any))]
         );
         assert!(
-            r.one_side(db, DIRECTION_INGRESS, PROTO_UDP, office)
+            r.one_side(db, Direction::Ingress as u8, Protocol::Udp as u8, office)
                 .is_empty()
         );
     }
@@ -348,22 +365,22 @@ mod tests {
             for w in [web, api] {
                 b.ports(
                     w,
-                    DIRECTION_INGRESS,
-                    PROTO_TCP,
+                    Direction::Ingress as u8,
+                    Protocol::Tcp as u8,
                     IDENTITY_ANY,
                     443,
                     443,
-                    ACTION_ALLOW,
+                    Action::Allow as u8,
                     allow,
                 );
                 b.ports(
                     w,
-                    DIRECTION_INGRESS,
-                    PROTO_TCP,
+                    Direction::Ingress as u8,
+                    Protocol::Tcp as u8,
                     IDENTITY_WORLD,
                     1,
                     1023,
-                    ACTION_DENY,
+                    Action::Deny as u8,
                     deny,
                 );
             }
@@ -377,20 +394,21 @@ mod tests {
         assert!(shared.verdicts.len() < own.verdicts.len());
         let (r_own, r_shared) = (Reach::new(&own), Reach::new(&shared));
         for remote in [IDENTITY_WORLD, IDENTITY_HOST, web] {
-            let member = r_shared.one_side(api, DIRECTION_INGRESS, PROTO_TCP, remote);
+            let member =
+                r_shared.one_side(api, Direction::Ingress as u8, Protocol::Tcp as u8, remote);
             assert!(!member.is_empty());
             assert_eq!(
                 member,
-                r_own.one_side(api, DIRECTION_INGRESS, PROTO_TCP, remote)
+                r_own.one_side(api, Direction::Ingress as u8, Protocol::Tcp as u8, remote)
             );
             assert_eq!(
                 member,
-                r_shared.one_side(web, DIRECTION_INGRESS, PROTO_TCP, remote)
+                r_shared.one_side(web, Direction::Ingress as u8, Protocol::Tcp as u8, remote)
             );
         }
         assert_eq!(
-            r_shared.between_workloads(web, api, PROTO_TCP),
-            r_own.between_workloads(web, api, PROTO_TCP)
+            r_shared.between_workloads(web, api, Protocol::Tcp as u8),
+            r_own.between_workloads(web, api, Protocol::Tcp as u8)
         );
         let input = |p: &CompiledPolicy| crate::diff::DiffInput::from_compiled(p.clone());
         assert!(crate::diff::diff(&input(&own), &input(&shared)).is_empty());
@@ -413,30 +431,35 @@ mod tests {
         let rule = b.rule("web", "allow-in", 0);
         b.ports(
             web,
-            DIRECTION_INGRESS,
-            PROTO_TCP,
+            Direction::Ingress as u8,
+            Protocol::Tcp as u8,
             IDENTITY_ANY_EXTERNAL,
             443,
             443,
-            ACTION_ALLOW,
+            Action::Allow as u8,
             rule,
         );
         let p = b.build();
         let r = Reach::new(&p);
         assert!(
-            !r.one_side(web, DIRECTION_INGRESS, PROTO_TCP, IDENTITY_WORLD)
-                .is_empty()
+            !r.one_side(
+                web,
+                Direction::Ingress as u8,
+                Protocol::Tcp as u8,
+                IDENTITY_WORLD
+            )
+            .is_empty()
         );
         assert!(
-            r.one_side(web, DIRECTION_INGRESS, PROTO_TCP, api)
+            r.one_side(web, Direction::Ingress as u8, Protocol::Tcp as u8, api)
                 .is_empty()
         );
         assert!(
             r.one_side(
                 web,
-                DIRECTION_INGRESS,
-                PROTO_TCP,
-                enforcer_common::IDENTITY_HOST
+                Direction::Ingress as u8,
+                Protocol::Tcp as u8,
+                enforcer_common::identity::IDENTITY_HOST
             )
             .is_empty()
         );
@@ -451,27 +474,27 @@ mod tests {
         let inn = b.rule("api", "allow-in", 0);
         b.ports(
             web,
-            DIRECTION_EGRESS,
-            PROTO_TCP,
+            Direction::Egress as u8,
+            Protocol::Tcp as u8,
             api,
             8000,
             8100,
-            ACTION_ALLOW,
+            Action::Allow as u8,
             out,
         );
         b.ports(
             api,
-            DIRECTION_INGRESS,
-            PROTO_TCP,
+            Direction::Ingress as u8,
+            Protocol::Tcp as u8,
             web,
             8080,
             8080,
-            ACTION_ALLOW,
+            Action::Allow as u8,
             inn,
         );
         let p = b.build();
         let r = Reach::new(&p);
-        let m = r.between_workloads(web, api, PROTO_TCP);
+        let m = r.between_workloads(web, api, Protocol::Tcp as u8);
         assert_eq!(
             m.segments(),
             &[(
@@ -491,26 +514,26 @@ mod tests {
         let inn = b.rule("api", "allow-in", 0);
         b.ports(
             web,
-            DIRECTION_EGRESS,
-            PROTO_TCP,
+            Direction::Egress as u8,
+            Protocol::Tcp as u8,
             api,
             0,
             65535,
-            ACTION_DENY,
+            Action::Deny as u8,
             deny,
         );
         b.ports(
             api,
-            DIRECTION_INGRESS,
-            PROTO_TCP,
+            Direction::Ingress as u8,
+            Protocol::Tcp as u8,
             web,
             8080,
             8080,
-            ACTION_ALLOW,
+            Action::Allow as u8,
             inn,
         );
         let p = b.build();
-        let m = Reach::new(&p).between_workloads(web, api, PROTO_TCP);
+        let m = Reach::new(&p).between_workloads(web, api, Protocol::Tcp as u8);
         assert_eq!(m.segments(), &[(0, 65535, Effective::single(false, deny))]);
     }
 }

@@ -9,7 +9,10 @@
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use enforcer_common::{AddrKey4, AddrKey6, IDENTITY_WORLD, Identity};
+use enforcer_common::{
+    address::{AddrKey4, AddrKey6},
+    identity::{IDENTITY_WORLD, Identity},
+};
 
 /// An address family's space as `u128` integers (IPv4 in the low 32 bits).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -10,7 +10,10 @@
 use std::collections::HashMap;
 
 use enforcer_common::{
-    AddrKey4, AddrKey6, IDENTITY_FIRST_ALLOCATED, Identity, MODE_ENFORCE, VerdictKey, VerdictValue,
+    address::{AddrKey4, AddrKey6},
+    identity::{IDENTITY_FIRST_ALLOCATED, Identity},
+    verdict::{VerdictKey, VerdictValue},
+    workload::Mode,
 };
 
 use ipnet::IpNet;
@@ -81,7 +84,7 @@ impl PolicyBuilder {
         self.workload_with(
             name,
             CgroupSelector::Unit(format!("{name}.service")),
-            MODE_ENFORCE,
+            Mode::Enforce as u8,
         )
     }
 

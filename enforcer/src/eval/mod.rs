@@ -9,9 +9,9 @@ pub mod source;
 use std::net::IpAddr;
 
 use enforcer_common::{
-    ACTION_ALLOW, ACTION_DENY, AddrKey4, AddrKey6, DIRECTION_EGRESS, DIRECTION_INGRESS,
-    IDENTITY_ANY, IDENTITY_ANY_EXTERNAL, IDENTITY_HOST, IDENTITY_WORLD, Identity,
-    RULE_DEFAULT_DENY, VERDICT_FIXED_PREFIX_BITS, VerdictKey,
+    address::{AddrKey4, AddrKey6},
+    identity::{IDENTITY_ANY, IDENTITY_ANY_EXTERNAL, IDENTITY_HOST, IDENTITY_WORLD, Identity},
+    verdict::{Action, Direction, RULE_DEFAULT_DENY, VERDICT_FIXED_PREFIX_BITS, VerdictKey},
 };
 
 use crate::compile::{CompiledPolicy, EntityKind};
@@ -22,11 +22,11 @@ use crate::policy::{Endpoint, ServicePort, Verdict};
 pub struct Connection {
     /// The local workload.
     pub local: Identity,
-    /// DIRECTION_EGRESS or DIRECTION_INGRESS.
+    /// Direction::Egress or Direction::Ingress.
     pub direction: u8,
     /// The remote entity.
     pub remote: Identity,
-    /// PROTO_TCP, PROTO_UDP or PROTO_ICMP.
+    /// Protocol::Tcp, Protocol::Udp or Protocol::Icmp.
     pub protocol: u8,
     /// The service port (0 for ICMP echo).
     pub port: u16,
@@ -35,7 +35,7 @@ pub struct Connection {
 /// The policy's decision for a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Decision {
-    /// ACTION_ALLOW or ACTION_DENY.
+    /// Action::Allow or Action::Deny.
     pub action: u8,
     /// Index in `CompiledPolicy::rules`, or RULE_DEFAULT_DENY.
     pub rule: u32,
@@ -116,7 +116,7 @@ pub fn evaluate(policy: &CompiledPolicy, conn: &Connection) -> Decision {
         })
         .or_else(|| lpm_verdict(policy, local, direction, protocol, IDENTITY_ANY, port))
         .unwrap_or(Decision {
-            action: ACTION_DENY,
+            action: Action::Deny as u8,
             rule: RULE_DEFAULT_DENY,
         })
 }
@@ -214,11 +214,16 @@ impl Flow {
     pub fn verdict(&self) -> Option<Verdict> {
         match self {
             Flow::Ungoverned => None,
-            Flow::Judged(ends) => Some(if ends.iter().all(|e| e.decision.action == ACTION_ALLOW) {
-                Verdict::Allow
-            } else {
-                Verdict::Deny
-            }),
+            Flow::Judged(ends) => Some(
+                if ends
+                    .iter()
+                    .all(|e| e.decision.action == Action::Allow as u8)
+                {
+                    Verdict::Allow
+                } else {
+                    Verdict::Deny
+                },
+            ),
         }
     }
 
@@ -228,7 +233,10 @@ impl Flow {
         let Flow::Judged(ends) = self else {
             return "no rule (neither end is a workload)".into();
         };
-        if let Some(denied) = ends.iter().find(|e| e.decision.action != ACTION_ALLOW) {
+        if let Some(denied) = ends
+            .iter()
+            .find(|e| e.decision.action != Action::Allow as u8)
+        {
             return policy.rule_name(denied.decision.rule);
         }
         let names: Vec<String> = ends
@@ -253,7 +261,7 @@ pub fn judge_flow(
     if is_workload(from) {
         let connection = Connection {
             local: from,
-            direction: DIRECTION_EGRESS,
+            direction: Direction::Egress as u8,
             remote: to,
             protocol: port.protocol,
             port: port.port,
@@ -266,7 +274,7 @@ pub fn judge_flow(
     if is_workload(to) {
         let connection = Connection {
             local: to,
-            direction: DIRECTION_INGRESS,
+            direction: Direction::Ingress as u8,
             remote: from,
             protocol: port.protocol,
             port: port.port,
@@ -285,7 +293,7 @@ pub fn judge_flow(
 
 #[cfg(test)]
 mod tests {
-    use enforcer_common::{AddrKey4, PROTO_TCP, VerdictValue};
+    use enforcer_common::{address::AddrKey4, protocol::Protocol, verdict::VerdictValue};
 
     use super::*;
     use crate::compile::EntityInfo;
@@ -307,29 +315,50 @@ mod tests {
         let mut verdicts = vec![
             // 8000-8063 allowed by rule 0, but 8010 denied by rule 1.
             (
-                VerdictKey::new(W, DIRECTION_INGRESS, PROTO_TCP, PEER, 8000, 10),
-                value(0, ACTION_ALLOW),
+                VerdictKey::new(
+                    W,
+                    Direction::Ingress as u8,
+                    Protocol::Tcp as u8,
+                    PEER,
+                    8000,
+                    10,
+                ),
+                value(0, Action::Allow as u8),
             ),
             (
-                VerdictKey::new(W, DIRECTION_INGRESS, PROTO_TCP, PEER, 8010, 16),
-                value(1, ACTION_DENY),
+                VerdictKey::new(
+                    W,
+                    Direction::Ingress as u8,
+                    Protocol::Tcp as u8,
+                    PEER,
+                    8010,
+                    16,
+                ),
+                value(1, Action::Deny as u8),
             ),
             // Every external address: port 22 denied by rule 2.
             (
                 VerdictKey::new(
                     W,
-                    DIRECTION_INGRESS,
-                    PROTO_TCP,
+                    Direction::Ingress as u8,
+                    Protocol::Tcp as u8,
                     IDENTITY_ANY_EXTERNAL,
                     22,
                     16,
                 ),
-                value(2, ACTION_DENY),
+                value(2, Action::Deny as u8),
             ),
             // Anyone: every TCP port allowed by rule 3.
             (
-                VerdictKey::new(W, DIRECTION_INGRESS, PROTO_TCP, IDENTITY_ANY, 0, 0),
-                value(3, ACTION_ALLOW),
+                VerdictKey::new(
+                    W,
+                    Direction::Ingress as u8,
+                    Protocol::Tcp as u8,
+                    IDENTITY_ANY,
+                    0,
+                    0,
+                ),
+                value(3, Action::Allow as u8),
             ),
         ];
         verdicts.sort_by_key(|(k, _)| *k);
@@ -373,9 +402,9 @@ mod tests {
             &policy(),
             &Connection {
                 local: W,
-                direction: DIRECTION_INGRESS,
+                direction: Direction::Ingress as u8,
                 remote,
-                protocol: PROTO_TCP,
+                protocol: Protocol::Tcp as u8,
                 port,
             },
         );
@@ -384,34 +413,34 @@ mod tests {
 
     #[test]
     fn the_longest_port_prefix_wins() {
-        assert_eq!(judge(PEER, 8000), (ACTION_ALLOW, 0));
-        assert_eq!(judge(PEER, 8010), (ACTION_DENY, 1));
-        assert_eq!(judge(PEER, 8063), (ACTION_ALLOW, 0));
+        assert_eq!(judge(PEER, 8000), (Action::Allow as u8, 0));
+        assert_eq!(judge(PEER, 8010), (Action::Deny as u8, 1));
+        assert_eq!(judge(PEER, 8063), (Action::Allow as u8, 0));
     }
 
     #[test]
     fn levels_are_tried_in_order_and_the_first_hit_decides() {
         // No exact entry for 8064: the ANY level decides.
-        assert_eq!(judge(PEER, 8064), (ACTION_ALLOW, 3));
+        assert_eq!(judge(PEER, 8064), (Action::Allow as u8, 3));
         // The exact level hides the ANY_EXTERNAL deny for port 22 only when
         // it has an entry for 22; here it has none.
-        assert_eq!(judge(PEER, 22), (ACTION_DENY, 2));
-        assert_eq!(judge(IDENTITY_WORLD, 22), (ACTION_DENY, 2));
+        assert_eq!(judge(PEER, 22), (Action::Deny as u8, 2));
+        assert_eq!(judge(IDENTITY_WORLD, 22), (Action::Deny as u8, 2));
         // ANY_EXTERNAL is skipped for this host and for workloads.
-        assert_eq!(judge(IDENTITY_HOST, 22), (ACTION_ALLOW, 3));
-        assert_eq!(judge(W, 22), (ACTION_ALLOW, 3));
+        assert_eq!(judge(IDENTITY_HOST, 22), (Action::Allow as u8, 3));
+        assert_eq!(judge(W, 22), (Action::Allow as u8, 3));
         // Another protocol or direction: nothing matches.
         let d = evaluate(
             &policy(),
             &Connection {
                 local: W,
-                direction: DIRECTION_EGRESS,
+                direction: Direction::Egress as u8,
                 remote: PEER,
-                protocol: PROTO_TCP,
+                protocol: Protocol::Tcp as u8,
                 port: 22,
             },
         );
-        assert_eq!((d.action, d.rule), (ACTION_DENY, RULE_DEFAULT_DENY));
+        assert_eq!((d.action, d.rule), (Action::Deny as u8, RULE_DEFAULT_DENY));
     }
 
     #[test]

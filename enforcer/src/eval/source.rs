@@ -5,7 +5,7 @@
 
 use std::time::SystemTime;
 
-use enforcer_common::{DIRECTION_EGRESS, DIRECTION_INGRESS};
+use enforcer_common::verdict::Direction;
 
 use crate::policy::{Name, PolicySet, RuleRef, Selector, ServicePort, Verdict};
 
@@ -43,9 +43,10 @@ pub fn evaluate(
             continue;
         }
         for rule in &policy.rules {
-            let dir = match rule.section.direction() {
-                DIRECTION_EGRESS => DIRECTION_EGRESS,
-                _ => DIRECTION_INGRESS,
+            let dir = if rule.section.direction() == Direction::Egress as u8 {
+                Direction::Egress as u8
+            } else {
+                Direction::Ingress as u8
             };
             if dir != direction || !rule.active_at(now) {
                 continue;

@@ -7,7 +7,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::SystemTime;
 
-use enforcer_common::{DIRECTION_EGRESS, DIRECTION_INGRESS};
+use enforcer_common::verdict::Direction;
 use ipnet::IpNet;
 
 use super::cgroup_selector::CgroupSelector;
@@ -128,11 +128,11 @@ impl Section {
     }
 
     /// The direction of the connections this section judges, as seen from
-    /// the selected workload (DIRECTION_INGRESS or DIRECTION_EGRESS).
+    /// the selected workload ([`Direction`] as its byte).
     pub fn direction(self) -> u8 {
         match self {
-            Section::AllowIn | Section::DenyIn => DIRECTION_INGRESS,
-            Section::AllowOut | Section::DenyOut => DIRECTION_EGRESS,
+            Section::AllowIn | Section::DenyIn => Direction::Ingress as u8,
+            Section::AllowOut | Section::DenyOut => Direction::Egress as u8,
         }
     }
 

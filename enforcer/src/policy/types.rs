@@ -6,9 +6,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
-use enforcer_common::{
-    ACTION_ALLOW, MODE_AUDIT, MODE_ENFORCE, MODE_OFF, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
-};
+use enforcer_common::{protocol::Protocol, verdict::Action, workload};
 use ipnet::IpNet;
 
 /// Entity names that the language reserves.
@@ -191,8 +189,8 @@ pub enum Proto {
 impl Proto {
     pub fn number(self) -> u8 {
         match self {
-            Proto::Tcp => PROTO_TCP,
-            Proto::Udp => PROTO_UDP,
+            Proto::Tcp => Protocol::Tcp as u8,
+            Proto::Udp => Protocol::Udp as u8,
         }
     }
 
@@ -225,12 +223,12 @@ pub enum PortSpec {
 
 impl PortSpec {
     /// The key protocol and the inclusive key-port interval this item
-    /// covers. ICMP echo is port 0 of [`PROTO_ICMP`].
+    /// covers. ICMP echo is port 0 of [`Protocol::Icmp`].
     pub fn interval(self) -> (u8, u16, u16) {
         match self {
             PortSpec::Range(p, r) => (p.number(), r.low(), r.high()),
             PortSpec::All(p) => (p.number(), 0, u16::MAX),
-            PortSpec::Icmp => (PROTO_ICMP, 0, 0),
+            PortSpec::Icmp => (Protocol::Icmp as u8, 0, 0),
         }
     }
 
@@ -292,7 +290,7 @@ impl fmt::Display for PortSpec {
 /// expectations and `enforcer explain` take them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServicePort {
-    /// PROTO_TCP, PROTO_UDP or PROTO_ICMP.
+    /// Protocol::Tcp, Protocol::Udp or Protocol::Icmp.
     pub protocol: u8,
     /// 0 for ICMP echo.
     pub port: u16,
@@ -304,7 +302,7 @@ impl FromStr for ServicePort {
     fn from_str(s: &str) -> Result<Self, String> {
         match s.parse::<PortSpec>() {
             Ok(PortSpec::Icmp) => Ok(ServicePort {
-                protocol: PROTO_ICMP,
+                protocol: Protocol::Icmp as u8,
                 port: 0,
             }),
             Ok(PortSpec::Range(p, r)) if r.low() == r.high() => Ok(ServicePort {
@@ -321,11 +319,11 @@ impl FromStr for ServicePort {
 
 impl fmt::Display for ServicePort {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.protocol {
-            PROTO_TCP => write!(f, "{}/tcp", self.port),
-            PROTO_UDP => write!(f, "{}/udp", self.port),
-            PROTO_ICMP => f.write_str("icmp"),
-            p => write!(f, "{}/proto-{p}", self.port),
+        match Protocol::from_raw(self.protocol) {
+            Some(Protocol::Tcp) => write!(f, "{}/tcp", self.port),
+            Some(Protocol::Udp) => write!(f, "{}/udp", self.port),
+            Some(Protocol::Icmp) => f.write_str("icmp"),
+            None => write!(f, "{}/proto-{}", self.port, self.protocol),
         }
     }
 }
@@ -340,16 +338,17 @@ pub enum Mode {
 }
 
 impl Mode {
-    /// The MODE_* constant of the data plane.
+    /// The data plane's [`workload::Mode`] byte.
     pub fn number(self) -> u8 {
         match self {
-            Mode::Enforce => MODE_ENFORCE,
-            Mode::Audit => MODE_AUDIT,
-            Mode::Off => MODE_OFF,
+            Mode::Enforce => workload::Mode::Enforce as u8,
+            Mode::Audit => workload::Mode::Audit as u8,
+            Mode::Off => workload::Mode::Off as u8,
         }
     }
 
-    /// The mode of a MODE_* constant; `None` for any other number.
+    /// The mode of a data plane [`workload::Mode`] byte; `None` for any
+    /// other number.
     pub fn from_number(number: u8) -> Option<Mode> {
         [Mode::Enforce, Mode::Audit, Mode::Off]
             .into_iter()
@@ -391,7 +390,7 @@ impl Verdict {
     /// The verdict of a data-plane action (ACTION_*): an audited denial is
     /// a denial.
     pub fn from_action(action: u8) -> Verdict {
-        if action == ACTION_ALLOW {
+        if action == Action::Allow as u8 {
             Verdict::Allow
         } else {
             Verdict::Deny
@@ -481,10 +480,10 @@ mod tests {
     #[test]
     fn port_specs_parse_every_form() {
         let spec = |s: &str| s.parse::<PortSpec>().map(|p| p.interval());
-        assert_eq!(spec("443/tcp"), Ok((PROTO_TCP, 443, 443)));
-        assert_eq!(spec("8000-8100/udp"), Ok((PROTO_UDP, 8000, 8100)));
-        assert_eq!(spec("tcp"), Ok((PROTO_TCP, 0, 65535)));
-        assert_eq!(spec("icmp"), Ok((PROTO_ICMP, 0, 0)));
+        assert_eq!(spec("443/tcp"), Ok((Protocol::Tcp as u8, 443, 443)));
+        assert_eq!(spec("8000-8100/udp"), Ok((Protocol::Udp as u8, 8000, 8100)));
+        assert_eq!(spec("tcp"), Ok((Protocol::Tcp as u8, 0, 65535)));
+        assert_eq!(spec("icmp"), Ok((Protocol::Icmp as u8, 0, 0)));
         for bad in [
             "70000/tcp",
             "0/tcp",
@@ -506,7 +505,7 @@ mod tests {
         assert_eq!(
             "5432/tcp".parse::<ServicePort>(),
             Ok(ServicePort {
-                protocol: PROTO_TCP,
+                protocol: Protocol::Tcp as u8,
                 port: 5432
             })
         );

@@ -15,9 +15,7 @@ use enforcer::{
     policy::{RuleRef, ServicePort},
     rfc3339,
 };
-use enforcer_common::{
-    ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, Identity, MODE_AUDIT, MODE_OFF, PROTO_TCP,
-};
+use enforcer_common::{identity::Identity, protocol::Protocol, verdict::Action, workload::Mode};
 use enforcer_tests::{Probe, ProbeOutcome, ProbeReport};
 
 use super::{
@@ -195,7 +193,7 @@ pub fn expect(
     let from = end(stage, policy, case.client, source(stage, case), false)?;
     let to = end(stage, policy, case.server, case.dest.ip(), true)?;
     let port = ServicePort {
-        protocol: PROTO_TCP,
+        protocol: Protocol::Tcp as u8,
         port: case.dest.port(),
     };
     let flow = judge_flow(policy, from.identity, to.identity, port);
@@ -210,12 +208,12 @@ pub fn expect(
     // then receiver), and whether their mode lets the connection pass.
     let denying: Vec<_> = ends
         .iter()
-        .filter(|e| e.decision.action != ACTION_ALLOW)
-        .filter(|e| mode(e.connection.local) != Some(MODE_OFF))
+        .filter(|e| e.decision.action != Action::Allow as u8)
+        .filter(|e| mode(e.connection.local) != Some(Mode::Off as u8))
         .collect();
     let enforced = denying
         .iter()
-        .find(|e| mode(e.connection.local) != Some(MODE_AUDIT));
+        .find(|e| mode(e.connection.local) != Some(Mode::Audit as u8));
     let (outcome, event, note) = match (enforced, denying.first()) {
         (Some(e), _) => {
             // A client on this host is refused by `connect()`, which judges
@@ -319,11 +317,11 @@ pub fn kernel_event(
         Some(Enforcement::Library { events, .. }) => Ok(events
             .drain()
             .iter()
-            .filter(|e| e.protocol == PROTO_TCP)
-            .filter(|e| e.action == ACTION_DENY || e.action == ACTION_AUDIT)
+            .filter(|e| e.protocol == Protocol::Tcp as u8)
+            .filter(|e| e.action == Action::Deny as u8 || e.action == Action::Audit as u8)
             .find(|e| e.local_port == port || e.remote_port == port)
             .map(|e| Event {
-                verdict: if e.action == ACTION_AUDIT {
+                verdict: if e.action == Action::Audit as u8 {
                     Verdict::Audit
                 } else {
                     Verdict::Deny

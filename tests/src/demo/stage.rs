@@ -17,7 +17,7 @@ use enforcer::{
     compile::CompiledPolicy,
     dataplane::{Dataplane, DataplaneOptions, EventReader, HostAddrs, ResolvedCgroup},
 };
-use enforcer_common::{MODE_AUDIT, MODE_ENFORCE, MODE_OFF};
+use enforcer_common::workload::Mode;
 use enforcer_tests::{CgroupGuard, Server, TestHost};
 
 use super::daemon::Daemon;
@@ -164,9 +164,9 @@ impl Stage {
         let mut resolved = Vec::new();
         for w in &status.workloads {
             let mode = match w.mode.as_str() {
-                "audit" => MODE_AUDIT,
-                "off" => MODE_OFF,
-                _ => MODE_ENFORCE,
+                "audit" => Mode::Audit as u8,
+                "off" => Mode::Off as u8,
+                _ => Mode::Enforce as u8,
             };
             for path in &w.cgroups {
                 let dir = self.root.path().join(path);
@@ -334,10 +334,10 @@ mod tests {
             .map(|r| (r.path, r.workload, r.cgroup.mode))
             .collect();
         let want = [
-            ("system.slice/api-1.service", "api", MODE_AUDIT),
-            ("system.slice/api-2.service", "api", MODE_AUDIT),
-            ("system.slice/nginx.service", "web", MODE_ENFORCE),
-            ("system.slice/postgresql.service", "db", MODE_ENFORCE),
+            ("system.slice/api-1.service", "api", Mode::Audit as u8),
+            ("system.slice/api-2.service", "api", Mode::Audit as u8),
+            ("system.slice/nginx.service", "web", Mode::Enforce as u8),
+            ("system.slice/postgresql.service", "db", Mode::Enforce as u8),
         ]
         .map(|(p, w, m)| (p.to_owned(), w.to_owned(), m));
         assert_eq!(got, want);
