@@ -329,6 +329,12 @@ pub struct StatusReport {
     /// earlier daemon's answer: then the default).
     #[serde(default)]
     pub cgroup_registration: CgroupRegistration,
+    /// Data plane reads that failed while this answer was made: the values
+    /// they would have given (counters, a generation) show as 0 or
+    /// "unknown". Omitted when every read succeeded (and absent from an
+    /// earlier daemon's answer).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read_errors: Vec<String>,
 }
 
 /// What the cgroup walks could not see (see `docs/daemon.md`, "Cgroups").

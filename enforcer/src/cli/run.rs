@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::config::{self, Failsafe, FileConfig, LogFormat, Overrides, Settings, Unmanaged};
+use crate::config::{self, Failsafe, FileConfig, LogFormat, Overrides, Settings};
+use crate::dataplane::UnmanagedMode;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -49,7 +50,7 @@ pub struct Args {
     pub request_timeout: Option<std::time::Duration>,
     /// Processes in no workload: allow, audit or deny [default: allow].
     #[arg(long, value_name = "MODE")]
-    pub unmanaged: Option<Unmanaged>,
+    pub unmanaged: Option<UnmanagedMode>,
     /// Inbound ports always reachable, e.g. `22/tcp,2222/tcp`, or `none` [default: 22/tcp].
     #[arg(long, value_name = "PORTS")]
     pub failsafe: Option<Failsafe>,

@@ -50,6 +50,9 @@ pub fn write_text(out: &mut impl Write, r: &StatusReport) -> std::io::Result<()>
         writeln!(out, "NOT ENFORCED: {problem}")?;
     }
     write_discovery_problems(out, &r.cgroup_discovery)?;
+    for error in &r.read_errors {
+        writeln!(out, "READ ERROR: {error}")?;
+    }
     if let Some(rej) = &r.last_rejection {
         writeln!(
             out,
@@ -190,6 +193,7 @@ mod tests {
             integrity: Default::default(),
             cgroup_registration: Default::default(),
             cgroup_discovery: discovery,
+            read_errors: Vec::new(),
         }
     }
 
@@ -253,5 +257,29 @@ mod tests {
             failing.starts_with("CGROUP RESCANS FAIL (4 so far)"),
             "{failing}"
         );
+    }
+
+    /// Failed data plane reads are shown before everything else but the
+    /// problems, and are in the JSON only when there are some (the
+    /// contract's fields unchanged).
+    #[test]
+    fn failed_data_plane_reads_are_shown_never_hidden_as_zeros() {
+        let mut r = report(CgroupDiscovery::default());
+        let quiet = serde_json::to_value(&r).unwrap();
+        assert!(quiet.get("read_errors").is_none(), "{quiet}");
+        assert!(!text(&r).contains("READ ERROR"));
+        r.read_errors = vec!["verdict counters: 3 lookups failed, shown as 0: gone".into()];
+        let shown = text(&r);
+        assert!(
+            shown.starts_with("READ ERROR: verdict counters: 3 lookups failed, shown as 0: gone\n"),
+            "{shown}"
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            json["read_errors"],
+            serde_json::json!(["verdict counters: 3 lookups failed, shown as 0: gone"])
+        );
+        let back: StatusReport = serde_json::from_value(json).unwrap();
+        assert_eq!(back.read_errors, r.read_errors);
     }
 }

@@ -64,6 +64,16 @@ pub fn render(status: &StatusReport) -> String {
     );
     let _ = writeln!(out, "# TYPE enforcer_not_enforced gauge");
     let _ = writeln!(out, "enforcer_not_enforced {}", status.not_enforced.len());
+    let _ = writeln!(
+        out,
+        "# HELP enforcer_status_read_errors Data plane reads that failed while this scrape was made (their values show as 0)."
+    );
+    let _ = writeln!(out, "# TYPE enforcer_status_read_errors gauge");
+    let _ = writeln!(
+        out,
+        "enforcer_status_read_errors {}",
+        status.read_errors.len()
+    );
     let discovery = &status.cgroup_discovery;
     let _ = writeln!(
         out,
@@ -298,6 +308,7 @@ mod tests {
                 rescans_failed: 5,
                 ..CgroupDiscovery::default()
             },
+            read_errors: vec!["verdict counters: 3 lookups failed, shown as 0: x".into()],
         }
     }
 
@@ -320,6 +331,7 @@ mod tests {
         assert!(text.contains("enforcer_cgroup_registrations_refused_total 3\n"));
         assert!(text.contains("enforcer_cgroup_match_overflows_total 1\n"));
         assert!(text.contains("enforcer_integrity_unrepaired 1\n"));
+        assert!(text.contains("enforcer_status_read_errors 1\n"));
         assert_eq!(label("a\"b"), "a\\\"b");
     }
 

@@ -3,7 +3,9 @@
 //! follows signals, policy file changes, cgroups, `until` expiries and API
 //! requests. SIGTERM leaves enforcement in place; `--uninstall` removes it.
 //!
-//! - [`engine`]: the state and every change to it;
+//! - [`engine`]: the state and every change to it (policy lifecycle,
+//!   probation and rollback, start, cgroup sync, bound ports, host
+//!   addresses, status), one module per job;
 //! - [`state`]: the state directory, where the last good policy is saved;
 //! - [`addr_watch`]: notifications of this host's address changes;
 //! - [`flows`]: the verdict event history;
@@ -41,10 +43,8 @@ use crate::api::{Access, Group, Reply, Request, Response, Server};
 use crate::cgroups::{self, CgroupWatcher, Discovery, WatchOptions};
 use crate::compile::CompiledPolicy;
 use crate::config::Settings;
-use crate::dataplane::{
-    Dataplane, DataplaneOptions, EventReader, FailsafePort, RegistrationLimits, UnmanagedMode,
-};
-use engine::{Candidate, EmptyPolicy, Engine, Trigger};
+use crate::dataplane::{Dataplane, DataplaneOptions, EventReader, RegistrationLimits};
+use engine::{Candidate, EmptyPolicy, Engine, EngineError, Outcome, Trigger};
 use flows::{FlowFilter, FlowHistory};
 use status::StatusBoard;
 
@@ -60,14 +60,6 @@ pub fn uninstall(settings: &Settings) -> anyhow::Result<()> {
     // The root itself, when nothing else lives there.
     let _ = std::fs::remove_dir(&settings.bpffs);
     Ok(())
-}
-
-fn unmanaged_mode(settings: &Settings) -> UnmanagedMode {
-    match settings.unmanaged {
-        crate::config::Unmanaged::Allow => UnmanagedMode::Allow,
-        crate::config::Unmanaged::Audit => UnmanagedMode::Audit,
-        crate::config::Unmanaged::Deny => UnmanagedMode::Deny,
-    }
 }
 
 fn notify(states: &[sd_notify::NotifyState]) {
@@ -109,17 +101,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             settings.bpffs.display()
         )
     })?;
-    dataplane.set_unmanaged(unmanaged_mode(&settings))?;
-    let failsafe: Vec<FailsafePort> = settings
-        .failsafe
-        .0
-        .iter()
-        .map(|p| FailsafePort {
-            protocol: p.protocol,
-            port: p.port,
-        })
-        .collect();
-    dataplane.set_failsafe(&failsafe)?;
+    dataplane.set_unmanaged(settings.unmanaged)?;
+    dataplane.set_failsafe(&settings.failsafe.0)?;
     // Cgroups are registered in the kernel at their creation from now on,
     // whether this process runs or not. Without it (no kernel BTF, a
     // kernel older than 5.17) enforcement still works, with a window
@@ -437,18 +420,18 @@ impl Shared {
     /// `install` under it.
     async fn load<R>(
         &self,
-        compile: impl FnOnce() -> Result<Candidate, Vec<String>> + Send + 'static,
-        install: impl FnOnce(&mut Engine, Result<Candidate, Vec<String>>) -> R,
+        compile: impl FnOnce() -> Result<Candidate, EngineError> + Send + 'static,
+        install: impl FnOnce(&mut Engine, Result<Candidate, EngineError>) -> R,
     ) -> R {
         let _in_order = self.loads.lock().await;
         let candidate = tokio::task::spawn_blocking(compile)
             .await
-            .unwrap_or_else(|e| Err(vec![format!("compiling the policy failed: {e}")]));
+            .unwrap_or_else(|e| Err(EngineError::CompileTaskFailed(e)));
         self.change(|engine| install(engine, candidate)).await
     }
 
     /// Load the configured policy directory (SIGHUP, file changes).
-    async fn load_dir(&self, trigger: Trigger, dir: &Path) -> Result<engine::Outcome, Vec<String>> {
+    async fn load_dir(&self, trigger: Trigger, dir: &Path) -> Result<Outcome, EngineError> {
         let read = dir.to_path_buf();
         self.load(
             move || Candidate::from_dir(&read, SystemTime::now()),
@@ -534,7 +517,9 @@ impl crate::api::Handler for ApiHandler {
                         rollback_at: o.rollback_at.map(crate::rfc3339::format_millis),
                         warnings: o.warnings,
                     },
-                    Err(errors) => Response::Rejected { errors },
+                    Err(error) => Response::Rejected {
+                        errors: error.messages(),
+                    },
                 })
             }
             Request::Confirm => {
@@ -544,7 +529,9 @@ impl crate::api::Handler for ApiHandler {
                     Ok(generation) => Response::Confirmed {
                         generation: u64::from(generation),
                     },
-                    Err(message) => Response::Error { message },
+                    Err(error) => Response::Error {
+                        message: error.joined(),
+                    },
                 })
             }
             Request::Status => {

@@ -9,6 +9,7 @@ use std::sync::{Arc, RwLock};
 
 use enforcer_common::verdict::Action;
 
+use super::engine::with_cause;
 use super::integrity::IntegrityBook;
 use crate::api::StatusReport;
 use crate::api::proto::VerdictCounters;
@@ -73,13 +74,17 @@ impl StatusBoard {
 
 /// Fill in the per-workload counters, `lost_events` and the registration
 /// counters of `report`: three lookups per workload, and one for the
-/// global counters.
+/// global counters. A lookup that fails leaves its counter at 0, and is
+/// logged and reported in `read_errors` (once per kind, with the number
+/// of lookups that failed), so that a 0 read as a value is never a guess.
 fn with_counters(report: &mut StatusReport, reader: &CounterReader) {
-    let mut failed = None;
+    let mut failed = 0usize;
+    let mut last_error = None;
     for w in &mut report.workloads {
         let mut count = |action| {
             reader.counter(w.identity, action).unwrap_or_else(|e| {
-                failed = Some(e);
+                failed += 1;
+                last_error = Some(e);
                 0
             })
         };
@@ -89,8 +94,12 @@ fn with_counters(report: &mut StatusReport, reader: &CounterReader) {
             audit: count(Action::Audit as u8),
         };
     }
-    if let Some(e) = failed {
-        tracing::warn!(error = %e, "cannot read the verdict counters");
+    if let Some(e) = last_error {
+        tracing::warn!(error = %e, failed, "cannot read the verdict counters");
+        report.read_errors.push(format!(
+            "verdict counters: {failed} lookups failed, shown as 0: {}",
+            with_cause(&e)
+        ));
     }
     match reader.global_counters() {
         Ok(global) => {
@@ -100,6 +109,12 @@ fn with_counters(report: &mut StatusReport, reader: &CounterReader) {
             registration.refused = global.registrations_refused;
             registration.overflows = global.match_overflows;
         }
-        Err(e) => tracing::warn!(error = %e, "cannot read the global counters"),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the global counters");
+            report.read_errors.push(format!(
+                "global counters (lost events, cgroups registered at creation): shown as 0: {}",
+                with_cause(&e)
+            ));
+        }
     }
 }
