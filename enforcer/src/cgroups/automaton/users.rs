@@ -11,29 +11,14 @@ impl std::fmt::Display for UnitUser {
     }
 }
 
-/// A user's uid on this host, from the password database.
+/// A user's uid on this host, from the password database. A user the
+/// database does not have, or cannot be asked about, is no user here.
 pub fn uid_of_user(user: &UnitUser) -> Option<u32> {
     match user {
         UnitUser::Uid(uid) => Some(*uid),
-        UnitUser::Name(name) => {
-            let c_name = std::ffi::CString::new(name.as_str()).ok()?;
-            let mut buffer = vec![0 as libc::c_char; 16 * 1024];
-            // SAFETY: all-zero is a valid `struct passwd` (integers and
-            // null pointers).
-            let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
-            let mut result: *mut libc::passwd = std::ptr::null_mut();
-            // SAFETY: every pointer is valid for the call, and the length
-            // passed is the buffer's.
-            let rc = unsafe {
-                libc::getpwnam_r(
-                    c_name.as_ptr(),
-                    &mut entry,
-                    buffer.as_mut_ptr(),
-                    buffer.len(),
-                    &mut result,
-                )
-            };
-            (rc == 0 && !result.is_null()).then_some(entry.pw_uid)
-        }
+        UnitUser::Name(name) => nix::unistd::User::from_name(name)
+            .ok()
+            .flatten()
+            .map(|user| user.uid.as_raw()),
     }
 }
