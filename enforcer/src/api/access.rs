@@ -10,14 +10,14 @@
 //! connection and decide the role, so a widened mode, a filesystem without
 //! ACLs or a socket passed to another process does not widen access.
 
-use std::ffi::CString;
 use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+use rustix::fs::XattrFlags;
+use rustix::io::Errno;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -90,8 +90,7 @@ pub struct Access {
 impl Access {
     /// Root and the current effective user as admins, plus the groups.
     pub fn new(read_group: Option<Group>, admin_group: Option<Group>) -> Access {
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        let owner_uid = unsafe { libc::geteuid() };
+        let owner_uid = rustix::process::geteuid().as_raw();
         Access {
             owner_uid,
             read_group,
@@ -225,27 +224,15 @@ pub fn gate_socket(path: &Path, gids: &[u32]) -> io::Result<SocketGate> {
     if gids.is_empty() {
         return Ok(SocketGate::OwnerOnly);
     }
-    let c_path = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
     let acl = access_acl(gids);
-    // SAFETY: valid C strings and a buffer of the given length.
-    let rc = unsafe {
-        libc::setxattr(
-            c_path.as_ptr(),
-            c"system.posix_acl_access".as_ptr(),
-            acl.as_ptr().cast(),
-            acl.len(),
-            0,
-        )
-    };
-    if rc == 0 {
-        return Ok(SocketGate::Acl);
+    match rustix::fs::setxattr(path, "system.posix_acl_access", &acl, XattrFlags::empty()) {
+        Ok(()) => Ok(SocketGate::Acl),
+        Err(Errno::OPNOTSUPP) => {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+            Ok(SocketGate::Open)
+        }
+        Err(errno) => Err(errno.into()),
     }
-    let err = io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::EOPNOTSUPP) {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
-        return Ok(SocketGate::Open);
-    }
-    Err(err)
 }
 
 /// The kernel's `system.posix_acl_access` value (`posix_acl_xattr_header`
@@ -280,38 +267,14 @@ pub fn resolve_group(name: &str) -> Result<u32, AccessError> {
     if let Ok(gid) = name.parse::<u32>() {
         return Ok(gid);
     }
-    let c_name = CString::new(name).map_err(|_| AccessError::UnknownGroup(name.to_owned()))?;
-    let mut buffer = vec![0 as libc::c_char; 16 * 1024];
-    loop {
-        // SAFETY: all-zero is a valid `struct group` (integers and null
-        // pointers).
-        let mut group: libc::group = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::group = std::ptr::null_mut();
-        // SAFETY: every pointer is valid for the call; getgrnam_r writes
-        // the strings into `buffer`, whose length is passed.
-        let rc = unsafe {
-            libc::getgrnam_r(
-                c_name.as_ptr(),
-                &mut group,
-                buffer.as_mut_ptr(),
-                buffer.len(),
-                &mut result,
-            )
-        };
-        if rc == libc::ERANGE && buffer.len() < 1 << 20 {
-            buffer.resize(buffer.len() * 4, 0);
-            continue;
-        }
-        if rc != 0 {
-            return Err(AccessError::Lookup {
-                name: name.to_owned(),
-                source: io::Error::from_raw_os_error(rc),
-            });
-        }
-        if result.is_null() {
-            return Err(AccessError::UnknownGroup(name.to_owned()));
-        }
-        return Ok(group.gr_gid);
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(group)) => Ok(group.gid.as_raw()),
+        // A name with a NUL byte names no group either.
+        Ok(None) => Err(AccessError::UnknownGroup(name.to_owned())),
+        Err(errno) => Err(AccessError::Lookup {
+            name: name.to_owned(),
+            source: errno.into(),
+        }),
     }
 }
 

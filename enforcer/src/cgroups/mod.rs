@@ -10,6 +10,8 @@
 //!   bounded, skipping (and reporting) what it cannot walk;
 //! - [`discovery`]: what the walks could not see and whether rescans
 //!   fail, for `status`, the metrics and rate-limited logs;
+//! - [`automaton`]: workload selectors as an automaton over cgroup path
+//!   segments, the one the kernel's cgroup tracer runs too;
 //! - [`resolve`]: workload selectors to matched cgroups;
 //! - [`sockets`]: ports bound before the daemon started, with their
 //!   owners' cgroups;

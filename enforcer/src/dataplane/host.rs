@@ -3,8 +3,11 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::AsRawFd as _,
     path::PathBuf,
 };
+
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
 
 use super::error::{DataplaneError, Result};
 
@@ -30,37 +33,17 @@ impl HostAddrs {
 
     /// Every address configured on an interface of this network namespace.
     pub fn from_system() -> Result<HostAddrs> {
-        let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-        // SAFETY: getifaddrs fills `head` with a list we free below.
-        if unsafe { libc::getifaddrs(&mut head) } != 0 {
-            return Err(DataplaneError::UnableToListAddresses(
-                std::io::Error::last_os_error(),
-            ));
-        }
-        let mut addrs = Vec::new();
-        let mut cur = head;
-        while !cur.is_null() {
-            // SAFETY: `cur` is a node of the list returned by getifaddrs.
-            let ifa = unsafe { &*cur };
-            if !ifa.ifa_addr.is_null() {
-                // SAFETY: ifa_addr points to a sockaddr of the family it names.
-                let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
-                if family == libc::AF_INET {
-                    // SAFETY: the family says this is a sockaddr_in.
-                    let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-                    addrs.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(
-                        sin.sin_addr.s_addr,
-                    ))));
-                } else if family == libc::AF_INET6 {
-                    // SAFETY: the family says this is a sockaddr_in6.
-                    let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
-                    addrs.push(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
-                }
-            }
-            cur = ifa.ifa_next;
-        }
-        // SAFETY: `head` came from getifaddrs and is freed once.
-        unsafe { libc::freeifaddrs(head) };
+        let interfaces = nix::ifaddrs::getifaddrs()
+            .map_err(|errno| DataplaneError::UnableToListAddresses(errno.into()))?;
+        let mut addrs: Vec<IpAddr> = interfaces
+            .filter_map(|interface| {
+                let address = interface.address?;
+                address
+                    .as_sockaddr_in()
+                    .map(|v4| IpAddr::V4(v4.ip()))
+                    .or_else(|| address.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
+            })
+            .collect();
         addrs.sort();
         addrs.dedup();
         Ok(HostAddrs { addrs })
@@ -71,32 +54,30 @@ impl HostAddrs {
 /// Linux 5.14), as the programs see it with `bpf_get_netns_cookie`: the
 /// namespace the daemon seeds bound ports for.
 pub fn netns_cookie() -> Result<u64> {
-    /// `SO_NETNS_COOKIE` from the kernel's uapi (not in the libc crate).
-    const SO_NETNS_COOKIE: libc::c_int = 71;
-    // SAFETY: a new socket, closed below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(DataplaneError::UnableToReadNetns(
-            std::io::Error::last_os_error(),
-        ));
-    }
+    let socket = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|errno| DataplaneError::UnableToReadNetns(errno.into()))?;
     let mut cookie = 0u64;
     let mut len = size_of::<u64>() as libc::socklen_t;
+    // nix has no socket option for the cookie.
     // SAFETY: getsockopt writes at most `len` bytes into `cookie`.
     let rc = unsafe {
         libc::getsockopt(
-            fd,
+            socket.as_raw_fd(),
             libc::SOL_SOCKET,
-            SO_NETNS_COOKIE,
+            libc::SO_NETNS_COOKIE,
             std::ptr::from_mut(&mut cookie).cast(),
             &mut len,
         )
     };
-    let error = std::io::Error::last_os_error();
-    // SAFETY: the socket made above, closed once.
-    unsafe { libc::close(fd) };
     if rc != 0 {
-        return Err(DataplaneError::UnableToReadNetns(error));
+        return Err(DataplaneError::UnableToReadNetns(
+            std::io::Error::last_os_error(),
+        ));
     }
     Ok(cookie)
 }
