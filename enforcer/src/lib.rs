@@ -15,6 +15,7 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod diff;
+pub mod duration;
 pub mod eval;
 pub mod policy;
 pub mod rfc3339;

@@ -26,7 +26,7 @@ pub struct Args {
     pub dir: PathBuf,
     /// Roll back automatically unless `enforcer confirm` follows within
     /// this time (e.g. 90s, 2m).
-    #[arg(long, value_name = "DURATION", value_parser = crate::daemon::duration::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse_duration)]
     pub confirm: Option<Duration>,
     /// Apply a policy set with no workload even while a policy with
     /// workloads is enforced: that stops enforcing all of them.

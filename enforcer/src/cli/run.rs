@@ -43,10 +43,10 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub max_connections_per_user: Option<usize>,
     /// Close an API connection with no request for this long [default: 60s].
-    #[arg(long, value_name = "DURATION", value_parser = crate::daemon::duration::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse_duration)]
     pub idle_timeout: Option<std::time::Duration>,
     /// Time to send a request once begun, and to take each answer [default: 10s].
-    #[arg(long, value_name = "DURATION", value_parser = crate::daemon::duration::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse_duration)]
     pub request_timeout: Option<std::time::Duration>,
     /// Processes in no workload: allow, audit or deny [default: allow].
     #[arg(long, value_name = "MODE")]

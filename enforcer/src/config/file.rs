@@ -26,7 +26,7 @@ impl<'de> Deserialize<'de> for ConfigDuration {
         }
         match Raw::deserialize(d)? {
             Raw::Seconds(s) => Ok(ConfigDuration(std::time::Duration::from_secs(s))),
-            Raw::Text(t) => crate::daemon::duration::parse_duration(&t)
+            Raw::Text(t) => crate::duration::parse_duration(&t)
                 .map(ConfigDuration)
                 .map_err(serde::de::Error::custom),
         }

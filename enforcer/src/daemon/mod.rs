@@ -17,7 +17,6 @@
 //!   to wall-clock time.
 
 mod addr_watch;
-pub mod duration;
 pub mod engine;
 pub mod flows;
 pub mod integrity;
