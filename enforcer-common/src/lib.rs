@@ -22,6 +22,7 @@
 #![no_std]
 
 pub mod cgroup_match;
+pub mod map_names;
 pub mod packet;
 
 /// Bumped whenever a map's key or value layout changes. Pins live under a
@@ -220,7 +221,7 @@ pub struct Config {
     pub jiffies_per_second: u16,
 }
 
-/// Which policy a policy slot holds, one per slot in [`maps::SLOT_POLICIES`]
+/// Which policy a policy slot holds, one per slot in [`map_names::SLOT_POLICIES`]
 /// (index = slot). Written by the daemon with each policy it writes into a
 /// slot, never read by the programs: it tells a restarted daemon what the
 /// kernel enforces, which the pins keep across a restart (not a reboot).
@@ -235,7 +236,7 @@ pub struct SlotPolicy {
     pub applied_unix_ms: u64,
 }
 
-/// How many entries [`maps::SLOT_POLICIES`] has: one per policy slot.
+/// How many entries [`map_names::SLOT_POLICIES`] has: one per policy slot.
 pub const POLICY_SLOTS: u32 = 2;
 
 /// Key of the failsafe map: inbound (protocol, local port) pairs that stay
@@ -379,7 +380,7 @@ pub struct FlowValue {
 
 /// A verdict that `connect4|6` or `sendmsg4|6` reached for a destination
 /// outside this host and allowed, kept in a cache shared by every CPU
-/// ([`maps::CACHED_VERDICTS`]). The next connection (or datagram) from the
+/// ([`map_names::CACHED_VERDICTS`]). The next connection (or datagram) from the
 /// same cgroup to the same destination, under the same policy generation,
 /// skips the judgement; and every packet of a TCP connection that
 /// `connect()` opened is recognised by it, so that such a connection needs
@@ -426,7 +427,7 @@ pub fn ipv4_unmapped(family: u8, addr: [u32; 4]) -> (u8, [u32; 4]) {
     }
 }
 
-/// Slots of [`maps::CACHED_VERDICTS`] (a power of two): destinations
+/// Slots of [`map_names::CACHED_VERDICTS`] (a power of two): destinations
 /// (per cgroup) that keep their verdict at once, before two of them are
 /// likely to share a slot.
 pub const CACHED_VERDICT_SLOTS: u32 = 4096;
@@ -563,7 +564,7 @@ pub const GLOBAL_COUNTER_NEW_FLOWS: u32 = 2;
 /// Number of packets dropped.
 pub const GLOBAL_COUNTER_DROPPED: u32 = 3;
 /// Number of connections and datagrams that `connect4|6` or `sendmsg4|6`
-/// allowed from [`maps::CACHED_VERDICTS`] without judging them.
+/// allowed from [`map_names::CACHED_VERDICTS`] without judging them.
 pub const GLOBAL_COUNTER_CACHED_VERDICTS: u32 = 4;
 /// Number of cgroups the tracer registered in a policy slot at their
 /// creation (a cgroup registered in both slots counts twice).
@@ -587,81 +588,23 @@ pub const MAX_BOUND_PORTS: u32 = 65_536;
 pub const MAX_FAILSAFE_PORTS: u32 = 64;
 pub const MAX_COUNTERS: u32 = 16_384;
 /// Local identities (`host` and the first workloads) below this are counted
-/// in the per-CPU array [`maps::WORKLOAD_COUNTERS`] at index
+/// in the per-CPU array [`map_names::WORKLOAD_COUNTERS`] at index
 /// `identity * COUNTER_ACTIONS + action`: a direct index per packet instead
-/// of a hash lookup. Higher identities are counted in [`maps::COUNTERS`].
+/// of a hash lookup. Higher identities are counted in [`map_names::COUNTERS`].
 pub const COUNTED_IDENTITIES: u32 = 1024;
-/// Action slots per identity in [`maps::WORKLOAD_COUNTERS`].
+/// Action slots per identity in [`map_names::WORKLOAD_COUNTERS`].
 pub const COUNTER_ACTIONS: u32 = 4;
 pub const WORKLOAD_COUNTER_SLOTS: u32 = COUNTED_IDENTITIES * COUNTER_ACTIONS;
 pub const EVENTS_RING_BYTES: u32 = 1 << 20;
 
-/// Words of [`maps::TCP_BOUND_PORT_BITS`]: one bit per TCP port.
+/// Words of [`map_names::TCP_BOUND_PORT_BITS`]: one bit per TCP port.
 pub const TCP_BOUND_PORT_WORDS: u32 = 65_536 / 64;
 
-/// The word of [`maps::TCP_BOUND_PORT_BITS`] holding a port's bit, and the
+/// The word of [`map_names::TCP_BOUND_PORT_BITS`] holding a port's bit, and the
 /// bit.
 #[inline(always)]
 pub const fn tcp_bound_port_bit(port: u16) -> (u32, u64) {
     ((port >> 6) as u32, 1 << (port & 63))
-}
-
-/// Map names, as the kernel program declares them and the loader pins them.
-pub mod maps {
-    pub const CONFIG: &str = "CONFIG";
-    pub const CGROUPS: [&str; 2] = ["CGROUPS_0", "CGROUPS_1"];
-    pub const ADDR4: [&str; 2] = ["ADDR4_0", "ADDR4_1"];
-    pub const ADDR6: [&str; 2] = ["ADDR6_0", "ADDR6_1"];
-    pub const VERDICTS: [&str; 2] = ["VERDICTS_0", "VERDICTS_1"];
-    pub const FLOWS: &str = "FLOWS";
-    /// Socket-local storage (`BPF_MAP_TYPE_SK_STORAGE`) of
-    /// [`super::FlowValue`]: the flow of a connected TCP socket whose
-    /// packets were judged (not one that the verdict cache recognises).
-    pub const SOCKET_FLOWS: &str = "SOCKET_FLOWS";
-    pub const BOUND_PORTS: &str = "BOUND_PORTS";
-    /// Array of [`super::TCP_BOUND_PORT_WORDS`] words, memory-mappable: a
-    /// bit per TCP port, set while `BOUND_PORTS` holds the port. The
-    /// per-packet path's test for a listener's port: a hash lookup of each
-    /// new connection's port would be a cache miss per packet.
-    pub const TCP_BOUND_PORT_BITS: &str = "TCP_BOUND_PORT_BITS";
-    /// Socket-local storage of [`super::BoundPortKey`]: which port a
-    /// socket bound, so that `sock_release` (which cannot read the socket's
-    /// port) can forget it, and the per-packet path can tell a socket that
-    /// bound its own port from one a listener accepted.
-    pub const SOCKET_BINDS: &str = "SOCKET_BINDS";
-    pub const FAILSAFE: &str = "FAILSAFE";
-    pub const EVENTS: &str = "EVENTS";
-    pub const COUNTERS: &str = "COUNTERS";
-    /// Per-CPU array of packets per (identity, action) for identities below
-    /// [`super::COUNTED_IDENTITIES`].
-    pub const WORKLOAD_COUNTERS: &str = "WORKLOAD_COUNTERS";
-    pub const GLOBAL_COUNTERS: &str = "GLOBAL_COUNTERS";
-    /// Array of [`super::CachedVerdict`], shared by every CPU: recent
-    /// verdicts of `connect4|6` and `sendmsg4|6` that allowed a remote
-    /// destination.
-    pub const CACHED_VERDICTS: &str = "CACHED_VERDICTS";
-    /// The cgroup tracer's settings ([`super::cgroup_match::Registration`]).
-    pub const REGISTRATION: &str = "REGISTRATION";
-    /// Cgroup id -> [`super::cgroup_match::CgroupMatch`]: the automaton
-    /// states of each cgroup that can lead its children to a workload.
-    pub const CGROUP_MATCH: &str = "CGROUP_MATCH";
-    /// `slot * MAX_MATCH_STATES + state id` ->
-    /// [`super::cgroup_match::MatchState`].
-    pub const MATCH_STATES: &str = "MATCH_STATES";
-    /// [`super::cgroup_match::ExactKey`] -> next state.
-    pub const MATCH_EXACT: &str = "MATCH_EXACT";
-    /// `slot * MAX_MATCH_GLOBS + index` -> [`super::cgroup_match::GlobRule`].
-    pub const MATCH_GLOBS: &str = "MATCH_GLOBS";
-    /// Per slot: workload identity -> how many `CGROUPS` entries it has
-    /// (the tracer's quota).
-    pub const REGISTERED_CGROUPS: [&str; 2] = ["REGISTERED_CGROUPS_0", "REGISTERED_CGROUPS_1"];
-    /// How many `CGROUP_MATCH` entries are of delegated cgroups.
-    pub const DELEGATED_MATCHES: &str = "DELEGATED_MATCHES";
-    /// The tracer's per-CPU scratch space (a cgroup name, a loop's state).
-    pub const MATCH_SCRATCH: &str = "MATCH_SCRATCH";
-    /// Array of [`super::SlotPolicy`], one per policy slot: the content
-    /// hash of the policy each slot holds.
-    pub const SLOT_POLICIES: &str = "SLOT_POLICIES";
 }
 
 #[cfg(feature = "user")]

@@ -7,14 +7,14 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use aya::maps::MapData;
-use enforcer_common::{TCP_BOUND_PORT_WORDS, maps, tcp_bound_port_bit};
+use enforcer_common::{TCP_BOUND_PORT_WORDS, map_names, tcp_bound_port_bit};
 
 use super::{error::Result, shared_array::SharedArray};
 
 fn mapping(map: &MapData) -> Result<SharedArray<AtomicU64>> {
     SharedArray::new(
         map,
-        maps::TCP_BOUND_PORT_BITS,
+        map_names::TCP_BOUND_PORT_BITS,
         TCP_BOUND_PORT_WORDS as usize,
     )
 }
