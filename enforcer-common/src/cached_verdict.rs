@@ -5,7 +5,7 @@ use crate::identity::Identity;
 
 /// A verdict that `connect4|6` or `sendmsg4|6` reached for a destination
 /// outside this host and allowed, kept in a cache shared by every CPU
-/// ([`crate::maps::CACHED_VERDICTS`]). The next connection (or datagram)
+/// ([`crate::map_names::CACHED_VERDICTS`]). The next connection (or datagram)
 /// from the same cgroup to the same destination, under the same policy
 /// generation, skips the judgement; and every packet of a TCP connection
 /// that `connect()` opened is recognised by it, so that such a connection
@@ -54,7 +54,7 @@ pub fn ipv4_unmapped(family: u8, addr: [u32; 4]) -> (u8, [u32; 4]) {
     }
 }
 
-/// Slots of [`crate::maps::CACHED_VERDICTS`] (a power of two): destinations
+/// Slots of [`crate::map_names::CACHED_VERDICTS`] (a power of two): destinations
 /// (per cgroup) that keep their verdict at once, before two of them are
 /// likely to share a slot.
 pub const CACHED_VERDICT_SLOTS: u32 = 4096;

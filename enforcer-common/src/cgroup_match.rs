@@ -6,7 +6,7 @@
 //! states follow from its parent's states and its own name, and reaching an
 //! *accepting* state makes the child a workload's own cgroup. The daemon
 //! computes the states of the cgroups that exist and writes them into
-//! [`maps::CGROUP_MATCH`](crate::maps::CGROUP_MATCH); the tracer on
+//! [`map_names::CGROUP_MATCH`](crate::map_names::CGROUP_MATCH); the tracer on
 //! `cgroup_mkdir` extends them to every cgroup created later, whether the
 //! daemon runs or not. Both sides take a step with the functions of this
 //! module, so they cannot disagree on what a name matches.
@@ -50,7 +50,7 @@ pub const NAME_WORDS: usize = 32;
 pub const MAX_COUNTED_WORKLOADS: u32 = 65_536;
 
 /// [`MatchState::flags`]: the state has transitions by exact name in
-/// [`maps::MATCH_EXACT`](crate::maps::MATCH_EXACT).
+/// [`map_names::MATCH_EXACT`](crate::map_names::MATCH_EXACT).
 pub const STATE_HAS_EXACT: u8 = 1;
 /// [`MatchState::flags`]: its transitions may be taken from a delegated
 /// cgroup (inside a user manager's tree, or a `delegated = true` pattern).
@@ -79,7 +79,7 @@ pub struct KernelOffsets {
     pub kn_name: u32,
 }
 
-/// The tracer's settings ([`maps::REGISTRATION`](crate::maps::REGISTRATION),
+/// The tracer's settings ([`map_names::REGISTRATION`](crate::map_names::REGISTRATION),
 /// one entry), written by the loader before it attaches the tracer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -95,14 +95,14 @@ pub struct Registration {
     /// creates cgroups, who must not be able to make one collide with a
     /// name a policy selects.
     pub name_key: [u64; 2],
-    /// The most [`maps::CGROUP_MATCH`](crate::maps::CGROUP_MATCH) entries
+    /// The most [`map_names::CGROUP_MATCH`](crate::map_names::CGROUP_MATCH) entries
     /// of delegated cgroups, so that users with delegated trees cannot
     /// fill the table that system units need.
     pub max_delegated_matches: u32,
     pub _pad: u32,
 }
 
-/// One automaton state of one slot ([`maps::MATCH_STATES`](crate::maps::MATCH_STATES),
+/// One automaton state of one slot ([`map_names::MATCH_STATES`](crate::map_names::MATCH_STATES),
 /// indexed by state id).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -163,7 +163,7 @@ pub struct GlobRule {
 }
 
 /// What is known about one cgroup for matching its children
-/// ([`maps::CGROUP_MATCH`](crate::maps::CGROUP_MATCH), keyed by cgroup id).
+/// ([`map_names::CGROUP_MATCH`](crate::map_names::CGROUP_MATCH), keyed by cgroup id).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CgroupMatch {

@@ -24,7 +24,7 @@ pub struct Config {
 }
 
 /// Which policy a policy slot holds, one per slot in
-/// [`crate::maps::SLOT_POLICIES`] (index = slot). Written by the daemon with
+/// [`crate::map_names::SLOT_POLICIES`] (index = slot). Written by the daemon with
 /// each policy it writes into a slot, never read by the programs: it tells a
 /// restarted daemon what the kernel enforces, which the pins keep across a
 /// restart (not a reboot).
@@ -39,7 +39,7 @@ pub struct SlotPolicy {
     pub applied_unix_ms: u64,
 }
 
-/// How many entries [`crate::maps::SLOT_POLICIES`] has: one per policy slot.
+/// How many entries [`crate::map_names::SLOT_POLICIES`] has: one per policy slot.
 pub const POLICY_SLOTS: u32 = 2;
 
 #[cfg(feature = "user")]

@@ -23,7 +23,7 @@ pub const GLOBAL_COUNTER_NEW_FLOWS: u32 = 2;
 /// Number of packets dropped.
 pub const GLOBAL_COUNTER_DROPPED: u32 = 3;
 /// Number of connections and datagrams that `connect4|6` or `sendmsg4|6`
-/// allowed from [`crate::maps::CACHED_VERDICTS`] without judging them.
+/// allowed from [`crate::map_names::CACHED_VERDICTS`] without judging them.
 pub const GLOBAL_COUNTER_CACHED_VERDICTS: u32 = 4;
 /// Number of cgroups the tracer registered in a policy slot at their
 /// creation (a cgroup registered in both slots counts twice).
@@ -39,14 +39,14 @@ pub const GLOBAL_COUNTER_MATCH_OVERFLOWS: u32 = 7;
 pub const GLOBAL_COUNTERS: u32 = 8;
 
 /// Local identities (`host` and the first workloads) below this are counted
-/// in the per-CPU array [`crate::maps::WORKLOAD_COUNTERS`] at index
+/// in the per-CPU array [`crate::map_names::WORKLOAD_COUNTERS`] at index
 /// `identity * COUNTER_ACTIONS + action`: a direct index per packet instead
 /// of a hash lookup. Higher identities are counted in
-/// [`crate::maps::COUNTERS`].
+/// [`crate::map_names::COUNTERS`].
 pub const COUNTED_IDENTITIES: u32 = 1024;
-/// Action slots per identity in [`crate::maps::WORKLOAD_COUNTERS`].
+/// Action slots per identity in [`crate::map_names::WORKLOAD_COUNTERS`].
 pub const COUNTER_ACTIONS: u32 = 4;
-/// Slots of [`crate::maps::WORKLOAD_COUNTERS`].
+/// Slots of [`crate::map_names::WORKLOAD_COUNTERS`].
 pub const WORKLOAD_COUNTER_SLOTS: u32 = COUNTED_IDENTITIES * COUNTER_ACTIONS;
 
 #[cfg(feature = "user")]

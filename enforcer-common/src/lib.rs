@@ -43,7 +43,7 @@ pub mod event;
 pub mod flow;
 pub mod identity;
 pub mod layout;
-pub mod maps;
+pub mod map_names;
 pub mod packet;
 pub mod ports;
 pub mod protocol;

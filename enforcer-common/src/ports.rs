@@ -40,10 +40,10 @@ pub struct BoundPort {
     pub cookie: u64,
 }
 
-/// Words of [`crate::maps::TCP_BOUND_PORT_BITS`]: one bit per TCP port.
+/// Words of [`crate::map_names::TCP_BOUND_PORT_BITS`]: one bit per TCP port.
 pub const TCP_BOUND_PORT_WORDS: u32 = 65_536 / 64;
 
-/// The word of [`crate::maps::TCP_BOUND_PORT_BITS`] holding a port's bit,
+/// The word of [`crate::map_names::TCP_BOUND_PORT_BITS`] holding a port's bit,
 /// and the bit.
 #[inline(always)]
 pub const fn tcp_bound_port_bit(port: u16) -> (u32, u64) {

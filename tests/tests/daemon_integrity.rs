@@ -1,6 +1,6 @@
 //! Tamper detection and repair: a running daemon keeps its links attached
-//! and its pins its own (link pins removed, links force-detached with
-//! `bpftool link detach`), and a daemon starting on pinned maps of the
+//! and its pins its own (link and map pins removed, links force-detached
+//! with `bpftool link detach`), and a daemon starting on pinned maps of the
 //! wrong shape replaces them with fresh ones and enforces its policy in
 //! full. Real daemons, real connections.
 
@@ -126,6 +126,63 @@ fn removed_link_pins_detach_nothing_and_are_pinned_again() {
     // The pins hold the real links: without the daemon they still enforce.
     daemon.kill9();
     assert_enforcing(&web, &allowed, &denied, &daemon);
+}
+
+/// The kernel id of the map pinned at `pin`, if a map is pinned there.
+fn pinned_map_id(pin: &Path) -> Option<u64> {
+    if !pin.exists() {
+        return None;
+    }
+    bpftool_json(&["map", "show", "pinned", pin.to_str().expect("UTF-8 path")])["id"].as_u64()
+}
+
+#[test]
+fn removed_map_pins_are_pinned_again_with_the_same_maps() {
+    let _root = privileged!();
+    let root = CgroupGuard::new().expect("cgroup");
+    let web = root.child("web").expect("web cgroup");
+    let (allowed, denied, policies) = servers_and_web_policy();
+    let mut daemon = Daemon::start(&root, &policies.0);
+    let maps = daemon.bpffs.join(LAYOUT_DIR);
+    let pins: Vec<(PathBuf, u64)> = ["FLOWS", "SOCKET_FLOWS", "MANIFEST"]
+        .iter()
+        .map(|name| {
+            let pin = maps.join(name);
+            let id = pinned_map_id(&pin).expect("a pinned map");
+            (pin, id)
+        })
+        .collect();
+    for (pin, _) in &pins {
+        std::fs::remove_file(pin).expect("remove a map pin");
+    }
+    assert!(
+        Daemon::eventually(REPAIR_WITHIN, || pins
+            .iter()
+            .all(|(pin, id)| pinned_map_id(pin) == Some(*id))),
+        "the map pins are not back with their maps within {REPAIR_WITHIN:?}\n{}",
+        daemon.log()
+    );
+    let status = daemon.status();
+    assert!(status.integrity.ok, "{:?}", status.integrity);
+    let log = daemon.log();
+    for name in ["FLOWS", "SOCKET_FLOWS", "MANIFEST"] {
+        assert!(
+            log.contains(&format!(
+                "integrity: map pin {name} restored (it was removed)"
+            )),
+            "no repair of {name} logged:\n{log}"
+        );
+    }
+
+    // The restored set, manifest included, is adopted by the next daemon.
+    daemon.terminate();
+    daemon.restart();
+    assert_enforcing(&web, &allowed, &denied, &daemon);
+    let log = daemon.log();
+    assert!(!log.contains("the pinned maps are not adopted"), "{log}");
+    for (pin, id) in &pins {
+        assert_eq!(pinned_map_id(pin), Some(*id), "{}", pin.display());
+    }
 }
 
 #[test]

@@ -11,32 +11,52 @@
 
 use std::{
     io,
-    os::fd::{AsFd as _, BorrowedFd, OwnedFd},
+    os::fd::AsFd as _,
     path::{Path, PathBuf},
 };
 
 use aya::{
     Ebpf,
-    maps::{Map, MapData},
+    maps::{Array, Map, MapData, MapError},
 };
 use aya_obj::generated::bpf_map_type;
-use enforcer_common::layout::LAYOUT_VERSION;
+use enforcer_common::{layout::LAYOUT_VERSION, map_names::ALL};
 
 use super::{
-    ALL_MAPS,
-    bpf_sys::{self, MapShape, ObjectKind},
+    bpf_sys::{self, ObjectKind},
     error::{DataplaneError, Result},
-    pin,
+    pins::{self, MANIFEST, PinDir},
 };
 
-/// The name of the manifest pinned beside the maps.
-pub(crate) const MANIFEST: &str = "MANIFEST";
-
 /// The manifest: slot 0 the layout version, slot `1 + i` the id of
-/// `ALL_MAPS[i]`.
-const MANIFEST_SLOTS: u32 = 1 + ALL_MAPS.len() as u32;
+/// `ALL[i]`.
+const MANIFEST_SLOTS: u32 = 1 + ALL.len() as u32;
 
-/// The shape of every map, in `ALL_MAPS` order, as the loader creates it.
+/// The shape of a map, as the kernel reports it (and as the object
+/// defines it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct MapShape {
+    pub(crate) map_type: u32,
+    pub(crate) key_size: u32,
+    pub(crate) value_size: u32,
+    pub(crate) max_entries: u32,
+    pub(crate) flags: u32,
+}
+
+/// A map's id and shape, from the kernel.
+fn map_info(map: &MapData) -> Result<(u32, MapShape), MapError> {
+    let info = map.info()?;
+    let shape = MapShape {
+        map_type: info.map_type()? as u32,
+        key_size: info.key_size(),
+        value_size: info.value_size(),
+        max_entries: info.max_entries(),
+        flags: info.map_flags(),
+    };
+    Ok((info.id(), shape))
+}
+
+/// The shape of every map, in [`ALL`] order, as the loader creates it.
 pub(crate) type Shapes = Vec<(&'static str, MapShape)>;
 
 /// The shapes the compiled object defines, with the adjustments aya's
@@ -45,8 +65,7 @@ pub(crate) type Shapes = Vec<(&'static str, MapShape)>;
 pub(crate) fn expected_shapes(object: &[u8]) -> Result<Shapes> {
     let parsed = aya_obj::Object::parse(object)
         .map_err(|e| DataplaneError::UnableToParseObject(e.to_string()))?;
-    ALL_MAPS
-        .iter()
+    ALL.iter()
         .map(|&name| {
             let def = parsed
                 .maps
@@ -94,7 +113,11 @@ pub(crate) enum Adoption {
 /// What a map pin holds.
 enum Pinned {
     Absent,
-    Map { id: u32, shape: MapShape },
+    Map {
+        id: u32,
+        shape: MapShape,
+        map: MapData,
+    },
     Wrong(String),
 }
 
@@ -105,11 +128,14 @@ fn inspect(path: &Path) -> Pinned {
         Err(e) => return Pinned::Wrong(format!("is not a bpf object ({e})")),
     };
     match bpf_sys::kind(fd.as_fd()) {
-        ObjectKind::Map => match bpf_sys::map_info(fd.as_fd()) {
-            Ok((id, shape)) => Pinned::Map { id, shape },
+        ObjectKind::Map => match MapData::from_fd(fd) {
+            Ok(map) => match map_info(&map) {
+                Ok((id, shape)) => Pinned::Map { id, shape, map },
+                Err(e) => Pinned::Wrong(format!("cannot be read ({e})")),
+            },
             Err(e) => Pinned::Wrong(format!("cannot be read ({e})")),
         },
-        other => Pinned::Wrong(format!("is a bpf {}, not a map", pin::describe(other))),
+        other => Pinned::Wrong(format!("is a bpf {}, not a map", pins::describe(other))),
     }
 }
 
@@ -130,17 +156,17 @@ fn difference(found: &MapShape, expected: &MapShape) -> String {
         .join(", ")
 }
 
-/// Checks the maps pinned in `dir` before the loader adopts them; when
+/// Checks the maps pinned in `pins` before the loader adopts them; when
 /// they fail, removes every map pin and the manifest (each reason is
 /// returned, for the log and `status`). Links are not touched: an
 /// earlier process's programs keep enforcing with the maps they hold
 /// until this process's programs replace them.
-pub(crate) fn vet(dir: &Path, shapes: &Shapes) -> Result<Adoption> {
+pub(crate) fn vet(pins: &PinDir, shapes: &Shapes) -> Result<Adoption> {
     let mut reasons = Vec::new();
     let mut ids = Vec::with_capacity(shapes.len());
     let mut present = 0;
     for (name, expected) in shapes {
-        match inspect(&dir.join(name)) {
+        match inspect(&pins.map_pin(name)) {
             Pinned::Absent => {
                 ids.push(None);
                 reasons.push(format!("{name} is missing"));
@@ -150,7 +176,7 @@ pub(crate) fn vet(dir: &Path, shapes: &Shapes) -> Result<Adoption> {
                 ids.push(None);
                 reasons.push(format!("{name} {why}"));
             }
-            Pinned::Map { id, shape } => {
+            Pinned::Map { id, shape, .. } => {
                 present += 1;
                 ids.push(Some(id));
                 if shape != *expected {
@@ -159,8 +185,7 @@ pub(crate) fn vet(dir: &Path, shapes: &Shapes) -> Result<Adoption> {
             }
         }
     }
-    let manifest_path = dir.join(MANIFEST);
-    let manifest = read_manifest(&manifest_path);
+    let manifest = read_manifest(&pins.manifest_pin());
     if present == 0 && matches!(manifest, Ok(None)) {
         return Ok(Adoption::Fresh);
     }
@@ -192,27 +217,28 @@ pub(crate) fn vet(dir: &Path, shapes: &Shapes) -> Result<Adoption> {
             manifest: matches!(manifest, Ok(Some(_))),
         });
     }
-    remove_set(dir)?;
+    pins.remove_maps()?;
     Ok(Adoption::Replaced { reasons })
 }
 
 /// The manifest's slots, `None` when there is none.
 fn read_manifest(path: &Path) -> Result<Option<Vec<u32>>, String> {
-    let fd = match inspect(path) {
+    let map = match inspect(path) {
         Pinned::Absent => return Ok(None),
         Pinned::Wrong(why) => return Err(why),
         Pinned::Map { shape, .. } if shape != manifest_shape() => {
             return Err(format!("has {}", difference(&shape, &manifest_shape())));
         }
-        Pinned::Map { .. } => {
-            bpf_sys::open_pin(path).map_err(|e| format!("cannot be opened ({e})"))?
-        }
+        Pinned::Map { map, .. } => map,
     };
+    let unreadable = |e: MapError| format!("cannot be read ({e})");
+    let map = Map::from_map_data(map).map_err(unreadable)?;
+    let manifest: Array<&MapData, u32> = Array::try_from(&map).map_err(unreadable)?;
     (0..MANIFEST_SLOTS)
-        .map(|slot| bpf_sys::read_u32(fd.as_fd(), slot))
-        .collect::<io::Result<Vec<u32>>>()
+        .map(|slot| manifest.get(&slot, 0))
+        .collect::<Result<Vec<u32>, MapError>>()
         .map(Some)
-        .map_err(|e| format!("cannot be read ({e})"))
+        .map_err(unreadable)
 }
 
 fn manifest_shape() -> MapShape {
@@ -225,45 +251,40 @@ fn manifest_shape() -> MapShape {
     }
 }
 
-/// Removes every map pin of the set and the manifest.
-fn remove_set(dir: &Path) -> Result<()> {
-    for name in ALL_MAPS.iter().chain(std::iter::once(&MANIFEST)) {
-        let path = dir.join(name);
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(source) => return Err(DataplaneError::UnableToUnpin { path, source }),
-        }
-    }
-    Ok(())
-}
-
 /// A map this process holds, with its pin.
 #[derive(Debug)]
 pub(crate) struct KeptMap {
     pub(crate) name: &'static str,
     pub(crate) path: Option<PathBuf>,
-    pub(crate) fd: OwnedFd,
+    /// A handle of its own (a duplicated descriptor).
+    pub(crate) map: Map,
     pub(crate) id: u32,
 }
 
 /// After loading: checks that every map of `ebpf` has its shape (which
 /// catches a map pinned between [`vet`] and the load, and any difference
 /// between what the loader creates and [`expected_shapes`]), and returns
-/// a descriptor of each, with its pin under `dir` when pinning.
+/// a handle of each, with its pin when pinning.
 pub(crate) fn check_loaded(
     ebpf: &Ebpf,
     shapes: &Shapes,
-    dir: Option<&Path>,
+    pins: Option<&PinDir>,
 ) -> Result<Vec<KeptMap>> {
     shapes
         .iter()
         .map(|&(name, expected)| {
             let map = ebpf.map(name).ok_or(DataplaneError::MissingMap(name))?;
-            let fd = bpf_sys::duplicate(map_fd(map))
+            let fd = map_data(map)
+                .fd()
+                .as_fd()
+                .try_clone_to_owned()
                 .map_err(|source| DataplaneError::UnableToDuplicateMap { name, source })?;
-            let (id, shape) = bpf_sys::map_info(fd.as_fd())
-                .map_err(|source| DataplaneError::UnableToDuplicateMap { name, source })?;
+            let unreadable = |e: MapError| DataplaneError::UnableToReadMap {
+                map: name,
+                source: Box::new(e),
+            };
+            let data = MapData::from_fd(fd).map_err(unreadable)?;
+            let (id, shape) = map_info(&data).map_err(unreadable)?;
             if shape != expected {
                 return Err(DataplaneError::WrongMapShape {
                     map: name,
@@ -272,45 +293,72 @@ pub(crate) fn check_loaded(
             }
             Ok(KeptMap {
                 name,
-                path: dir.map(|d| d.join(name)),
-                fd,
+                path: pins.map(|dir| dir.map_pin(name)),
+                map: Map::from_map_data(data).map_err(unreadable)?,
                 id,
             })
         })
         .collect()
 }
 
-/// Pins the manifest of `maps` in `dir` (keeping an adopted one that
-/// already names them) and returns it, to be watched like the maps.
-pub(crate) fn pin_manifest(dir: &Path, maps: &[KeptMap], adopted: bool) -> Result<KeptMap> {
-    let path = dir.join(MANIFEST);
+/// Pins the manifest of `maps` (keeping an adopted one that already names
+/// them) and returns it, to be watched like the maps.
+pub(crate) fn pin_manifest(pins: &PinDir, maps: &[KeptMap], adopted: bool) -> Result<KeptMap> {
+    let path = pins.manifest_pin();
     let err = |source| DataplaneError::UnableToPinManifest {
         path: path.clone(),
         source,
     };
-    let fd = if adopted {
-        bpf_sys::open_pin(&path).map_err(err)?
+    let map = if adopted {
+        MapData::from_pin(&path).and_then(Map::from_map_data)
     } else {
-        let fd = bpf_sys::create_u32_array(MANIFEST, MANIFEST_SLOTS).map_err(err)?;
-        bpf_sys::write_u32(fd.as_fd(), 0, LAYOUT_VERSION).map_err(err)?;
-        for (slot, map) in (1..).zip(maps) {
-            bpf_sys::write_u32(fd.as_fd(), slot, map.id).map_err(err)?;
-        }
-        pin::put(fd.as_fd(), &path).map_err(err)?;
-        fd
-    };
-    let (id, _) = bpf_sys::map_info(fd.as_fd()).map_err(err)?;
+        new_manifest(maps)
+    }
+    .map_err(|e| err(map_io_error(e)))?;
+    let (id, _) = map_info(map_data(&map)).map_err(|e| err(map_io_error(e)))?;
+    if !adopted {
+        pins::put_map(&map, &path).map_err(err)?;
+    }
     Ok(KeptMap {
         name: MANIFEST,
         path: Some(path.clone()),
-        fd,
+        map,
         id,
     })
 }
 
-/// The descriptor of any map of the object.
-fn map_fd(map: &Map) -> BorrowedFd<'_> {
-    let data: &MapData = match map {
+/// A new manifest naming `maps`.
+fn new_manifest(maps: &[KeptMap]) -> Result<Map, MapError> {
+    let MapShape {
+        map_type,
+        key_size,
+        value_size,
+        max_entries,
+        flags,
+    } = manifest_shape();
+    let definition =
+        aya_obj::Map::new_from_params(map_type, key_size, value_size, max_entries, flags);
+    let mut manifest = Map::Array(MapData::create(definition, MANIFEST, None)?);
+    let mut slots: Array<&mut MapData, u32> = Array::try_from(&mut manifest)?;
+    slots.set(0, LAYOUT_VERSION, 0)?;
+    for (slot, map) in (1..).zip(maps) {
+        slots.set(slot, map.id, 0)?;
+    }
+    Ok(manifest)
+}
+
+/// The I/O error behind a map error, for the errors that carry one.
+fn map_io_error(e: MapError) -> io::Error {
+    match e {
+        MapError::SyscallError(e) => e.io_error,
+        MapError::CreateError { io_error, .. } => io_error,
+        other => io::Error::other(other),
+    }
+}
+
+/// The handle inside any map.
+fn map_data(map: &Map) -> &MapData {
+    match map {
         Map::Array(d)
         | Map::ArrayOfMaps(d)
         | Map::BloomFilter(d)
@@ -341,8 +389,7 @@ fn map_fd(map: &Map) -> BorrowedFd<'_> {
         | Map::StackTraceMap(d)
         | Map::Unsupported(d)
         | Map::XskMap(d) => d,
-    };
-    data.fd().as_fd()
+    }
 }
 
 #[cfg(test)]
@@ -352,13 +399,33 @@ mod tests {
     #[test]
     fn the_object_defines_every_map() {
         let shapes = expected_shapes(super::super::OBJECT).expect("shapes");
-        assert_eq!(shapes.len(), ALL_MAPS.len());
+        assert_eq!(shapes.len(), ALL.len());
         let flows = shapes.iter().find(|(n, _)| *n == "FLOWS").expect("FLOWS");
         assert_eq!(
             flows.1.value_size as usize,
             std::mem::size_of::<enforcer_common::flow::FlowValue>()
         );
         assert_eq!(flows.1.max_entries, enforcer_common::capacity::MAX_FLOWS);
+    }
+
+    #[test]
+    fn the_object_defines_exactly_the_named_maps() {
+        let parsed = aya_obj::Object::parse(super::super::OBJECT).expect("the object parses");
+        // Sections of global data (`.bss`, `.rodata`...) are maps to the
+        // loader but no map of ours.
+        let mut defined: Vec<&str> = parsed
+            .maps
+            .keys()
+            .map(String::as_str)
+            .filter(|name| !name.starts_with('.'))
+            .collect();
+        defined.sort_unstable();
+        let mut named = ALL.to_vec();
+        named.sort_unstable();
+        assert_eq!(
+            defined, named,
+            "enforcer_common::map_names::ALL against the object"
+        );
     }
 
     #[test]

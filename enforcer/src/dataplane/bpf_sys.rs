@@ -1,20 +1,25 @@
-//! The few `bpf(2)` commands that aya 0.14 keeps private and that the data
-//! plane needs on descriptors of its own: creating a link as a plain file
-//! descriptor (so that the process keeps it besides its pin), pinning and
-//! opening pins, reading the kernel's information about a link or a map,
-//! and detaching a link. The structures are the kernel's, from `aya_obj`.
+//! The few `bpf(2)` commands on links and pins that aya 0.14 keeps
+//! private and that the data plane needs on descriptors of its own:
+//! creating a link as a plain file descriptor (aya's link types do not
+//! give theirs out, and the process keeps each link besides its pin),
+//! pinning a link, opening a pin of any kind of object (aya opens only
+//! maps and links it already knows the kind of), reading the kernel's
+//! information about a link (aya's `LinkInfo` has no cgroup and attach
+//! type), and detaching a link. Maps go through aya's typed API
+//! (`handles`, `adoption`). The structures are the kernel's, from
+//! `aya_obj`.
 
 use std::{
     ffi::CString,
     io,
     os::{
-        fd::{AsFd, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+        fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
         unix::ffi::OsStrExt as _,
     },
     path::Path,
 };
 
-use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_link_info, bpf_link_type, bpf_map_info};
+use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_link_info, bpf_link_type};
 
 /// `bpf(cmd, attr)`: its non-negative result, or the errno.
 fn sys_bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<libc::c_long> {
@@ -55,7 +60,7 @@ fn c_path(path: &Path) -> io::Result<CString> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path with a NUL byte"))
 }
 
-/// `BPF_OBJ_PIN`: pins `fd` (a map, program or link) at `path` on a bpffs.
+/// `BPF_OBJ_PIN`: pins `fd` (a link) at `path` on a bpffs.
 /// Fails with `EEXIST` when something is there.
 pub(crate) fn pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
     let path = c_path(path)?;
@@ -139,32 +144,6 @@ pub(crate) fn link_info(fd: BorrowedFd<'_>) -> io::Result<LinkInfo> {
     })
 }
 
-/// The shape of a map, as the kernel reports it (and as the object
-/// defines it).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct MapShape {
-    pub(crate) map_type: u32,
-    pub(crate) key_size: u32,
-    pub(crate) value_size: u32,
-    pub(crate) max_entries: u32,
-    pub(crate) flags: u32,
-}
-
-/// A map's id and shape.
-pub(crate) fn map_info(fd: BorrowedFd<'_>) -> io::Result<(u32, MapShape)> {
-    let info: bpf_map_info = info(fd)?;
-    Ok((
-        info.id,
-        MapShape {
-            map_type: info.type_,
-            key_size: info.key_size,
-            value_size: info.value_size,
-            max_entries: info.max_entries,
-            flags: info.map_flags,
-        },
-    ))
-}
-
 /// `BPF_LINK_CREATE` for a cgroup program: a link of `program` on `cgroup`
 /// (a directory descriptor) with `attach_type`. Such a link coexists with
 /// other programs on the cgroup.
@@ -194,58 +173,4 @@ pub(crate) fn detach_link(fd: BorrowedFd<'_>) -> io::Result<()> {
     let mut attr = zeroed_attr();
     attr.link_detach.link_fd = fd.as_raw_fd() as u32;
     sys_bpf(bpf_cmd::BPF_LINK_DETACH, &mut attr).map(drop)
-}
-
-/// A duplicate of a descriptor, owned.
-pub(crate) fn duplicate(fd: impl AsFd) -> io::Result<OwnedFd> {
-    fd.as_fd().try_clone_to_owned()
-}
-
-/// `BPF_MAP_CREATE` of an array of `entries` `u32` values named `name`
-/// (at most 15 bytes), for what the daemon keeps beside the object's maps.
-pub(crate) fn create_u32_array(name: &str, entries: u32) -> io::Result<OwnedFd> {
-    let mut attr = zeroed_attr();
-    // SAFETY: references to fields of the union member this command reads;
-    // the name is copied into the attribute.
-    unsafe {
-        let create = &mut attr.__bindgen_anon_1;
-        create.map_type = aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32;
-        create.key_size = 4;
-        create.value_size = 4;
-        create.max_entries = entries;
-        for (to, from) in create.map_name.iter_mut().zip(name.bytes().take(15)) {
-            *to = from as libc::c_char;
-        }
-    }
-    fd_bpf(bpf_cmd::BPF_MAP_CREATE, &mut attr)
-}
-
-/// `BPF_MAP_LOOKUP_ELEM` of slot `index` of a `u32` array.
-pub(crate) fn read_u32(map: BorrowedFd<'_>, index: u32) -> io::Result<u32> {
-    let mut value = 0u32;
-    let mut attr = zeroed_attr();
-    // SAFETY: references to fields of the union member this command reads;
-    // key and value outlive the call, 4 bytes each,
-    // which the caller checked is the map's key and value size.
-    unsafe {
-        let elem = &mut attr.__bindgen_anon_2;
-        elem.map_fd = map.as_raw_fd() as u32;
-        elem.key = std::ptr::from_ref(&index) as u64;
-        elem.__bindgen_anon_1.value = std::ptr::from_mut(&mut value) as u64;
-    }
-    sys_bpf(bpf_cmd::BPF_MAP_LOOKUP_ELEM, &mut attr)?;
-    Ok(value)
-}
-
-/// `BPF_MAP_UPDATE_ELEM` of slot `index` of a `u32` array.
-pub(crate) fn write_u32(map: BorrowedFd<'_>, index: u32, value: u32) -> io::Result<()> {
-    let mut attr = zeroed_attr();
-    // SAFETY: as in `read_u32`: the caller checked the sizes.
-    unsafe {
-        let elem = &mut attr.__bindgen_anon_2;
-        elem.map_fd = map.as_raw_fd() as u32;
-        elem.key = std::ptr::from_ref(&index) as u64;
-        elem.__bindgen_anon_1.value = std::ptr::from_ref(&value) as u64;
-    }
-    sys_bpf(bpf_cmd::BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
 }

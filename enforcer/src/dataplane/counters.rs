@@ -15,7 +15,7 @@ use enforcer_common::{
         GLOBAL_COUNTER_PACKETS, WORKLOAD_COUNTER_SLOTS,
     },
     identity::Identity,
-    maps,
+    map_names,
 };
 
 use super::error::{DataplaneError, Result, read_err, type_err};
@@ -40,9 +40,9 @@ pub struct GlobalCounters {
 }
 
 /// Packets per (workload, action), summed over CPUs, from
-/// [`maps::COUNTERS`] and [`maps::WORKLOAD_COUNTERS`].
+/// [`map_names::COUNTERS`] and [`map_names::WORKLOAD_COUNTERS`].
 pub(super) fn read_counters(hashed: &Map, indexed: &Map) -> Result<BTreeMap<(Identity, u8), u64>> {
-    let name = maps::COUNTERS;
+    let name = map_names::COUNTERS;
     let m: PerCpuHashMap<&MapData, CounterKey, u64> =
         PerCpuHashMap::try_from(hashed).map_err(type_err(name))?;
     let mut out = BTreeMap::new();
@@ -50,7 +50,7 @@ pub(super) fn read_counters(hashed: &Map, indexed: &Map) -> Result<BTreeMap<(Ide
         let (k, per_cpu) = item.map_err(read_err(name))?;
         out.insert((k.workload, k.action), per_cpu.iter().sum());
     }
-    let name = maps::WORKLOAD_COUNTERS;
+    let name = map_names::WORKLOAD_COUNTERS;
     let a: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(indexed).map_err(type_err(name))?;
     for index in 0..WORKLOAD_COUNTER_SLOTS {
         let packets: u64 = a.get(&index, 0).map_err(read_err(name))?.iter().sum();
@@ -62,9 +62,9 @@ pub(super) fn read_counters(hashed: &Map, indexed: &Map) -> Result<BTreeMap<(Ide
     Ok(out)
 }
 
-/// The global counters ([`maps::GLOBAL_COUNTERS`]), summed over CPUs.
+/// The global counters ([`map_names::GLOBAL_COUNTERS`]), summed over CPUs.
 pub(super) fn read_global_counters(global: &Map) -> Result<GlobalCounters> {
-    let name = maps::GLOBAL_COUNTERS;
+    let name = map_names::GLOBAL_COUNTERS;
     let m: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(global).map_err(type_err(name))?;
     let sum = |i: u32| -> Result<u64> { Ok(m.get(&i, 0).map_err(read_err(name))?.iter().sum()) };
     Ok(GlobalCounters {
@@ -109,9 +109,9 @@ impl CounterReader {
                 .map_err(read_err(name))
         };
         Ok(CounterReader {
-            hashed: dup(maps::COUNTERS, hashed)?,
-            indexed: dup(maps::WORKLOAD_COUNTERS, indexed)?,
-            global: dup(maps::GLOBAL_COUNTERS, global)?,
+            hashed: dup(map_names::COUNTERS, hashed)?,
+            indexed: dup(map_names::WORKLOAD_COUNTERS, indexed)?,
+            global: dup(map_names::GLOBAL_COUNTERS, global)?,
         })
     }
 
@@ -122,13 +122,13 @@ impl CounterReader {
     /// reads every slot.
     pub fn counter(&self, workload: Identity, action: u8) -> Result<u64> {
         if workload < COUNTED_IDENTITIES && u32::from(action) < COUNTER_ACTIONS {
-            let name = maps::WORKLOAD_COUNTERS;
+            let name = map_names::WORKLOAD_COUNTERS;
             let a: PerCpuArray<&MapData, u64> =
                 PerCpuArray::try_from(&self.indexed).map_err(type_err(name))?;
             let index = workload * COUNTER_ACTIONS + u32::from(action);
             return Ok(a.get(&index, 0).map_err(read_err(name))?.iter().sum());
         }
-        let name = maps::COUNTERS;
+        let name = map_names::COUNTERS;
         let m: PerCpuHashMap<&MapData, CounterKey, u64> =
             PerCpuHashMap::try_from(&self.hashed).map_err(type_err(name))?;
         let key = CounterKey {

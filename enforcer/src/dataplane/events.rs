@@ -3,7 +3,7 @@
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
 use aya::maps::{Map, MapData, RingBuf};
-use enforcer_common::{event::VerdictEvent, maps};
+use enforcer_common::{event::VerdictEvent, map_names};
 
 use super::error::{Result, type_err};
 
@@ -22,7 +22,7 @@ impl std::fmt::Debug for EventReader {
 
 impl EventReader {
     pub(crate) fn new(map: Map) -> Result<EventReader> {
-        let ring = RingBuf::try_from(map).map_err(type_err(maps::EVENTS))?;
+        let ring = RingBuf::try_from(map).map_err(type_err(map_names::EVENTS))?;
         Ok(EventReader { ring })
     }
 

@@ -13,7 +13,7 @@ use super::{
     adoption::KeptMap,
     bpf_sys::ObjectKind,
     links::{Health, KeptLink, LinkSet},
-    pin::{self, PinState},
+    pins::{self, PinState},
 };
 
 /// What one pass of [`IntegrityMonitor::check`] found.
@@ -58,20 +58,20 @@ impl IntegrityMonitor {
     pub fn check(&self) -> IntegrityReport {
         let mut report = IntegrityReport::default();
         let mut links = self.links.lock().unwrap_or_else(PoisonError::into_inner);
-        let pin_dir = links.pin_dir().map(std::path::Path::to_path_buf);
+        let pin_dir = links.pins().cloned();
         for link in links.links_mut() {
             let relinked = check_link(link, &mut report);
-            if let Some(path) = pin_dir.as_ref().map(|dir| dir.join(link.name)) {
+            if let Some(path) = pin_dir.as_ref().map(|dir| dir.link_pin(link.name)) {
                 let state = if relinked {
                     PinState::Foreign("the link it replaced".to_owned())
                 } else {
-                    pin::state(&path, ObjectKind::Link, link.id())
+                    pins::state(&path, ObjectKind::Link, link.id())
                 };
                 restore_pin(
                     &format!("link pin {}", link.hook),
                     state,
                     relinked,
-                    || pin::put(link.fd(), &path),
+                    || pins::put_link(link.fd(), &path),
                     &mut report,
                 );
             }
@@ -79,15 +79,12 @@ impl IntegrityMonitor {
         drop(links);
         for map in self.maps.iter() {
             let Some(path) = &map.path else { continue };
-            let state = pin::state(path, ObjectKind::Map, map.id);
+            let state = pins::state(path, ObjectKind::Map, map.id);
             restore_pin(
                 &format!("map pin {}", map.name),
                 state,
                 false,
-                || {
-                    use std::os::fd::AsFd as _;
-                    pin::put(map.fd.as_fd(), path)
-                },
+                || pins::put_map(&map.map, path),
                 &mut report,
             );
         }

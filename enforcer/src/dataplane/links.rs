@@ -6,14 +6,14 @@ use std::{
     fs::File,
     io,
     os::fd::{AsFd as _, OwnedFd},
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::Arc,
 };
 
 use super::{
     bpf_sys::{self, LinkInfo},
     error::{DataplaneError, Result},
-    pin,
+    pins::{self, PinDir},
 };
 
 /// Where a link attaches.
@@ -153,29 +153,24 @@ fn new_link(program: &OwnedFd, target: &Target) -> io::Result<(OwnedFd, LinkInfo
 /// Every link of this process, and where their pins go.
 #[derive(Debug, Default)]
 pub(crate) struct LinkSet {
-    /// `<pin_root>/v<LAYOUT_VERSION>/links`, when pinning.
-    pin_dir: Option<PathBuf>,
+    /// Where the links are pinned, when pinning.
+    pins: Option<PinDir>,
     links: Vec<KeptLink>,
 }
 
 impl LinkSet {
-    pub(crate) fn new(pin_dir: Option<PathBuf>) -> LinkSet {
+    pub(crate) fn new(pins: Option<PinDir>) -> LinkSet {
         LinkSet {
-            pin_dir,
+            pins,
             links: Vec::new(),
         }
-    }
-
-    /// The pin of a link of this program, when pinning.
-    pub(crate) fn pin_path(&self, name: &str) -> Option<PathBuf> {
-        self.pin_dir.as_ref().map(|dir| dir.join(name))
     }
 
     /// Keeps a new link: pinned (replacing, and then detaching, the link an
     /// earlier process or an earlier attach pinned for the same program,
     /// so there is no gap), and held.
     pub(crate) fn keep(&mut self, link: KeptLink) -> Result<()> {
-        if let Some(path) = self.pin_path(link.name) {
+        if let Some(path) = self.pins.as_ref().map(|dir| dir.link_pin(link.name)) {
             // Take the old link out of its pin but keep it attached until
             // the new one is pinned.
             let old = match bpf_sys::open_pin(&path) {
@@ -183,7 +178,7 @@ impl LinkSet {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => None,
                 Err(source) => return Err(DataplaneError::UnableToAdoptLink { path, source }),
             };
-            pin::put(link.fd(), &path).map_err(|source| DataplaneError::UnableToPinLink {
+            pins::put_link(link.fd(), &path).map_err(|source| DataplaneError::UnableToPinLink {
                 program: link.name,
                 path: path.clone(),
                 source,
@@ -205,7 +200,7 @@ impl LinkSet {
         &mut self.links
     }
 
-    pub(crate) fn pin_dir(&self) -> Option<&Path> {
-        self.pin_dir.as_deref()
+    pub(crate) fn pins(&self) -> Option<&PinDir> {
+        self.pins.as_ref()
     }
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use aya::maps::MapData;
 use enforcer_common::{
-    maps,
+    map_names,
     ports::{TCP_BOUND_PORT_WORDS, tcp_bound_port_bit},
 };
 
@@ -17,7 +17,7 @@ use super::{error::Result, shared_array::SharedArray};
 fn mapping(map: &MapData) -> Result<SharedArray<AtomicU64>> {
     SharedArray::new(
         map,
-        maps::TCP_BOUND_PORT_BITS,
+        map_names::TCP_BOUND_PORT_BITS,
         TCP_BOUND_PORT_WORDS as usize,
     )
 }

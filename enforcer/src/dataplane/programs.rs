@@ -8,10 +8,7 @@ use aya::{
 };
 use aya_obj::generated::bpf_attach_type;
 
-use super::{
-    bpf_sys,
-    error::{DataplaneError, Result},
-};
+use super::error::{DataplaneError, Result};
 
 /// How a program is loaded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -146,8 +143,10 @@ pub(crate) fn program_fd(ebpf: &Ebpf, name: &'static str) -> Result<OwnedFd> {
             program: name,
             source: Box::new(source),
         })?;
-    bpf_sys::duplicate(fd.as_fd()).map_err(|source| DataplaneError::UnableToLoadProgram {
-        program: name,
-        source: Box::new(ProgramError::IOError(source)),
-    })
+    fd.as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| DataplaneError::UnableToLoadProgram {
+            program: name,
+            source: Box::new(ProgramError::IOError(source)),
+        })
 }

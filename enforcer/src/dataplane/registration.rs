@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use aya::{
     Btf, Ebpf,
-    maps::{Array, HashMap, Map, MapData},
+    maps::{Array, HashMap, MapData},
     programs::BtfTracePoint,
 };
 use enforcer_common::{
@@ -17,15 +17,15 @@ use enforcer_common::{
         MAX_MATCH_STATES, MatchState, Registration, STATE_NONE, STATES_PER_CGROUP,
     },
     identity::Identity,
-    maps,
+    map_names,
 };
 
 use super::{
     ResolvedCgroup,
-    error::{DataplaneError, Result, ensure_capacity, read_err, type_err, write_err},
+    error::{DataplaneError, Result, ensure_capacity, read_err, write_err},
+    handles,
     kernel_btf::KernelTypes,
     shared_array::SharedArray,
-    slots::removed,
 };
 use crate::cgroups::{CgroupStates, automaton::KernelTables};
 
@@ -95,10 +95,8 @@ pub(crate) fn configure(ebpf: &mut Ebpf, limits: RegistrationLimits) -> Result<[
     let offsets = KernelTypes::from_sys_fs()
         .and_then(|types| types.cgroup_tracer_offsets())
         .map_err(|e| DataplaneError::NoKernelBtf(e.to_string()))?;
-    let name = maps::REGISTRATION;
-    let mut m: Array<&mut MapData, Registration> =
-        Array::try_from(ebpf.map_mut(name).ok_or(DataplaneError::MissingMap(name))?)
-            .map_err(type_err(name))?;
+    let name = map_names::REGISTRATION;
+    let mut m: Array<&mut MapData, Registration> = handles::array_mut(ebpf, name)?;
     let current = m.get(&0, 0).map_err(read_err(name))?;
     let name_key = if current.enabled != 0 && current.name_key != [0, 0] {
         current.name_key
@@ -135,9 +133,13 @@ fn random_key() -> Result<[u64; 2]> {
 /// Checks that a slot's tables fit before anything is written.
 pub(crate) fn check_capacity(tables: &KernelTables) -> Result<()> {
     ensure_capacity(&[
-        (maps::MATCH_STATES, tables.states.len(), MAX_MATCH_STATES),
-        (maps::MATCH_EXACT, tables.exact.len(), MAX_MATCH_EXACT),
-        (maps::MATCH_GLOBS, tables.globs.len(), MAX_MATCH_GLOBS),
+        (
+            map_names::MATCH_STATES,
+            tables.states.len(),
+            MAX_MATCH_STATES,
+        ),
+        (map_names::MATCH_EXACT, tables.exact.len(), MAX_MATCH_EXACT),
+        (map_names::MATCH_GLOBS, tables.globs.len(), MAX_MATCH_GLOBS),
     ])
 }
 
@@ -157,8 +159,8 @@ pub(crate) fn write_tables(
     let slot_u32 = slot as u32;
     let states = tables.states.len() as u32;
     {
-        let name = maps::MATCH_STATES;
-        let mut m: Array<&mut MapData, MatchState> = array_mut(ebpf, name)?;
+        let name = map_names::MATCH_STATES;
+        let mut m: Array<&mut MapData, MatchState> = handles::array_mut(ebpf, name)?;
         let base = slot_u32 * MAX_MATCH_STATES;
         // The new states, and the earlier ones past them emptied: a state
         // left from an earlier policy is unreachable, but the maps then
@@ -173,18 +175,16 @@ pub(crate) fn write_tables(
         }
     }
     {
-        let name = maps::MATCH_GLOBS;
-        let mut m: Array<&mut MapData, GlobRule> = array_mut(ebpf, name)?;
+        let name = map_names::MATCH_GLOBS;
+        let mut m: Array<&mut MapData, GlobRule> = handles::array_mut(ebpf, name)?;
         let base = slot_u32 * MAX_MATCH_GLOBS;
         for (index, rule) in tables.globs.iter().enumerate() {
             m.set(base + index as u32, *rule, 0)
                 .map_err(write_err(name))?;
         }
     }
-    let name = maps::MATCH_EXACT;
-    let mut m: HashMap<&mut MapData, ExactKey, u32> =
-        HashMap::try_from(ebpf.map_mut(name).ok_or(DataplaneError::MissingMap(name))?)
-            .map_err(type_err(name))?;
+    let name = map_names::MATCH_EXACT;
+    let mut m: HashMap<&mut MapData, ExactKey, u32> = handles::hash_mut(ebpf, name)?;
     let old: BTreeMap<ExactKey, u32> = m
         .iter()
         .filter(|item| item.as_ref().map_or(true, |(k, _)| k.slot == slot_u32))
@@ -204,7 +204,7 @@ pub(crate) fn write_tables(
         })
         .collect();
     for key in old.keys().filter(|k| !new.contains_key(k)) {
-        removed(m.remove(key), name)?;
+        handles::removed(m.remove(key), name)?;
     }
     for (key, next) in &new {
         if old.get(key) != Some(next) {
@@ -214,14 +214,6 @@ pub(crate) fn write_tables(
     Ok(states)
 }
 
-fn array_mut<'a, V: aya::Pod>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<Array<&'a mut MapData, V>> {
-    Array::try_from(ebpf.map_mut(name).ok_or(DataplaneError::MissingMap(name))?)
-        .map_err(type_err(name))
-}
-
 /// Makes a slot's cgroup map hold exactly `entries`, whatever the tracer
 /// added meanwhile; returns whether anything changed.
 pub(crate) fn write_cgroups(
@@ -229,17 +221,16 @@ pub(crate) fn write_cgroups(
     slot: usize,
     entries: &[ResolvedCgroup],
 ) -> Result<bool> {
-    let name = maps::CGROUPS[slot];
+    let name = map_names::CGROUPS[slot];
     let mut m: HashMap<&mut MapData, u64, enforcer_common::workload::CgroupEntry> =
-        HashMap::try_from(ebpf.map_mut(name).ok_or(DataplaneError::MissingMap(name))?)
-            .map_err(type_err(name))?;
+        handles::hash_mut(ebpf, name)?;
     let actual: BTreeMap<u64, enforcer_common::workload::CgroupEntry> =
         m.iter().collect::<Result<_, _>>().map_err(read_err(name))?;
     let wanted: BTreeMap<u64, enforcer_common::workload::CgroupEntry> =
         entries.iter().map(|c| (c.cgroup_id, c.entry())).collect();
     let mut changed = false;
     for id in actual.keys().filter(|id| !wanted.contains_key(id)) {
-        removed(m.remove(id), name)?;
+        handles::removed(m.remove(id), name)?;
         changed = true;
     }
     for (id, entry) in &wanted {
@@ -254,12 +245,12 @@ pub(crate) fn write_cgroups(
 /// Sets each workload's count of registered cgroups in a slot (the
 /// tracer's quota) to what `entries` hold.
 pub(crate) fn write_counts(ebpf: &Ebpf, slot: usize, entries: &[ResolvedCgroup]) -> Result<()> {
-    let name = maps::REGISTERED_CGROUPS[slot];
-    let Some(Map::Array(data)) = ebpf.map(name) else {
-        return Err(DataplaneError::MissingMap(name));
-    };
-    let counts: SharedArray<AtomicU32> =
-        SharedArray::new(data, name, MAX_COUNTED_WORKLOADS as usize)?;
+    let name = map_names::REGISTERED_CGROUPS[slot];
+    let counts: SharedArray<AtomicU32> = SharedArray::new(
+        handles::mapped_array(ebpf, name)?,
+        name,
+        MAX_COUNTED_WORKLOADS as usize,
+    )?;
     let mut wanted: BTreeMap<Identity, u32> = BTreeMap::new();
     for c in entries {
         *wanted.entry(c.workload).or_default() += 1;
@@ -284,12 +275,10 @@ pub(crate) fn write_states(
     slot: usize,
     states: &BTreeMap<u64, CgroupStates>,
 ) -> Result<()> {
-    let name = maps::CGROUP_MATCH;
+    let name = map_names::CGROUP_MATCH;
     let mut delegated = 0u32;
     {
-        let mut m: HashMap<&mut MapData, u64, CgroupMatch> =
-            HashMap::try_from(ebpf.map_mut(name).ok_or(DataplaneError::MissingMap(name))?)
-                .map_err(type_err(name))?;
+        let mut m: HashMap<&mut MapData, u64, CgroupMatch> = handles::hash_mut(ebpf, name)?;
         let actual: BTreeMap<u64, CgroupMatch> =
             m.iter().collect::<Result<_, _>>().map_err(read_err(name))?;
         let ids: BTreeSet<u64> = actual.keys().chain(states.keys()).copied().collect();
@@ -307,7 +296,7 @@ pub(crate) fn write_states(
             let empty = after.states.iter().all(|s| s[0] == STATE_NONE);
             if empty {
                 if before.is_some() {
-                    removed(m.remove(&id), name)?;
+                    handles::removed(m.remove(&id), name)?;
                 }
                 continue;
             }
@@ -319,7 +308,7 @@ pub(crate) fn write_states(
             }
         }
     }
-    let name = maps::DELEGATED_MATCHES;
-    let mut count: Array<&mut MapData, u32> = array_mut(ebpf, name)?;
+    let name = map_names::DELEGATED_MATCHES;
+    let mut count: Array<&mut MapData, u32> = handles::array_mut(ebpf, name)?;
     count.set(0, delegated, 0).map_err(write_err(name))
 }

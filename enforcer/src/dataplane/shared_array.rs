@@ -2,7 +2,8 @@
 //! the programs change with atomic instructions, which the daemon reads
 //! and changes through a shared mapping, atomically too. A map update
 //! would write whole values and could undo what a program changed
-//! meanwhile in the same word.
+//! meanwhile in the same word. Hand-written because aya 0.14 has no API to
+//! map an array map.
 
 use std::{
     marker::PhantomData,

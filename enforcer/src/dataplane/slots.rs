@@ -15,14 +15,15 @@ use enforcer_common::{
     address::{AddrKey4, AddrKey6},
     capacity::{MAX_CGROUPS, MAX_PREFIXES_V4, MAX_PREFIXES_V6, MAX_VERDICTS},
     identity::{IDENTITY_HOST, Identity},
-    maps,
+    map_names,
     verdict::{VerdictKey, VerdictValue},
     workload::CgroupEntry,
 };
 
 use super::{
     HostAddrs, ResolvedCgroup,
-    error::{DataplaneError, Result, ensure_capacity, read_err, type_err, write_err},
+    error::{Result, ensure_capacity, read_err, write_err},
+    handles,
 };
 use crate::compile::CompiledPolicy;
 
@@ -233,53 +234,11 @@ pub fn plan<K: Ord + Copy, V: PartialEq + Copy>(old: &[(K, V)], new: &[(K, V)]) 
 /// Rejects a policy that does not fit, before anything is written.
 pub(crate) fn check_capacity(content: &SlotContent) -> Result<()> {
     ensure_capacity(&[
-        (maps::CGROUPS[0], content.cgroups.len(), MAX_CGROUPS),
-        (maps::ADDR4[0], content.addr4.len(), MAX_PREFIXES_V4),
-        (maps::ADDR6[0], content.addr6.len(), MAX_PREFIXES_V6),
-        (maps::VERDICTS[0], content.verdicts.len(), MAX_VERDICTS),
+        (map_names::CGROUPS[0], content.cgroups.len(), MAX_CGROUPS),
+        (map_names::ADDR4[0], content.addr4.len(), MAX_PREFIXES_V4),
+        (map_names::ADDR6[0], content.addr6.len(), MAX_PREFIXES_V6),
+        (map_names::VERDICTS[0], content.verdicts.len(), MAX_VERDICTS),
     ])
-}
-
-/// A removal whose key may already be gone: the outcome is the same.
-pub(crate) fn removed(
-    result: std::result::Result<(), aya::maps::MapError>,
-    name: &'static str,
-) -> Result<()> {
-    match result {
-        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-        Err(e) => Err(write_err(name)(e)),
-    }
-}
-
-fn map<'a>(ebpf: &'a mut aya::Ebpf, name: &'static str) -> Result<&'a mut aya::maps::Map> {
-    ebpf.map_mut(name).ok_or(DataplaneError::MissingMap(name))
-}
-
-/// Empties a hash map (keys first collected, since deleting while
-/// iterating restarts the walk).
-pub(crate) fn clear_hash<K: aya::Pod, V: aya::Pod>(
-    ebpf: &mut aya::Ebpf,
-    name: &'static str,
-) -> Result<()> {
-    let mut m: HashMap<&mut MapData, K, V> =
-        HashMap::try_from(map(ebpf, name)?).map_err(type_err(name))?;
-    let keys: Vec<K> = m.keys().collect::<Result<_, _>>().map_err(read_err(name))?;
-    for k in keys {
-        // Already gone is what emptying wants.
-        removed(m.remove(&k), name)?;
-    }
-    Ok(())
-}
-
-fn clear_trie<K: aya::Pod, V: aya::Pod>(ebpf: &mut aya::Ebpf, name: &'static str) -> Result<()> {
-    let mut m: LpmTrie<&mut MapData, K, V> =
-        LpmTrie::try_from(map(ebpf, name)?).map_err(type_err(name))?;
-    let keys: Vec<Key<K>> = m.keys().collect::<Result<_, _>>().map_err(read_err(name))?;
-    for k in keys {
-        // Already gone is what emptying wants.
-        removed(m.remove(&k), name)?;
-    }
-    Ok(())
 }
 
 /// The LPM-trie key of a stored key type: the same bytes.
@@ -338,10 +297,9 @@ fn update_trie<K: TrieKey, V: aya::Pod>(
     name: &'static str,
     plan: &Plan<K, V>,
 ) -> Result<()> {
-    let mut m: LpmTrie<&mut MapData, K::Data, V> =
-        LpmTrie::try_from(map(ebpf, name)?).map_err(type_err(name))?;
+    let mut m: LpmTrie<&mut MapData, K::Data, V> = handles::trie_mut(ebpf, name)?;
     for k in &plan.delete {
-        removed(m.remove(&k.trie_key()), name)?;
+        handles::removed(m.remove(&k.trie_key()), name)?;
     }
     for (k, v) in &plan.put {
         m.insert(&k.trie_key(), *v, 0).map_err(write_err(name))?;
@@ -351,19 +309,17 @@ fn update_trie<K: TrieKey, V: aya::Pod>(
 
 /// Writes the cgroup entry of one cgroup into a slot.
 pub(crate) fn put_cgroup(ebpf: &mut aya::Ebpf, slot: usize, c: &ResolvedCgroup) -> Result<()> {
-    let name = maps::CGROUPS[slot];
-    let mut m: HashMap<&mut MapData, u64, CgroupEntry> =
-        HashMap::try_from(map(ebpf, name)?).map_err(type_err(name))?;
+    let name = map_names::CGROUPS[slot];
+    let mut m: HashMap<&mut MapData, u64, CgroupEntry> = handles::hash_mut(ebpf, name)?;
     m.insert(c.cgroup_id, cgroup_entry(c), 0)
         .map_err(write_err(name))
 }
 
 /// Removes one cgroup from a slot; absent is fine.
 pub(crate) fn delete_cgroup(ebpf: &mut aya::Ebpf, slot: usize, cgroup_id: u64) -> Result<()> {
-    let name = maps::CGROUPS[slot];
-    let mut m: HashMap<&mut MapData, u64, CgroupEntry> =
-        HashMap::try_from(map(ebpf, name)?).map_err(type_err(name))?;
-    removed(m.remove(&cgroup_id), name)
+    let name = map_names::CGROUPS[slot];
+    let mut m: HashMap<&mut MapData, u64, CgroupEntry> = handles::hash_mut(ebpf, name)?;
+    handles::removed(m.remove(&cgroup_id), name)
 }
 
 /// Turns the address and verdict tries of `slot`, known to hold `old`,
@@ -376,11 +332,11 @@ pub(crate) fn update_slot(
     old: &SlotContent,
     new: &SlotContent,
 ) -> Result<()> {
-    update_trie(ebpf, maps::ADDR4[slot], &plan(&old.addr4, &new.addr4))?;
-    update_trie(ebpf, maps::ADDR6[slot], &plan(&old.addr6, &new.addr6))?;
+    update_trie(ebpf, map_names::ADDR4[slot], &plan(&old.addr4, &new.addr4))?;
+    update_trie(ebpf, map_names::ADDR6[slot], &plan(&old.addr6, &new.addr6))?;
     update_trie(
         ebpf,
-        maps::VERDICTS[slot],
+        map_names::VERDICTS[slot],
         &plan(&old.verdicts, &new.verdicts),
     )
 }
@@ -388,9 +344,9 @@ pub(crate) fn update_slot(
 /// Replaces whatever the tries of `slot` hold with `new`: each emptied,
 /// then filled (the cgroup map as in [`update_slot`]).
 pub(crate) fn replace_slot(ebpf: &mut aya::Ebpf, slot: usize, new: &SlotContent) -> Result<()> {
-    clear_trie::<[u8; 4], Identity>(ebpf, maps::ADDR4[slot])?;
-    clear_trie::<[u8; 16], Identity>(ebpf, maps::ADDR6[slot])?;
-    clear_trie::<[u8; 12], VerdictValue>(ebpf, maps::VERDICTS[slot])?;
+    handles::clear_trie::<[u8; 4], Identity>(ebpf, map_names::ADDR4[slot])?;
+    handles::clear_trie::<[u8; 16], Identity>(ebpf, map_names::ADDR6[slot])?;
+    handles::clear_trie::<[u8; 12], VerdictValue>(ebpf, map_names::VERDICTS[slot])?;
     update_slot(ebpf, slot, &SlotContent::default(), new)
 }
 
@@ -398,9 +354,7 @@ fn read_trie<K: TrieKey + Ord, V: aya::Pod>(
     ebpf: &aya::Ebpf,
     name: &'static str,
 ) -> Result<Vec<(K, V)>> {
-    let m: LpmTrie<&MapData, K::Data, V> =
-        LpmTrie::try_from(ebpf.map(name).ok_or(DataplaneError::MissingMap(name))?)
-            .map_err(type_err(name))?;
+    let m: LpmTrie<&MapData, K::Data, V> = handles::trie(ebpf, name)?;
     let mut out = Vec::new();
     for item in m.iter() {
         let (k, v) = item.map_err(read_err(name))?;
@@ -412,18 +366,16 @@ fn read_trie<K: TrieKey + Ord, V: aya::Pod>(
 
 /// Reads back what `slot` holds in the kernel.
 pub(crate) fn read_slot(ebpf: &aya::Ebpf, slot: usize) -> Result<SlotContent> {
-    let name = maps::CGROUPS[slot];
-    let m: HashMap<&MapData, u64, CgroupEntry> =
-        HashMap::try_from(ebpf.map(name).ok_or(DataplaneError::MissingMap(name))?)
-            .map_err(type_err(name))?;
+    let name = map_names::CGROUPS[slot];
+    let m: HashMap<&MapData, u64, CgroupEntry> = handles::hash(ebpf, name)?;
     let mut cgroups: Vec<(u64, CgroupEntry)> =
         m.iter().collect::<Result<_, _>>().map_err(read_err(name))?;
     cgroups.sort_unstable_by_key(|e| e.0);
     Ok(SlotContent {
         cgroups,
-        addr4: read_trie(ebpf, maps::ADDR4[slot])?,
-        addr6: read_trie(ebpf, maps::ADDR6[slot])?,
-        verdicts: read_trie(ebpf, maps::VERDICTS[slot])?,
+        addr4: read_trie(ebpf, map_names::ADDR4[slot])?,
+        addr6: read_trie(ebpf, map_names::ADDR6[slot])?,
+        verdicts: read_trie(ebpf, map_names::VERDICTS[slot])?,
     })
 }
 

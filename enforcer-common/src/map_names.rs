@@ -1,4 +1,8 @@
-//! Map names, as the kernel program declares them and the loader pins them.
+//! The name of every map: the name of its static in the kernel programs
+//! (`enforcer-ebpf/src/maps.rs`), which the object carries, and the name
+//! under which the loader pins it. Userspace takes every name from here;
+//! a unit test of the loader (`dataplane::adoption`) checks that [`ALL`] is
+//! exactly the set of maps the built object defines.
 
 pub const CONFIG: &str = "CONFIG";
 pub const CGROUPS: [&str; 2] = ["CGROUPS_0", "CGROUPS_1"];
@@ -54,3 +58,51 @@ pub const MATCH_SCRATCH: &str = "MATCH_SCRATCH";
 /// Array of [`crate::config::SlotPolicy`], one per policy slot: the content
 /// hash of the policy each slot holds.
 pub const SLOT_POLICIES: &str = "SLOT_POLICIES";
+
+/// Every map of the object. The order is part of the pinned layout: the
+/// manifest pinned beside the maps records the id of `ALL[i]` in its slot
+/// `1 + i`, so a new map goes at the end, with a new `LAYOUT_VERSION`.
+pub const ALL: [&str; 30] = [
+    CONFIG,
+    CGROUPS[0],
+    CGROUPS[1],
+    ADDR4[0],
+    ADDR4[1],
+    ADDR6[0],
+    ADDR6[1],
+    VERDICTS[0],
+    VERDICTS[1],
+    FLOWS,
+    SOCKET_FLOWS,
+    BOUND_PORTS,
+    TCP_BOUND_PORT_BITS,
+    SOCKET_BINDS,
+    FAILSAFE,
+    EVENTS,
+    COUNTERS,
+    WORKLOAD_COUNTERS,
+    GLOBAL_COUNTERS,
+    CACHED_VERDICTS,
+    REGISTRATION,
+    CGROUP_MATCH,
+    MATCH_STATES,
+    MATCH_EXACT,
+    MATCH_GLOBS,
+    REGISTERED_CGROUPS[0],
+    REGISTERED_CGROUPS[1],
+    DELEGATED_MATCHES,
+    MATCH_SCRATCH,
+    SLOT_POLICIES,
+];
+
+#[cfg(test)]
+mod tests {
+    use super::ALL;
+
+    #[test]
+    fn every_name_is_listed_once() {
+        for (i, name) in ALL.iter().enumerate() {
+            assert!(!ALL[..i].contains(name), "{name} is listed twice");
+        }
+    }
+}
