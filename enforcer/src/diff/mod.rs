@@ -19,6 +19,7 @@ pub mod reach;
 pub mod regions;
 pub mod render;
 pub mod source;
+#[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 
 pub use engine::diff;
