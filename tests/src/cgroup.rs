@@ -142,23 +142,7 @@ impl CgroupGuard {
                 io::Error::new(io::ErrorKind::InvalidInput, "not a single path component"),
             ));
         }
-        let status = std::process::Command::new("setpriv")
-            .args([
-                format!("--reuid={uid}"),
-                format!("--regid={uid}"),
-                "--clear-groups".into(),
-                "mkdir".into(),
-            ])
-            .arg(&path)
-            .status()
-            .map_err(|e| Error::io("setpriv mkdir", &path, e))?;
-        if !status.success() {
-            return Err(Error::io(
-                "mkdir",
-                &path,
-                io::Error::other(format!("as uid {uid}: {status}")),
-            ));
-        }
+        mkdir_as(&path, uid)?;
         Self::adopt(path)
     }
 
@@ -269,6 +253,34 @@ impl Drop for CgroupGuard {
             );
         }
     }
+}
+
+/// `mkdir` as `uid` (with that user's uid as its gid and no supplementary
+/// groups), for directories the kernel must see made by that user: a
+/// delegated cgroup subtree, a user manager's cgroups. Root makes it
+/// directly.
+pub fn mkdir_as(dir: &Path, uid: u32) -> Result<()> {
+    if uid == 0 {
+        return fs::create_dir(dir).map_err(|e| Error::io("mkdir", dir, e));
+    }
+    let status = std::process::Command::new("setpriv")
+        .args([
+            format!("--reuid={uid}"),
+            format!("--regid={uid}"),
+            "--clear-groups".into(),
+            "mkdir".into(),
+        ])
+        .arg(dir)
+        .status()
+        .map_err(|e| Error::io("setpriv mkdir", dir, e))?;
+    if !status.success() {
+        return Err(Error::io(
+            "mkdir",
+            dir,
+            io::Error::other(format!("as uid {uid}: {status}")),
+        ));
+    }
+    Ok(())
 }
 
 fn read_procs(dir: &Path) -> Result<Vec<u32>> {

@@ -8,10 +8,13 @@
 //! - [`TestHost`]: a network namespace + veth pair with documentation-range
 //!   addresses, checked against what the machine already uses.
 //! - [`Spawner`] / [`ChildGuard`]: processes placed in a cgroup (and a
-//!   namespace) before they exec.
+//!   namespace) before they exec; [`fork`]: forked copies of the test
+//!   process in a cgroup, running a closure.
 //! - [`Probe`], [`Server`], [`TcpHold`], [`tcp_connect`], [`udp_send`],
 //!   [`ping`]: the `probe` binary's clients and servers, with results as
 //!   [`ProbeOutcome`].
+//! - [`ReachableCopy`]: a program copied where another user may run it,
+//!   wherever the checkout is.
 //!
 //! See `tests/README.md` for a walk-through.
 
@@ -19,10 +22,12 @@
 
 pub mod cgroup;
 pub mod error;
+pub mod fork;
 pub mod netns;
 pub mod privileged;
 pub mod probe;
 pub mod process;
+pub mod reachable;
 pub mod reap;
 pub mod subnet;
 mod util;
@@ -36,6 +41,7 @@ pub use probe::{
     tcp_connect, udp_send,
 };
 pub use process::{ChildGuard, ChildOutput, Spawner};
+pub use reachable::ReachableCopy;
 pub use reap::reap_stale;
 pub use subnet::Subnet;
 pub use util::bpftool_json;

@@ -197,7 +197,7 @@ impl Spawner {
     }
 }
 
-fn open_fd(path: &Path, write: bool) -> Result<OwnedFd> {
+pub(crate) fn open_fd(path: &Path, write: bool) -> Result<OwnedFd> {
     let file: File = OpenOptions::new()
         .read(!write)
         .write(write)
@@ -208,7 +208,7 @@ fn open_fd(path: &Path, write: bool) -> Result<OwnedFd> {
 
 /// Runs in the child between fork and exec: join the cgroup, then the
 /// network namespace. Only async-signal-safe calls.
-fn place_self(procs: Option<RawFd>, netns: Option<RawFd>) -> io::Result<()> {
+pub(crate) fn place_self(procs: Option<RawFd>, netns: Option<RawFd>) -> io::Result<()> {
     if let Some(fd) = procs {
         // SAFETY: getpid cannot fail.
         let pid = unsafe { libc::getpid() };

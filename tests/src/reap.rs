@@ -14,10 +14,12 @@ use crate::{
     cgroup::{CGROUP_PREFIX, cgroup2_mount, teardown},
     error::{Error, Result},
     netns::{LINK_PREFIX, NETNS_PREFIX, delete_link, delete_netns},
+    reachable::REACHABLE_PREFIX,
     util::{ip, pid_alive},
 };
 
-/// Removes test cgroups, namespaces and veth links created by processes
+/// Removes test cgroups, namespaces, veth links and program copies (see
+/// [`crate::ReachableCopy`]) created by processes
 /// that no longer exist. Returns a description of each removed item; if
 /// some could not be removed, it goes on with the others and then fails
 /// with all the reasons.
@@ -81,6 +83,24 @@ pub fn reap_stale() -> Result<Vec<String>> {
             }
         }
     }
+    let temp = std::env::temp_dir();
+    if let Ok(entries) = fs::read_dir(&temp) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = owner_pid(&name, REACHABLE_PREFIX, '-')
+                && !pid_alive(pid)
+            {
+                let path = entry.path();
+                note(
+                    fs::remove_dir_all(&path).map_err(|e| Error::io("rm -r", &path, e)),
+                    format!("program copy {}", path.display()),
+                    &mut reaped,
+                    &mut failed,
+                );
+            }
+        }
+    }
+
     if failed.is_empty() {
         Ok(reaped)
     } else {
@@ -120,6 +140,10 @@ mod tests {
         assert_eq!(owner_pid("enforcer-test-123", CGROUP_PREFIX, '-'), None);
         assert_eq!(owner_pid("enforcer-test-x-1", CGROUP_PREFIX, '-'), None);
         assert_eq!(owner_pid("enft-77-0", NETNS_PREFIX, '-'), Some(77));
+        assert_eq!(
+            owner_pid("enforcer-test-bin-9-0", REACHABLE_PREFIX, '-'),
+            Some(9)
+        );
         assert_eq!(owner_pid("enf77o12", LINK_PREFIX, 'o'), Some(77));
         assert_eq!(owner_pid("enf77i12", LINK_PREFIX, 'i'), Some(77));
         assert_eq!(owner_pid("enp0s3", LINK_PREFIX, 'o'), None);

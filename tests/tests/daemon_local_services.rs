@@ -154,10 +154,13 @@ fn a_server_of_another_user_is_found_by_a_daemon_with_the_packaged_capabilities(
     let db = root.child("db").expect("db cgroup");
     let app = root.child("app").expect("app cgroup");
     let other = root.child("other").expect("other cgroup");
-    let probe = enforcer_tests::probe_path().expect("probe binary");
+    // nobody may not reach the checkout: it runs a copy of the probe.
+    let probe =
+        enforcer_tests::ReachableCopy::of(&enforcer_tests::probe_path().expect("probe binary"))
+            .expect("a copy of the probe nobody may run");
     let mut server = Spawner::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(&probe)
+        .arg(probe.path())
         .args(["tcp-listen", "127.0.0.1:0", "--exit-on-stdin-eof"])
         .cgroup(&db)
         .spawn()

@@ -21,6 +21,7 @@ use enforcer_common::{
     verdict::{Action, Direction, VerdictKey, VerdictValue},
     workload::Mode,
 };
+use enforcer_tests::privileged;
 
 const WORKLOADS: [(u32, &str); 4] = [(16, "api"), (17, "web"), (18, "db"), (19, "batch")];
 const PEERS: [(u32, &str); 3] = [(20, "office"), (21, "vendor"), (22, "lab")];
@@ -206,9 +207,7 @@ fn apply_and_check(dp: &mut Dataplane, next: &Applied, previous: Option<&Applied
 
 #[test]
 fn successive_applies_leave_exactly_each_policys_entries() {
-    let Some(_root) = require_root() else {
-        return;
-    };
+    let _root = privileged!();
     let seed = seed();
     println!("seed {seed} (replay with ENFORCER_TEST_SEED={seed})");
     let mut rng = Rng::new(seed);
@@ -272,9 +271,7 @@ fn successive_applies_leave_exactly_each_policys_entries() {
 
 #[test]
 fn a_new_process_empties_the_slots_it_adopts_before_writing_them() {
-    let Some(_root) = require_root() else {
-        return;
-    };
+    let _root = privileged!();
     let seed = seed();
     println!("seed {seed} (replay with ENFORCER_TEST_SEED={seed})");
     let mut rng = Rng::new(seed);

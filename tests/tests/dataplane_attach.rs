@@ -18,6 +18,8 @@ use enforcer_common::{
     verdict::{Action, Direction, VerdictKey, VerdictValue},
     workload::Mode,
 };
+use enforcer_tests::fork::in_cgroup;
+use enforcer_tests::{CgroupGuard, privileged};
 
 const WEB: u32 = 16;
 
@@ -42,23 +44,21 @@ fn allow_port(port: u16) -> enforcer::compile::CompiledPolicy {
     p
 }
 
-fn connect_from(cg: &TestCgroup, to: SocketAddr) -> (i32, Duration) {
+fn connect_from(cg: &CgroupGuard, to: SocketAddr) -> (i32, Duration) {
     let start = Instant::now();
-    let code = in_cgroup(&cg.path, || tcp_exchange(to, Duration::from_secs(3)));
+    let code = in_cgroup(cg.path(), || tcp_exchange(to, Duration::from_secs(3)));
     (code, start.elapsed())
 }
 
 #[test]
 fn denied_connect_fails_at_once_and_allowed_one_succeeds() {
-    let Some(_root) = require_root() else {
-        return;
-    };
+    let _root = privileged!();
     let allowed = tcp_echo_server("127.0.0.1:0".parse().unwrap());
     let denied = tcp_echo_server("127.0.0.1:0".parse().unwrap());
-    let cg = TestCgroup::new();
+    let cg = CgroupGuard::new().expect("cgroup");
     let mut dp = Dataplane::load(&DataplaneOptions::default()).expect("load");
-    dp.attach(&cg.path).expect("attach");
-    assert_eq!(attached_programs(&cg.path), 9);
+    dp.attach(cg.path()).expect("attach");
+    assert_eq!(attached_programs(cg.path()), 9);
 
     // Before any policy, everything passes.
     assert_eq!(connect_from(&cg, denied).0, OK);
@@ -85,7 +85,7 @@ fn denied_connect_fails_at_once_and_allowed_one_succeeds() {
 
     drop(dp);
     assert_eq!(
-        attached_programs(&cg.path),
+        attached_programs(cg.path()),
         0,
         "dropping detaches everything"
     );
@@ -96,7 +96,7 @@ fn denied_connect_fails_at_once_and_allowed_one_succeeds() {
 struct Pinned {
     allowed: SocketAddr,
     denied: SocketAddr,
-    cg: TestCgroup,
+    cg: CgroupGuard,
     pins: PinRoot,
     options: DataplaneOptions,
     cgroups: [ResolvedCgroup; 1],
@@ -104,7 +104,7 @@ struct Pinned {
 
 impl Pinned {
     fn new() -> Pinned {
-        let cg = TestCgroup::new();
+        let cg = CgroupGuard::new().expect("cgroup");
         let pins = PinRoot::new();
         Pinned {
             allowed: tcp_echo_server("127.0.0.1:0".parse().unwrap()),
@@ -127,9 +127,7 @@ impl Pinned {
 
 #[test]
 fn pinned_enforcement_outlives_the_loader_is_adopted_and_uninstalls_cleanly() {
-    let Some(_root) = require_root() else {
-        return;
-    };
+    let _root = privileged!();
     // Dropped in reverse: the pins go before the cgroup.
     let Pinned {
         allowed,
@@ -141,14 +139,14 @@ fn pinned_enforcement_outlives_the_loader_is_adopted_and_uninstalls_cleanly() {
     } = Pinned::new();
     {
         let mut dp = Dataplane::load(&options).expect("load");
-        dp.attach(&cg.path).expect("attach");
+        dp.attach(cg.path()).expect("attach");
         let generation = dp
             .apply(&allow_port(allowed.port()), &cgroups, &HostAddrs::default())
             .expect("apply");
         assert_eq!(generation, 1);
     }
     // The loader is gone; the pinned links and maps still enforce.
-    assert_eq!(attached_programs(&cg.path), 9);
+    assert_eq!(attached_programs(cg.path()), 9);
     assert_eq!(connect_from(&cg, denied).0, EPERM);
     assert_eq!(connect_from(&cg, allowed).0, OK);
 
@@ -157,9 +155,9 @@ fn pinned_enforcement_outlives_the_loader_is_adopted_and_uninstalls_cleanly() {
         let mut dp = Dataplane::load(&options).expect("reload");
         assert_eq!(dp.config().expect("config").generation, 1);
         assert_eq!(dp.cgroups().count(), 1);
-        dp.attach(&cg.path).expect("re-attach");
+        dp.attach(cg.path()).expect("re-attach");
         assert_eq!(
-            attached_programs(&cg.path),
+            attached_programs(cg.path()),
             9,
             "old links replaced, not doubled"
         );
@@ -174,7 +172,7 @@ fn pinned_enforcement_outlives_the_loader_is_adopted_and_uninstalls_cleanly() {
 
     Dataplane::uninstall(&pins.path).expect("uninstall");
     assert_eq!(
-        attached_programs(&cg.path),
+        attached_programs(cg.path()),
         0,
         "uninstall detaches everything"
     );
@@ -185,26 +183,22 @@ fn pinned_enforcement_outlives_the_loader_is_adopted_and_uninstalls_cleanly() {
 
 #[test]
 fn refuses_the_root_cgroup() {
-    let Some(_root) = require_root() else {
-        return;
-    };
+    let _root = privileged!();
     let mut dp = Dataplane::load(&DataplaneOptions::default()).expect("load");
     let err = dp
-        .attach(&cgroup2_root())
+        .attach(enforcer_tests::cgroup2_mount().expect("cgroup v2 mount"))
         .expect_err("root must be refused");
     assert!(err.to_string().contains("root cgroup"), "{err}");
 }
 
 #[test]
 fn removing_the_cgroup_leaves_no_link_behind() {
-    let Some(_root) = require_root() else {
-        return;
-    };
+    let _root = privileged!();
     // Unpinned: links die with the cgroup and the loader.
-    let cg = TestCgroup::new();
+    let cg = CgroupGuard::new().expect("cgroup");
     let id = cg.id();
     let mut dp = Dataplane::load(&DataplaneOptions::default()).expect("load");
-    dp.attach(&cg.path).expect("attach");
+    dp.attach(cg.path()).expect("attach");
     assert_eq!(links_to_cgroup(id), 9);
     drop(cg);
     drop(dp);
@@ -216,7 +210,7 @@ fn removing_the_cgroup_leaves_no_link_behind() {
 
     // Pinned: the cgroup goes away under the pinned links; uninstall still
     // cleans everything.
-    let cg = TestCgroup::new();
+    let cg = CgroupGuard::new().expect("cgroup");
     let id = cg.id();
     let pins = PinRoot::new();
     let options = DataplaneOptions {
@@ -225,7 +219,7 @@ fn removing_the_cgroup_leaves_no_link_behind() {
     };
     {
         let mut dp = Dataplane::load(&options).expect("load");
-        dp.attach(&cg.path).expect("attach");
+        dp.attach(cg.path()).expect("attach");
     }
     assert_eq!(links_to_cgroup(id), 9, "pinned links outlive the loader");
     drop(cg);
@@ -236,9 +230,7 @@ fn removing_the_cgroup_leaves_no_link_behind() {
 
 #[test]
 fn programs_of_an_earlier_layout_are_retired_once_ours_enforce() {
-    let Some(_root) = require_root() else {
-        return;
-    };
+    let _root = privileged!();
     // Dropped in reverse: the pins go before the cgroup.
     let Pinned {
         allowed,
@@ -254,17 +246,17 @@ fn programs_of_an_earlier_layout_are_retired_once_ours_enforce() {
         let mut dp = Dataplane::load(&options).expect("load");
         dp.apply(&allow_port(denied.port()), &cgroups, &HostAddrs::default())
             .expect("apply");
-        dp.attach(&cg.path).expect("attach");
+        dp.attach(cg.path()).expect("attach");
     }
     let old = pins.path.join("v1");
     std::fs::rename(pins.path.join(LAYOUT_DIR), &old).expect("rename the pins to v1");
-    assert_eq!(attached_programs(&cg.path), 9);
+    assert_eq!(attached_programs(cg.path()), 9);
 
     let mut dp = Dataplane::load(&options).expect("load the new layout");
     dp.apply(&allow_port(allowed.port()), &cgroups, &HostAddrs::default())
         .expect("apply");
-    dp.attach(&cg.path).expect("attach");
-    assert_eq!(attached_programs(&cg.path), 18, "both layouts attached");
+    dp.attach(cg.path()).expect("attach");
+    assert_eq!(attached_programs(cg.path()), 18, "both layouts attached");
     // Both enforce: each denies what the other allows.
     assert_eq!(connect_from(&cg, allowed).0, EPERM);
     assert_eq!(connect_from(&cg, denied).0, EPERM);
@@ -272,7 +264,7 @@ fn programs_of_an_earlier_layout_are_retired_once_ours_enforce() {
         dp.retire_older_layouts().expect("retire"),
         vec![old.clone()]
     );
-    assert_eq!(attached_programs(&cg.path), 9, "the old programs are gone");
+    assert_eq!(attached_programs(cg.path()), 9, "the old programs are gone");
     assert!(!old.exists(), "the old pins are gone");
     assert_eq!(connect_from(&cg, allowed).0, OK);
     assert_eq!(connect_from(&cg, denied).0, EPERM);
@@ -282,10 +274,10 @@ fn programs_of_an_earlier_layout_are_retired_once_ours_enforce() {
     // `uninstall` removes earlier layouts too.
     {
         let mut dp = Dataplane::load(&options).expect("load");
-        dp.attach(&cg.path).expect("attach");
+        dp.attach(cg.path()).expect("attach");
     }
     std::fs::rename(pins.path.join(LAYOUT_DIR), &old).expect("rename the pins to v1");
     Dataplane::uninstall(&pins.path).expect("uninstall");
-    assert_eq!(attached_programs(&cg.path), 0);
+    assert_eq!(attached_programs(cg.path()), 0);
     assert!(!old.exists());
 }

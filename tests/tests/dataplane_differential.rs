@@ -30,6 +30,7 @@ use enforcer_common::{
     },
     workload::Mode,
 };
+use enforcer_tests::privileged;
 
 const WORKLOADS: [(u32, &str); 2] = [(16, "api"), (17, "web")];
 /// A workload with no verdict entries of its own: each policy makes it a
@@ -264,9 +265,7 @@ fn random_case(rng: &mut Rng, next_port: &mut u16) -> Case {
 
 #[test]
 fn kernel_verdicts_equal_the_reference_evaluator() {
-    let Some(_root) = require_root() else {
-        return;
-    };
+    let _root = privileged!();
     let seed = seed();
     println!("seed {seed} (replay with ENFORCER_TEST_SEED={seed})");
     let mut rng = Rng::new(seed);
@@ -353,9 +352,7 @@ enum Scenario {
 
 #[test]
 fn modes_unmanaged_and_failsafe_follow_the_reference() {
-    let Some(_root) = require_root() else {
-        return;
-    };
+    let _root = privileged!();
     let seed = seed();
     println!("seed {seed} (replay with ENFORCER_TEST_SEED={seed})");
     let mut rng = Rng::new(seed);
@@ -466,9 +463,7 @@ fn modes_unmanaged_and_failsafe_follow_the_reference() {
 /// `FlowValue::quiet_until`), and the first packet after it reports again.
 #[test]
 fn denied_flow_events_are_rate_limited_per_second() {
-    let Some(_root) = require_root() else {
-        return;
-    };
+    let _root = privileged!();
     let mut dp = Dataplane::load(&DataplaneOptions::default()).expect("load");
     let mut events = dp.take_events().expect("events");
     let cgroups = [ResolvedCgroup {

@@ -15,10 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dataplane_support::{
-    EPERM, OK, empty_policy, in_cgroup, pipe, require_root, spawn_in_cgroup, tcp_echo_server,
-    tcp_exchange, wait_child,
-};
+use dataplane_support::{EPERM, OK, empty_policy, tcp_echo_server, tcp_exchange};
 use enforcer::dataplane::{Dataplane, DataplaneOptions, HostAddrs, ResolvedCgroup, UnmanagedMode};
 use enforcer_common::{
     identity::{IDENTITY_HOST, Identity},
@@ -26,7 +23,8 @@ use enforcer_common::{
     verdict::{Action, Direction, VerdictKey, VerdictValue},
     workload::Mode,
 };
-use enforcer_tests::{CgroupGuard, ProbeOutcome, TcpHold, TestHost};
+use enforcer_tests::fork::{in_cgroup, pipe, spawn_in_cgroup, wait_child};
+use enforcer_tests::{CgroupGuard, ProbeOutcome, TcpHold, TestHost, privileged};
 
 const A: Identity = 16;
 const B: Identity = 17;
@@ -39,9 +37,7 @@ const B: Identity = 17;
 /// `a/x/y` to `a`, `u/v` to none.
 #[test]
 fn an_unregistered_cgroup_is_its_deepest_registered_ancestors() {
-    let Some(_root) = require_root() else {
-        return;
-    };
+    let _root = privileged!();
     let parent = CgroupGuard::new().expect("cgroup");
     let a = parent.child("a").expect("a");
     let b = a.child("b").expect("a/b");
@@ -107,9 +103,7 @@ const LONG: usize = 14;
 /// processes are denied, its next packet is dropped.
 #[test]
 fn an_unmanaged_server_records_nothing_until_its_connection_lasts() {
-    let Some(_root) = require_root() else {
-        return;
-    };
+    let _root = privileged!();
     let host = TestHost::new("198.51.100.0/24", "2001:db8:7d::/64").expect("test host");
     let parent = CgroupGuard::new().expect("cgroup");
     let unmanaged = parent.child("u").expect("cgroup u");

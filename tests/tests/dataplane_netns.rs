@@ -13,9 +13,7 @@ use std::{
     time::Duration,
 };
 
-use dataplane_support::{
-    close_pipe, empty_policy, pipe, require_root, spawn_in_cgroup, wait_child,
-};
+use dataplane_support::empty_policy;
 use enforcer::{
     compile::CompiledPolicy,
     dataplane::{Dataplane, DataplaneOptions, HostAddrs, ResolvedCgroup},
@@ -28,7 +26,8 @@ use enforcer_common::{
     verdict::{Action, Direction, VerdictKey, VerdictValue},
     workload::Mode,
 };
-use enforcer_tests::{CgroupGuard, Probe, ProbeOutcome, Server, TestHost};
+use enforcer_tests::fork::{close_pipe, pipe, spawn_in_cgroup, wait_child};
+use enforcer_tests::{CgroupGuard, Probe, ProbeOutcome, Server, TestHost, privileged};
 use socket2::{Domain, Socket, Type};
 
 const A: Identity = 16;
@@ -151,18 +150,14 @@ fn attached(parent: &CgroupGuard, at: AttachAt) -> Dataplane {
 
 #[test]
 fn egress_to_a_remote_peer_by_longest_prefix_ports_and_protocols() {
-    let Some(_root) = require_root() else {
-        return;
-    };
+    let _root = privileged!();
     egress_to_a_remote_peer_by_longest_prefix_ports_and_protocols_at(AttachAt::TestCgroup);
 }
 
 #[test]
 fn egress_to_a_remote_peer_by_longest_prefix_ports_and_protocols_with_the_programs_at_the_cgroup_root()
  {
-    let Some(_root) = require_root() else {
-        return;
-    };
+    let _root = privileged!();
     egress_to_a_remote_peer_by_longest_prefix_ports_and_protocols_at(AttachAt::CgroupRoot);
 }
 
@@ -306,18 +301,14 @@ fn egress_to_a_remote_peer_by_longest_prefix_ports_and_protocols_at(at: AttachAt
 
 #[test]
 fn inbound_from_a_peer_and_local_workloads_over_the_host_address() {
-    let Some(_root) = require_root() else {
-        return;
-    };
+    let _root = privileged!();
     inbound_from_a_peer_and_local_workloads_over_the_host_address_at(AttachAt::TestCgroup);
 }
 
 #[test]
 fn inbound_from_a_peer_and_local_workloads_over_the_host_address_with_the_programs_at_the_cgroup_root()
  {
-    let Some(_root) = require_root() else {
-        return;
-    };
+    let _root = privileged!();
     inbound_from_a_peer_and_local_workloads_over_the_host_address_at(AttachAt::CgroupRoot);
 }
 
@@ -411,17 +402,13 @@ fn inbound_from_a_peer_and_local_workloads_over_the_host_address_at(at: AttachAt
 
 #[test]
 fn inbound_tcp_and_udp_from_a_peer_over_ipv4_and_ipv6() {
-    let Some(_root) = require_root() else {
-        return;
-    };
+    let _root = privileged!();
     inbound_tcp_and_udp_from_a_peer_over_ipv4_and_ipv6_at(AttachAt::TestCgroup);
 }
 
 #[test]
 fn inbound_tcp_and_udp_from_a_peer_over_ipv4_and_ipv6_with_the_programs_at_the_cgroup_root() {
-    let Some(_root) = require_root() else {
-        return;
-    };
+    let _root = privileged!();
     inbound_tcp_and_udp_from_a_peer_over_ipv4_and_ipv6_at(AttachAt::CgroupRoot);
 }
 
@@ -679,9 +666,7 @@ fn connect_from_bound_port(to: SocketAddr) -> std::io::Result<TcpStream> {
 /// reaches it: its next packet is judged again and dropped.
 #[test]
 fn a_tcp_connection_takes_its_verdict_from_the_cache_and_is_revoked() {
-    let Some(_root) = require_root() else {
-        return;
-    };
+    let _root = privileged!();
     let mut w = WorkloadA::new("2001:db8:74::/64");
     let allowed = host_allows(&w.host, &[Protocol::Tcp as u8], 8001);
     for server_addr in [w.host.socket_v4(8001), w.host.socket_v6(8001)] {
@@ -698,9 +683,7 @@ fn a_tcp_connection_takes_its_verdict_from_the_cache_and_is_revoked() {
 /// on its packets find it there.
 #[test]
 fn a_long_connection_moves_its_cached_verdict_onto_its_socket() {
-    let Some(_root) = require_root() else {
-        return;
-    };
+    let _root = privileged!();
     let mut w = WorkloadA::new("2001:db8:78::/64");
     let allowed = host_allows(&w.host, &[Protocol::Tcp as u8], 8004);
     w.dp.apply(&allowed, &w.cgroups, &w.addrs).expect("apply");
@@ -764,9 +747,7 @@ fn a_long_connection_moves_its_cached_verdict_onto_its_socket() {
 /// here refused, since nothing may reach `a`).
 #[test]
 fn a_connection_the_verdict_cache_forgot_is_judged_as_the_one_connect_opened() {
-    let Some(_root) = require_root() else {
-        return;
-    };
+    let _root = privileged!();
     // Above every port this host hands out to clients.
     const PORT: u16 = 65_001;
     let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
@@ -796,9 +777,7 @@ fn a_connection_the_verdict_cache_forgot_is_judged_as_the_one_connect_opened() {
 /// at `listen()`, where `post_bind4|6` do not run).
 #[test]
 fn an_accepted_connection_is_judged_even_when_the_cache_holds_its_peer() {
-    let Some(_root) = require_root() else {
-        return;
-    };
+    let _root = privileged!();
     const LISTENER: u16 = 7300;
     const PEER_PORT: u16 = 7301;
     let mut w = WorkloadA::new("2001:db8:77::/64");
@@ -945,9 +924,7 @@ fn listen_unbound(ipv4: bool) -> std::io::Result<TcpListener> {
 /// the verdict cache that `connect6` filled (none of them judged).
 #[test]
 fn an_ipv4_mapped_destination_is_judged_as_ipv4() {
-    let Some(_root) = require_root() else {
-        return;
-    };
+    let _root = privileged!();
     let mut w = WorkloadA::new("2001:db8:79::/64");
     let allowed = host_allows(&w.host, &[Protocol::Tcp as u8], 8005);
     w.dp.apply(&allowed, &w.cgroups, &w.addrs).expect("apply");
@@ -981,9 +958,7 @@ fn an_ipv4_mapped_destination_is_judged_as_ipv4() {
 /// a policy change ends it.
 #[test]
 fn a_destination_reached_again_takes_the_cached_verdict_until_the_policy_changes() {
-    let Some(_root) = require_root() else {
-        return;
-    };
+    let _root = privileged!();
     let mut w = WorkloadA::new("2001:db8:75::/64");
     let allowed = host_allows(&w.host, &[Protocol::Tcp as u8, Protocol::Udp as u8], 8002);
     let cached = |dp: &Dataplane| dp.global_counters().expect("counters").cached_verdicts;

@@ -9,7 +9,6 @@ mod dataplane_support;
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::SystemTime;
 
 use dataplane_support::{Rng, seed};
@@ -23,7 +22,7 @@ use enforcer::{
     dataplane::{Dataplane, DataplaneOptions, HostAddrs, RegistrationLimits, ResolvedCgroup},
 };
 use enforcer_common::workload::CgroupEntry;
-use enforcer_tests::{CgroupGuard, privileged};
+use enforcer_tests::{CgroupGuard, cgroup::mkdir_as, privileged};
 
 /// The user of the delegated trees (any uid but root will do; no account
 /// is needed to own a directory).
@@ -103,25 +102,6 @@ fn kernel_slot(dp: &Dataplane, slot: usize) -> BTreeMap<u64, CgroupEntry> {
 
 fn as_map(cgroups: &[ResolvedCgroup]) -> BTreeMap<u64, CgroupEntry> {
     cgroups.iter().map(|c| (c.cgroup_id, c.entry())).collect()
-}
-
-/// `mkdir` as `uid` (root, or the user who owns the parent).
-fn mkdir_as(uid: u32, dir: &Path) {
-    if uid == 0 {
-        std::fs::create_dir(dir).expect("mkdir");
-        return;
-    }
-    let status = Command::new("setpriv")
-        .args([
-            format!("--reuid={uid}"),
-            format!("--regid={uid}"),
-            "--clear-groups".into(),
-            "mkdir".into(),
-        ])
-        .arg(dir)
-        .status()
-        .expect("setpriv mkdir");
-    assert!(status.success(), "mkdir {} as {uid}", dir.display());
 }
 
 /// The cgroup names the random trees are made of: slices, units of both
@@ -206,7 +186,7 @@ fn the_kernel_registers_what_the_daemon_resolves_in_random_trees() {
         // cgroup is made by root and then handed to its user, as systemd
         // does.
         let owner = std::fs::metadata(parent).expect("stat").uid();
-        mkdir_as(owner, &dir);
+        mkdir_as(&dir, owner).expect("mkdir");
         if name == "user@4242.service" && owner == 0 {
             std::os::unix::fs::chown(&dir, Some(USER), Some(USER)).expect("chown");
         }
@@ -263,7 +243,7 @@ fn a_workload_past_its_quota_registers_no_more_and_others_still_do() {
     std::fs::create_dir(&base).expect("mkdir");
     std::os::unix::fs::chown(&base, Some(USER), Some(USER)).expect("chown");
     for i in 0..50 {
-        mkdir_as(USER, &base.join(format!("job-{i}")));
+        mkdir_as(&base.join(format!("job-{i}")), USER).expect("mkdir");
     }
     let slot = dp.active_slot_index().expect("slot");
     let registered = kernel_slot(&dp, slot)

@@ -25,6 +25,8 @@ use enforcer_common::{
     verdict::{Action, Direction, RULE_DEFAULT_DENY, VerdictKey, VerdictValue},
     workload::Mode,
 };
+use enforcer_tests::fork::{close_pipe, in_cgroup, kill_child, pipe, spawn_in_cgroup, wait_child};
+use enforcer_tests::{CgroupGuard, privileged};
 
 const A: Identity = 16;
 const B: Identity = 17;
@@ -48,26 +50,27 @@ fn rule(p: &mut CompiledPolicy, w: Identity, d: u8, proto: u8, r: Identity, port
 /// and an unmanaged child `u`.
 struct Setup {
     dp: Dataplane,
-    a: TestCgroup,
-    b: TestCgroup,
-    u: TestCgroup,
-    parent: TestCgroup,
+    a: CgroupGuard,
+    b: CgroupGuard,
+    u: CgroupGuard,
+    /// The attach point; its guard removes the children too.
+    _parent: CgroupGuard,
 }
 
 impl Setup {
     fn new() -> Setup {
-        let parent = TestCgroup::new();
-        let a = parent.child("a");
-        let b = parent.child("b");
-        let u = parent.child("u");
+        let parent = CgroupGuard::new().expect("cgroup");
+        let a = parent.child("a").expect("cgroup");
+        let b = parent.child("b").expect("cgroup");
+        let u = parent.child("u").expect("cgroup");
         let mut dp = Dataplane::load(&DataplaneOptions::default()).expect("load");
-        dp.attach(&parent.path).expect("attach");
+        dp.attach(parent.path()).expect("attach");
         Setup {
             dp,
             a,
             b,
             u,
-            parent,
+            _parent: parent,
         }
     }
 
@@ -96,14 +99,6 @@ impl Setup {
     }
 }
 
-impl Drop for Setup {
-    fn drop(&mut self) {
-        // Children before the parent; the dataplane detaches when dropped.
-        let _ = std::fs::remove_dir(&self.u.path);
-        let _ = &self.parent;
-    }
-}
-
 fn policy() -> CompiledPolicy {
     empty_policy(&[(A, "a"), (B, "b")], &[])
 }
@@ -120,9 +115,7 @@ fn tcp_echo_in(cgroup: &Path) -> (SocketAddr, i32) {
 
 #[test]
 fn tcp_and_udp_to_the_host_both_families() {
-    let Some(_root) = require_root() else {
-        return;
-    };
+    let _root = privileged!();
     let mut s = Setup::new();
     for ip in [LO4, LO6] {
         let tcp_ok = tcp_echo_server(SocketAddr::new(ip, 0));
@@ -150,28 +143,28 @@ fn tcp_and_udp_to_the_host_both_families() {
         );
         s.apply(&p, Mode::Enforce as u8);
         assert_eq!(
-            in_cgroup(&s.a.path, || tcp_exchange(tcp_ok, T)),
+            in_cgroup(s.a.path(), || tcp_exchange(tcp_ok, T)),
             OK,
             "{ip} tcp allowed"
         );
         assert_eq!(
-            in_cgroup(&s.a.path, || tcp_exchange(tcp_no, T)),
+            in_cgroup(s.a.path(), || tcp_exchange(tcp_no, T)),
             EPERM,
             "{ip} tcp denied"
         );
         assert_eq!(
-            in_cgroup(&s.a.path, || udp_exchange(udp_ok, T)),
+            in_cgroup(s.a.path(), || udp_exchange(udp_ok, T)),
             OK,
             "{ip} udp allowed"
         );
         assert_eq!(
-            in_cgroup(&s.a.path, || udp_exchange(udp_no, T)),
+            in_cgroup(s.a.path(), || udp_exchange(udp_no, T)),
             EPERM,
             "{ip} udp denied"
         );
         // Unmanaged processes are allowed by default.
         assert_eq!(
-            in_cgroup(&s.u.path, || tcp_exchange(tcp_no, T)),
+            in_cgroup(s.u.path(), || tcp_exchange(tcp_no, T)),
             OK,
             "{ip} unmanaged"
         );
@@ -189,11 +182,9 @@ fn tcp_and_udp_to_the_host_both_families() {
 
 #[test]
 fn two_local_workloads_need_both_ends_to_allow() {
-    let Some(_root) = require_root() else {
-        return;
-    };
+    let _root = privileged!();
     let mut s = Setup::new();
-    let (server, pid) = tcp_echo_in(&s.b.path);
+    let (server, pid) = tcp_echo_in(s.b.path());
     let port = server.port();
     // Only A's allow-out: B's ingress refuses, so connect() fails at once.
     let mut p = policy();
@@ -209,7 +200,7 @@ fn two_local_workloads_need_both_ends_to_allow() {
     s.apply(&p, Mode::Enforce as u8);
     let started = Instant::now();
     assert_eq!(
-        in_cgroup(&s.a.path, || tcp_exchange(server, T)),
+        in_cgroup(s.a.path(), || tcp_exchange(server, T)),
         EPERM,
         "receiver refuses"
     );
@@ -227,7 +218,7 @@ fn two_local_workloads_need_both_ends_to_allow() {
     );
     s.apply(&p, Mode::Enforce as u8);
     assert_eq!(
-        in_cgroup(&s.a.path, || tcp_exchange(server, T)),
+        in_cgroup(s.a.path(), || tcp_exchange(server, T)),
         EPERM,
         "sender refuses"
     );
@@ -243,7 +234,7 @@ fn two_local_workloads_need_both_ends_to_allow() {
     );
     s.apply(&p, Mode::Enforce as u8);
     assert_eq!(
-        in_cgroup(&s.a.path, || tcp_exchange(server, T)),
+        in_cgroup(s.a.path(), || tcp_exchange(server, T)),
         OK,
         "both allow"
     );
@@ -265,26 +256,22 @@ fn two_local_workloads_need_both_ends_to_allow() {
 
 #[test]
 fn a_cgroup_created_after_the_policy_is_enforced() {
-    let Some(_root) = require_root() else {
-        return;
-    };
+    let _root = privileged!();
     let mut s = Setup::new();
     let denied = tcp_echo_server(SocketAddr::new(LO4, 0));
     s.apply(&policy(), Mode::Enforce as u8);
-    let late = s.a.child("late");
-    assert_eq!(in_cgroup(&late.path, || tcp_exchange(denied, T)), EPERM);
+    let late = s.a.child("late").expect("cgroup");
+    assert_eq!(in_cgroup(late.path(), || tcp_exchange(denied, T)), EPERM);
 }
 
 #[test]
 fn audit_mode_allows_and_reports() {
-    let Some(_root) = require_root() else {
-        return;
-    };
+    let _root = privileged!();
     let mut s = Setup::new();
     let mut events = s.dp.take_events().expect("events");
     let server = tcp_echo_server(SocketAddr::new(LO4, 0));
     s.apply(&policy(), Mode::Audit as u8);
-    assert_eq!(in_cgroup(&s.a.path, || tcp_exchange(server, T)), OK);
+    assert_eq!(in_cgroup(s.a.path(), || tcp_exchange(server, T)), OK);
     let got = events.drain();
     assert!(
         got.iter().any(|e| e.action == Action::Audit as u8
@@ -296,7 +283,7 @@ fn audit_mode_allows_and_reports() {
     );
     // In enforce mode the refusal is reported as a deny.
     s.apply(&policy(), Mode::Enforce as u8);
-    assert_eq!(in_cgroup(&s.a.path, || tcp_exchange(server, T)), EPERM);
+    assert_eq!(in_cgroup(s.a.path(), || tcp_exchange(server, T)), EPERM);
     let got = events.drain();
     assert!(
         got.iter()
@@ -307,26 +294,24 @@ fn audit_mode_allows_and_reports() {
 
 #[test]
 fn unmanaged_processes_follow_the_setting() {
-    let Some(_root) = require_root() else {
-        return;
-    };
+    let _root = privileged!();
     let mut s = Setup::new();
     let server = tcp_echo_server(SocketAddr::new(LO4, 0));
     s.apply(&policy(), Mode::Enforce as u8);
     assert_eq!(
-        in_cgroup(&s.u.path, || tcp_exchange(server, T)),
+        in_cgroup(s.u.path(), || tcp_exchange(server, T)),
         OK,
         "allow"
     );
     s.dp.set_unmanaged(UnmanagedMode::Deny).expect("deny");
     assert_eq!(
-        in_cgroup(&s.u.path, || tcp_exchange(server, T)),
+        in_cgroup(s.u.path(), || tcp_exchange(server, T)),
         EPERM,
         "deny"
     );
     s.dp.set_unmanaged(UnmanagedMode::Audit).expect("audit");
     assert_eq!(
-        in_cgroup(&s.u.path, || tcp_exchange(server, T)),
+        in_cgroup(s.u.path(), || tcp_exchange(server, T)),
         OK,
         "audit"
     );
@@ -334,11 +319,9 @@ fn unmanaged_processes_follow_the_setting() {
 
 #[test]
 fn the_failsafe_port_stays_reachable() {
-    let Some(_root) = require_root() else {
-        return;
-    };
+    let _root = privileged!();
     let mut s = Setup::new();
-    let (server, pid) = tcp_echo_in(&s.b.path);
+    let (server, pid) = tcp_echo_in(s.b.path());
     let port = server.port();
     s.apply(&policy(), Mode::Enforce as u8);
     // This process is not filtered, but B's ingress drops the SYN.
@@ -364,9 +347,7 @@ fn the_failsafe_port_stays_reachable() {
 
 #[test]
 fn revocation_cuts_an_established_connection() {
-    let Some(_root) = require_root() else {
-        return;
-    };
+    let _root = privileged!();
     let mut s = Setup::new();
     let server = tcp_echo_server(SocketAddr::new(LO4, 0));
     let mut p = policy();
@@ -382,7 +363,7 @@ fn revocation_cuts_an_established_connection() {
     s.apply(&p, Mode::Enforce as u8);
     // Tells the child when the policy changed.
     let (rd, wr) = pipe();
-    let child = spawn_in_cgroup(&s.a.path, move || {
+    let child = spawn_in_cgroup(s.a.path(), move || {
         let Ok(mut c) = TcpStream::connect_timeout(&server, T) else {
             return 10;
         };
@@ -412,14 +393,12 @@ fn revocation_cuts_an_established_connection() {
 
 #[test]
 fn the_cgroup_watcher_adds_and_removes_cgroups() {
-    let Some(_root) = require_root() else {
-        return;
-    };
+    let _root = privileged!();
     let mut s = Setup::new();
     let server = tcp_echo_server(SocketAddr::new(LO4, 0));
     s.apply(&policy(), Mode::Enforce as u8);
     // `u` is unmanaged (allowed) until the watcher maps it to workload A.
-    assert_eq!(in_cgroup(&s.u.path, || tcp_exchange(server, T)), OK);
+    assert_eq!(in_cgroup(s.u.path(), || tcp_exchange(server, T)), OK);
     s.dp.add_cgroup(ResolvedCgroup {
         cgroup_id: s.u.id(),
         workload: A,
@@ -427,24 +406,22 @@ fn the_cgroup_watcher_adds_and_removes_cgroups() {
         mode: Mode::Enforce as u8,
     })
     .expect("add cgroup");
-    assert_eq!(in_cgroup(&s.u.path, || tcp_exchange(server, T)), EPERM);
+    assert_eq!(in_cgroup(s.u.path(), || tcp_exchange(server, T)), EPERM);
     assert_eq!(s.dp.cgroups().count(), 3);
     s.dp.remove_cgroup(s.u.id()).expect("remove cgroup");
-    assert_eq!(in_cgroup(&s.u.path, || tcp_exchange(server, T)), OK);
+    assert_eq!(in_cgroup(s.u.path(), || tcp_exchange(server, T)), OK);
     // The next apply receives the full list again and keeps it coherent.
     s.apply(&policy(), Mode::Enforce as u8);
-    assert_eq!(in_cgroup(&s.a.path, || tcp_exchange(server, T)), EPERM);
-    assert_eq!(in_cgroup(&s.u.path, || tcp_exchange(server, T)), OK);
+    assert_eq!(in_cgroup(s.a.path(), || tcp_exchange(server, T)), EPERM);
+    assert_eq!(in_cgroup(s.u.path(), || tcp_exchange(server, T)), OK);
 }
 
 #[test]
 fn an_ingress_drop_is_reported_and_counted() {
-    let Some(_root) = require_root() else {
-        return;
-    };
+    let _root = privileged!();
     let mut s = Setup::new();
     let mut events = s.dp.take_events().expect("events");
-    let (server, pid) = tcp_echo_in(&s.b.path);
+    let (server, pid) = tcp_echo_in(s.b.path());
     let port = server.port();
     s.apply(&policy(), Mode::Enforce as u8);
     let before = s.dp.global_counters().expect("counters");

@@ -490,9 +490,11 @@ fn the_gate_skips_without_root_and_fails_under_ci() {
     }
     let _root = privileged!();
     use std::os::unix::process::CommandExt;
-    let exe = std::env::current_exe().unwrap();
+    // nobody may not reach the checkout: it runs a copy of this binary.
+    let exe = enforcer_tests::ReachableCopy::of(&std::env::current_exe().unwrap())
+        .expect("a copy of the test binary nobody may run");
     let run = |ci: bool| {
-        let mut cmd = std::process::Command::new(&exe);
+        let mut cmd = std::process::Command::new(exe.path());
         cmd.args([
             "--exact",
             "the_gate_skips_without_root_and_fails_under_ci",
@@ -516,6 +518,59 @@ fn the_gate_skips_without_root_and_fails_under_ci() {
     let text = String::from_utf8_lossy(&failed.stderr);
     assert!(!failed.status.success(), "under CI it must fail: {text}");
     assert!(text.contains("CI is set"), "{text}");
+}
+
+/// A program below a directory only root may pass (a checkout in root's
+/// home on Debian, mode 0700) is out of other users' reach; its
+/// `ReachableCopy` is not, and goes away with its guard.
+#[test]
+fn a_reachable_copy_runs_as_another_user_wherever_the_original_is() {
+    use std::os::unix::{fs::DirBuilderExt, fs::PermissionsExt, process::CommandExt};
+
+    struct Removed(PathBuf);
+    impl Drop for Removed {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    let _root = privileged!();
+    let private =
+        Removed(std::env::temp_dir().join(format!("enforcer-test-private-{}", std::process::id())));
+    let _ = fs::remove_dir_all(&private.0);
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private.0)
+        .expect("mkdir");
+    fs::set_permissions(&private.0, fs::Permissions::from_mode(0o700)).expect("chmod");
+    let checkout = private.0.join("checkout");
+    fs::create_dir(&checkout).expect("mkdir");
+    fs::set_permissions(&checkout, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let original = checkout.join("true");
+    fs::copy("/bin/true", &original).expect("copy /bin/true");
+
+    let as_nobody = |program: &Path| {
+        std::process::Command::new(program)
+            .uid(65534)
+            .gid(65534)
+            .status()
+    };
+    let refused = as_nobody(&original).expect_err("nobody passed a directory of mode 0700");
+    assert_eq!(
+        refused.kind(),
+        std::io::ErrorKind::PermissionDenied,
+        "{refused}"
+    );
+    let copy = enforcer_tests::ReachableCopy::of(&original).expect("a reachable copy");
+    let status = as_nobody(copy.path()).expect("run the copy as nobody");
+    assert!(status.success(), "{status}");
+    let dir = copy
+        .path()
+        .parent()
+        .expect("the copy's directory")
+        .to_path_buf();
+    drop(copy);
+    assert!(!dir.exists(), "{} left behind", dir.display());
 }
 
 #[test]

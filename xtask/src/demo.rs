@@ -1,7 +1,7 @@
 //! `cargo xtask demo`: builds everything (kernel programs included) and runs
-//! the demo binary, `enforcer-demo` from the `enforcer-tests` crate, which
-//! enforces the example policies on real workloads. The demo's logic lives
-//! there; this module only prepares the machine and hands over.
+//! the demo binary, `enforcer-demo` from the `enforcer-demo` crate (`demo/`),
+//! which enforces the example policies on real workloads. The demo's logic
+//! lives there; this module only prepares the machine and hands over.
 
 use std::ffi::OsString;
 
@@ -10,7 +10,9 @@ use anyhow::{Context as _, Result, bail};
 use crate::cmd::{self, banner};
 use crate::{ebpf_object, setup, workspace};
 
-const DEMO_PACKAGE: &str = "enforcer-tests";
+const DEMO_PACKAGE: &str = "enforcer-demo";
+/// The toolkit whose `probe` binary the demo runs (found next to its own).
+const PROBE_PACKAGE: &str = "enforcer-tests";
 const DEMO_BIN: &str = "enforcer-demo";
 
 #[derive(clap::Args)]
@@ -29,7 +31,16 @@ pub fn run(args: Args) -> Result<()> {
     }
 
     banner("build");
-    cmd::run(cmd::cargo().args(["build", "--release", "-p", "enforcer", "-p", DEMO_PACKAGE]))?;
+    cmd::run(cmd::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "enforcer",
+        "-p",
+        PROBE_PACKAGE,
+        "-p",
+        DEMO_PACKAGE,
+    ]))?;
     ebpf_object::report(true)?;
 
     banner("demo");

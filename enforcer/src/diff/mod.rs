@@ -20,6 +20,7 @@ pub mod reach;
 pub mod regions;
 pub mod render;
 pub mod source;
+#[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 
 pub use engine::diff;

@@ -6,6 +6,10 @@
 //! of aligned blocks, wildcard levels as `IDENTITY_ANY_EXTERNAL` /
 //! `IDENTITY_ANY` keys. It does not fold levels: tests that need folding
 //! write the folded entries themselves.
+//!
+//! It panics on bad input, as test code may: it exists only in the crate's
+//! own tests and with the `testkit` feature, which only the crate's
+//! integration tests and benchmarks turn on.
 
 use std::collections::HashMap;
 

@@ -8,11 +8,12 @@ use std::io::Read;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use enforcer::api::{Client, PolicyFile, Request, Response, StatusReport};
-use enforcer_tests::{CgroupGuard, Server};
+use enforcer_tests::{CgroupGuard, ReachableCopy, Server};
 
 static SERIAL: AtomicUsize = AtomicUsize::new(0);
 
@@ -149,6 +150,8 @@ pub struct Daemon {
     notify: Option<UnixDatagram>,
     /// The notification that carried READY=1 (with its STATUS=).
     ready: Option<String>,
+    /// The binary for [`Daemon::cli_as`], made on first use.
+    reachable_bin: OnceLock<ReachableCopy>,
     scratch: Scratch,
 }
 
@@ -222,6 +225,7 @@ impl Daemon {
             state_dir: scratch.0.join("state"),
             notify: None,
             ready: None,
+            reachable_bin: OnceLock::new(),
             scratch,
         }
     }
@@ -438,8 +442,12 @@ impl Daemon {
     }
 
     /// [`Daemon::cli`] as another user: `setpriv` with `uid`, `gid` and
-    /// the supplementary `groups` (none when empty).
+    /// the supplementary `groups` (none when empty). The binary is a
+    /// [`ReachableCopy`]: that user may not reach the checkout.
     pub fn cli_as(&self, uid: u32, gid: u32, groups: &[u32], args: &[&str]) -> Output {
+        let bin = self.reachable_bin.get_or_init(|| {
+            ReachableCopy::of(&enforcer_bin()).expect("a copy of enforcer other users may run")
+        });
         let groups: Vec<String> = groups.iter().map(u32::to_string).collect();
         let mut command = Command::new("setpriv");
         command
@@ -451,7 +459,7 @@ impl Daemon {
                 format!("--groups={}", groups.join(","))
             })
             .arg("--")
-            .arg(enforcer_bin())
+            .arg(bin.path())
             .args(args)
             .arg("--socket")
             .arg(&self.socket);

@@ -1,6 +1,6 @@
-//! Minimal root-test helpers for the data plane tests: a test cgroup, a
-//! bpffs pin root, and child processes forked into the test cgroup.
-//! Everything is removed on drop, also when a test fails.
+//! Helpers of the data plane tests: a bpffs pin root (removed on drop, also
+//! when a test fails), the connections a forked child makes (the toolkit's
+//! `fork` places it in a test cgroup), packets and random inputs.
 
 #![allow(dead_code, reason = "each test file uses a different subset")]
 
@@ -16,32 +16,6 @@ use std::{
 use enforcer::compile::{CompiledPolicy, EntityInfo, EntityKind};
 use enforcer::policy::{RuleRef, Section};
 
-/// The gate of every root test (enforcer-tests' `privileged`): root,
-/// cgroup v2, bpffs, and cgroup2 socket matching working; skips without
-/// them, fails under `CI`. The guard holds the machine-wide lock that runs
-/// root tests of every worktree one at a time.
-pub fn require_root() -> Option<enforcer_tests::Privileged> {
-    enforcer_tests::privileged::require_root_with_probe(option_env!("CARGO_BIN_EXE_probe"))
-}
-
-/// The cgroup v2 mount point, from /proc/self/mountinfo.
-pub fn cgroup2_root() -> PathBuf {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
-    for line in text.lines() {
-        let Some((head, tail)) = line.split_once(" - ") else {
-            continue;
-        };
-        if tail.split_whitespace().next() == Some("cgroup2") {
-            let mount = head
-                .split_whitespace()
-                .nth(4)
-                .expect("mountinfo mount point");
-            return PathBuf::from(mount);
-        }
-    }
-    panic!("no cgroup2 mount found");
-}
-
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 fn unique(prefix: &str) -> String {
@@ -52,51 +26,6 @@ fn unique(prefix: &str) -> String {
     )
 }
 
-/// A cgroup created for one test; removed (after killing what is left in
-/// it) on drop.
-pub struct TestCgroup {
-    pub path: PathBuf,
-}
-
-impl TestCgroup {
-    pub fn new() -> TestCgroup {
-        let path = cgroup2_root().join(unique("enforcer-dp-test"));
-        std::fs::create_dir(&path).expect("create test cgroup");
-        TestCgroup { path }
-    }
-
-    /// A child cgroup of this one.
-    pub fn child(&self, name: &str) -> TestCgroup {
-        let path = self.path.join(name);
-        std::fs::create_dir(&path).expect("create child cgroup");
-        TestCgroup { path }
-    }
-
-    /// The cgroup id (inode number of the directory).
-    pub fn id(&self) -> u64 {
-        std::fs::metadata(&self.path).expect("stat cgroup").ino()
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        if let Ok(procs) = std::fs::read_to_string(self.path.join("cgroup.procs")) {
-            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                // SAFETY: signalling a pid we put in our own test cgroup.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
-        for _ in 0..50 {
-            // Children first (created by `child`, dropped before us normally).
-            if std::fs::remove_dir(&self.path).is_ok() || !self.path.exists() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        eprintln!("warning: could not remove {}", self.path.display());
-    }
-}
-
 /// The cgroup id of this process.
 pub fn own_cgroup_id() -> u64 {
     let text = std::fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
@@ -104,7 +33,9 @@ pub fn own_cgroup_id() -> u64 {
         .lines()
         .find_map(|l| l.strip_prefix("0::"))
         .expect("a cgroup v2 line in /proc/self/cgroup");
-    let path = cgroup2_root().join(rel.trim_start_matches('/'));
+    let path = enforcer_tests::cgroup2_mount()
+        .expect("cgroup v2 mount")
+        .join(rel.trim_start_matches('/'));
     std::fs::metadata(path).expect("stat own cgroup").ino()
 }
 
@@ -143,13 +74,6 @@ impl Drop for PinRoot {
 pub fn attached_programs(cgroup: &Path) -> usize {
     let v = enforcer_tests::bpftool_json(&["cgroup".as_ref(), "show".as_ref(), cgroup.as_os_str()]);
     v.as_array().map_or(0, |a| a.len())
-}
-
-/// Runs `f` in a forked child placed in `cgroup`; returns its exit code.
-/// The child only makes system calls, so forking from the (multi-threaded)
-/// test harness is safe enough.
-pub fn in_cgroup(cgroup: &Path, f: impl FnOnce() -> i32) -> i32 {
-    wait_child(spawn_in_cgroup(cgroup, f))
 }
 
 /// Exit codes of the connection helpers.
@@ -358,44 +282,6 @@ pub fn ip_packet(
     p
 }
 
-/// Forks a child into `cgroup` running `f` (which should not return, e.g.
-/// a server loop) and returns its pid without waiting. The cgroup's guard
-/// kills it.
-pub fn spawn_in_cgroup(cgroup: &Path, f: impl FnOnce() -> i32) -> i32 {
-    let procs = std::ffi::CString::new(
-        cgroup
-            .join("cgroup.procs")
-            .into_os_string()
-            .into_encoded_bytes(),
-    )
-    .expect("path without NUL");
-    // SAFETY: the child only uses async-signal-safe calls before `f`, and
-    // `f` makes plain socket system calls, then `_exit`.
-    unsafe {
-        let pid = libc::fork();
-        assert!(pid >= 0, "fork failed");
-        if pid == 0 {
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
-            if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                libc::_exit(200);
-            }
-            libc::close(fd);
-            libc::_exit(f());
-        }
-        pid
-    }
-}
-
-/// Reaps a child started by `spawn_in_cgroup` after killing it.
-pub fn kill_child(pid: i32) {
-    // SAFETY: our own child.
-    unsafe {
-        libc::kill(pid, libc::SIGKILL);
-        let mut status = 0;
-        libc::waitpid(pid, &mut status, 0);
-    }
-}
-
 /// A port that is free right now on `ip`.
 pub fn free_port(ip: std::net::IpAddr, udp: bool) -> u16 {
     if udp {
@@ -448,30 +334,4 @@ pub fn links_to_cgroup(cgroup_id: u64) -> usize {
             .filter(|l| l.get("cgroup_id").and_then(serde_json::Value::as_u64) == Some(cgroup_id))
             .count()
     })
-}
-
-/// A pipe `(read end, write end)`, to tell a forked child when to go on.
-pub fn pipe() -> (i32, i32) {
-    let mut fds = [0i32; 2];
-    // SAFETY: a pipe for this process and its children.
-    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-    (fds[0], fds[1])
-}
-
-/// Closes both ends of a [`pipe`].
-pub fn close_pipe(rd: i32, wr: i32) {
-    // SAFETY: closing our own pipe ends.
-    unsafe {
-        libc::close(rd);
-        libc::close(wr);
-    }
-}
-
-/// Waits for a child started by [`spawn_in_cgroup`]; its exit code.
-pub fn wait_child(pid: i32) -> i32 {
-    let mut status = 0;
-    // SAFETY: our own child.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    assert!(libc::WIFEXITED(status), "child did not exit normally");
-    libc::WEXITSTATUS(status)
 }
