@@ -14,7 +14,6 @@ use std::time::{Duration, Instant, SystemTime};
 use enforcer_common::{Identity, SlotPolicy};
 
 use super::flows::FlowHistory;
-use super::memory::release_freed_heap;
 use super::state::{Kept, SavedPolicy, StateDir};
 use crate::api::proto::{
     CgroupDiscovery, PolicyStatus, Rejection, SkippedCgroup, SkippedCgroups, StatusReport,
@@ -571,7 +570,6 @@ impl Engine {
     }
 
     fn reject(&mut self, trigger: Trigger, source: &Path, errors: Vec<String>) -> Vec<String> {
-        release_freed_heap();
         self.reloads_failed += 1;
         for e in &errors {
             tracing::error!(trigger = trigger.as_str(), source = %source.display(), "policy rejected: {e}");
@@ -590,7 +588,6 @@ impl Engine {
     }
 
     fn accept(&mut self, trigger: Trigger, generation: u32, unchanged: bool, warnings: &[String]) {
-        release_freed_heap();
         self.reloads_ok += 1;
         self.last_rejection = None;
         for w in warnings {
@@ -828,7 +825,6 @@ impl Engine {
         if origin == Origin::Adopted {
             current.applied_at = saved.applied_at;
         }
-        release_freed_heap();
         tracing::warn!(
             generation,
             content_hash = format!("{:016x}", saved.content_hash),
