@@ -28,8 +28,10 @@ pub fn tune_allocator() {
 }
 
 /// Hand the memory that parsing and compiling a policy freed back to the
-/// system (free pages inside the heap, and its top). Called once per load,
-/// accepted or rejected.
+/// system (free pages inside the heap, and its top). Called after every
+/// change of the daemon's state (a load, accepted or rejected, among them)
+/// once its status is published: the status is rebuilt at each change, and
+/// what is allocated after a trim lands in the pages it returned.
 pub fn release_freed_heap() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only walks the allocator's own free lists.

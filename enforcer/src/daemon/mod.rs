@@ -45,6 +45,7 @@ use crate::config::Settings;
 use crate::dataplane::{Dataplane, DataplaneOptions, EventReader, RegistrationLimits};
 use engine::{Candidate, EmptyPolicy, Engine, EngineError, Outcome, Trigger};
 use flows::{FlowFilter, FlowHistory};
+use memory::release_freed_heap;
 use status::StatusBoard;
 
 /// How long policy file events must be quiet before a reload: editors
@@ -197,6 +198,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             .context("opening the counter maps for status")?,
         Arc::clone(&integrity_book),
     ));
+    // The start's load, once its status is built (see `Shared::change`).
+    release_freed_heap();
     let shared = Arc::new(Shared {
         engine: tokio::sync::Mutex::new(engine),
         board: Arc::clone(&board),
@@ -406,6 +409,11 @@ impl Shared {
         tokio::task::block_in_place(|| {
             let result = change(&mut engine);
             self.board.publish(engine.status());
+            // After the publish: the status of a large policy is tens of
+            // thousands of small allocations, built again at every change
+            // (a cgroup event, a periodic rescan) and the previous one
+            // freed, all over the pages a load's scratch left free.
+            release_freed_heap();
             result
         })
     }

@@ -13,7 +13,6 @@ use super::{Candidate, EmptyPolicy, Engine, EngineError, Installed, Outcome, Sou
 use crate::api::proto::Rejection;
 use crate::cgroups::{CgroupTree, Matcher, Resolution, uid_of_user};
 use crate::compile::CompiledPolicy;
-use crate::daemon::memory::release_freed_heap;
 use crate::daemon::state::{Kept, SavedPolicy};
 use crate::dataplane::HostAddrs;
 use crate::rfc3339::format_millis as rfc3339;
@@ -150,7 +149,6 @@ impl Engine {
         source: &Path,
         error: EngineError,
     ) -> EngineError {
-        release_freed_heap();
         self.reloads_failed += 1;
         let errors = error.messages();
         for e in &errors {
@@ -177,7 +175,6 @@ impl Engine {
         unchanged: bool,
         warnings: &[String],
     ) {
-        release_freed_heap();
         self.reloads_ok += 1;
         self.last_rejection = None;
         for w in warnings {

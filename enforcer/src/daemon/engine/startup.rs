@@ -11,7 +11,6 @@ use super::{
     Candidate, EmptyPolicy, Engine, EngineError, KernelPolicy, LastGoodUnavailable, Origin, Trigger,
 };
 use crate::compile::CompiledPolicy;
-use crate::daemon::memory::release_freed_heap;
 use crate::daemon::state::{Kept, SavedPolicy, StateDir};
 use crate::rfc3339::format_millis as rfc3339;
 
@@ -141,7 +140,6 @@ impl Engine {
         if origin == Origin::Adopted {
             current.applied_at = saved.applied_at;
         }
-        release_freed_heap();
         tracing::warn!(
             generation,
             content_hash = format!("{:016x}", saved.content_hash),
