@@ -96,9 +96,22 @@ impl Adopted {
     fn wait_for_a_never_open(&self, within: Duration) -> Duration {
         let started = Instant::now();
         let mut rounds = 0;
+        let mut straddling = 0;
         loop {
             let round = self.probe();
             rounds += 1;
+            // A connection to `b` that `connect()` allowed under B and
+            // whose handshake is judged under A is dropped: refused, not
+            // at once. Only the one round that meets the switch can see it.
+            if round == (ProbeOutcome::Eperm, ProbeOutcome::Timeout) {
+                straddling += 1;
+                assert!(
+                    straddling == 1,
+                    "`b` connected under B and dropped in {straddling} rounds, not only at the switch\n{}",
+                    self.daemon.log()
+                );
+                continue;
+            }
             // From B to A, `a` probed first: both allowed only when
             // nothing is enforced (both refused is `a` under B, then `b`
             // under A); anything but allowed or refused at once is wrong.
@@ -110,7 +123,21 @@ impl Adopted {
                 self.daemon.log()
             );
             if round == (ProbeOutcome::Ok, ProbeOutcome::Eperm) {
-                return started.elapsed();
+                let back = started.elapsed();
+                // The kernel goes back first; the state directory and the
+                // published status follow within moments.
+                let settled = Daemon::eventually(Duration::from_secs(3), || {
+                    self.daemon
+                        .status()
+                        .policy
+                        .is_none_or(|p| p.rollback_at.is_none())
+                });
+                assert!(
+                    settled,
+                    "policy A is back but the status still shows the probation\n{}",
+                    self.daemon.log()
+                );
+                return back;
             }
             assert!(
                 started.elapsed() < within,

@@ -63,9 +63,14 @@ pub struct Resolution {
 }
 
 impl Resolution {
-    /// The cgroups of one workload.
-    pub fn of_workload(&self, workload: Identity) -> impl Iterator<Item = &MatchedCgroup> {
-        self.cgroups.iter().filter(move |c| c.workload == workload)
+    /// The cgroups of every workload, each list in path order: one pass,
+    /// where a lookup per workload would be quadratic in a large policy.
+    pub fn by_workload(&self) -> BTreeMap<Identity, Vec<&MatchedCgroup>> {
+        let mut by_workload: BTreeMap<Identity, Vec<&MatchedCgroup>> = BTreeMap::new();
+        for c in &self.cgroups {
+            by_workload.entry(c.workload).or_default().push(c);
+        }
+        by_workload
     }
 
     /// The workload that owns a cgroup path: that of the deepest matched
@@ -400,8 +405,9 @@ mod tests {
             ),
         ]);
         let r = resolve(&m, &tree());
-        assert_eq!(r.of_workload(16).count(), 2);
-        assert_eq!(r.of_workload(16).next().unwrap().mode, Mode::Audit as u8);
+        let by_workload = r.by_workload();
+        assert_eq!(by_workload[&16].len(), 2);
+        assert_eq!(by_workload[&16][0].mode, Mode::Audit as u8);
         assert_eq!(
             r.owner_of("system.slice/api-2.service").unwrap().workload,
             16

@@ -199,11 +199,13 @@ impl Engine {
                         self.last_good_file()
                     ));
                 }
+                let mut by_workload = self.resolution.by_workload();
                 for w in &current.compiled.workloads {
                     let selector = w.selector.to_string();
-                    let cgroups: Vec<String> = self
-                        .resolution
-                        .of_workload(w.identity)
+                    let cgroups: Vec<String> = by_workload
+                        .remove(&w.identity)
+                        .unwrap_or_default()
+                        .into_iter()
                         .map(|c| c.path.clone())
                         .collect();
                     if cgroups.is_empty() {
