@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::IO_TIMEOUT;
 
 /// What one measurement did.
-pub struct Measurement {
+pub(crate) struct Measurement {
     pub transactions: u64,
     pub elapsed: Duration,
 }
@@ -29,7 +29,7 @@ fn transact(stream: &mut TcpStream, buf: &mut [u8]) -> Result<(), String> {
 }
 
 /// Request/response over one connection (TCP_RR).
-pub fn rr(addr: SocketAddr, size: usize, duration: Duration) -> Result<Measurement, String> {
+pub(crate) fn rr(addr: SocketAddr, size: usize, duration: Duration) -> Result<Measurement, String> {
     let mut buf = vec![b'r'; size];
     let mut stream = connect(addr)?;
     let start = Instant::now();
@@ -46,7 +46,11 @@ pub fn rr(addr: SocketAddr, size: usize, duration: Duration) -> Result<Measureme
 }
 
 /// Connect, one request/response, close (TCP_CRR).
-pub fn crr(addr: SocketAddr, size: usize, duration: Duration) -> Result<Measurement, String> {
+pub(crate) fn crr(
+    addr: SocketAddr,
+    size: usize,
+    duration: Duration,
+) -> Result<Measurement, String> {
     let mut buf = vec![b'c'; size];
     let start = Instant::now();
     let mut transactions = 0;
@@ -64,7 +68,10 @@ pub fn crr(addr: SocketAddr, size: usize, duration: Duration) -> Result<Measurem
 }
 
 /// Prints the measurement as one JSON line, which the harness parses.
-pub fn report(workload: &str, measurement: Result<Measurement, String>) -> Result<(), String> {
+pub(crate) fn report(
+    workload: &str,
+    measurement: Result<Measurement, String>,
+) -> Result<(), String> {
     let Measurement {
         transactions,
         elapsed,

@@ -13,7 +13,7 @@ use crate::IO_TIMEOUT;
 /// at most [`IO_TIMEOUT`].
 const WORKERS: usize = 4;
 
-pub fn serve(addr: SocketAddr, size: usize, max_lifetime: Duration) -> Result<(), String> {
+pub(crate) fn serve(addr: SocketAddr, size: usize, max_lifetime: Duration) -> Result<(), String> {
     let listener = TcpListener::bind(addr).map_err(|e| format!("bind {addr}: {e}"))?;
     // Bounded lifetime: the server stops by itself even if whoever started
     // it is killed before it can stop it.

@@ -25,7 +25,7 @@ use super::{
 
 /// One connection to make.
 #[derive(Clone, Debug)]
-pub struct Case {
+pub(crate) struct Case {
     pub client: Place,
     /// The source address, when the client must use a particular one.
     pub bind: Option<IpAddr>,
@@ -38,7 +38,7 @@ const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 /// The demo's connections: inbound from the office (IPv4 and IPv6), the
 /// vendor and the rest of the world; between the workloads over loopback;
 /// and one that only audit mode lets through.
-pub fn plan(stage: &Stage) -> Vec<Case> {
+pub(crate) fn plan(stage: &Stage) -> Vec<Case> {
     use Place::{Local, Remote as R};
     let office4 = stage.office.local_ipv4();
     let office6 = stage.office.local_ipv6();
@@ -81,7 +81,7 @@ pub fn plan(stage: &Stage) -> Vec<Case> {
 
 /// What a client sees.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Connected and got its message echoed.
     Connected,
     /// `connect()` failed at once with EPERM: a hook on this host refused.
@@ -92,7 +92,7 @@ pub enum Outcome {
 
 /// A verdict event of the kernel, as the demo compares it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Event {
+pub(crate) struct Event {
     /// Deny or audit.
     pub verdict: Verdict,
     /// The rule's name: `db deny-in[0]`, `default deny`.
@@ -101,7 +101,7 @@ pub struct Event {
 
 /// One end of a connection, named.
 #[derive(Clone, Debug)]
-pub struct End {
+pub(crate) struct End {
     pub identity: Identity,
     /// `office 203.0.113.2`, `db`.
     pub label: String,
@@ -109,7 +109,7 @@ pub struct End {
 
 /// What the policy says about a case, and what should therefore happen.
 #[derive(Clone, Debug)]
-pub struct Expectation {
+pub(crate) struct Expectation {
     pub from: End,
     pub to: End,
     pub port: ServicePort,
@@ -184,7 +184,7 @@ fn source(stage: &Stage, case: &Case) -> IpAddr {
 /// The policy's verdict (what `enforcer explain --from --to --port` says)
 /// and the outcome and kernel event it implies.
 /// `untils` holds the rules with an `until`, to show when an allow ends.
-pub fn expect(
+pub(crate) fn expect(
     stage: &Stage,
     policy: &CompiledPolicy,
     untils: &BTreeMap<RuleRef, SystemTime>,
@@ -264,14 +264,14 @@ pub fn expect(
 
 /// What really happened.
 #[derive(Clone, Debug)]
-pub struct Observation {
+pub(crate) struct Observation {
     pub report: ProbeReport,
     /// The first denial or audit event of this connection, if any.
     pub event: Option<Event>,
 }
 
 impl Observation {
-    pub fn outcome(&self) -> Option<Outcome> {
+    pub(crate) fn outcome(&self) -> Option<Outcome> {
         match self.report.outcome {
             ProbeOutcome::Ok => Some(Outcome::Connected),
             ProbeOutcome::Eperm => Some(Outcome::Refused),
@@ -282,13 +282,13 @@ impl Observation {
 
     /// Whether it is what the policy says: the same outcome and, for
     /// denials and audits, an event naming the same rule.
-    pub fn matches(&self, expected: &Expectation) -> bool {
+    pub(crate) fn matches(&self, expected: &Expectation) -> bool {
         self.outcome() == Some(expected.outcome) && self.event == expected.event
     }
 }
 
 /// Makes the connection with a real client process.
-pub fn run(stage: &Stage, case: &Case, timeout: Duration) -> ProbeReport {
+pub(crate) fn run(stage: &Stage, case: &Case, timeout: Duration) -> ProbeReport {
     let mut probe = Probe::tcp_connect(case.dest)
         .timeout(timeout)
         .payload("hello from the enforcer demo");
@@ -306,7 +306,7 @@ pub fn run(stage: &Stage, case: &Case, timeout: Duration) -> ProbeReport {
 /// TCP flow whose service port is the case's port. Read from the data
 /// plane's ring buffer (`--library`), or from the daemon's flow history
 /// (what `enforcer flows` shows), waiting briefly when one is `expected`.
-pub fn kernel_event(
+pub(crate) fn kernel_event(
     stage: &mut Stage,
     policy: &CompiledPolicy,
     case: &Case,

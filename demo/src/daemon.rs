@@ -23,7 +23,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 const EVENT_TIMEOUT: Duration = Duration::from_millis(300);
 
 /// A running `enforcer run`.
-pub struct Daemon {
+pub(crate) struct Daemon {
     child: Option<ChildGuard>,
     enforcer: PathBuf,
     socket: PathBuf,
@@ -37,7 +37,7 @@ pub struct Daemon {
 
 /// The `enforcer` binary, built next to this one (`cargo xtask demo`
 /// builds both).
-pub fn enforcer_binary() -> Result<PathBuf> {
+pub(crate) fn enforcer_binary() -> Result<PathBuf> {
     let me = std::env::current_exe().context("locating enforcer-demo")?;
     let path = me.with_file_name("enforcer");
     if !path.is_file() {
@@ -51,7 +51,7 @@ pub fn enforcer_binary() -> Result<PathBuf> {
 }
 
 /// The daemon's socket and pin directory: the demo's own, by its pid.
-pub fn paths() -> (PathBuf, PathBuf) {
+pub(crate) fn paths() -> (PathBuf, PathBuf) {
     let tag = format!("enforcer-demo-{}", std::process::id());
     (
         PathBuf::from("/run").join(format!("{tag}.sock")),
@@ -70,7 +70,7 @@ impl Daemon {
 
     /// Starts the daemon and waits until the policy is in force with every
     /// one of `expect_cgroups` (relative to `cgroup_root`) resolved.
-    pub fn start(
+    pub(crate) fn start(
         enforcer: &Path,
         policies: &Path,
         cgroup_root: &Path,
@@ -146,15 +146,15 @@ impl Daemon {
         }
     }
 
-    pub fn pid(&self) -> Option<u32> {
+    pub(crate) fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(ChildGuard::pid)
     }
 
-    pub fn socket(&self) -> &Path {
+    pub(crate) fn socket(&self) -> &Path {
         &self.socket
     }
 
-    pub fn bpffs(&self) -> &Path {
+    pub(crate) fn bpffs(&self) -> &Path {
         &self.bpffs
     }
 
@@ -165,7 +165,7 @@ impl Daemon {
     }
 
     /// The daemon's `status` answer.
-    pub fn status(&self) -> Result<StatusReport> {
+    pub(crate) fn status(&self) -> Result<StatusReport> {
         match self.client()?.call(&Request::Status)? {
             Response::Status(report) => Ok(*report),
             other => bail!("unexpected answer to status: {other:?}"),
@@ -194,7 +194,7 @@ impl Daemon {
     /// The new flow records; when `wanted` is given, waits (briefly) until
     /// one satisfies it, since the daemon reads the kernel's events
     /// asynchronously.
-    pub fn new_records(
+    pub(crate) fn new_records(
         &mut self,
         wanted: Option<&dyn Fn(&FlowRecord) -> bool>,
     ) -> Result<Vec<FlowRecord>> {
@@ -216,7 +216,7 @@ impl Daemon {
     }
 
     /// Runs `enforcer ARGS --socket SOCKET` and returns what it printed.
-    pub fn cli(&self, args: &[&str]) -> Result<String> {
+    pub(crate) fn cli(&self, args: &[&str]) -> Result<String> {
         let out = self
             .base()
             .args(args)
@@ -300,6 +300,6 @@ impl Drop for Daemon {
 }
 
 /// The port of an `ADDR:PORT` / `[ADDR]:PORT` of a flow record.
-pub fn port_of(addr: &str) -> Option<u16> {
+pub(crate) fn port_of(addr: &str) -> Option<u16> {
     addr.parse::<SocketAddr>().ok().map(|a| a.port())
 }

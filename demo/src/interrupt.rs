@@ -13,15 +13,15 @@ use anyhow::{Context as _, Result};
 /// The error a step returns when the user interrupted the demo.
 #[derive(Debug, thiserror::Error)]
 #[error("interrupted")]
-pub struct Interrupted;
+pub(crate) struct Interrupted;
 
 /// The raised-flag handle.
 #[derive(Clone, Debug)]
-pub struct Stop(Arc<AtomicBool>);
+pub(crate) struct Stop(Arc<AtomicBool>);
 
 impl Stop {
     /// Installs the SIGINT, SIGTERM and SIGHUP handlers.
-    pub fn install() -> Result<Stop> {
+    pub(crate) fn install() -> Result<Stop> {
         let flag = Arc::new(AtomicBool::new(false));
         for signal in [
             signal_hook::consts::SIGINT,
@@ -35,7 +35,7 @@ impl Stop {
     }
 
     /// `Err(Interrupted)` once a signal arrived.
-    pub fn check(&self) -> Result<(), Interrupted> {
+    pub(crate) fn check(&self) -> Result<(), Interrupted> {
         if self.0.load(Ordering::SeqCst) {
             Err(Interrupted)
         } else {

@@ -23,11 +23,11 @@ use enforcer_tests::{CgroupGuard, Server, TestHost};
 use super::daemon::Daemon;
 
 /// The address the vendor host connects from: `peer.vendor-support`.
-pub const VENDOR_ADDR: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 17));
+pub(crate) const VENDOR_ADDR: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 17));
 
 /// A process of one of the demo's workloads, on this machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Tier {
+pub(crate) enum Tier {
     Web,
     Api,
     Db,
@@ -35,7 +35,7 @@ pub enum Tier {
 
 /// A test host, somewhere on the network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Remote {
+pub(crate) enum Remote {
     Office,
     Vendor,
     World,
@@ -43,14 +43,14 @@ pub enum Remote {
 
 /// Where a client or server runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Place {
+pub(crate) enum Place {
     Local(Tier),
     Remote(Remote),
 }
 
 /// One cgroup the policy's selectors resolved to a workload.
 #[derive(Clone, Debug)]
-pub struct Resolution {
+pub(crate) struct Resolution {
     /// Relative to the demo cgroup root.
     pub path: String,
     pub workload: String,
@@ -58,7 +58,7 @@ pub struct Resolution {
 }
 
 /// The kernel side, once the policy is in force.
-pub enum Enforcement {
+pub(crate) enum Enforcement {
     /// The demo drives the data plane itself (`--library`).
     Library {
         dataplane: Box<Dataplane>,
@@ -72,7 +72,7 @@ pub enum Enforcement {
 /// Everything the demo created. Fields drop in declaration order: the
 /// programs are detached first, then servers stop, then test hosts and
 /// cgroups go.
-pub struct Stage {
+pub(crate) struct Stage {
     pub enforcement: Option<Enforcement>,
     /// The cgroups resolved to workloads, once the policy is in force.
     pub resolved: Vec<Resolution>,
@@ -91,7 +91,7 @@ pub struct Stage {
 
 impl Stage {
     /// Creates the cgroups and the test hosts.
-    pub fn build() -> Result<Stage> {
+    pub(crate) fn build() -> Result<Stage> {
         // The workloads' cgroups as systemd names them, under a demo root
         // that stands in for the machine's cgroup root.
         let root = CgroupGuard::new().context("creating the demo cgroup root")?;
@@ -128,11 +128,11 @@ impl Stage {
         })
     }
 
-    pub fn root(&self) -> &CgroupGuard {
+    pub(crate) fn root(&self) -> &CgroupGuard {
         &self.root
     }
 
-    pub fn cgroup(&self, tier: Tier) -> &CgroupGuard {
+    pub(crate) fn cgroup(&self, tier: Tier) -> &CgroupGuard {
         match tier {
             Tier::Web => &self.web,
             Tier::Api => &self.api,
@@ -140,7 +140,7 @@ impl Stage {
         }
     }
 
-    pub fn host(&self, remote: Remote) -> &TestHost {
+    pub(crate) fn host(&self, remote: Remote) -> &TestHost {
         match remote {
             Remote::Office => &self.office,
             Remote::Vendor => &self.vendor,
@@ -149,7 +149,7 @@ impl Stage {
     }
 
     /// The network namespaces, for the cleanup check.
-    pub fn netns_names(&self) -> Vec<String> {
+    pub(crate) fn netns_names(&self) -> Vec<String> {
         [&self.office, &self.vendor, &self.world]
             .iter()
             .map(|h| h.name().to_owned())
@@ -158,7 +158,7 @@ impl Stage {
 
     /// Starts `enforcer run` on the demo cgroup root and waits until the
     /// policy is in force; takes the daemon's cgroup resolution.
-    pub fn enforce_with_daemon(&mut self, enforcer: &Path, policies: &Path) -> Result<()> {
+    pub(crate) fn enforce_with_daemon(&mut self, enforcer: &Path, policies: &Path) -> Result<()> {
         let daemon = Daemon::start(enforcer, policies, self.root.path(), 3)?;
         let status = daemon.status()?;
         let mut resolved = Vec::new();
@@ -196,7 +196,7 @@ impl Stage {
     /// Loads the kernel programs, attaches them to the demo cgroup root,
     /// resolves the workload cgroups with the policy's selectors and puts
     /// the policy in force: what the daemon does at start.
-    pub fn enforce_with_library(&mut self, policy: &CompiledPolicy) -> Result<()> {
+    pub(crate) fn enforce_with_library(&mut self, policy: &CompiledPolicy) -> Result<()> {
         let mut dataplane =
             Dataplane::load(&DataplaneOptions::default()).context("loading the kernel programs")?;
         dataplane
@@ -221,7 +221,7 @@ impl Stage {
     }
 
     /// The workload the policy resolved a tier's cgroup to.
-    pub fn resolution(&self, tier: Tier) -> Option<&Resolution> {
+    pub(crate) fn resolution(&self, tier: Tier) -> Option<&Resolution> {
         let id = self.cgroup(tier).id();
         self.resolved.iter().find(|r| r.cgroup.cgroup_id == id)
     }
@@ -229,7 +229,7 @@ impl Stage {
     /// Starts an echo server at `addr` in `place`, unless one runs there.
     /// Started after [`Stage::enforce`], as services start after the
     /// daemon: the kernel learns which workload owns a port at `bind()`.
-    pub fn serve(&mut self, place: Place, addr: SocketAddr) -> Result<()> {
+    pub(crate) fn serve(&mut self, place: Place, addr: SocketAddr) -> Result<()> {
         if self
             .servers
             .iter()
@@ -249,7 +249,7 @@ impl Stage {
     }
 
     /// The servers' ports per place, for the summary.
-    pub fn ports(&self, place: Place) -> BTreeSet<u16> {
+    pub(crate) fn ports(&self, place: Place) -> BTreeSet<u16> {
         self.servers
             .iter()
             .filter(|(p, _)| *p == place)
@@ -258,7 +258,7 @@ impl Stage {
     }
 
     /// How many servers run.
-    pub fn server_count(&self) -> usize {
+    pub(crate) fn server_count(&self) -> usize {
         self.servers.len()
     }
 }
@@ -266,7 +266,7 @@ impl Stage {
 /// Resolves the cgroups under `root` (standing in for the cgroup root) to
 /// the policy's workloads, as the daemon does (`enforcer::cgroups::Matcher`).
 /// A cgroup's descendants need no entry: the kernel looks up ancestors.
-pub fn resolve(policy: &CompiledPolicy, root: &Path) -> Result<Vec<Resolution>> {
+pub(crate) fn resolve(policy: &CompiledPolicy, root: &Path) -> Result<Vec<Resolution>> {
     let tree = CgroupTree::scan(root).with_context(|| format!("scanning {}", root.display()))?;
     let matcher = Matcher::new(&policy.workloads, uid_of_user)
         .context("the policy's selectors do not fit the kernel's tables")?;

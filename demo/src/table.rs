@@ -5,7 +5,7 @@ use enforcer_tests::ProbeOutcome;
 use super::cases::{Event, Expectation, Observation, Outcome};
 
 /// One printed row.
-pub struct Row {
+pub(crate) struct Row {
     pub expected: Expectation,
     pub observed: Observation,
 }
@@ -48,7 +48,7 @@ const HEADER: [&str; 8] = [
 ];
 
 /// The table, printed a row at a time as the connections are made.
-pub struct Table {
+pub(crate) struct Table {
     widths: [usize; 8],
 }
 
@@ -63,7 +63,7 @@ fn policy_text(e: &Expectation) -> String {
 impl Table {
     /// Sizes the columns from what the policy says about every row, and
     /// prints the header.
-    pub fn start(expected: &[Expectation]) -> Table {
+    pub(crate) fn start(expected: &[Expectation]) -> Table {
         let mut widths = HEADER.map(str::len);
         // The longest observation: "refused at once (EPERM), 10 ms".
         widths[5] = widths[5].max(32);
@@ -101,7 +101,7 @@ impl Table {
     }
 
     /// Prints row `i` (0-based); returns whether it matched.
-    pub fn row(&self, i: usize, row: &Row) -> bool {
+    pub(crate) fn row(&self, i: usize, row: &Row) -> bool {
         let e = &row.expected;
         let ok = row.observed.matches(e);
         self.line(&[
@@ -119,7 +119,7 @@ impl Table {
 }
 
 /// Explains every row that did not match the policy.
-pub fn mismatches(rows: &[Row]) {
+pub(crate) fn mismatches(rows: &[Row]) {
     for (i, row) in rows.iter().enumerate() {
         if row.observed.matches(&row.expected) {
             continue;

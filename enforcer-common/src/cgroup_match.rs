@@ -195,7 +195,7 @@ impl GlobRule {
             if segment[j] == b'*' {
                 rule.star |= 1 << j;
             } else {
-                rule.pattern[j / 8] |= (segment[j] as u64) << ((j % 8) * 8);
+                rule.pattern[j / 8] |= u64::from(segment[j]) << ((j % 8) * 8);
             }
             j += 1;
         }
@@ -282,7 +282,7 @@ pub fn name_words(name: &[u8]) -> Option<[u64; NAME_WORDS]> {
     }
     let mut words = [0u64; NAME_WORDS];
     for (i, &b) in name.iter().enumerate() {
-        words[i / 8] |= (b as u64) << ((i % 8) * 8);
+        words[i / 8] |= u64::from(b) << ((i % 8) * 8);
     }
     Some(words)
 }

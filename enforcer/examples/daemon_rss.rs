@@ -86,7 +86,7 @@ fn parse_args() -> Result<Args> {
             "--workloads" => parsed.workloads = value()?.parse().context("--workloads")?,
             "--peers" => parsed.peers = value()?.parse().context("--peers")?,
             "--settle" => {
-                parsed.settle = Duration::from_secs_f64(value()?.parse().context("--settle")?)
+                parsed.settle = Duration::from_secs_f64(value()?.parse().context("--settle")?);
             }
             "--bin" => parsed.bin = PathBuf::from(value()?),
             "--wrap" => parsed.wrap = value()?.split_whitespace().map(String::from).collect(),

@@ -6,6 +6,8 @@
 //! -> [`check`] (expiry warnings and expectations, judged by the
 //! evaluator). Each depends only on those before it.
 
+#![warn(clippy::unwrap_used)]
+
 pub mod api;
 pub mod cgroups;
 pub mod check;

@@ -337,7 +337,7 @@ fn deny() -> Judged {
 /// against the diff's rows.
 fn check(old: &CompiledPolicy, new: &CompiledPolicy, d: &PolicyDiff) -> Result<(), TestCaseError> {
     let (o, n) = (Oracle(old), Oracle(new));
-    let workload_judge = |or: &Oracle, from: &str, to: &str, p: u8, port: u16| -> Judged {
+    let workload_judge = |or: &Oracle<'_>, from: &str, to: &str, p: u8, port: u16| -> Judged {
         let (Some(a), Some(b)) = (or.id(from), or.id(to)) else {
             return deny();
         };
@@ -385,7 +385,7 @@ fn check(old: &CompiledPolicy, new: &CompiledPolicy, d: &PolicyDiff) -> Result<(
                 for (old_name, new_name, ro, rn) in remotes {
                     let was = (old_name != new_name).then_some(old_name.as_str());
                     for d_ in [Direction::Egress as u8, Direction::Ingress as u8] {
-                        let judge = |or: &Oracle, r: Identity| -> Judged {
+                        let judge = |or: &Oracle<'_>, r: Identity| -> Judged {
                             match or.id(w) {
                                 Some(id) => {
                                     let (allow, rule) = or.one_side(id, d_, p, r, port);

@@ -392,7 +392,7 @@ fn remove_subtree(dir: &Path) -> Result<()> {
 fn remove_below(parent: &OwnedFd, shown: &Path) -> Result<()> {
     let names: Vec<CString> = Dir::read_from(parent)
         .map_err(|e| Error::io("opendir", shown, e.into()))?
-        .filter_map(|entry| entry.ok())
+        .filter_map(std::result::Result::ok)
         .filter(|entry| entry.file_type() == FileType::Directory)
         .map(|entry| entry.file_name().to_owned())
         .filter(|name| name.to_bytes() != b"." && name.to_bytes() != b"..")

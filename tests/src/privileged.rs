@@ -191,7 +191,9 @@ fn lock() -> Privileged {
     // Threads of one test binary (if run without --test-threads=1) queue
     // here; flock below then orders whole processes.
     static PROCESS: Mutex<()> = Mutex::new(());
-    let process = PROCESS.lock().unwrap_or_else(|p| p.into_inner());
+    let process = PROCESS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
 
     let timeout = std::env::var("ENFORCER_TEST_LOCK_TIMEOUT_SECS")
         .ok()

@@ -164,7 +164,7 @@ impl Spawner {
                 let mut buf = [0u8; 4096];
                 while let Ok(n @ 1..) = pipe.read(&mut buf) {
                     sink.lock()
-                        .unwrap_or_else(|p| p.into_inner())
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .extend_from_slice(&buf[..n]);
                 }
             }));
@@ -376,7 +376,10 @@ impl ChildGuard {
 
     /// What the child printed on stderr so far.
     pub fn stderr(&self) -> String {
-        let bytes = self.stderr.lock().unwrap_or_else(|p| p.into_inner());
+        let bytes = self
+            .stderr
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         String::from_utf8_lossy(&bytes).into_owned()
     }
 

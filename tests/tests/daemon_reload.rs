@@ -173,7 +173,7 @@ fn invalid_policies_are_rejected_and_the_running_one_stays() {
     // 3. apply (the daemon's own validation: the request bypasses the CLI).
     match daemon.call(&apply_request(&s.policies.0, false)) {
         Response::Rejected { errors } => {
-            assert!(errors[0].starts_with(&format!("{file}:")), "{errors:?}")
+            assert!(errors[0].starts_with(&format!("{file}:")), "{errors:?}");
         }
         other => panic!("{other:?}"),
     }
@@ -377,7 +377,7 @@ fn apply_refuses_fifos_and_endless_files_naming_them() {
         allow_empty: false,
     }) {
         Response::Rejected { errors } => {
-            assert!(errors[0].contains("without a directory"), "{errors:?}")
+            assert!(errors[0].contains("without a directory"), "{errors:?}");
         }
         other => panic!("{other:?}"),
     }
@@ -537,7 +537,7 @@ fn an_adopted_policy_is_not_replaced_by_an_empty_directory() {
 fn assert_refused_whole(s: &Setup, daemon: &Daemon, dir: &std::path::Path, says: &str, hash: &str) {
     match daemon.call(&apply_request(dir, false)) {
         Response::Rejected { errors } => {
-            assert!(errors.iter().any(|e| e.contains(says)), "{errors:?}")
+            assert!(errors.iter().any(|e| e.contains(says)), "{errors:?}");
         }
         other => panic!("{other:?}"),
     }

@@ -368,9 +368,12 @@ fn after_a_reboot_an_invalid_policy_gives_way_to_the_last_good_one() {
 
 /// Starts a daemon that must exit before READY=1; returns its log.
 fn refused_start(daemon: &mut Daemon) -> String {
-    let status = match daemon.try_restart() {
-        Err(status) => status,
-        Ok(()) => panic!("READY=1 with nothing enforced:\n{}", daemon.log()),
+    let Err(status) = daemon.try_restart() else {
+        panic!(
+            "READY=1 with nothing enforced:
+{}",
+            daemon.log()
+        )
     };
     assert_eq!(status.code(), Some(2), "{}", daemon.log());
     daemon.log()

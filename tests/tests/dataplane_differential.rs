@@ -331,7 +331,7 @@ fn kernel_verdicts_equal_the_reference_evaluator() {
             );
             assert_eq!((flow.direction, flow.service_port), (direction, service));
             compared += 1;
-            allowed += expected as u64;
+            allowed += u64::from(expected);
         }
         dp.clear_flows().expect("clear flows");
     }

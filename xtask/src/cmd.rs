@@ -8,7 +8,7 @@ use std::process::{Command, Output, Stdio};
 use anyhow::{Context as _, Result, bail};
 
 /// The workspace root (the parent of `xtask/`).
-pub fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     let xtask_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     xtask_dir
         .parent()
@@ -16,7 +16,7 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// The workspace's target directory (honours `CARGO_TARGET_DIR`).
-pub fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"))
@@ -24,25 +24,25 @@ pub fn target_dir() -> PathBuf {
 
 /// `cargo` (the rustup proxy on PATH, so `+nightly` works), run from the
 /// workspace root.
-pub fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     let mut cmd = Command::new("cargo");
     cmd.current_dir(workspace_root());
     cmd
 }
 
 /// A stage banner in the log.
-pub fn banner(title: &str) {
+pub(crate) fn banner(title: &str) {
     println!();
     println!("==================== {title} ====================");
 }
 
 /// A step inside a stage.
-pub fn step(message: impl std::fmt::Display) {
+pub(crate) fn step(message: impl std::fmt::Display) {
     println!("--> {message}");
 }
 
 /// The command line as a shell would show it.
-pub fn display(cmd: &Command) -> String {
+pub(crate) fn display(cmd: &Command) -> String {
     let mut parts = vec![quote(cmd.get_program())];
     parts.extend(cmd.get_args().map(quote));
     parts.join(" ")
@@ -61,7 +61,7 @@ fn quote(arg: &OsStr) -> String {
 }
 
 /// Runs `cmd` with inherited stdio; fails unless it exits 0.
-pub fn run(cmd: &mut Command) -> Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     let line = display(cmd);
     println!("+ {line}");
     let status = cmd
@@ -75,7 +75,7 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 
 /// Runs `cmd` quietly and returns its output whatever the exit status; fails
 /// only if it cannot be started.
-pub fn probe(cmd: &mut Command) -> Result<Output> {
+pub(crate) fn probe(cmd: &mut Command) -> Result<Output> {
     cmd.stdin(Stdio::null())
         .output()
         .with_context(|| format!("could not start `{}`", display(cmd)))
@@ -83,7 +83,7 @@ pub fn probe(cmd: &mut Command) -> Result<Output> {
 
 /// Runs `cmd` quietly, fails unless it exits 0 (with its stderr in the
 /// error), and returns its stdout.
-pub fn capture(cmd: &mut Command) -> Result<String> {
+pub(crate) fn capture(cmd: &mut Command) -> Result<String> {
     let output = probe(cmd)?;
     if !output.status.success() {
         bail!(
@@ -98,13 +98,13 @@ pub fn capture(cmd: &mut Command) -> Result<String> {
 }
 
 /// Whether `program` is found on PATH.
-pub fn on_path(program: &str) -> bool {
+pub(crate) fn on_path(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
 /// Whether this process runs as root.
-pub fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }

@@ -16,13 +16,13 @@ const PROBE_PACKAGE: &str = "enforcer-tests";
 const DEMO_BIN: &str = "enforcer-demo";
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Arguments passed through to `enforcer-demo`.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub demo_args: Vec<OsString>,
 }
 
-pub fn run(args: Args) -> Result<()> {
+pub(crate) fn run(args: Args) -> Result<()> {
     setup::run()?;
     if !workspace::has_target(DEMO_PACKAGE, "bin", DEMO_BIN)? {
         bail!(

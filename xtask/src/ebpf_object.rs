@@ -48,7 +48,7 @@ fn enforcer_out_dir(release: bool) -> Result<PathBuf> {
 }
 
 /// Prints the object's path, size and non-debug sections.
-pub fn report(release: bool) -> Result<()> {
+pub(crate) fn report(release: bool) -> Result<()> {
     let path = enforcer_out_dir(release)?.join(OBJECT_NAME);
     let data = fs::read(&path)
         .with_context(|| format!("cannot read the eBPF object {}", path.display()))?;

@@ -31,7 +31,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const BPFFS: &str = "/sys/fs/bpf";
 
-pub fn run() -> Result<()> {
+pub(crate) fn run() -> Result<()> {
     banner("setup");
     let root = cmd::is_root();
     if !root {
@@ -283,7 +283,7 @@ fn replace_symlink(target: &Path, link: &Path) -> Result<()> {
 }
 
 /// Mount points with the given filesystem type, from /proc/self/mounts.
-pub fn mounts_of_type(fstype: &str) -> Result<Vec<PathBuf>> {
+pub(crate) fn mounts_of_type(fstype: &str) -> Result<Vec<PathBuf>> {
     let mounts =
         fs::read_to_string("/proc/self/mounts").context("cannot read /proc/self/mounts")?;
     Ok(mounts
@@ -310,7 +310,7 @@ fn bpffs(root: bool) -> Result<()> {
 
 /// The cgroup v2 mount point (`/sys/fs/cgroup` or, on hybrid hosts,
 /// `/sys/fs/cgroup/unified`).
-pub fn cgroup2_mount() -> Result<PathBuf> {
+pub(crate) fn cgroup2_mount() -> Result<PathBuf> {
     let mut mounts = mounts_of_type("cgroup2")?;
     mounts.sort_by_key(|m| m.as_os_str().len());
     mounts

@@ -13,7 +13,7 @@ use crate::{ebpf_object, setup};
 
 /// Counts from cargo test's `test result:` lines.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Tally {
+pub(crate) struct Tally {
     pub passed: u64,
     pub failed: u64,
     pub ignored: u64,
@@ -28,7 +28,7 @@ impl Tally {
 
     /// Parses one libtest summary line:
     /// `test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; ...`.
-    pub fn parse(line: &str) -> Option<Tally> {
+    pub(crate) fn parse(line: &str) -> Option<Tally> {
         let rest = line.trim().strip_prefix("test result: ")?;
         let (_, counts) = rest.split_once(". ")?;
         let mut tally = Tally::default();
@@ -49,7 +49,7 @@ impl Tally {
     }
 }
 
-pub fn run() -> Result<()> {
+pub(crate) fn run() -> Result<()> {
     setup::run()?;
     step(format!(
         "CI={} (root tests fail rather than skip when CI is set)",

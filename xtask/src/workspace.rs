@@ -31,7 +31,7 @@ fn packages() -> Result<Vec<Package>> {
 }
 
 /// Cargo's package id of the workspace member `package`.
-pub fn package_id(package: &str) -> Result<String> {
+pub(crate) fn package_id(package: &str) -> Result<String> {
     packages()?
         .into_iter()
         .find(|p| p.name == package)
@@ -40,7 +40,7 @@ pub fn package_id(package: &str) -> Result<String> {
 }
 
 /// Names of the targets of `kind` (`bin`, `bench`, ...) in `package`.
-pub fn targets(package: &str, kind: &str) -> Result<Vec<String>> {
+pub(crate) fn targets(package: &str, kind: &str) -> Result<Vec<String>> {
     Ok(packages()?
         .into_iter()
         .filter(|p| p.name == package)
@@ -51,6 +51,6 @@ pub fn targets(package: &str, kind: &str) -> Result<Vec<String>> {
 }
 
 /// Whether `package` has a target `name` of `kind`.
-pub fn has_target(package: &str, kind: &str, name: &str) -> Result<bool> {
+pub(crate) fn has_target(package: &str, kind: &str, name: &str) -> Result<bool> {
     Ok(targets(package, kind)?.iter().any(|t| t == name))
 }

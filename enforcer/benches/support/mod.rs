@@ -3,7 +3,7 @@
 /// CPU time consumed by the calling thread, in nanoseconds (0 if the clock
 /// cannot be read): on a loaded machine wall time also counts waiting for
 /// a core.
-pub fn thread_cpu_ns() -> u128 {
+pub(crate) fn thread_cpu_ns() -> u128 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -17,7 +17,7 @@ pub fn thread_cpu_ns() -> u128 {
 }
 
 /// The benchmark's own arguments: `[--quick] [--json PATH]`.
-pub struct Args {
+pub(crate) struct Args {
     /// Fewer rounds, for a smoke run.
     pub quick: bool,
     /// Where to write the results as JSON.
@@ -25,7 +25,7 @@ pub struct Args {
 }
 
 impl Args {
-    pub fn from_env() -> Args {
+    pub(crate) fn from_env() -> Args {
         let args: Vec<String> = std::env::args().skip(1).collect();
         Args {
             quick: args.iter().any(|a| a == "--quick"),

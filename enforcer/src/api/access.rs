@@ -178,7 +178,7 @@ impl Access {
 pub fn peer_groups(socket: BorrowedFd<'_>) -> io::Result<Vec<u32>> {
     let mut groups: Vec<libc::gid_t> = vec![0; 64];
     loop {
-        let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
+        let mut len = (groups.len() * size_of::<libc::gid_t>()) as libc::socklen_t;
         // SAFETY: `groups` is valid for `len` bytes; the kernel writes at
         // most that and sets `len` to what it wrote (or needs).
         let rc = unsafe {
@@ -190,7 +190,7 @@ pub fn peer_groups(socket: BorrowedFd<'_>) -> io::Result<Vec<u32>> {
                 &mut len,
             )
         };
-        let wanted = len as usize / std::mem::size_of::<libc::gid_t>();
+        let wanted = len as usize / size_of::<libc::gid_t>();
         if rc == 0 {
             groups.truncate(wanted);
             return Ok(groups);

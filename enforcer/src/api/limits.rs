@@ -134,7 +134,9 @@ impl Slots {
 
     fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
         // The counts stay consistent whatever panicked while holding them.
-        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+        self.counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Connections open now.

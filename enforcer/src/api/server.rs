@@ -133,7 +133,7 @@ impl Server {
                     // connection waits in the backlog. Pause rather than
                     // spin; idle timeouts give descriptors back.
                     accept_failures.log(|skipped| {
-                        tracing::warn!(error = %e, skipped, "accept on the API socket failed; retrying")
+                        tracing::warn!(error = %e, skipped, "accept on the API socket failed; retrying");
                     });
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;

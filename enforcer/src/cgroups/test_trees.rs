@@ -12,12 +12,12 @@ use rustix::thread::{CapabilitySet, capabilities, set_capabilities};
 
 /// A temporary directory, removed (deepest first, relative to
 /// descriptors, modes restored) when dropped, also when a test fails.
-pub struct TempTree {
+pub(super) struct TempTree {
     dir: tempfile::TempDir,
 }
 
 impl TempTree {
-    pub fn new() -> TempTree {
+    pub(super) fn new() -> TempTree {
         TempTree {
             dir: tempfile::Builder::new()
                 .prefix("enforcer-cgroups-")
@@ -26,19 +26,19 @@ impl TempTree {
         }
     }
 
-    pub fn path(&self) -> &Path {
+    pub(super) fn path(&self) -> &Path {
         self.dir.path()
     }
 
-    pub fn join(&self, rel: &str) -> PathBuf {
+    pub(super) fn join(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
 
-    pub fn mkdir(&self, rel: &str) {
+    pub(super) fn mkdir(&self, rel: &str) {
         std::fs::create_dir_all(self.join(rel)).expect("mkdir");
     }
 
-    pub fn chmod(&self, rel: &str, mode: u32) {
+    pub(super) fn chmod(&self, rel: &str, mode: u32) {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(self.join(rel), std::fs::Permissions::from_mode(mode))
             .expect("chmod");
@@ -47,7 +47,7 @@ impl TempTree {
     /// `levels` nested directories named `name` below `rel`, made relative
     /// to each other's descriptors; returns the deepest one's path relative
     /// to the tree and an open descriptor of it.
-    pub fn chain(&self, rel: &str, name: &str, levels: usize) -> (String, OwnedFd) {
+    pub(super) fn chain(&self, rel: &str, name: &str, levels: usize) -> (String, OwnedFd) {
         let mut fd = open_dir(CWD, self.join(rel)).expect("open the chain's parent");
         let mut path = rel.to_owned();
         for _ in 0..levels {
@@ -112,7 +112,7 @@ fn remove_below(dir: &OwnedFd) {
 /// Run `f` on a thread without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH
 /// (capabilities are per thread), as the packaged daemon runs: a
 /// directory of mode 000 is then unreadable even to root.
-pub fn without_dac_capabilities<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+pub(super) fn without_dac_capabilities<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|scope| {
         scope
             .spawn(|| {

@@ -106,12 +106,12 @@ pub fn run_with(args: Args, load: &dyn Fn(&Path) -> LoadResult) -> anyhow::Resul
     let stdout = std::io::stdout();
     let colour = stdout.is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let mut stderr = std::io::stderr().lock();
-    let (old, new) = match (
+    // Both sides are loaded, so that both report their errors.
+    let (Some(old), Some(new)) = (
         side(&args.old, load, &mut stderr),
         side(&args.new, load, &mut stderr),
-    ) {
-        (Some(old), Some(new)) => (old, new),
-        _ => return Ok(ExitCode::from(2)),
+    ) else {
+        return Ok(ExitCode::from(2));
     };
     let result = diff(&old, &new);
     let mut out = stdout.lock();

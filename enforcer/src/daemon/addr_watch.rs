@@ -47,7 +47,7 @@ fn subscribe() -> std::io::Result<OwnedFd> {
         libc::bind(
             fd.as_raw_fd(),
             std::ptr::from_ref(&addr).cast(),
-            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            size_of::<libc::sockaddr_nl>() as libc::socklen_t,
         )
     };
     if rc != 0 {
@@ -90,7 +90,7 @@ fn drain(fd: &OwnedFd) -> std::io::Result<bool> {
 /// Watches this host's addresses: a message after each settled burst of
 /// address notifications. `None` when the socket cannot be opened; the
 /// daemon then reads the addresses again periodically instead.
-pub fn watch_host_addrs() -> Option<mpsc::Receiver<()>> {
+pub(super) fn watch_host_addrs() -> Option<mpsc::Receiver<()>> {
     // SAFETY: the AsyncFd owns the socket and returns its fd from
     // `as_raw_fd` until both are dropped together.
     let registered = subscribe().and_then(|fd| {

@@ -90,8 +90,8 @@ mod tests {
 
     fn report(repaired: &[&str], unrepaired: &[&str]) -> IntegrityReport {
         IntegrityReport {
-            repaired: repaired.iter().map(|s| s.to_string()).collect(),
-            unrepaired: unrepaired.iter().map(|s| s.to_string()).collect(),
+            repaired: repaired.iter().map(ToString::to_string).collect(),
+            unrepaired: unrepaired.iter().map(ToString::to_string).collect(),
         }
     }
 

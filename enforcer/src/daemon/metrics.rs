@@ -196,7 +196,7 @@ pub fn render(status: &StatusReport) -> String {
 pub async fn serve<F, Fut>(addr: SocketAddr, scrape: F) -> std::io::Result<()>
 where
     F: Fn() -> Fut + Send + Sync + Clone + 'static,
-    Fut: std::future::Future<Output = Option<String>> + Send,
+    Fut: Future<Output = Option<String>> + Send,
 {
     let listener = TcpListener::bind(addr).await?;
     tracing::info!(%addr, "metrics endpoint listening");

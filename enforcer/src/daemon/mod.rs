@@ -62,7 +62,7 @@ pub fn uninstall(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn notify(states: &[sd_notify::NotifyState]) {
+fn notify(states: &[sd_notify::NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(states) {
         tracing::warn!(error = %e, "cannot notify systemd");
     }
@@ -175,7 +175,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "cannot remove the pins of an earlier map layout; its programs still enforce its last policy (run `enforcer run --uninstall` with the older binary, or remove them by hand)")
+                tracing::error!(error = %e, "cannot remove the pins of an earlier map layout; its programs still enforce its last policy (run `enforcer run --uninstall` with the older binary, or remove them by hand)");
             }
         }
     }
@@ -279,10 +279,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             }
             Some(update) = cgroup_watcher.next() => shared.change(|e| e.on_tree(update)).await,
             Some(()) = recv(&mut host_changes) => {
-                status_changed = shared.change(|e| e.refresh_host_addrs()).await;
+                status_changed = shared.change(Engine::refresh_host_addrs).await;
             }
             _ = host_recheck.tick() => {
-                status_changed = shared.change(|e| e.refresh_host_addrs()).await;
+                status_changed = shared.change(Engine::refresh_host_addrs).await;
             }
             _ = bound_rescan.tick() => {
                 shared.change(Engine::seed_bound_ports).await;

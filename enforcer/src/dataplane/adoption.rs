@@ -403,7 +403,7 @@ mod tests {
         let flows = shapes.iter().find(|(n, _)| *n == "FLOWS").expect("FLOWS");
         assert_eq!(
             flows.1.value_size as usize,
-            std::mem::size_of::<enforcer_common::flow::FlowValue>()
+            size_of::<enforcer_common::flow::FlowValue>()
         );
         assert_eq!(flows.1.max_entries, enforcer_common::capacity::MAX_FLOWS);
     }

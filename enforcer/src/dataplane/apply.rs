@@ -265,7 +265,7 @@ impl Dataplane {
         let name = map_names::CGROUPS[self.active_slot()?];
         let m: HashMap<&MapData, u64, CgroupEntry> = handles::hash(&self.ebpf, name)?;
         let mut out = BTreeMap::new();
-        for item in m.iter() {
+        for item in &m {
             let (id, e) = item.map_err(read_err(name))?;
             out.insert(id, ResolvedCgroup::of_entry(id, &e));
         }

@@ -31,7 +31,7 @@ fn sys_bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<libc::c_long> {
             libc::SYS_bpf,
             cmd as libc::c_long,
             std::ptr::from_mut(attr),
-            std::mem::size_of::<bpf_attr>(),
+            size_of::<bpf_attr>(),
         )
     };
     if rc < 0 {
@@ -112,7 +112,7 @@ fn info<T: Copy>(fd: BorrowedFd<'_>) -> io::Result<T> {
     let mut out: T = unsafe { std::mem::zeroed() };
     let mut attr = zeroed_attr();
     attr.info.bpf_fd = fd.as_raw_fd() as u32;
-    attr.info.info_len = std::mem::size_of::<T>() as u32;
+    attr.info.info_len = size_of::<T>() as u32;
     attr.info.info = std::ptr::from_mut(&mut out) as u64;
     sys_bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
     Ok(out)

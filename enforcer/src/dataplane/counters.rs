@@ -46,7 +46,7 @@ pub(super) fn read_counters(hashed: &Map, indexed: &Map) -> Result<BTreeMap<(Ide
     let m: PerCpuHashMap<&MapData, CounterKey, u64> =
         PerCpuHashMap::try_from(hashed).map_err(type_err(name))?;
     let mut out = BTreeMap::new();
-    for item in m.iter() {
+    for item in &m {
         let (k, per_cpu) = item.map_err(read_err(name))?;
         out.insert((k.workload, k.action), per_cpu.iter().sum());
     }

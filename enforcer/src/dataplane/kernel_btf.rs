@@ -14,13 +14,13 @@ use std::collections::HashMap;
 use enforcer_common::cgroup_match::KernelOffsets;
 
 /// Where the running kernel describes its types.
-pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+pub(super) const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 const BTF_MAGIC: u16 = 0xeb9f;
 
 /// Why an offset could not be found.
 #[derive(Debug, thiserror::Error)]
-pub enum BtfError {
+pub(super) enum BtfError {
     #[error("cannot read {path}")]
     Read {
         path: &'static str,
@@ -74,7 +74,7 @@ enum Type {
 }
 
 /// The parsed types of a BTF blob.
-pub struct KernelTypes {
+pub(super) struct KernelTypes {
     /// Indexed by type id; id 0 is `void`.
     types: Vec<Type>,
     /// Struct names to their type ids (the first of each name).
@@ -95,7 +95,7 @@ fn u32_at(data: &[u8], at: usize) -> Result<u32, BtfError> {
 
 impl KernelTypes {
     /// Reads the running kernel's BTF.
-    pub fn from_sys_fs() -> Result<KernelTypes, BtfError> {
+    pub(super) fn from_sys_fs() -> Result<KernelTypes, BtfError> {
         let data = std::fs::read(VMLINUX_BTF).map_err(|source| BtfError::Read {
             path: VMLINUX_BTF,
             source,
@@ -105,7 +105,7 @@ impl KernelTypes {
 
     /// Parses a little-endian BTF blob (the `.BTF` format of
     /// `Documentation/bpf/btf.rst`).
-    pub fn parse(data: &[u8]) -> Result<KernelTypes, BtfError> {
+    pub(super) fn parse(data: &[u8]) -> Result<KernelTypes, BtfError> {
         if u16_at(data, 0)? != BTF_MAGIC {
             return Err(BtfError::Malformed("bad magic (or a big-endian BTF)"));
         }
@@ -200,7 +200,7 @@ impl KernelTypes {
 
     /// The byte offset of `member` in `strukt`, looking into anonymous
     /// structs and unions as C does.
-    pub fn member_offset(
+    pub(super) fn member_offset(
         &self,
         strukt: &'static str,
         member: &'static str,
@@ -234,7 +234,7 @@ impl KernelTypes {
 
     /// The offsets the cgroup tracer reads. `kernfs_node::parent` became
     /// `__parent` in Linux 6.15; either is accepted.
-    pub fn cgroup_tracer_offsets(&self) -> Result<KernelOffsets, BtfError> {
+    pub(super) fn cgroup_tracer_offsets(&self) -> Result<KernelOffsets, BtfError> {
         let kn_parent = self
             .member_offset("kernfs_node", "__parent")
             .or_else(|_| self.member_offset("kernfs_node", "parent"))?;

@@ -98,7 +98,7 @@ impl std::fmt::Debug for Dataplane {
             .field("pin_dir", &self.pin_dir())
             .field("links", &self.links)
             .field("cgroups", &self.cgroups.len())
-            .field("known_slots", &self.written.each_ref().map(|w| w.is_some()))
+            .field("known_slots", &self.written.each_ref().map(Option::is_some))
             .field("registration", &self.name_key.is_some())
             .finish()
     }

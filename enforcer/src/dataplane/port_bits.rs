@@ -30,7 +30,7 @@ fn word(mapping: &SharedArray<AtomicU64>, index: u32) -> &AtomicU64 {
 }
 
 /// Sets (`true`) or clears each port's bit.
-pub fn mark(map: &MapData, ports: &[(u16, bool)]) -> Result<()> {
+pub(super) fn mark(map: &MapData, ports: &[(u16, bool)]) -> Result<()> {
     if ports.is_empty() {
         return Ok(());
     }
@@ -47,7 +47,7 @@ pub fn mark(map: &MapData, ports: &[(u16, bool)]) -> Result<()> {
 }
 
 /// Whether a port's bit is set.
-pub fn is_marked(map: &MapData, port: u16) -> Result<bool> {
+pub(super) fn is_marked(map: &MapData, port: u16) -> Result<bool> {
     let mapping = mapping(map)?;
     let (index, bit) = tcp_bound_port_bit(port);
     Ok(word(&mapping, index).load(Ordering::Relaxed) & bit != 0)
@@ -56,7 +56,7 @@ pub fn is_marked(map: &MapData, port: u16) -> Result<bool> {
 /// Clears the bit of every port not in `held`. Bits are changed one atomic
 /// operation at a time: a bit the kernel sets meanwhile in the same word
 /// is kept.
-pub fn keep_only(map: &MapData, held: &std::collections::BTreeSet<u16>) -> Result<()> {
+pub(super) fn keep_only(map: &MapData, held: &std::collections::BTreeSet<u16>) -> Result<()> {
     let mapping = mapping(map)?;
     for index in 0..TCP_BOUND_PORT_WORDS {
         let word = word(&mapping, index);

@@ -16,13 +16,13 @@ use aya::maps::{MapData, MapError};
 use super::error::{Result, write_err};
 
 /// A word type of a mapped array: an atomic integer of the values' width.
-pub trait Word {}
+pub(super) trait Word {}
 impl Word for std::sync::atomic::AtomicU32 {}
 impl Word for std::sync::atomic::AtomicU64 {}
 
 /// An array map's values, mapped into this process for as long as it
 /// lives.
-pub struct SharedArray<W: Word> {
+pub(super) struct SharedArray<W: Word> {
     words: NonNull<W>,
     len: usize,
     _word: PhantomData<W>,
@@ -31,7 +31,7 @@ pub struct SharedArray<W: Word> {
 impl<W: Word> SharedArray<W> {
     /// Maps the `len` values of `map` (named `name`, for errors), an array
     /// created with `BPF_F_MMAPABLE` whose value is one `W`.
-    pub fn new(map: &MapData, name: &'static str, len: usize) -> Result<SharedArray<W>> {
+    pub(super) fn new(map: &MapData, name: &'static str, len: usize) -> Result<SharedArray<W>> {
         let fd = map.fd().as_fd().as_raw_fd();
         let bytes = len * size_of::<W>();
         // SAFETY: a new shared mapping of a BPF_F_MMAPABLE array of `len`
@@ -65,14 +65,14 @@ impl<W: Word> SharedArray<W> {
     }
 
     /// Value `index`; `None` past the end.
-    pub fn get(&self, index: usize) -> Option<&W> {
+    pub(super) fn get(&self, index: usize) -> Option<&W> {
         // SAFETY: in bounds of a page-aligned mapping that lives as long as
         // `self`; the values are only ever changed atomically (by the
         // programs' BPF_ATOMIC instructions and through `W` here).
         (index < self.len).then(|| unsafe { &*self.words.as_ptr().add(index) })
     }
 
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.len
     }
 }

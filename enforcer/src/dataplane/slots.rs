@@ -356,7 +356,7 @@ fn read_trie<K: TrieKey + Ord, V: aya::Pod>(
 ) -> Result<Vec<(K, V)>> {
     let m: LpmTrie<&MapData, K::Data, V> = handles::trie(ebpf, name)?;
     let mut out = Vec::new();
-    for item in m.iter() {
+    for item in &m {
         let (k, v) = item.map_err(read_err(name))?;
         out.push((K::from_trie_key(&k).masked(), v));
     }

@@ -5,7 +5,7 @@
 /// resolution of `CLOCK_MONOTONIC_COARSE` is one tick (`TICK_NSEC`), so HZ
 /// is its inverse, rounded (`TICK_NSEC` is itself rounded for an HZ that
 /// does not divide 10^9, such as 300).
-pub fn jiffies_per_second() -> u16 {
+pub(super) fn jiffies_per_second() -> u16 {
     let mut res = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

@@ -151,8 +151,8 @@ fn protocol_rank(protocol: u8) -> usize {
 /// The change rows between two effective maps of one (from, to, protocol).
 #[expect(clippy::too_many_arguments, reason = "one row's coordinates")]
 fn take_rows(
-    ro: &Reach,
-    rn: &Reach,
+    ro: &Reach<'_>,
+    rn: &Reach<'_>,
     old: &PortMap<Effective>,
     new: &PortMap<Effective>,
     protocol: u8,

@@ -459,7 +459,7 @@ mod tests {
                 web,
                 Direction::Ingress as u8,
                 Protocol::Tcp as u8,
-                enforcer_common::identity::IDENTITY_HOST
+                IDENTITY_HOST
             )
             .is_empty()
         );

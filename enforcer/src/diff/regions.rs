@@ -265,7 +265,7 @@ mod tests {
         let moved = &r[&(20, 21)];
         assert_eq!(moved.len(), 1);
         assert_eq!(moved[0].cidrs(), vec!["203.0.113.5/32"]);
-        let kept: Vec<String> = r[&(20, 20)].iter().flat_map(|x| x.cidrs()).collect();
+        let kept: Vec<String> = r[&(20, 20)].iter().flat_map(AddrRange::cidrs).collect();
         assert_eq!(
             kept,
             vec![

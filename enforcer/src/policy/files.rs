@@ -285,7 +285,7 @@ mod tests {
     fn sizes_are_bounded_per_file_and_per_set() {
         let dir = tempfile::tempdir().unwrap();
         let big = dir.path().join("big.toml");
-        std::fs::File::create(&big)
+        File::create(&big)
             .unwrap()
             .set_len(MAX_FILE_BYTES + 1)
             .unwrap();
@@ -298,7 +298,7 @@ mod tests {
         std::fs::remove_file(&big).unwrap();
         // Five files at the per-file limit exceed the set's.
         for i in 0..5 {
-            let f = std::fs::File::create(dir.path().join(format!("{i}.toml"))).unwrap();
+            let f = File::create(dir.path().join(format!("{i}.toml"))).unwrap();
             f.set_len(MAX_FILE_BYTES).unwrap();
         }
         assert_eq!(

@@ -238,7 +238,7 @@ impl<'a> LabelIndex<'a> {
             std::collections::HashMap::new();
         let labels: Vec<&Labels> = entities.into_iter().collect();
         for (i, l) in labels.iter().enumerate() {
-            for (k, v) in l.iter() {
+            for (k, v) in *l {
                 by_label
                     .entry((k.as_str(), v.as_str()))
                     .or_default()

@@ -479,7 +479,7 @@ mod tests {
 
     #[test]
     fn port_specs_parse_every_form() {
-        let spec = |s: &str| s.parse::<PortSpec>().map(|p| p.interval());
+        let spec = |s: &str| s.parse::<PortSpec>().map(PortSpec::interval);
         assert_eq!(spec("443/tcp"), Ok((Protocol::Tcp as u8, 443, 443)));
         assert_eq!(spec("8000-8100/udp"), Ok((Protocol::Udp as u8, 8000, 8100)));
         assert_eq!(spec("tcp"), Ok((Protocol::Tcp as u8, 0, 65535)));

@@ -19,7 +19,7 @@ static SERIAL: AtomicUsize = AtomicUsize::new(0);
 
 /// The `enforcer` binary: `$ENFORCER_BIN`, or the one Cargo built next to
 /// this test's directory (`cargo build -p enforcer` first).
-pub fn enforcer_bin() -> PathBuf {
+pub(crate) fn enforcer_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("ENFORCER_BIN") {
         return PathBuf::from(bin);
     }
@@ -39,10 +39,10 @@ pub fn enforcer_bin() -> PathBuf {
 }
 
 /// A scratch directory removed on drop.
-pub struct Scratch(pub PathBuf);
+pub(crate) struct Scratch(pub PathBuf);
 
 impl Scratch {
-    pub fn new(what: &str) -> Scratch {
+    pub(crate) fn new(what: &str) -> Scratch {
         let dir = std::env::temp_dir().join(format!(
             "enforcer-test-{what}-{}-{}",
             std::process::id(),
@@ -62,7 +62,7 @@ impl Drop for Scratch {
 
 /// Write `text` as the only `policy.toml` of `dir` (atomically, by rename,
 /// as editors and config management do).
-pub fn write_policy(dir: &Path, text: &str) {
+pub(crate) fn write_policy(dir: &Path, text: &str) {
     std::fs::create_dir_all(dir).expect("policy dir");
     let tmp = dir.join(".policy.toml.tmp");
     std::fs::write(&tmp, text).expect("write policy");
@@ -71,7 +71,7 @@ pub fn write_policy(dir: &Path, text: &str) {
 
 /// The `apply` request `enforcer apply DIR` sends: the files' text, read
 /// here (the daemon never opens a client's path).
-pub fn apply_request(dir: &Path, allow_empty: bool) -> Request {
+pub(crate) fn apply_request(dir: &Path, allow_empty: bool) -> Request {
     let sources = enforcer::policy::read_dir(dir).expect("read the policy directory");
     Request::Apply {
         source: dir.display().to_string(),
@@ -82,7 +82,7 @@ pub fn apply_request(dir: &Path, allow_empty: bool) -> Request {
 }
 
 /// A FIFO at `path` (nobody ever writes to it).
-pub fn mkfifo(path: &Path) {
+pub(crate) fn mkfifo(path: &Path) {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
     // SAFETY: a valid C string.
@@ -91,12 +91,12 @@ pub fn mkfifo(path: &Path) {
 
 /// A policy where workload `web` (cgroups `web*` under the root) may
 /// connect to `host` on `allowed` only.
-pub fn web_policy(allowed: u16) -> String {
+pub(crate) fn web_policy(allowed: u16) -> String {
     web_policy_ports(&[allowed])
 }
 
 /// [`web_policy`] with several TCP ports allowed.
-pub fn web_policy_ports(allowed: &[u16]) -> String {
+pub(crate) fn web_policy_ports(allowed: &[u16]) -> String {
     let ports: Vec<String> = allowed.iter().map(|p| format!("\"{p}/tcp\"")).collect();
     format!(
         r#"[workload.web]
@@ -114,7 +114,7 @@ allow-out = [ {{ to = ["host"], ports = [{}] }} ]
 
 /// `GET /metrics` from the daemon's endpoint at `addr`, retried for up to
 /// 3 s while it starts; the whole HTTP answer.
-pub fn scrape_metrics(addr: &str) -> String {
+pub(crate) fn scrape_metrics(addr: &str) -> String {
     use std::io::Write as _;
     let mut body = String::new();
     let fetched = Daemon::eventually(Duration::from_secs(3), || {
@@ -134,7 +134,7 @@ pub fn scrape_metrics(addr: &str) -> String {
 }
 
 /// A running daemon.
-pub struct Daemon {
+pub(crate) struct Daemon {
     child: Option<Child>,
     pub socket: PathBuf,
     pub bpffs: PathBuf,
@@ -158,18 +158,18 @@ pub struct Daemon {
 impl Daemon {
     /// Start a daemon on `root` with the policies in `policies`, and wait
     /// until it reports READY=1 (sd_notify), i.e. enforcement is in place.
-    pub fn start(root: &CgroupGuard, policies: &Path) -> Daemon {
+    pub(crate) fn start(root: &CgroupGuard, policies: &Path) -> Daemon {
         Daemon::start_with(root, policies, &[])
     }
 
     /// [`Daemon::start`] with more `enforcer run` options.
-    pub fn start_with(root: &CgroupGuard, policies: &Path, extra: &[&str]) -> Daemon {
+    pub(crate) fn start_with(root: &CgroupGuard, policies: &Path, extra: &[&str]) -> Daemon {
         Daemon::start_wrapped(root, policies, extra, &[])
     }
 
     /// [`Daemon::start_with`], the daemon run under `wrapper` (for example
     /// `setpriv` with the packaged unit's capabilities).
-    pub fn start_wrapped(
+    pub(crate) fn start_wrapped(
         root: &CgroupGuard,
         policies: &Path,
         extra: &[&str],
@@ -184,7 +184,7 @@ impl Daemon {
     /// cgroup v2 hierarchy, where every process of this machine passes them
     /// (the test runner included, unmanaged: `--unmanaged allow`); the
     /// policy's patterns are relative to that root. Started, READY=1.
-    pub fn start_at_cgroup_root(policies: &Path, extra: &[&str]) -> Daemon {
+    pub(crate) fn start_at_cgroup_root(policies: &Path, extra: &[&str]) -> Daemon {
         let mount = enforcer_tests::cgroup2_mount().expect("cgroup v2 mount");
         let mut daemon = Daemon::prepare_at(mount.to_path_buf(), policies, extra, &[]);
         daemon.restart();
@@ -193,7 +193,7 @@ impl Daemon {
 
     /// A daemon with these settings, not started yet: [`Daemon::restart`]
     /// or [`Daemon::try_restart`] starts it.
-    pub fn prepare(
+    pub(crate) fn prepare(
         root: &CgroupGuard,
         policies: &Path,
         extra: &[&str],
@@ -220,8 +220,8 @@ impl Daemon {
             bpffs,
             policies: policies.to_path_buf(),
             cgroup_root,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            wrapper: wrapper.iter().map(|s| s.to_string()).collect(),
+            extra: extra.iter().map(ToString::to_string).collect(),
+            wrapper: wrapper.iter().map(ToString::to_string).collect(),
             state_dir: scratch.0.join("state"),
             notify: None,
             ready: None,
@@ -231,7 +231,7 @@ impl Daemon {
     }
 
     /// (Re)start the process with the same settings; waits for READY=1.
-    pub fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         if let Err(status) = self.try_restart() {
             panic!(
                 "daemon exited with {status} before READY=1:\n{}",
@@ -242,7 +242,7 @@ impl Daemon {
 
     /// [`Daemon::restart`], but a daemon that exits before READY=1 is an
     /// answer (its exit status), not a failure.
-    pub fn try_restart(&mut self) -> Result<(), std::process::ExitStatus> {
+    pub(crate) fn try_restart(&mut self) -> Result<(), std::process::ExitStatus> {
         assert!(self.child.is_none(), "daemon still running");
         let notify_path = self.scratch.0.join("notify.sock");
         let _ = std::fs::remove_file(&notify_path);
@@ -321,7 +321,7 @@ impl Daemon {
     }
 
     /// The STATUS= line sent with READY=1.
-    pub fn ready_status(&self) -> Option<&str> {
+    pub(crate) fn ready_status(&self) -> Option<&str> {
         self.ready
             .as_deref()?
             .lines()
@@ -330,7 +330,7 @@ impl Daemon {
 
     /// The first sd_notify line starting with `prefix` received from now
     /// on, within `within`.
-    pub fn wait_notify_prefix(&self, prefix: &str, within: Duration) -> Option<String> {
+    pub(crate) fn wait_notify_prefix(&self, prefix: &str, within: Duration) -> Option<String> {
         let notify = self.notify.as_ref().expect("started");
         let deadline = Instant::now() + within;
         let mut buf = [0u8; 4096];
@@ -347,7 +347,7 @@ impl Daemon {
 
     /// The sd_notify lines received from now until `line` arrives (or
     /// `within` passes: then `None`).
-    pub fn wait_notify(&self, line: &str, within: Duration) -> Option<Vec<String>> {
+    pub(crate) fn wait_notify(&self, line: &str, within: Duration) -> Option<Vec<String>> {
         let notify = self.notify.as_ref().expect("started");
         let deadline = Instant::now() + within;
         let mut seen = Vec::new();
@@ -367,11 +367,11 @@ impl Daemon {
         None
     }
 
-    pub fn scratch(&self) -> &Path {
+    pub(crate) fn scratch(&self) -> &Path {
         &self.scratch.0
     }
 
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         let mut text = String::new();
         if let Ok(mut f) = std::fs::File::open(self.scratch.0.join("daemon.log")) {
             let _ = f.read_to_string(&mut text);
@@ -379,18 +379,18 @@ impl Daemon {
         text
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }
 
-    pub fn signal(&self, signal: libc::c_int) {
+    pub(crate) fn signal(&self, signal: libc::c_int) {
         // SAFETY: kill with a pid this test spawned and still owns.
         let rc = unsafe { libc::kill(self.pid() as libc::pid_t, signal) };
         assert_eq!(rc, 0, "kill");
     }
 
     /// SIGKILL and reap.
-    pub fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -398,7 +398,7 @@ impl Daemon {
     }
 
     /// SIGTERM and wait for a clean exit.
-    pub fn terminate(&mut self) {
+    pub(crate) fn terminate(&mut self) {
         self.signal(libc::SIGTERM);
         let mut child = self.child.take().expect("running");
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -416,26 +416,26 @@ impl Daemon {
         }
     }
 
-    pub fn client(&self) -> Client {
+    pub(crate) fn client(&self) -> Client {
         let client = Client::connect(&self.socket).expect("connect to the daemon");
         client.set_timeout(Some(Duration::from_secs(30))).unwrap();
         client
     }
 
-    pub fn status(&self) -> StatusReport {
+    pub(crate) fn status(&self) -> StatusReport {
         match self.client().call(&Request::Status).expect("status") {
             Response::Status(report) => *report,
             other => panic!("unexpected answer {other:?}"),
         }
     }
 
-    pub fn call(&self, request: &Request) -> Response {
+    pub(crate) fn call(&self, request: &Request) -> Response {
         self.client().call(request).expect("request")
     }
 
     /// Run an `enforcer` client command against this daemon (killed, and
     /// the test failed, if it takes more than 60 s).
-    pub fn cli(&self, args: &[&str]) -> Output {
+    pub(crate) fn cli(&self, args: &[&str]) -> Output {
         let mut command = Command::new(enforcer_bin());
         command.args(args).arg("--socket").arg(&self.socket);
         run_bounded(&mut command, Duration::from_secs(60))
@@ -444,7 +444,7 @@ impl Daemon {
     /// [`Daemon::cli`] as another user: `setpriv` with `uid`, `gid` and
     /// the supplementary `groups` (none when empty). The binary is a
     /// [`ReachableCopy`]: that user may not reach the checkout.
-    pub fn cli_as(&self, uid: u32, gid: u32, groups: &[u32], args: &[&str]) -> Output {
+    pub(crate) fn cli_as(&self, uid: u32, gid: u32, groups: &[u32], args: &[&str]) -> Output {
         let bin = self.reachable_bin.get_or_init(|| {
             ReachableCopy::of(&enforcer_bin()).expect("a copy of enforcer other users may run")
         });
@@ -467,7 +467,7 @@ impl Daemon {
     }
 
     /// Poll `check` every 20 ms for up to `within`; true once it holds.
-    pub fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+    pub(crate) fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
         let deadline = Instant::now() + within;
         loop {
             if check() {
@@ -481,7 +481,7 @@ impl Daemon {
     }
 
     /// Remove the pins (detaching everything) like `enforcer run --uninstall`.
-    pub fn uninstall(&self) -> Output {
+    pub(crate) fn uninstall(&self) -> Output {
         Command::new(enforcer_bin())
             .args(["run", "--config", "/dev/null", "--uninstall", "--bpffs"])
             .arg(&self.bpffs)
@@ -500,7 +500,7 @@ impl Drop for Daemon {
 
 /// Runs `command` to completion with its output captured; kills it and
 /// fails the test if it runs longer than `within` (a hang is a failure).
-pub fn run_bounded(command: &mut Command, within: Duration) -> Output {
+pub(crate) fn run_bounded(command: &mut Command, within: Duration) -> Output {
     let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -539,13 +539,13 @@ pub fn run_bounded(command: &mut Command, within: Duration) -> Output {
 }
 
 /// A group made for a test (`groupadd`), removed on drop.
-pub struct TestGroup {
+pub(crate) struct TestGroup {
     pub name: String,
     pub gid: u32,
 }
 
 impl TestGroup {
-    pub fn new(tag: &str) -> TestGroup {
+    pub(crate) fn new(tag: &str) -> TestGroup {
         let name = format!(
             "enft{}{tag}{}",
             std::process::id(),
@@ -576,7 +576,12 @@ impl Drop for TestGroup {
 /// system calls change that thread's credentials only (glibc's wrappers
 /// would change every thread of the test): the kernel sees a real
 /// unprivileged client, whose sockets stay open after the thread ends.
-pub fn as_user<T: Send>(uid: u32, gid: u32, groups: &[u32], work: impl FnOnce() -> T + Send) -> T {
+pub(crate) fn as_user<T: Send>(
+    uid: u32,
+    gid: u32,
+    groups: &[u32],
+    work: impl FnOnce() -> T + Send,
+) -> T {
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
@@ -607,13 +612,13 @@ pub fn as_user<T: Send>(uid: u32, gid: u32, groups: &[u32], work: impl FnOnce() 
 }
 
 /// Port 0 on 127.0.0.1: a free loopback port for a test server.
-pub fn loopback() -> std::net::SocketAddr {
+pub(crate) fn loopback() -> std::net::SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }
 
 /// Two loopback TCP servers and a policy directory in which workload `web`
 /// may reach only the first (`allowed`), not the second (`denied`).
-pub fn servers_and_web_policy() -> (Server, Server, Scratch) {
+pub(crate) fn servers_and_web_policy() -> (Server, Server, Scratch) {
     let allowed = Server::tcp(None, None, loopback()).expect("server");
     let denied = Server::tcp(None, None, loopback()).expect("server");
     let policies = Scratch::new("policies");

@@ -27,7 +27,7 @@ fn unique(prefix: &str) -> String {
 }
 
 /// The cgroup id of this process.
-pub fn own_cgroup_id() -> u64 {
+pub(crate) fn own_cgroup_id() -> u64 {
     let text = std::fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
     let rel = text
         .lines()
@@ -40,12 +40,12 @@ pub fn own_cgroup_id() -> u64 {
 }
 
 /// A directory on a bpffs for pins; removed on drop.
-pub struct PinRoot {
+pub(crate) struct PinRoot {
     pub path: PathBuf,
 }
 
 impl PinRoot {
-    pub fn new() -> PinRoot {
+    pub(crate) fn new() -> PinRoot {
         let bpffs = Path::new("/sys/fs/bpf");
         let mounted = std::fs::read_to_string("/proc/self/mountinfo")
             .expect("read mountinfo")
@@ -71,16 +71,16 @@ impl Drop for PinRoot {
 }
 
 /// Programs attached to a cgroup (directly, not inherited), per bpftool.
-pub fn attached_programs(cgroup: &Path) -> usize {
+pub(crate) fn attached_programs(cgroup: &Path) -> usize {
     let v = enforcer_tests::bpftool_json(&["cgroup".as_ref(), "show".as_ref(), cgroup.as_os_str()]);
-    v.as_array().map_or(0, |a| a.len())
+    v.as_array().map_or(0, Vec::len)
 }
 
 /// Exit codes of the connection helpers.
-pub const OK: i32 = 0;
-pub const EPERM: i32 = libc::EPERM;
-pub const TIMEOUT: i32 = 100;
-pub const REFUSED: i32 = libc::ECONNREFUSED;
+pub(crate) const OK: i32 = 0;
+pub(crate) const EPERM: i32 = libc::EPERM;
+pub(crate) const TIMEOUT: i32 = 100;
+pub(crate) const REFUSED: i32 = libc::ECONNREFUSED;
 
 fn code(e: &std::io::Error) -> i32 {
     match e.kind() {
@@ -90,7 +90,7 @@ fn code(e: &std::io::Error) -> i32 {
 }
 
 /// TCP connect, send one byte, read one byte back.
-pub fn tcp_exchange(to: SocketAddr, timeout: Duration) -> i32 {
+pub(crate) fn tcp_exchange(to: SocketAddr, timeout: Duration) -> i32 {
     let mut s = match TcpStream::connect_timeout(&to, timeout) {
         Ok(s) => s,
         Err(e) => return code(&e),
@@ -107,7 +107,7 @@ pub fn tcp_exchange(to: SocketAddr, timeout: Duration) -> i32 {
 }
 
 /// UDP send one datagram, wait for one back.
-pub fn udp_exchange(to: SocketAddr, timeout: Duration) -> i32 {
+pub(crate) fn udp_exchange(to: SocketAddr, timeout: Duration) -> i32 {
     let bind: SocketAddr = if to.is_ipv4() {
         "0.0.0.0:0".parse().expect("addr")
     } else {
@@ -130,7 +130,7 @@ pub fn udp_exchange(to: SocketAddr, timeout: Duration) -> i32 {
 
 /// A TCP echo server (one byte back per connection) on a thread of this
 /// process, i.e. outside any test cgroup.
-pub fn tcp_echo_server(addr: SocketAddr) -> SocketAddr {
+pub(crate) fn tcp_echo_server(addr: SocketAddr) -> SocketAddr {
     let l = TcpListener::bind(addr).expect("bind echo server");
     let local = l.local_addr().expect("local addr");
     std::thread::spawn(move || {
@@ -145,7 +145,7 @@ pub fn tcp_echo_server(addr: SocketAddr) -> SocketAddr {
 }
 
 /// A UDP echo server on a thread of this process.
-pub fn udp_echo_server(addr: SocketAddr) -> SocketAddr {
+pub(crate) fn udp_echo_server(addr: SocketAddr) -> SocketAddr {
     let s = UdpSocket::bind(addr).expect("bind udp echo");
     let local = s.local_addr().expect("local addr");
     std::thread::spawn(move || {
@@ -159,7 +159,7 @@ pub fn udp_echo_server(addr: SocketAddr) -> SocketAddr {
 
 /// A policy skeleton with `world`, `host` and the given workloads/peers
 /// (entities only: tests add verdicts and prefixes).
-pub fn empty_policy(workloads: &[(u32, &str)], peers: &[(u32, &str)]) -> CompiledPolicy {
+pub(crate) fn empty_policy(workloads: &[(u32, &str)], peers: &[(u32, &str)]) -> CompiledPolicy {
     let mut entities = EntityInfo::builtins();
     for (id, name) in workloads {
         entities.push(EntityInfo::new(*id, EntityKind::Workload, *name));
@@ -186,28 +186,28 @@ pub fn empty_policy(workloads: &[(u32, &str)], peers: &[(u32, &str)]) -> Compile
 
 /// A small deterministic PRNG (xorshift64*), so failures replay from the
 /// printed seed.
-pub struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    pub fn new(seed: u64) -> Rng {
+    pub(crate) fn new(seed: u64) -> Rng {
         Rng(seed.max(1))
     }
-    pub fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
-    pub fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
-    pub fn chance(&mut self, percent: u64) -> bool {
+    pub(crate) fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
     }
 }
 
 /// The seed of a randomized test: `ENFORCER_TEST_SEED` or the clock.
-pub fn seed() -> u64 {
+pub(crate) fn seed() -> u64 {
     std::env::var("ENFORCER_TEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -220,7 +220,7 @@ pub fn seed() -> u64 {
 
 /// What kind of first packet to build.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     TcpSyn,
     Udp,
     EchoRequest,
@@ -228,7 +228,7 @@ pub enum Kind {
 
 /// An IP packet (no Ethernet header) from `src:sport` to `dst:dport`. For
 /// echo requests `sport` is the identifier.
-pub fn ip_packet(
+pub(crate) fn ip_packet(
     kind: Kind,
     src: std::net::IpAddr,
     dst: std::net::IpAddr,
@@ -283,7 +283,7 @@ pub fn ip_packet(
 }
 
 /// A port that is free right now on `ip`.
-pub fn free_port(ip: std::net::IpAddr, udp: bool) -> u16 {
+pub(crate) fn free_port(ip: std::net::IpAddr, udp: bool) -> u16 {
     if udp {
         UdpSocket::bind((ip, 0))
             .and_then(|s| s.local_addr())
@@ -298,7 +298,7 @@ pub fn free_port(ip: std::net::IpAddr, udp: bool) -> u16 {
 }
 
 /// A TCP echo server loop (for a forked child): binds, then serves forever.
-pub fn tcp_echo_forever(addr: SocketAddr) -> i32 {
+pub(crate) fn tcp_echo_forever(addr: SocketAddr) -> i32 {
     let Ok(l) = TcpListener::bind(addr) else {
         return 201;
     };
@@ -315,7 +315,7 @@ pub fn tcp_echo_forever(addr: SocketAddr) -> i32 {
 
 /// Waits until something accepts TCP connections on `addr` (from this
 /// process, which no test cgroup filters).
-pub fn wait_listening(addr: SocketAddr) {
+pub(crate) fn wait_listening(addr: SocketAddr) {
     for _ in 0..100 {
         if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
             return;
@@ -326,7 +326,7 @@ pub fn wait_listening(addr: SocketAddr) {
 }
 
 /// bpf links attached to the cgroup with this id, per `bpftool link show`.
-pub fn links_to_cgroup(cgroup_id: u64) -> usize {
+pub(crate) fn links_to_cgroup(cgroup_id: u64) -> usize {
     let v = enforcer_tests::bpftool_json(&["link", "show"]);
     v.as_array().map_or(0, |links| {
         links

@@ -21,13 +21,13 @@ use crate::cmd;
 
 /// A TCP service the client is allowed to reach.
 #[derive(Debug, Clone, Copy)]
-pub struct Service {
+pub(super) struct Service {
     pub addr: Ipv4Addr,
     pub port: u16,
 }
 
 /// What an arm is given to install its filtering.
-pub struct ArmEnv<'a> {
+pub(super) struct ArmEnv<'a> {
     pub topology: &'a Topology,
     /// The services of the real traffic: the only ones to allow.
     pub allowed: &'a [Service],
@@ -36,7 +36,7 @@ pub struct ArmEnv<'a> {
 /// How the paired pass measures "no filtering" while an arm stays
 /// applied (see `paired.rs`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum UnfilteredHalf {
+pub(super) enum UnfilteredHalf {
     /// The client runs in a sibling of its cgroup, which the arm leaves
     /// alone.
     SiblingCgroup,
@@ -47,7 +47,7 @@ pub enum UnfilteredHalf {
 
 impl UnfilteredHalf {
     /// What the unfiltered half is, for the report.
-    pub fn describe(self) -> &'static str {
+    pub(super) fn describe(self) -> &'static str {
         match self {
             UnfilteredHalf::SiblingCgroup => "client in an unfiltered sibling cgroup",
             UnfilteredHalf::Suspended => "the arm's programs detached",
@@ -56,17 +56,17 @@ impl UnfilteredHalf {
 }
 
 /// One way of filtering the client's traffic.
-pub trait Arm {
+pub(super) trait Arm {
     /// A short name, unique in a run (`iptables-1000`).
     fn name(&self) -> String;
     /// Whether the arm refuses traffic outside [`ArmEnv::allowed`]; the
     /// harness checks this after every [`Arm::apply`].
     fn filters(&self) -> bool;
     /// Installs the filtering.
-    fn apply(&mut self, env: &ArmEnv) -> Result<()>;
+    fn apply(&mut self, env: &ArmEnv<'_>) -> Result<()>;
     /// Removes everything [`Arm::apply`] installed. Called after every
     /// `apply`, whether or not the measurements succeeded.
-    fn remove(&mut self, env: &ArmEnv) -> Result<()>;
+    fn remove(&mut self, env: &ArmEnv<'_>) -> Result<()>;
     /// How the paired pass gets its unfiltered half.
     fn unfiltered_half(&self) -> UnfilteredHalf {
         UnfilteredHalf::SiblingCgroup
@@ -86,7 +86,7 @@ pub trait Arm {
 /// The arms of a standard run: baseline, then iptables, nftables and the
 /// enforcer with allow lists (policies) of each size, and the real daemon
 /// attached at the cgroup root with the largest.
-pub fn standard(sizes: &[usize]) -> Vec<Box<dyn Arm>> {
+pub(super) fn standard(sizes: &[usize]) -> Vec<Box<dyn Arm>> {
     let mut arms: Vec<Box<dyn Arm>> = vec![Box::new(Baseline)];
     arms.extend(
         sizes
@@ -111,7 +111,7 @@ pub fn standard(sizes: &[usize]) -> Vec<Box<dyn Arm>> {
 
 /// Where [`build_enforcer_arm`] puts the enforcer's arm program.
 fn enforcer_arm_path() -> std::path::PathBuf {
-    crate::cmd::target_dir().join("release/examples/bench_arm")
+    cmd::target_dir().join("release/examples/bench_arm")
 }
 
 /// The enforcer's data plane on the client's cgroup with a compiled policy
@@ -126,7 +126,7 @@ fn enforcer_arm(rules: usize) -> ProcessArm {
 
 /// Builds the enforcer's arm program when a run includes an enforcer arm
 /// on the client's cgroup, and the daemon when it includes the root arm.
-pub fn build_enforcer_arm(arms: &[Box<dyn Arm>]) -> Result<()> {
+pub(super) fn build_enforcer_arm(arms: &[Box<dyn Arm>]) -> Result<()> {
     if arms
         .iter()
         .any(|arm| arm.unfiltered_half() == UnfilteredHalf::Suspended)
@@ -157,7 +157,7 @@ pub fn build_enforcer_arm(arms: &[Box<dyn Arm>]) -> Result<()> {
 }
 
 /// No filtering at all.
-pub struct Baseline;
+pub(super) struct Baseline;
 
 impl Arm for Baseline {
     fn name(&self) -> String {
@@ -166,10 +166,10 @@ impl Arm for Baseline {
     fn filters(&self) -> bool {
         false
     }
-    fn apply(&mut self, _env: &ArmEnv) -> Result<()> {
+    fn apply(&mut self, _env: &ArmEnv<'_>) -> Result<()> {
         Ok(())
     }
-    fn remove(&mut self, _env: &ArmEnv) -> Result<()> {
+    fn remove(&mut self, _env: &ArmEnv<'_>) -> Result<()> {
         Ok(())
     }
 }
@@ -177,7 +177,7 @@ impl Arm for Baseline {
 /// `n` (address, port) pairs: `n - allowed.len()` that match nothing the
 /// benchmark sends, then the real services last, so that a linear rule list
 /// is walked to its end by every packet.
-pub fn allow_list(n: usize, allowed: &[Service]) -> Vec<Service> {
+pub(super) fn allow_list(n: usize, allowed: &[Service]) -> Vec<Service> {
     let fillers = n.saturating_sub(allowed.len());
     let mut list: Vec<Service> = (0..fillers)
         .map(|i| Service {
@@ -193,7 +193,7 @@ pub fn allow_list(n: usize, allowed: &[Service]) -> Vec<Service> {
 /// iptables (`iptables-restore`, whichever backend the host uses): N
 /// ACCEPT rules each in the client's OUTPUT and INPUT chains, policy DROP,
 /// no connection tracking shortcut.
-pub struct Iptables {
+pub(super) struct Iptables {
     pub rules: usize,
 }
 
@@ -226,13 +226,13 @@ impl Arm for Iptables {
     fn filters(&self) -> bool {
         true
     }
-    fn apply(&mut self, env: &ArmEnv) -> Result<()> {
+    fn apply(&mut self, env: &ArmEnv<'_>) -> Result<()> {
         feed(
             &mut env.topology.in_client_ns("iptables-restore"),
             &self.ruleset(env.allowed),
         )
     }
-    fn remove(&mut self, env: &ArmEnv) -> Result<()> {
+    fn remove(&mut self, env: &ArmEnv<'_>) -> Result<()> {
         feed(
             &mut env.topology.in_client_ns("iptables-restore"),
             "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n",
@@ -246,7 +246,7 @@ impl Arm for Iptables {
 
 /// nftables: the same allow list as one set of (address . port), looked up
 /// by one rule in each of output and input, policy drop.
-pub struct Nftables {
+pub(super) struct Nftables {
     pub elements: usize,
 }
 
@@ -276,13 +276,13 @@ impl Arm for Nftables {
     fn filters(&self) -> bool {
         true
     }
-    fn apply(&mut self, env: &ArmEnv) -> Result<()> {
+    fn apply(&mut self, env: &ArmEnv<'_>) -> Result<()> {
         feed(
             env.topology.in_client_ns("nft").args(["-f", "-"]),
             &self.ruleset(env.allowed),
         )
     }
-    fn remove(&mut self, env: &ArmEnv) -> Result<()> {
+    fn remove(&mut self, env: &ArmEnv<'_>) -> Result<()> {
         cmd::capture(
             env.topology
                 .in_client_ns("nft")
@@ -327,7 +327,7 @@ fn feed(cmd: &mut Command, input: &str) -> Result<()> {
 /// `ENFORCER_BENCH_ALLOW` (`tcp:ADDR:PORT,...`, the only services to allow)
 /// set. It installs its filtering, prints a line `ready`, keeps the filtering
 /// while its stdin is open, then removes it and exits.
-pub struct ProcessArm {
+pub(super) struct ProcessArm {
     name: String,
     command: String,
     running: Option<(Child, ChildStdin)>,
@@ -338,7 +338,7 @@ const PROCESS_ARM_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl ProcessArm {
     /// Parses `NAME=COMMAND`.
-    pub fn parse(spec: &str) -> Result<Self> {
+    pub(super) fn parse(spec: &str) -> Result<Self> {
         let (name, command) = spec
             .split_once('=')
             .filter(|(name, command)| !name.is_empty() && !command.trim().is_empty())
@@ -394,7 +394,7 @@ impl Arm for ProcessArm {
     fn filters(&self) -> bool {
         true
     }
-    fn apply(&mut self, env: &ArmEnv) -> Result<()> {
+    fn apply(&mut self, env: &ArmEnv<'_>) -> Result<()> {
         let allow: Vec<String> = env
             .allowed
             .iter()
@@ -417,7 +417,7 @@ impl Arm for ProcessArm {
         ];
         self.start(&envs)
     }
-    fn remove(&mut self, _env: &ArmEnv) -> Result<()> {
+    fn remove(&mut self, _env: &ArmEnv<'_>) -> Result<()> {
         self.stop()
     }
 }

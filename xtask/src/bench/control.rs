@@ -38,7 +38,7 @@ use super::stats::Summary;
 use crate::cmd::{self, step};
 
 /// The policy sizes: N workloads, N peers and N rules each.
-pub const SIZES: [usize; 3] = [100, 1_000, 10_000];
+pub(super) const SIZES: [usize; 3] = [100, 1_000, 10_000];
 /// How long the daemon is left alone before its memory is read.
 const SETTLE: Duration = Duration::from_secs(1);
 /// How long an apply may take before the run gives up on it.
@@ -46,7 +46,7 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// One measurement over all rounds.
 #[derive(Debug, Serialize)]
-pub struct ControlRow {
+pub(super) struct ControlRow {
     pub name: String,
     pub description: String,
     /// `ms` or `MiB`.
@@ -166,7 +166,7 @@ impl Policies {
 }
 
 /// Builds the release `enforcer` binary and returns its path.
-pub fn build() -> Result<PathBuf> {
+pub(super) fn build() -> Result<PathBuf> {
     cmd::run(cmd::cargo().args(["build", "--release", "-p", "enforcer", "--bin", "enforcer"]))?;
     let bin = cmd::target_dir().join("release/enforcer");
     if !bin.is_file() {
@@ -177,7 +177,7 @@ pub fn build() -> Result<PathBuf> {
 
 /// Measures `rounds` rounds (one daemon each) and returns the rows: the
 /// compile rows taken from `micro`, then the daemon's.
-pub fn run(
+pub(super) fn run(
     enforcer: &Path,
     rounds: u32,
     interrupt: &Interrupt,

@@ -26,9 +26,9 @@ use crate::setup;
 /// directories, followed by the benchmark's process id. Not
 /// `enforcer-bench-`, so that the end-to-end topology's own stale cleanup
 /// never mistakes them for its own.
-pub const CONTROL_PREFIX: &str = "enforcer-cpbench-";
+pub(super) const CONTROL_PREFIX: &str = "enforcer-cpbench-";
 /// The same for the root-attached arm's (which has no cgroup of its own).
-pub const ROOT_ARM_PREFIX: &str = "enforcer-rootbench-";
+pub(super) const ROOT_ARM_PREFIX: &str = "enforcer-rootbench-";
 const BPFFS: &str = "/sys/fs/bpf";
 /// How long the daemon may take to report READY=1, and to exit on SIGTERM.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -36,7 +36,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where a sandbox's daemon attaches its programs (`--cgroup-root`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CgroupRoot {
+pub(super) enum CgroupRoot {
     /// A fresh, empty cgroup that the sandbox creates and removes.
     Fresh,
     /// The root of the cgroup v2 hierarchy: every socket of the host runs
@@ -45,7 +45,7 @@ pub enum CgroupRoot {
 }
 
 /// The directories one benchmark run gives its daemons.
-pub struct Sandbox {
+pub(super) struct Sandbox {
     /// The release `enforcer` binary.
     enforcer: PathBuf,
     /// Socket, sd_notify socket, log and policy directories.
@@ -63,7 +63,7 @@ impl Sandbox {
     /// Removes what earlier runs of the same `prefix` left behind, then
     /// creates the directories of this run, named `prefix` and the
     /// benchmark's pid.
-    pub fn create(enforcer: &Path, prefix: &'static str, root: CgroupRoot) -> Result<Self> {
+    pub(super) fn create(enforcer: &Path, prefix: &'static str, root: CgroupRoot) -> Result<Self> {
         let cgroup_mount = setup::cgroup2_mount()?;
         remove_stale(enforcer, prefix, &cgroup_mount)?;
         let name = format!("{prefix}{}", std::process::id());
@@ -97,7 +97,7 @@ impl Sandbox {
         Ok(sandbox)
     }
 
-    pub fn socket(&self) -> PathBuf {
+    pub(super) fn socket(&self) -> PathBuf {
         self.dir.join("enforcer.sock")
     }
 
@@ -108,7 +108,7 @@ impl Sandbox {
     /// Detaches the programs and removes the pins a daemon left under the
     /// sandbox's bpffs directory (`enforcer run --uninstall`), so that the
     /// next daemon starts from nothing rather than adopting them.
-    pub fn uninstall(&self) -> Result<()> {
+    pub(super) fn uninstall(&self) -> Result<()> {
         uninstall(&self.enforcer, &self.bpffs)
     }
 }
@@ -163,7 +163,7 @@ fn uninstall(enforcer: &Path, bpffs: &Path) -> Result<()> {
 /// Removes the sandboxes of earlier runs killed with SIGKILL, of the
 /// control plane and of the root arm, whichever this run measures: a root
 /// arm's pins keep its programs attached at the cgroup root until then.
-pub fn remove_stale_sandboxes(enforcer: &Path) -> Result<()> {
+pub(super) fn remove_stale_sandboxes(enforcer: &Path) -> Result<()> {
     let cgroup_mount = setup::cgroup2_mount()?;
     for prefix in [CONTROL_PREFIX, ROOT_ARM_PREFIX] {
         remove_stale(enforcer, prefix, &cgroup_mount)?;
@@ -220,7 +220,7 @@ fn stale_pid<'a>(name: &'a str, prefix: &str) -> Option<&'a str> {
 
 /// Resident memory of a process, from `/proc/PID/status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Memory {
+pub(super) struct Memory {
     /// `VmRSS`: resident now.
     pub rss_kib: u64,
     /// `VmHWM`: the most it was ever resident.
@@ -228,7 +228,7 @@ pub struct Memory {
 }
 
 /// Reads `VmRSS` and `VmHWM` (in kB) from the text of `/proc/PID/status`.
-pub fn parse_status(text: &str) -> Result<Memory> {
+pub(super) fn parse_status(text: &str) -> Result<Memory> {
     let field = |name: &str| {
         enforcer_bench::proc_status::kib(text, name)
             .with_context(|| format!("no {name} size in kB in /proc/PID/status"))
@@ -240,7 +240,7 @@ pub fn parse_status(text: &str) -> Result<Memory> {
 }
 
 /// A running `enforcer run`, killed and reaped when dropped.
-pub struct Daemon {
+pub(super) struct Daemon {
     child: Child,
     log: PathBuf,
     /// Stopped by [`Daemon::freeze`].
@@ -251,7 +251,7 @@ impl Daemon {
     /// Starts the daemon on the sandbox with `policies` as its policy
     /// directory, and waits until it reports READY=1 (sd_notify): the
     /// programs are attached and the socket answers.
-    pub fn start(sandbox: &Sandbox, policies: &Path) -> Result<Self> {
+    pub(super) fn start(sandbox: &Sandbox, policies: &Path) -> Result<Self> {
         let enforcer = &sandbox.enforcer;
         let notify_path = sandbox.dir.join("notify.sock");
         let _ = fs::remove_file(&notify_path);
@@ -326,19 +326,19 @@ impl Daemon {
         }
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(super) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Its resident memory now.
-    pub fn memory(&self) -> Result<Memory> {
+    pub(super) fn memory(&self) -> Result<Memory> {
         let path = format!("/proc/{}/status", self.pid());
         let text = fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
         parse_status(&text).with_context(|| format!("in {path}"))
     }
 
     /// The end of its log, for error messages.
-    pub fn log_tail(&self) -> String {
+    pub(super) fn log_tail(&self) -> String {
         let mut text = String::new();
         if let Ok(mut f) = fs::File::open(&self.log) {
             let _ = f.read_to_string(&mut text);
@@ -360,7 +360,7 @@ impl Daemon {
     /// SIGSTOP, and waits until every thread of the daemon is stopped: it
     /// runs nothing (no integrity check, no rescan) until [`Daemon::thaw`].
     /// Its programs stay attached.
-    pub fn freeze(&mut self) -> Result<()> {
+    pub(super) fn freeze(&mut self) -> Result<()> {
         self.signal(libc::SIGSTOP)?;
         self.frozen = true;
         let tasks = PathBuf::from(format!("/proc/{}/task", self.pid()));
@@ -377,7 +377,7 @@ impl Daemon {
     }
 
     /// SIGCONT after [`Daemon::freeze`].
-    pub fn thaw(&mut self) -> Result<()> {
+    pub(super) fn thaw(&mut self) -> Result<()> {
         self.signal(libc::SIGCONT)?;
         self.frozen = false;
         Ok(())
@@ -385,7 +385,7 @@ impl Daemon {
 
     /// SIGTERM (after SIGCONT when frozen: a stopped process would keep
     /// it pending), and waits for a clean exit (SIGKILL after a timeout).
-    pub fn stop(mut self) -> Result<()> {
+    pub(super) fn stop(mut self) -> Result<()> {
         if self.frozen {
             self.thaw()?;
         }

@@ -25,12 +25,12 @@ const PROGRAM_PREFIX: &str = "enforcer_";
 
 /// Keeps the kernel's BPF run-time statistics on; restores the previous
 /// setting when dropped.
-pub struct StatsEnabled {
+pub(super) struct StatsEnabled {
     previous: String,
 }
 
 impl StatsEnabled {
-    pub fn new() -> Result<Self> {
+    pub(super) fn new() -> Result<Self> {
         let previous = fs::read_to_string(STATS_SYSCTL)
             .with_context(|| format!("cannot read {STATS_SYSCTL}"))?;
         fs::write(STATS_SYSCTL, "1").with_context(|| format!("cannot write {STATS_SYSCTL}"))?;
@@ -73,7 +73,7 @@ fn parse_programs(json: &str) -> Result<Vec<LoadedProgram>> {
 }
 
 /// The ids of the enforcer programs loaded now.
-pub fn enforcer_program_ids() -> Result<BTreeSet<u32>> {
+pub(super) fn enforcer_program_ids() -> Result<BTreeSet<u32>> {
     Ok(loaded_programs()?
         .into_iter()
         .filter(|p| p.name.starts_with(PROGRAM_PREFIX))
@@ -83,9 +83,9 @@ pub fn enforcer_program_ids() -> Result<BTreeSet<u32>> {
 
 /// Run time and runs, summed by program name, of the programs in `ids`.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Counters(BTreeMap<String, (u64, u64)>);
+pub(super) struct Counters(BTreeMap<String, (u64, u64)>);
 
-pub fn counters(ids: &BTreeSet<u32>) -> Result<Counters> {
+pub(super) fn counters(ids: &BTreeSet<u32>) -> Result<Counters> {
     Ok(sum_by_name(&loaded_programs()?, ids))
 }
 
@@ -101,7 +101,7 @@ fn sum_by_name(programs: &[LoadedProgram], ids: &BTreeSet<u32>) -> Counters {
 
 /// One program's share of an operation.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct ProgramTime {
+pub(super) struct ProgramTime {
     pub program: String,
     pub runs_per_op: f64,
     pub ns_per_run: f64,
@@ -110,7 +110,7 @@ pub struct ProgramTime {
 
 /// The enforcer's kernel time per operation of one workload under one arm.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct KernelTimeRow {
+pub(super) struct KernelTimeRow {
     pub arm: String,
     pub workload: String,
     /// What one operation is: `connection` or `transaction`.
@@ -122,7 +122,7 @@ pub struct KernelTimeRow {
 }
 
 /// The row for `operations` operations between two snapshots.
-pub fn row(
+pub(super) fn row(
     arm: &str,
     workload: &str,
     per: &str,

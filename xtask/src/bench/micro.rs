@@ -14,7 +14,7 @@ use crate::workspace;
 
 const PACKAGE: &str = "enforcer";
 /// The benches that follow the `--json` contract above.
-pub const BENCHES: [&str; 4] = ["compile", "diff", "dataplane", "registration"];
+pub(super) const BENCHES: [&str; 4] = ["compile", "diff", "dataplane", "registration"];
 
 /// One result as a bench writes it.
 #[derive(Debug, Deserialize)]
@@ -28,7 +28,7 @@ struct BenchResult {
 
 /// One result in the report.
 #[derive(Debug, Serialize)]
-pub struct MicroRow {
+pub(super) struct MicroRow {
     pub bench: String,
     pub name: String,
     pub median_ns: f64,
@@ -42,7 +42,7 @@ pub struct MicroRow {
 
 /// Runs every bench of [`BENCHES`] that exists; a missing one is reported
 /// and skipped, a failing one fails the run.
-pub fn run(quick: bool, out_dir: &Path) -> Result<Vec<MicroRow>> {
+pub(super) fn run(quick: bool, out_dir: &Path) -> Result<Vec<MicroRow>> {
     let available = workspace::targets(PACKAGE, "bench")?;
     let mut rows = Vec::new();
     for bench in BENCHES {

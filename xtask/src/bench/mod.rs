@@ -35,7 +35,7 @@ use crate::cmd::{self, banner, step};
 use crate::setup;
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// A short run: 3 rounds of 2 s per end-to-end measurement.
     #[arg(long)]
     quick: bool,
@@ -115,7 +115,7 @@ impl Interrupt {
     }
 }
 
-pub fn run(args: Args) -> Result<()> {
+pub(crate) fn run(args: Args) -> Result<()> {
     let rounds = args.rounds.unwrap_or(if args.quick { 3 } else { 5 });
     let seconds = args.seconds.unwrap_or(if args.quick { 2 } else { 5 });
     let pairs = args.pairs.unwrap_or(if args.quick { 0 } else { 12 });

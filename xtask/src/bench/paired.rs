@@ -33,7 +33,7 @@ use super::{Interrupt, check_filtering, workloads};
 
 /// One workload of one arm over all pairs.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct PairedRow {
+pub(super) struct PairedRow {
     pub arm: String,
     /// What the unfiltered half is ([`UnfilteredHalf::describe`]).
     pub unfiltered: String,
@@ -50,7 +50,7 @@ pub struct PairedRow {
 
 impl PairedRow {
     /// `None` when no pair has a positive baseline half.
-    pub fn new(
+    pub(super) fn new(
         arm: &str,
         unfiltered: UnfilteredHalf,
         workload: Workload,
@@ -79,7 +79,7 @@ impl PairedRow {
 /// The arms the pass measures: the last enforcer arm on the client's
 /// cgroup (the standard run lists them by size, largest last), and every
 /// arm that covers the whole host.
-pub fn chosen(arms: &[Box<dyn Arm>]) -> Vec<usize> {
+pub(super) fn chosen(arms: &[Box<dyn Arm>]) -> Vec<usize> {
     let mut chosen: Vec<usize> = arms
         .iter()
         .rposition(|a| {
@@ -96,7 +96,7 @@ pub fn chosen(arms: &[Box<dyn Arm>]) -> Vec<usize> {
 /// `pairs` pairs of `seconds`-second measurements of each workload with
 /// discrete operations, for `arm` (an enforcer arm, which filters the
 /// client's cgroup only, or one that can be suspended).
-pub fn measure(
+pub(super) fn measure(
     topology: &Topology,
     loadgen: &Path,
     arm: &mut dyn Arm,
@@ -218,7 +218,7 @@ impl Halves<'_> {
 
 /// (no filtering, the arm) for each pair, alternating which comes first.
 fn measure_pairs(
-    halves: &mut Halves,
+    halves: &mut Halves<'_>,
     workload: Workload,
     pairs: u32,
     seconds: u32,

@@ -20,14 +20,14 @@ use crate::cmd::{self, step};
 
 /// The commit before issue 16's data-plane changes (cgroups registered at
 /// their creation, network namespaces judged apart).
-pub const DEFAULT_BASE: &str = "53a74ca^";
+pub(super) const DEFAULT_BASE: &str = "53a74ca^";
 /// The micro-benchmark compared, and its package.
 const BENCH: &str = "dataplane";
 const PACKAGE: &str = "enforcer";
 
 /// One case over all runs of both sides.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct PerPacketRow {
+pub(super) struct PerPacketRow {
     pub name: String,
     /// Median over the base's runs of each run's median, in ns.
     pub base_ns: f64,
@@ -41,7 +41,7 @@ pub struct PerPacketRow {
 
 /// The comparison, as `report.json` keeps it (`per_packet`).
 #[derive(Debug, Serialize)]
-pub struct PerPacket {
+pub(super) struct PerPacket {
     /// As given, and the commit it names.
     pub base_rev: String,
     pub base_commit: String,
@@ -62,7 +62,7 @@ struct BenchResult {
 
 /// Builds both benches, then runs them `runs` times each, alternating which
 /// goes first.
-pub fn run(
+pub(super) fn run(
     base_rev: &str,
     runs: u32,
     quick: bool,
@@ -317,7 +317,7 @@ fn rows(base: &[Vec<BenchResult>], current: &[Vec<BenchResult>]) -> Vec<PerPacke
 /// The result kinds of the dataplane bench (`.../baseline`, `fastpath`,
 /// `newflow`) with the median, smallest and largest difference over their
 /// cases: the summary line of each kind.
-pub fn by_kind(rows: &[PerPacketRow]) -> Vec<(String, usize, Summary)> {
+pub(super) fn by_kind(rows: &[PerPacketRow]) -> Vec<(String, usize, Summary)> {
     let mut kinds: Vec<(String, Vec<f64>)> = Vec::new();
     for row in rows {
         let kind = row.name.rsplit('/').next().unwrap_or(&row.name).to_owned();

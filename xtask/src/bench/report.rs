@@ -12,7 +12,7 @@ use super::paired::PairedRow;
 use super::per_packet::{self, PerPacket};
 
 #[derive(Debug, Serialize)]
-pub struct Report {
+pub(super) struct Report {
     /// Bumped when a field changes meaning.
     pub schema: u32,
     pub unix_time: u64,
@@ -38,7 +38,7 @@ pub struct Report {
 }
 
 #[derive(Debug, Serialize)]
-pub struct Environment {
+pub(super) struct Environment {
     pub kernel: String,
     pub cpus: usize,
     pub client_cpu: Option<usize>,
@@ -54,7 +54,7 @@ pub struct Environment {
 
 /// One (workload, arm) over all rounds.
 #[derive(Debug, Serialize)]
-pub struct E2eRow {
+pub(super) struct E2eRow {
     pub workload: String,
     pub description: String,
     pub unit: String,
@@ -101,7 +101,7 @@ fn duration(ns: f64) -> String {
     format!("{} {unit}", num(value))
 }
 
-pub fn markdown(report: &Report) -> String {
+pub(super) fn markdown(report: &Report) -> String {
     let mut md = String::from("# Benchmark report\n\n");
     let env = &report.environment;
     let _ = writeln!(

@@ -41,7 +41,7 @@ const SETTLE: Duration = Duration::from_secs(1);
 const REATTACH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The daemon at the cgroup root with a policy of `rules` rules.
-pub struct RootDaemonArm {
+pub(super) struct RootDaemonArm {
     rules: usize,
     running: Option<Running>,
 }
@@ -60,7 +60,7 @@ struct Running {
 }
 
 impl RootDaemonArm {
-    pub fn new(rules: usize) -> Self {
+    pub(super) fn new(rules: usize) -> Self {
         Self {
             rules,
             running: None,
@@ -81,7 +81,7 @@ impl Arm for RootDaemonArm {
         true
     }
 
-    fn apply(&mut self, env: &ArmEnv) -> Result<()> {
+    fn apply(&mut self, env: &ArmEnv<'_>) -> Result<()> {
         if self.running.is_some() {
             bail!("{} is applied already", self.name());
         }
@@ -135,7 +135,7 @@ impl Arm for RootDaemonArm {
         Ok(())
     }
 
-    fn remove(&mut self, _env: &ArmEnv) -> Result<()> {
+    fn remove(&mut self, _env: &ArmEnv<'_>) -> Result<()> {
         let Some(Running {
             daemon, sandbox, ..
         }) = self.running.take()

@@ -4,7 +4,7 @@ use serde::Serialize;
 
 /// Median, minimum and maximum of a set of samples.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Summary {
+pub(super) struct Summary {
     pub median: f64,
     pub min: f64,
     pub max: f64,
@@ -13,7 +13,7 @@ pub struct Summary {
 impl Summary {
     /// `None` for no samples. The median of an even count is the mean of
     /// the two middle samples.
-    pub fn of(samples: &[f64]) -> Option<Self> {
+    pub(super) fn of(samples: &[f64]) -> Option<Self> {
         let mut sorted: Vec<f64> = samples.to_vec();
         sorted.sort_by(f64::total_cmp);
         let (first, last) = (*sorted.first()?, *sorted.last()?);
@@ -32,7 +32,7 @@ impl Summary {
 }
 
 /// `value / baseline`, or `None` when the baseline is zero or missing.
-pub fn ratio(value: f64, baseline: Option<f64>) -> Option<f64> {
+pub(super) fn ratio(value: f64, baseline: Option<f64>) -> Option<f64> {
     baseline.filter(|b| *b > 0.0).map(|b| value / b)
 }
 

@@ -15,16 +15,16 @@ use crate::cmd::{self, step};
 use crate::setup;
 
 /// The benchmark's range (a documentation range, never this machine's own).
-pub const NET_PREFIX: &str = "198.51.100.";
-pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
-pub const SERVER_ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+pub(super) const NET_PREFIX: &str = "198.51.100.";
+pub(super) const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+pub(super) const SERVER_ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
 const PREFIX_LEN: u8 = 24;
 const NS_PREFIX: &str = "enfb-";
 const CGROUP_PREFIX: &str = "enforcer-bench-";
 
 /// Which cgroup a client process runs in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ClientCgroup {
+pub(super) enum ClientCgroup {
     /// The client's cgroup, the one the arms filter.
     Filtered,
     /// A sibling of it that no arm attaches to, in the same network
@@ -34,7 +34,7 @@ pub enum ClientCgroup {
 
 /// Client and server network namespaces, their veth pair, and the client's
 /// cgroups.
-pub struct Topology {
+pub(super) struct Topology {
     pub client_ns: String,
     pub server_ns: String,
     /// The cgroup v2 directory that every client process joins before it
@@ -53,7 +53,7 @@ pub struct Topology {
 }
 
 impl Topology {
-    pub fn create() -> Result<Self> {
+    pub(super) fn create() -> Result<Self> {
         remove_stale()?;
         check_range_free()?;
         let pid = std::process::id();
@@ -138,7 +138,7 @@ impl Topology {
 
     /// `program` run in the client namespace without joining the cgroup
     /// (for configuring the namespace: sysctl, iptables, nft).
-    pub fn in_client_ns(&self, program: &str) -> Command {
+    pub(super) fn in_client_ns(&self, program: &str) -> Command {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.client_ns, program]);
         cmd
@@ -147,7 +147,7 @@ impl Topology {
     /// `program` as a client process: it joins the client cgroup *before*
     /// entering the namespace (`ip netns exec` remounts /sys, after which
     /// a write to cgroup.procs would silently miss), pinned to the client CPU.
-    pub fn client(&self, cgroup: ClientCgroup, program: &Path) -> Command {
+    pub(super) fn client(&self, cgroup: ClientCgroup, program: &Path) -> Command {
         let dir = match cgroup {
             ClientCgroup::Filtered => &self.client_cgroup,
             ClientCgroup::Unfiltered => &self.unfiltered_cgroup,
@@ -157,7 +157,7 @@ impl Topology {
 
     /// `program` as a server process: in the server cgroup and namespace,
     /// pinned to the server CPU.
-    pub fn server(&self, program: &Path) -> Command {
+    pub(super) fn server(&self, program: &Path) -> Command {
         in_cgroup_and_ns(
             &self.server_cgroup,
             &self.server_ns,

@@ -25,7 +25,7 @@ const IPERF_PORT: u16 = 5201;
 const SERVER_LIFETIME_S: u32 = 3 * 3600;
 
 /// The services of the real traffic, which every arm must allow.
-pub const ALLOWED: [Service; 2] = [
+pub(super) const ALLOWED: [Service; 2] = [
     Service {
         addr: SERVER_ADDR,
         port: LOADGEN_PORT,
@@ -37,16 +37,16 @@ pub const ALLOWED: [Service; 2] = [
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Workload {
+pub(super) enum Workload {
     Rr,
     Crr,
     Stream,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 3] = [Workload::Rr, Workload::Crr, Workload::Stream];
+    pub(super) const ALL: [Workload; 3] = [Workload::Rr, Workload::Crr, Workload::Stream];
 
-    pub fn name(self) -> &'static str {
+    pub(super) fn name(self) -> &'static str {
         match self {
             Workload::Rr => "tcp_rr",
             Workload::Crr => "tcp_crr",
@@ -54,7 +54,7 @@ impl Workload {
         }
     }
 
-    pub fn unit(self) -> &'static str {
+    pub(super) fn unit(self) -> &'static str {
         match self {
             Workload::Rr => "transactions/s",
             Workload::Crr => "connections/s",
@@ -62,7 +62,7 @@ impl Workload {
         }
     }
 
-    pub fn describe(self) -> &'static str {
+    pub(super) fn describe(self) -> &'static str {
         match self {
             Workload::Rr => "1-byte request/response over one TCP connection",
             Workload::Crr => "connect, 1-byte request/response, close",
@@ -72,7 +72,7 @@ impl Workload {
 }
 
 /// The server processes in the server namespace; killed when dropped.
-pub struct Servers {
+pub(super) struct Servers {
     children: Vec<Child>,
 }
 
@@ -86,7 +86,7 @@ impl Drop for Servers {
 }
 
 impl Servers {
-    pub fn start(topology: &Topology, loadgen: &Path) -> Result<Self> {
+    pub(super) fn start(topology: &Topology, loadgen: &Path) -> Result<Self> {
         let mut servers = Self {
             children: Vec::new(),
         };
@@ -137,7 +137,7 @@ struct LoadgenResult {
 /// Runs the load generator's `rr` or `crr` for `seconds` and returns how
 /// many transactions (connections for `crr`) it completed; `None` for a
 /// workload without discrete operations (bulk throughput).
-pub fn operations(
+pub(super) fn operations(
     topology: &Topology,
     loadgen: &Path,
     workload: Workload,
@@ -183,7 +183,7 @@ fn run_loadgen(
 
 /// Runs one measurement of `seconds` from a client in `cgroup` and returns
 /// its rate in [`Workload::unit`].
-pub fn measure(
+pub(super) fn measure(
     topology: &Topology,
     cgroup: ClientCgroup,
     loadgen: &Path,
@@ -233,7 +233,7 @@ fn iperf3_gbits(json: &str) -> Result<f64> {
 /// Whether a client in `cgroup` can complete a transaction with the
 /// denied-port server: true in the baseline, false under any arm that
 /// filters (true again from the unfiltered cgroup under an enforcer arm).
-pub fn reaches_denied_port(
+pub(super) fn reaches_denied_port(
     topology: &Topology,
     cgroup: ClientCgroup,
     loadgen: &Path,
@@ -303,7 +303,7 @@ fn with_timeout(cmd: &mut Command, timeout: Duration) -> Result<Output> {
 }
 
 /// Builds the load generator in release mode and returns its path.
-pub fn build_loadgen() -> Result<PathBuf> {
+pub(super) fn build_loadgen() -> Result<PathBuf> {
     cmd::run(cmd::cargo().args([
         "build",
         "--release",

@@ -11,13 +11,13 @@ use anyhow::{Result, bail};
 use super::container::Container;
 
 /// The slice whose units the policy allows to reach nginx and PostgreSQL.
-pub const CLIENTS: &str = "clients.slice";
+pub(super) const CLIENTS: &str = "clients.slice";
 /// The slice whose units the services' allow-in rules keep out.
-pub const INTRUDERS: &str = "intruders.slice";
+pub(super) const INTRUDERS: &str = "intruders.slice";
 
 /// The PostgreSQL role the clients log in as (created over the Unix socket,
 /// which the enforcer does not govern).
-pub const DB_ROLE: &str = "e2e";
+pub(super) const DB_ROLE: &str = "e2e";
 const DB_PASSWORD: &str = "e2e-password";
 
 /// A refusal must come back well before any network timeout would.
@@ -25,7 +25,7 @@ const AT_ONCE: Duration = Duration::from_secs(3);
 
 /// Which service a client talks to.
 #[derive(Clone, Copy)]
-pub enum Service {
+pub(super) enum Service {
     Nginx,
     Postgres,
 }
@@ -40,7 +40,7 @@ impl fmt::Display for Service {
 }
 
 /// One client run.
-pub struct Attempt {
+pub(super) struct Attempt {
     pub exit: Option<i32>,
     pub stdout: String,
     pub stderr: String,
@@ -62,20 +62,20 @@ impl fmt::Display for Attempt {
 
 /// A user of the container with a user manager of their own
 /// (`user@UID.service`), who starts units with `systemd-run --user`.
-pub struct User {
+pub(super) struct User {
     pub name: &'static str,
     pub uid: u32,
 }
 
 /// The user whose units try to pass for workloads by their names.
-pub const MALLORY: User = User {
+pub(super) const MALLORY: User = User {
     name: "e2e-mallory",
     uid: 4400,
 };
 
 /// Which service manager starts the client.
 #[derive(Clone, Copy)]
-pub enum Manager<'a> {
+pub(super) enum Manager<'a> {
     /// The system manager (`systemd-run`, as root).
     System,
     /// That user's manager (`systemd-run --user`, as that user).
@@ -83,7 +83,7 @@ pub enum Manager<'a> {
 }
 
 /// Creates [`MALLORY`] and starts her user manager (no login needed).
-pub fn prepare_user(container: &Container) -> Result<()> {
+pub(super) fn prepare_user(container: &Container) -> Result<()> {
     let uid = MALLORY.uid.to_string();
     if container
         .exec(&["id", "-u", MALLORY.name])?
@@ -105,12 +105,12 @@ pub fn prepare_user(container: &Container) -> Result<()> {
 
 /// Runs the client for `service` as a new transient unit in `slice`, the
 /// way an operator would start one: `systemd-run --slice=... -- curl ...`.
-pub fn attempt(container: &Container, slice: &str, service: Service) -> Result<Attempt> {
+pub(super) fn attempt(container: &Container, slice: &str, service: Service) -> Result<Attempt> {
     attempt_by(container, Manager::System, slice, service)
 }
 
 /// [`attempt`], with the unit started by `manager`.
-pub fn attempt_by(
+pub(super) fn attempt_by(
     container: &Container,
     manager: Manager<'_>,
     slice: &str,
@@ -207,7 +207,7 @@ pub fn attempt_by(
 }
 
 /// Whether the attempt got a real answer from the service.
-pub fn reached(service: Service, attempt: &Attempt) -> bool {
+pub(super) fn reached(service: Service, attempt: &Attempt) -> bool {
     attempt.exit == Some(0)
         && match service {
             Service::Nginx => attempt.stdout.trim() == "200",
@@ -216,7 +216,7 @@ pub fn reached(service: Service, attempt: &Attempt) -> bool {
 }
 
 /// Whether the attempt was refused by connect() with EPERM, at once.
-pub fn refused(attempt: &Attempt) -> bool {
+pub(super) fn refused(attempt: &Attempt) -> bool {
     attempt.exit.is_some_and(|code| code != 0)
         && attempt.stderr.contains("Operation not permitted")
         && attempt.elapsed < AT_ONCE
@@ -224,7 +224,7 @@ pub fn refused(attempt: &Attempt) -> bool {
 
 /// The outcome a check expects.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Expect {
+pub(super) enum Expect {
     Reach,
     Refused,
 }
@@ -240,12 +240,17 @@ impl fmt::Display for Expect {
 
 /// Runs one client and checks the outcome; the error carries the client's
 /// full output.
-pub fn expect(container: &Container, slice: &str, service: Service, want: Expect) -> Result<()> {
+pub(super) fn expect(
+    container: &Container,
+    slice: &str,
+    service: Service,
+    want: Expect,
+) -> Result<()> {
     expect_by(container, Manager::System, slice, service, want)
 }
 
 /// [`expect`], with the unit started by `manager`.
-pub fn expect_by(
+pub(super) fn expect_by(
     container: &Container,
     manager: Manager<'_>,
     slice: &str,
@@ -273,7 +278,7 @@ pub fn expect_by(
 /// Like [`expect`], retried until `within` has passed: for changes the daemon
 /// applies asynchronously (a reload, a restarted service's new cgroup). The
 /// time it took is printed, so a slow path shows in the log.
-pub fn expect_within(
+pub(super) fn expect_within(
     container: &Container,
     slice: &str,
     service: Service,
@@ -306,7 +311,7 @@ pub fn expect_within(
 
 /// The role the clients log in with, created as the postgres superuser over
 /// the Unix socket. Waits for the server first: it may still be starting.
-pub fn prepare_database(container: &Container) -> Result<()> {
+pub(super) fn prepare_database(container: &Container) -> Result<()> {
     let started = Instant::now();
     loop {
         let ready = container.exec(&["runuser", "-u", "postgres", "--", "pg_isready", "-q"])?;

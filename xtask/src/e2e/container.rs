@@ -37,7 +37,7 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
 const POWEROFF_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A running container.
-pub struct Container {
+pub(super) struct Container {
     run_dir: PathBuf,
     cgroup: PathBuf,
     nspawn: Option<Child>,
@@ -47,7 +47,7 @@ pub struct Container {
 impl Container {
     /// Boots an overlay of `image` and waits until its systemd has finished
     /// starting up.
-    pub fn boot(image: &Path) -> Result<Self> {
+    pub(super) fn boot(image: &Path) -> Result<Self> {
         let run_dir = Path::new(CACHE_DIR)
             .join("runs")
             .join(std::process::id().to_string());
@@ -204,7 +204,7 @@ impl Container {
     }
 
     /// A command inside the container (all its namespaces), as root.
-    pub fn command(&self, argv: &[&str]) -> Command {
+    pub(super) fn command(&self, argv: &[&str]) -> Command {
         let mut cmd = Command::new("nsenter");
         cmd.arg("-t")
             .arg(self.init_pid.to_string())
@@ -222,7 +222,7 @@ impl Container {
     }
 
     /// Runs `argv` inside and returns its output whatever its status.
-    pub fn exec(&self, argv: &[&str]) -> Result<Output> {
+    pub(super) fn exec(&self, argv: &[&str]) -> Result<Output> {
         if super::interrupted() {
             bail!(
                 "interrupted (SIGINT/SIGTERM): stopping before `{}`",
@@ -234,7 +234,7 @@ impl Container {
 
     /// Runs `argv` inside, echoing it and its output; fails unless it
     /// exits 0.
-    pub fn run(&self, argv: &[&str]) -> Result<String> {
+    pub(super) fn run(&self, argv: &[&str]) -> Result<String> {
         println!("[container]# {}", shell_line(argv));
         let output = self.exec(argv)?;
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -252,7 +252,7 @@ impl Container {
     }
 
     /// Copies a host file into the container's file system.
-    pub fn copy_in(&self, from: &Path, to: &str) -> Result<()> {
+    pub(super) fn copy_in(&self, from: &Path, to: &str) -> Result<()> {
         let dest = self.root().join(to.trim_start_matches('/'));
         if let Some(parent) = dest.parent() {
             fs::create_dir_all(parent)
@@ -264,7 +264,7 @@ impl Container {
     }
 
     /// Writes a file inside the container.
-    pub fn write(&self, path: &str, contents: &str) -> Result<()> {
+    pub(super) fn write(&self, path: &str, contents: &str) -> Result<()> {
         let dest = self.root().join(path.trim_start_matches('/'));
         if let Some(parent) = dest.parent() {
             fs::create_dir_all(parent)
@@ -274,12 +274,12 @@ impl Container {
     }
 
     /// The container's cgroup on the host: its systemd's root cgroup.
-    pub fn cgroup(&self) -> &Path {
+    pub(super) fn cgroup(&self) -> &Path {
         &self.cgroup
     }
 
     /// The container's root directory as seen from the host.
-    pub fn root(&self) -> PathBuf {
+    pub(super) fn root(&self) -> PathBuf {
         self.run_dir.join("root")
     }
 
@@ -397,7 +397,7 @@ fn unescape_mountinfo(field: &str) -> String {
 
 /// Cleans up after earlier runs that were killed before their guard ran:
 /// their cgroups, mounts and directories, keyed by the pid that created them.
-pub fn reap_stale_runs() -> Result<()> {
+pub(super) fn reap_stale_runs() -> Result<()> {
     let cgroup_root = cgroup2_root()?;
     let runs = Path::new(CACHE_DIR).join("runs");
     let mut pids: Vec<u32> = Vec::new();
@@ -481,13 +481,13 @@ fn find_init(nspawn_pid: u32) -> Option<u32> {
 }
 
 /// `argv` as a shell line, for the log.
-pub fn shell_line(argv: &[&str]) -> String {
+pub(super) fn shell_line(argv: &[&str]) -> String {
     let mut cmd = Command::new(argv.first().copied().unwrap_or_default());
     cmd.args(argv.iter().skip(1));
     cmd::display(&cmd)
 }
 
-pub fn print_indented(text: &str) {
+pub(super) fn print_indented(text: &str) {
     for line in text.lines() {
         println!("    {line}");
     }

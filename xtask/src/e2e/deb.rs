@@ -12,7 +12,7 @@ const CARGO_DEB_VERSION: &str = "3.8.0";
 
 /// Builds the `.deb` as a release would (docs/daemon.md, "Packaging") and
 /// returns its path.
-pub fn build() -> Result<PathBuf> {
+pub(super) fn build() -> Result<PathBuf> {
     let has_cargo_deb = cmd::probe(cmd::cargo().args(["deb", "--version"]))
         .is_ok_and(|output| output.status.success());
     if !has_cargo_deb {

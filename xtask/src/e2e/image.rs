@@ -20,7 +20,7 @@ use crate::cmd::{self, step};
 
 /// Where images and per-run overlays live: outside the repository, so a fresh
 /// clone on the same machine reuses them.
-pub const CACHE_DIR: &str = "/var/cache/enforcer-e2e";
+pub(super) const CACHE_DIR: &str = "/var/cache/enforcer-e2e";
 
 /// What the booted system needs to be a systemd host at all, with user
 /// managers as on any installed Debian (`libpam-systemd` gives them their
@@ -48,7 +48,7 @@ const KEY_FILE: &str = "enforcer-e2e.key";
 
 /// The inputs an image is built from.
 #[derive(Debug)]
-pub struct Spec {
+pub(super) struct Spec {
     pub suite: String,
     pub mirror: String,
     pub arch: String,
@@ -57,7 +57,7 @@ pub struct Spec {
 impl Spec {
     /// The host's own suite and mirror, read from `/etc/os-release` and the
     /// apt sources: the archive this machine is known to reach.
-    pub fn from_host() -> Result<Self> {
+    pub(super) fn from_host() -> Result<Self> {
         let os_release =
             fs::read_to_string("/etc/os-release").context("cannot read /etc/os-release")?;
         let suite = os_release_field(&os_release, "VERSION_CODENAME")
@@ -86,7 +86,7 @@ impl Spec {
     }
 
     /// The image directory for these inputs.
-    pub fn image_dir(&self) -> PathBuf {
+    pub(super) fn image_dir(&self) -> PathBuf {
         Path::new(CACHE_DIR).join(format!(
             "image-{}-{:016x}",
             self.suite,
@@ -96,7 +96,7 @@ impl Spec {
 }
 
 /// The image for `spec`: reused when a complete one exists, built otherwise.
-pub fn ensure(spec: &Spec) -> Result<PathBuf> {
+pub(super) fn ensure(spec: &Spec) -> Result<PathBuf> {
     let dir = spec.image_dir();
     let root = dir.join("root");
     let key = spec.key();
@@ -282,7 +282,7 @@ fn one_line(key: &str) -> String {
 
 /// Removes images other than `keep` (older package lists), so the cache does
 /// not grow with every change of inputs.
-pub fn prune_others(keep: &Path) -> Result<()> {
+pub(super) fn prune_others(keep: &Path) -> Result<()> {
     let Ok(entries) = fs::read_dir(CACHE_DIR) else {
         return Ok(());
     };

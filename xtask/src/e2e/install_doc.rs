@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result, bail};
 
 /// The commands of the fenced block that follows the `<!-- e2e:NAME ... -->`
 /// marker in `doc`: one command per line, blank and `#` lines skipped.
-pub fn block(doc: &Path, name: &str) -> Result<Vec<String>> {
+pub(super) fn block(doc: &Path, name: &str) -> Result<Vec<String>> {
     let text = fs::read_to_string(doc).with_context(|| format!("cannot read {}", doc.display()))?;
     parse(&text, name).with_context(|| format!("in {}", doc.display()))
 }

@@ -35,7 +35,7 @@ const HOST_PACKAGES: &[(&str, &str)] = &[
 ];
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Test this package instead of building one with `cargo deb`.
     #[arg(long)]
     pub deb: Option<PathBuf>,
@@ -45,7 +45,7 @@ pub struct Args {
     pub rebuild_root: bool,
 }
 
-pub fn run(args: Args) -> Result<()> {
+pub(crate) fn run(args: Args) -> Result<()> {
     let started = Instant::now();
     if !cmd::is_root() {
         bail!("`cargo xtask e2e` boots a container and installs packages: run it as root");
@@ -115,7 +115,7 @@ static INTERRUPTED: std::sync::LazyLock<Arc<AtomicBool>> =
     std::sync::LazyLock::new(|| Arc::new(AtomicBool::new(false)));
 
 /// Whether SIGINT or SIGTERM arrived.
-pub fn interrupted() -> bool {
+pub(crate) fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::Relaxed)
 }
 

@@ -19,14 +19,14 @@ const SETTLE: Duration = Duration::from_secs(5);
 
 /// The outcome of every check, printed as a table at the end.
 #[derive(Default)]
-pub struct Report {
+pub(super) struct Report {
     checks: Vec<(String, Result<(), String>, Duration)>,
 }
 
 impl Report {
     /// Runs one named check; its failure is recorded (not propagated) so the
     /// checks after it still run and the report lists every gap at once.
-    pub fn check(&mut self, name: &str, f: impl FnOnce() -> Result<()>) -> bool {
+    pub(super) fn check(&mut self, name: &str, f: impl FnOnce() -> Result<()>) -> bool {
         println!("\n--- check: {name}");
         let started = Instant::now();
         let result = f().map_err(|e| format!("{e:#}"));
@@ -40,16 +40,16 @@ impl Report {
     }
 
     /// Records a failure that stopped the scenario before its checks ran.
-    pub fn abort(&mut self, name: &str, error: &anyhow::Error) {
+    pub(super) fn abort(&mut self, name: &str, error: &anyhow::Error) {
         self.checks
             .push((name.to_string(), Err(format!("{error:#}")), Duration::ZERO));
     }
 
-    pub fn failed(&self) -> usize {
+    pub(super) fn failed(&self) -> usize {
         self.checks.iter().filter(|(_, r, _)| r.is_err()).count()
     }
 
-    pub fn print(&self) {
+    pub(super) fn print(&self) {
         println!();
         for (name, result, elapsed) in &self.checks {
             match result {
@@ -72,7 +72,7 @@ fn first_line(text: &str) -> &str {
 
 /// Test scaffolding, not part of the documented install: the slices the
 /// client units are started in, and the database role they log in with.
-pub fn prepare(container: &Container) -> Result<()> {
+pub(super) fn prepare(container: &Container) -> Result<()> {
     for slice in [CLIENTS, INTRUDERS] {
         container.write(
             &format!("/etc/systemd/system/{slice}"),
@@ -89,7 +89,7 @@ pub fn prepare(container: &Container) -> Result<()> {
 
 /// Everything the issue asks for, in order. Returns the report; the caller
 /// fails when it has failures.
-pub fn run(container: &Container, deb: &Path, repo: &Path) -> Report {
+pub(super) fn run(container: &Container, deb: &Path, repo: &Path) -> Report {
     let mut report = Report::default();
 
     // Without the enforcer every client reaches every service: the denials

@@ -22,7 +22,7 @@ fn records_every_directory_with_its_inode_and_owner() {
     }
     let mut visited = Vec::new();
     let scan = scan(t.path(), ScanLimits::default(), |v| {
-        visited.push(v.path.to_owned())
+        visited.push(v.path.to_owned());
     })
     .unwrap();
     assert_eq!(paths(&scan.tree), ["", "a", "a/b", "c"]);

@@ -56,7 +56,7 @@ impl Engine {
         match self.dataplane.seed_bound_ports(netns, &ports) {
             Ok(0) => {}
             Ok(added) => {
-                tracing::info!(added, "ports bound before the daemon started recorded")
+                tracing::info!(added, "ports bound before the daemon started recorded");
             }
             Err(e) => tracing::error!(error = %e, "cannot record the ports already bound"),
         }

@@ -115,7 +115,7 @@ impl Engine {
                         Err(e) => {
                             tracing::error!(
                                 "cannot save the confirmed policy as the last good one: {e}"
-                            )
+                            );
                         }
                     }
                 }

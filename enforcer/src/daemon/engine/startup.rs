@@ -47,9 +47,8 @@ impl Engine {
             let empty = Candidate::empty(SystemTime::now());
             self.put_in_force(Trigger::Startup, &dir, empty, EmptyPolicy::Refuse)
         };
-        let error = match loaded {
-            Ok(_) => return Ok(()),
-            Err(error) => error,
+        let Err(error) = loaded else {
+            return Ok(());
         };
         let errors = error.messages();
         tracing::error!(
@@ -70,7 +69,7 @@ impl Engine {
                     match self.put_last_good(&saved, compiled, Origin::Adopted) {
                         Ok(()) => return Ok(()),
                         Err(e) => {
-                            tracing::error!("cannot adopt the last good policy: {}", e.joined())
+                            tracing::error!("cannot adopt the last good policy: {}", e.joined());
                         }
                     }
                 }

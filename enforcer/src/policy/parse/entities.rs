@@ -154,7 +154,7 @@ impl FileParser<'_> {
                         format!("{what} has no CIDR: list at least one address or prefix"),
                     ),
                     Some(arr) => {
-                        for v in arr.iter() {
+                        for v in arr {
                             let vloc = self.value_loc(v, &loc);
                             match v
                                 .as_str()

@@ -146,12 +146,12 @@ impl<'a> FileParser<'a> {
     ) -> Vec<(&'t dyn TableLike, Loc)> {
         let mut out = Vec::new();
         if let Some(aot) = item.as_array_of_tables() {
-            for t in aot.iter() {
+            for t in aot {
                 let loc = self.loc_span(t.span(), at);
                 out.push((t as &dyn TableLike, loc));
             }
         } else if let Some(arr) = item.as_array() {
-            for v in arr.iter() {
+            for v in arr {
                 let loc = self.value_loc(v, at);
                 match v.as_inline_table() {
                     Some(t) => out.push((t as &dyn TableLike, loc)),

@@ -196,12 +196,15 @@ impl FileParser<'_> {
                 let loc = self.item_loc(t, "ports", item, at);
                 let mut out = Vec::new();
                 match item.as_array() {
-                    None => self.error(&loc, "`ports` must be a list of strings: `ports = [\"443/tcp\"]`"),
+                    None => self.error(
+                        &loc,
+                        "`ports` must be a list of strings: `ports = [\"443/tcp\"]`",
+                    ),
                     Some(arr) if arr.is_empty() => {
-                        self.error(&loc, "`ports` is empty: list at least one port, or remove `ports` to match every port")
+                        self.error(&loc, "`ports` is empty: list at least one port, or remove `ports` to match every port");
                     }
                     Some(arr) => {
-                        for v in arr.iter() {
+                        for v in arr {
                             let vloc = self.value_loc(v, &loc);
                             let parsed = match v {
                                 Value::String(s) => s.value().parse::<PortSpec>(),
@@ -303,7 +306,7 @@ impl FileParser<'_> {
                                 );
                                 ok = false;
                             }
-                            for e in arr.iter() {
+                            for e in arr {
                                 match e.as_str() {
                                     Some(s) => values.push(s),
                                     None => {

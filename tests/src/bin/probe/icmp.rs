@@ -30,7 +30,7 @@ enum Kind {
 }
 
 /// Sends one echo request to `dst` and waits for its reply.
-pub fn ping(dst: IpAddr, bind_addr: Option<IpAddr>, deadline: Instant) -> Outcome {
+pub(crate) fn ping(dst: IpAddr, bind_addr: Option<IpAddr>, deadline: Instant) -> Outcome {
     let proto = if dst.is_ipv6() {
         libc::IPPROTO_ICMPV6
     } else {

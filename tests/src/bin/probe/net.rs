@@ -9,13 +9,13 @@ use std::{
 };
 
 /// A socket address in the kernel's layout.
-pub struct RawAddr {
+pub(crate) struct RawAddr {
     storage: libc::sockaddr_storage,
     len: libc::socklen_t,
 }
 
 impl RawAddr {
-    pub fn new(addr: SocketAddr) -> Self {
+    pub(crate) fn new(addr: SocketAddr) -> Self {
         // SAFETY: all-zero is a valid sockaddr_storage.
         let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
         let len = match addr {
@@ -31,7 +31,7 @@ impl RawAddr {
                 // SAFETY: sockaddr_storage is larger than and aligned for
                 // sockaddr_in.
                 unsafe { std::ptr::write((&raw mut storage).cast(), sin) };
-                mem::size_of::<libc::sockaddr_in>()
+                size_of::<libc::sockaddr_in>()
             }
             SocketAddr::V6(v6) => {
                 let sin6 = libc::sockaddr_in6 {
@@ -45,7 +45,7 @@ impl RawAddr {
                 };
                 // SAFETY: as above, for sockaddr_in6.
                 unsafe { std::ptr::write((&raw mut storage).cast(), sin6) };
-                mem::size_of::<libc::sockaddr_in6>()
+                size_of::<libc::sockaddr_in6>()
             }
         };
         Self {
@@ -58,7 +58,7 @@ impl RawAddr {
         Self {
             // SAFETY: all-zero is a valid sockaddr_storage.
             storage: unsafe { mem::zeroed() },
-            len: mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t,
+            len: size_of::<libc::sockaddr_storage>() as libc::socklen_t,
         }
     }
 
@@ -67,7 +67,7 @@ impl RawAddr {
     }
 
     /// Converts back; `None` for families other than IPv4/IPv6.
-    pub fn to_socket_addr(&self) -> Option<SocketAddr> {
+    pub(crate) fn to_socket_addr(&self) -> Option<SocketAddr> {
         match libc::c_int::from(self.storage.ss_family) {
             libc::AF_INET => {
                 // SAFETY: the family says the storage holds a sockaddr_in.
@@ -107,7 +107,7 @@ fn cvt_size(rc: libc::ssize_t) -> io::Result<usize> {
 }
 
 /// The address family constant for an address.
-pub fn family(ip: IpAddr) -> libc::c_int {
+pub(crate) fn family(ip: IpAddr) -> libc::c_int {
     if ip.is_ipv6() {
         libc::AF_INET6
     } else {
@@ -116,7 +116,11 @@ pub fn family(ip: IpAddr) -> libc::c_int {
 }
 
 /// A non-blocking, close-on-exec socket.
-pub fn socket(domain: libc::c_int, ty: libc::c_int, protocol: libc::c_int) -> io::Result<OwnedFd> {
+pub(crate) fn socket(
+    domain: libc::c_int,
+    ty: libc::c_int,
+    protocol: libc::c_int,
+) -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2); the fd is owned right away.
     let fd = cvt(unsafe {
         libc::socket(
@@ -129,7 +133,7 @@ pub fn socket(domain: libc::c_int, ty: libc::c_int, protocol: libc::c_int) -> io
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-pub fn set_reuseaddr(fd: &OwnedFd) -> io::Result<()> {
+pub(crate) fn set_reuseaddr(fd: &OwnedFd) -> io::Result<()> {
     let one: libc::c_int = 1;
     // SAFETY: setsockopt with a pointer to a live c_int and its size.
     cvt(unsafe {
@@ -138,19 +142,19 @@ pub fn set_reuseaddr(fd: &OwnedFd) -> io::Result<()> {
             libc::SOL_SOCKET,
             libc::SO_REUSEADDR,
             (&raw const one).cast(),
-            mem::size_of::<libc::c_int>() as libc::socklen_t,
+            size_of::<libc::c_int>() as libc::socklen_t,
         )
     })
     .map(drop)
 }
 
-pub fn bind(fd: &OwnedFd, addr: SocketAddr) -> io::Result<()> {
+pub(crate) fn bind(fd: &OwnedFd, addr: SocketAddr) -> io::Result<()> {
     let raw = RawAddr::new(addr);
     // SAFETY: the address pointer and length describe `raw`.
     cvt(unsafe { libc::bind(fd.as_raw_fd(), raw.as_ptr(), raw.len) }).map(drop)
 }
 
-pub fn local_addr(fd: &OwnedFd) -> Option<SocketAddr> {
+pub(crate) fn local_addr(fd: &OwnedFd) -> Option<SocketAddr> {
     let mut raw = RawAddr::empty();
     // SAFETY: getsockname writes at most `raw.len` bytes into `raw`.
     let rc =
@@ -160,7 +164,7 @@ pub fn local_addr(fd: &OwnedFd) -> Option<SocketAddr> {
 
 /// Waits until the socket is readable/writable or the deadline passes.
 /// `Ok(false)` on timeout.
-pub fn wait(fd: &OwnedFd, events: libc::c_short, deadline: Instant) -> io::Result<bool> {
+pub(crate) fn wait(fd: &OwnedFd, events: libc::c_short, deadline: Instant) -> io::Result<bool> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -185,7 +189,7 @@ pub fn wait(fd: &OwnedFd, events: libc::c_short, deadline: Instant) -> io::Resul
 /// The pending error of a socket (`SO_ERROR`).
 fn take_error(fd: &OwnedFd) -> io::Result<()> {
     let mut err: libc::c_int = 0;
-    let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: getsockopt writes one c_int.
     cvt(unsafe {
         libc::getsockopt(
@@ -204,7 +208,7 @@ fn take_error(fd: &OwnedFd) -> io::Result<()> {
 }
 
 /// Connects with a deadline. `Ok(false)` on timeout.
-pub fn connect(fd: &OwnedFd, addr: SocketAddr, deadline: Instant) -> io::Result<bool> {
+pub(crate) fn connect(fd: &OwnedFd, addr: SocketAddr, deadline: Instant) -> io::Result<bool> {
     let raw = RawAddr::new(addr);
     // SAFETY: the address pointer and length describe `raw`.
     match cvt(unsafe { libc::connect(fd.as_raw_fd(), raw.as_ptr(), raw.len) }) {
@@ -219,7 +223,7 @@ pub fn connect(fd: &OwnedFd, addr: SocketAddr, deadline: Instant) -> io::Result<
 }
 
 /// Sends all of `data` before the deadline. `Ok(false)` on timeout.
-pub fn send_all(fd: &OwnedFd, mut data: &[u8], deadline: Instant) -> io::Result<bool> {
+pub(crate) fn send_all(fd: &OwnedFd, mut data: &[u8], deadline: Instant) -> io::Result<bool> {
     while !data.is_empty() {
         // SAFETY: sends from a live slice; MSG_NOSIGNAL avoids SIGPIPE.
         let rc = unsafe {
@@ -245,7 +249,7 @@ pub fn send_all(fd: &OwnedFd, mut data: &[u8], deadline: Instant) -> io::Result<
 }
 
 /// Sends one datagram to `addr` (or to the connected peer if `None`).
-pub fn send_to(fd: &OwnedFd, data: &[u8], addr: Option<SocketAddr>) -> io::Result<()> {
+pub(crate) fn send_to(fd: &OwnedFd, data: &[u8], addr: Option<SocketAddr>) -> io::Result<()> {
     let raw = addr.map(RawAddr::new);
     let (ptr, len) = raw
         .as_ref()
@@ -266,7 +270,7 @@ pub fn send_to(fd: &OwnedFd, data: &[u8], addr: Option<SocketAddr>) -> io::Resul
 
 /// Receives once before the deadline: `Ok(None)` on timeout, `Ok(Some((0,
 /// _)))` at end of stream.
-pub fn recv_from(
+pub(crate) fn recv_from(
     fd: &OwnedFd,
     buf: &mut [u8],
     deadline: Instant,

@@ -8,7 +8,7 @@ use std::{
 
 /// What happened, as the tests classify it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// The exchange worked.
     Ok,
     /// A local hook refused the operation (EPERM or EACCES).
@@ -33,7 +33,7 @@ impl Verdict {
     }
 
     /// The process exit code for this verdict.
-    pub fn exit_code(self) -> u8 {
+    pub(crate) fn exit_code(self) -> u8 {
         match self {
             Self::Ok => 0,
             Self::Error => 1,
@@ -46,14 +46,14 @@ impl Verdict {
 
 /// One outcome: verdict, errno (0 when none), details.
 #[derive(Clone, Debug)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     pub verdict: Verdict,
     pub errno: i32,
     pub detail: String,
 }
 
 impl Outcome {
-    pub fn ok() -> Self {
+    pub(crate) fn ok() -> Self {
         Self {
             verdict: Verdict::Ok,
             errno: 0,
@@ -61,7 +61,7 @@ impl Outcome {
         }
     }
 
-    pub fn timeout(what: &str) -> Self {
+    pub(crate) fn timeout(what: &str) -> Self {
         Self {
             verdict: Verdict::Timeout,
             errno: libc::ETIMEDOUT,
@@ -69,7 +69,7 @@ impl Outcome {
         }
     }
 
-    pub fn error(detail: impl Into<String>) -> Self {
+    pub(crate) fn error(detail: impl Into<String>) -> Self {
         Self {
             verdict: Verdict::Error,
             errno: 0,
@@ -78,7 +78,7 @@ impl Outcome {
     }
 
     /// Classifies a failed system call.
-    pub fn from_io(call: &str, err: &io::Error) -> Self {
+    pub(crate) fn from_io(call: &str, err: &io::Error) -> Self {
         let errno = err.raw_os_error().unwrap_or(0);
         let verdict = match errno {
             libc::EPERM | libc::EACCES => Verdict::Eperm,
@@ -96,22 +96,22 @@ impl Outcome {
 
 /// Extra `"key":value` members of a report line.
 #[derive(Default)]
-pub struct Fields(String);
+pub(crate) struct Fields(String);
 
 impl Fields {
-    pub fn str(mut self, key: &str, value: &str) -> Self {
+    pub(crate) fn str(mut self, key: &str, value: &str) -> Self {
         let _ = write!(self.0, ",\"{key}\":\"{}\"", escape(value));
         self
     }
 
-    pub fn num(mut self, key: &str, value: u64) -> Self {
+    pub(crate) fn num(mut self, key: &str, value: u64) -> Self {
         let _ = write!(self.0, ",\"{key}\":{value}");
         self
     }
 }
 
 /// Prints one report line and returns the verdict.
-pub fn print(outcome: &Outcome, started: Instant, fields: Fields) -> Verdict {
+pub(crate) fn print(outcome: &Outcome, started: Instant, fields: Fields) -> Verdict {
     let elapsed = Instant::now().saturating_duration_since(started);
     println!("{}", line(outcome, elapsed, &fields));
     outcome.verdict
