@@ -6,6 +6,7 @@
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AddrKey4 {
+    /// Prefix length in bits (0 to 32).
     pub prefix_len: u32,
     /// Network byte order.
     pub addr: [u8; 4],
@@ -16,6 +17,7 @@ pub struct AddrKey4 {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AddrKey6 {
+    /// Prefix length in bits (0 to 128).
     pub prefix_len: u32,
     /// Network byte order.
     pub addr: [u8; 16],

@@ -18,23 +18,28 @@ use crate::identity::Identity;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CachedVerdict {
+    /// The cgroup of the socket whose `connect()` or `sendmsg()` was judged.
     pub cgroup_id: u64,
     /// The destination address as four words in network byte order (an
     /// IPv4 address in the first): word loads, where a byte array would
     /// cost the BPF programs a load per byte.
     pub addr: [u32; 4],
+    /// The destination port (host byte order).
     pub port: u16,
     /// 4 or 6; 0 in a slot never written.
     pub family: u8,
     /// A [`crate::protocol::Protocol`].
     pub protocol: u8,
+    /// The generation of the policy the verdict was judged under.
     pub generation: u32,
     /// The local workload (or [`crate::identity::IDENTITY_HOST`]) the
     /// verdict was for.
     pub local: Identity,
     /// The remote identity (a peer or [`crate::identity::IDENTITY_WORLD`]).
     pub remote: Identity,
+    /// The rule that allowed it.
     pub rule: u32,
+    /// Padding (zero).
     pub _pad: u32,
     /// A checksum of every field above ([`CachedVerdict::seal`]).
     pub seal: u64,

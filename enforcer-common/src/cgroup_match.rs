@@ -84,6 +84,7 @@ pub struct KernelOffsets {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Registration {
+    /// Where the tracer finds the fields of a cgroup in this kernel (from its BTF).
     pub offsets: KernelOffsets,
     /// Non-zero once the loader filled this in; the tracer does nothing
     /// before.
@@ -99,6 +100,7 @@ pub struct Registration {
     /// of delegated cgroups, so that users with delegated trees cannot
     /// fill the table that system units need.
     pub max_delegated_matches: u32,
+    /// Padding (zero).
     pub _pad: u32,
 }
 
@@ -110,6 +112,7 @@ pub struct MatchState {
     /// Its glob transitions: `MATCH_GLOBS[glob_first .. glob_first +
     /// glob_count]`.
     pub glob_first: u32,
+    /// How many glob rules the state has, from `glob_first`.
     pub glob_count: u16,
     /// A state reached together with this one ([`STATE_NONE`] for none):
     /// after a segment followed by `**`, the `**` state, which matches zero
@@ -120,6 +123,7 @@ pub struct MatchState {
     /// The accepting workload's [`crate::workload::Mode`] (when `workload`
     /// is set).
     pub mode: u8,
+    /// Padding (zero).
     pub _pad: [u8; 2],
     /// The workload whose own cgroup a cgroup reaching this state is; 0
     /// for none.
@@ -142,8 +146,11 @@ impl MatchState {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ExactKey {
+    /// The state the name is matched in.
     pub state: u32,
+    /// The policy slot (0 or 1).
     pub slot: u32,
+    /// The keyed hash of the name ([`name_hash`]).
     pub name_hash: u64,
 }
 
@@ -159,6 +166,7 @@ pub struct GlobRule {
     pub star: u64,
     /// Length of the pattern in bytes (at most [`MAX_GLOB_LEN`]).
     pub len: u32,
+    /// The state a matching name leads to.
     pub next_state: u32,
 }
 
@@ -175,6 +183,7 @@ pub struct CgroupMatch {
     /// Non-zero when a slot's states did not fit: its children are left
     /// to the daemon.
     pub overflow: u8,
+    /// Padding (zero).
     pub _pad: [u8; 6],
 }
 

@@ -10,6 +10,7 @@ pub struct CounterKey {
     pub workload: Identity,
     /// A [`crate::verdict::Action`].
     pub action: u8,
+    /// Padding (zero).
     pub _pad: [u8; 3],
 }
 

@@ -21,10 +21,15 @@ pub struct FlowKey {
     pub family: u8,
     /// A [`Protocol`], or the raw IP protocol number for any other.
     pub protocol: u8,
+    /// Local port (host byte order).
     pub local_port: u16,
+    /// Remote port (host byte order).
     pub remote_port: u16,
+    /// Padding (zero): the key is hashed whole.
     pub _pad: u16,
+    /// Local address (network byte order; an IPv4 address in the first 4 bytes).
     pub local_addr: [u8; 16],
+    /// Remote address (network byte order; an IPv4 address in the first 4 bytes).
     pub remote_addr: [u8; 16],
 }
 

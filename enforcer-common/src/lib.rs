@@ -32,7 +32,7 @@
 //! byte; the kernel programs decode a mode with the total
 //! [`workload::Mode::from_raw_or_enforce`].
 #![no_std]
-#![warn(clippy::unwrap_used)]
+#![warn(clippy::unwrap_used, missing_docs)]
 
 pub mod address;
 pub mod cached_verdict;

@@ -4,16 +4,23 @@
 //! a unit test of the loader (`dataplane::adoption`) checks that [`ALL`] is
 //! exactly the set of maps the built object defines.
 
+/// Array of one [`crate::config::Config`]: the settings the programs read first.
 pub const CONFIG: &str = "CONFIG";
+/// Per slot: cgroup id -> [`crate::workload::CgroupEntry`].
 pub const CGROUPS: [&str; 2] = ["CGROUPS_0", "CGROUPS_1"];
+/// Per slot: the LPM trie of remote IPv4 prefixes ([`crate::address::AddrKey4`]) to identities.
 pub const ADDR4: [&str; 2] = ["ADDR4_0", "ADDR4_1"];
+/// Per slot: the LPM trie of remote IPv6 prefixes ([`crate::address::AddrKey6`]) to identities.
 pub const ADDR6: [&str; 2] = ["ADDR6_0", "ADDR6_1"];
+/// Per slot: the LPM trie of verdicts ([`crate::verdict::VerdictKey`] -> [`crate::verdict::VerdictValue`]).
 pub const VERDICTS: [&str; 2] = ["VERDICTS_0", "VERDICTS_1"];
+/// LRU hash of flows ([`crate::flow::FlowKey`] -> [`crate::flow::FlowValue`]) that no socket keeps.
 pub const FLOWS: &str = "FLOWS";
 /// Socket-local storage (`BPF_MAP_TYPE_SK_STORAGE`) of
 /// [`crate::flow::FlowValue`]: the flow of a connected TCP socket whose
 /// packets were judged (not one that the verdict cache recognises).
 pub const SOCKET_FLOWS: &str = "SOCKET_FLOWS";
+/// [`crate::ports::BoundPortKey`] -> [`crate::ports::BoundPort`]: the local sockets that own a port.
 pub const BOUND_PORTS: &str = "BOUND_PORTS";
 /// Array of [`crate::ports::TCP_BOUND_PORT_WORDS`] words, memory-mappable: a
 /// bit per TCP port, set while `BOUND_PORTS` holds the port. The
@@ -25,12 +32,16 @@ pub const TCP_BOUND_PORT_BITS: &str = "TCP_BOUND_PORT_BITS";
 /// port) can forget it, and the per-packet path can tell a socket that
 /// bound its own port from one a listener accepted.
 pub const SOCKET_BINDS: &str = "SOCKET_BINDS";
+/// Hash of [`crate::ports::PortKey`]: inbound ports kept reachable whatever the policy.
 pub const FAILSAFE: &str = "FAILSAFE";
+/// The ring buffer of [`crate::event::VerdictEvent`]s.
 pub const EVENTS: &str = "EVENTS";
+/// Per-CPU hash of packets per [`crate::counters::CounterKey`] for identities past the array.
 pub const COUNTERS: &str = "COUNTERS";
 /// Per-CPU array of packets per (identity, action) for identities below
 /// [`crate::counters::COUNTED_IDENTITIES`].
 pub const WORKLOAD_COUNTERS: &str = "WORKLOAD_COUNTERS";
+/// Per-CPU array of the `GLOBAL_COUNTER_*` counters.
 pub const GLOBAL_COUNTERS: &str = "GLOBAL_COUNTERS";
 /// Array of [`crate::cached_verdict::CachedVerdict`], shared by every CPU: recent
 /// verdicts of `connect4|6` and `sendmsg4|6` that allowed a remote

@@ -62,10 +62,13 @@ pub enum PacketClass {
     IcmpOther = 6,
 }
 
-/// TCP flag bits (byte 13 of the TCP header).
+/// TCP flag bits (byte 13 of the TCP header): FIN.
 pub const TCP_FIN: u8 = 0x01;
+/// SYN.
 pub const TCP_SYN: u8 = 0x02;
+/// RST.
 pub const TCP_RST: u8 = 0x04;
+/// ACK.
 pub const TCP_ACK: u8 = 0x10;
 
 /// The fields of a packet the data plane judges on.

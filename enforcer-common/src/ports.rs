@@ -7,7 +7,9 @@
 pub struct PortKey {
     /// A [`crate::protocol::Protocol`].
     pub protocol: u8,
+    /// Padding (zero).
     pub _pad: u8,
+    /// The port (host byte order).
     pub port: u16,
 }
 
@@ -22,8 +24,11 @@ pub struct BoundPortKey {
     pub netns: u64,
     /// A [`crate::protocol::Protocol`].
     pub protocol: u8,
+    /// Padding (zero).
     pub _pad: u8,
+    /// The port (host byte order).
     pub port: u16,
+    /// Padding (zero).
     pub _pad2: u32,
 }
 
@@ -34,6 +39,7 @@ pub struct BoundPortKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct BoundPort {
+    /// The cgroup of the socket that bound the port.
     pub cgroup_id: u64,
     /// The socket cookie of the bound socket, so that `sock_release` of
     /// another socket that shared the port does not forget this one.

@@ -9,7 +9,9 @@
 pub enum Protocol {
     /// ICMP and ICMPv6.
     Icmp = 1,
+    /// TCP.
     Tcp = 6,
+    /// UDP.
     Udp = 17,
 }
 

@@ -41,7 +41,9 @@ impl Direction {
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Action {
+    /// Allowed.
     Allow = 1,
+    /// Denied.
     Deny = 2,
     /// Would have been denied, allowed because the workload is in audit
     /// mode.
@@ -86,7 +88,9 @@ pub const VERDICT_KEY_BITS: u32 = VERDICT_FIXED_PREFIX_BITS + 16;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct VerdictKey {
+    /// Bits of `data` that are fixed: 80 plus the fixed bits of the port.
     pub prefix_len: u32,
+    /// Workload (4 bytes), direction, protocol, remote identity (4 bytes), port (2 bytes), big-endian.
     pub data: [u8; 12],
 }
 
@@ -114,18 +118,23 @@ impl VerdictKey {
         }
     }
 
+    /// The workload (or verdict class) the entry is for.
     pub const fn workload(&self) -> Identity {
         u32::from_be_bytes([self.data[0], self.data[1], self.data[2], self.data[3]])
     }
+    /// The [`Direction`] byte.
     pub const fn direction(&self) -> u8 {
         self.data[4]
     }
+    /// The [`crate::protocol::Protocol`] byte.
     pub const fn protocol(&self) -> u8 {
         self.data[5]
     }
+    /// The remote identity.
     pub const fn remote(&self) -> Identity {
         u32::from_be_bytes([self.data[6], self.data[7], self.data[8], self.data[9]])
     }
+    /// The first port of the block.
     pub const fn port(&self) -> u16 {
         u16::from_be_bytes([self.data[10], self.data[11]])
     }
@@ -143,6 +152,7 @@ pub struct VerdictValue {
     pub rule: u32,
     /// [`Action::Allow`] or [`Action::Deny`].
     pub action: u8,
+    /// Padding (zero).
     pub _pad: [u8; 3],
 }
 

@@ -47,6 +47,7 @@ impl Mode {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CgroupEntry {
+    /// The workload identity of the cgroup.
     pub workload: Identity,
     /// The workload's verdict class: the identity its verdict keys are
     /// stored under (workloads with identical verdict rows share one set).
@@ -55,6 +56,7 @@ pub struct CgroupEntry {
     pub class: Identity,
     /// A [`Mode`].
     pub mode: u8,
+    /// Padding (zero).
     pub _pad: [u8; 3],
 }
 
