@@ -16,6 +16,8 @@ use std::{
 use enforcer::compile::{CompiledPolicy, EntityInfo, EntityKind};
 use enforcer::policy::{RuleRef, Section};
 
+pub(crate) mod random;
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 fn unique(prefix: &str) -> String {
