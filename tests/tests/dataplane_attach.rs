@@ -9,13 +9,16 @@ use std::{
     time::{Duration, Instant},
 };
 
+use Action::Allow;
+use Direction::Egress;
+use Protocol::Tcp;
 use dataplane_support::*;
 use enforcer::dataplane::{Dataplane, DataplaneOptions, HostAddrs, ResolvedCgroup};
 use enforcer_common::{
     identity::IDENTITY_HOST,
     layout::LAYOUT_DIR,
     protocol::Protocol,
-    verdict::{Action, Direction, VerdictKey, VerdictValue},
+    verdict::{Action, Direction},
     workload::Mode,
 };
 use enforcer_tests::fork::in_cgroup;
@@ -26,21 +29,10 @@ const WEB: u32 = 16;
 /// A policy letting workload WEB connect to `host` on `port` only.
 fn allow_port(port: u16) -> enforcer::compile::CompiledPolicy {
     let mut p = empty_policy(&[(WEB, "web")], &[]);
-    p.verdicts.push((
-        VerdictKey::new(
-            WEB,
-            Direction::Egress as u8,
-            Protocol::Tcp as u8,
-            IDENTITY_HOST,
-            port,
-            16,
-        ),
-        VerdictValue {
-            rule: 0,
-            action: Action::Allow as u8,
-            _pad: [0; 3],
-        },
-    ));
+    add_verdicts(
+        &mut p,
+        &[(WEB, Egress, Tcp, IDENTITY_HOST, port, 16, Allow)],
+    );
     p
 }
 

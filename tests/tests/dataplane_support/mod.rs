@@ -15,6 +15,11 @@ use std::{
 
 use enforcer::compile::{CompiledPolicy, EntityInfo, EntityKind};
 use enforcer::policy::{RuleRef, Section};
+use enforcer_common::{
+    identity::Identity,
+    protocol::Protocol,
+    verdict::{Action, Direction, VerdictKey, VerdictValue},
+};
 
 pub(crate) mod random;
 
@@ -184,6 +189,34 @@ pub(crate) fn empty_policy(workloads: &[(u32, &str)], peers: &[(u32, &str)]) -> 
         next_expiry: None,
         content_hash: 0,
     }
+}
+
+/// One verdict of a hand-written test policy: workload, direction,
+/// protocol, remote identity, port, how many leading bits of the port
+/// match (16: that port only), action. Its rule is the policy's rule 0.
+pub(crate) type Verdict = (Identity, Direction, Protocol, Identity, u16, u8, Action);
+
+/// Adds these verdicts to `p`, keeping its verdicts sorted as the compiler
+/// emits them.
+pub(crate) fn add_verdicts(p: &mut CompiledPolicy, verdicts: &[Verdict]) {
+    for &(workload, direction, protocol, remote, port, bits, action) in verdicts {
+        p.verdicts.push((
+            VerdictKey::new(
+                workload,
+                direction as u8,
+                protocol as u8,
+                remote,
+                port,
+                bits,
+            ),
+            VerdictValue {
+                rule: 0,
+                action: action as u8,
+                _pad: [0; 3],
+            },
+        ));
+    }
+    p.verdicts.sort_by_key(|(k, _)| *k);
 }
 
 /// A small deterministic PRNG (xorshift64*), so failures replay from the
