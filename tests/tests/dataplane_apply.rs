@@ -139,9 +139,7 @@ fn apply_and_check(dp: &mut Dataplane, next: &Applied, previous: Option<&Applied
 #[test]
 fn successive_applies_leave_exactly_each_policys_entries() {
     let _root = privileged!();
-    let seed = seed();
-    println!("seed {seed} (replay with ENFORCER_TEST_SEED={seed})");
-    let mut rng = Rng::new(seed);
+    let (seed, mut rng) = seeded_rng();
     let mut dp = Dataplane::load(&DataplaneOptions::default()).expect("load");
     assert!(!dp.knows_slot(0) && !dp.knows_slot(1));
     // A pool of policies so that sequences like A, B, A, C occur, plus
@@ -203,9 +201,7 @@ fn successive_applies_leave_exactly_each_policys_entries() {
 #[test]
 fn a_new_process_empties_the_slots_it_adopts_before_writing_them() {
     let _root = privileged!();
-    let seed = seed();
-    println!("seed {seed} (replay with ENFORCER_TEST_SEED={seed})");
-    let mut rng = Rng::new(seed);
+    let (_, mut rng) = seeded_rng();
     let pins = PinRoot::new();
     let options = DataplaneOptions {
         pin_root: Some(pins.path.clone()),

@@ -22,7 +22,7 @@ use enforcer::{
     eval::{self, Connection, Decision},
 };
 use enforcer_common::{
-    flow::FlowKey,
+    flow::{FlowKey, FlowValue},
     identity::{IDENTITY_WORLD, Identity},
     packet,
     protocol::Protocol,
@@ -93,6 +93,29 @@ struct Case {
     kind: Kind,
 }
 
+impl Case {
+    /// The connection the reference evaluator judges: this packet's, as
+    /// seen by workload `local` with the remote end resolved to `remote`.
+    fn connection(&self, local: Identity, remote: Identity) -> Connection {
+        Connection {
+            local,
+            direction: self.direction,
+            remote,
+            protocol: self.proto,
+            port: self.service,
+        }
+    }
+
+    /// The flow the kernel stored for this packet.
+    fn flow_in(&self, dp: &Dataplane) -> FlowValue {
+        let parsed = packet::parse(&self.bytes[..]).expect("parse own packet");
+        let direction = Direction::from_raw(self.direction).expect("a direction");
+        dp.flow(&FlowKey::of_packet(&parsed, direction))
+            .expect("read flow")
+            .expect("flow stored")
+    }
+}
+
 impl std::fmt::Display for Case {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -155,9 +178,7 @@ fn random_case(rng: &mut Rng, next_port: &mut u16) -> Case {
 #[test]
 fn kernel_verdicts_equal_the_reference_evaluator() {
     let _root = privileged!();
-    let seed = seed();
-    println!("seed {seed} (replay with ENFORCER_TEST_SEED={seed})");
-    let mut rng = Rng::new(seed);
+    let (seed, mut rng) = seeded_rng();
     let mut dp = Dataplane::load(&DataplaneOptions::default()).expect("load");
     let own = own_cgroup_id();
     let mut compared = 0u64;
@@ -182,16 +203,7 @@ fn kernel_verdicts_equal_the_reference_evaluator() {
                 eval::resolve_addr(&policy, c.remote),
                 "address resolution"
             );
-            let Decision { action, rule } = eval::evaluate(
-                &policy,
-                &Connection {
-                    local: workload,
-                    direction: c.direction,
-                    remote: r,
-                    protocol: c.proto,
-                    port: c.service,
-                },
-            );
+            let Decision { action, rule } = eval::evaluate(&policy, &c.connection(workload, r));
             let outcome = dp.test_run_skb(c.direction, &c.bytes).expect("test run");
             let expected = u32::from(action == Action::Allow as u8);
             assert_eq!(
@@ -199,12 +211,7 @@ fn kernel_verdicts_equal_the_reference_evaluator() {
                 "seed {seed} round {round}: {c} (remote identity {r}) expected rule {rule}"
             );
             // The flow records the same rule and identities.
-            let parsed = packet::parse(&c.bytes[..]).expect("parse own packet");
-            let key = FlowKey::of_packet(
-                &parsed,
-                Direction::from_raw(c.direction).expect("a direction"),
-            );
-            let flow = dp.flow(&key).expect("read flow").expect("flow stored");
+            let flow = c.flow_in(&dp);
             assert_eq!(
                 (flow.rule, flow.remote, flow.local),
                 (rule, r, workload),
@@ -237,9 +244,7 @@ enum Scenario {
 #[test]
 fn modes_unmanaged_and_failsafe_follow_the_reference() {
     let _root = privileged!();
-    let seed = seed();
-    println!("seed {seed} (replay with ENFORCER_TEST_SEED={seed})");
-    let mut rng = Rng::new(seed);
+    let (seed, mut rng) = seeded_rng();
     let mut dp = Dataplane::load(&DataplaneOptions::default()).expect("load");
     let own = own_cgroup_id();
     let scenarios = [
@@ -283,16 +288,7 @@ fn modes_unmanaged_and_failsafe_follow_the_reference() {
         for _ in 0..100 {
             let c = random_case(&mut rng, &mut next_port);
             let r = eval::resolve_addr(&policy, c.remote);
-            let decision = eval::evaluate(
-                &policy,
-                &Connection {
-                    local: workload,
-                    direction: c.direction,
-                    remote: r,
-                    protocol: c.proto,
-                    port: c.service,
-                },
-            );
+            let decision = eval::evaluate(&policy, &c.connection(workload, r));
             let is_failsafe = c.direction == Direction::Ingress as u8
                 && c.proto == failsafe.protocol
                 && c.service == failsafe.port;
@@ -323,14 +319,7 @@ fn modes_unmanaged_and_failsafe_follow_the_reference() {
                 u32::from(action != Action::Deny as u8),
                 "{context}"
             );
-            let parsed = packet::parse(&c.bytes[..]).expect("parse own packet");
-            let flow = dp
-                .flow(&FlowKey::of_packet(
-                    &parsed,
-                    Direction::from_raw(c.direction).expect("a direction"),
-                ))
-                .expect("read flow")
-                .expect("flow stored");
+            let flow = c.flow_in(&dp);
             assert_eq!((flow.action, flow.rule), (action, rule), "{context}");
             compared += 1;
         }
@@ -347,12 +336,7 @@ fn denied_flow_events_are_rate_limited_per_second() {
     let _root = privileged!();
     let mut dp = Dataplane::load(&DataplaneOptions::default()).expect("load");
     let mut events = dp.take_events().expect("events");
-    let cgroups = [ResolvedCgroup {
-        cgroup_id: own_cgroup_id(),
-        workload: WORKLOADS[0].0,
-        class: WORKLOADS[0].0,
-        mode: Mode::Enforce as u8,
-    }];
+    let cgroups = [enforced(own_cgroup_id(), WORKLOADS[0].0)];
     // No verdicts: everything the workload sends is denied by default.
     dp.apply(
         &empty_policy(&WORKLOADS, &PEERS),

@@ -16,7 +16,7 @@ use std::{
 use Action::{Allow, Deny};
 use Direction::{Egress, Ingress};
 use Protocol::{Icmp, Tcp, Udp};
-use dataplane_support::{add_verdicts, empty_policy};
+use dataplane_support::{add_verdicts, empty_policy, enforced};
 use enforcer::{
     compile::CompiledPolicy,
     dataplane::{Dataplane, DataplaneOptions, HostAddrs, ResolvedCgroup},
@@ -27,7 +27,6 @@ use enforcer_common::{
     identity::Identity,
     protocol::Protocol,
     verdict::{Action, Direction},
-    workload::Mode,
 };
 use enforcer_tests::fork::{close_pipe, pipe, spawn_in_cgroup, wait_child};
 use enforcer_tests::{CgroupGuard, Probe, ProbeOutcome, Server, TestHost, privileged};
@@ -159,12 +158,7 @@ fn egress_to_a_remote_peer_by_longest_prefix_ports_and_protocols_at(at: AttachAt
             (A, Egress, Icmp, VENDOR, 0, 16, Allow),
         ],
     );
-    let cgroups = [ResolvedCgroup {
-        cgroup_id: a.id(),
-        workload: A,
-        class: A,
-        mode: Mode::Enforce as u8,
-    }];
+    let cgroups = [enforced(a.id(), A)];
     let addrs = HostAddrs::from_system().expect("host addresses");
     dp.apply(&p, &cgroups, &addrs).expect("apply");
 
@@ -262,20 +256,7 @@ fn inbound_from_a_peer_and_local_workloads_over_the_host_address_at(at: AttachAt
     let closed = Server::tcp(Some(&b), None, SocketAddr::new(local, 7001)).expect("server");
     let mut p = peers(&host);
     add_verdicts(&mut p, &[(B, Ingress, Tcp, VENDOR, 7000, 16, Allow)]);
-    let cgroups = [
-        ResolvedCgroup {
-            cgroup_id: a.id(),
-            workload: A,
-            class: A,
-            mode: Mode::Enforce as u8,
-        },
-        ResolvedCgroup {
-            cgroup_id: b.id(),
-            workload: B,
-            class: B,
-            mode: Mode::Enforce as u8,
-        },
-    ];
+    let cgroups = [enforced(a.id(), A), enforced(b.id(), B)];
     let addrs = HostAddrs::from_system().expect("host addresses");
     dp.apply(&p, &cgroups, &addrs).expect("apply");
 
@@ -335,12 +316,7 @@ fn inbound_tcp_and_udp_from_a_peer_over_ipv4_and_ipv6_at(at: AttachAt) {
             (B, Ingress, Udp, VENDOR, 7200, 16, Allow),
         ],
     );
-    let cgroups = [ResolvedCgroup {
-        cgroup_id: b.id(),
-        workload: B,
-        class: B,
-        mode: Mode::Enforce as u8,
-    }];
+    let cgroups = [enforced(b.id(), B)];
     let addrs = HostAddrs::from_system().expect("host addresses");
     dp.apply(&p, &cgroups, &addrs).expect("apply");
     for local in [host.local_ipv4(), host.local_ipv6()] {
@@ -394,12 +370,7 @@ impl WorkloadA {
         let mut dp = Dataplane::load(&DataplaneOptions::default()).expect("load");
         dp.attach(parent.path()).expect("attach");
         WorkloadA {
-            cgroups: [ResolvedCgroup {
-                cgroup_id: a.id(),
-                workload: A,
-                class: A,
-                mode: Mode::Enforce as u8,
-            }],
+            cgroups: [enforced(a.id(), A)],
             addrs: HostAddrs::from_system().expect("host addresses"),
             dp,
             a,

@@ -73,12 +73,7 @@ impl Setup {
                 class: A,
                 mode: mode_a,
             },
-            ResolvedCgroup {
-                cgroup_id: self.b.id(),
-                workload: B,
-                class: B,
-                mode: Mode::Enforce as u8,
-            },
+            enforced(self.b.id(), B),
         ]
     }
 
@@ -346,13 +341,7 @@ fn the_cgroup_watcher_adds_and_removes_cgroups() {
     s.apply(&policy(), Mode::Enforce as u8);
     // `u` is unmanaged (allowed) until the watcher maps it to workload A.
     assert_eq!(in_cgroup(s.u.path(), || tcp_exchange(server, T)), OK);
-    s.dp.add_cgroup(ResolvedCgroup {
-        cgroup_id: s.u.id(),
-        workload: A,
-        class: A,
-        mode: Mode::Enforce as u8,
-    })
-    .expect("add cgroup");
+    s.dp.add_cgroup(enforced(s.u.id(), A)).expect("add cgroup");
     assert_eq!(in_cgroup(s.u.path(), || tcp_exchange(server, T)), EPERM);
     assert_eq!(s.dp.cgroups().count(), 3);
     s.dp.remove_cgroup(s.u.id()).expect("remove cgroup");
