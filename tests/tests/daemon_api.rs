@@ -28,6 +28,15 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// A test cgroup root, and a policy directory holding the web policy
+/// (port 9): what the daemons of these tests start from.
+fn root_and_web_policy() -> (CgroupGuard, Scratch) {
+    let root = CgroupGuard::new().expect("cgroup");
+    let policies = Scratch::new("policies");
+    write_policy(&policies.0, &web_policy(9));
+    (root, policies)
+}
+
 /// Lets other users reach the socket in the daemon's scratch directory.
 fn open_scratch(daemon: &Daemon) {
     std::fs::set_permissions(daemon.scratch(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -36,9 +45,7 @@ fn open_scratch(daemon: &Daemon) {
 #[test]
 fn socket_group_keeps_its_meaning_and_the_peer_check_stays() {
     let _root = privileged!();
-    let root = CgroupGuard::new().expect("cgroup");
-    let policies = Scratch::new("policies");
-    write_policy(&policies.0, &web_policy(9));
+    let (root, policies) = root_and_web_policy();
     // The setting of earlier versions: group 4242 may use the socket, apply
     // included.
     let daemon = Daemon::start_with(&root, &policies.0, &["--socket-group", "4242"]);
@@ -93,11 +100,9 @@ fn socket_group_keeps_its_meaning_and_the_peer_check_stays() {
 #[test]
 fn the_read_group_reads_and_the_admin_group_applies() {
     let _root = privileged!();
-    let root = CgroupGuard::new().expect("cgroup");
+    let (root, policies) = root_and_web_policy();
     let readers = TestGroup::new("r");
     let admins = TestGroup::new("a");
-    let policies = Scratch::new("policies");
-    write_policy(&policies.0, &web_policy(9));
     let daemon = Daemon::start_with(
         &root,
         &policies.0,
@@ -251,9 +256,7 @@ fn a_flood_of_idle_connections_leaves_the_daemon_serving() {
 #[test]
 fn the_daemon_survives_running_out_of_descriptors() {
     let _root = privileged!();
-    let root = CgroupGuard::new().expect("cgroup");
-    let policies = Scratch::new("policies");
-    write_policy(&policies.0, &web_policy(9));
+    let (root, policies) = root_and_web_policy();
     // About 115 descriptors are the daemon's own (its maps, programs and
     // links among them): 192 leave room for a few dozen clients only.
     let daemon = Daemon::start_wrapped(
@@ -297,9 +300,7 @@ fn the_daemon_survives_running_out_of_descriptors() {
 #[test]
 fn idle_and_slow_clients_are_disconnected_but_followers_are_not() {
     let _root = privileged!();
-    let root = CgroupGuard::new().expect("cgroup");
-    let policies = Scratch::new("policies");
-    write_policy(&policies.0, &web_policy(9));
+    let (root, policies) = root_and_web_policy();
     let daemon = Daemon::start_with(
         &root,
         &policies.0,
@@ -405,9 +406,7 @@ fn flows_follow_streams_new_events() {
 #[test]
 fn the_metrics_endpoint_serves_prometheus_text() {
     let _root = privileged!();
-    let root = CgroupGuard::new().expect("cgroup");
-    let policies = Scratch::new("policies");
-    write_policy(&policies.0, &web_policy(9));
+    let (root, policies) = root_and_web_policy();
     let addr = free_metrics_addr();
     let daemon = Daemon::start_with(&root, &policies.0, &["--metrics", &addr]);
     let generation = daemon.status().policy.unwrap().generation;
@@ -445,9 +444,7 @@ fn scrape(addr: &str) -> Option<String> {
 #[test]
 fn status_and_metrics_never_wait_for_a_policy_load() {
     let _root = privileged!();
-    let root = CgroupGuard::new().expect("cgroup");
-    let policies = Scratch::new("policies");
-    write_policy(&policies.0, &web_policy(9));
+    let (root, policies) = root_and_web_policy();
     let addr = free_metrics_addr();
     let daemon = Daemon::start_with(&root, &policies.0, &["--metrics", &addr]);
     // A large policy (the benchmark's generator): seconds to read and

@@ -4,8 +4,38 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use enforcer::cgroups::{self, CgroupChange, CgroupTree, CgroupWatcher, Discovery, WatchOptions};
+use enforcer::cgroups::{
+    self, CgroupChange, CgroupTree, CgroupWatcher, Discovery, TreeUpdate, WatchOptions,
+};
 use enforcer_tests::{CgroupGuard, privileged};
+
+/// Runs `test` on a single-threaded tokio runtime, as the daemon does.
+fn on_runtime(test: impl Future<Output = ()>) {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(test);
+}
+
+/// A watcher of `root` that rescans once an hour only, so that what it
+/// reports within a test came from inotify, and lets bursts settle 20 ms.
+fn watch(root: &Path) -> (CgroupWatcher, CgroupTree) {
+    let options = WatchOptions {
+        rescan_interval: Duration::from_secs(3600),
+        settle: Duration::from_millis(20),
+        ..WatchOptions::default()
+    };
+    CgroupWatcher::start(root, options, Discovery::default()).unwrap()
+}
+
+/// The watcher's next update, within a second.
+async fn next_update(watcher: &mut CgroupWatcher) -> TreeUpdate {
+    tokio::time::timeout(Duration::from_secs(1), watcher.next())
+        .await
+        .expect("no cgroup update within 1 s")
+        .expect("watcher stopped")
+}
 
 #[test]
 fn the_cgroup2_mount_is_found_and_narrowing_stays_inside_it() {
@@ -29,21 +59,8 @@ fn the_cgroup2_mount_is_found_and_narrowing_stays_inside_it() {
 fn new_and_removed_cgroups_are_reported_within_a_second() {
     let _root = privileged!();
     let test = CgroupGuard::new().expect("cgroup");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let (mut watcher, initial) = CgroupWatcher::start(
-            test.path(),
-            WatchOptions {
-                rescan_interval: Duration::from_secs(3600),
-                settle: Duration::from_millis(20),
-                ..WatchOptions::default()
-            },
-            Discovery::default(),
-        )
-        .unwrap();
+    on_runtime(async {
+        let (mut watcher, initial) = watch(test.path());
         assert_eq!(initial, CgroupTree::scan(test.path()).unwrap());
         assert_eq!(initial.owner_of(""), Some(0));
 
@@ -55,10 +72,7 @@ fn new_and_removed_cgroups_are_reported_within_a_second() {
             .iter()
             .any(|(p, _): &(String, u64)| p == "svc.service/worker")
         {
-            let update = tokio::time::timeout(Duration::from_secs(1), watcher.next())
-                .await
-                .expect("no cgroup update within 1 s")
-                .expect("watcher stopped");
+            let update = next_update(&mut watcher).await;
             for change in update.changes {
                 if let CgroupChange::Created { path, id } = change {
                     created.push((path, id));
@@ -74,10 +88,7 @@ fn new_and_removed_cgroups_are_reported_within_a_second() {
         );
 
         grandchild.remove().expect("remove grandchild");
-        let update = tokio::time::timeout(Duration::from_secs(1), watcher.next())
-            .await
-            .unwrap()
-            .unwrap();
+        let update = next_update(&mut watcher).await;
         assert_eq!(
             update.changes,
             [CgroupChange::Removed {
@@ -96,26 +107,11 @@ fn a_cgroup_handed_to_another_user_is_reported_at_once() {
     let _root = privileged!();
     let test = CgroupGuard::new().expect("cgroup");
     let child = test.child("user@1000.service").expect("child cgroup");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let (mut watcher, initial) = CgroupWatcher::start(
-            test.path(),
-            WatchOptions {
-                rescan_interval: Duration::from_secs(3600),
-                ..WatchOptions::default()
-            },
-            Discovery::default(),
-        )
-        .unwrap();
+    on_runtime(async {
+        let (mut watcher, initial) = watch(test.path());
         assert_eq!(initial.owner_of("user@1000.service"), Some(0));
         std::os::unix::fs::chown(child.path(), Some(65534), Some(65534)).expect("chown");
-        let update = tokio::time::timeout(Duration::from_secs(1), watcher.next())
-            .await
-            .expect("no update within 1 s")
-            .expect("watcher stopped");
+        let update = next_update(&mut watcher).await;
         assert_eq!(
             update.changes,
             [CgroupChange::OwnerChanged {

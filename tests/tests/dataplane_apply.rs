@@ -6,109 +6,42 @@
 
 mod dataplane_support;
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr};
 
-use dataplane_support::*;
+use dataplane_support::{
+    random::{PolicyShape, random_policy},
+    *,
+};
 use enforcer::{
-    compile::{CompiledPolicy, CompiledWorkload},
+    compile::CompiledPolicy,
     dataplane::{Dataplane, DataplaneOptions, HostAddrs, ResolvedCgroup, SlotContent},
-    policy::CgroupSelector,
 };
 use enforcer_common::{
-    address::{AddrKey4, AddrKey6},
-    identity::{IDENTITY_ANY, IDENTITY_WORLD},
+    identity::IDENTITY_ANY,
     protocol::Protocol,
     verdict::{Action, Direction, VerdictKey, VerdictValue},
     workload::Mode,
 };
 use enforcer_tests::privileged;
 
-const WORKLOADS: [(u32, &str); 4] = [(16, "api"), (17, "web"), (18, "db"), (19, "batch")];
+const WORKLOADS: [(u32, &str); 3] = [(16, "api"), (17, "web"), (18, "db")];
+/// Shares the verdict rows of api (16): a member of its class.
+const MEMBER: (u32, &str) = (19, "batch");
+const ALL_WORKLOADS: [u32; 4] = [16, 17, 18, MEMBER.0];
 const PEERS: [(u32, &str); 3] = [(20, "office"), (21, "vendor"), (22, "lab")];
 
-/// A random policy with verdict classes: workload 19 shares 16's rows.
-fn random_policy(rng: &mut Rng) -> CompiledPolicy {
-    let mut p = empty_policy(&WORKLOADS, &PEERS);
-    p.workloads = WORKLOADS
-        .iter()
-        .map(|&(identity, name)| CompiledWorkload {
-            identity,
-            class: if identity == 19 { 16 } else { identity },
-            name: name.into(),
-            selector: CgroupSelector::Unit(format!("{name}.service")),
-            mode: Mode::Enforce as u8,
-        })
-        .collect();
-    let mut v4 = std::collections::BTreeMap::new();
-    let mut v6 = std::collections::BTreeMap::new();
-    for _ in 0..rng.below(20) {
-        let len = [16u32, 24, 28, 32][rng.below(4) as usize];
-        let a =
-            u32::from(Ipv4Addr::new(203, 0, 113, rng.below(256) as u8)) & (u32::MAX << (32 - len));
-        v4.insert(
-            AddrKey4 {
-                prefix_len: len,
-                addr: a.to_be_bytes(),
-            },
-            PEERS[rng.below(3) as usize].0,
-        );
-        let a6 = u128::from(Ipv6Addr::new(
-            0x2001,
-            0xdb8,
-            rng.below(8) as u16,
-            0,
-            0,
-            0,
-            0,
-            0,
-        )) & (u128::MAX << 80);
-        v6.insert(
-            AddrKey6 {
-                prefix_len: 48,
-                addr: a6.to_be_bytes(),
-            },
-            PEERS[rng.below(3) as usize].0,
-        );
-    }
-    p.prefixes_v4 = v4.into_iter().collect();
-    p.prefixes_v6 = v6.into_iter().collect();
-    let mut verdicts = std::collections::BTreeMap::new();
-    for _ in 0..rng.below(300) {
-        // Only the classes' representatives have entries.
-        let w = [16, 17, 18][rng.below(3) as usize];
-        let d = if rng.chance(50) {
-            Direction::Egress as u8
-        } else {
-            Direction::Ingress as u8
-        };
-        let proto = if rng.chance(50) {
-            Protocol::Tcp as u8
-        } else {
-            Protocol::Udp as u8
-        };
-        let r = match rng.below(4) {
-            0 => IDENTITY_WORLD,
-            1 => IDENTITY_ANY,
-            _ => PEERS[rng.below(3) as usize].0,
-        };
-        let bits = [8u8, 12, 16][rng.below(3) as usize];
-        let port = (rng.below(64) as u16 * 1000) & (u16::MAX << (16 - bits));
-        verdicts.insert(
-            VerdictKey::new(w, d, proto, r, port, bits),
-            VerdictValue {
-                rule: rng.below(4) as u32,
-                action: if rng.chance(30) {
-                    Action::Deny as u8
-                } else {
-                    Action::Allow as u8
-                },
-                _pad: [0; 3],
-            },
-        );
-    }
-    p.verdicts = verdicts.into_iter().collect();
-    p
-}
+/// Larger policies than the differential test's, so that applies have
+/// many differences to write: up to 20 prefixes of each family and 400
+/// verdict draws (about 160 distinct entries on average, more than the 150
+/// of this test's earlier generator, which drew from fewer kinds).
+const SHAPE: PolicyShape<'static> = PolicyShape {
+    workloads: &WORKLOADS,
+    member: MEMBER,
+    member_classes: &[16],
+    peers: &PEERS,
+    max_prefixes: 20,
+    max_verdicts: 400,
+};
 
 /// The same policy with one entry changed, one removed and one added: what
 /// a one-rule edit looks like to the data plane.
@@ -147,11 +80,11 @@ fn edited(p: &CompiledPolicy, rng: &mut Rng) -> CompiledPolicy {
 fn random_cgroups(rng: &mut Rng) -> Vec<ResolvedCgroup> {
     (0..rng.below(6))
         .map(|i| {
-            let (workload, _) = WORKLOADS[rng.below(4) as usize];
+            let workload = ALL_WORKLOADS[rng.below(4) as usize];
             ResolvedCgroup {
                 cgroup_id: 1000 + i * 7 + rng.below(3),
                 workload,
-                class: if workload == 19 { 16 } else { workload },
+                class: if workload == MEMBER.0 { 16 } else { workload },
                 mode: if rng.chance(20) {
                     Mode::Audit as u8
                 } else {
@@ -208,16 +141,14 @@ fn apply_and_check(dp: &mut Dataplane, next: &Applied, previous: Option<&Applied
 #[test]
 fn successive_applies_leave_exactly_each_policys_entries() {
     let _root = privileged!();
-    let seed = seed();
-    println!("seed {seed} (replay with ENFORCER_TEST_SEED={seed})");
-    let mut rng = Rng::new(seed);
+    let (seed, mut rng) = seeded_rng();
     let mut dp = Dataplane::load(&DataplaneOptions::default()).expect("load");
     assert!(!dp.knows_slot(0) && !dp.knows_slot(1));
     // A pool of policies so that sequences like A, B, A, C occur, plus
     // small edits of the last one.
     let pool: Vec<Applied> = (0..4)
         .map(|_| Applied {
-            policy: random_policy(&mut rng),
+            policy: random_policy(&mut rng, &SHAPE),
             cgroups: random_cgroups(&mut rng),
             host: random_host(&mut rng),
         })
@@ -246,7 +177,7 @@ fn successive_applies_leave_exactly_each_policys_entries() {
         if rng.chance(50) {
             let added = ResolvedCgroup {
                 cgroup_id: 5000 + round as u64,
-                workload: 19,
+                workload: MEMBER.0,
                 class: 16,
                 mode: Mode::Enforce as u8,
             };
@@ -272,9 +203,7 @@ fn successive_applies_leave_exactly_each_policys_entries() {
 #[test]
 fn a_new_process_empties_the_slots_it_adopts_before_writing_them() {
     let _root = privileged!();
-    let seed = seed();
-    println!("seed {seed} (replay with ENFORCER_TEST_SEED={seed})");
-    let mut rng = Rng::new(seed);
+    let (_, mut rng) = seeded_rng();
     let pins = PinRoot::new();
     let options = DataplaneOptions {
         pin_root: Some(pins.path.clone()),
@@ -282,7 +211,7 @@ fn a_new_process_empties_the_slots_it_adopts_before_writing_them() {
     };
     let applied: Vec<Applied> = (0..4)
         .map(|_| Applied {
-            policy: random_policy(&mut rng),
+            policy: random_policy(&mut rng, &SHAPE),
             cgroups: random_cgroups(&mut rng),
             host: random_host(&mut rng),
         })

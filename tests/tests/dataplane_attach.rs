@@ -9,14 +9,16 @@ use std::{
     time::{Duration, Instant},
 };
 
+use Action::Allow;
+use Direction::Egress;
+use Protocol::Tcp;
 use dataplane_support::*;
 use enforcer::dataplane::{Dataplane, DataplaneOptions, HostAddrs, ResolvedCgroup};
 use enforcer_common::{
     identity::IDENTITY_HOST,
     layout::LAYOUT_DIR,
     protocol::Protocol,
-    verdict::{Action, Direction, VerdictKey, VerdictValue},
-    workload::Mode,
+    verdict::{Action, Direction},
 };
 use enforcer_tests::fork::in_cgroup;
 use enforcer_tests::{CgroupGuard, privileged};
@@ -26,21 +28,10 @@ const WEB: u32 = 16;
 /// A policy letting workload WEB connect to `host` on `port` only.
 fn allow_port(port: u16) -> enforcer::compile::CompiledPolicy {
     let mut p = empty_policy(&[(WEB, "web")], &[]);
-    p.verdicts.push((
-        VerdictKey::new(
-            WEB,
-            Direction::Egress as u8,
-            Protocol::Tcp as u8,
-            IDENTITY_HOST,
-            port,
-            16,
-        ),
-        VerdictValue {
-            rule: 0,
-            action: Action::Allow as u8,
-            _pad: [0; 3],
-        },
-    ));
+    add_verdicts(
+        &mut p,
+        &[(WEB, Egress, Tcp, IDENTITY_HOST, port, 16, Allow)],
+    );
     p
 }
 
@@ -63,12 +54,7 @@ fn denied_connect_fails_at_once_and_allowed_one_succeeds() {
     // Before any policy, everything passes.
     assert_eq!(connect_from(&cg, denied).0, OK);
 
-    let cgroups = [ResolvedCgroup {
-        cgroup_id: cg.id(),
-        workload: WEB,
-        class: WEB,
-        mode: Mode::Enforce as u8,
-    }];
+    let cgroups = [enforced(cg.id(), WEB)];
     dp.apply(&allow_port(allowed.port()), &cgroups, &HostAddrs::default())
         .expect("apply");
 
@@ -93,11 +79,12 @@ fn denied_connect_fails_at_once_and_allowed_one_succeeds() {
 }
 
 /// Two local servers, a test cgroup of workload WEB, and a pin root.
+/// Fields drop in order: the pins go before the cgroup.
 struct Pinned {
     allowed: SocketAddr,
     denied: SocketAddr,
-    cg: CgroupGuard,
     pins: PinRoot,
+    cg: CgroupGuard,
     options: DataplaneOptions,
     cgroups: [ResolvedCgroup; 1],
 }
@@ -113,12 +100,7 @@ impl Pinned {
                 pin_root: Some(pins.path.clone()),
                 ..Default::default()
             },
-            cgroups: [ResolvedCgroup {
-                cgroup_id: cg.id(),
-                workload: WEB,
-                class: WEB,
-                mode: Mode::Enforce as u8,
-            }],
+            cgroups: [enforced(cg.id(), WEB)],
             pins,
             cg,
         }
@@ -128,57 +110,58 @@ impl Pinned {
 #[test]
 fn pinned_enforcement_outlives_the_loader_is_adopted_and_uninstalls_cleanly() {
     let _root = privileged!();
-    // Dropped in reverse: the pins go before the cgroup.
-    let Pinned {
-        allowed,
-        denied,
-        cg,
-        pins,
-        options,
-        cgroups,
-    } = Pinned::new();
+    let t = Pinned::new();
+    let (allowed, denied) = (t.allowed, t.denied);
     {
-        let mut dp = Dataplane::load(&options).expect("load");
-        dp.attach(cg.path()).expect("attach");
+        let mut dp = Dataplane::load(&t.options).expect("load");
+        dp.attach(t.cg.path()).expect("attach");
         let generation = dp
-            .apply(&allow_port(allowed.port()), &cgroups, &HostAddrs::default())
+            .apply(
+                &allow_port(allowed.port()),
+                &t.cgroups,
+                &HostAddrs::default(),
+            )
             .expect("apply");
         assert_eq!(generation, 1);
     }
     // The loader is gone; the pinned links and maps still enforce.
-    assert_eq!(attached_programs(cg.path()), 9);
-    assert_eq!(connect_from(&cg, denied).0, EPERM);
-    assert_eq!(connect_from(&cg, allowed).0, OK);
+    assert_eq!(attached_programs(t.cg.path()), 9);
+    assert_eq!(connect_from(&t.cg, denied).0, EPERM);
+    assert_eq!(connect_from(&t.cg, allowed).0, OK);
 
     // A new process adopts the pinned state: same policy, links replaced.
     {
-        let mut dp = Dataplane::load(&options).expect("reload");
+        let mut dp = Dataplane::load(&t.options).expect("reload");
         assert_eq!(dp.config().expect("config").generation, 1);
         assert_eq!(dp.cgroups().count(), 1);
-        dp.attach(cg.path()).expect("re-attach");
+        dp.attach(t.cg.path()).expect("re-attach");
         assert_eq!(
-            attached_programs(cg.path()),
+            attached_programs(t.cg.path()),
             9,
             "old links replaced, not doubled"
         );
-        assert_eq!(connect_from(&cg, denied).0, EPERM);
+        assert_eq!(connect_from(&t.cg, denied).0, EPERM);
         let generation = dp
-            .apply(&allow_port(denied.port()), &cgroups, &HostAddrs::default())
+            .apply(
+                &allow_port(denied.port()),
+                &t.cgroups,
+                &HostAddrs::default(),
+            )
             .expect("apply");
         assert_eq!(generation, 2);
-        assert_eq!(connect_from(&cg, denied).0, OK);
-        assert_eq!(connect_from(&cg, allowed).0, EPERM);
+        assert_eq!(connect_from(&t.cg, denied).0, OK);
+        assert_eq!(connect_from(&t.cg, allowed).0, EPERM);
     }
 
-    Dataplane::uninstall(&pins.path).expect("uninstall");
+    Dataplane::uninstall(&t.pins.path).expect("uninstall");
     assert_eq!(
-        attached_programs(cg.path()),
+        attached_programs(t.cg.path()),
         0,
         "uninstall detaches everything"
     );
-    assert!(!pins.path.join(LAYOUT_DIR).exists(), "no pins left");
-    assert_eq!(connect_from(&cg, allowed).0, OK);
-    assert_eq!(connect_from(&cg, denied).0, OK);
+    assert!(!t.pins.path.join(LAYOUT_DIR).exists(), "no pins left");
+    assert_eq!(connect_from(&t.cg, allowed).0, OK);
+    assert_eq!(connect_from(&t.cg, denied).0, OK);
 }
 
 #[test]
@@ -231,53 +214,58 @@ fn removing_the_cgroup_leaves_no_link_behind() {
 #[test]
 fn programs_of_an_earlier_layout_are_retired_once_ours_enforce() {
     let _root = privileged!();
-    // Dropped in reverse: the pins go before the cgroup.
-    let Pinned {
-        allowed,
-        denied,
-        cg,
-        pins,
-        options,
-        cgroups,
-    } = Pinned::new();
+    let t = Pinned::new();
+    let (allowed, denied) = (t.allowed, t.denied);
     // An "earlier binary": its pins moved to the directory of layout v1,
     // still attached and enforcing a policy that denies `allowed`.
     {
-        let mut dp = Dataplane::load(&options).expect("load");
-        dp.apply(&allow_port(denied.port()), &cgroups, &HostAddrs::default())
-            .expect("apply");
-        dp.attach(cg.path()).expect("attach");
-    }
-    let old = pins.path.join("v1");
-    std::fs::rename(pins.path.join(LAYOUT_DIR), &old).expect("rename the pins to v1");
-    assert_eq!(attached_programs(cg.path()), 9);
-
-    let mut dp = Dataplane::load(&options).expect("load the new layout");
-    dp.apply(&allow_port(allowed.port()), &cgroups, &HostAddrs::default())
+        let mut dp = Dataplane::load(&t.options).expect("load");
+        dp.apply(
+            &allow_port(denied.port()),
+            &t.cgroups,
+            &HostAddrs::default(),
+        )
         .expect("apply");
-    dp.attach(cg.path()).expect("attach");
-    assert_eq!(attached_programs(cg.path()), 18, "both layouts attached");
+        dp.attach(t.cg.path()).expect("attach");
+    }
+    let old = t.pins.path.join("v1");
+    std::fs::rename(t.pins.path.join(LAYOUT_DIR), &old).expect("rename the pins to v1");
+    assert_eq!(attached_programs(t.cg.path()), 9);
+
+    let mut dp = Dataplane::load(&t.options).expect("load the new layout");
+    dp.apply(
+        &allow_port(allowed.port()),
+        &t.cgroups,
+        &HostAddrs::default(),
+    )
+    .expect("apply");
+    dp.attach(t.cg.path()).expect("attach");
+    assert_eq!(attached_programs(t.cg.path()), 18, "both layouts attached");
     // Both enforce: each denies what the other allows.
-    assert_eq!(connect_from(&cg, allowed).0, EPERM);
-    assert_eq!(connect_from(&cg, denied).0, EPERM);
+    assert_eq!(connect_from(&t.cg, allowed).0, EPERM);
+    assert_eq!(connect_from(&t.cg, denied).0, EPERM);
     assert_eq!(
         dp.retire_older_layouts().expect("retire"),
         vec![old.clone()]
     );
-    assert_eq!(attached_programs(cg.path()), 9, "the old programs are gone");
+    assert_eq!(
+        attached_programs(t.cg.path()),
+        9,
+        "the old programs are gone"
+    );
     assert!(!old.exists(), "the old pins are gone");
-    assert_eq!(connect_from(&cg, allowed).0, OK);
-    assert_eq!(connect_from(&cg, denied).0, EPERM);
+    assert_eq!(connect_from(&t.cg, allowed).0, OK);
+    assert_eq!(connect_from(&t.cg, denied).0, EPERM);
     assert!(dp.retire_older_layouts().expect("retire again").is_empty());
     drop(dp);
 
     // `uninstall` removes earlier layouts too.
     {
-        let mut dp = Dataplane::load(&options).expect("load");
-        dp.attach(cg.path()).expect("attach");
+        let mut dp = Dataplane::load(&t.options).expect("load");
+        dp.attach(t.cg.path()).expect("attach");
     }
-    std::fs::rename(pins.path.join(LAYOUT_DIR), &old).expect("rename the pins to v1");
-    Dataplane::uninstall(&pins.path).expect("uninstall");
-    assert_eq!(attached_programs(cg.path()), 0);
+    std::fs::rename(t.pins.path.join(LAYOUT_DIR), &old).expect("rename the pins to v1");
+    Dataplane::uninstall(&t.pins.path).expect("uninstall");
+    assert_eq!(attached_programs(t.cg.path()), 0);
     assert!(!old.exists());
 }

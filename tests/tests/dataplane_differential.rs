@@ -10,24 +10,23 @@ mod dataplane_support;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use dataplane_support::*;
+use dataplane_support::{
+    random::{PolicyShape, random_policy, random_port, random_v4, random_v6},
+    *,
+};
 use enforcer::{
-    compile::{CompiledPolicy, CompiledWorkload},
+    compile::CompiledPolicy,
     dataplane::{
         Dataplane, DataplaneOptions, FailsafePort, HostAddrs, ResolvedCgroup, UnmanagedMode,
     },
     eval::{self, Connection, Decision},
-    policy::{CgroupSelector, RuleRef, Section},
 };
 use enforcer_common::{
-    address::{AddrKey4, AddrKey6},
-    flow::FlowKey,
-    identity::{IDENTITY_ANY, IDENTITY_ANY_EXTERNAL, IDENTITY_HOST, IDENTITY_WORLD, Identity},
+    flow::{FlowKey, FlowValue},
+    identity::{IDENTITY_WORLD, Identity},
     packet,
     protocol::Protocol,
-    verdict::{
-        Action, Direction, RULE_BUILTIN, RULE_MODE_OFF, RULE_UNMANAGED, VerdictKey, VerdictValue,
-    },
+    verdict::{Action, Direction, RULE_BUILTIN, RULE_MODE_OFF, RULE_UNMANAGED},
     workload::Mode,
 };
 use enforcer_tests::privileged;
@@ -70,135 +69,15 @@ fn resolve(p: &CompiledPolicy, addr: IpAddr) -> Identity {
     }
 }
 
-fn random_v4(rng: &mut Rng) -> Ipv4Addr {
-    let base = if rng.chance(50) {
-        [198, 51, 100]
-    } else {
-        [203, 0, 113]
-    };
-    Ipv4Addr::new(base[0], base[1], base[2], rng.below(256) as u8)
-}
-
-fn random_v6(rng: &mut Rng) -> Ipv6Addr {
-    Ipv6Addr::new(
-        0x2001,
-        0xdb8,
-        rng.below(4) as u16,
-        0,
-        0,
-        0,
-        0,
-        rng.below(256) as u16,
-    )
-}
-
-fn random_port(rng: &mut Rng) -> u16 {
-    // Mostly a few hot ports so that rules and packets meet; never the
-    // DHCP client ports, which are always allowed inbound.
-    let p = if rng.chance(70) {
-        [22, 53, 80, 443, 5432, 8080, 8081, 9000][rng.below(8) as usize]
-    } else {
-        rng.below(65536) as u16
-    };
-    if matches!(p, 68 | 546) { 69 } else { p }
-}
-
-fn random_policy(rng: &mut Rng) -> CompiledPolicy {
-    let mut p = empty_policy(&[WORKLOADS[0], WORKLOADS[1], MEMBER], &PEERS);
-    let member_class = WORKLOADS[rng.below(2) as usize].0;
-    p.workloads = LOCALS
-        .iter()
-        .map(|&identity| CompiledWorkload {
-            identity,
-            class: if identity == MEMBER.0 {
-                member_class
-            } else {
-                identity
-            },
-            name: format!("w{identity}"),
-            selector: CgroupSelector::Unit(format!("w{identity}.service")),
-            mode: Mode::Enforce as u8,
-        })
-        .collect();
-    p.rules = (0..32)
-        .map(|i| RuleRef {
-            policy: "random".into(),
-            section: Section::AllowIn,
-            index: i,
-        })
-        .collect();
-    let mut v4 = std::collections::BTreeMap::new();
-    let mut v6 = std::collections::BTreeMap::new();
-    for _ in 0..rng.below(12) {
-        let len = [8u32, 16, 24, 25, 26, 28, 30, 32][rng.below(8) as usize];
-        let a = u32::from(random_v4(rng)) & if len == 0 { 0 } else { u32::MAX << (32 - len) };
-        v4.insert(
-            AddrKey4 {
-                prefix_len: len,
-                addr: a.to_be_bytes(),
-            },
-            PEERS[rng.below(4) as usize].0,
-        );
-        let len6 = [32u32, 48, 64, 120, 128][rng.below(5) as usize];
-        let a6 = u128::from(random_v6(rng)) & (u128::MAX << (128 - len6));
-        v6.insert(
-            AddrKey6 {
-                prefix_len: len6,
-                addr: a6.to_be_bytes(),
-            },
-            PEERS[rng.below(4) as usize].0,
-        );
-    }
-    p.prefixes_v4 = v4.into_iter().collect();
-    p.prefixes_v6 = v6.into_iter().collect();
-    let mut verdicts = std::collections::BTreeMap::new();
-    for _ in 0..rng.below(120) {
-        let w = WORKLOADS[rng.below(2) as usize].0;
-        let d = if rng.chance(50) {
-            Direction::Egress as u8
-        } else {
-            Direction::Ingress as u8
-        };
-        let proto = [
-            Protocol::Tcp as u8,
-            Protocol::Udp as u8,
-            Protocol::Icmp as u8,
-        ][rng.below(3) as usize];
-        let r = match rng.below(8) {
-            0 => IDENTITY_WORLD,
-            1 => IDENTITY_ANY_EXTERNAL,
-            2 => IDENTITY_ANY,
-            3 => IDENTITY_HOST,
-            _ => PEERS[rng.below(4) as usize].0,
-        };
-        let (port, bits) = if proto == Protocol::Icmp as u8 {
-            (0, 16)
-        } else {
-            let bits = [0u8, 4, 8, 12, 14, 15, 16, 16, 16][rng.below(9) as usize];
-            let mask = if bits == 0 {
-                0
-            } else {
-                u16::MAX << (16 - bits)
-            };
-            (random_port(rng) & mask, bits)
-        };
-        let action = if rng.chance(30) {
-            Action::Deny as u8
-        } else {
-            Action::Allow as u8
-        };
-        verdicts.insert(
-            VerdictKey::new(w, d, proto, r, port, bits),
-            VerdictValue {
-                rule: rng.below(32) as u32,
-                action,
-                _pad: [0; 3],
-            },
-        );
-    }
-    p.verdicts = verdicts.into_iter().collect();
-    p
-}
+/// The random policies of both differential tests.
+const SHAPE: PolicyShape<'static> = PolicyShape {
+    workloads: &WORKLOADS,
+    member: MEMBER,
+    member_classes: &[WORKLOADS[0].0, WORKLOADS[1].0],
+    peers: &PEERS,
+    max_prefixes: 12,
+    max_verdicts: 120,
+};
 
 /// One random first packet of a new flow.
 struct Case {
@@ -212,6 +91,39 @@ struct Case {
     sport: u16,
     dport: u16,
     kind: Kind,
+}
+
+impl Case {
+    /// The connection the reference evaluator judges: this packet's, as
+    /// seen by workload `local` with the remote end resolved to `remote`.
+    fn connection(&self, local: Identity, remote: Identity) -> Connection {
+        Connection {
+            local,
+            direction: self.direction,
+            remote,
+            protocol: self.proto,
+            port: self.service,
+        }
+    }
+
+    /// The flow the kernel stored for this packet.
+    fn flow_in(&self, dp: &Dataplane) -> FlowValue {
+        let parsed = packet::parse(&self.bytes[..]).expect("parse own packet");
+        let direction = Direction::from_raw(self.direction).expect("a direction");
+        dp.flow(&FlowKey::of_packet(&parsed, direction))
+            .expect("read flow")
+            .expect("flow stored")
+    }
+}
+
+impl std::fmt::Display for Case {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:?} {} {}:{} -> {}:{}",
+            self.kind, self.direction, self.src, self.sport, self.dst, self.dport
+        )
+    }
 }
 
 fn random_case(rng: &mut Rng, next_port: &mut u16) -> Case {
@@ -266,16 +178,14 @@ fn random_case(rng: &mut Rng, next_port: &mut u16) -> Case {
 #[test]
 fn kernel_verdicts_equal_the_reference_evaluator() {
     let _root = privileged!();
-    let seed = seed();
-    println!("seed {seed} (replay with ENFORCER_TEST_SEED={seed})");
-    let mut rng = Rng::new(seed);
+    let (seed, mut rng) = seeded_rng();
     let mut dp = Dataplane::load(&DataplaneOptions::default()).expect("load");
     let own = own_cgroup_id();
     let mut compared = 0u64;
     let mut allowed = 0u64;
     let mut next_port: u16 = 1024;
     for round in 0..40 {
-        let policy = random_policy(&mut rng);
+        let policy = random_policy(&mut rng, &SHAPE);
         let workload = LOCALS[round % LOCALS.len()];
         let cgroups = [ResolvedCgroup {
             cgroup_id: own,
@@ -286,50 +196,31 @@ fn kernel_verdicts_equal_the_reference_evaluator() {
         dp.apply(&policy, &cgroups, &HostAddrs::default())
             .expect("apply");
         for _ in 0..120 {
-            let Case {
-                bytes,
-                direction,
-                proto,
-                service,
-                remote,
-                src,
-                dst,
-                sport,
-                dport,
-                kind,
-            } = random_case(&mut rng, &mut next_port);
-            let r = resolve(&policy, remote);
-            assert_eq!(r, eval::resolve_addr(&policy, remote), "address resolution");
-            let Decision { action, rule } = eval::evaluate(
-                &policy,
-                &Connection {
-                    local: workload,
-                    direction,
-                    remote: r,
-                    protocol: proto,
-                    port: service,
-                },
+            let c = random_case(&mut rng, &mut next_port);
+            let r = resolve(&policy, c.remote);
+            assert_eq!(
+                r,
+                eval::resolve_addr(&policy, c.remote),
+                "address resolution"
             );
-            let outcome = dp.test_run_skb(direction, &bytes).expect("test run");
+            let Decision { action, rule } = eval::evaluate(&policy, &c.connection(workload, r));
+            let outcome = dp.test_run_skb(c.direction, &c.bytes).expect("test run");
             let expected = u32::from(action == Action::Allow as u8);
             assert_eq!(
                 outcome.verdict, expected,
-                "seed {seed} round {round}: {kind:?} {direction} {src}:{sport} -> {dst}:{dport} \
-                 (remote identity {r}) expected rule {rule}"
+                "seed {seed} round {round}: {c} (remote identity {r}) expected rule {rule}"
             );
             // The flow records the same rule and identities.
-            let parsed = packet::parse(&bytes[..]).expect("parse own packet");
-            let key = FlowKey::of_packet(
-                &parsed,
-                Direction::from_raw(direction).expect("a direction"),
-            );
-            let flow = dp.flow(&key).expect("read flow").expect("flow stored");
+            let flow = c.flow_in(&dp);
             assert_eq!(
                 (flow.rule, flow.remote, flow.local),
                 (rule, r, workload),
                 "seed {seed}"
             );
-            assert_eq!((flow.direction, flow.service_port), (direction, service));
+            assert_eq!(
+                (flow.direction, flow.service_port),
+                (c.direction, c.service)
+            );
             compared += 1;
             allowed += u64::from(expected);
         }
@@ -353,9 +244,7 @@ enum Scenario {
 #[test]
 fn modes_unmanaged_and_failsafe_follow_the_reference() {
     let _root = privileged!();
-    let seed = seed();
-    println!("seed {seed} (replay with ENFORCER_TEST_SEED={seed})");
-    let mut rng = Rng::new(seed);
+    let (seed, mut rng) = seeded_rng();
     let mut dp = Dataplane::load(&DataplaneOptions::default()).expect("load");
     let own = own_cgroup_id();
     let scenarios = [
@@ -370,7 +259,7 @@ fn modes_unmanaged_and_failsafe_follow_the_reference() {
     let mut next_port: u16 = 1024;
     for round in 0..36 {
         let scenario = scenarios[round % scenarios.len()];
-        let policy = random_policy(&mut rng);
+        let policy = random_policy(&mut rng, &SHAPE);
         let workload = LOCALS[rng.below(LOCALS.len() as u64) as usize];
         let failsafe = FailsafePort {
             protocol: if rng.chance(50) {
@@ -399,16 +288,7 @@ fn modes_unmanaged_and_failsafe_follow_the_reference() {
         for _ in 0..100 {
             let c = random_case(&mut rng, &mut next_port);
             let r = eval::resolve_addr(&policy, c.remote);
-            let decision = eval::evaluate(
-                &policy,
-                &Connection {
-                    local: workload,
-                    direction: c.direction,
-                    remote: r,
-                    protocol: c.proto,
-                    port: c.service,
-                },
-            );
+            let decision = eval::evaluate(&policy, &c.connection(workload, r));
             let is_failsafe = c.direction == Direction::Ingress as u8
                 && c.proto == failsafe.protocol
                 && c.service == failsafe.port;
@@ -433,23 +313,13 @@ fn modes_unmanaged_and_failsafe_follow_the_reference() {
                 }
             };
             let outcome = dp.test_run_skb(c.direction, &c.bytes).expect("test run");
-            let context = format!(
-                "seed {seed} round {round} {scenario:?}: {:?} {} {}:{} -> {}:{}",
-                c.kind, c.direction, c.src, c.sport, c.dst, c.dport
-            );
+            let context = format!("seed {seed} round {round} {scenario:?}: {c}");
             assert_eq!(
                 outcome.verdict,
                 u32::from(action != Action::Deny as u8),
                 "{context}"
             );
-            let parsed = packet::parse(&c.bytes[..]).expect("parse own packet");
-            let flow = dp
-                .flow(&FlowKey::of_packet(
-                    &parsed,
-                    Direction::from_raw(c.direction).expect("a direction"),
-                ))
-                .expect("read flow")
-                .expect("flow stored");
+            let flow = c.flow_in(&dp);
             assert_eq!((flow.action, flow.rule), (action, rule), "{context}");
             compared += 1;
         }
@@ -466,12 +336,7 @@ fn denied_flow_events_are_rate_limited_per_second() {
     let _root = privileged!();
     let mut dp = Dataplane::load(&DataplaneOptions::default()).expect("load");
     let mut events = dp.take_events().expect("events");
-    let cgroups = [ResolvedCgroup {
-        cgroup_id: own_cgroup_id(),
-        workload: WORKLOADS[0].0,
-        class: WORKLOADS[0].0,
-        mode: Mode::Enforce as u8,
-    }];
+    let cgroups = [enforced(own_cgroup_id(), WORKLOADS[0].0)];
     // No verdicts: everything the workload sends is denied by default.
     dp.apply(
         &empty_policy(&WORKLOADS, &PEERS),

@@ -15,12 +15,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dataplane_support::{EPERM, OK, empty_policy, tcp_echo_server, tcp_exchange};
+use Action::Allow;
+use Direction::Egress;
+use Protocol::Tcp;
+use dataplane_support::{EPERM, OK, add_verdicts, empty_policy, tcp_echo_server, tcp_exchange};
 use enforcer::dataplane::{Dataplane, DataplaneOptions, HostAddrs, ResolvedCgroup, UnmanagedMode};
 use enforcer_common::{
     identity::{IDENTITY_HOST, Identity},
     protocol::Protocol,
-    verdict::{Action, Direction, VerdictKey, VerdictValue},
+    verdict::{Action, Direction},
     workload::Mode,
 };
 use enforcer_tests::fork::{in_cgroup, pipe, spawn_in_cgroup, wait_child};
@@ -52,21 +55,10 @@ fn an_unregistered_cgroup_is_its_deepest_registered_ancestors() {
     let v = u.child("v").expect("u/v");
     let server = tcp_echo_server(SocketAddr::from(([127, 0, 0, 1], 0)));
     let mut policy = empty_policy(&[(A, "a"), (B, "b")], &[]);
-    policy.verdicts.push((
-        VerdictKey::new(
-            B,
-            Direction::Egress as u8,
-            Protocol::Tcp as u8,
-            IDENTITY_HOST,
-            server.port(),
-            16,
-        ),
-        VerdictValue {
-            rule: 0,
-            action: Action::Allow as u8,
-            _pad: [0; 3],
-        },
-    ));
+    add_verdicts(
+        &mut policy,
+        &[(B, Egress, Tcp, IDENTITY_HOST, server.port(), 16, Allow)],
+    );
     let mut dp = Dataplane::load(&DataplaneOptions::default()).expect("load");
     dp.attach(parent.path()).expect("attach");
     let entry = |cgroup: &CgroupGuard, workload| ResolvedCgroup {
@@ -162,7 +154,7 @@ fn an_unmanaged_server_records_nothing_until_its_connection_lasts() {
             // and the next segment is judged (and recorded) under that.
             if echoed + 1 == LONG {
                 match dp_ref.socket_flow(accepted.as_fd()) {
-                    Ok(Some(f)) if f.local == IDENTITY_HOST && f.action == Action::Allow as u8 => {}
+                    Ok(Some(f)) if f.local == IDENTITY_HOST && f.action == Allow as u8 => {}
                     Ok(Some(_)) => return 22,
                     Ok(None) => return 23,
                     Err(_) => return 24,
@@ -181,9 +173,9 @@ fn an_unmanaged_server_records_nothing_until_its_connection_lasts() {
                 }
                 match dp_ref.flows() {
                     Ok(flows)
-                        if !flows.iter().any(|(k, _)| {
-                            k.protocol == Protocol::Tcp as u8 && k.local_port == port
-                        }) => {}
+                        if !flows
+                            .iter()
+                            .any(|(k, _)| k.protocol == Tcp as u8 && k.local_port == port) => {}
                     Ok(_) => return 19,
                     Err(_) => return 20,
                 }

@@ -13,7 +13,10 @@ use std::{
     time::Duration,
 };
 
-use dataplane_support::empty_policy;
+use Action::{Allow, Deny};
+use Direction::{Egress, Ingress};
+use Protocol::{Icmp, Tcp, Udp};
+use dataplane_support::{add_verdicts, empty_policy, enforced};
 use enforcer::{
     compile::CompiledPolicy,
     dataplane::{Dataplane, DataplaneOptions, HostAddrs, ResolvedCgroup},
@@ -23,8 +26,7 @@ use enforcer_common::{
     flow::FlowValue,
     identity::Identity,
     protocol::Protocol,
-    verdict::{Action, Direction, VerdictKey, VerdictValue},
-    workload::Mode,
+    verdict::{Action, Direction},
 };
 use enforcer_tests::fork::{close_pipe, pipe, spawn_in_cgroup, wait_child};
 use enforcer_tests::{CgroupGuard, Probe, ProbeOutcome, Server, TestHost, privileged};
@@ -34,31 +36,6 @@ const A: Identity = 16;
 const B: Identity = 17;
 const OFFICE: Identity = 18;
 const VENDOR: Identity = 19;
-
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one verdict-key field per argument, as VerdictKey::new"
-)]
-fn entry(
-    p: &mut CompiledPolicy,
-    w: Identity,
-    d: u8,
-    proto: u8,
-    r: Identity,
-    port: u16,
-    bits: u8,
-    action: u8,
-) {
-    p.verdicts.push((
-        VerdictKey::new(w, d, proto, r, port, bits),
-        VerdictValue {
-            rule: 0,
-            action,
-            _pad: [0; 3],
-        },
-    ));
-    p.verdicts.sort_by_key(|(k, _)| *k);
-}
 
 /// `office` owns the test host's whole subnets, `vendor` the test host's
 /// own addresses: the longest prefix makes the test host `vendor`.
@@ -170,63 +147,18 @@ fn egress_to_a_remote_peer_by_longest_prefix_ports_and_protocols_at(at: AttachAt
     let mut p = peers(&host);
     // 8000-8003/tcp to vendor (one 14-bit block), but 8002 denied (a longer
     // prefix: what the compiler emits for a deny inside an allowed range).
-    entry(
+    add_verdicts(
         &mut p,
-        A,
-        Direction::Egress as u8,
-        Protocol::Tcp as u8,
-        VENDOR,
-        8000,
-        14,
-        Action::Allow as u8,
+        &[
+            (A, Egress, Tcp, VENDOR, 8000, 14, Allow),
+            (A, Egress, Tcp, VENDOR, 8002, 16, Deny),
+            // 9000/tcp only to office: the test host is vendor, so denied.
+            (A, Egress, Tcp, OFFICE, 9000, 16, Allow),
+            (A, Egress, Udp, VENDOR, 5353, 16, Allow),
+            (A, Egress, Icmp, VENDOR, 0, 16, Allow),
+        ],
     );
-    entry(
-        &mut p,
-        A,
-        Direction::Egress as u8,
-        Protocol::Tcp as u8,
-        VENDOR,
-        8002,
-        16,
-        Action::Deny as u8,
-    );
-    // 9000/tcp only to office: the test host is vendor, so denied.
-    entry(
-        &mut p,
-        A,
-        Direction::Egress as u8,
-        Protocol::Tcp as u8,
-        OFFICE,
-        9000,
-        16,
-        Action::Allow as u8,
-    );
-    entry(
-        &mut p,
-        A,
-        Direction::Egress as u8,
-        Protocol::Udp as u8,
-        VENDOR,
-        5353,
-        16,
-        Action::Allow as u8,
-    );
-    entry(
-        &mut p,
-        A,
-        Direction::Egress as u8,
-        Protocol::Icmp as u8,
-        VENDOR,
-        0,
-        16,
-        Action::Allow as u8,
-    );
-    let cgroups = [ResolvedCgroup {
-        cgroup_id: a.id(),
-        workload: A,
-        class: A,
-        mode: Mode::Enforce as u8,
-    }];
+    let cgroups = [enforced(a.id(), A)];
     let addrs = HostAddrs::from_system().expect("host addresses");
     dp.apply(&p, &cgroups, &addrs).expect("apply");
 
@@ -289,8 +221,7 @@ fn egress_to_a_remote_peer_by_longest_prefix_ports_and_protocols_at(at: AttachAt
     }
 
     // Without the ICMP rule, echo requests are dropped on egress.
-    p.verdicts
-        .retain(|(k, _)| k.protocol() != Protocol::Icmp as u8);
+    p.verdicts.retain(|(k, _)| k.protocol() != Icmp as u8);
     dp.apply(&p, &cgroups, &addrs).expect("apply");
     let ping = probe(Probe::ping(host.ipv4()).cgroup(&a).timeout(SHORT).run());
     assert!(
@@ -324,30 +255,8 @@ fn inbound_from_a_peer_and_local_workloads_over_the_host_address_at(at: AttachAt
     let open = Server::tcp(Some(&b), None, SocketAddr::new(local, 7000)).expect("server");
     let closed = Server::tcp(Some(&b), None, SocketAddr::new(local, 7001)).expect("server");
     let mut p = peers(&host);
-    entry(
-        &mut p,
-        B,
-        Direction::Ingress as u8,
-        Protocol::Tcp as u8,
-        VENDOR,
-        7000,
-        16,
-        Action::Allow as u8,
-    );
-    let cgroups = [
-        ResolvedCgroup {
-            cgroup_id: a.id(),
-            workload: A,
-            class: A,
-            mode: Mode::Enforce as u8,
-        },
-        ResolvedCgroup {
-            cgroup_id: b.id(),
-            workload: B,
-            class: B,
-            mode: Mode::Enforce as u8,
-        },
-    ];
+    add_verdicts(&mut p, &[(B, Ingress, Tcp, VENDOR, 7000, 16, Allow)]);
+    let cgroups = [enforced(a.id(), A), enforced(b.id(), B)];
     let addrs = HostAddrs::from_system().expect("host addresses");
     dp.apply(&p, &cgroups, &addrs).expect("apply");
 
@@ -370,32 +279,14 @@ fn inbound_from_a_peer_and_local_workloads_over_the_host_address_at(at: AttachAt
     // A -> B over this machine's own address: B sees A, not vendor or host.
     let from_a = |s: &Server| probe(Probe::tcp_connect(s.addr()).cgroup(&a).timeout(SHORT).run());
     assert_eq!(from_a(&open), ProbeOutcome::Eperm, "no rule for A yet");
-    entry(
-        &mut p,
-        A,
-        Direction::Egress as u8,
-        Protocol::Tcp as u8,
-        B,
-        7000,
-        16,
-        Action::Allow as u8,
-    );
+    add_verdicts(&mut p, &[(A, Egress, Tcp, B, 7000, 16, Allow)]);
     dp.apply(&p, &cgroups, &addrs).expect("apply");
     assert_eq!(
         from_a(&open),
         ProbeOutcome::Eperm,
         "B's allow-in names vendor, not A"
     );
-    entry(
-        &mut p,
-        B,
-        Direction::Ingress as u8,
-        Protocol::Tcp as u8,
-        A,
-        7000,
-        16,
-        Action::Allow as u8,
-    );
+    add_verdicts(&mut p, &[(B, Ingress, Tcp, A, 7000, 16, Allow)]);
     dp.apply(&p, &cgroups, &addrs).expect("apply");
     assert_eq!(from_a(&open), ProbeOutcome::Ok, "both ends allow");
 }
@@ -418,32 +309,14 @@ fn inbound_tcp_and_udp_from_a_peer_over_ipv4_and_ipv6_at(at: AttachAt) {
     let b = parent.child("b").expect("cgroup b");
     let mut dp = attached(&parent, at);
     let mut p = peers(&host);
-    entry(
+    add_verdicts(
         &mut p,
-        B,
-        Direction::Ingress as u8,
-        Protocol::Tcp as u8,
-        VENDOR,
-        7100,
-        16,
-        Action::Allow as u8,
+        &[
+            (B, Ingress, Tcp, VENDOR, 7100, 16, Allow),
+            (B, Ingress, Udp, VENDOR, 7200, 16, Allow),
+        ],
     );
-    entry(
-        &mut p,
-        B,
-        Direction::Ingress as u8,
-        Protocol::Udp as u8,
-        VENDOR,
-        7200,
-        16,
-        Action::Allow as u8,
-    );
-    let cgroups = [ResolvedCgroup {
-        cgroup_id: b.id(),
-        workload: B,
-        class: B,
-        mode: Mode::Enforce as u8,
-    }];
+    let cgroups = [enforced(b.id(), B)];
     let addrs = HostAddrs::from_system().expect("host addresses");
     dp.apply(&p, &cgroups, &addrs).expect("apply");
     for local in [host.local_ipv4(), host.local_ipv6()] {
@@ -497,12 +370,7 @@ impl WorkloadA {
         let mut dp = Dataplane::load(&DataplaneOptions::default()).expect("load");
         dp.attach(parent.path()).expect("attach");
         WorkloadA {
-            cgroups: [ResolvedCgroup {
-                cgroup_id: a.id(),
-                workload: A,
-                class: A,
-                mode: Mode::Enforce as u8,
-            }],
+            cgroups: [enforced(a.id(), A)],
             addrs: HostAddrs::from_system().expect("host addresses"),
             dp,
             a,
@@ -514,19 +382,10 @@ impl WorkloadA {
 
 /// [`peers`], with `a` allowed out to the test host (`vendor`) on `port`
 /// over each of `protocols`.
-fn host_allows(host: &TestHost, protocols: &[u8], port: u16) -> CompiledPolicy {
+fn host_allows(host: &TestHost, protocols: &[Protocol], port: u16) -> CompiledPolicy {
     let mut p = peers(host);
     for &proto in protocols {
-        entry(
-            &mut p,
-            A,
-            Direction::Egress as u8,
-            proto,
-            VENDOR,
-            port,
-            16,
-            Action::Allow as u8,
-        );
+        add_verdicts(&mut p, &[(A, Egress, proto, VENDOR, port, 16, Allow)]);
     }
     p
 }
@@ -597,9 +456,9 @@ fn connect_then(w: &mut WorkloadA, to: SocketAddr, bind_first: bool, change: Aft
         };
         match dp_ref.flows() {
             Ok(flows)
-                if !flows.iter().any(|(k, _)| {
-                    k.protocol == Protocol::Tcp as u8 && k.local_port == local_port
-                }) => {}
+                if !flows
+                    .iter()
+                    .any(|(k, _)| k.protocol == Tcp as u8 && k.local_port == local_port) => {}
             Ok(_) => return 16,
             Err(_) => return 17,
         }
@@ -613,16 +472,12 @@ fn connect_then(w: &mut WorkloadA, to: SocketAddr, bind_first: bool, change: Aft
         let expected_action = match change {
             AfterConnect::Revoked if answered => return 19,
             AfterConnect::Forgotten if !answered => return 20,
-            AfterConnect::Revoked => Action::Deny as u8,
-            AfterConnect::Forgotten => Action::Allow as u8,
+            AfterConnect::Revoked => Deny as u8,
+            AfterConnect::Forgotten => Allow as u8,
         };
         // Judged as what it is, and kept on the socket.
         match dp_ref.socket_flow(c.as_fd()) {
-            Ok(Some(f))
-                if is_flow_of_a(&f, expected_action, Direction::Egress as u8, to.port()) =>
-            {
-                0
-            }
+            Ok(Some(f)) if is_flow_of_a(&f, expected_action, Egress as u8, to.port()) => 0,
             Ok(Some(_)) => 21,
             Ok(None) => 22,
             Err(_) => 23,
@@ -668,7 +523,7 @@ fn connect_from_bound_port(to: SocketAddr) -> std::io::Result<TcpStream> {
 fn a_tcp_connection_takes_its_verdict_from_the_cache_and_is_revoked() {
     let _root = privileged!();
     let mut w = WorkloadA::new("2001:db8:74::/64");
-    let allowed = host_allows(&w.host, &[Protocol::Tcp as u8], 8001);
+    let allowed = host_allows(&w.host, &[Tcp], 8001);
     for server_addr in [w.host.socket_v4(8001), w.host.socket_v6(8001)] {
         for bind_first in [false, true] {
             w.dp.apply(&allowed, &w.cgroups, &w.addrs).expect("apply");
@@ -685,7 +540,7 @@ fn a_tcp_connection_takes_its_verdict_from_the_cache_and_is_revoked() {
 fn a_long_connection_moves_its_cached_verdict_onto_its_socket() {
     let _root = privileged!();
     let mut w = WorkloadA::new("2001:db8:78::/64");
-    let allowed = host_allows(&w.host, &[Protocol::Tcp as u8], 8004);
+    let allowed = host_allows(&w.host, &[Tcp], 8004);
     w.dp.apply(&allowed, &w.cgroups, &w.addrs).expect("apply");
     for server_addr in [w.host.socket_v4(8004), w.host.socket_v6(8004)] {
         let server = Server::tcp(None, Some(&w.host), server_addr).expect("tcp server");
@@ -717,16 +572,7 @@ fn a_long_connection_moves_its_cached_verdict_onto_its_socket() {
                 return 14;
             }
             match dp_ref.socket_flow(c.as_fd()) {
-                Ok(Some(f))
-                    if is_flow_of_a(
-                        &f,
-                        Action::Allow as u8,
-                        Direction::Egress as u8,
-                        to.port(),
-                    ) =>
-                {
-                    0
-                }
+                Ok(Some(f)) if is_flow_of_a(&f, Allow as u8, Egress as u8, to.port()) => 0,
                 Ok(Some(_)) => 15,
                 Ok(None) => 16,
                 Err(_) => 17,
@@ -759,7 +605,7 @@ fn a_connection_the_verdict_cache_forgot_is_judged_as_the_one_connect_opened() {
         .expect("ip_local_port_range");
     assert!(highest < PORT, "clients may get ports up to {highest}");
     let mut w = WorkloadA::new("2001:db8:76::/64");
-    let allowed = host_allows(&w.host, &[Protocol::Tcp as u8], PORT);
+    let allowed = host_allows(&w.host, &[Tcp], PORT);
     w.dp.apply(&allowed, &w.cgroups, &w.addrs).expect("apply");
     for server_addr in [w.host.socket_v4(PORT), w.host.socket_v6(PORT)] {
         let server = Server::tcp(None, Some(&w.host), server_addr).expect("tcp server");
@@ -781,19 +627,10 @@ fn an_accepted_connection_is_judged_even_when_the_cache_holds_its_peer() {
     const LISTENER: u16 = 7300;
     const PEER_PORT: u16 = 7301;
     let mut w = WorkloadA::new("2001:db8:77::/64");
-    let mut p = host_allows(&w.host, &[Protocol::Tcp as u8], PEER_PORT);
+    let mut p = host_allows(&w.host, &[Tcp], PEER_PORT);
     // Inbound from the test host to every port: an unbound listener's port
     // is the kernel's choice.
-    entry(
-        &mut p,
-        A,
-        Direction::Ingress as u8,
-        Protocol::Tcp as u8,
-        VENDOR,
-        0,
-        0,
-        Action::Allow as u8,
-    );
+    add_verdicts(&mut p, &[(A, Ingress, Tcp, VENDOR, 0, 0, Allow)]);
     w.dp.apply(&p, &w.cgroups, &w.addrs).expect("apply");
     for (local, remote) in [
         (w.host.local_ipv4(), w.host.ipv4()),
@@ -870,11 +707,7 @@ fn accept_with_the_peer_cached(
             return 17;
         }
         match dp_ref.socket_flow(accepted.as_fd()) {
-            Ok(Some(f))
-                if is_flow_of_a(&f, Action::Allow as u8, Direction::Ingress as u8, port) =>
-            {
-                0
-            }
+            Ok(Some(f)) if is_flow_of_a(&f, Allow as u8, Ingress as u8, port) => 0,
             Ok(Some(_)) => 18,
             Ok(None) => 19,
             Err(_) => 20,
@@ -926,7 +759,7 @@ fn listen_unbound(ipv4: bool) -> std::io::Result<TcpListener> {
 fn an_ipv4_mapped_destination_is_judged_as_ipv4() {
     let _root = privileged!();
     let mut w = WorkloadA::new("2001:db8:79::/64");
-    let allowed = host_allows(&w.host, &[Protocol::Tcp as u8], 8005);
+    let allowed = host_allows(&w.host, &[Tcp], 8005);
     w.dp.apply(&allowed, &w.cgroups, &w.addrs).expect("apply");
     let server = Server::tcp(None, Some(&w.host), w.host.socket_v4(8005)).expect("tcp server");
     let mapped = |port: u16| {
@@ -960,7 +793,7 @@ fn an_ipv4_mapped_destination_is_judged_as_ipv4() {
 fn a_destination_reached_again_takes_the_cached_verdict_until_the_policy_changes() {
     let _root = privileged!();
     let mut w = WorkloadA::new("2001:db8:75::/64");
-    let allowed = host_allows(&w.host, &[Protocol::Tcp as u8, Protocol::Udp as u8], 8002);
+    let allowed = host_allows(&w.host, &[Tcp, Udp], 8002);
     let cached = |dp: &Dataplane| dp.global_counters().expect("counters").cached_verdicts;
     let run = |p: Probe| probe(p.cgroup(&w.a).timeout(SHORT).run());
 

@@ -11,7 +11,7 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use dataplane_support::{Rng, seed};
+use dataplane_support::seeded_rng;
 use enforcer::{
     cgroups::{
         CgroupTree, Matcher,
@@ -126,9 +126,7 @@ const NAMES: [&str; 14] = [
 #[test]
 fn the_kernel_registers_what_the_daemon_resolves_in_random_trees() {
     let _root = privileged!();
-    let seed = seed();
-    eprintln!("ENFORCER_TEST_SEED={seed}");
-    let mut rng = Rng::new(seed);
+    let (seed, mut rng) = seeded_rng();
     let root = CgroupGuard::new().expect("cgroup");
     let policy = compile(&policy_text());
     let matcher = Matcher::new(&policy.workloads, uid_of_user).expect("matcher");

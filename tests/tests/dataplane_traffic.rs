@@ -12,6 +12,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use Action::Allow;
+use Direction::{Egress, Ingress};
+use Protocol::{Tcp, Udp};
 use dataplane_support::*;
 use enforcer::{
     compile::CompiledPolicy,
@@ -22,7 +25,7 @@ use enforcer::{
 use enforcer_common::{
     identity::{IDENTITY_HOST, Identity},
     protocol::Protocol,
-    verdict::{Action, Direction, RULE_DEFAULT_DENY, VerdictKey, VerdictValue},
+    verdict::{Action, Direction, RULE_DEFAULT_DENY},
     workload::Mode,
 };
 use enforcer_tests::fork::{close_pipe, in_cgroup, kill_child, pipe, spawn_in_cgroup, wait_child};
@@ -33,18 +36,6 @@ const B: Identity = 17;
 const T: Duration = Duration::from_millis(1500);
 const LO4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const LO6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
-
-fn rule(p: &mut CompiledPolicy, w: Identity, d: u8, proto: u8, r: Identity, port: u16, action: u8) {
-    p.verdicts.push((
-        VerdictKey::new(w, d, proto, r, port, 16),
-        VerdictValue {
-            rule: 0,
-            action,
-            _pad: [0; 3],
-        },
-    ));
-    p.verdicts.sort_by_key(|(k, _)| *k);
-}
 
 /// A parent cgroup (the attach point) with workload children `a` and `b`
 /// and an unmanaged child `u`.
@@ -82,12 +73,7 @@ impl Setup {
                 class: A,
                 mode: mode_a,
             },
-            ResolvedCgroup {
-                cgroup_id: self.b.id(),
-                workload: B,
-                class: B,
-                mode: Mode::Enforce as u8,
-            },
+            enforced(self.b.id(), B),
         ]
     }
 
@@ -123,23 +109,12 @@ fn tcp_and_udp_to_the_host_both_families() {
         let udp_ok = udp_echo_server(SocketAddr::new(ip, 0));
         let udp_no = udp_echo_server(SocketAddr::new(ip, 0));
         let mut p = policy();
-        rule(
+        add_verdicts(
             &mut p,
-            A,
-            Direction::Egress as u8,
-            Protocol::Tcp as u8,
-            IDENTITY_HOST,
-            tcp_ok.port(),
-            Action::Allow as u8,
-        );
-        rule(
-            &mut p,
-            A,
-            Direction::Egress as u8,
-            Protocol::Udp as u8,
-            IDENTITY_HOST,
-            udp_ok.port(),
-            Action::Allow as u8,
+            &[
+                (A, Egress, Tcp, IDENTITY_HOST, tcp_ok.port(), 16, Allow),
+                (A, Egress, Udp, IDENTITY_HOST, udp_ok.port(), 16, Allow),
+            ],
         );
         s.apply(&p, Mode::Enforce as u8);
         assert_eq!(
@@ -171,11 +146,7 @@ fn tcp_and_udp_to_the_host_both_families() {
     }
     let counters = s.dp.counters().expect("counters");
     assert!(
-        counters
-            .get(&(A, Action::Allow as u8))
-            .copied()
-            .unwrap_or(0)
-            > 0,
+        counters.get(&(A, Allow as u8)).copied().unwrap_or(0) > 0,
         "{counters:?}"
     );
 }
@@ -188,15 +159,7 @@ fn two_local_workloads_need_both_ends_to_allow() {
     let port = server.port();
     // Only A's allow-out: B's ingress refuses, so connect() fails at once.
     let mut p = policy();
-    rule(
-        &mut p,
-        A,
-        Direction::Egress as u8,
-        Protocol::Tcp as u8,
-        B,
-        port,
-        Action::Allow as u8,
-    );
+    add_verdicts(&mut p, &[(A, Egress, Tcp, B, port, 16, Allow)]);
     s.apply(&p, Mode::Enforce as u8);
     let started = Instant::now();
     assert_eq!(
@@ -207,15 +170,7 @@ fn two_local_workloads_need_both_ends_to_allow() {
     assert!(started.elapsed() < Duration::from_secs(1));
     // Only B's allow-in: A's egress refuses.
     let mut p = policy();
-    rule(
-        &mut p,
-        B,
-        Direction::Ingress as u8,
-        Protocol::Tcp as u8,
-        A,
-        port,
-        Action::Allow as u8,
-    );
+    add_verdicts(&mut p, &[(B, Ingress, Tcp, A, port, 16, Allow)]);
     s.apply(&p, Mode::Enforce as u8);
     assert_eq!(
         in_cgroup(s.a.path(), || tcp_exchange(server, T)),
@@ -223,15 +178,7 @@ fn two_local_workloads_need_both_ends_to_allow() {
         "sender refuses"
     );
     // Both: allowed, and each end saw the other as its workload.
-    rule(
-        &mut p,
-        A,
-        Direction::Egress as u8,
-        Protocol::Tcp as u8,
-        B,
-        port,
-        Action::Allow as u8,
-    );
+    add_verdicts(&mut p, &[(A, Egress, Tcp, B, port, 16, Allow)]);
     s.apply(&p, Mode::Enforce as u8);
     assert_eq!(
         in_cgroup(s.a.path(), || tcp_exchange(server, T)),
@@ -278,7 +225,7 @@ fn audit_mode_allows_and_reports() {
             && e.local == A
             && e.remote_port == server.port()
             && e.rule == RULE_DEFAULT_DENY
-            && e.direction == Direction::Egress as u8),
+            && e.direction == Egress as u8),
         "audit event expected: {got:?}"
     );
     // In enforce mode the refusal is reported as a deny.
@@ -331,7 +278,7 @@ fn the_failsafe_port_stays_reachable() {
         "isolated"
     );
     s.dp.set_failsafe(&[FailsafePort {
-        protocol: Protocol::Tcp as u8,
+        protocol: Tcp as u8,
         port,
     }])
     .expect("failsafe");
@@ -351,14 +298,9 @@ fn revocation_cuts_an_established_connection() {
     let mut s = Setup::new();
     let server = tcp_echo_server(SocketAddr::new(LO4, 0));
     let mut p = policy();
-    rule(
+    add_verdicts(
         &mut p,
-        A,
-        Direction::Egress as u8,
-        Protocol::Tcp as u8,
-        IDENTITY_HOST,
-        server.port(),
-        Action::Allow as u8,
+        &[(A, Egress, Tcp, IDENTITY_HOST, server.port(), 16, Allow)],
     );
     s.apply(&p, Mode::Enforce as u8);
     // Tells the child when the policy changed.
@@ -399,13 +341,7 @@ fn the_cgroup_watcher_adds_and_removes_cgroups() {
     s.apply(&policy(), Mode::Enforce as u8);
     // `u` is unmanaged (allowed) until the watcher maps it to workload A.
     assert_eq!(in_cgroup(s.u.path(), || tcp_exchange(server, T)), OK);
-    s.dp.add_cgroup(ResolvedCgroup {
-        cgroup_id: s.u.id(),
-        workload: A,
-        class: A,
-        mode: Mode::Enforce as u8,
-    })
-    .expect("add cgroup");
+    s.dp.add_cgroup(enforced(s.u.id(), A)).expect("add cgroup");
     assert_eq!(in_cgroup(s.u.path(), || tcp_exchange(server, T)), EPERM);
     assert_eq!(s.dp.cgroups().count(), 3);
     s.dp.remove_cgroup(s.u.id()).expect("remove cgroup");
@@ -433,7 +369,7 @@ fn an_ingress_drop_is_reported_and_counted() {
     // connection, opened before the policy, may also leave egress events.
     let inbound: Vec<_> = got
         .iter()
-        .filter(|e| e.local == B && e.local_port == port && e.direction == Direction::Ingress as u8)
+        .filter(|e| e.local == B && e.local_port == port && e.direction == Ingress as u8)
         .collect();
     let hit = inbound
         .first()

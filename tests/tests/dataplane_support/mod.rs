@@ -14,7 +14,16 @@ use std::{
 };
 
 use enforcer::compile::{CompiledPolicy, EntityInfo, EntityKind};
+use enforcer::dataplane::ResolvedCgroup;
 use enforcer::policy::{RuleRef, Section};
+use enforcer_common::{
+    identity::Identity,
+    protocol::Protocol,
+    verdict::{Action, Direction, VerdictKey, VerdictValue},
+    workload::Mode,
+};
+
+pub(crate) mod random;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -184,6 +193,45 @@ pub(crate) fn empty_policy(workloads: &[(u32, &str)], peers: &[(u32, &str)]) -> 
     }
 }
 
+/// One verdict of a hand-written test policy: workload, direction,
+/// protocol, remote identity, port, how many leading bits of the port
+/// match (16: that port only), action. Its rule is the policy's rule 0.
+pub(crate) type Verdict = (Identity, Direction, Protocol, Identity, u16, u8, Action);
+
+/// Adds these verdicts to `p`, keeping its verdicts sorted as the compiler
+/// emits them.
+pub(crate) fn add_verdicts(p: &mut CompiledPolicy, verdicts: &[Verdict]) {
+    for &(workload, direction, protocol, remote, port, bits, action) in verdicts {
+        p.verdicts.push((
+            VerdictKey::new(
+                workload,
+                direction as u8,
+                protocol as u8,
+                remote,
+                port,
+                bits,
+            ),
+            VerdictValue {
+                rule: 0,
+                action: action as u8,
+                _pad: [0; 3],
+            },
+        ));
+    }
+    p.verdicts.sort_by_key(|(k, _)| *k);
+}
+
+/// The cgroup `cgroup_id` as a member of `workload`, its own verdict class,
+/// enforcing.
+pub(crate) fn enforced(cgroup_id: u64, workload: Identity) -> ResolvedCgroup {
+    ResolvedCgroup {
+        cgroup_id,
+        workload,
+        class: workload,
+        mode: Mode::Enforce as u8,
+    }
+}
+
 /// A small deterministic PRNG (xorshift64*), so failures replay from the
 /// printed seed.
 pub(crate) struct Rng(u64);
@@ -206,16 +254,19 @@ impl Rng {
     }
 }
 
-/// The seed of a randomized test: `ENFORCER_TEST_SEED` or the clock.
-pub(crate) fn seed() -> u64 {
-    std::env::var("ENFORCER_TEST_SEED")
+/// The seed of a randomized test (`ENFORCER_TEST_SEED` or the clock),
+/// printed so that a failure replays, and a generator seeded with it.
+pub(crate) fn seeded_rng() -> (u64, Rng) {
+    let seed = std::env::var("ENFORCER_TEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(1, |d| d.as_nanos() as u64)
-        })
+        });
+    println!("seed {seed} (replay with ENFORCER_TEST_SEED={seed})");
+    (seed, Rng::new(seed))
 }
 
 /// What kind of first packet to build.
