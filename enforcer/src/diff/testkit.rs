@@ -12,11 +12,13 @@
 //! integration tests and benchmarks turn on.
 
 use std::collections::HashMap;
+use std::ops::RangeInclusive;
 
 use enforcer_common::{
     address::{AddrKey4, AddrKey6},
     identity::{IDENTITY_FIRST_ALLOCATED, Identity},
-    verdict::{VerdictKey, VerdictValue},
+    protocol::Protocol,
+    verdict::{Action, Direction, VerdictKey, VerdictValue},
     workload::Mode,
 };
 
@@ -143,6 +145,27 @@ impl PolicyBuilder {
         self.rule_index.insert(rule.clone(), i);
         self.rules.push(rule);
         i
+    }
+
+    /// Rule `policy section[index]` and its verdict entries: `action` for
+    /// `protocol` ports `ports` of `workload` in `direction` with `remote`.
+    pub fn grant(
+        &mut self,
+        (policy, section, index): (&str, &str, usize),
+        (workload, direction, remote): (Identity, Direction, Identity),
+        (protocol, ports, action): (Protocol, RangeInclusive<u16>, Action),
+    ) {
+        let rule = self.rule(policy, section, index);
+        self.ports(
+            workload,
+            direction as u8,
+            protocol as u8,
+            remote,
+            *ports.start(),
+            *ports.end(),
+            action as u8,
+            rule,
+        );
     }
 
     /// Verdict entries for ports `lo..=hi` as their minimal aligned cover.
