@@ -55,10 +55,20 @@ fn tcp_in(c: &CompiledPolicy, local: u32, remote: u32, port: u16) -> Decision {
     )
 }
 
-/// Asserts each `(from, to, port, verdict)` as [`flow`] spells it.
-fn assert_flows(c: &CompiledPolicy, cases: &[(&str, &str, &str, &str)]) {
-    for (from, to, p, expected) in cases {
-        assert_eq!(flow(c, from, to, p), *expected, "{from} -> {to} {p}");
+/// Asserts each case, written `FROM -> TO PORT: VERDICT` with the verdict
+/// as [`flow`] spells it.
+fn assert_flows(c: &CompiledPolicy, cases: &[&str]) {
+    for case in cases {
+        let parsed = case.split_once(": ").and_then(|(connection, expected)| {
+            match connection.split(' ').collect::<Vec<_>>()[..] {
+                [from, "->", to, p] => Some((from, to, p, expected)),
+                _ => None,
+            }
+        });
+        let Some((from, to, p, expected)) = parsed else {
+            panic!("malformed case {case:?}");
+        };
+        assert_eq!(flow(c, from, to, p), expected, "{case}");
     }
 }
 
@@ -73,8 +83,8 @@ fn default_deny_isolates_selected_and_unselected_workloads() {
     assert_flows(
         &c,
         &[
-            ("office", "web", "443/tcp", "deny by default deny"),
-            ("db", "office", "443/tcp", "deny by default deny"),
+            "office -> web 443/tcp: deny by default deny",
+            "db -> office 443/tcp: deny by default deny",
         ],
     );
     let d = tcp_in(&c, 18, IDENTITY_HOST, 1);
@@ -98,12 +108,12 @@ deny-in = [ { from = [{ zone = "office" }], ports = ["22/tcp"] } ]
     assert_flows(
         &c,
         &[
-            ("office", "db", "22/tcp", "deny by z deny-in[0]"),
-            ("203.0.113.7", "db", "22/tcp", "deny by z deny-in[0]"),
-            ("office", "db", "23/tcp", "allow by a allow-in[0]"),
-            ("vendor", "db", "22/tcp", "allow by a allow-in[0]"),
-            ("world", "db", "22/tcp", "allow by a allow-in[0]"),
-            ("host", "db", "22/tcp", "allow by a allow-in[0]"),
+            "office -> db 22/tcp: deny by z deny-in[0]",
+            "203.0.113.7 -> db 22/tcp: deny by z deny-in[0]",
+            "office -> db 23/tcp: allow by a allow-in[0]",
+            "vendor -> db 22/tcp: allow by a allow-in[0]",
+            "world -> db 22/tcp: allow by a allow-in[0]",
+            "host -> db 22/tcp: allow by a allow-in[0]",
         ],
     );
 }
@@ -123,17 +133,17 @@ deny-in = [ { from = ["world"], ports = ["22/tcp"] }, { from = ["any"], ports = 
     assert_flows(
         &c,
         &[
-            ("office", "db", "22/tcp", "deny by db deny-in[0]"),
-            ("office", "db", "23/tcp", "deny by db deny-in[1]"),
-            ("office", "db", "24/tcp", "allow by db allow-in[0]"),
+            "office -> db 22/tcp: deny by db deny-in[0]",
+            "office -> db 23/tcp: deny by db deny-in[1]",
+            "office -> db 24/tcp: allow by db allow-in[0]",
         ],
     );
     // `world` does not cover this host or its workloads.
     assert_flows(
         &c,
         &[
-            ("host", "db", "22/tcp", "allow by db allow-in[0]"),
-            ("host", "db", "23/tcp", "deny by db deny-in[1]"),
+            "host -> db 22/tcp: allow by db allow-in[0]",
+            "host -> db 23/tcp: deny by db deny-in[1]",
         ],
     );
     assert_eq!(tcp_in(&c, 17, 16, 22).action, Action::Allow as u8);
@@ -169,8 +179,8 @@ allow-in = [ { from = ["world"], ports = ["443/tcp"] }, { from = ["host"], ports
     assert_flows(
         &c,
         &[
-            ("host", "web", "443/tcp", "deny by default deny"),
-            ("host", "web", "80/tcp", "allow by w allow-in[1]"),
+            "host -> web 443/tcp: deny by default deny",
+            "host -> web 80/tcp: allow by w allow-in[1]",
         ],
     );
     for from in ["world", "office", "host"] {
@@ -206,23 +216,13 @@ allow-out = [ { to = [{ app = "db" }], ports = ["5432/tcp"] } ]
     assert_flows(
         &c,
         &[
-            (
-                "api",
-                "db",
-                "5432/tcp",
-                "allow by out allow-out[0] and db allow-in[0]",
-            ),
-            (
-                "web",
-                "db",
-                "5432/tcp",
-                "allow by out allow-out[0] and db allow-in[0]",
-            ),
-            ("office", "db", "5432/tcp", "deny by default deny"),
-            ("office", "db", "6000/tcp", "allow by db allow-in[2]"),
-            ("lab", "db", "6000/tcp", "allow by db allow-in[2]"),
-            ("vendor", "db", "6000/tcp", "deny by default deny"),
-            ("office", "db", "1/tcp", "deny by default deny"),
+            "api -> db 5432/tcp: allow by out allow-out[0] and db allow-in[0]",
+            "web -> db 5432/tcp: allow by out allow-out[0] and db allow-in[0]",
+            "office -> db 5432/tcp: deny by default deny",
+            "office -> db 6000/tcp: allow by db allow-in[2]",
+            "lab -> db 6000/tcp: allow by db allow-in[2]",
+            "vendor -> db 6000/tcp: deny by default deny",
+            "office -> db 1/tcp: deny by default deny",
         ],
     );
 }
@@ -253,14 +253,9 @@ allow-in = [ { from = ["workload:api"], ports = ["5432/tcp"] } ]
     assert_flows(
         &c,
         &[
-            (
-                "api",
-                "db",
-                "5432/tcp",
-                "allow by api allow-out[0] and db allow-in[0]",
-            ),
-            ("db", "api", "5432/tcp", "deny by default deny"),
-            ("office", "vendor", "5432/tcp", "ungoverned"),
+            "api -> db 5432/tcp: allow by api allow-out[0] and db allow-in[0]",
+            "db -> api 5432/tcp: deny by default deny",
+            "office -> vendor 5432/tcp: ungoverned",
         ],
     );
 }
@@ -312,9 +307,9 @@ allow-in = [ { from = ["peer:office"], ports = ["443/tcp"] } ]
     assert_flows(
         &c,
         &[
-            ("203.0.113.1", "web", "443/tcp", "allow by p allow-in[0]"),
-            ("203.0.113.200", "web", "443/tcp", "deny by default deny"),
-            ("2001:db8:20::1", "web", "443/tcp", "allow by p allow-in[0]"),
+            "203.0.113.1 -> web 443/tcp: allow by p allow-in[0]",
+            "203.0.113.200 -> web 443/tcp: deny by default deny",
+            "2001:db8:20::1 -> web 443/tcp: allow by p allow-in[0]",
         ],
     );
     assert_eq!(c.prefixes_v4.len(), 3);
@@ -372,8 +367,8 @@ allow-in = [ { from = ["peer:vendor"], ports = ["22/tcp"], until = "2026-12-31T1
     assert_flows(
         &at,
         &[
-            ("vendor", "db", "22/tcp", "deny by default deny"),
-            ("vendor", "db", "23/tcp", "allow by db allow-in[1]"),
+            "vendor -> db 22/tcp: deny by default deny",
+            "vendor -> db 23/tcp: allow by db allow-in[1]",
         ],
     );
     assert_eq!(
@@ -432,12 +427,12 @@ deny-in = [ { from = [{ zone = "office" }], ports = ["1024-1100/tcp", "udp"] } ]
     assert_flows(
         &c,
         &[
-            ("office", "db", "1050/tcp", "deny by p deny-in[0]"),
-            ("office", "db", "1101/tcp", "allow by p allow-in[0]"),
-            ("office", "db", "2500/tcp", "allow by p allow-in[0]"),
-            ("office", "db", "5000/tcp", "allow by p allow-in[1]"),
-            ("host", "db", "5000/tcp", "deny by default deny"),
-            ("host", "db", "1500/tcp", "allow by p allow-in[0]"),
+            "office -> db 1050/tcp: deny by p deny-in[0]",
+            "office -> db 1101/tcp: allow by p allow-in[0]",
+            "office -> db 2500/tcp: allow by p allow-in[0]",
+            "office -> db 5000/tcp: allow by p allow-in[1]",
+            "host -> db 5000/tcp: deny by default deny",
+            "host -> db 1500/tcp: allow by p allow-in[0]",
         ],
     );
 }

@@ -149,12 +149,13 @@ impl PolicyBuilder {
 
     /// Rule `policy section[index]` and its verdict entries: `action` for
     /// `protocol` ports `ports` of `workload` in `direction` with `remote`.
+    /// Returns the rule's index, as [`Self::rule`] does.
     pub fn grant(
         &mut self,
         (policy, section, index): (&str, &str, usize),
         (workload, direction, remote): (Identity, Direction, Identity),
         (protocol, ports, action): (Protocol, RangeInclusive<u16>, Action),
-    ) {
+    ) -> u32 {
         let rule = self.rule(policy, section, index);
         self.ports(
             workload,
@@ -166,6 +167,7 @@ impl PolicyBuilder {
             action as u8,
             rule,
         );
+        rule
     }
 
     /// Verdict entries for ports `lo..=hi` as their minimal aligned cover.
