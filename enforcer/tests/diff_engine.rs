@@ -9,7 +9,7 @@ use enforcer::policy::CgroupSelector;
 use enforcer_common::{
     identity::{IDENTITY_ANY, IDENTITY_ANY_EXTERNAL, IDENTITY_WORLD, Identity},
     protocol::Protocol,
-    verdict::{Action, Direction},
+    verdict::{Action, Direction, VerdictKey},
     workload::Mode,
 };
 
@@ -327,16 +327,15 @@ fn icmp_is_a_single_port_spelled_any() {
     let old = shop();
     let mut new = shop();
     let r = new.b.rule("web", "allow-in", 1);
-    new.b.entry(
+    let key = VerdictKey::new(
         new.web,
         IN as u8,
         Protocol::Icmp as u8,
         IDENTITY_WORLD,
         0,
         16,
-        Action::Allow as u8,
-        r,
     );
+    new.b.entry(key, Action::Allow as u8, r);
     let d = run(old.b, new.b);
     assert_eq!(
         d.changes,
