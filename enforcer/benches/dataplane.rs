@@ -13,6 +13,8 @@ use std::{
     os::unix::fs::MetadataExt as _,
 };
 
+mod support;
+
 use enforcer::{
     compile::{CompiledPolicy, EntityInfo, EntityKind},
     dataplane::{Dataplane, DataplaneOptions, HostAddrs, ResolvedCgroup},
@@ -26,17 +28,13 @@ use enforcer_common::{
     verdict::{Action, Direction, VerdictKey, VerdictValue},
     workload::Mode,
 };
+use support::{Args, Row, report};
 
 const WORKLOAD: u32 = 16;
 const PEER0: u32 = 17;
 const PEERS: u32 = 64;
 /// The allowed service port; every other port is denied by default.
 const ALLOWED_PORT: u16 = 443;
-
-struct Row {
-    name: String,
-    samples: Vec<f64>,
-}
 
 fn own_cgroup_id() -> anyhow::Result<u64> {
     let text = std::fs::read_to_string("/proc/self/cgroup")?;
@@ -207,19 +205,8 @@ fn tcp_packet(v6: bool, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
     p
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let quick = args.iter().any(|a| a == "--quick");
-    let json = args
-        .iter()
-        .position(|a| a == "--json")
-        .and_then(|i| args.get(i + 1))
-        .cloned();
+    let Args { quick, json } = Args::from_env();
     // SAFETY: no arguments.
     if unsafe { libc::geteuid() } != 0 {
         if std::env::var_os("CI").is_some() {
@@ -249,19 +236,10 @@ fn main() -> anyhow::Result<()> {
                 for (verdict, port) in [("allow", ALLOWED_PORT), ("deny", 444)] {
                     let family = if v6 { "v6" } else { "v4" };
                     let base = format!("{family}/{verdict}/rules={rules}/prefixes={prefixes}");
-                    let mut fast = Row {
-                        name: format!("{base}/fastpath"),
-                        samples: Vec::new(),
-                    };
-                    let mut new = Row {
-                        name: format!("{base}/newflow"),
-                        samples: Vec::new(),
-                    };
+                    let mut fast = Row::new(format!("{base}/fastpath"));
+                    let mut new = Row::new(format!("{base}/newflow"));
                     // The programs with enforcement disabled: one CONFIG read.
-                    let mut baseline = Row {
-                        name: format!("{base}/baseline"),
-                        samples: Vec::new(),
-                    };
+                    let mut baseline = Row::new(format!("{base}/baseline"));
                     dp.disable()?;
                     for round in 0..rounds {
                         let packet = tcp_packet(v6, 30_000 + round as u16, port, TCP_ACK);
@@ -298,26 +276,5 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
-    let mut out = Vec::new();
-    for mut row in rows {
-        let min = row.samples.iter().copied().fold(f64::INFINITY, f64::min);
-        let max = row.samples.iter().copied().fold(0.0, f64::max);
-        let med = median(&mut row.samples);
-        println!(
-            "{:<56} median {:>7.0} ns  min {:>7.0}  max {:>7.0}  ({} rounds)",
-            row.name,
-            med,
-            min,
-            max,
-            row.samples.len()
-        );
-        out.push(serde_json::json!({
-            "name": row.name, "median_ns": med, "min_ns": min, "max_ns": max, "rounds": row.samples.len(),
-        }));
-    }
-    if let Some(path) = json {
-        std::fs::write(&path, serde_json::to_string_pretty(&out)?)?;
-        println!("wrote {path}");
-    }
-    Ok(())
+    report(rows, 56, json.as_deref())
 }

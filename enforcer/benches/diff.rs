@@ -18,7 +18,7 @@ use enforcer::diff::{DiffInput, diff};
 use enforcer_common::{
     identity::{IDENTITY_ANY, IDENTITY_ANY_EXTERNAL, IDENTITY_WORLD},
     protocol::Protocol,
-    verdict::{Action, Direction},
+    verdict::{Action, Direction, VerdictKey},
 };
 use support::{Args, thread_cpu_ns};
 
@@ -113,16 +113,8 @@ fn generate(variant: u64) -> CompiledPolicy {
         for (port, bits) in aligned_cover(lo, hi) {
             // One entry per key, as the compiler guarantees.
             if seen.insert((workloads[w], direction, protocol, remote, port, bits)) {
-                b.entry_unchecked(
-                    workloads[w],
-                    direction,
-                    protocol,
-                    remote,
-                    port,
-                    bits,
-                    action,
-                    rule,
-                );
+                let key = VerdictKey::new(workloads[w], direction, protocol, remote, port, bits);
+                b.entry_unchecked(key, action, rule);
             }
         }
     }

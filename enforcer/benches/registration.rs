@@ -46,7 +46,7 @@ use enforcer::{
     dataplane::{Dataplane, DataplaneOptions, HostAddrs, RegistrationLimits, ResolvedCgroup},
     policy::load_sources,
 };
-use support::{Args, thread_cpu_ns};
+use support::{Args, Row, report, thread_cpu_ns};
 
 /// The bench's cgroup under the cgroup v2 mount, followed by its pid.
 const ROOT_PREFIX: &str = "enforcer-regbench-";
@@ -299,11 +299,6 @@ fn check_registration(dp: &Dataplane, root: &Path, workloads: usize, count: usiz
     Ok(())
 }
 
-struct Row {
-    name: String,
-    samples: Vec<f64>,
-}
-
 /// Adds a sample to the row of that name, made if new (rows keep the order
 /// in which they first appear).
 fn push_sample(rows: &mut Vec<Row>, name: String, value: f64) {
@@ -375,26 +370,5 @@ fn main() -> Result<()> {
             }
         }
     }
-    let mut out = Vec::new();
-    for mut row in rows {
-        row.samples.sort_by(f64::total_cmp);
-        let (min, max) = (row.samples[0], row.samples[row.samples.len() - 1]);
-        let med = row.samples[row.samples.len() / 2];
-        println!(
-            "{:<48} median {:>8.0} ns  min {:>8.0}  max {:>8.0}  ({} rounds)",
-            row.name,
-            med,
-            min,
-            max,
-            row.samples.len()
-        );
-        out.push(serde_json::json!({
-            "name": row.name, "median_ns": med, "min_ns": min, "max_ns": max, "rounds": row.samples.len(),
-        }));
-    }
-    if let Some(path) = args.json {
-        fs::write(&path, serde_json::to_string_pretty(&out)?)?;
-        println!("wrote {}", path.display());
-    }
-    Ok(())
+    report(rows, 48, args.json.as_deref())
 }

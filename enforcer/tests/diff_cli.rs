@@ -1,9 +1,12 @@
 //! `enforcer diff` through the built binary: real policy directories,
 //! `REV:DIR` from a temporary git repository, formats and exit codes.
 
+mod support;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
+use support::{code, enforcer_in, stderr, stdout, write};
 use tempfile::TempDir;
 
 const SHOP: &str = r#"
@@ -53,34 +56,6 @@ port = "5432/tcp"
 verdict = "allow"
 "#;
 
-fn write(dir: &Path, files: &[(&str, &str)]) {
-    std::fs::create_dir_all(dir).expect("create policy dir");
-    for (name, text) in files {
-        std::fs::write(dir.join(name), text).expect("write policy file");
-    }
-}
-
-fn enforcer(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_enforcer"))
-        .current_dir(cwd)
-        .env("NO_COLOR", "1")
-        .args(args)
-        .output()
-        .expect("run enforcer")
-}
-
-fn code(o: &Output) -> i32 {
-    o.status.code().expect("exit code")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 fn json(o: &Output) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(o)))
 }
@@ -116,7 +91,7 @@ fn a_widening_change_in_every_format() {
     );
     write(&t.path().join("new"), &[("shop.toml", &new)]);
 
-    let o = enforcer(t.path(), &["diff", "old", "new", "--format", "json"]);
+    let o = enforcer_in(t.path(), &["diff", "old", "new", "--format", "json"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert_eq!(
         json(&o),
@@ -128,7 +103,7 @@ fn a_widening_change_in_every_format() {
         })
     );
 
-    let o = enforcer(t.path(), &["diff", "old", "new"]);
+    let o = enforcer_in(t.path(), &["diff", "old", "new"]);
     let text = stdout(&o);
     assert!(
         text.starts_with("widens access: 1 verdict change"),
@@ -144,7 +119,7 @@ fn a_widening_change_in_every_format() {
         "no colour when stdout is not a terminal"
     );
 
-    let o = enforcer(t.path(), &["diff", "old", "new", "--format", "markdown"]);
+    let o = enforcer_in(t.path(), &["diff", "old", "new", "--format", "markdown"]);
     let md = stdout(&o);
     assert!(md.starts_with("**Policy diff:** widens access"), "{md}");
     assert!(
@@ -153,28 +128,28 @@ fn a_widening_change_in_every_format() {
     );
 
     assert_eq!(
-        code(&enforcer(
+        code(&enforcer_in(
             t.path(),
             &["diff", "old", "new", "--fail-on", "widen"]
         )),
         1
     );
     assert_eq!(
-        code(&enforcer(
+        code(&enforcer_in(
             t.path(),
             &["diff", "old", "new", "--fail-on", "any"]
         )),
         1
     );
     assert_eq!(
-        code(&enforcer(
+        code(&enforcer_in(
             t.path(),
             &["diff", "new", "old", "--fail-on", "widen"]
         )),
         0
     );
     assert_eq!(
-        code(&enforcer(
+        code(&enforcer_in(
             t.path(),
             &["diff", "new", "old", "--fail-on", "any"]
         )),
@@ -203,7 +178,7 @@ fn reordering_splitting_and_renaming_files_is_an_empty_diff() {
             ("a-entities.toml", entities),
         ],
     );
-    let o = enforcer(
+    let o = enforcer_in(
         t.path(),
         &["diff", "old", "new", "--fail-on", "any", "--format", "json"],
     );
@@ -211,7 +186,7 @@ fn reordering_splitting_and_renaming_files_is_an_empty_diff() {
     let v = json(&o);
     assert_eq!(v["changes"], serde_json::json!([]));
     assert_eq!(v["widened"], false);
-    let o = enforcer(t.path(), &["diff", "old", "new"]);
+    let o = enforcer_in(t.path(), &["diff", "old", "new"]);
     assert_eq!(stdout(&o), "no changes\n");
 }
 
@@ -222,7 +197,7 @@ fn invalid_input_exits_2_with_located_errors() {
     let broken = SHOP.replace("from = [{ app = \"web\" }]", "from = [{ app = \"wbe\" }]");
     write(&t.path().join("bad"), &[("shop.toml", &broken)]);
     for args in [["diff", "good", "bad"], ["diff", "bad", "good"]] {
-        let o = enforcer(t.path(), &args);
+        let o = enforcer_in(t.path(), &args);
         assert_eq!(code(&o), 2, "{}", stderr(&o));
         assert!(stdout(&o).is_empty());
         let err = stderr(&o);
@@ -237,13 +212,16 @@ fn invalid_input_exits_2_with_located_errors() {
     // A failing expectation makes a side invalid too.
     let failing = SHOP.replace(r#"{ from = ["peer:office"], ports = ["5432/tcp"] },"#, "");
     write(&t.path().join("failing"), &[("shop.toml", &failing)]);
-    let o = enforcer(t.path(), &["diff", "good", "failing"]);
+    let o = enforcer_in(t.path(), &["diff", "good", "failing"]);
     assert_eq!(code(&o), 2);
     assert!(stderr(&o).contains("expectation failed"), "{}", stderr(&o));
     // A missing directory, and a usage error.
-    assert_eq!(code(&enforcer(t.path(), &["diff", "good", "nowhere"])), 2);
     assert_eq!(
-        code(&enforcer(
+        code(&enforcer_in(t.path(), &["diff", "good", "nowhere"])),
+        2
+    );
+    assert_eq!(
+        code(&enforcer_in(
             t.path(),
             &["diff", "good", "good", "--format", "yaml"]
         )),
@@ -266,7 +244,7 @@ fn rev_dir_inputs_come_from_git() {
         .replace("verdict = \"allow\"", "verdict = \"deny\"");
     write(&repo.join("policies"), &[("shop.toml", &narrowed)]);
 
-    let o = enforcer(
+    let o = enforcer_in(
         repo,
         &[
             "diff",
@@ -294,7 +272,7 @@ fn rev_dir_inputs_come_from_git() {
 
     // Both sides from git, and the same revision twice is empty.
     git(repo, &["commit", "-q", "-am", "v2"]);
-    let o = enforcer(
+    let o = enforcer_in(
         repo,
         &[
             "diff",
@@ -305,7 +283,7 @@ fn rev_dir_inputs_come_from_git() {
         ],
     );
     assert_eq!(json(&o)["changes"].as_array().map(Vec::len), Some(1));
-    let o = enforcer(
+    let o = enforcer_in(
         repo,
         &["diff", "HEAD:policies", "policies", "--fail-on", "any"],
     );
@@ -315,7 +293,7 @@ fn rev_dir_inputs_come_from_git() {
     let broken = SHOP.replace("from = [{ app = \"web\" }]", "from = [{ app = \"wbe\" }]");
     write(&repo.join("policies"), &[("shop.toml", &broken)]);
     git(repo, &["commit", "-q", "-am", "broken"]);
-    let o = enforcer(repo, &["diff", "HEAD~1:policies", "HEAD:policies"]);
+    let o = enforcer_in(repo, &["diff", "HEAD~1:policies", "HEAD:policies"]);
     assert_eq!(code(&o), 2);
     assert!(
         stderr(&o)
@@ -331,7 +309,7 @@ fn rev_dir_inputs_come_from_git() {
         "HEAD:nosuchdir",
         "HEAD:policies/shop.toml",
     ] {
-        let o = enforcer(repo, &["diff", bad, "policies"]);
+        let o = enforcer_in(repo, &["diff", bad, "policies"]);
         assert_eq!(code(&o), 2, "{bad}: {}", stderr(&o));
         assert!(stderr(&o).contains(bad), "{bad}: {}", stderr(&o));
     }
@@ -365,7 +343,7 @@ fn until_and_mode_changes_are_reported() {
         &t.path().join("new"),
         &[("shop.toml", &with_vendor("2099-06-30T12:00:00Z", "audit"))],
     );
-    let o = enforcer(t.path(), &["diff", "old", "new", "--format", "json"]);
+    let o = enforcer_in(t.path(), &["diff", "old", "new", "--format", "json"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let v = json(&o);
     assert_eq!(v["changes"], serde_json::json!([]));
@@ -384,7 +362,7 @@ fn until_and_mode_changes_are_reported() {
         &t.path().join("expired"),
         &[("shop.toml", &with_vendor("2001-01-01T00:00:00Z", "enforce"))],
     );
-    let o = enforcer(t.path(), &["diff", "old", "expired", "--format", "json"]);
+    let o = enforcer_in(t.path(), &["diff", "old", "expired", "--format", "json"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let v = json(&o);
     assert_eq!(
@@ -420,19 +398,19 @@ fn rev_dir_follows_symbolic_links_like_a_working_tree() {
 
     // The same policy in the revision and in the working tree: no change,
     // whether read from the root or a subdirectory.
-    let o = enforcer(
+    let o = enforcer_in(
         repo,
         &["diff", "HEAD:hosts/a", "hosts/a", "--fail-on", "any"],
     );
     assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
-    let o = enforcer(
+    let o = enforcer_in(
         &repo.join("hosts"),
         &["diff", "HEAD:./a", "a", "--fail-on", "any"],
     );
     assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
 
     // Skipping the links would leave an empty policy: a change.
-    let o = enforcer(
+    let o = enforcer_in(
         repo,
         &["diff", "HEAD:shared", "HEAD:hosts/a", "--fail-on", "any"],
     );
@@ -447,7 +425,7 @@ fn rev_dir_follows_symbolic_links_like_a_working_tree() {
         ["diff", "HEAD:hosts/b", "HEAD:hosts/a"],
         ["diff", "HEAD:hosts/b", "hosts/a"],
     ] {
-        let o = enforcer(repo, &args);
+        let o = enforcer_in(repo, &args);
         assert_eq!(code(&o), 2, "{}{}", stdout(&o), stderr(&o));
         assert!(stderr(&o).contains("hosts/a/gone.toml"), "{}", stderr(&o));
     }
@@ -458,7 +436,7 @@ fn rev_dir_follows_symbolic_links_like_a_working_tree() {
     symlink("/etc/enforcer/shop.toml", repo.join("hosts/a/abs.toml")).expect("symlink");
     git(repo, &["add", "."]);
     git(repo, &["commit", "-q", "-m", "absolute link"]);
-    let o = enforcer(repo, &["diff", "HEAD:hosts/a", "hosts/a"]);
+    let o = enforcer_in(repo, &["diff", "HEAD:hosts/a", "hosts/a"]);
     assert_eq!(code(&o), 2, "{}{}", stdout(&o), stderr(&o));
     assert!(
         stderr(&o)

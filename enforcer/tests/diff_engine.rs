@@ -7,15 +7,15 @@ use enforcer::diff::testkit::PolicyBuilder;
 use enforcer::diff::{Change, DiffInput, ExpectationInfo, PolicyDiff, PolicyMeta, RuleInfo, diff};
 use enforcer::policy::CgroupSelector;
 use enforcer_common::{
-    identity::{IDENTITY_ANY, IDENTITY_ANY_EXTERNAL, IDENTITY_WORLD},
+    identity::{IDENTITY_ANY, IDENTITY_ANY_EXTERNAL, IDENTITY_WORLD, Identity},
     protocol::Protocol,
-    verdict::{Action, Direction},
+    verdict::{Action, Direction, VerdictKey},
     workload::Mode,
 };
 
 /// The directions, short: the tables below read as rows.
-const IN: u8 = Direction::Ingress as u8;
-const OUT: u8 = Direction::Egress as u8;
+const IN: Direction = Direction::Ingress;
+const OUT: Direction = Direction::Egress;
 
 fn run(old: PolicyBuilder, new: PolicyBuilder) -> PolicyDiff {
     diff(
@@ -24,15 +24,35 @@ fn run(old: PolicyBuilder, new: PolicyBuilder) -> PolicyDiff {
     )
 }
 
-fn row(
-    from: &str,
-    to: &str,
-    proto: &str,
-    ports: &str,
-    before: &str,
-    after: &str,
-    rule: &str,
-) -> Change {
+/// A TCP allow of one port: `(workload, direction, remote, port, policy,
+/// section)`, the rule the first of its section.
+type TcpAllow<'a> = (Identity, Direction, Identity, u16, &'a str, &'a str);
+
+fn allow_tcp<'a>(b: &mut PolicyBuilder, rows: impl IntoIterator<Item = TcpAllow<'a>>) {
+    for (workload, direction, remote, port, policy, section) in rows {
+        b.grant(
+            (policy, section, 0),
+            (workload, direction, remote),
+            (Protocol::Tcp, port..=port, Action::Allow),
+        );
+    }
+}
+
+/// The shop's rules, in the order `shop()` adds them; `db_policy` names
+/// the database's policy.
+fn shop_rules(web: Identity, api: Identity, db: Identity, db_policy: &str) -> [TcpAllow<'_>; 5] {
+    [
+        (web, IN, IDENTITY_ANY_EXTERNAL, 443, "web", "allow-in"),
+        (web, OUT, api, 8080, "web", "allow-out"),
+        (api, IN, web, 8080, "api", "allow-in"),
+        (api, OUT, db, 5432, "api", "allow-out"),
+        (db, IN, api, 5432, db_policy, "allow-in"),
+    ]
+}
+
+/// An expected change: `[from, to, protocol, ports, before, after]` and
+/// the rule that decides it.
+fn row([from, to, proto, ports, before, after]: [&str; 6], rule: &str) -> Change {
     Change {
         from: from.into(),
         to: to.into(),
@@ -61,64 +81,7 @@ fn shop() -> Shop {
     let db = b.workload("db");
     let web = b.workload("web");
     let office = b.peer("office", &["203.0.113.0/24", "2001:db8:20::/48"]);
-    // web: allow-in world 443; allow-out api 8080.
-    let r = b.rule("web", "allow-in", 0);
-    b.ports(
-        web,
-        IN,
-        Protocol::Tcp as u8,
-        IDENTITY_ANY_EXTERNAL,
-        443,
-        443,
-        Action::Allow as u8,
-        r,
-    );
-    let r = b.rule("web", "allow-out", 0);
-    b.ports(
-        web,
-        OUT,
-        Protocol::Tcp as u8,
-        api,
-        8080,
-        8080,
-        Action::Allow as u8,
-        r,
-    );
-    // api: allow-in web 8080; allow-out db 5432.
-    let r = b.rule("api", "allow-in", 0);
-    b.ports(
-        api,
-        IN,
-        Protocol::Tcp as u8,
-        web,
-        8080,
-        8080,
-        Action::Allow as u8,
-        r,
-    );
-    let r = b.rule("api", "allow-out", 0);
-    b.ports(
-        api,
-        OUT,
-        Protocol::Tcp as u8,
-        db,
-        5432,
-        5432,
-        Action::Allow as u8,
-        r,
-    );
-    // db: allow-in api 5432.
-    let r = b.rule("db", "allow-in", 0);
-    b.ports(
-        db,
-        IN,
-        Protocol::Tcp as u8,
-        api,
-        5432,
-        5432,
-        Action::Allow as u8,
-        r,
-    );
+    allow_tcp(&mut b, shop_rules(web, api, db, "db"));
     Shop {
         b,
         web,
@@ -131,16 +94,10 @@ fn shop() -> Shop {
 /// The shop plus `db allow-in[1]`: office may reach db on 5432/tcp.
 fn shop_with_office_to_db() -> Shop {
     let mut shop = shop();
-    let r = shop.b.rule("db", "allow-in", 1);
-    shop.b.ports(
-        shop.db,
-        IN,
-        Protocol::Tcp as u8,
-        shop.office,
-        5432,
-        5432,
-        Action::Allow as u8,
-        r,
+    shop.b.grant(
+        ("db", "allow-in", 1),
+        (shop.db, IN, shop.office),
+        (Protocol::Tcp, 5432..=5432, Action::Allow),
     );
     shop
 }
@@ -160,12 +117,7 @@ fn adding_a_rule_widens() {
     assert_eq!(
         d.changes,
         vec![row(
-            "office",
-            "db",
-            "tcp",
-            "5432",
-            "deny",
-            "allow",
+            ["office", "db", "tcp", "5432", "deny", "allow"],
             "db allow-in[1]"
         )]
     );
@@ -179,12 +131,7 @@ fn removing_a_rule_narrows_and_names_the_old_rule() {
     assert_eq!(
         d.changes,
         vec![row(
-            "office",
-            "db",
-            "tcp",
-            "5432",
-            "allow",
-            "deny",
+            ["office", "db", "tcp", "5432", "allow", "deny"],
             "db allow-in[1]"
         )]
     );
@@ -196,42 +143,25 @@ fn workload_traffic_needs_both_ends() {
     // api newly allows egress to web 9000: web's ingress still refuses it.
     let old = shop();
     let mut new = shop();
-    let r = new.b.rule("api", "allow-out", 1);
-    new.b.ports(
-        new.api,
-        OUT,
-        Protocol::Tcp as u8,
-        new.web,
-        9000,
-        9000,
-        Action::Allow as u8,
-        r,
+    new.b.grant(
+        ("api", "allow-out", 1),
+        (new.api, OUT, new.web),
+        (Protocol::Tcp, 9000..=9000, Action::Allow),
     );
     let d = run(old.b, new.b.clone());
     assert!(d.is_empty(), "{d:#?}");
     // Once web accepts it too, the flow opens, naming both rules.
     let mut newer = new;
-    let r2 = newer.b.rule("web", "allow-in", 1);
-    newer.b.ports(
-        newer.web,
-        IN,
-        Protocol::Tcp as u8,
-        newer.api,
-        9000,
-        9000,
-        Action::Allow as u8,
-        r2,
+    newer.b.grant(
+        ("web", "allow-in", 1),
+        (newer.web, IN, newer.api),
+        (Protocol::Tcp, 9000..=9000, Action::Allow),
     );
     let d = run(shop().b, newer.b);
     assert_eq!(
         d.changes,
         vec![row(
-            "api",
-            "web",
-            "tcp",
-            "9000",
-            "deny",
-            "allow",
+            ["api", "web", "tcp", "9000", "deny", "allow"],
             "api allow-out[1] + web allow-in[1]"
         )]
     );
@@ -241,16 +171,10 @@ fn workload_traffic_needs_both_ends() {
 fn narrowing_a_range_reports_the_removed_part() {
     let build = |hi: u16| {
         let mut s = shop();
-        let r = s.b.rule("api", "allow-out", 1);
-        s.b.ports(
-            s.api,
-            OUT,
-            Protocol::Tcp as u8,
-            IDENTITY_ANY_EXTERNAL,
-            8000,
-            hi,
-            Action::Allow as u8,
-            r,
+        s.b.grant(
+            ("api", "allow-out", 1),
+            (s.api, OUT, IDENTITY_ANY_EXTERNAL),
+            (Protocol::Tcp, 8000..=hi, Action::Allow),
         );
         s.b
     };
@@ -260,21 +184,11 @@ fn narrowing_a_range_reports_the_removed_part() {
         d.changes,
         vec![
             row(
-                "api",
-                "office",
-                "tcp",
-                "8050-8100",
-                "allow",
-                "deny",
+                ["api", "office", "tcp", "8050-8100", "allow", "deny"],
                 "api allow-out[1]"
             ),
             row(
-                "api",
-                "world",
-                "tcp",
-                "8050-8100",
-                "allow",
-                "deny",
+                ["api", "world", "tcp", "8050-8100", "allow", "deny"],
                 "api allow-out[1]"
             ),
         ]
@@ -284,74 +198,37 @@ fn narrowing_a_range_reports_the_removed_part() {
 #[test]
 fn splitting_and_merging_ranges_without_changing_access_is_empty() {
     let mut old = shop();
-    let a = old.b.rule("api", "allow-out", 1);
-    let b = old.b.rule("api", "allow-out", 2);
-    old.b.ports(
-        old.api,
-        OUT,
-        Protocol::Udp as u8,
-        IDENTITY_WORLD,
-        8000,
-        8049,
-        Action::Allow as u8,
-        a,
-    );
-    old.b.ports(
-        old.api,
-        OUT,
-        Protocol::Udp as u8,
-        IDENTITY_WORLD,
-        8050,
-        8100,
-        Action::Allow as u8,
-        b,
-    );
+    for (index, ports) in [(1, 8000..=8049), (2, 8050..=8100)] {
+        old.b.grant(
+            ("api", "allow-out", index),
+            (old.api, OUT, IDENTITY_WORLD),
+            (Protocol::Udp, ports, Action::Allow),
+        );
+    }
     let mut new = shop();
-    let c = new.b.rule("api", "allow-out", 1);
-    new.b.ports(
-        new.api,
-        OUT,
-        Protocol::Udp as u8,
-        IDENTITY_WORLD,
-        8000,
-        8100,
-        Action::Allow as u8,
-        c,
+    new.b.grant(
+        ("api", "allow-out", 1),
+        (new.api, OUT, IDENTITY_WORLD),
+        (Protocol::Udp, 8000..=8100, Action::Allow),
     );
     assert!(run(old.b.clone(), new.b.clone()).is_empty());
     // Merging 80 and 443 into 80-443 opens 81-442, reported as one range.
     let mut wide = shop();
-    let r = wide.b.rule("web", "allow-in", 0);
-    wide.b.ports(
-        wide.web,
-        IN,
-        Protocol::Tcp as u8,
-        IDENTITY_ANY_EXTERNAL,
-        80,
-        443,
-        Action::Allow as u8,
-        r,
+    wide.b.grant(
+        ("web", "allow-in", 0),
+        (wide.web, IN, IDENTITY_ANY_EXTERNAL),
+        (Protocol::Tcp, 80..=443, Action::Allow),
     );
     let d = run(shop().b, wide.b);
     assert_eq!(
         d.changes,
         vec![
             row(
-                "office",
-                "web",
-                "tcp",
-                "80-442",
-                "deny",
-                "allow",
+                ["office", "web", "tcp", "80-442", "deny", "allow"],
                 "web allow-in[0]"
             ),
             row(
-                "world",
-                "web",
-                "tcp",
-                "80-442",
-                "deny",
-                "allow",
+                ["world", "web", "tcp", "80-442", "deny", "allow"],
                 "web allow-in[0]"
             ),
         ]
@@ -362,16 +239,10 @@ fn splitting_and_merging_ranges_without_changing_access_is_empty() {
 fn a_narrower_peer_carves_a_hole_out_of_a_wider_one() {
     let with_office_access = |vendor: bool| {
         let mut s = shop();
-        let r = s.b.rule("db", "allow-in", 1);
-        s.b.ports(
-            s.db,
-            IN,
-            Protocol::Tcp as u8,
-            s.office,
-            5432,
-            5432,
-            Action::Allow as u8,
-            r,
+        s.b.grant(
+            ("db", "allow-in", 1),
+            (s.db, IN, s.office),
+            (Protocol::Tcp, 5432..=5432, Action::Allow),
         );
         if vendor {
             s.b.peer("vendor", &["203.0.113.17"]);
@@ -380,12 +251,7 @@ fn a_narrower_peer_carves_a_hole_out_of_a_wider_one() {
     };
     let d = run(with_office_access(false), with_office_access(true));
     let mut expected = row(
-        "vendor",
-        "db",
-        "tcp",
-        "5432",
-        "allow",
-        "deny",
+        ["vendor", "db", "tcp", "5432", "allow", "deny"],
         "db allow-in[1]",
     );
     expected.addresses = Some(vec!["203.0.113.17/32".into()]);
@@ -405,34 +271,15 @@ fn shrinking_a_peer_hands_its_addresses_to_world() {
     let db = new.workload("db");
     let web = new.workload("web");
     let office = new.peer("office", &["203.0.113.0/25", "2001:db8:20::/48"]);
-    for (w, dir, remote, port, policy, section, idx) in [
-        (web, IN, IDENTITY_ANY_EXTERNAL, 443, "web", "allow-in", 0),
-        (web, OUT, api, 8080, "web", "allow-out", 0),
-        (api, IN, web, 8080, "api", "allow-in", 0),
-        (api, OUT, db, 5432, "api", "allow-out", 0),
-        (db, IN, api, 5432, "db", "allow-in", 0),
-        (db, IN, office, 5432, "db", "allow-in", 1),
-    ] {
-        let r = new.rule(policy, section, idx);
-        new.ports(
-            w,
-            dir,
-            Protocol::Tcp as u8,
-            remote,
-            port,
-            port,
-            Action::Allow as u8,
-            r,
-        );
-    }
+    allow_tcp(&mut new, shop_rules(web, api, db, "db"));
+    new.grant(
+        ("db", "allow-in", 1),
+        (db, IN, office),
+        (Protocol::Tcp, 5432..=5432, Action::Allow),
+    );
     let d = run(old.b, new);
     let mut expected = row(
-        "world",
-        "db",
-        "tcp",
-        "5432",
-        "allow",
-        "deny",
+        ["world", "db", "tcp", "5432", "allow", "deny"],
         "db allow-in[1]",
     );
     expected.addresses = Some(vec!["203.0.113.128/25".into()]);
@@ -451,28 +298,16 @@ fn deny_masks_allow() {
     // compiler into the exact level, the rest falls through to ANY).
     let build = |deny: bool| {
         let mut s = shop();
-        let r = s.b.rule("db", "allow-in", 1);
-        s.b.ports(
-            s.db,
-            IN,
-            Protocol::Tcp as u8,
-            IDENTITY_ANY,
-            0,
-            65535,
-            Action::Allow as u8,
-            r,
+        s.b.grant(
+            ("db", "allow-in", 1),
+            (s.db, IN, IDENTITY_ANY),
+            (Protocol::Tcp, 0..=65535, Action::Allow),
         );
         if deny {
-            let d = s.b.rule("db", "deny-in", 0);
-            s.b.ports(
-                s.db,
-                IN,
-                Protocol::Tcp as u8,
-                s.office,
-                22,
-                22,
-                Action::Deny as u8,
-                d,
+            s.b.grant(
+                ("db", "deny-in", 0),
+                (s.db, IN, s.office),
+                (Protocol::Tcp, 22..=22, Action::Deny),
             );
         }
         s.b
@@ -481,12 +316,7 @@ fn deny_masks_allow() {
     assert_eq!(
         d.changes,
         vec![row(
-            "office",
-            "db",
-            "tcp",
-            "22",
-            "allow",
-            "deny",
+            ["office", "db", "tcp", "22", "allow", "deny"],
             "db deny-in[0]"
         )]
     );
@@ -497,26 +327,20 @@ fn icmp_is_a_single_port_spelled_any() {
     let old = shop();
     let mut new = shop();
     let r = new.b.rule("web", "allow-in", 1);
-    new.b.entry(
+    let key = VerdictKey::new(
         new.web,
-        IN,
+        IN as u8,
         Protocol::Icmp as u8,
         IDENTITY_WORLD,
         0,
         16,
-        Action::Allow as u8,
-        r,
     );
+    new.b.entry(key, Action::Allow as u8, r);
     let d = run(old.b, new.b);
     assert_eq!(
         d.changes,
         vec![row(
-            "world",
-            "web",
-            "icmp",
-            "any",
-            "deny",
-            "allow",
+            ["world", "web", "icmp", "any", "deny", "allow"],
             "web allow-in[1]"
         )]
     );
@@ -526,27 +350,16 @@ fn icmp_is_a_single_port_spelled_any() {
 fn host_rows_use_only_the_workload_side() {
     let old = shop();
     let mut new = shop();
-    let r = new.b.rule("db", "allow-in", 1);
-    new.b.ports(
-        new.db,
-        IN,
-        Protocol::Tcp as u8,
-        enforcer_common::identity::IDENTITY_HOST,
-        5432,
-        5432,
-        Action::Allow as u8,
-        r,
+    new.b.grant(
+        ("db", "allow-in", 1),
+        (new.db, IN, enforcer_common::identity::IDENTITY_HOST),
+        (Protocol::Tcp, 5432..=5432, Action::Allow),
     );
     let d = run(old.b, new.b);
     assert_eq!(
         d.changes,
         vec![row(
-            "host",
-            "db",
-            "tcp",
-            "5432",
-            "deny",
-            "allow",
+            ["host", "db", "tcp", "5432", "deny", "allow"],
             "db allow-in[1]"
         )]
     );
@@ -589,25 +402,7 @@ fn a_rename_keeping_the_selector_is_only_a_rename() {
     );
     let api = b.workload("api");
     let _ = office;
-    for (w, dir, remote, port, policy, section) in [
-        (web, IN, IDENTITY_ANY_EXTERNAL, 443, "web", "allow-in"),
-        (web, OUT, api, 8080, "web", "allow-out"),
-        (api, IN, web, 8080, "api", "allow-in"),
-        (api, OUT, db, 5432, "api", "allow-out"),
-        (db, IN, api, 5432, "database", "allow-in"),
-    ] {
-        let r = b.rule(policy, section, 0);
-        b.ports(
-            w,
-            dir,
-            Protocol::Tcp as u8,
-            remote,
-            port,
-            port,
-            Action::Allow as u8,
-            r,
-        );
-    }
+    allow_tcp(&mut b, shop_rules(web, api, db, "database"));
     let d = run(old.b, b);
     assert!(d.changes.is_empty(), "{:#?}", d.changes);
     assert_eq!(d.entities.len(), 1);
@@ -628,45 +423,17 @@ fn a_rename_with_a_new_selector_removes_and_adds() {
     );
     let web = b.workload("web");
     b.peer("office", &["203.0.113.0/24", "2001:db8:20::/48"]);
-    for (w, dir, remote, port, policy, section) in [
-        (web, IN, IDENTITY_ANY_EXTERNAL, 443, "web", "allow-in"),
-        (web, OUT, api, 8080, "web", "allow-out"),
-        (api, IN, web, 8080, "api", "allow-in"),
-        (api, OUT, db, 5432, "api", "allow-out"),
-        (db, IN, api, 5432, "pg", "allow-in"),
-    ] {
-        let r = b.rule(policy, section, 0);
-        b.ports(
-            w,
-            dir,
-            Protocol::Tcp as u8,
-            remote,
-            port,
-            port,
-            Action::Allow as u8,
-            r,
-        );
-    }
+    allow_tcp(&mut b, shop_rules(web, api, db, "pg"));
     let d = run(old.b, b);
     assert_eq!(
         d.changes,
         vec![
             row(
-                "api",
-                "db",
-                "tcp",
-                "5432",
-                "allow",
-                "deny",
+                ["api", "db", "tcp", "5432", "allow", "deny"],
                 "api allow-out[0] + db allow-in[0]"
             ),
             row(
-                "api",
-                "pg",
-                "tcp",
-                "5432",
-                "deny",
-                "allow",
+                ["api", "pg", "tcp", "5432", "deny", "allow"],
                 "api allow-out[0] + pg allow-in[0]"
             ),
         ]
@@ -690,25 +457,7 @@ fn reordering_and_renumbering_identities_is_empty() {
     let db = b.workload("db");
     let api = b.workload("api");
     let _ = office;
-    for (w, dir, remote, port, policy, section) in [
-        (db, IN, api, 5432, "db", "allow-in"),
-        (api, OUT, db, 5432, "api", "allow-out"),
-        (api, IN, web, 8080, "api", "allow-in"),
-        (web, OUT, api, 8080, "web", "allow-out"),
-        (web, IN, IDENTITY_ANY_EXTERNAL, 443, "web", "allow-in"),
-    ] {
-        let r = b.rule(policy, section, 0);
-        b.ports(
-            w,
-            dir,
-            Protocol::Tcp as u8,
-            remote,
-            port,
-            port,
-            Action::Allow as u8,
-            r,
-        );
-    }
+    allow_tcp(&mut b, shop_rules(web, api, db, "db").into_iter().rev());
     let d = run(old.b, b);
     assert!(d.is_empty(), "{d:#?}");
 }
@@ -802,16 +551,10 @@ fn json_has_the_contract_shape() {
 #[test]
 fn text_and_markdown_show_signs_and_a_summary() {
     let mut old = shop();
-    let r = old.b.rule("web", "allow-in", 1);
-    old.b.ports(
-        old.web,
-        IN,
-        Protocol::Tcp as u8,
-        IDENTITY_ANY_EXTERNAL,
-        80,
-        80,
-        Action::Allow as u8,
-        r,
+    old.b.grant(
+        ("web", "allow-in", 1),
+        (old.web, IN, IDENTITY_ANY_EXTERNAL),
+        (Protocol::Tcp, 80..=80, Action::Allow),
     );
     let new = shop_with_office_to_db();
     let d = run(old.b, new.b);
@@ -856,16 +599,10 @@ fn a_peer_renamed_with_the_same_addresses_is_only_a_rename() {
         let mut b = PolicyBuilder::new();
         let db = b.workload("db");
         let p = b.peer(peer, &["203.0.113.0/24", "2001:db8:20::/48"]);
-        let r = b.rule("db", "allow-in", 0);
-        b.ports(
-            db,
-            IN,
-            Protocol::Tcp as u8,
-            p,
-            5432,
-            5432,
-            Action::Allow as u8,
-            r,
+        b.grant(
+            ("db", "allow-in", 0),
+            (db, IN, p),
+            (Protocol::Tcp, 5432..=5432, Action::Allow),
         );
         b
     };

@@ -13,7 +13,7 @@ use enforcer::eval::{Connection, evaluate, resolve_addr};
 use enforcer_common::{
     identity::{IDENTITY_ANY, IDENTITY_ANY_EXTERNAL, IDENTITY_HOST, IDENTITY_WORLD, Identity},
     protocol::Protocol,
-    verdict::{Action, Direction, RULE_DEFAULT_DENY},
+    verdict::{Action, Direction, RULE_DEFAULT_DENY, VerdictKey},
 };
 use proptest::prelude::*;
 
@@ -182,16 +182,8 @@ fn build(side: &Side, first_identity: Identity, reverse: bool) -> CompiledPolicy
             Action::Deny as u8
         };
         if e.protocol == Protocol::Icmp as u8 {
-            b.entry(
-                w,
-                direction,
-                Protocol::Icmp as u8,
-                remote,
-                0,
-                16,
-                action,
-                rule,
-            );
+            let key = VerdictKey::new(w, direction, Protocol::Icmp as u8, remote, 0, 16);
+            b.entry(key, action, rule);
         } else {
             b.ports(w, direction, e.protocol, remote, e.lo, e.hi, action, rule);
         }

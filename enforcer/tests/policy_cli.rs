@@ -1,40 +1,16 @@
 //! `enforcer check` and `enforcer explain`, run as the built binary.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod support;
 
-fn enforcer(args: &[&str]) -> Output {
-    match Command::new(env!("CARGO_BIN_EXE_enforcer"))
-        .args(args)
-        .output()
-    {
-        Ok(o) => o,
-        Err(e) => panic!("cannot run enforcer {args:?}: {e}"),
-    }
-}
+use std::path::{Path, PathBuf};
+
+use support::{dir_with, enforcer, stdout};
 
 fn example() -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../policies/example")
         .display()
         .to_string()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
-    let dir = match tempfile::tempdir() {
-        Ok(d) => d,
-        Err(e) => panic!("tempdir: {e}"),
-    };
-    for (name, text) in files {
-        if let Err(e) = std::fs::write(dir.path().join(name), text) {
-            panic!("write {name}: {e}");
-        }
-    }
-    dir
 }
 
 #[test]

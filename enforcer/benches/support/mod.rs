@@ -1,4 +1,8 @@
-//! Helpers shared by the compile and diff benchmarks.
+//! Helpers shared by the benchmarks.
+
+#![allow(dead_code, reason = "each benchmark uses a different subset")]
+
+use std::path::Path;
 
 /// CPU time consumed by the calling thread, in nanoseconds (0 if the clock
 /// cannot be read): on a loaded machine wall time also counts waiting for
@@ -36,4 +40,48 @@ impl Args {
                 .map(Into::into),
         }
     }
+}
+
+/// One measured case: its name and one sample (ns) per round.
+pub(crate) struct Row {
+    pub name: String,
+    pub samples: Vec<f64>,
+}
+
+impl Row {
+    pub(crate) fn new(name: String) -> Row {
+        Row {
+            name,
+            samples: Vec::new(),
+        }
+    }
+}
+
+/// Prints each row's median, minimum and maximum, its name padded to
+/// `name_width`, and with a path writes them there as JSON
+/// (`[{"name","median_ns","min_ns","max_ns","rounds"}]`). Every row has
+/// at least one sample.
+pub(crate) fn report(rows: Vec<Row>, name_width: usize, json: Option<&Path>) -> anyhow::Result<()> {
+    let mut out = Vec::new();
+    for mut row in rows {
+        row.samples.sort_by(f64::total_cmp);
+        let (min, max) = (row.samples[0], row.samples[row.samples.len() - 1]);
+        let med = row.samples[row.samples.len() / 2];
+        println!(
+            "{:<name_width$} median {:>8.0} ns  min {:>8.0}  max {:>8.0}  ({} rounds)",
+            row.name,
+            med,
+            min,
+            max,
+            row.samples.len()
+        );
+        out.push(serde_json::json!({
+            "name": row.name, "median_ns": med, "min_ns": min, "max_ns": max, "rounds": row.samples.len(),
+        }));
+    }
+    if let Some(path) = json {
+        std::fs::write(path, serde_json::to_string_pretty(&out)?)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
 }

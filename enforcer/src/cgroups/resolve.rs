@@ -242,21 +242,6 @@ mod tests {
     use crate::cgroups::tree::CgroupNode;
     use crate::policy::CgroupSelector;
 
-    fn workload(
-        identity: Identity,
-        name: &str,
-        selector: CgroupSelector,
-        mode: u8,
-    ) -> CompiledWorkload {
-        CompiledWorkload {
-            identity,
-            class: identity,
-            name: name.to_owned(),
-            selector,
-            mode,
-        }
-    }
-
     fn tree() -> CgroupTree {
         tree_owned_by(|_| 0)
     }
@@ -289,8 +274,27 @@ mod tests {
         )
     }
 
-    fn matcher(workloads: &[CompiledWorkload]) -> Matcher {
-        Matcher::new(workloads, |_| None).unwrap()
+    fn unit(name: &str) -> CgroupSelector {
+        CgroupSelector::Unit(name.into())
+    }
+
+    fn glob(pattern: &str) -> CgroupSelector {
+        CgroupSelector::Glob(pattern.into())
+    }
+
+    /// A matcher for workloads given as `(identity, name, selector, mode)`.
+    fn matcher(workloads: &[(Identity, &str, CgroupSelector, Mode)]) -> Matcher {
+        let workloads: Vec<CompiledWorkload> = workloads
+            .iter()
+            .map(|(identity, name, selector, mode)| CompiledWorkload {
+                identity: *identity,
+                class: *identity,
+                name: (*name).to_owned(),
+                selector: selector.clone(),
+                mode: *mode as u8,
+            })
+            .collect();
+        Matcher::new(&workloads, |_| None).unwrap()
     }
 
     fn resolve(m: &Matcher, t: &CgroupTree) -> Resolution {
@@ -299,12 +303,7 @@ mod tests {
 
     #[test]
     fn a_unit_matches_the_system_managers_unit_with_its_descendants() {
-        let m = matcher(&[workload(
-            16,
-            "web",
-            CgroupSelector::Unit("nginx.service".into()),
-            Mode::Enforce as u8,
-        )]);
+        let m = matcher(&[(16, "web", unit("nginx.service"), Mode::Enforce)]);
         let r = resolve(&m, &tree());
         let paths: Vec<&str> = r.cgroups.iter().map(|c| c.path.as_str()).collect();
         assert_eq!(
@@ -327,12 +326,7 @@ mod tests {
 
     #[test]
     fn a_cgroup_another_user_controls_matches_no_pattern() {
-        let m = matcher(&[workload(
-            16,
-            "api",
-            CgroupSelector::Glob("system.slice/api-*.service".into()),
-            Mode::Enforce as u8,
-        )]);
+        let m = matcher(&[(16, "api", glob("system.slice/api-*.service"), Mode::Enforce)]);
         let t = tree_owned_by(|p| {
             if p == "system.slice/api-2.service" {
                 1000
@@ -348,18 +342,8 @@ mod tests {
     #[test]
     fn kernel_entries_list_descendants_with_the_deepest_owner_within_the_quota() {
         let m = matcher(&[
-            workload(
-                16,
-                "system",
-                CgroupSelector::Glob("system.slice".into()),
-                Mode::Audit as u8,
-            ),
-            workload(
-                17,
-                "web",
-                CgroupSelector::Unit("nginx.service".into()),
-                Mode::Enforce as u8,
-            ),
+            (16, "system", glob("system.slice"), Mode::Audit),
+            (17, "web", unit("nginx.service"), Mode::Enforce),
         ]);
         let t = tree();
         let r = resolve(&m, &t);
@@ -385,24 +369,9 @@ mod tests {
     #[test]
     fn globs_match_relative_paths_and_the_deepest_match_wins() {
         let m = matcher(&[
-            workload(
-                16,
-                "api",
-                CgroupSelector::Glob("system.slice/api-*.service".into()),
-                Mode::Audit as u8,
-            ),
-            workload(
-                17,
-                "everything",
-                CgroupSelector::Glob("system.slice".into()),
-                Mode::Enforce as u8,
-            ),
-            workload(
-                18,
-                "pods",
-                CgroupSelector::Glob("kubepods/**/*.scope".into()),
-                Mode::Enforce as u8,
-            ),
+            (16, "api", glob("system.slice/api-*.service"), Mode::Audit),
+            (17, "everything", glob("system.slice"), Mode::Enforce),
+            (18, "pods", glob("kubepods/**/*.scope"), Mode::Enforce),
         ]);
         let r = resolve(&m, &tree());
         let by_workload = r.by_workload();
@@ -421,18 +390,8 @@ mod tests {
     #[test]
     fn two_selectors_on_one_cgroup_are_reported_and_decided_by_identity() {
         let m = matcher(&[
-            workload(
-                17,
-                "late",
-                CgroupSelector::Unit("db.service".into()),
-                Mode::Enforce as u8,
-            ),
-            workload(
-                16,
-                "early",
-                CgroupSelector::Glob("**/db.service".into()),
-                Mode::Enforce as u8,
-            ),
+            (17, "late", unit("db.service"), Mode::Enforce),
+            (16, "early", glob("**/db.service"), Mode::Enforce),
         ]);
         let r = resolve(&m, &tree());
         assert_eq!(r.cgroups.len(), 1);

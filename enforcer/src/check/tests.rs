@@ -12,8 +12,8 @@ use enforcer_common::{
 };
 
 use super::*;
-use crate::eval::{Connection, evaluate, resolve_addr};
-use crate::policy::fixtures::{BASE, load_files, now};
+use crate::eval::{Connection, Decision, evaluate, resolve_addr};
+use crate::policy::fixtures::{BASE, WEB_PORT_KINDS, load_files, now};
 use crate::policy::{ServicePort, parse_rfc3339};
 
 fn compile_at(text: &str, at: SystemTime) -> CompiledPolicy {
@@ -41,6 +41,37 @@ fn flow(c: &CompiledPolicy, from: &str, to: &str, p: &str) -> String {
     }
 }
 
+/// The decision for a TCP connection into `local` from `remote`.
+fn tcp_in(c: &CompiledPolicy, local: u32, remote: u32, port: u16) -> Decision {
+    evaluate(
+        c,
+        &Connection {
+            local,
+            direction: Direction::Ingress as u8,
+            remote,
+            protocol: Protocol::Tcp as u8,
+            port,
+        },
+    )
+}
+
+/// Asserts each case, written `FROM -> TO PORT: VERDICT` with the verdict
+/// as [`flow`] spells it.
+fn assert_flows(c: &CompiledPolicy, cases: &[&str]) {
+    for case in cases {
+        let parsed = case.split_once(": ").and_then(|(connection, expected)| {
+            match connection.split(' ').collect::<Vec<_>>()[..] {
+                [from, "->", to, p] => Some((from, to, p, expected)),
+                _ => None,
+            }
+        });
+        let Some((from, to, p, expected)) = parsed else {
+            panic!("malformed case {case:?}");
+        };
+        assert_eq!(flow(c, from, to, p), expected, "{case}");
+    }
+}
+
 fn with_base(policies: &str) -> CompiledPolicy {
     compiled(&format!("{BASE}\n{policies}"))
 }
@@ -49,18 +80,14 @@ fn with_base(policies: &str) -> CompiledPolicy {
 fn default_deny_isolates_selected_and_unselected_workloads() {
     let c = with_base("[[policy]]\nname = \"p\"\nselect = { app = \"web\" }\n");
     assert!(c.verdicts.is_empty());
-    assert_eq!(flow(&c, "office", "web", "443/tcp"), "deny by default deny");
-    assert_eq!(flow(&c, "db", "office", "443/tcp"), "deny by default deny");
-    let d = evaluate(
+    assert_flows(
         &c,
-        &Connection {
-            local: 18,
-            direction: Direction::Ingress as u8,
-            remote: IDENTITY_HOST,
-            protocol: Protocol::Tcp as u8,
-            port: 1,
-        },
+        &[
+            "office -> web 443/tcp: deny by default deny",
+            "db -> office 443/tcp: deny by default deny",
+        ],
     );
+    let d = tcp_in(&c, 18, IDENTITY_HOST, 1);
     assert_eq!((d.action, d.rule), (Action::Deny as u8, RULE_DEFAULT_DENY));
 }
 
@@ -78,15 +105,17 @@ select = { env = "prod" }
 deny-in = [ { from = [{ zone = "office" }], ports = ["22/tcp"] } ]
 "#,
     );
-    assert_eq!(flow(&c, "office", "db", "22/tcp"), "deny by z deny-in[0]");
-    assert_eq!(
-        flow(&c, "203.0.113.7", "db", "22/tcp"),
-        "deny by z deny-in[0]"
+    assert_flows(
+        &c,
+        &[
+            "office -> db 22/tcp: deny by z deny-in[0]",
+            "203.0.113.7 -> db 22/tcp: deny by z deny-in[0]",
+            "office -> db 23/tcp: allow by a allow-in[0]",
+            "vendor -> db 22/tcp: allow by a allow-in[0]",
+            "world -> db 22/tcp: allow by a allow-in[0]",
+            "host -> db 22/tcp: allow by a allow-in[0]",
+        ],
     );
-    assert_eq!(flow(&c, "office", "db", "23/tcp"), "allow by a allow-in[0]");
-    assert_eq!(flow(&c, "vendor", "db", "22/tcp"), "allow by a allow-in[0]");
-    assert_eq!(flow(&c, "world", "db", "22/tcp"), "allow by a allow-in[0]");
-    assert_eq!(flow(&c, "host", "db", "22/tcp"), "allow by a allow-in[0]");
 }
 
 #[test]
@@ -101,29 +130,23 @@ allow-in = [ { from = ["peer:office", "host", "workload:api"], ports = ["tcp"] }
 deny-in = [ { from = ["world"], ports = ["22/tcp"] }, { from = ["any"], ports = ["23/tcp"] } ]
 "#,
     );
-    assert_eq!(flow(&c, "office", "db", "22/tcp"), "deny by db deny-in[0]");
-    assert_eq!(flow(&c, "office", "db", "23/tcp"), "deny by db deny-in[1]");
-    assert_eq!(
-        flow(&c, "office", "db", "24/tcp"),
-        "allow by db allow-in[0]"
+    assert_flows(
+        &c,
+        &[
+            "office -> db 22/tcp: deny by db deny-in[0]",
+            "office -> db 23/tcp: deny by db deny-in[1]",
+            "office -> db 24/tcp: allow by db allow-in[0]",
+        ],
     );
     // `world` does not cover this host or its workloads.
-    assert_eq!(flow(&c, "host", "db", "22/tcp"), "allow by db allow-in[0]");
-    assert_eq!(flow(&c, "host", "db", "23/tcp"), "deny by db deny-in[1]");
-    assert_eq!(
-        evaluate(
-            &c,
-            &Connection {
-                local: 17,
-                direction: Direction::Ingress as u8,
-                remote: 16,
-                protocol: Protocol::Tcp as u8,
-                port: 22
-            }
-        )
-        .action,
-        Action::Allow as u8
+    assert_flows(
+        &c,
+        &[
+            "host -> db 22/tcp: allow by db allow-in[0]",
+            "host -> db 23/tcp: deny by db deny-in[1]",
+        ],
     );
+    assert_eq!(tcp_in(&c, 17, 16, 22).action, Action::Allow as u8);
     // Entries exist at all three levels.
     let remotes: std::collections::BTreeSet<u32> =
         c.verdicts.iter().map(|(k, _)| k.remote()).collect();
@@ -153,8 +176,13 @@ allow-in = [ { from = ["world"], ports = ["443/tcp"] }, { from = ["host"], ports
             "{from}"
         );
     }
-    assert_eq!(flow(&c, "host", "web", "443/tcp"), "deny by default deny");
-    assert_eq!(flow(&c, "host", "web", "80/tcp"), "allow by w allow-in[1]");
+    assert_flows(
+        &c,
+        &[
+            "host -> web 443/tcp: deny by default deny",
+            "host -> web 80/tcp: allow by w allow-in[1]",
+        ],
+    );
     for from in ["world", "office", "host"] {
         assert_eq!(
             flow(&c, from, "web", "8443/tcp"),
@@ -162,18 +190,7 @@ allow-in = [ { from = ["world"], ports = ["443/tcp"] }, { from = ["host"], ports
             "{from}"
         );
     }
-    let e = |remote| {
-        evaluate(
-            &c,
-            &Connection {
-                local: 18,
-                direction: Direction::Ingress as u8,
-                remote,
-                protocol: Protocol::Tcp as u8,
-                port: 443,
-            },
-        )
-    };
+    let e = |remote| tcp_in(&c, 18, remote, 443);
     assert_eq!(
         e(16).action,
         Action::Deny as u8,
@@ -196,22 +213,18 @@ select = [{ app = "api" }, "workload:web"]
 allow-out = [ { to = [{ app = "db" }], ports = ["5432/tcp"] } ]
 "#,
     );
-    assert_eq!(
-        flow(&c, "api", "db", "5432/tcp"),
-        "allow by out allow-out[0] and db allow-in[0]"
+    assert_flows(
+        &c,
+        &[
+            "api -> db 5432/tcp: allow by out allow-out[0] and db allow-in[0]",
+            "web -> db 5432/tcp: allow by out allow-out[0] and db allow-in[0]",
+            "office -> db 5432/tcp: deny by default deny",
+            "office -> db 6000/tcp: allow by db allow-in[2]",
+            "lab -> db 6000/tcp: allow by db allow-in[2]",
+            "vendor -> db 6000/tcp: deny by default deny",
+            "office -> db 1/tcp: deny by default deny",
+        ],
     );
-    assert_eq!(
-        flow(&c, "web", "db", "5432/tcp"),
-        "allow by out allow-out[0] and db allow-in[0]"
-    );
-    assert_eq!(flow(&c, "office", "db", "5432/tcp"), "deny by default deny");
-    assert_eq!(
-        flow(&c, "office", "db", "6000/tcp"),
-        "allow by db allow-in[2]"
-    );
-    assert_eq!(flow(&c, "lab", "db", "6000/tcp"), "allow by db allow-in[2]");
-    assert_eq!(flow(&c, "vendor", "db", "6000/tcp"), "deny by default deny");
-    assert_eq!(flow(&c, "office", "db", "1/tcp"), "deny by default deny");
 }
 
 #[test]
@@ -237,25 +250,19 @@ select = { app = "db" }
 allow-in = [ { from = ["workload:api"], ports = ["5432/tcp"] } ]
 "#,
     );
-    assert_eq!(
-        flow(&c, "api", "db", "5432/tcp"),
-        "allow by api allow-out[0] and db allow-in[0]"
+    assert_flows(
+        &c,
+        &[
+            "api -> db 5432/tcp: allow by api allow-out[0] and db allow-in[0]",
+            "db -> api 5432/tcp: deny by default deny",
+            "office -> vendor 5432/tcp: ungoverned",
+        ],
     );
-    assert_eq!(flow(&c, "db", "api", "5432/tcp"), "deny by default deny");
-    assert_eq!(flow(&c, "office", "vendor", "5432/tcp"), "ungoverned");
 }
 
 #[test]
 fn port_ranges_protocols_and_icmp() {
-    let c = with_base(
-        r#"
-[[policy]]
-name = "p"
-select = { app = "web" }
-allow-in = [ { from = ["any"], ports = ["8000-8100/tcp", "53/udp", "icmp"] } ]
-allow-out = [ { to = ["any"] } ]
-"#,
-    );
+    let c = with_base(WEB_PORT_KINDS);
     for (p, v) in [
         ("7999/tcp", "deny"),
         ("8000/tcp", "allow"),
@@ -297,17 +304,13 @@ allow-in = [ { from = ["peer:office"], ports = ["443/tcp"] } ]
     assert_eq!(id("198.51.100.18"), IDENTITY_WORLD);
     assert_eq!(id("2001:db8:20:ffff::1"), 20);
     assert_eq!(id("2001:db8:21::1"), IDENTITY_WORLD);
-    assert_eq!(
-        flow(&c, "203.0.113.1", "web", "443/tcp"),
-        "allow by p allow-in[0]"
-    );
-    assert_eq!(
-        flow(&c, "203.0.113.200", "web", "443/tcp"),
-        "deny by default deny"
-    );
-    assert_eq!(
-        flow(&c, "2001:db8:20::1", "web", "443/tcp"),
-        "allow by p allow-in[0]"
+    assert_flows(
+        &c,
+        &[
+            "203.0.113.1 -> web 443/tcp: allow by p allow-in[0]",
+            "203.0.113.200 -> web 443/tcp: deny by default deny",
+            "2001:db8:20::1 -> web 443/tcp: allow by p allow-in[0]",
+        ],
     );
     assert_eq!(c.prefixes_v4.len(), 3);
     assert_eq!(c.prefixes_v6.len(), 1);
@@ -361,10 +364,12 @@ allow-in = [ { from = ["peer:vendor"], ports = ["22/tcp"], until = "2026-12-31T1
     );
     assert_eq!(before.next_expiry, Some(until));
     let at = compile_at(&text, until);
-    assert_eq!(flow(&at, "vendor", "db", "22/tcp"), "deny by default deny");
-    assert_eq!(
-        flow(&at, "vendor", "db", "23/tcp"),
-        "allow by db allow-in[1]"
+    assert_flows(
+        &at,
+        &[
+            "vendor -> db 22/tcp: deny by default deny",
+            "vendor -> db 23/tcp: allow by db allow-in[1]",
+        ],
     );
     assert_eq!(
         at.next_expiry,
@@ -419,21 +424,17 @@ deny-in = [ { from = [{ zone = "office" }], ports = ["1024-1100/tcp", "udp"] } ]
             assert!(a1 < b0 || b1 < a0, "{a:?} overlaps {b:?}");
         }
     }
-    assert_eq!(flow(&c, "office", "db", "1050/tcp"), "deny by p deny-in[0]");
-    assert_eq!(
-        flow(&c, "office", "db", "1101/tcp"),
-        "allow by p allow-in[0]"
+    assert_flows(
+        &c,
+        &[
+            "office -> db 1050/tcp: deny by p deny-in[0]",
+            "office -> db 1101/tcp: allow by p allow-in[0]",
+            "office -> db 2500/tcp: allow by p allow-in[0]",
+            "office -> db 5000/tcp: allow by p allow-in[1]",
+            "host -> db 5000/tcp: deny by default deny",
+            "host -> db 1500/tcp: allow by p allow-in[0]",
+        ],
     );
-    assert_eq!(
-        flow(&c, "office", "db", "2500/tcp"),
-        "allow by p allow-in[0]"
-    );
-    assert_eq!(
-        flow(&c, "office", "db", "5000/tcp"),
-        "allow by p allow-in[1]"
-    );
-    assert_eq!(flow(&c, "host", "db", "5000/tcp"), "deny by default deny");
-    assert_eq!(flow(&c, "host", "db", "1500/tcp"), "allow by p allow-in[0]");
 }
 
 #[test]

@@ -5,7 +5,7 @@
 use enforcer_common::{protocol::Protocol, verdict::Direction};
 
 use super::*;
-use crate::policy::fixtures::{BASE, load_files, now};
+use crate::policy::fixtures::{BASE, WEB_PORT_KINDS, load_files, now};
 
 fn with_base(policies: &str) -> CompiledPolicy {
     compile(
@@ -44,15 +44,7 @@ fn identities_are_assigned_by_kind_then_name() {
 
 #[test]
 fn port_items_compile_to_aligned_blocks_per_protocol() {
-    let c = with_base(
-        r#"
-[[policy]]
-name = "p"
-select = { app = "web" }
-allow-in = [ { from = ["any"], ports = ["8000-8100/tcp", "53/udp", "icmp"] } ]
-allow-out = [ { to = ["any"] } ]
-"#,
-    );
+    let c = with_base(WEB_PORT_KINDS);
     // Shapes: tcp alone is one entry with no port bits; icmp is port 0/16.
     let mut out: Vec<_> = c
         .verdicts

@@ -377,17 +377,7 @@ fn check_trusted(path: &Path, meta: &std::fs::Metadata) -> Result<(), StateError
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const POLICY: &str = r#"
-[workload.web]
-cgroup = "web*"
-labels = { app = "web" }
-
-[[policy]]
-name = "web"
-select = { app = "web" }
-allow-out = [ { to = ["host"], ports = ["8080/tcp"] } ]
-"#;
+    use crate::policy::fixtures::WEB_TO_HOST;
 
     fn saved(text: &str, now: SystemTime) -> SavedPolicy {
         let files = vec![(PathBuf::from("/etc/enforcer/policies/a.toml"), text.into())];
@@ -412,7 +402,7 @@ allow-out = [ { to = ["host"], ports = ["8080/tcp"] } ]
     fn a_saved_policy_reads_back_and_compiles_to_its_hash() {
         let (_tmp, dir) = state();
         let now = SystemTime::now();
-        let policy = saved(POLICY, now);
+        let policy = saved(WEB_TO_HOST, now);
         assert_eq!(dir.load(Kept::LastGood).unwrap(), None);
         dir.save(Kept::LastGood, &policy).unwrap();
         let back = dir.load(Kept::LastGood).unwrap().unwrap();
@@ -427,7 +417,7 @@ allow-out = [ { to = ["host"], ports = ["8080/tcp"] } ]
     fn an_expiry_is_checked_as_then_and_compiled_as_now() {
         let now = SystemTime::now();
         let until = now + Duration::from_secs(60);
-        let text = POLICY.replace(
+        let text = WEB_TO_HOST.replace(
             r#"ports = ["8080/tcp"] }"#,
             &format!(
                 r#"ports = ["8080/tcp"] }}, {{ to = ["host"], ports = ["9090/tcp"], until = "{}" }}"#,
@@ -450,7 +440,7 @@ allow-out = [ { to = ["host"], ports = ["8080/tcp"] } ]
     fn truncated_garbled_and_edited_files_are_errors_naming_the_file() {
         let (_tmp, dir) = state();
         let now = SystemTime::now();
-        let policy = saved(POLICY, now);
+        let policy = saved(WEB_TO_HOST, now);
         dir.save(Kept::LastGood, &policy).unwrap();
         let path = dir.path(Kept::LastGood);
         let whole = std::fs::read(&path).unwrap();
@@ -497,7 +487,7 @@ allow-out = [ { to = ["host"], ports = ["8080/tcp"] } ]
     #[test]
     fn files_others_may_write_and_oversized_files_are_refused() {
         let (_tmp, dir) = state();
-        let policy = saved(POLICY, SystemTime::now());
+        let policy = saved(WEB_TO_HOST, SystemTime::now());
         dir.save(Kept::LastGood, &policy).unwrap();
         let path = dir.path(Kept::LastGood);
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
@@ -527,8 +517,8 @@ allow-out = [ { to = ["host"], ports = ["8080/tcp"] } ]
     fn a_confirmed_probation_becomes_the_last_good_policy() {
         let (_tmp, dir) = state();
         let now = SystemTime::now();
-        let first = saved(POLICY, now);
-        let second = saved(&POLICY.replace("8080", "9090"), now);
+        let first = saved(WEB_TO_HOST, now);
+        let second = saved(&WEB_TO_HOST.replace("8080", "9090"), now);
         dir.save(Kept::LastGood, &first).unwrap();
         assert!(!dir.confirm_probation().unwrap(), "nothing on probation");
         dir.save(Kept::Probation, &second).unwrap();

@@ -304,29 +304,17 @@ mod tests {
         let mut b = PolicyBuilder::new();
         let db = b.workload("db");
         let office = b.peer("office", &["203.0.113.0/24"]);
-        let allow_any = b.rule("db", "allow-in", 0);
-        let deny_office = b.rule("db", "deny-in", 0);
         // `any` may reach 5432; office is denied 5000-5999 (folded in as
         // the exact level).
-        b.ports(
-            db,
-            Direction::Ingress as u8,
-            Protocol::Tcp as u8,
-            IDENTITY_ANY,
-            5432,
-            5432,
-            Action::Allow as u8,
-            allow_any,
+        let allow_any = b.grant(
+            ("db", "allow-in", 0),
+            (db, Direction::Ingress, IDENTITY_ANY),
+            (Protocol::Tcp, 5432..=5432, Action::Allow),
         );
-        b.ports(
-            db,
-            Direction::Ingress as u8,
-            Protocol::Tcp as u8,
-            office,
-            5000,
-            5999,
-            Action::Deny as u8,
-            deny_office,
+        let deny_office = b.grant(
+            ("db", "deny-in", 0),
+            (db, Direction::Ingress, office),
+            (Protocol::Tcp, 5000..=5999, Action::Deny),
         );
         let p = b.build();
         let r = Reach::new(&p);
@@ -360,28 +348,16 @@ mod tests {
             let web = b.workload("web");
             let api = b.workload("api");
             b.peer("office", &["203.0.113.0/24"]);
-            let allow = b.rule("front", "allow-in", 0);
-            let deny = b.rule("front", "deny-in", 0);
             for w in [web, api] {
-                b.ports(
-                    w,
-                    Direction::Ingress as u8,
-                    Protocol::Tcp as u8,
-                    IDENTITY_ANY,
-                    443,
-                    443,
-                    Action::Allow as u8,
-                    allow,
+                b.grant(
+                    ("front", "allow-in", 0),
+                    (w, Direction::Ingress, IDENTITY_ANY),
+                    (Protocol::Tcp, 443..=443, Action::Allow),
                 );
-                b.ports(
-                    w,
-                    Direction::Ingress as u8,
-                    Protocol::Tcp as u8,
-                    IDENTITY_WORLD,
-                    1,
-                    1023,
-                    Action::Deny as u8,
-                    deny,
+                b.grant(
+                    ("front", "deny-in", 0),
+                    (w, Direction::Ingress, IDENTITY_WORLD),
+                    (Protocol::Tcp, 1..=1023, Action::Deny),
                 );
             }
             if shared {
@@ -428,16 +404,10 @@ mod tests {
         let web = b.workload("web");
         let api = b.workload("api");
         b.peer("office", &["203.0.113.0/24"]);
-        let rule = b.rule("web", "allow-in", 0);
-        b.ports(
-            web,
-            Direction::Ingress as u8,
-            Protocol::Tcp as u8,
-            IDENTITY_ANY_EXTERNAL,
-            443,
-            443,
-            Action::Allow as u8,
-            rule,
+        b.grant(
+            ("web", "allow-in", 0),
+            (web, Direction::Ingress, IDENTITY_ANY_EXTERNAL),
+            (Protocol::Tcp, 443..=443, Action::Allow),
         );
         let p = b.build();
         let r = Reach::new(&p);
@@ -470,27 +440,15 @@ mod tests {
         let mut b = PolicyBuilder::new();
         let web = b.workload("web");
         let api = b.workload("api");
-        let out = b.rule("web", "allow-out", 0);
-        let inn = b.rule("api", "allow-in", 0);
-        b.ports(
-            web,
-            Direction::Egress as u8,
-            Protocol::Tcp as u8,
-            api,
-            8000,
-            8100,
-            Action::Allow as u8,
-            out,
+        let out = b.grant(
+            ("web", "allow-out", 0),
+            (web, Direction::Egress, api),
+            (Protocol::Tcp, 8000..=8100, Action::Allow),
         );
-        b.ports(
-            api,
-            Direction::Ingress as u8,
-            Protocol::Tcp as u8,
-            web,
-            8080,
-            8080,
-            Action::Allow as u8,
-            inn,
+        let inn = b.grant(
+            ("api", "allow-in", 0),
+            (api, Direction::Ingress, web),
+            (Protocol::Tcp, 8080..=8080, Action::Allow),
         );
         let p = b.build();
         let r = Reach::new(&p);
@@ -510,27 +468,15 @@ mod tests {
         let mut b = PolicyBuilder::new();
         let web = b.workload("web");
         let api = b.workload("api");
-        let deny = b.rule("web", "deny-out", 0);
-        let inn = b.rule("api", "allow-in", 0);
-        b.ports(
-            web,
-            Direction::Egress as u8,
-            Protocol::Tcp as u8,
-            api,
-            0,
-            65535,
-            Action::Deny as u8,
-            deny,
+        let deny = b.grant(
+            ("web", "deny-out", 0),
+            (web, Direction::Egress, api),
+            (Protocol::Tcp, 0..=65535, Action::Deny),
         );
-        b.ports(
-            api,
-            Direction::Ingress as u8,
-            Protocol::Tcp as u8,
-            web,
-            8080,
-            8080,
-            Action::Allow as u8,
-            inn,
+        b.grant(
+            ("api", "allow-in", 0),
+            (api, Direction::Ingress, web),
+            (Protocol::Tcp, 8080..=8080, Action::Allow),
         );
         let p = b.build();
         let m = Reach::new(&p).between_workloads(web, api, Protocol::Tcp as u8);

@@ -12,11 +12,13 @@
 //! integration tests and benchmarks turn on.
 
 use std::collections::HashMap;
+use std::ops::RangeInclusive;
 
 use enforcer_common::{
     address::{AddrKey4, AddrKey6},
     identity::{IDENTITY_FIRST_ALLOCATED, Identity},
-    verdict::{VerdictKey, VerdictValue},
+    protocol::Protocol,
+    verdict::{Action, Direction, VerdictKey, VerdictValue},
     workload::Mode,
 };
 
@@ -145,6 +147,29 @@ impl PolicyBuilder {
         i
     }
 
+    /// Rule `policy section[index]` and its verdict entries: `action` for
+    /// `protocol` ports `ports` of `workload` in `direction` with `remote`.
+    /// Returns the rule's index, as [`Self::rule`] does.
+    pub fn grant(
+        &mut self,
+        (policy, section, index): (&str, &str, usize),
+        (workload, direction, remote): (Identity, Direction, Identity),
+        (protocol, ports, action): (Protocol, RangeInclusive<u16>, Action),
+    ) -> u32 {
+        let rule = self.rule(policy, section, index);
+        self.ports(
+            workload,
+            direction as u8,
+            protocol as u8,
+            remote,
+            *ports.start(),
+            *ports.end(),
+            action as u8,
+            rule,
+        );
+        rule
+    }
+
     /// Verdict entries for ports `lo..=hi` as their minimal aligned cover.
     #[expect(clippy::too_many_arguments, reason = "one verdict key's fields")]
     pub fn ports(
@@ -159,26 +184,13 @@ impl PolicyBuilder {
         rule: u32,
     ) {
         for (port, bits) in aligned_cover(lo, hi) {
-            self.entry(
-                workload, direction, protocol, remote, port, bits, action, rule,
-            );
+            let key = VerdictKey::new(workload, direction, protocol, remote, port, bits);
+            self.entry(key, action, rule);
         }
     }
 
-    /// One verdict entry, as is.
-    #[expect(clippy::too_many_arguments, reason = "one verdict key's fields")]
-    pub fn entry(
-        &mut self,
-        workload: Identity,
-        direction: u8,
-        protocol: u8,
-        remote: Identity,
-        port: u16,
-        port_bits: u8,
-        action: u8,
-        rule: u32,
-    ) {
-        let key = VerdictKey::new(workload, direction, protocol, remote, port, port_bits);
+    /// One verdict entry, as is, replacing an entry of the same key.
+    pub fn entry(&mut self, key: VerdictKey, action: u8, rule: u32) {
         let value = verdict_value(action, rule);
         match self.verdicts.iter_mut().find(|(k, _)| *k == key) {
             Some(slot) => slot.1 = value,
@@ -188,19 +200,7 @@ impl PolicyBuilder {
 
     /// Like [`Self::entry`] without checking for an existing key: for
     /// generating large policies whose keys are known to be unique.
-    #[expect(clippy::too_many_arguments, reason = "one verdict key's fields")]
-    pub fn entry_unchecked(
-        &mut self,
-        workload: Identity,
-        direction: u8,
-        protocol: u8,
-        remote: Identity,
-        port: u16,
-        port_bits: u8,
-        action: u8,
-        rule: u32,
-    ) {
-        let key = VerdictKey::new(workload, direction, protocol, remote, port, port_bits);
+    pub fn entry_unchecked(&mut self, key: VerdictKey, action: u8, rule: u32) {
         self.verdicts.push((key, verdict_value(action, rule)));
     }
 

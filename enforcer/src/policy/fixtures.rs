@@ -44,3 +44,26 @@ labels = { zone = "lab" }
 cidrs = ["198.51.100.17"]
 labels = { zone = "third-party" }
 "#;
+
+/// A policy for `web` (with [`BASE`]) that allows a TCP port range, one UDP
+/// port and ICMP in from anyone, and anything out.
+pub(crate) const WEB_PORT_KINDS: &str = r#"
+[[policy]]
+name = "p"
+select = { app = "web" }
+allow-in = [ { from = ["any"], ports = ["8000-8100/tcp", "53/udp", "icmp"] } ]
+allow-out = [ { to = ["any"] } ]
+"#;
+
+/// One workload, `web`, allowed out to this host on 8080/tcp: a complete
+/// policy for the daemon's tests.
+pub(crate) const WEB_TO_HOST: &str = r#"
+[workload.web]
+cgroup = "web*"
+labels = { app = "web" }
+
+[[policy]]
+name = "web"
+select = { app = "web" }
+allow-out = [ { to = ["host"], ports = ["8080/tcp"] } ]
+"#;

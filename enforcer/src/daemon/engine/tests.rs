@@ -17,17 +17,7 @@ use crate::api::proto::Rejection;
 use crate::cgroups::{DiscoveryStatus, SkipReason};
 use crate::daemon::state::StateError;
 use crate::dataplane::DataplaneError;
-
-const POLICY: &str = r#"
-[workload.web]
-cgroup = "web*"
-labels = { app = "web" }
-
-[[policy]]
-name = "web"
-select = { app = "web" }
-allow-out = [ { to = ["host"], ports = ["8080/tcp"] } ]
-"#;
+use crate::policy::fixtures::WEB_TO_HOST;
 
 fn files(list: &[(&str, &str)]) -> Vec<(String, String)> {
     list.iter()
@@ -76,7 +66,7 @@ fn every_skip_reason_reaches_status_under_its_own_name() {
 #[test]
 fn received_files_compile_in_name_order_whatever_order_they_came_in() {
     let now = SystemTime::now();
-    let received = files(&[("b.toml", "# second\n"), ("a.toml", POLICY)]);
+    let received = files(&[("b.toml", "# second\n"), ("a.toml", WEB_TO_HOST)]);
     let candidate = Candidate::from_files(Path::new("/srv/p"), received, now).unwrap();
     let names: Vec<&Path> = candidate.sources.iter().map(|(p, _)| p.as_path()).collect();
     assert_eq!(
@@ -89,7 +79,7 @@ fn received_files_compile_in_name_order_whatever_order_they_came_in() {
 
 #[test]
 fn received_file_names_are_refused_one_message_each() {
-    let received = files(&[("../x.toml", POLICY), ("a.toml", ""), ("a.toml", "")]);
+    let received = files(&[("../x.toml", WEB_TO_HOST), ("a.toml", ""), ("a.toml", "")]);
     let Err(error) = Candidate::from_files(Path::new("/srv/p"), received, SystemTime::now()) else {
         panic!("refused names were accepted");
     };
@@ -129,7 +119,7 @@ fn an_invalid_policy_gives_each_error_with_its_file_line_and_column() {
 #[test]
 fn a_directory_is_read_and_compiled_and_a_missing_one_named() {
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::write(tmp.path().join("a.toml"), POLICY).unwrap();
+    std::fs::write(tmp.path().join("a.toml"), WEB_TO_HOST).unwrap();
     let candidate = Candidate::from_dir(tmp.path(), SystemTime::now()).unwrap();
     assert_eq!(candidate.sources.len(), 1);
     assert_eq!(candidate.compiled.workloads.len(), 1);
