@@ -24,12 +24,28 @@ fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Map> {
     ebpf.map_mut(name).ok_or(DataplaneError::MissingMap(name))
 }
 
+/// A typed handle of a map, read-only (what every reader below makes).
+fn typed<'a, T>(ebpf: &'a Ebpf, name: &'static str) -> Result<T>
+where
+    T: TryFrom<&'a Map, Error = MapError>,
+{
+    T::try_from(map(ebpf, name)?).map_err(type_err(name))
+}
+
+/// A typed handle of a map, writable.
+fn typed_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T>
+where
+    T: TryFrom<&'a mut Map, Error = MapError>,
+{
+    T::try_from(map_mut(ebpf, name)?).map_err(type_err(name))
+}
+
 /// An array map, read-only.
 pub(crate) fn array<'a, V: Pod>(
     ebpf: &'a Ebpf,
     name: &'static str,
 ) -> Result<Array<&'a MapData, V>> {
-    Array::try_from(map(ebpf, name)?).map_err(type_err(name))
+    typed(ebpf, name)
 }
 
 /// An array map, writable.
@@ -37,7 +53,7 @@ pub(crate) fn array_mut<'a, V: Pod>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
 ) -> Result<Array<&'a mut MapData, V>> {
-    Array::try_from(map_mut(ebpf, name)?).map_err(type_err(name))
+    typed_mut(ebpf, name)
 }
 
 /// A hash map (or LRU hash map), read-only.
@@ -45,7 +61,7 @@ pub(crate) fn hash<'a, K: Pod, V: Pod>(
     ebpf: &'a Ebpf,
     name: &'static str,
 ) -> Result<HashMap<&'a MapData, K, V>> {
-    HashMap::try_from(map(ebpf, name)?).map_err(type_err(name))
+    typed(ebpf, name)
 }
 
 /// A hash map (or LRU hash map), writable.
@@ -53,7 +69,7 @@ pub(crate) fn hash_mut<'a, K: Pod, V: Pod>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
 ) -> Result<HashMap<&'a mut MapData, K, V>> {
-    HashMap::try_from(map_mut(ebpf, name)?).map_err(type_err(name))
+    typed_mut(ebpf, name)
 }
 
 /// An LPM trie keyed by `K` (the bytes after the prefix length), read-only.
@@ -61,7 +77,7 @@ pub(crate) fn trie<'a, K: Pod, V: Pod>(
     ebpf: &'a Ebpf,
     name: &'static str,
 ) -> Result<LpmTrie<&'a MapData, K, V>> {
-    LpmTrie::try_from(map(ebpf, name)?).map_err(type_err(name))
+    typed(ebpf, name)
 }
 
 /// An LPM trie, writable.
@@ -69,7 +85,7 @@ pub(crate) fn trie_mut<'a, K: Pod, V: Pod>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
 ) -> Result<LpmTrie<&'a mut MapData, K, V>> {
-    LpmTrie::try_from(map_mut(ebpf, name)?).map_err(type_err(name))
+    typed_mut(ebpf, name)
 }
 
 /// A socket storage map, read-only: its values are looked up by a socket
@@ -78,7 +94,7 @@ pub(crate) fn socket_storage<'a, V: Pod>(
     ebpf: &'a Ebpf,
     name: &'static str,
 ) -> Result<SkStorage<&'a MapData, V>> {
-    SkStorage::try_from(map(ebpf, name)?).map_err(type_err(name))
+    typed(ebpf, name)
 }
 
 /// A memory-mappable array map's handle, to map it
