@@ -1,4 +1,4 @@
-//! Issue 2's enforcement slice: programs loaded and attached to a test
+//! The programs loaded and attached to a test
 //! cgroup refuse a denied connection at once (EPERM) and allow an allowed
 //! one; dropping or uninstalling leaves nothing attached and no pins.
 

@@ -83,8 +83,8 @@ pub(crate) struct Args {
     pairs: Option<u32>,
     /// Also compare the per-packet cost (the `dataplane` micro-benchmark)
     /// with that of revision REV, built in a temporary git worktree, in
-    /// alternating runs (default REV: the commit before issue 16's
-    /// data-plane changes).
+    /// alternating runs (default REV: the data plane before cgroups were
+    /// registered at their creation).
     #[arg(long, value_name = "REV", num_args = 0..=1, default_missing_value = per_packet::DEFAULT_BASE)]
     per_packet_against: Option<String>,
     /// Runs of each side of --per-packet-against.

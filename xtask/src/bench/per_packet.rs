@@ -18,8 +18,8 @@ use super::Interrupt;
 use super::stats::Summary;
 use crate::cmd::{self, step};
 
-/// The commit before issue 16's data-plane changes (cgroups registered at
-/// their creation, network namespaces judged apart).
+/// The last commit before the data plane registered cgroups at
+/// their creation and judged network namespaces apart.
 pub(super) const DEFAULT_BASE: &str = "53a74ca^";
 /// The micro-benchmark compared, and its package.
 const BENCH: &str = "dataplane";
