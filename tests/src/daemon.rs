@@ -491,7 +491,11 @@ pub fn uninstall(binary: &Path, bpffs: &Path) -> Result<()> {
         match uninstall_command(binary, bpffs).output() {
             Ok(out) if out.status.success() => Ok(()),
             Ok(out) => Err(Error::Command {
-                command: format!("{} run --uninstall --bpffs {}", binary.display(), bpffs.display()),
+                command: format!(
+                    "{} run --uninstall --bpffs {}",
+                    binary.display(),
+                    bpffs.display()
+                ),
                 status: out.status.to_string(),
                 stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
             }),
