@@ -27,7 +27,6 @@ const EVENT_TIMEOUT: Duration = Duration::from_millis(300);
 pub(crate) struct Daemon {
     spec: DaemonSpec,
     process: Option<DaemonProcess>,
-    paths: Paths,
     /// Flow records already handed out.
     seen: usize,
 }
@@ -106,7 +105,6 @@ impl Daemon {
         let mut daemon = Daemon {
             spec,
             process: None,
-            paths,
             seen: 0,
         };
         let started = Instant::now();
@@ -159,15 +157,15 @@ impl Daemon {
     }
 
     pub(crate) fn socket(&self) -> &Path {
-        &self.paths.socket
+        self.spec.socket_path()
     }
 
     pub(crate) fn bpffs(&self) -> &Path {
-        &self.paths.bpffs
+        self.spec.bpffs()
     }
 
     fn client(&self) -> Result<Client> {
-        let client = Client::connect(&self.paths.socket)?;
+        let client = Client::connect(self.spec.socket_path())?;
         client.set_timeout(Some(Duration::from_secs(5)))?;
         Ok(client)
     }
@@ -229,7 +227,7 @@ impl Daemon {
             .base()
             .args(args)
             .arg("--socket")
-            .arg(&self.paths.socket)
+            .arg(self.spec.socket_path())
             .stdin(Stdio::null())
             .output()
             .with_context(|| format!("running enforcer {}", args.join(" ")))?;
@@ -254,20 +252,23 @@ impl Daemon {
             drop(process);
         }
         let mut problems = Vec::new();
-        if let Err(e) = enforcer_tests::daemon::uninstall(self.spec.binary(), &self.paths.bpffs) {
+        if let Err(e) = enforcer_tests::daemon::uninstall(self.spec.binary(), self.spec.bpffs()) {
             problems.push(e.to_string());
         }
-        for dir in [&self.paths.state_dir, &self.paths.files] {
+        for dir in [self.spec.state_dir_path(), self.spec.files()] {
             if let Err(e) = std::fs::remove_dir_all(dir)
                 && e.kind() != std::io::ErrorKind::NotFound
             {
                 problems.push(format!("removing {}: {e}", dir.display()));
             }
         }
-        if self.paths.socket.exists()
-            && let Err(e) = std::fs::remove_file(&self.paths.socket)
+        if self.spec.socket_path().exists()
+            && let Err(e) = std::fs::remove_file(self.spec.socket_path())
         {
-            problems.push(format!("removing {}: {e}", self.paths.socket.display()));
+            problems.push(format!(
+                "removing {}: {e}",
+                self.spec.socket_path().display()
+            ));
         }
         if problems.is_empty() {
             Ok(())

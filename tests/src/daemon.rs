@@ -171,6 +171,12 @@ impl DaemonSpec {
         &self.state_dir
     }
 
+    /// The directory of its sd_notify socket and log (and by default of its
+    /// socket and state).
+    pub fn files(&self) -> &Path {
+        &self.files
+    }
+
     /// The daemon's stderr, written by [`DaemonSpec::start`].
     pub fn log_path(&self) -> PathBuf {
         self.files.join("daemon.log")
