@@ -22,6 +22,10 @@ use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -260,7 +264,7 @@ impl DaemonSpec {
         let mut daemon = DaemonProcess {
             child,
             pid: None,
-            notify,
+            notify: NotifyReader::start(notify),
             ready: String::new(),
             frozen: false,
         };
@@ -305,7 +309,7 @@ pub struct DaemonProcess {
     child: Child,
     /// The daemon's own pid when it runs under a wrapper that forks.
     pid: Option<u32>,
-    notify: UnixDatagram,
+    notify: NotifyReader,
     ready: String,
     frozen: bool,
 }
@@ -330,9 +334,12 @@ impl DaemonProcess {
 
     /// One sd_notify message, if one arrives within a short poll.
     fn receive(&self) -> Option<String> {
-        let mut buf = [0u8; 4096];
-        let n = self.notify.recv(&mut buf).ok()?;
-        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+        let messages = self
+            .notify
+            .messages
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        messages.recv_timeout(NOTIFY_POLL).ok()
     }
 
     /// The sd_notify lines received from now until `stop` returns true for
@@ -441,6 +448,54 @@ impl DaemonProcess {
         self.signal(libc::SIGCONT)?;
         self.frozen = false;
         Ok(())
+    }
+}
+
+/// Reads the daemon's sd_notify messages as they come, on a thread of its
+/// own, into a queue that [`DaemonProcess`] reads when asked: the kernel
+/// queues only a few datagrams (`net.unix.max_dgram_qlen`, 10 here), and a
+/// daemon whose notification finds the queue full blocks in it.
+#[derive(Debug)]
+struct NotifyReader {
+    /// In a mutex so that a daemon may be shared between threads.
+    messages: Mutex<Receiver<String>>,
+    done: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl NotifyReader {
+    fn start(socket: UnixDatagram) -> Self {
+        let (sender, messages) = mpsc::channel();
+        let done = Arc::new(AtomicBool::new(false));
+        let stop = Arc::clone(&done);
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            // The socket's read timeout bounds each wait, so the flag is
+            // seen within one poll.
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(n) = socket.recv(&mut buf)
+                    && sender
+                        .send(String::from_utf8_lossy(&buf[..n]).into_owned())
+                        .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Self {
+            messages: Mutex::new(messages),
+            done,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for NotifyReader {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
