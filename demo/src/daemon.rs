@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use enforcer::api::{Client, FlowRecord, Request, Response, StatusReport};
-use enforcer_tests::{ChildGuard, Spawner};
+use enforcer_tests::{DaemonProcess, DaemonSpec};
 
 /// How long the daemon may take to put the policy in force.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -22,15 +22,11 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a verdict event may take to reach the daemon's history.
 const EVENT_TIMEOUT: Duration = Duration::from_millis(300);
 
-/// A running `enforcer run`.
+/// A running `enforcer run`: the test toolkit's daemon harness with the
+/// demo's paths.
 pub(crate) struct Daemon {
-    child: Option<ChildGuard>,
-    enforcer: PathBuf,
-    socket: PathBuf,
-    bpffs: PathBuf,
-    /// `--state-dir`: the demo's own (never the machine's
-    /// `/var/lib/enforcer`), removed when it stops.
-    state_dir: PathBuf,
+    spec: DaemonSpec,
+    process: Option<DaemonProcess>,
     /// Flow records already handed out.
     seen: usize,
 }
@@ -50,24 +46,40 @@ pub(crate) fn enforcer_binary() -> Result<PathBuf> {
     Ok(path)
 }
 
-/// The daemon's socket and pin directory: the demo's own, by its pid.
-pub(crate) fn paths() -> (PathBuf, PathBuf) {
+/// Where the demo's daemon keeps things, named by the demo's pid.
+pub(crate) struct Paths {
+    /// `--socket`.
+    pub socket: PathBuf,
+    /// `--bpffs`.
+    pub bpffs: PathBuf,
+    /// `--state-dir`: the demo's own (never the machine's
+    /// `/var/lib/enforcer`).
+    pub state_dir: PathBuf,
+    /// The daemon's log and sd_notify socket.
+    pub files: PathBuf,
+}
+
+impl Paths {
+    /// Everything the demo's daemon may leave, for the cleanup check.
+    pub(crate) fn all(&self) -> [&Path; 4] {
+        [&self.socket, &self.bpffs, &self.state_dir, &self.files]
+    }
+}
+
+/// The daemon's socket, pin directory, state and files: the demo's own, by
+/// its pid.
+pub(crate) fn paths() -> Paths {
     let tag = format!("enforcer-demo-{}", std::process::id());
-    (
-        PathBuf::from("/run").join(format!("{tag}.sock")),
-        PathBuf::from("/sys/fs/bpf").join(tag),
-    )
+    let socket = PathBuf::from("/run").join(format!("{tag}.sock"));
+    Paths {
+        bpffs: PathBuf::from("/sys/fs/bpf").join(&tag),
+        state_dir: socket.with_extension("state"),
+        files: socket.with_extension("files"),
+        socket,
+    }
 }
 
 impl Daemon {
-    /// The settings every invocation shares: no configuration file of this
-    /// machine, the demo's own pins.
-    fn base(&self) -> Command {
-        let mut cmd = Command::new(&self.enforcer);
-        cmd.env_remove("ENFORCER_SOCKET");
-        cmd
-    }
-
     /// Starts the daemon and waits until the policy is in force with every
     /// one of `expect_cgroups` (relative to `cgroup_root`) resolved.
     pub(crate) fn start(
@@ -76,55 +88,50 @@ impl Daemon {
         cgroup_root: &Path,
         expect_cgroups: usize,
     ) -> Result<Daemon> {
-        let (socket, bpffs) = paths();
-        let mut daemon = Daemon {
-            child: None,
-            enforcer: enforcer.to_path_buf(),
-            // Checked by the demo's cleanup check under the same name.
-            state_dir: socket.with_extension("state"),
-            socket,
-            bpffs,
-            seen: 0,
-        };
+        let paths = paths();
         let policies = std::path::absolute(policies)
             .with_context(|| format!("resolving {}", policies.display()))?;
-        let args: Vec<std::ffi::OsString> = vec![
-            "run".into(),
-            // An empty configuration: nothing of /etc/enforcer applies.
-            "--config".into(),
-            "/dev/null".into(),
-            "--policies".into(),
-            policies.into(),
-            "--cgroup-root".into(),
-            cgroup_root.into(),
-            "--bpffs".into(),
-            daemon.bpffs.clone().into(),
-            "--socket".into(),
-            daemon.socket.clone().into(),
-            "--state-dir".into(),
-            daemon.state_dir.clone().into(),
+        std::fs::create_dir(&paths.files)
+            .with_context(|| format!("creating {}", paths.files.display()))?;
+        let spec = DaemonSpec::new(enforcer, policies, cgroup_root, &paths.bpffs, &paths.files)
+            .socket(&paths.socket)
+            .state_dir(&paths.state_dir)
             // The example denies SSH from the office on purpose; the
             // default failsafe (22/tcp) would keep it open.
-            "--failsafe".into(),
-            "none".into(),
-        ];
-        let child = Spawner::from_command(daemon.base())
-            .args(&args)
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting enforcer run")?;
-        daemon.child = Some(child);
-        daemon.wait_ready(expect_cgroups)?;
+            .args(["--failsafe", "none"])
+            .env_remove("ENFORCER_SOCKET")
+            .ready_timeout(READY_TIMEOUT);
+        // Made before it starts, so that a failed start cleans up too.
+        let mut daemon = Daemon {
+            spec,
+            process: None,
+            seen: 0,
+        };
+        let started = Instant::now();
+        daemon.process = Some(daemon.spec.start().context("starting enforcer run")?);
+        daemon.wait_resolved(expect_cgroups, started + READY_TIMEOUT)?;
         Ok(daemon)
     }
 
-    fn wait_ready(&mut self, expect_cgroups: usize) -> Result<()> {
-        let deadline = Instant::now() + READY_TIMEOUT;
+    /// The settings every client invocation shares: no socket of this
+    /// machine's daemon.
+    fn base(&self) -> Command {
+        let mut cmd = Command::new(self.spec.binary());
+        cmd.env_remove("ENFORCER_SOCKET");
+        cmd
+    }
+
+    /// Waits (after READY=1) until the status shows the policy and every
+    /// expected cgroup.
+    fn wait_resolved(&mut self, expect_cgroups: usize, deadline: Instant) -> Result<()> {
         loop {
-            if let Some(child) = self.child.as_mut()
-                && !child.is_running()
+            if let Some(process) = self.process.as_mut()
+                && let Some(status) = process.try_wait()?
             {
-                bail!("enforcer run exited at start:\n{}", child.stderr().trim());
+                bail!(
+                    "enforcer run exited ({status}) at start:\n{}",
+                    self.spec.log().trim()
+                );
             }
             if let Ok(status) = self.status() {
                 let cgroups: usize = status.workloads.iter().map(|w| w.cgroups.len()).sum();
@@ -136,10 +143,9 @@ impl Daemon {
                 }
             }
             if Instant::now() > deadline {
-                let stderr = self.child.as_ref().map(ChildGuard::stderr);
                 bail!(
                     "enforcer run did not put the policy in force within {READY_TIMEOUT:?}:\n{}",
-                    stderr.unwrap_or_default().trim()
+                    self.spec.log().trim()
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -147,19 +153,19 @@ impl Daemon {
     }
 
     pub(crate) fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(ChildGuard::pid)
+        self.process.as_ref().map(DaemonProcess::pid)
     }
 
     pub(crate) fn socket(&self) -> &Path {
-        &self.socket
+        self.spec.socket_path()
     }
 
     pub(crate) fn bpffs(&self) -> &Path {
-        &self.bpffs
+        self.spec.bpffs()
     }
 
     fn client(&self) -> Result<Client> {
-        let client = Client::connect(&self.socket)?;
+        let client = Client::connect(self.spec.socket_path())?;
         client.set_timeout(Some(Duration::from_secs(5)))?;
         Ok(client)
     }
@@ -221,7 +227,7 @@ impl Daemon {
             .base()
             .args(args)
             .arg("--socket")
-            .arg(&self.socket)
+            .arg(self.spec.socket_path())
             .stdin(Stdio::null())
             .output()
             .with_context(|| format!("running enforcer {}", args.join(" ")))?;
@@ -238,50 +244,31 @@ impl Daemon {
 
     /// SIGTERM, wait, then remove the pins. Reports what went wrong.
     fn stop(&mut self) -> Result<()> {
-        if let Some(mut child) = self.child.take() {
-            if child.is_running() {
-                // The daemon may already have had the terminal's SIGINT.
-                let _ = child.signal(libc::SIGTERM);
-                if child.wait_timeout(STOP_TIMEOUT).is_none() {
-                    eprintln!("enforcer-demo: enforcer run ignored SIGTERM; killing it");
-                }
+        if let Some(mut process) = self.process.take() {
+            // The daemon may already have had the terminal's SIGINT.
+            if process.stop(libc::SIGTERM, STOP_TIMEOUT).is_err() {
+                eprintln!("enforcer-demo: enforcer run ignored SIGTERM; killing it");
             }
-            drop(child);
+            drop(process);
         }
         let mut problems = Vec::new();
-        if let Err(e) = std::fs::remove_dir_all(&self.state_dir)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            problems.push(format!("removing {}: {e}", self.state_dir.display()));
+        if let Err(e) = enforcer_tests::daemon::uninstall(self.spec.binary(), self.spec.bpffs()) {
+            problems.push(e.to_string());
         }
-        if self.bpffs.exists() {
-            let out = self
-                .base()
-                .args(["run", "--config", "/dev/null", "--uninstall", "--bpffs"])
-                .arg(&self.bpffs)
-                .stdin(Stdio::null())
-                .output();
-            match out {
-                Ok(o) if o.status.success() => {}
-                Ok(o) => problems.push(format!(
-                    "enforcer run --uninstall failed ({}): {}",
-                    o.status,
-                    String::from_utf8_lossy(&o.stderr).trim()
-                )),
-                Err(e) => problems.push(format!("enforcer run --uninstall: {e}")),
-            }
-            // Whatever --uninstall left (it removes the directory when it
-            // removed everything in it).
-            if self.bpffs.exists()
-                && let Err(e) = std::fs::remove_dir_all(&self.bpffs)
+        for dir in [self.spec.state_dir_path(), self.spec.files()] {
+            if let Err(e) = std::fs::remove_dir_all(dir)
+                && e.kind() != std::io::ErrorKind::NotFound
             {
-                problems.push(format!("removing {}: {e}", self.bpffs.display()));
+                problems.push(format!("removing {}: {e}", dir.display()));
             }
         }
-        if self.socket.exists()
-            && let Err(e) = std::fs::remove_file(&self.socket)
+        if self.spec.socket_path().exists()
+            && let Err(e) = std::fs::remove_file(self.spec.socket_path())
         {
-            problems.push(format!("removing {}: {e}", self.socket.display()));
+            problems.push(format!(
+                "removing {}: {e}",
+                self.spec.socket_path().display()
+            ));
         }
         if problems.is_empty() {
             Ok(())

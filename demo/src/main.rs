@@ -227,9 +227,8 @@ fn run(args: &Args) -> Result<bool> {
 /// Checks that the cgroups, network namespaces, pins and socket are gone.
 fn check_cleanup(root: &Path, netns: &[String], library: bool) -> Result<()> {
     let mut left = Vec::new();
-    let (socket, bpffs) = daemon::paths();
-    let state_dir = socket.with_extension("state");
-    for path in [root, &bpffs, &socket, &state_dir] {
+    let paths = daemon::paths();
+    for path in std::iter::once(root).chain(paths.all()) {
         if path.exists() {
             left.push(path.display().to_string());
         }
@@ -252,8 +251,8 @@ fn check_cleanup(root: &Path, netns: &[String], library: bool) -> Result<()> {
         format!(
             "servers and daemon stopped, programs detached; {}, {}, {} and network namespaces {netns} removed",
             root.display(),
-            bpffs.display(),
-            socket.display()
+            paths.bpffs.display(),
+            paths.socket.display()
         )
     };
     field("cleanup", text);

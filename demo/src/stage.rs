@@ -58,6 +58,10 @@ pub(crate) struct Resolution {
 }
 
 /// The kernel side, once the policy is in force.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one value per demo run, never copied: boxing either side buys nothing"
+)]
 pub(crate) enum Enforcement {
     /// The demo drives the data plane itself (`--library`).
     Library {

@@ -33,17 +33,15 @@
 //! 'heaptrack -o FILE'`, then `heaptrack_print -f FILE.zst -l 1` (the debug
 //! binary has the symbols).
 
-use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use enforcer::api::{Client, PolicyFile, Request, Response};
 use enforcer::cgroups::cgroup2_mount;
-use enforcer::dataplane::Dataplane;
 use enforcer_bench::policy::{Shape, Variant};
 use enforcer_bench::proc_status::kib;
+use enforcer_tests::daemon::{self, DaemonProcess, DaemonSpec};
 
 struct Args {
     rules: usize,
@@ -138,47 +136,35 @@ impl Drop for Cgroups {
 }
 
 /// The daemon's pins, removed on drop (after the daemon stopped).
-struct Pins(PathBuf);
+struct Pins {
+    bin: PathBuf,
+    dir: PathBuf,
+}
 
 impl Drop for Pins {
     fn drop(&mut self) {
-        if let Err(e) = Dataplane::uninstall(&self.0) {
-            eprintln!("daemon_rss: uninstall {}: {e}", self.0.display());
+        if let Err(e) = daemon::uninstall(&self.bin, &self.dir) {
+            eprintln!("daemon_rss: uninstall {}: {e}", self.dir.display());
         }
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
-/// The running daemon (possibly under a wrapper); stopped with SIGTERM (or
-/// SIGKILL, `--kill`) on drop, killed if it does not exit within 30 s.
+/// The running daemon (possibly under a wrapper); stopped with `signal`
+/// (SIGTERM, or SIGKILL with `--kill`) on drop, killed if it does not exit
+/// within 30 s.
 struct Daemon {
-    child: Child,
-    /// The daemon's own pid (not the wrapper's), once known.
-    pid: Option<i32>,
+    process: DaemonProcess,
     signal: i32,
-}
-
-impl Daemon {
-    fn stop(&mut self) {
-        let pid = self.pid.unwrap_or(self.child.id() as i32);
-        // SAFETY: plain signal to a process this program started.
-        unsafe { libc::kill(pid, self.signal) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            self.stop();
+        if self
+            .process
+            .stop(self.signal, Duration::from_secs(30))
+            .is_err()
+        {
+            self.process.kill();
         }
     }
 }
@@ -296,55 +282,36 @@ fn main() -> Result<()> {
     let tag = format!("enforcer-rss-{}", std::process::id());
     // Dropped last to first: the daemon, then its pins, then the cgroups.
     let cgroups = Cgroups::create(cgroup2_mount()?.join(&tag), args.workloads)?;
-    let pins = Pins(PathBuf::from("/sys/fs/bpf").join(&tag));
-    let socket = scratch.path().join("enforcer.sock");
-    let notify_path = scratch.path().join("notify.sock");
-    let notify = UnixDatagram::bind(&notify_path)?;
-    notify.set_read_timeout(Some(Duration::from_millis(200)))?;
-
-    let mut command = match args.wrap.split_first() {
-        Some((program, rest)) => {
-            let mut c = Command::new(program);
-            c.args(rest).arg(&args.bin);
-            c
-        }
-        None => Command::new(&args.bin),
+    let pins = Pins {
+        bin: args.bin.clone(),
+        dir: PathBuf::from("/sys/fs/bpf").join(&tag),
     };
-    let log = std::fs::File::create(scratch.path().join("daemon.log"))?;
-    let child = command
-        .arg("run")
-        .arg("--config=/dev/null")
-        .arg("--policies")
-        .arg(if args.start_large { &large } else { &small })
-        .arg("--cgroup-root")
-        .arg(&cgroups.root)
-        .arg("--bpffs")
-        .arg(&pins.0)
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--state-dir")
-        .arg(scratch.path().join("state"))
-        .env("NOTIFY_SOCKET", &notify_path)
-        .env("ENFORCER_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
+    let spec = DaemonSpec::new(
+        &args.bin,
+        if args.start_large { &large } else { &small },
+        &cgroups.root,
+        &pins.dir,
+        scratch.path(),
+    )
+    .wrapper(&args.wrap)
+    .env("ENFORCER_LOG", "warn")
+    .ready_timeout(Duration::from_secs(60));
+    let socket = spec.socket_path().to_path_buf();
+    let process = spec
+        .start()
         .with_context(|| format!("starting {}", args.bin.display()))?;
     let mut daemon = Daemon {
-        child,
-        pid: None,
+        process,
         signal: if args.kill {
             libc::SIGKILL
         } else {
             libc::SIGTERM
         },
     };
-    let result = measure(&args, &mut daemon, &notify, &socket, &large, &large2);
+    let result = measure(&args, &mut daemon, &socket, &large, &large2);
     drop(daemon);
     if result.is_err() {
-        let log = std::fs::read_to_string(scratch.path().join("daemon.log")).unwrap_or_default();
-        eprintln!("daemon log:\n{log}");
+        eprintln!("daemon log:\n{}", spec.log());
     }
     drop(pins);
     drop(cgroups);
@@ -354,33 +321,17 @@ fn main() -> Result<()> {
 fn measure(
     args: &Args,
     daemon: &mut Daemon,
-    notify: &UnixDatagram,
     socket: &Path,
     large: &Path,
     large2: &Path,
 ) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut buf = [0u8; 4096];
-    loop {
-        if let Ok(n) = notify.recv(&mut buf)
-            && String::from_utf8_lossy(&buf[..n])
-                .lines()
-                .any(|l| l == "READY=1")
-        {
-            break;
-        }
-        if let Some(status) = daemon.child.try_wait()? {
-            bail!("the daemon exited with {status} before READY=1");
-        }
-        if Instant::now() > deadline {
-            bail!("no READY=1 within 60 s");
-        }
-    }
+    // The daemon's own pid: a wrapper may have forked it.
     let pid = match call(socket, &Request::Status)? {
-        Response::Status(report) => report.pid as i32,
+        Response::Status(report) => report.pid,
         other => bail!("status: {other:?}"),
     };
-    daemon.pid = Some(pid);
+    daemon.process.set_pid(pid);
+    let pid = pid as i32;
     std::thread::sleep(args.settle);
     let started_with = if args.start_large { args.rules } else { 10 };
     sample(pid, args.maps, &format!("started, {started_with} rules"))?;

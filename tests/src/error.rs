@@ -35,6 +35,22 @@ pub enum Error {
         /// What it printed on stderr.
         stderr: String,
     },
+    /// An `enforcer run` exited before it reported READY=1.
+    #[error("the daemon exited with {status} before READY=1:\n{log}")]
+    DaemonExited {
+        /// Its exit status.
+        status: std::process::ExitStatus,
+        /// Its log.
+        log: String,
+    },
+    /// An `enforcer run` reported READY=1, then exited at once.
+    #[error("the daemon sent READY=1, then exited with {status}:\n{log}")]
+    DaemonExitedAfterReady {
+        /// Its exit status.
+        status: std::process::ExitStatus,
+        /// Its log.
+        log: String,
+    },
     /// A bounded wait ran out.
     #[error("timed out after {timeout:?} waiting for {what}")]
     Timeout {

@@ -13,6 +13,8 @@
 //! - [`Probe`], [`Server`], [`TcpHold`], [`tcp_connect`], [`udp_send`],
 //!   [`ping`]: the `probe` binary's clients and servers, with results as
 //!   [`ProbeOutcome`].
+//! - [`DaemonSpec`] / [`DaemonProcess`]: a real `enforcer run` with its
+//!   own cgroup root, pins and socket, started until READY=1.
 //! - [`ReachableCopy`]: a program copied where another user may run it,
 //!   wherever the checkout is.
 //!
@@ -21,6 +23,7 @@
 #![warn(missing_docs)]
 
 pub mod cgroup;
+pub mod daemon;
 pub mod error;
 pub mod fork;
 pub mod netns;
@@ -33,6 +36,7 @@ pub mod subnet;
 mod util;
 
 pub use cgroup::{CgroupGuard, cgroup_of_pid, cgroup2_mount};
+pub use daemon::{DaemonProcess, DaemonSpec};
 pub use error::{Error, Result};
 pub use netns::{TestHost, TestHostBuilder};
 pub use privileged::{Privileged, require_root};

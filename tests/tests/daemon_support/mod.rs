@@ -5,14 +5,14 @@
 #![allow(dead_code, reason = "each test file uses a different subset")]
 
 use std::io::Read;
-use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use enforcer::api::{Client, PolicyFile, Request, Response, StatusReport};
+use enforcer_tests::daemon::{self, DaemonProcess, DaemonSpec};
 use enforcer_tests::{CgroupGuard, ReachableCopy, Server};
 
 static SERIAL: AtomicUsize = AtomicUsize::new(0);
@@ -133,23 +133,15 @@ pub(crate) fn scrape_metrics(addr: &str) -> String {
     body
 }
 
-/// A running daemon.
+/// A running daemon: the toolkit's [`DaemonSpec`] and [`DaemonProcess`],
+/// with this test's scratch directory and the daemon's API.
 pub(crate) struct Daemon {
-    child: Option<Child>,
+    spec: DaemonSpec,
+    process: Option<DaemonProcess>,
     pub socket: PathBuf,
     pub bpffs: PathBuf,
-    pub policies: PathBuf,
-    pub cgroup_root: PathBuf,
-    /// More `enforcer run` options.
-    pub extra: Vec<String>,
-    /// A command the daemon runs under (`setpriv ... --`), empty for none.
-    pub wrapper: Vec<String>,
     /// `--state-dir`: in the scratch directory, kept across restarts.
     pub state_dir: PathBuf,
-    /// The NOTIFY_SOCKET the daemon reports to (sd_notify).
-    notify: Option<UnixDatagram>,
-    /// The notification that carried READY=1 (with its STATUS=).
-    ready: Option<String>,
     /// The binary for [`Daemon::cli_as`], made on first use.
     reachable_bin: OnceLock<ReachableCopy>,
     scratch: Scratch,
@@ -214,17 +206,15 @@ impl Daemon {
             std::process::id(),
             SERIAL.fetch_add(1, Ordering::Relaxed)
         ));
+        let spec = DaemonSpec::new(enforcer_bin(), policies, cgroup_root, bpffs, &scratch.0)
+            .args(extra)
+            .wrapper(wrapper);
         Daemon {
-            child: None,
-            socket: scratch.0.join("enforcer.sock"),
-            bpffs,
-            policies: policies.to_path_buf(),
-            cgroup_root,
-            extra: extra.iter().map(ToString::to_string).collect(),
-            wrapper: wrapper.iter().map(ToString::to_string).collect(),
-            state_dir: scratch.0.join("state"),
-            notify: None,
-            ready: None,
+            socket: spec.socket_path().to_path_buf(),
+            bpffs: spec.bpffs().to_path_buf(),
+            state_dir: spec.state_dir_path().to_path_buf(),
+            spec,
+            process: None,
             reachable_bin: OnceLock::new(),
             scratch,
         }
@@ -243,87 +233,26 @@ impl Daemon {
     /// [`Daemon::restart`], but a daemon that exits before READY=1 is an
     /// answer (its exit status), not a failure.
     pub(crate) fn try_restart(&mut self) -> Result<(), std::process::ExitStatus> {
-        assert!(self.child.is_none(), "daemon still running");
-        let notify_path = self.scratch.0.join("notify.sock");
-        let _ = std::fs::remove_file(&notify_path);
-        let notify = UnixDatagram::bind(&notify_path).expect("notify socket");
-        notify
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        let log = std::fs::File::create(self.scratch.0.join("daemon.log")).expect("log file");
-        let mut command = match self.wrapper.split_first() {
-            Some((program, args)) => {
-                let mut c = Command::new(program);
-                c.args(args).arg(enforcer_bin());
-                c
+        assert!(self.process.is_none(), "daemon still running");
+        match self.spec.start() {
+            Ok(process) => {
+                self.process = Some(process);
+                Ok(())
             }
-            None => Command::new(enforcer_bin()),
-        };
-        let child = command
-            .arg("run")
-            .arg("--config")
-            .arg("/dev/null")
-            .arg("--policies")
-            .arg(&self.policies)
-            .arg("--cgroup-root")
-            .arg(&self.cgroup_root)
-            .arg("--bpffs")
-            .arg(&self.bpffs)
-            .arg("--socket")
-            .arg(&self.socket)
-            .arg("--state-dir")
-            .arg(&self.state_dir)
-            .args(&self.extra)
-            .env("NOTIFY_SOCKET", &notify_path)
-            .env("ENFORCER_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn enforcer run");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut buf = [0u8; 4096];
-        loop {
-            if let Ok(n) = notify.recv(&mut buf) {
-                let message = String::from_utf8_lossy(&buf[..n]);
-                if message.lines().any(|l| l == "READY=1") {
-                    self.ready = Some(message.into_owned());
-                    break;
-                }
-            }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                self.child = None;
-                // Anything it sent after all, READY=1 included, is a failure
-                // of the caller's expectation to see.
-                while let Ok(n) = notify.recv(&mut buf) {
-                    let message = String::from_utf8_lossy(&buf[..n]);
-                    assert!(
-                        !message.lines().any(|l| l == "READY=1"),
-                        "the daemon sent READY=1, then exited with {status}:\n{}",
-                        self.log()
-                    );
-                }
-                return Err(status);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no READY=1 within 30 s:\n{}",
-                self.log()
-            );
+            Err(enforcer_tests::Error::DaemonExited { status, .. }) => Err(status),
+            Err(e) => panic!("{e}"),
         }
-        self.notify = Some(notify);
-        Ok(())
+    }
+
+    fn process(&self) -> &DaemonProcess {
+        self.process.as_ref().expect("started")
     }
 
     /// The STATUS= line sent with READY=1.
     pub(crate) fn ready_status(&self) -> Option<&str> {
-        self.ready
-            .as_deref()?
+        self.process
+            .as_ref()?
+            .ready_message()
             .lines()
             .find_map(|l| l.strip_prefix("STATUS="))
     }
@@ -331,40 +260,15 @@ impl Daemon {
     /// The first sd_notify line starting with `prefix` received from now
     /// on, within `within`.
     pub(crate) fn wait_notify_prefix(&self, prefix: &str, within: Duration) -> Option<String> {
-        let notify = self.notify.as_ref().expect("started");
-        let deadline = Instant::now() + within;
-        let mut buf = [0u8; 4096];
-        while Instant::now() < deadline {
-            if let Ok(n) = notify.recv(&mut buf) {
-                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-                if let Some(line) = text.lines().find(|l| l.starts_with(prefix)) {
-                    return Some(line.to_owned());
-                }
-            }
-        }
-        None
+        self.process()
+            .wait_notify(within, |l| l.starts_with(prefix))?
+            .pop()
     }
 
     /// The sd_notify lines received from now until `line` arrives (or
     /// `within` passes: then `None`).
     pub(crate) fn wait_notify(&self, line: &str, within: Duration) -> Option<Vec<String>> {
-        let notify = self.notify.as_ref().expect("started");
-        let deadline = Instant::now() + within;
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 4096];
-        while Instant::now() < deadline {
-            if let Ok(n) = notify.recv(&mut buf) {
-                seen.extend(
-                    String::from_utf8_lossy(&buf[..n])
-                        .lines()
-                        .map(str::to_owned),
-                );
-                if seen.iter().any(|l| l == line) {
-                    return Some(seen);
-                }
-            }
-        }
-        None
+        self.process().wait_notify(within, |l| l == line)
     }
 
     pub(crate) fn scratch(&self) -> &Path {
@@ -372,48 +276,33 @@ impl Daemon {
     }
 
     pub(crate) fn log(&self) -> String {
-        let mut text = String::new();
-        if let Ok(mut f) = std::fs::File::open(self.scratch.0.join("daemon.log")) {
-            let _ = f.read_to_string(&mut text);
-        }
-        text
+        self.spec.log()
     }
 
     pub(crate) fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
+        self.process().pid()
     }
 
     pub(crate) fn signal(&self, signal: libc::c_int) {
-        // SAFETY: kill with a pid this test spawned and still owns.
-        let rc = unsafe { libc::kill(self.pid() as libc::pid_t, signal) };
-        assert_eq!(rc, 0, "kill");
+        self.process().signal(signal).expect("kill");
     }
 
     /// SIGKILL and reap.
     pub(crate) fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process = None;
     }
 
     /// SIGTERM and wait for a clean exit.
     pub(crate) fn terminate(&mut self) {
-        self.signal(libc::SIGTERM);
-        let mut child = self.child.take().expect("running");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                assert!(
-                    status.success(),
-                    "daemon exit status {status}:\n{}",
-                    self.log()
-                );
-                return;
-            }
-            assert!(Instant::now() < deadline, "daemon ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let mut process = self.process.take().expect("running");
+        let status = process
+            .stop(libc::SIGTERM, Duration::from_secs(10))
+            .expect("daemon ignored SIGTERM");
+        assert!(
+            status.success(),
+            "daemon exit status {status}:\n{}",
+            self.log()
+        );
     }
 
     pub(crate) fn client(&self) -> Client {
@@ -482,9 +371,7 @@ impl Daemon {
 
     /// Remove the pins (detaching everything) like `enforcer run --uninstall`.
     pub(crate) fn uninstall(&self) -> Output {
-        Command::new(enforcer_bin())
-            .args(["run", "--config", "/dev/null", "--uninstall", "--bpffs"])
-            .arg(&self.bpffs)
+        daemon::uninstall_command(self.spec.binary(), &self.bpffs)
             .output()
             .expect("run enforcer --uninstall")
     }
@@ -493,8 +380,7 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
-        let _ = self.uninstall();
-        let _ = std::fs::remove_dir_all(&self.bpffs);
+        let _ = daemon::uninstall(self.spec.binary(), &self.bpffs);
     }
 }
 

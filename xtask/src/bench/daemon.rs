@@ -9,17 +9,14 @@
 //! by the next run.
 
 use std::fs;
-use std::io::Read as _;
-use std::os::unix::net::UnixDatagram;
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
+use enforcer_tests::{DaemonProcess, DaemonSpec};
 
 use super::topology::remove_cgroup;
-use crate::cmd::{self, step};
+use crate::cmd::step;
 use crate::setup;
 
 /// Names of a control-plane sandbox's cgroup, bpffs and temporary
@@ -101,10 +98,6 @@ impl Sandbox {
         self.dir.join("enforcer.sock")
     }
 
-    fn log(&self) -> PathBuf {
-        self.dir.join("daemon.log")
-    }
-
     /// Detaches the programs and removes the pins a daemon left under the
     /// sandbox's bpffs directory (`enforcer run --uninstall`), so that the
     /// next daemon starts from nothing rather than adopting them.
@@ -135,29 +128,7 @@ impl Drop for Sandbox {
 /// itself (whatever the uninstall could not, or everything when the binary
 /// is not built yet).
 fn uninstall(enforcer: &Path, bpffs: &Path) -> Result<()> {
-    if !bpffs.exists() {
-        return Ok(());
-    }
-    let result = if enforcer.is_file() {
-        cmd::capture(
-            Command::new(enforcer)
-                .args(["run", "--config", "/dev/null", "--uninstall", "--bpffs"])
-                .arg(bpffs),
-        )
-        .map(drop)
-    } else {
-        Ok(())
-    };
-    // Unlinking a pin drops the kernel's reference too: whatever the
-    // uninstall left goes this way.
-    match fs::remove_dir_all(bpffs) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(e).with_context(|| format!("cannot remove {}", bpffs.display()));
-        }
-    }
-    result
+    Ok(enforcer_tests::daemon::uninstall(enforcer, bpffs)?)
 }
 
 /// Removes the sandboxes of earlier runs killed with SIGKILL, of the
@@ -239,12 +210,11 @@ pub(super) fn parse_status(text: &str) -> Result<Memory> {
     })
 }
 
-/// A running `enforcer run`, killed and reaped when dropped.
+/// A running `enforcer run` (the test toolkit's), killed and reaped when
+/// dropped.
 pub(super) struct Daemon {
-    child: Child,
-    log: PathBuf,
-    /// Stopped by [`Daemon::freeze`].
-    frozen: bool,
+    spec: DaemonSpec,
+    process: DaemonProcess,
 }
 
 impl Daemon {
@@ -252,82 +222,26 @@ impl Daemon {
     /// directory, and waits until it reports READY=1 (sd_notify): the
     /// programs are attached and the socket answers.
     pub(super) fn start(sandbox: &Sandbox, policies: &Path) -> Result<Self> {
-        let enforcer = &sandbox.enforcer;
-        let notify_path = sandbox.dir.join("notify.sock");
-        let _ = fs::remove_file(&notify_path);
-        let notify = UnixDatagram::bind(&notify_path)
-            .with_context(|| format!("cannot bind {}", notify_path.display()))?;
-        notify.set_read_timeout(Some(Duration::from_millis(100)))?;
-        let log = sandbox.log();
-        let log_file =
-            fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
-        let mut command = Command::new(enforcer);
-        command
-            .args(["run", "--config", "/dev/null", "--policies"])
-            .arg(policies)
-            .arg("--cgroup-root")
-            .arg(&sandbox.cgroup)
-            .arg("--bpffs")
-            .arg(&sandbox.bpffs)
-            .arg("--socket")
-            .arg(sandbox.socket())
-            // Never the machine's /var/lib/enforcer.
-            .arg("--state-dir")
-            .arg(sandbox.dir.join("state"))
-            .env("NOTIFY_SOCKET", &notify_path)
-            .env("ENFORCER_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            // Its own process group: Ctrl-C reaches the benchmark, whose
-            // guards then stop the daemon in order.
-            .process_group(0);
-        // SAFETY: prctl only sets a flag of the child process; it allocates
-        // nothing and is async-signal-safe.
-        unsafe {
-            command.pre_exec(|| {
-                // A benchmark killed with SIGKILL takes its daemon along.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = command
-            .spawn()
-            .with_context(|| format!("could not start {} run", enforcer.display()))?;
-        let mut daemon = Self {
-            child,
-            log,
-            frozen: false,
-        };
-        let deadline = Instant::now() + START_TIMEOUT;
-        let mut buf = [0u8; 4096];
-        loop {
-            if let Ok(n) = notify.recv(&mut buf)
-                && String::from_utf8_lossy(&buf[..n])
-                    .lines()
-                    .any(|l| l == "READY=1")
-            {
-                return Ok(daemon);
-            }
-            if let Some(status) = daemon.child.try_wait()? {
-                bail!(
-                    "the daemon exited with {status} before READY=1:\n{}",
-                    daemon.log_tail()
-                );
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "the daemon did not report READY=1 within {START_TIMEOUT:?}:\n{}",
-                    daemon.log_tail()
-                );
-            }
-        }
+        let spec = DaemonSpec::new(
+            &sandbox.enforcer,
+            policies,
+            &sandbox.cgroup,
+            &sandbox.bpffs,
+            &sandbox.dir,
+        )
+        .socket(sandbox.socket())
+        .ready_timeout(START_TIMEOUT)
+        // Ctrl-C reaches the benchmark, whose guards then stop the daemon
+        // in order; a benchmark killed with SIGKILL takes its daemon along.
+        .own_process_group();
+        let process = spec
+            .start()
+            .with_context(|| format!("could not start {} run", sandbox.enforcer.display()))?;
+        Ok(Self { spec, process })
     }
 
     pub(super) fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     /// Its resident memory now.
@@ -339,101 +253,29 @@ impl Daemon {
 
     /// The end of its log, for error messages.
     pub(super) fn log_tail(&self) -> String {
-        let mut text = String::new();
-        if let Ok(mut f) = fs::File::open(&self.log) {
-            let _ = f.read_to_string(&mut text);
-        }
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-
-    fn signal(&self, signal: libc::c_int) -> Result<()> {
-        // SAFETY: kill with the pid of our own child, not yet reaped (so
-        // the pid cannot have been reused).
-        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error()).context("cannot signal the daemon");
-        }
-        Ok(())
+        self.spec.log_tail(20)
     }
 
     /// SIGSTOP, and waits until every thread of the daemon is stopped: it
     /// runs nothing (no integrity check, no rescan) until [`Daemon::thaw`].
     /// Its programs stay attached.
     pub(super) fn freeze(&mut self) -> Result<()> {
-        self.signal(libc::SIGSTOP)?;
-        self.frozen = true;
-        let tasks = PathBuf::from(format!("/proc/{}/task", self.pid()));
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            if all_stopped(&tasks)? {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                bail!("the daemon's threads did not all stop within {STOP_TIMEOUT:?} of SIGSTOP");
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        Ok(self.process.freeze(STOP_TIMEOUT)?)
     }
 
     /// SIGCONT after [`Daemon::freeze`].
     pub(super) fn thaw(&mut self) -> Result<()> {
-        self.signal(libc::SIGCONT)?;
-        self.frozen = false;
-        Ok(())
+        Ok(self.process.thaw()?)
     }
 
-    /// SIGTERM (after SIGCONT when frozen: a stopped process would keep
-    /// it pending), and waits for a clean exit (SIGKILL after a timeout).
+    /// SIGTERM (after SIGCONT when frozen), and waits for a clean exit
+    /// (SIGKILL when dropped after a timeout).
     pub(super) fn stop(mut self) -> Result<()> {
-        if self.frozen {
-            self.thaw()?;
+        let status = self.process.stop(libc::SIGTERM, STOP_TIMEOUT)?;
+        if !status.success() {
+            bail!("the daemon exited with {status}:\n{}", self.log_tail());
         }
-        self.signal(libc::SIGTERM)?;
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                if !status.success() {
-                    bail!("the daemon exited with {status}:\n{}", self.log_tail());
-                }
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                bail!("the daemon did not exit within {STOP_TIMEOUT:?} of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-/// Whether every thread under `/proc/PID/task` is stopped (state `T` or
-/// `t` in its `stat`).
-fn all_stopped(tasks: &Path) -> Result<bool> {
-    for task in fs::read_dir(tasks).with_context(|| format!("cannot read {}", tasks.display()))? {
-        let stat = match fs::read_to_string(task?.path().join("stat")) {
-            Ok(stat) => stat,
-            // A thread that exited meanwhile.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e).context("cannot read a thread's stat"),
-        };
-        if !matches!(task_state(&stat), Some('T' | 't')) {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
-
-/// The state letter of a `/proc/.../stat` line: the field after the
-/// command, which is in parentheses and may hold spaces and parentheses.
-fn task_state(stat: &str) -> Option<char> {
-    stat.rsplit_once(')')?.1.trim_start().chars().next()
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // A no-op once `stop` reaped it.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        Ok(())
     }
 }
 
@@ -467,13 +309,6 @@ mod tests {
         let text = fs::read_to_string("/proc/self/status").unwrap();
         let memory = parse_status(&text).unwrap();
         assert!(memory.rss_kib > 0 && memory.peak_kib >= memory.rss_kib);
-    }
-
-    #[test]
-    fn the_state_follows_the_command_whatever_it_holds() {
-        assert_eq!(task_state("42 (enforcer) S 1 42 42 0"), Some('S'));
-        assert_eq!(task_state("42 (tokio-rt (x) y) T 1 42"), Some('T'));
-        assert_eq!(task_state("42 (enforcer"), None);
     }
 
     #[test]
