@@ -1,5 +1,5 @@
 //! The resident memory of `enforcer run` with a small and a large policy
-//! (issue 7: under 30 MiB with 10,000 rules). Needs root. See "Memory" in
+//! (the target: under 30 MiB with 10,000 rules). Needs root. See "Memory" in
 //! `docs/daemon.md`.
 //!
 //! Starts the release daemon on a test cgroup of its own (one child cgroup
