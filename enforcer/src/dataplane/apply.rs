@@ -238,7 +238,7 @@ impl Dataplane {
     /// finish).
     pub fn slot_policy(&self, slot: usize) -> Result<Option<SlotPolicy>> {
         let name = map_names::SLOT_POLICIES;
-        let m: Array<&MapData, SlotPolicy> = handles::array(&self.ebpf, name)?;
+        let m: Array<&MapData, SlotPolicy> = handles::typed(&self.ebpf, name)?;
         let stamp = m.get(&((slot & 1) as u32), 0).map_err(read_err(name))?;
         Ok((stamp.applied_unix_ms != 0).then_some(stamp))
     }
@@ -255,7 +255,7 @@ impl Dataplane {
 
     fn write_slot_policy(&mut self, slot: usize, stamp: SlotPolicy) -> Result<()> {
         let name = map_names::SLOT_POLICIES;
-        handles::array_mut::<SlotPolicy>(&mut self.ebpf, name)?
+        handles::typed_mut::<Array<_, SlotPolicy>>(&mut self.ebpf, name)?
             .set((slot & 1) as u32, stamp, 0)
             .map_err(write_err(name))
     }
@@ -263,7 +263,7 @@ impl Dataplane {
     /// What the active slot's cgroup map holds.
     pub(super) fn read_active_cgroups(&self) -> Result<BTreeMap<u64, ResolvedCgroup>> {
         let name = map_names::CGROUPS[self.active_slot()?];
-        let m: HashMap<&MapData, u64, CgroupEntry> = handles::hash(&self.ebpf, name)?;
+        let m: HashMap<&MapData, u64, CgroupEntry> = handles::typed(&self.ebpf, name)?;
         let mut out = BTreeMap::new();
         for item in &m {
             let (id, e) = item.map_err(read_err(name))?;

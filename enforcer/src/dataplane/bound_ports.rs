@@ -24,7 +24,7 @@ impl Dataplane {
     /// The bound ports learned from `bind()`, in every network namespace.
     pub fn bound_ports(&self) -> Result<Vec<(BoundPortKey, BoundPort)>> {
         let name = map_names::BOUND_PORTS;
-        let m: HashMap<&MapData, BoundPortKey, BoundPort> = handles::hash(&self.ebpf, name)?;
+        let m: HashMap<&MapData, BoundPortKey, BoundPort> = handles::typed(&self.ebpf, name)?;
         m.iter().collect::<Result<_, _>>().map_err(read_err(name))
     }
 
@@ -40,7 +40,7 @@ impl Dataplane {
     pub fn seed_bound_ports(&mut self, netns: u64, ports: &[(u8, u16, u64)]) -> Result<usize> {
         let name = map_names::BOUND_PORTS;
         let mut m: HashMap<&mut MapData, BoundPortKey, BoundPort> =
-            handles::hash_mut(&mut self.ebpf, name)?;
+            handles::typed_mut(&mut self.ebpf, name)?;
         let key = |protocol: u8, port: u16| BoundPortKey {
             netns,
             protocol,

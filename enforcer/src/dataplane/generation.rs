@@ -2,7 +2,7 @@
 //! policy generation, bumped on each change so that every flow is judged
 //! again at its next packet. Also the failsafe ports, whose change is one.
 
-use aya::maps::{HashMap, MapData};
+use aya::maps::{Array, HashMap, MapData};
 use enforcer_common::{capacity::MAX_FAILSAFE_PORTS, config::Config, map_names, ports::PortKey};
 
 use super::{
@@ -15,7 +15,7 @@ impl Dataplane {
     /// The current settings and policy generation.
     pub fn config(&self) -> Result<Config> {
         let name = map_names::CONFIG;
-        handles::array::<Config>(&self.ebpf, name)?
+        handles::typed::<Array<_, Config>>(&self.ebpf, name)?
             .get(&0, 0)
             .map_err(read_err(name))
     }
@@ -28,7 +28,7 @@ impl Dataplane {
             ..cfg
         };
         let name = map_names::CONFIG;
-        handles::array_mut::<Config>(&mut self.ebpf, name)?
+        handles::typed_mut::<Array<_, Config>>(&mut self.ebpf, name)?
             .set(0, cfg, 0)
             .map_err(write_err(name))
     }
@@ -73,7 +73,7 @@ impl Dataplane {
         let name = map_names::FAILSAFE;
         ensure_capacity(&[(name, ports.len(), MAX_FAILSAFE_PORTS)])?;
         handles::clear_hash::<PortKey, u8>(&mut self.ebpf, name)?;
-        let mut m: HashMap<&mut MapData, PortKey, u8> = handles::hash_mut(&mut self.ebpf, name)?;
+        let mut m: HashMap<&mut MapData, PortKey, u8> = handles::typed_mut(&mut self.ebpf, name)?;
         for p in ports {
             let key = PortKey {
                 protocol: p.protocol,

@@ -10,7 +10,7 @@
 
 use aya::{
     Ebpf, Pod,
-    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, SkStorage, lpm_trie::Key},
+    maps::{HashMap, LpmTrie, Map, MapData, MapError, lpm_trie::Key},
 };
 
 use super::error::{DataplaneError, Result, read_err, type_err, write_err};
@@ -24,8 +24,9 @@ fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Map> {
     ebpf.map_mut(name).ok_or(DataplaneError::MissingMap(name))
 }
 
-/// A typed handle of a map, read-only (what every reader below makes).
-fn typed<'a, T>(ebpf: &'a Ebpf, name: &'static str) -> Result<T>
+/// A typed handle of a map, read-only: an `Array`, `HashMap`, `LpmTrie` or
+/// `SkStorage` of the key and value types the caller names.
+pub(crate) fn typed<'a, T>(ebpf: &'a Ebpf, name: &'static str) -> Result<T>
 where
     T: TryFrom<&'a Map, Error = MapError>,
 {
@@ -33,68 +34,11 @@ where
 }
 
 /// A typed handle of a map, writable.
-fn typed_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T>
+pub(crate) fn typed_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T>
 where
     T: TryFrom<&'a mut Map, Error = MapError>,
 {
     T::try_from(map_mut(ebpf, name)?).map_err(type_err(name))
-}
-
-/// An array map, read-only.
-pub(crate) fn array<'a, V: Pod>(
-    ebpf: &'a Ebpf,
-    name: &'static str,
-) -> Result<Array<&'a MapData, V>> {
-    typed(ebpf, name)
-}
-
-/// An array map, writable.
-pub(crate) fn array_mut<'a, V: Pod>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<Array<&'a mut MapData, V>> {
-    typed_mut(ebpf, name)
-}
-
-/// A hash map (or LRU hash map), read-only.
-pub(crate) fn hash<'a, K: Pod, V: Pod>(
-    ebpf: &'a Ebpf,
-    name: &'static str,
-) -> Result<HashMap<&'a MapData, K, V>> {
-    typed(ebpf, name)
-}
-
-/// A hash map (or LRU hash map), writable.
-pub(crate) fn hash_mut<'a, K: Pod, V: Pod>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<HashMap<&'a mut MapData, K, V>> {
-    typed_mut(ebpf, name)
-}
-
-/// An LPM trie keyed by `K` (the bytes after the prefix length), read-only.
-pub(crate) fn trie<'a, K: Pod, V: Pod>(
-    ebpf: &'a Ebpf,
-    name: &'static str,
-) -> Result<LpmTrie<&'a MapData, K, V>> {
-    typed(ebpf, name)
-}
-
-/// An LPM trie, writable.
-pub(crate) fn trie_mut<'a, K: Pod, V: Pod>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<LpmTrie<&'a mut MapData, K, V>> {
-    typed_mut(ebpf, name)
-}
-
-/// A socket storage map, read-only: its values are looked up by a socket
-/// descriptor of this process.
-pub(crate) fn socket_storage<'a, V: Pod>(
-    ebpf: &'a Ebpf,
-    name: &'static str,
-) -> Result<SkStorage<&'a MapData, V>> {
-    typed(ebpf, name)
 }
 
 /// A memory-mappable array map's handle, to map it
@@ -127,7 +71,7 @@ pub(crate) fn removed(result: Result<(), MapError>, name: &'static str) -> Resul
 /// Empties a hash map (keys first collected, since deleting while
 /// iterating restarts the walk).
 pub(crate) fn clear_hash<K: Pod, V: Pod>(ebpf: &mut Ebpf, name: &'static str) -> Result<()> {
-    let mut m: HashMap<&mut MapData, K, V> = hash_mut(ebpf, name)?;
+    let mut m: HashMap<&mut MapData, K, V> = typed_mut(ebpf, name)?;
     let keys: Vec<K> = m.keys().collect::<Result<_, _>>().map_err(read_err(name))?;
     for k in keys {
         removed(m.remove(&k), name)?;
@@ -137,7 +81,7 @@ pub(crate) fn clear_hash<K: Pod, V: Pod>(ebpf: &mut Ebpf, name: &'static str) ->
 
 /// Empties an LPM trie, as [`clear_hash`] a hash map.
 pub(crate) fn clear_trie<K: Pod, V: Pod>(ebpf: &mut Ebpf, name: &'static str) -> Result<()> {
-    let mut m: LpmTrie<&mut MapData, K, V> = trie_mut(ebpf, name)?;
+    let mut m: LpmTrie<&mut MapData, K, V> = typed_mut(ebpf, name)?;
     let keys: Vec<Key<K>> = m.keys().collect::<Result<_, _>>().map_err(read_err(name))?;
     for k in keys {
         removed(m.remove(&k), name)?;

@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeMap, os::fd::BorrowedFd};
 
-use aya::maps::{HashMap, MapData, SkStorage};
+use aya::maps::{Array, HashMap, MapData, SkStorage};
 use enforcer_common::{
     cached_verdict::{CACHED_VERDICT_SLOTS, CachedVerdict},
     flow::{FlowKey, FlowValue},
@@ -21,14 +21,14 @@ impl Dataplane {
     /// Every tracked connection.
     pub fn flows(&self) -> Result<Vec<(FlowKey, FlowValue)>> {
         let name = map_names::FLOWS;
-        let m: HashMap<&MapData, FlowKey, FlowValue> = handles::hash(&self.ebpf, name)?;
+        let m: HashMap<&MapData, FlowKey, FlowValue> = handles::typed(&self.ebpf, name)?;
         m.iter().collect::<Result<_, _>>().map_err(read_err(name))
     }
 
     /// The tracked connection with this key, if any.
     pub fn flow(&self, key: &FlowKey) -> Result<Option<FlowValue>> {
         let name = map_names::FLOWS;
-        let m: HashMap<&MapData, FlowKey, FlowValue> = handles::hash(&self.ebpf, name)?;
+        let m: HashMap<&MapData, FlowKey, FlowValue> = handles::typed(&self.ebpf, name)?;
         handles::found(m.get(key, 0), name)
     }
 
@@ -38,7 +38,7 @@ impl Dataplane {
     /// verdict cache recognises its packets).
     pub fn socket_flow(&self, socket: BorrowedFd<'_>) -> Result<Option<FlowValue>> {
         let name = map_names::SOCKET_FLOWS;
-        let m: SkStorage<&MapData, FlowValue> = handles::socket_storage(&self.ebpf, name)?;
+        let m: SkStorage<&MapData, FlowValue> = handles::typed(&self.ebpf, name)?;
         handles::found(m.get(&socket, 0), name)
     }
 
@@ -51,7 +51,7 @@ impl Dataplane {
     /// judged again at its next packet, and keeps its flow on its socket.
     pub fn clear_cached_verdicts(&mut self) -> Result<()> {
         let name = map_names::CACHED_VERDICTS;
-        let mut m = handles::array_mut::<CachedVerdict>(&mut self.ebpf, name)?;
+        let mut m = handles::typed_mut::<Array<_, CachedVerdict>>(&mut self.ebpf, name)?;
         for index in 0..CACHED_VERDICT_SLOTS {
             m.set(index, CachedVerdict::NEVER_WRITTEN, 0)
                 .map_err(write_err(name))?;

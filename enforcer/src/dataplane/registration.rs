@@ -96,7 +96,7 @@ pub(crate) fn configure(ebpf: &mut Ebpf, limits: RegistrationLimits) -> Result<[
         .and_then(|types| types.cgroup_tracer_offsets())
         .map_err(|e| DataplaneError::NoKernelBtf(e.to_string()))?;
     let name = map_names::REGISTRATION;
-    let mut m: Array<&mut MapData, Registration> = handles::array_mut(ebpf, name)?;
+    let mut m: Array<&mut MapData, Registration> = handles::typed_mut(ebpf, name)?;
     let current = m.get(&0, 0).map_err(read_err(name))?;
     let name_key = if current.enabled != 0 && current.name_key != [0, 0] {
         current.name_key
@@ -160,7 +160,7 @@ pub(crate) fn write_tables(
     let states = tables.states.len() as u32;
     {
         let name = map_names::MATCH_STATES;
-        let mut m: Array<&mut MapData, MatchState> = handles::array_mut(ebpf, name)?;
+        let mut m: Array<&mut MapData, MatchState> = handles::typed_mut(ebpf, name)?;
         let base = slot_u32 * MAX_MATCH_STATES;
         // The new states, and the earlier ones past them emptied: a state
         // left from an earlier policy is unreachable, but the maps then
@@ -176,7 +176,7 @@ pub(crate) fn write_tables(
     }
     {
         let name = map_names::MATCH_GLOBS;
-        let mut m: Array<&mut MapData, GlobRule> = handles::array_mut(ebpf, name)?;
+        let mut m: Array<&mut MapData, GlobRule> = handles::typed_mut(ebpf, name)?;
         let base = slot_u32 * MAX_MATCH_GLOBS;
         for (index, rule) in tables.globs.iter().enumerate() {
             m.set(base + index as u32, *rule, 0)
@@ -184,7 +184,7 @@ pub(crate) fn write_tables(
         }
     }
     let name = map_names::MATCH_EXACT;
-    let mut m: HashMap<&mut MapData, ExactKey, u32> = handles::hash_mut(ebpf, name)?;
+    let mut m: HashMap<&mut MapData, ExactKey, u32> = handles::typed_mut(ebpf, name)?;
     let old: BTreeMap<ExactKey, u32> = m
         .iter()
         .filter(|item| item.as_ref().map_or(true, |(k, _)| k.slot == slot_u32))
@@ -223,7 +223,7 @@ pub(crate) fn write_cgroups(
 ) -> Result<bool> {
     let name = map_names::CGROUPS[slot];
     let mut m: HashMap<&mut MapData, u64, enforcer_common::workload::CgroupEntry> =
-        handles::hash_mut(ebpf, name)?;
+        handles::typed_mut(ebpf, name)?;
     let actual: BTreeMap<u64, enforcer_common::workload::CgroupEntry> =
         m.iter().collect::<Result<_, _>>().map_err(read_err(name))?;
     let wanted: BTreeMap<u64, enforcer_common::workload::CgroupEntry> =
@@ -278,7 +278,7 @@ pub(crate) fn write_states(
     let name = map_names::CGROUP_MATCH;
     let mut delegated = 0u32;
     {
-        let mut m: HashMap<&mut MapData, u64, CgroupMatch> = handles::hash_mut(ebpf, name)?;
+        let mut m: HashMap<&mut MapData, u64, CgroupMatch> = handles::typed_mut(ebpf, name)?;
         let actual: BTreeMap<u64, CgroupMatch> =
             m.iter().collect::<Result<_, _>>().map_err(read_err(name))?;
         let ids: BTreeSet<u64> = actual.keys().chain(states.keys()).copied().collect();
@@ -309,6 +309,6 @@ pub(crate) fn write_states(
         }
     }
     let name = map_names::DELEGATED_MATCHES;
-    let mut count: Array<&mut MapData, u32> = handles::array_mut(ebpf, name)?;
+    let mut count: Array<&mut MapData, u32> = handles::typed_mut(ebpf, name)?;
     count.set(0, delegated, 0).map_err(write_err(name))
 }

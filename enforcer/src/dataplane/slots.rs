@@ -297,7 +297,7 @@ fn update_trie<K: TrieKey, V: aya::Pod>(
     name: &'static str,
     plan: &Plan<K, V>,
 ) -> Result<()> {
-    let mut m: LpmTrie<&mut MapData, K::Data, V> = handles::trie_mut(ebpf, name)?;
+    let mut m: LpmTrie<&mut MapData, K::Data, V> = handles::typed_mut(ebpf, name)?;
     for k in &plan.delete {
         handles::removed(m.remove(&k.trie_key()), name)?;
     }
@@ -310,7 +310,7 @@ fn update_trie<K: TrieKey, V: aya::Pod>(
 /// Writes the cgroup entry of one cgroup into a slot.
 pub(crate) fn put_cgroup(ebpf: &mut aya::Ebpf, slot: usize, c: &ResolvedCgroup) -> Result<()> {
     let name = map_names::CGROUPS[slot];
-    let mut m: HashMap<&mut MapData, u64, CgroupEntry> = handles::hash_mut(ebpf, name)?;
+    let mut m: HashMap<&mut MapData, u64, CgroupEntry> = handles::typed_mut(ebpf, name)?;
     m.insert(c.cgroup_id, cgroup_entry(c), 0)
         .map_err(write_err(name))
 }
@@ -318,7 +318,7 @@ pub(crate) fn put_cgroup(ebpf: &mut aya::Ebpf, slot: usize, c: &ResolvedCgroup) 
 /// Removes one cgroup from a slot; absent is fine.
 pub(crate) fn delete_cgroup(ebpf: &mut aya::Ebpf, slot: usize, cgroup_id: u64) -> Result<()> {
     let name = map_names::CGROUPS[slot];
-    let mut m: HashMap<&mut MapData, u64, CgroupEntry> = handles::hash_mut(ebpf, name)?;
+    let mut m: HashMap<&mut MapData, u64, CgroupEntry> = handles::typed_mut(ebpf, name)?;
     handles::removed(m.remove(&cgroup_id), name)
 }
 
@@ -354,7 +354,7 @@ fn read_trie<K: TrieKey + Ord, V: aya::Pod>(
     ebpf: &aya::Ebpf,
     name: &'static str,
 ) -> Result<Vec<(K, V)>> {
-    let m: LpmTrie<&MapData, K::Data, V> = handles::trie(ebpf, name)?;
+    let m: LpmTrie<&MapData, K::Data, V> = handles::typed(ebpf, name)?;
     let mut out = Vec::new();
     for item in &m {
         let (k, v) = item.map_err(read_err(name))?;
@@ -367,7 +367,7 @@ fn read_trie<K: TrieKey + Ord, V: aya::Pod>(
 /// Reads back what `slot` holds in the kernel.
 pub(crate) fn read_slot(ebpf: &aya::Ebpf, slot: usize) -> Result<SlotContent> {
     let name = map_names::CGROUPS[slot];
-    let m: HashMap<&MapData, u64, CgroupEntry> = handles::hash(ebpf, name)?;
+    let m: HashMap<&MapData, u64, CgroupEntry> = handles::typed(ebpf, name)?;
     let mut cgroups: Vec<(u64, CgroupEntry)> =
         m.iter().collect::<Result<_, _>>().map_err(read_err(name))?;
     cgroups.sort_unstable_by_key(|e| e.0);
