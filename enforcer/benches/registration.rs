@@ -36,11 +36,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use enforcer::{
-    cgroups::{
-        CgroupTree, Matcher, cgroup2_mount,
-        resolve::{KernelEntries, kernel_entries},
-        uid_of_user,
-    },
+    cgroups::{CgroupTree, Matcher, cgroup2_mount, uid_of_user},
     check::compile_loaded,
     compile::CompiledPolicy,
     dataplane::{Dataplane, DataplaneOptions, HostAddrs, RegistrationLimits, ResolvedCgroup},
@@ -232,16 +228,7 @@ fn load_with_tracer(policy: &CompiledPolicy, matcher: &Matcher, root: &Path) -> 
         dp.stage(policy, &HostAddrs::default(), Some(&tables))?;
         let tree = CgroupTree::scan(root)?;
         let resolution = matcher.resolve(&tree);
-        let KernelEntries { entries, .. } = kernel_entries(&resolution, &tree, usize::MAX);
-        let cgroups: Vec<ResolvedCgroup> = entries
-            .into_iter()
-            .map(|(cgroup_id, workload, mode)| ResolvedCgroup {
-                cgroup_id,
-                workload,
-                class: policy.class_of(workload),
-                mode,
-            })
-            .collect();
+        let (cgroups, _) = ResolvedCgroup::of_resolution(&resolution, &tree, policy, usize::MAX);
         dp.stage_cgroups(&cgroups, Some(&resolution.states))?;
         dp.commit()?;
     }

@@ -13,11 +13,7 @@ use std::time::SystemTime;
 
 use dataplane_support::seeded_rng;
 use enforcer::{
-    cgroups::{
-        CgroupTree, Matcher,
-        resolve::{KernelEntries, kernel_entries},
-        uid_of_user,
-    },
+    cgroups::{CgroupTree, Matcher, uid_of_user},
     compile::CompiledPolicy,
     dataplane::{Dataplane, DataplaneOptions, HostAddrs, RegistrationLimits, ResolvedCgroup},
 };
@@ -64,16 +60,7 @@ fn compile(text: &str) -> CompiledPolicy {
 fn expected(policy: &CompiledPolicy, matcher: &Matcher, root: &Path) -> Vec<ResolvedCgroup> {
     let tree = CgroupTree::scan(root).expect("scan");
     let resolution = matcher.resolve(&tree);
-    let KernelEntries { entries, .. } = kernel_entries(&resolution, &tree, usize::MAX);
-    entries
-        .into_iter()
-        .map(|(cgroup_id, workload, mode)| ResolvedCgroup {
-            cgroup_id,
-            workload,
-            class: policy.class_of(workload),
-            mode,
-        })
-        .collect()
+    ResolvedCgroup::of_resolution(&resolution, &tree, policy, usize::MAX).0
 }
 
 /// Puts the policy in force as the daemon does: the automaton and the

@@ -16,7 +16,11 @@ use super::{
     handles, registration, slots,
 };
 use crate::{
-    cgroups::{CgroupStates, automaton::KernelTables},
+    cgroups::{
+        CgroupStates, CgroupTree, Resolution,
+        automaton::KernelTables,
+        resolve::{KernelEntries, kernel_entries},
+    },
     compile::CompiledPolicy,
 };
 
@@ -34,6 +38,29 @@ pub struct ResolvedCgroup {
 }
 
 impl ResolvedCgroup {
+    /// The kernel's cgroup map for a resolution: matched cgroups and all
+    /// their descendants (see [`kernel_entries`]), at most `quota` per
+    /// workload, with each workload's verdict class in `compiled`; and how
+    /// many cgroups each workload had past its quota.
+    pub fn of_resolution(
+        resolution: &Resolution,
+        tree: &CgroupTree,
+        compiled: &CompiledPolicy,
+        quota: usize,
+    ) -> (Vec<ResolvedCgroup>, BTreeMap<Identity, usize>) {
+        let KernelEntries { entries, refused } = kernel_entries(resolution, tree, quota);
+        let resolved = entries
+            .into_iter()
+            .map(|(cgroup_id, workload, mode)| ResolvedCgroup {
+                cgroup_id,
+                workload,
+                class: compiled.class_of(workload),
+                mode,
+            })
+            .collect();
+        (resolved, refused)
+    }
+
     /// Its value in a slot's cgroup map.
     pub fn entry(&self) -> CgroupEntry {
         CgroupEntry {

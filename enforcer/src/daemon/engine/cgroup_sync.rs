@@ -1,38 +1,9 @@
 //! Following cgroups as they come and go: the kernel's cgroup map of the
 //! policy in force, corrected in place after every change of the tree.
 
-use std::collections::BTreeMap;
-
-use enforcer_common::identity::Identity;
-
 use super::Engine;
-use crate::cgroups::resolve::{KernelEntries, kernel_entries};
-use crate::cgroups::{CgroupTree, Resolution, TreeUpdate};
-use crate::compile::CompiledPolicy;
+use crate::cgroups::TreeUpdate;
 use crate::dataplane::ResolvedCgroup;
-
-/// The kernel's cgroup map for a resolution: matched cgroups and all their
-/// descendants (see [`kernel_entries`]), at most `quota` per workload, with
-/// each workload's verdict class in `compiled`; and how many cgroups each
-/// workload had past its quota.
-pub(super) fn to_resolved(
-    resolution: &Resolution,
-    tree: &CgroupTree,
-    compiled: &CompiledPolicy,
-    quota: usize,
-) -> (Vec<ResolvedCgroup>, BTreeMap<Identity, usize>) {
-    let KernelEntries { entries, refused } = kernel_entries(resolution, tree, quota);
-    let resolved = entries
-        .into_iter()
-        .map(|(cgroup_id, workload, mode)| ResolvedCgroup {
-            cgroup_id,
-            workload,
-            class: compiled.class_of(workload),
-            mode,
-        })
-        .collect();
-    (resolved, refused)
-}
 
 impl Engine {
     /// Cgroups came or went: update the policy in force in place. The
@@ -48,7 +19,8 @@ impl Engine {
         };
         let newer = matcher.resolve(&self.tree);
         let quota = self.settings.max_cgroups_per_workload as usize;
-        let (wanted, refused) = to_resolved(&newer, &self.tree, &current.compiled, quota);
+        let (wanted, refused) =
+            ResolvedCgroup::of_resolution(&newer, &self.tree, &current.compiled, quota);
         let states = self.dataplane.name_key().map(|_| &newer.states);
         match self.dataplane.sync_cgroups(&wanted, states) {
             Ok(true) => tracing::info!(

@@ -7,14 +7,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::cgroup_sync::to_resolved;
 use super::host_addrs::list_host_addrs;
 use super::{Candidate, EmptyPolicy, Engine, EngineError, Installed, Outcome, Sources, Trigger};
 use crate::api::proto::Rejection;
 use crate::cgroups::{CgroupTree, Matcher, Resolution, uid_of_user};
 use crate::compile::CompiledPolicy;
 use crate::daemon::state::{Kept, SavedPolicy};
-use crate::dataplane::HostAddrs;
+use crate::dataplane::{HostAddrs, ResolvedCgroup};
 use crate::rfc3339::format_millis as rfc3339;
 
 /// Passes over the cgroup tree while a policy is staged, at most: a pass
@@ -115,7 +114,8 @@ impl Engine {
         self.dataplane.stage(compiled, host, tables.as_ref())?;
         let quota = self.settings.max_cgroups_per_workload as usize;
         for pass in 1..=STAGING_PASSES {
-            let (cgroups, refused) = to_resolved(&resolution, &self.tree, compiled, quota);
+            let (cgroups, refused) =
+                ResolvedCgroup::of_resolution(&resolution, &self.tree, compiled, quota);
             let states = tables.as_ref().map(|_| &resolution.states);
             self.dataplane.stage_cgroups(&cgroups, states)?;
             self.refused = refused;
