@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::config::{self, Failsafe, FileConfig, LogFormat, Overrides, Settings};
+use crate::config::{self, ConfigDuration, Failsafe, FileConfig, LogFormat, Settings};
 use crate::dataplane::UnmanagedMode;
 
 #[derive(Debug, clap::Args)]
@@ -82,7 +82,7 @@ pub fn settings(args: &Args) -> anyhow::Result<(Settings, Vec<String>)> {
                 .to_owned(),
         );
     }
-    let cli = Overrides {
+    let cli = FileConfig {
         policies: args.policies.clone(),
         cgroup_root: args.cgroup_root.clone(),
         bpffs: args.bpffs.clone(),
@@ -92,13 +92,15 @@ pub fn settings(args: &Args) -> anyhow::Result<(Settings, Vec<String>)> {
         admin_group: args.admin_group.clone(),
         max_connections: args.max_connections,
         max_connections_per_user: args.max_connections_per_user,
-        idle_timeout: args.idle_timeout,
-        request_timeout: args.request_timeout,
+        idle_timeout: args.idle_timeout.map(ConfigDuration),
+        request_timeout: args.request_timeout.map(ConfigDuration),
         unmanaged: args.unmanaged,
         failsafe: args.failsafe.clone(),
         metrics: args.metrics,
         log_format: args.log_format,
         state_dir: args.state_dir.clone(),
+        flow_history: None,
+        max_cgroups_per_workload: None,
     };
     let cwd = std::env::current_dir().context("current directory")?;
     Ok((Settings::resolve(file, cli, &cwd)?, notes))

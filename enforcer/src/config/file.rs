@@ -33,7 +33,8 @@ impl<'de> Deserialize<'de> for ConfigDuration {
     }
 }
 
-/// The configuration file as written: every key optional.
+/// The configuration file as written, every key optional; the command
+/// line gives its options as the same keys ([`FileConfig::over`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
@@ -80,6 +81,35 @@ pub enum ConfigError {
 }
 
 impl FileConfig {
+    /// These values where set, `lower`'s elsewhere: the command line (given
+    /// as the file's keys) over the file.
+    pub fn over(self, lower: FileConfig) -> FileConfig {
+        FileConfig {
+            policies: self.policies.or(lower.policies),
+            cgroup_root: self.cgroup_root.or(lower.cgroup_root),
+            bpffs: self.bpffs.or(lower.bpffs),
+            socket: self.socket.or(lower.socket),
+            socket_group: self.socket_group.or(lower.socket_group),
+            read_group: self.read_group.or(lower.read_group),
+            admin_group: self.admin_group.or(lower.admin_group),
+            max_connections: self.max_connections.or(lower.max_connections),
+            max_connections_per_user: self
+                .max_connections_per_user
+                .or(lower.max_connections_per_user),
+            idle_timeout: self.idle_timeout.or(lower.idle_timeout),
+            request_timeout: self.request_timeout.or(lower.request_timeout),
+            unmanaged: self.unmanaged.or(lower.unmanaged),
+            failsafe: self.failsafe.or(lower.failsafe),
+            metrics: self.metrics.or(lower.metrics),
+            log_format: self.log_format.or(lower.log_format),
+            flow_history: self.flow_history.or(lower.flow_history),
+            max_cgroups_per_workload: self
+                .max_cgroups_per_workload
+                .or(lower.max_cgroups_per_workload),
+            state_dir: self.state_dir.or(lower.state_dir),
+        }
+    }
+
     /// Parse a configuration text; `path` names it in errors.
     pub fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
         toml::from_str(text).map_err(|e| {

@@ -51,28 +51,6 @@ pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/enforcer";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/enforcer";
 pub const DEFAULT_FLOW_HISTORY: usize = 10_000;
 
-/// Command-line values, which win over the file.
-#[derive(Clone, Debug, Default)]
-pub struct Overrides {
-    pub policies: Option<PathBuf>,
-    pub cgroup_root: Option<PathBuf>,
-    pub bpffs: Option<PathBuf>,
-    pub socket: Option<PathBuf>,
-    /// The earlier name of `admin_group`.
-    pub socket_group: Option<String>,
-    pub read_group: Option<String>,
-    pub admin_group: Option<String>,
-    pub max_connections: Option<usize>,
-    pub max_connections_per_user: Option<usize>,
-    pub idle_timeout: Option<std::time::Duration>,
-    pub request_timeout: Option<std::time::Duration>,
-    pub unmanaged: Option<UnmanagedMode>,
-    pub failsafe: Option<Failsafe>,
-    pub metrics: Option<SocketAddr>,
-    pub log_format: Option<LogFormat>,
-    pub state_dir: Option<PathBuf>,
-}
-
 /// The settings the daemon runs with.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
@@ -110,15 +88,20 @@ impl Settings {
     /// Merge: command line over file over defaults. Relative paths are made
     /// absolute against `cwd`, since the daemon must not depend on where it
     /// was started from.
-    pub fn resolve(file: FileConfig, cli: Overrides, cwd: &Path) -> Result<Settings, ConfigError> {
+    pub fn resolve(file: FileConfig, cli: FileConfig, cwd: &Path) -> Result<Settings, ConfigError> {
         let absolute = |p: PathBuf| if p.is_absolute() { p } else { cwd.join(p) };
-        let flow_history = file.flow_history.unwrap_or(DEFAULT_FLOW_HISTORY);
+        let admin_group = admin_group(
+            (cli.admin_group.clone(), cli.socket_group.clone()),
+            (file.admin_group.clone(), file.socket_group.clone()),
+        )?;
+        let c = cli.over(file);
+        let flow_history = c.flow_history.unwrap_or(DEFAULT_FLOW_HISTORY);
         if flow_history == 0 {
             return Err(ConfigError::Invalid(
                 "flow_history must be at least 1".into(),
             ));
         }
-        let max_cgroups_per_workload = file
+        let max_cgroups_per_workload = c
             .max_cgroups_per_workload
             .unwrap_or(DEFAULT_MAX_CGROUPS_PER_WORKLOAD);
         if max_cgroups_per_workload == 0
@@ -129,61 +112,31 @@ impl Settings {
                 enforcer_common::capacity::MAX_CGROUPS
             )));
         }
-        let admin_group = admin_group(
-            (cli.admin_group, cli.socket_group),
-            (file.admin_group, file.socket_group),
-        )?;
         let defaults = Limits::default();
         let limits = Limits {
-            max_connections: cli
-                .max_connections
-                .or(file.max_connections)
-                .unwrap_or(defaults.max_connections),
-            max_connections_per_user: cli
+            max_connections: c.max_connections.unwrap_or(defaults.max_connections),
+            max_connections_per_user: c
                 .max_connections_per_user
-                .or(file.max_connections_per_user)
                 .unwrap_or(defaults.max_connections_per_user),
-            idle_timeout: cli
-                .idle_timeout
-                .or(file.idle_timeout.map(|d| d.0))
-                .unwrap_or(defaults.idle_timeout),
-            request_timeout: cli
-                .request_timeout
-                .or(file.request_timeout.map(|d| d.0))
-                .unwrap_or(defaults.request_timeout),
+            idle_timeout: c.idle_timeout.map_or(defaults.idle_timeout, |d| d.0),
+            request_timeout: c.request_timeout.map_or(defaults.request_timeout, |d| d.0),
         };
         limits.validate().map_err(ConfigError::Invalid)?;
         Ok(Settings {
-            policies: absolute(
-                cli.policies
-                    .or(file.policies)
-                    .unwrap_or_else(|| DEFAULT_DIR.into()),
-            ),
-            cgroup_root: cli.cgroup_root.or(file.cgroup_root),
-            bpffs: absolute(
-                cli.bpffs
-                    .or(file.bpffs)
-                    .unwrap_or_else(|| DEFAULT_BPFFS.into()),
-            ),
-            socket: absolute(
-                cli.socket
-                    .or(file.socket)
-                    .unwrap_or_else(|| DEFAULT_SOCKET.into()),
-            ),
-            read_group: cli.read_group.or(file.read_group),
+            policies: absolute(c.policies.unwrap_or_else(|| DEFAULT_DIR.into())),
+            cgroup_root: c.cgroup_root,
+            bpffs: absolute(c.bpffs.unwrap_or_else(|| DEFAULT_BPFFS.into())),
+            socket: absolute(c.socket.unwrap_or_else(|| DEFAULT_SOCKET.into())),
+            read_group: c.read_group,
             admin_group,
             limits,
-            unmanaged: cli.unmanaged.or(file.unmanaged).unwrap_or_default(),
-            failsafe: cli.failsafe.or(file.failsafe).unwrap_or_default(),
-            metrics: cli.metrics.or(file.metrics),
-            log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
+            unmanaged: c.unmanaged.unwrap_or_default(),
+            failsafe: c.failsafe.unwrap_or_default(),
+            metrics: c.metrics,
+            log_format: c.log_format.unwrap_or_default(),
             flow_history,
             max_cgroups_per_workload,
-            state_dir: absolute(
-                cli.state_dir
-                    .or(file.state_dir)
-                    .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
-            ),
+            state_dir: absolute(c.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into())),
         })
     }
 }

@@ -7,7 +7,8 @@ use crate::dataplane::UnmanagedMode;
 
 #[test]
 fn an_empty_file_gives_the_contract_defaults() {
-    let s = Settings::resolve(FileConfig::default(), Overrides::default(), Path::new("/")).unwrap();
+    let s =
+        Settings::resolve(FileConfig::default(), FileConfig::default(), Path::new("/")).unwrap();
     assert_eq!(s.policies, Path::new(DEFAULT_DIR));
     assert_eq!(s.socket, Path::new(DEFAULT_SOCKET));
     assert_eq!(s.bpffs, Path::new(DEFAULT_BPFFS));
@@ -39,10 +40,10 @@ flow_history = 50
 state_dir = "state"
 "#;
     let file = FileConfig::parse(text, Path::new("e.toml")).unwrap();
-    let cli = Overrides {
+    let cli = FileConfig {
         socket: Some("rel.sock".into()),
         unmanaged: Some(UnmanagedMode::Deny),
-        ..Overrides::default()
+        ..FileConfig::default()
     };
     let s = Settings::resolve(file, cli, Path::new("/work")).unwrap();
     assert_eq!(s.policies, Path::new("/srv/policies"));
@@ -69,20 +70,20 @@ state_dir = "state"
 #[test]
 fn socket_group_is_the_earlier_name_of_admin_group() {
     let file = FileConfig::parse("socket_group = \"ops\"", Path::new("c")).unwrap();
-    let s = Settings::resolve(file.clone(), Overrides::default(), Path::new("/")).unwrap();
+    let s = Settings::resolve(file.clone(), FileConfig::default(), Path::new("/")).unwrap();
     assert_eq!(s.admin_group.as_deref(), Some("ops"));
     assert_eq!(s.read_group, None);
     // The command line wins, under either name.
-    let cli = Overrides {
+    let cli = FileConfig {
         socket_group: Some("sre".into()),
-        ..Overrides::default()
+        ..FileConfig::default()
     };
     let s = Settings::resolve(file, cli, Path::new("/")).unwrap();
     assert_eq!(s.admin_group.as_deref(), Some("sre"));
     // Both names in one place disagree: an error.
     let both =
         FileConfig::parse("socket_group = \"a\"\nadmin_group = \"b\"", Path::new("c")).unwrap();
-    let err = Settings::resolve(both, Overrides::default(), Path::new("/")).unwrap_err();
+    let err = Settings::resolve(both, FileConfig::default(), Path::new("/")).unwrap_err();
     assert!(err.to_string().contains("socket_group"), "{err}");
 }
 
@@ -93,7 +94,7 @@ fn connection_limits_are_checked() {
         Path::new("c"),
     )
     .unwrap();
-    assert!(Settings::resolve(file, Overrides::default(), Path::new("/")).is_err());
+    assert!(Settings::resolve(file, FileConfig::default(), Path::new("/")).is_err());
     assert!(FileConfig::parse("idle_timeout = \"soon\"", Path::new("c")).is_err());
 }
 
