@@ -314,8 +314,9 @@ fn subtree(dir: &Path) -> Vec<PathBuf> {
 
 /// Kills everything in the subtree at `dir`, waits until it is empty and
 /// removes it deepest first. `runner_home` is where to move this process
-/// should it find itself inside (`None`: leave it, used by the reaper).
-pub(crate) fn teardown(dir: &Path, runner_home: Option<&str>) -> Result<()> {
+/// should it find itself inside (`None`: the root cgroup). What every
+/// cgroup guard, the reaper and the benchmark's sandboxes remove with.
+pub fn teardown(dir: &Path, runner_home: Option<&str>) -> Result<()> {
     if !dir.exists() {
         return Ok(());
     }

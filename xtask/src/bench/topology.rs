@@ -7,7 +7,6 @@ use std::fs;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -196,25 +195,11 @@ impl Drop for Topology {
     }
 }
 
-/// Kills whatever is left in a cgroup, waits until it is empty and removes
-/// it.
+/// Kills what is left in a cgroup of the benchmark and removes it, with
+/// the test toolkit's teardown.
 pub(super) fn remove_cgroup(dir: &Path) -> Result<()> {
-    let kill = dir.join("cgroup.kill");
-    if kill.exists() {
-        // Best effort: on kernels before 5.14 there is no cgroup.kill.
-        let _ = fs::write(&kill, "1");
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        match fs::remove_dir(dir) {
-            Ok(()) => return Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) if Instant::now() >= deadline => {
-                return Err(e).with_context(|| format!("cannot remove cgroup {}", dir.display()));
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
-        }
-    }
+    enforcer_tests::cgroup::teardown(dir, None)
+        .with_context(|| format!("cannot remove cgroup {}", dir.display()))
 }
 
 /// Fails if any interface or route of this (the host's) namespace uses the
