@@ -27,141 +27,140 @@ fn label(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// A metric's `# HELP` and `# TYPE` lines.
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// A metric of one value, without labels.
+fn single(out: &mut String, (name, kind, help, value): (&str, &str, &str, u64)) {
+    header(out, name, kind, help);
+    let _ = writeln!(out, "{name} {value}");
+}
+
 /// The metrics of a status report.
 pub fn render(status: &StatusReport) -> String {
     let mut out = String::new();
     let generation = status.policy.as_ref().map_or(0, |p| p.generation);
-    let _ = writeln!(
-        out,
-        "# HELP enforcer_policy_generation Generation of the policy in force (0: none)."
+    single(
+        &mut out,
+        (
+            "enforcer_policy_generation",
+            "gauge",
+            "Generation of the policy in force (0: none).",
+            generation,
+        ),
     );
-    let _ = writeln!(out, "# TYPE enforcer_policy_generation gauge");
-    let _ = writeln!(out, "enforcer_policy_generation {generation}");
-    let _ = writeln!(
-        out,
-        "# HELP enforcer_reloads_total Policy loads, by result."
+    header(
+        &mut out,
+        "enforcer_reloads_total",
+        "counter",
+        "Policy loads, by result.",
     );
-    let _ = writeln!(out, "# TYPE enforcer_reloads_total counter");
-    let _ = writeln!(
-        out,
-        "enforcer_reloads_total{{result=\"success\"}} {}",
-        status.reloads_ok
-    );
-    let _ = writeln!(
-        out,
-        "enforcer_reloads_total{{result=\"failure\"}} {}",
-        status.reloads_failed
-    );
-    let _ = writeln!(
-        out,
-        "# HELP enforcer_events_lost_total Verdict events the kernel could not deliver."
-    );
-    let _ = writeln!(out, "# TYPE enforcer_events_lost_total counter");
-    let _ = writeln!(out, "enforcer_events_lost_total {}", status.lost_events);
-    let _ = writeln!(
-        out,
-        "# HELP enforcer_not_enforced Problems that keep a policy from being enforced as written."
-    );
-    let _ = writeln!(out, "# TYPE enforcer_not_enforced gauge");
-    let _ = writeln!(out, "enforcer_not_enforced {}", status.not_enforced.len());
-    let _ = writeln!(
-        out,
-        "# HELP enforcer_status_read_errors Data plane reads that failed while this scrape was made (their values show as 0)."
-    );
-    let _ = writeln!(out, "# TYPE enforcer_status_read_errors gauge");
-    let _ = writeln!(
-        out,
-        "enforcer_status_read_errors {}",
-        status.read_errors.len()
-    );
+    for (result, n) in [
+        ("success", status.reloads_ok),
+        ("failure", status.reloads_failed),
+    ] {
+        let _ = writeln!(out, "enforcer_reloads_total{{result=\"{result}\"}} {n}");
+    }
     let discovery = &status.cgroup_discovery;
-    let _ = writeln!(
-        out,
-        "# HELP enforcer_cgroups Cgroups found under the cgroup root by the last scan."
+    for metric in [
+        (
+            "enforcer_events_lost_total",
+            "counter",
+            "Verdict events the kernel could not deliver.",
+            status.lost_events,
+        ),
+        (
+            "enforcer_not_enforced",
+            "gauge",
+            "Problems that keep a policy from being enforced as written.",
+            status.not_enforced.len() as u64,
+        ),
+        (
+            "enforcer_status_read_errors",
+            "gauge",
+            "Data plane reads that failed while this scrape was made (their values show as 0).",
+            status.read_errors.len() as u64,
+        ),
+        (
+            "enforcer_cgroups",
+            "gauge",
+            "Cgroups found under the cgroup root by the last scan.",
+            discovery.cgroups,
+        ),
+    ] {
+        single(&mut out, metric);
+    }
+    header(
+        &mut out,
+        "enforcer_cgroups_skipped",
+        "gauge",
+        "Directories under the cgroup root the last scan could not walk, by reason.",
     );
-    let _ = writeln!(out, "# TYPE enforcer_cgroups gauge");
-    let _ = writeln!(out, "enforcer_cgroups {}", discovery.cgroups);
-    let _ = writeln!(
-        out,
-        "# HELP enforcer_cgroups_skipped Directories under the cgroup root the last scan could not walk, by reason."
-    );
-    let _ = writeln!(out, "# TYPE enforcer_cgroups_skipped gauge");
     for (reason, n) in discovery.skipped.by_reason() {
         let _ = writeln!(out, "enforcer_cgroups_skipped{{reason=\"{reason}\"}} {n}");
     }
-    let _ = writeln!(
-        out,
-        "# HELP enforcer_cgroups_unwatched Cgroups without an inotify watch (seen by periodic rescans only)."
-    );
-    let _ = writeln!(out, "# TYPE enforcer_cgroups_unwatched gauge");
-    let _ = writeln!(out, "enforcer_cgroups_unwatched {}", discovery.unwatched);
-    let _ = writeln!(
-        out,
-        "# HELP enforcer_cgroup_rescans_failed_total Cgroup rescans that failed (the root unusable)."
-    );
-    let _ = writeln!(out, "# TYPE enforcer_cgroup_rescans_failed_total counter");
-    let _ = writeln!(
-        out,
-        "enforcer_cgroup_rescans_failed_total {}",
-        discovery.rescans_failed
-    );
     let registration = &status.cgroup_registration;
-    let _ = writeln!(
-        out,
-        "# HELP enforcer_cgroup_registration_at_creation 1 when the kernel registers cgroups with their workload at their creation."
-    );
-    let _ = writeln!(out, "# TYPE enforcer_cgroup_registration_at_creation gauge");
-    let _ = writeln!(
-        out,
-        "enforcer_cgroup_registration_at_creation {}",
-        u8::from(registration.at_creation)
-    );
-    for (name, help, value) in [
+    for metric in [
+        (
+            "enforcer_cgroups_unwatched",
+            "gauge",
+            "Cgroups without an inotify watch (seen by periodic rescans only).",
+            discovery.unwatched,
+        ),
+        (
+            "enforcer_cgroup_rescans_failed_total",
+            "counter",
+            "Cgroup rescans that failed (the root unusable).",
+            discovery.rescans_failed,
+        ),
+        (
+            "enforcer_cgroup_registration_at_creation",
+            "gauge",
+            "1 when the kernel registers cgroups with their workload at their creation.",
+            u64::from(registration.at_creation),
+        ),
         (
             "enforcer_cgroups_registered_total",
+            "counter",
             "Cgroups the kernel registered with their workload at their creation.",
             registration.registered,
         ),
         (
             "enforcer_cgroup_registrations_refused_total",
+            "counter",
             "Cgroups left out because their workload was at its quota (max_cgroups_per_workload).",
             registration.refused,
         ),
         (
             "enforcer_cgroup_match_overflows_total",
+            "counter",
             "Cgroups whose matching states did not fit the kernel's tables.",
             registration.overflows,
         ),
+        (
+            "enforcer_integrity_repairs_total",
+            "counter",
+            "Links re-attached and pins restored by the integrity check.",
+            status.integrity.repairs,
+        ),
+        (
+            "enforcer_integrity_unrepaired",
+            "gauge",
+            "1 while a link or pin found broken could not be repaired.",
+            u64::from(!status.integrity.ok),
+        ),
     ] {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} counter");
-        let _ = writeln!(out, "{name} {value}");
+        single(&mut out, metric);
     }
-    let _ = writeln!(
-        out,
-        "# HELP enforcer_integrity_repairs_total Links re-attached and pins restored by the integrity check."
+    header(
+        &mut out,
+        "enforcer_workload_cgroups",
+        "gauge",
+        "Cgroups matched by each workload.",
     );
-    let _ = writeln!(out, "# TYPE enforcer_integrity_repairs_total counter");
-    let _ = writeln!(
-        out,
-        "enforcer_integrity_repairs_total {}",
-        status.integrity.repairs
-    );
-    let _ = writeln!(
-        out,
-        "# HELP enforcer_integrity_unrepaired 1 while a link or pin found broken could not be repaired."
-    );
-    let _ = writeln!(out, "# TYPE enforcer_integrity_unrepaired gauge");
-    let _ = writeln!(
-        out,
-        "enforcer_integrity_unrepaired {}",
-        u8::from(!status.integrity.ok)
-    );
-    let _ = writeln!(
-        out,
-        "# HELP enforcer_workload_cgroups Cgroups matched by each workload."
-    );
-    let _ = writeln!(out, "# TYPE enforcer_workload_cgroups gauge");
     for w in &status.workloads {
         let _ = writeln!(
             out,
@@ -170,11 +169,12 @@ pub fn render(status: &StatusReport) -> String {
             w.cgroups.len()
         );
     }
-    let _ = writeln!(
-        out,
-        "# HELP enforcer_packets_total Packets judged, by workload and verdict."
+    header(
+        &mut out,
+        "enforcer_packets_total",
+        "counter",
+        "Packets judged, by workload and verdict.",
     );
-    let _ = writeln!(out, "# TYPE enforcer_packets_total counter");
     for w in &status.workloads {
         for (verdict, n) in [
             ("allow", w.counters.allow),
