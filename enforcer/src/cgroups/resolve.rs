@@ -223,15 +223,6 @@ impl Matcher {
     }
 }
 
-/// Count matched cgroups per workload identity.
-pub fn count_by_workload(resolution: &Resolution) -> BTreeMap<Identity, usize> {
-    let mut counts = BTreeMap::new();
-    for c in &resolution.cgroups {
-        *counts.entry(c.workload).or_insert(0) += 1;
-    }
-    counts
-}
-
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
@@ -383,7 +374,7 @@ mod tests {
         );
         assert_eq!(r.owner_of("system.slice/db.service").unwrap().workload, 17);
         assert_eq!(r.owner_of("kubepods/pod1/ctr.scope").unwrap().workload, 18);
-        assert_eq!(count_by_workload(&r)[&17], 1);
+        assert_eq!(by_workload[&17].len(), 1);
         assert!(r.ambiguities.is_empty());
     }
 
