@@ -350,9 +350,11 @@ impl Mode {
     /// The mode of a data plane [`workload::Mode`] byte; `None` for any
     /// other number.
     pub fn from_number(number: u8) -> Option<Mode> {
-        [Mode::Enforce, Mode::Audit, Mode::Off]
-            .into_iter()
-            .find(|m| m.number() == number)
+        Some(match workload::Mode::from_raw(number)? {
+            workload::Mode::Enforce => Mode::Enforce,
+            workload::Mode::Audit => Mode::Audit,
+            workload::Mode::Off => Mode::Off,
+        })
     }
 
     pub fn as_str(self) -> &'static str {
